@@ -112,7 +112,9 @@ pub enum BlobError {
     #[error("weight file has storage version {0}, expected 2 (MIL blob storage v2)")]
     BadVersion(u32),
     /// A record does not start with 0xDEADBEEF.
-    #[error("blob record {index} at offset {offset}: bad sentinel 0x{found:08X} (expected 0xDEADBEEF)")]
+    #[error(
+        "blob record {index} at offset {offset}: bad sentinel 0x{found:08X} (expected 0xDEADBEEF)"
+    )]
     BadSentinel {
         /// Record number.
         index: u32,
@@ -194,7 +196,9 @@ pub enum BlobError {
         found: BlobDType,
     },
     /// The record's size differs from what the declared shape needs.
-    #[error("blob at offset {offset} in {path} has {found} bytes, the declared shape needs {expected}")]
+    #[error(
+        "blob at offset {offset} in {path} has {found} bytes, the declared shape needs {expected}"
+    )]
     SizeMismatch {
         /// The file's MIL path.
         path: String,
@@ -283,7 +287,11 @@ impl BlobFile {
             let data_offset = u64_at(&bytes, m + 16);
             let padding_bits = u64_at(&bytes, m + 24);
             if data_offset < meta_end {
-                let what = if data_offset < at { "an earlier record" } else { "its own metadata" };
+                let what = if data_offset < at {
+                    "an earlier record"
+                } else {
+                    "its own metadata"
+                };
                 return Err(BlobError::Overlap {
                     index,
                     offset: at,
@@ -340,7 +348,12 @@ impl BlobFile {
     }
 
     fn known_offsets(&self) -> String {
-        let v: Vec<String> = self.records.iter().take(8).map(|r| r.offset.to_string()).collect();
+        let v: Vec<String> = self
+            .records
+            .iter()
+            .take(8)
+            .map(|r| r.offset.to_string())
+            .collect();
         let more = if self.records.len() > 8 { ", ..." } else { "" };
         if v.is_empty() {
             "none".to_string()
@@ -480,14 +493,17 @@ impl WeightFiles {
     /// Resolves a BLOBFILE constant, checking offset, type and size against the record.
     pub fn resolve(&self, blob: &crate::ir::BlobRef) -> Result<BlobData<'_>, BlobError> {
         let path = &blob.path;
-        let file = self.files.get(path).ok_or_else(|| BlobError::MissingFile {
-            path: path.clone(),
-        })?;
-        let rec = file.record_at(blob.offset).ok_or_else(|| BlobError::NoRecordAt {
-            path: path.clone(),
-            offset: blob.offset,
-            known: file.known_offsets(),
-        })?;
+        let file = self
+            .files
+            .get(path)
+            .ok_or_else(|| BlobError::MissingFile { path: path.clone() })?;
+        let rec = file
+            .record_at(blob.offset)
+            .ok_or_else(|| BlobError::NoRecordAt {
+                path: path.clone(),
+                offset: blob.offset,
+                known: file.known_offsets(),
+            })?;
         if BlobDType::from_mil(blob.dtype) != Some(rec.dtype) {
             return Err(BlobError::DTypeMismatch {
                 path: path.clone(),

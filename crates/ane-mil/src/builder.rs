@@ -42,7 +42,10 @@ impl FunctionBuilder {
 
     /// Adds a parameter; returns its name.
     pub fn input(&mut self, name: &str, ty: ValueType) -> String {
-        self.func.params.push(Param { name: name.to_string(), ty: ty.clone() });
+        self.func.params.push(Param {
+            name: name.to_string(),
+            ty: ty.clone(),
+        });
         self.env.insert(name.to_string(), (ty, None));
         name.to_string()
     }
@@ -68,7 +71,12 @@ impl FunctionBuilder {
     }
 
     /// Adds `TYPE name = op(args)[name = string("name")];` with the type inferred.
-    pub fn op(&mut self, name: &str, op: &str, args: &[(&str, Arg)]) -> Result<String, CheckErrorKind> {
+    pub fn op(
+        &mut self,
+        name: &str,
+        op: &str,
+        args: &[(&str, Arg)],
+    ) -> Result<String, CheckErrorKind> {
         self.op_with_attributes(name, op, args, Vec::new())
     }
 
@@ -89,10 +97,17 @@ impl FunctionBuilder {
             ty: ValueType::Scalar(crate::types::DType::Bool),
             name: name.to_string(),
             op: op.to_string(),
-            args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             attributes: attrs,
         };
-        let env = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         // The placeholder type fails the declared-type check; take the inferred one from it.
         let ty = match check_statement(&s, &env, None) {
             Ok(c) => c.ty,

@@ -198,7 +198,10 @@ pub fn check_program(
             kind,
         };
         if program.functions[..fi].iter().any(|g| g.name == f.name) {
-            return Err(err(Location::Function, CheckErrorKind::DuplicateFunction(f.name.clone())));
+            return Err(err(
+                Location::Function,
+                CheckErrorKind::DuplicateFunction(f.name.clone()),
+            ));
         }
         out.push(check_function(f, weights).map_err(|(at, kind)| err(at, kind))?);
     }
@@ -215,7 +218,10 @@ fn check_function(f: &Function, weights: Option<&WeightFiles>) -> Result<Checked
     let mut env: Env<'_> = HashMap::new();
     for (i, p) in f.params.iter().enumerate() {
         if env.insert(&p.name, (p.ty.clone(), None)).is_some() {
-            return Err((Location::Param(i), CheckErrorKind::Redefined(p.name.clone())));
+            return Err((
+                Location::Param(i),
+                CheckErrorKind::Redefined(p.name.clone()),
+            ));
         }
     }
     let mut statements = Vec::with_capacity(f.body.len());
@@ -237,7 +243,10 @@ fn check_function(f: &Function, weights: Option<&WeightFiles>) -> Result<Checked
         let (ty, _) = env
             .get(o.as_str())
             .ok_or_else(|| (Location::Outputs, CheckErrorKind::Undefined(o.clone())))?;
-        outputs.push(Param { name: o.clone(), ty: ty.clone() });
+        outputs.push(Param {
+            name: o.clone(),
+            ty: ty.clone(),
+        });
     }
     Ok(CheckedFunction {
         name: f.name.clone(),
@@ -254,7 +263,10 @@ pub(crate) fn check_statement(
     weights: Option<&WeightFiles>,
 ) -> Result<CheckedStatement, CheckErrorKind> {
     let known = || crate::ops::supported_ops().collect::<Vec<_>>().join(", ");
-    let def = op_def(&s.op).ok_or_else(|| CheckErrorKind::UnknownOp { op: s.op.clone(), known: known() })?;
+    let def = op_def(&s.op).ok_or_else(|| CheckErrorKind::UnknownOp {
+        op: s.op.clone(),
+        known: known(),
+    })?;
     let keys = s
         .args
         .iter()
@@ -263,8 +275,17 @@ pub(crate) fn check_statement(
     let mut inputs: Vec<(String, InputValue)> = Vec::new();
     for key in keys {
         if !def.inputs.iter().any(|(n, _)| n == key) {
-            let expected = def.inputs.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
-            return Err(CheckErrorKind::UnexpectedInput { op: s.op.clone(), input: key.clone(), expected });
+            let expected = def
+                .inputs
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(CheckErrorKind::UnexpectedInput {
+                op: s.op.clone(),
+                input: key.clone(),
+                expected,
+            });
         }
         if inputs.iter().any(|(k, _)| k == key) {
             return Err(CheckErrorKind::DuplicateInput { input: key.clone() });
@@ -273,15 +294,20 @@ pub(crate) fn check_statement(
             Input::Attr(l) => InputValue::One(operand_from_literal(l, weights)?),
             Input::Arg(Arg::Literal(l)) => InputValue::One(operand_from_literal(l, weights)?),
             Input::Arg(Arg::Var(v)) => InputValue::One(lookup(v, env)?),
-            Input::Arg(Arg::Tuple(vs)) => {
-                InputValue::Tuple(vs.iter().map(|v| lookup(v, env)).collect::<Result<_, _>>()?)
-            }
+            Input::Arg(Arg::Tuple(vs)) => InputValue::Tuple(
+                vs.iter()
+                    .map(|v| lookup(v, env))
+                    .collect::<Result<_, _>>()?,
+            ),
         };
         inputs.push((key.clone(), value));
     }
     for (name, required) in def.inputs {
         if *required && !inputs.iter().any(|(k, _)| k == name) {
-            return Err(CheckErrorKind::MissingInput { op: s.op.clone(), input: name.to_string() });
+            return Err(CheckErrorKind::MissingInput {
+                op: s.op.clone(),
+                input: name.to_string(),
+            });
         }
     }
     let (op, ty) = (def.resolve)(&OpArgs { inputs }).map_err(|e| op_error(&s.op, e))?;
@@ -293,32 +319,50 @@ pub(crate) fn check_statement(
             inferred: ty,
         });
     }
-    Ok(CheckedStatement { name: s.name.clone(), ty, op })
+    Ok(CheckedStatement {
+        name: s.name.clone(),
+        ty,
+        op,
+    })
 }
 
 fn op_error(op: &str, e: OpError) -> CheckErrorKind {
     let op = op.to_string();
     match e {
-        OpError::Missing(input) => CheckErrorKind::MissingInput { op, input: input.to_string() },
-        OpError::NotConst(input) => CheckErrorKind::NotConstant { op, input: input.to_string() },
+        OpError::Missing(input) => CheckErrorKind::MissingInput {
+            op,
+            input: input.to_string(),
+        },
+        OpError::NotConst(input) => CheckErrorKind::NotConstant {
+            op,
+            input: input.to_string(),
+        },
         OpError::DType(message) => CheckErrorKind::DTypeMismatch { op, message },
         OpError::Shape(message) => CheckErrorKind::ShapeMismatch { op, message },
         OpError::Value(message) => CheckErrorKind::InvalidValue { op, message },
     }
 }
 
-fn lookup(
-    name: &str,
-    env: &Env<'_>,
-) -> Result<Operand, CheckErrorKind> {
-    let (ty, konst) = env.get(name).ok_or_else(|| CheckErrorKind::Undefined(name.to_string()))?;
+fn lookup(name: &str, env: &Env<'_>) -> Result<Operand, CheckErrorKind> {
+    let (ty, konst) = env
+        .get(name)
+        .ok_or_else(|| CheckErrorKind::Undefined(name.to_string()))?;
     Ok(match konst {
-        Some(value) => Operand::Const { value: value.clone(), ty: ty.clone() },
-        None => Operand::Var { name: name.to_string(), ty: ty.clone() },
+        Some(value) => Operand::Const {
+            value: value.clone(),
+            ty: ty.clone(),
+        },
+        None => Operand::Var {
+            name: name.to_string(),
+            ty: ty.clone(),
+        },
     })
 }
 
-fn operand_from_literal(l: &Literal, weights: Option<&WeightFiles>) -> Result<Operand, CheckErrorKind> {
+fn operand_from_literal(
+    l: &Literal,
+    weights: Option<&WeightFiles>,
+) -> Result<Operand, CheckErrorKind> {
     if let (Literal::Blob(b), Some(w)) = (l, weights) {
         w.resolve(b)?;
     }
@@ -327,7 +371,11 @@ fn operand_from_literal(l: &Literal, weights: Option<&WeightFiles>) -> Result<Op
         if n != t.data.len() {
             return Err(CheckErrorKind::InvalidValue {
                 op: "literal".into(),
-                message: format!("holds {} values, its type {} needs {n}", t.data.len(), t.value_type()),
+                message: format!(
+                    "holds {} values, its type {} needs {n}",
+                    t.data.len(),
+                    t.value_type()
+                ),
             });
         }
     }
@@ -335,5 +383,8 @@ fn operand_from_literal(l: &Literal, weights: Option<&WeightFiles>) -> Result<Op
         op: "const".into(),
         message: "a dict is not a value".into(),
     })?;
-    Ok(Operand::Const { value: l.clone(), ty })
+    Ok(Operand::Const {
+        value: l.clone(),
+        ty,
+    })
 }

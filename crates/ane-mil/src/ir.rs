@@ -121,10 +121,12 @@ impl Statement {
 
     /// The `name = string("...")` attribute, if present.
     pub fn op_name(&self) -> Option<&str> {
-        self.attributes.iter().find_map(|(k, v)| match (k.as_str(), v) {
-            ("name", Literal::String(s)) => Some(s.as_str()),
-            _ => None,
-        })
+        self.attributes
+            .iter()
+            .find_map(|(k, v)| match (k.as_str(), v) {
+                ("name", Literal::String(s)) => Some(s.as_str()),
+                _ => None,
+            })
     }
 
     /// Literals written inline among the arguments.
@@ -200,7 +202,9 @@ impl Literal {
 
     /// An `fp16` scalar.
     pub fn fp16(v: f32) -> Self {
-        Literal::Tensor(TensorLiteral::scalar(TensorData::Fp16(vec![f16::from_f32(v)])))
+        Literal::Tensor(TensorLiteral::scalar(TensorData::Fp16(vec![
+            f16::from_f32(v),
+        ])))
     }
 
     /// A `string` scalar.

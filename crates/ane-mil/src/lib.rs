@@ -14,6 +14,7 @@
 pub mod blob;
 pub mod builder;
 pub mod check;
+pub mod fixtures;
 pub mod ir;
 pub mod ops;
 pub mod text;

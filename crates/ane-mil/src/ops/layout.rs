@@ -50,7 +50,9 @@ pub(super) fn reshape(a: &OpArgs) -> OpResult<(Op, ValueType)> {
             }
             -1 => return Err(OpError::Value("`shape` may contain -1 only once".into())),
             0 => out.push(*shape.get(i).ok_or_else(|| {
-                OpError::Value(format!("`shape`[{i}] = 0 copies an input axis that does not exist"))
+                OpError::Value(format!(
+                    "`shape`[{i}] = 0 copies an input axis that does not exist"
+                ))
             })?),
             d if d > 0 => out.push(d as usize),
             d => return Err(OpError::Value(format!("`shape`[{i}] = {d} is negative"))),
@@ -88,7 +90,9 @@ pub(super) fn transpose(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     for &p in &raw {
         let p = norm_axis(p, shape.len(), "`perm` entry")?;
         if std::mem::replace(&mut seen[p], true) {
-            return Err(OpError::Value(format!("`perm` {raw:?} is not a permutation")));
+            return Err(OpError::Value(format!(
+                "`perm` {raw:?} is not a permutation"
+            )));
         }
         perm.push(p);
     }
@@ -112,9 +116,16 @@ pub(super) fn slice_by_size(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let size = per_axis("size", a.req_ints("size")?, shape.len())?;
     let mut axes = Vec::with_capacity(shape.len());
     for (i, &d) in shape.iter().enumerate() {
-        let b = if begin[i] < 0 { begin[i] + d as i64 } else { begin[i] };
+        let b = if begin[i] < 0 {
+            begin[i] + d as i64
+        } else {
+            begin[i]
+        };
         if b < 0 || b > d as i64 {
-            return Err(OpError::Value(format!("`begin`[{i}] = {} is outside axis {i} of size {d}", begin[i])));
+            return Err(OpError::Value(format!(
+                "`begin`[{i}] = {} is outside axis {i} of size {d}",
+                begin[i]
+            )));
         }
         let n = if size[i] == -1 { d as i64 - b } else { size[i] };
         if n < 0 || b + n > d as i64 {
@@ -123,7 +134,11 @@ pub(super) fn slice_by_size(a: &OpArgs) -> OpResult<(Op, ValueType)> {
                 b + n
             )));
         }
-        axes.push(AxisSlice { start: b as usize, step: 1, count: n as usize });
+        axes.push(AxisSlice {
+            start: b as usize,
+            step: 1,
+            count: n as usize,
+        });
     }
     let out = axes.iter().map(|s| s.count).collect::<Vec<_>>();
     Ok((Op::Slice { x, axes }, ValueType::tensor(dtype, out)))
@@ -138,11 +153,18 @@ pub(super) fn slice_by_index(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let mask = |k: &'static str| -> OpResult<Vec<bool>> {
         let v = a.bools(k)?.unwrap_or(vec![false; rank]);
         if v.len() != rank {
-            return Err(OpError::Shape(format!("`{k}` has {} entries, `x` has rank {rank}", v.len())));
+            return Err(OpError::Shape(format!(
+                "`{k}` has {} entries, `x` has rank {rank}",
+                v.len()
+            )));
         }
         Ok(v)
     };
-    let (begin_mask, end_mask, squeeze) = (mask("begin_mask")?, mask("end_mask")?, mask("squeeze_mask")?);
+    let (begin_mask, end_mask, squeeze) = (
+        mask("begin_mask")?,
+        mask("end_mask")?,
+        mask("squeeze_mask")?,
+    );
     let mut axes = Vec::with_capacity(rank);
     let mut out = Vec::new();
     for i in 0..rank {
@@ -153,14 +175,36 @@ pub(super) fn slice_by_index(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         }
         let norm = |v: i64| if v < 0 { v + d } else { v };
         let (lo, hi) = if st > 0 { (0, d) } else { (-1, d - 1) };
-        let b = if begin_mask[i] { if st > 0 { 0 } else { d - 1 } } else { norm(begin[i]).clamp(lo, hi) };
-        let e = if end_mask[i] { if st > 0 { d } else { -1 } } else { norm(end[i]).clamp(lo, hi) };
+        let b = if begin_mask[i] {
+            if st > 0 {
+                0
+            } else {
+                d - 1
+            }
+        } else {
+            norm(begin[i]).clamp(lo, hi)
+        };
+        let e = if end_mask[i] {
+            if st > 0 {
+                d
+            } else {
+                -1
+            }
+        } else {
+            norm(end[i]).clamp(lo, hi)
+        };
         let (dist, step) = if st > 0 { (e - b, st) } else { (b - e, -st) };
         let count = (dist.max(0) as u64).div_ceil(step as u64) as i64;
         if squeeze[i] && count != 1 {
-            return Err(OpError::Shape(format!("`squeeze_mask` drops axis {i}, but the slice keeps {count} elements of it")));
+            return Err(OpError::Shape(format!(
+                "`squeeze_mask` drops axis {i}, but the slice keeps {count} elements of it"
+            )));
         }
-        axes.push(AxisSlice { start: b.max(0) as usize, step: st as isize, count: count as usize });
+        axes.push(AxisSlice {
+            start: b.max(0) as usize,
+            step: st as isize,
+            count: count as usize,
+        });
         if !squeeze[i] {
             out.push(count as usize);
         }
@@ -175,18 +219,30 @@ pub(super) fn concat(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         return Err(OpError::Value("`values` is empty".into()));
     };
     let ValueType::Tensor { dtype, shape } = first.ty().clone() else {
-        return Err(OpError::DType(format!("`values` must be tensors, found {}", first.ty())));
+        return Err(OpError::DType(format!(
+            "`values` must be tensors, found {}",
+            first.ty()
+        )));
     };
-    let axis = norm_axis(a.int("axis")?.ok_or(OpError::Missing("axis"))?, shape.len(), "`axis`")?;
+    let axis = norm_axis(
+        a.int("axis")?.ok_or(OpError::Missing("axis"))?,
+        shape.len(),
+        "`axis`",
+    )?;
     let mut out = shape.clone();
     out[axis] = 0;
     for (i, v) in values.iter().enumerate() {
         let (d, s) = (v.ty().dtype(), v.ty().shape());
         if d != dtype {
-            return Err(OpError::DType(format!("`values`[{i}] is {d}, `values`[0] is {dtype}")));
+            return Err(OpError::DType(format!(
+                "`values`[{i}] is {d}, `values`[0] is {dtype}"
+            )));
         }
         let same_rest = s.len() == shape.len()
-            && s.iter().zip(&shape).enumerate().all(|(k, (p, q))| k == axis || p == q);
+            && s.iter()
+                .zip(&shape)
+                .enumerate()
+                .all(|(k, (p, q))| k == axis || p == q);
         if !same_rest || (interleave && s != shape.as_slice()) {
             return Err(OpError::Shape(format!(
                 "`values`[{i}] has shape {s:?}, which does not concatenate with {shape:?} on axis {axis}{}",
@@ -195,5 +251,12 @@ pub(super) fn concat(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         }
         out[axis] += s[axis];
     }
-    Ok((Op::Concat { values, axis, interleave }, ValueType::tensor(dtype, out)))
+    Ok((
+        Op::Concat {
+            values,
+            axis,
+            interleave,
+        },
+        ValueType::tensor(dtype, out),
+    ))
 }

@@ -30,7 +30,9 @@ pub(super) fn conv(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         )));
     }
     if ws.len() != xs.len() {
-        return Err(OpError::Shape(format!("`weight` {ws:?} must have the rank of `x` {xs:?}")));
+        return Err(OpError::Shape(format!(
+            "`weight` {ws:?} must have the rank of `x` {xs:?}"
+        )));
     }
     let n_sp = xs.len() - 2;
     let groups = a.int("groups")?.unwrap_or(1);
@@ -62,7 +64,9 @@ pub(super) fn conv(a: &OpArgs) -> OpResult<(Op, ValueType)> {
                     2 * n_sp
                 )));
             }
-            (0..n_sp).map(|i| (p[2 * i] as usize, p[2 * i + 1] as usize)).collect()
+            (0..n_sp)
+                .map(|i| (p[2 * i] as usize, p[2 * i + 1] as usize))
+                .collect()
         }
         "same" | "same_lower" => (0..n_sp)
             .map(|i| {
@@ -70,7 +74,11 @@ pub(super) fn conv(a: &OpArgs) -> OpResult<(Op, ValueType)> {
                 let span = (kernel[i] - 1) * dilations[i] + 1;
                 let total = ((out.max(1) - 1) * strides[i] + span).saturating_sub(input[i]);
                 let small = total / 2;
-                if pad_type == "same" { (small, total - small) } else { (total - small, small) }
+                if pad_type == "same" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
             })
             .collect(),
         other => {
@@ -94,11 +102,27 @@ pub(super) fn conv(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let bias = a.opt_operand("bias")?;
     if let Some(b) = &bias {
         if b.ty().shape() != [cout] || b.ty().dtype() != xd {
-            return Err(OpError::Shape(format!("`bias` must be tensor<{xd}, [{cout}]>, found {}", b.ty())));
+            return Err(OpError::Shape(format!(
+                "`bias` must be tensor<{xd}, [{cout}]>, found {}",
+                b.ty()
+            )));
         }
     }
-    let geometry = ConvGeometry { strides, dilations, pads, groups };
-    Ok((Op::Conv { x, weight, bias, geometry }, ValueType::tensor(xd, out)))
+    let geometry = ConvGeometry {
+        strides,
+        dilations,
+        pads,
+        groups,
+    };
+    Ok((
+        Op::Conv {
+            x,
+            weight,
+            bias,
+            geometry,
+        },
+        ValueType::tensor(xd, out),
+    ))
 }
 
 pub(super) fn matmul(a: &OpArgs) -> OpResult<(Op, ValueType)> {
@@ -116,8 +140,16 @@ pub(super) fn matmul(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let transpose_x = a.bool_or("transpose_x", false)?;
     let transpose_y = a.bool_or("transpose_y", false)?;
     let (xr, yr) = (xs.len(), ys.len());
-    let (m, kx) = if transpose_x { (xs[xr - 1], xs[xr - 2]) } else { (xs[xr - 2], xs[xr - 1]) };
-    let (ky, n) = if transpose_y { (ys[yr - 1], ys[yr - 2]) } else { (ys[yr - 2], ys[yr - 1]) };
+    let (m, kx) = if transpose_x {
+        (xs[xr - 1], xs[xr - 2])
+    } else {
+        (xs[xr - 2], xs[xr - 1])
+    };
+    let (ky, n) = if transpose_y {
+        (ys[yr - 1], ys[yr - 2])
+    } else {
+        (ys[yr - 2], ys[yr - 1])
+    };
     if kx != ky {
         return Err(OpError::Shape(format!(
             "inner dimensions differ: x {xs:?} (transpose_x = {transpose_x}) gives K = {kx}, \
@@ -125,17 +157,33 @@ pub(super) fn matmul(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         )));
     }
     let batch = broadcast(&xs[..xr - 2], &ys[..yr - 2]).ok_or_else(|| {
-        OpError::Shape(format!("batch dimensions of x {xs:?} and y {ys:?} do not broadcast"))
+        OpError::Shape(format!(
+            "batch dimensions of x {xs:?} and y {ys:?} do not broadcast"
+        ))
     })?;
     let mut out = batch;
     out.extend([m, n]);
-    Ok((Op::Matmul { x, y, transpose_x, transpose_y }, ValueType::tensor(xd, out)))
+    Ok((
+        Op::Matmul {
+            x,
+            y,
+            transpose_x,
+            transpose_y,
+        },
+        ValueType::tensor(xd, out),
+    ))
 }
 
 /// Numpy broadcast of two shapes, or `None`.
 pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
-    let at = |s: &[usize], i: usize| if i + s.len() >= n { s[i + s.len() - n] } else { 1 };
+    let at = |s: &[usize], i: usize| {
+        if i + s.len() >= n {
+            s[i + s.len() - n]
+        } else {
+            1
+        }
+    };
     (0..n)
         .map(|i| match (at(a, i), at(b, i)) {
             (p, q) if p == q => Some(p),
@@ -149,19 +197,29 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 pub(super) fn affine_dequantize(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let (data, dd, ds) = a.tensor("quantized_data")?;
     if !matches!(dd, DType::Int8 | DType::UInt8) {
-        return Err(OpError::DType(format!("`quantized_data` must be int8 or uint8, found {dd}")));
+        return Err(OpError::DType(format!(
+            "`quantized_data` must be int8 or uint8, found {dd}"
+        )));
     }
     if !matches!(data, Operand::Const { .. }) {
         return Err(OpError::NotConst("quantized_data"));
     }
-    let axis = norm_axis(a.int("axis")?.ok_or(OpError::Missing("axis"))?, ds.len(), "`axis`")?;
+    let axis = norm_axis(
+        a.int("axis")?.ok_or(OpError::Missing("axis"))?,
+        ds.len(),
+        "`axis`",
+    )?;
     let scale_lit = a.literal("scale")?.ok_or(OpError::Missing("scale"))?;
     let sd = scale_lit.data.dtype();
     if !sd.is_float() {
-        return Err(OpError::DType(format!("`scale` must be fp16 or fp32, found {sd}")));
+        return Err(OpError::DType(format!(
+            "`scale` must be fp16 or fp32, found {sd}"
+        )));
     }
     let scale = scale_lit.as_f32s().unwrap_or_default();
-    let zp_lit = a.literal("zero_point")?.ok_or(OpError::Missing("zero_point"))?;
+    let zp_lit = a
+        .literal("zero_point")?
+        .ok_or(OpError::Missing("zero_point"))?;
     if zp_lit.data.dtype() != dd {
         return Err(OpError::DType(format!(
             "`zero_point` is {} but `quantized_data` is {dd}",
@@ -181,6 +239,20 @@ pub(super) fn affine_dequantize(a: &OpArgs) -> OpResult<(Op, ValueType)> {
             )));
         }
     }
-    debug_assert!(matches!(data, Operand::Const { value: Literal::Blob(_) | Literal::Tensor(_), .. }));
-    Ok((Op::AffineDequantize { data, scale, zero_point, axis }, ValueType::tensor(sd, ds)))
+    debug_assert!(matches!(
+        data,
+        Operand::Const {
+            value: Literal::Blob(_) | Literal::Tensor(_),
+            ..
+        }
+    ));
+    Ok((
+        Op::AffineDequantize {
+            data,
+            scale,
+            zero_point,
+            axis,
+        },
+        ValueType::tensor(sd, ds),
+    ))
 }

@@ -179,7 +179,9 @@ impl OpArgs {
     fn operand(&self, key: &'static str) -> OpResult<Operand> {
         match self.get(key) {
             Some(InputValue::One(o)) => Ok(o.clone()),
-            Some(InputValue::Tuple(_)) => Err(OpError::Value(format!("`{key}` must be one value, not a tuple"))),
+            Some(InputValue::Tuple(_)) => Err(OpError::Value(format!(
+                "`{key}` must be one value, not a tuple"
+            ))),
             None => Err(OpError::Missing(key)),
         }
     }
@@ -204,7 +206,9 @@ impl OpArgs {
         let o = self.operand(key)?;
         match o.ty().clone() {
             ValueType::Tensor { dtype, shape } => Ok((o, dtype, shape)),
-            t => Err(OpError::DType(format!("`{key}` must be a tensor, found {t}"))),
+            t => Err(OpError::DType(format!(
+                "`{key}` must be a tensor, found {t}"
+            ))),
         }
     }
 
@@ -225,10 +229,12 @@ impl OpArgs {
     fn ints(&self, key: &'static str) -> OpResult<Option<Vec<i64>>> {
         match self.literal(key)? {
             None => Ok(None),
-            Some(t) => t
-                .as_i64s()
-                .map(Some)
-                .ok_or_else(|| OpError::DType(format!("`{key}` must be an integer constant, found {}", t.value_type()))),
+            Some(t) => t.as_i64s().map(Some).ok_or_else(|| {
+                OpError::DType(format!(
+                    "`{key}` must be an integer constant, found {}",
+                    t.value_type()
+                ))
+            }),
         }
     }
 
@@ -240,7 +246,10 @@ impl OpArgs {
         match self.ints(key)? {
             None => Ok(None),
             Some(v) if v.len() == 1 => Ok(Some(v[0])),
-            Some(v) => Err(OpError::Value(format!("`{key}` must be a single integer, found {} values", v.len()))),
+            Some(v) => Err(OpError::Value(format!(
+                "`{key}` must be a single integer, found {} values",
+                v.len()
+            ))),
         }
     }
 
@@ -251,7 +260,10 @@ impl OpArgs {
                 data: crate::ir::TensorData::Bool(v),
                 ..
             }) => Ok(Some(v.clone())),
-            Some(t) => Err(OpError::DType(format!("`{key}` must be a bool constant, found {}", t.value_type()))),
+            Some(t) => Err(OpError::DType(format!(
+                "`{key}` must be a bool constant, found {}",
+                t.value_type()
+            ))),
         }
     }
 
@@ -270,9 +282,9 @@ impl OpArgs {
                 value: Literal::String(s),
                 ..
             })) => Ok(Some(s.clone())),
-            Some(InputValue::One(Operand::Const { ty, .. })) => {
-                Err(OpError::DType(format!("`{key}` must be a string, found {ty}")))
-            }
+            Some(InputValue::One(Operand::Const { ty, .. })) => Err(OpError::DType(format!(
+                "`{key}` must be a string, found {ty}"
+            ))),
             Some(_) => Err(OpError::NotConst(key)),
         }
     }
@@ -288,10 +300,26 @@ pub(crate) struct OpDef {
 
 /// Every op the checker and the reference engine know.
 pub(crate) const OP_DEFS: &[OpDef] = &[
-    OpDef { name: "const", inputs: &[("val", true)], resolve: layout::constant },
-    OpDef { name: "cast", inputs: &[("x", true), ("dtype", true)], resolve: layout::cast },
-    OpDef { name: "reshape", inputs: &[("x", true), ("shape", true)], resolve: layout::reshape },
-    OpDef { name: "transpose", inputs: &[("x", true), ("perm", true)], resolve: layout::transpose },
+    OpDef {
+        name: "const",
+        inputs: &[("val", true)],
+        resolve: layout::constant,
+    },
+    OpDef {
+        name: "cast",
+        inputs: &[("x", true), ("dtype", true)],
+        resolve: layout::cast,
+    },
+    OpDef {
+        name: "reshape",
+        inputs: &[("x", true), ("shape", true)],
+        resolve: layout::reshape,
+    },
+    OpDef {
+        name: "transpose",
+        inputs: &[("x", true), ("perm", true)],
+        resolve: layout::transpose,
+    },
     OpDef {
         name: "slice_by_size",
         inputs: &[("x", true), ("begin", true), ("size", true)],
@@ -331,12 +359,22 @@ pub(crate) const OP_DEFS: &[OpDef] = &[
     },
     OpDef {
         name: "matmul",
-        inputs: &[("x", true), ("y", true), ("transpose_x", false), ("transpose_y", false)],
+        inputs: &[
+            ("x", true),
+            ("y", true),
+            ("transpose_x", false),
+            ("transpose_y", false),
+        ],
         resolve: linear::matmul,
     },
     OpDef {
         name: "constexpr_affine_dequantize",
-        inputs: &[("quantized_data", true), ("zero_point", true), ("scale", true), ("axis", true)],
+        inputs: &[
+            ("quantized_data", true),
+            ("zero_point", true),
+            ("scale", true),
+            ("axis", true),
+        ],
         resolve: linear::affine_dequantize,
     },
 ];
@@ -355,15 +393,23 @@ pub fn supported_ops() -> impl Iterator<Item = &'static str> {
 fn norm_axis(axis: i64, rank: usize, what: &str) -> OpResult<usize> {
     let r = rank as i64;
     if axis < -r || axis >= r {
-        return Err(OpError::Value(format!("{what} {axis} is out of range for rank {rank}")));
+        return Err(OpError::Value(format!(
+            "{what} {axis} is out of range for rank {rank}"
+        )));
     }
-    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+    Ok(if axis < 0 {
+        (axis + r) as usize
+    } else {
+        axis as usize
+    })
 }
 
 fn float_dtype(what: &str, d: DType) -> OpResult<()> {
     if d.is_float() {
         Ok(())
     } else {
-        Err(OpError::DType(format!("`{what}` must be fp16 or fp32, found {d}")))
+        Err(OpError::DType(format!(
+            "`{what}` must be fp16 or fp32, found {d}"
+        )))
     }
 }

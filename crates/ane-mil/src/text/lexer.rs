@@ -60,7 +60,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token<'_>>, ParseError> {
             }
             Tok::Ident(&src[start..i])
         } else if c.is_ascii_digit()
-            || (c == b'-' && bytes.get(i + 1).is_some_and(|b| b.is_ascii_digit() || *b == b'.'))
+            || (c == b'-'
+                && bytes
+                    .get(i + 1)
+                    .is_some_and(|b| b.is_ascii_digit() || *b == b'.'))
             || (c == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
             i = scan_number(bytes, i);

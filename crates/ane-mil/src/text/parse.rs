@@ -8,7 +8,9 @@ use half::f16;
 
 use super::error::{ParseError, Span};
 use super::lexer::{tokenize, Tok, Token};
-use crate::ir::{Arg, BlobRef, Function, Literal, Param, Program, Statement, TensorData, TensorLiteral};
+use crate::ir::{
+    Arg, BlobRef, Function, Literal, Param, Program, Statement, TensorData, TensorLiteral,
+};
 use crate::types::{DType, ValueType};
 
 /// Where each part of a parsed program is in the source.
@@ -347,13 +349,10 @@ impl<'a> Parser<'a> {
 
     fn dtype(&mut self) -> PResult<(DType, Span)> {
         let (name, sp) = self.ident("an element type such as `fp16`")?;
-        DType::from_name(name)
-            .map(|d| (d, sp))
-            .ok_or_else(|| {
-                self.err(sp, format!("unknown element type `{name}`")).with_note(
-                    "known types: fp16, fp32, int8, uint8, int32, bool, uint64, string",
-                )
-            })
+        DType::from_name(name).map(|d| (d, sp)).ok_or_else(|| {
+            self.err(sp, format!("unknown element type `{name}`"))
+                .with_note("known types: fp16, fp32, int8, uint8, int32, bool, uint64, string")
+        })
     }
 
     fn value_type(&mut self) -> PResult<ValueType> {
@@ -524,7 +523,8 @@ impl<'a> Parser<'a> {
             dtype,
             shape,
             path: path.ok_or_else(|| self.err(here, "BLOBFILE needs `path = string(...)`"))?,
-            offset: offset.ok_or_else(|| self.err(here, "BLOBFILE needs `offset = uint64(...)`"))?,
+            offset: offset
+                .ok_or_else(|| self.err(here, "BLOBFILE needs `offset = uint64(...)`"))?,
         })
     }
 
@@ -655,7 +655,10 @@ impl<'a> Parser<'a> {
 
     fn int_value(&self, t: &Token<'a>) -> PResult<i128> {
         let Tok::Number(s) = t.tok else {
-            return Err(self.err(t.span, format!("expected an integer, found {}", t.tok.describe())));
+            return Err(self.err(
+                t.span,
+                format!("expected an integer, found {}", t.tok.describe()),
+            ));
         };
         s.parse::<i128>()
             .map_err(|_| self.err(t.span, format!("`{s}` is not an integer")))
@@ -664,7 +667,12 @@ impl<'a> Parser<'a> {
     fn float_value(&self, t: &Token<'a>) -> PResult<f64> {
         let s = match t.tok {
             Tok::Number(s) | Tok::Ident(s) => s,
-            _ => return Err(self.err(t.span, format!("expected a number, found {}", t.tok.describe()))),
+            _ => {
+                return Err(self.err(
+                    t.span,
+                    format!("expected a number, found {}", t.tok.describe()),
+                ))
+            }
         };
         parse_float(s).ok_or_else(|| self.err(t.span, format!("`{s}` is not a number")))
     }
@@ -672,10 +680,19 @@ impl<'a> Parser<'a> {
     fn float_value_f32(&self, t: &Token<'a>) -> PResult<f32> {
         let s = match t.tok {
             Tok::Number(s) | Tok::Ident(s) => s,
-            _ => return Err(self.err(t.span, format!("expected a number, found {}", t.tok.describe()))),
+            _ => {
+                return Err(self.err(
+                    t.span,
+                    format!("expected a number, found {}", t.tok.describe()),
+                ))
+            }
         };
         // Decimal text parses straight to f32 (one correct rounding); hex floats are exact in f64.
-        let direct = if is_hex(s) { None } else { special_or_decimal_f32(s) };
+        let direct = if is_hex(s) {
+            None
+        } else {
+            special_or_decimal_f32(s)
+        };
         direct
             .or_else(|| parse_float(s).map(|x| x as f32))
             .ok_or_else(|| self.err(t.span, format!("`{s}` is not a number")))
@@ -716,7 +733,10 @@ fn special_or_decimal_f32(s: &str) -> Option<f32> {
         "inf" => Some(f32::INFINITY),
         "-inf" => Some(f32::NEG_INFINITY),
         "nan" | "-nan" => Some(f32::NAN),
-        _ => s.parse::<f32>().ok().filter(|_| s.bytes().any(|b| b.is_ascii_digit())),
+        _ => s
+            .parse::<f32>()
+            .ok()
+            .filter(|_| s.bytes().any(|b| b.is_ascii_digit())),
     }
 }
 

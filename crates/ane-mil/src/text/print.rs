@@ -108,9 +108,9 @@ pub(crate) fn write_literal(out: &mut String, lit: &Literal) {
 
 fn write_blob(out: &mut String, b: &BlobRef) {
     let ty = crate::types::ValueType::tensor(b.dtype, b.shape.clone());
-    let _ = write!(out, "{ty}(BLOBFILE(path = ");
+    let _ = write!(out, "{ty}(BLOBFILE(path = string(");
     write_string(out, &b.path);
-    let _ = write!(out, ", offset = uint64({})))", b.offset);
+    let _ = write!(out, "), offset = uint64({})))", b.offset);
 }
 
 fn write_tensor_literal(out: &mut String, t: &TensorLiteral) {
@@ -186,4 +186,3 @@ fn write_string(out: &mut String, s: &str) {
     }
     out.push('"');
 }
-
