@@ -1,0 +1,279 @@
+//! Engines compile MIL programs into kernels; kernels evaluate procedures on surfaces.
+//!
+//! Life cycle: pick an engine ([`create`], [`EngineKind::from_env`]) → read its [`Limits`] →
+//! [`Engine::compile`] a program with its weight files (one compile, however many functions
+//! it has; each function becomes a procedure) → allocate [`Surface`]s with the layouts the
+//! kernel reports → [`Kernel::eval`] as often as needed. Kernels are `Send + Sync`: several
+//! threads may evaluate one kernel at once, each with its own surfaces.
+
+pub mod reference;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use ane_mil::{Program, WeightFiles};
+
+use crate::error::{Error, Result};
+use crate::layout::TensorLayout;
+use crate::surface::Surface;
+
+/// Which engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// The CPU reference engine (every platform).
+    Reference,
+    /// The private `_ANEInMemoryModel` path (macOS).
+    Apple,
+    /// Public Core ML (macOS).
+    CoreMl,
+}
+
+impl EngineKind {
+    /// Lower-case name as used in `GGML_ANE_ENGINE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Reference => "reference",
+            EngineKind::Apple => "apple",
+            EngineKind::CoreMl => "coreml",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An engine choice: one engine, or `auto` (best available).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// Try apple, then coreml, then reference.
+    Auto,
+    /// Exactly this engine.
+    Only(EngineKind),
+}
+
+impl FromStr for EngineChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => EngineChoice::Auto,
+            "reference" | "ref" | "cpu" => EngineChoice::Only(EngineKind::Reference),
+            "apple" | "ane" => EngineChoice::Only(EngineKind::Apple),
+            "coreml" => EngineChoice::Only(EngineKind::CoreMl),
+            other => return Err(Error::UnknownEngine(other.to_string())),
+        })
+    }
+}
+
+impl EngineChoice {
+    /// From `GGML_ANE_ENGINE` (unset means auto).
+    pub fn from_env() -> Result<Self> {
+        std::env::var("GGML_ANE_ENGINE").unwrap_or_default().parse()
+    }
+}
+
+/// What an engine is, for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Which engine.
+    pub kind: EngineKind,
+    /// One line, e.g. "Apple Neural Engine (reference engine, CPU)".
+    pub description: String,
+    /// Extra facts worth printing (device, threads, ...).
+    pub details: Vec<(String, String)>,
+}
+
+/// What an engine accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest size of any tensor dimension.
+    pub max_dim: usize,
+    /// Row strides are multiples of this many bytes.
+    pub row_alignment: usize,
+    /// Compiles allowed per process (`None`: unlimited).
+    pub compile_budget: Option<u32>,
+    /// Compiles used so far against that budget.
+    pub compiles_used: u32,
+}
+
+impl Limits {
+    /// Compiles left, or `None` when unlimited.
+    pub fn compiles_left(&self) -> Option<u32> {
+        self.compile_budget
+            .map(|b| b.saturating_sub(self.compiles_used))
+    }
+}
+
+/// An engine: compiles programs into kernels.
+pub trait Engine: Send + Sync {
+    /// What it is.
+    fn info(&self) -> EngineInfo;
+    /// What it accepts, and how much budget is left.
+    fn limits(&self) -> Limits;
+    /// Compiles every function of `program`; BLOBFILE constants resolve in `weights`.
+    ///
+    /// # Errors
+    /// [`Error::BudgetExhausted`] once the budget is spent (before any work is done),
+    /// [`Error::Unsupported`] for programs past the engine's limits, and the parse/check/blob
+    /// errors of the program itself.
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>>;
+}
+
+/// A procedure of a compiled kernel: its inputs and outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcedureInfo {
+    /// The function's name.
+    pub name: String,
+    /// Input layouts, in parameter order.
+    pub inputs: Vec<TensorLayout>,
+    /// Output layouts, in output order.
+    pub outputs: Vec<TensorLayout>,
+}
+
+/// A compiled program.
+pub trait Kernel: Send + Sync {
+    /// Procedures, in function order.
+    fn procedures(&self) -> &[ProcedureInfo];
+
+    /// Runs procedure `index`: reads `inputs`, writes `outputs` (rows' padding is left as is).
+    ///
+    /// # Errors
+    /// [`Error::LayoutMismatch`] when a surface does not have the procedure's layout, or
+    /// [`Error::Eval`] when the engine fails.
+    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()>;
+
+    /// The index of the procedure called `name`.
+    fn procedure_index(&self, name: &str) -> Result<usize> {
+        self.procedures()
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| Error::NoProcedure(name.to_string()))
+    }
+}
+
+/// Checks surfaces against the layouts a procedure expects.
+pub fn check_surfaces(
+    proc_: &ProcedureInfo,
+    inputs: &[&Surface],
+    outputs: &[&mut Surface],
+) -> Result<()> {
+    let count = |what: &str, want: usize, got: usize| Error::LayoutMismatch {
+        what: format!("{} of `{}`", what, proc_.name),
+        expected: format!("{want} surfaces"),
+        got: format!("{got}"),
+    };
+    if inputs.len() != proc_.inputs.len() {
+        return Err(count("inputs", proc_.inputs.len(), inputs.len()));
+    }
+    if outputs.len() != proc_.outputs.len() {
+        return Err(count("outputs", proc_.outputs.len(), outputs.len()));
+    }
+    let pairs = proc_
+        .inputs
+        .iter()
+        .zip(inputs.iter().map(|s| s.layout()))
+        .chain(proc_.outputs.iter().zip(outputs.iter().map(|s| s.layout())));
+    for (want, got) in pairs {
+        let same = want.dtype == got.dtype
+            && want.dims == got.dims
+            && want.row_stride == got.row_stride
+            && want.plane_stride == got.plane_stride
+            && want.batch_stride == got.batch_stride;
+        if !same {
+            return Err(Error::LayoutMismatch {
+                what: format!("surface for `{}`", want.name),
+                expected: want.to_string(),
+                got: got.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Counts compiles against a budget; shared by every engine that uses the same counter.
+#[derive(Clone, Debug)]
+pub struct CompileCounter {
+    used: Arc<AtomicU32>,
+    budget: Option<u32>,
+}
+
+impl CompileCounter {
+    /// A fresh counter (tests use one each, so they do not share the process's budget).
+    pub fn new(budget: Option<u32>) -> Self {
+        CompileCounter {
+            used: Arc::new(AtomicU32::new(0)),
+            budget,
+        }
+    }
+
+    /// The process-wide counter for `kind`, created with `budget` on first use.
+    pub fn process(kind: EngineKind, budget: Option<u32>) -> Self {
+        static COUNTERS: OnceLock<[Arc<AtomicU32>; 3]> = OnceLock::new();
+        let all = COUNTERS.get_or_init(Default::default);
+        let i = kind as usize;
+        CompileCounter {
+            used: all[i].clone(),
+            budget,
+        }
+    }
+
+    /// Takes one compile from the budget, or fails without taking it.
+    pub fn take(&self) -> Result<()> {
+        let Some(budget) = self.budget else {
+            self.used.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < budget).then_some(u + 1)
+            })
+            .map(|_| ())
+            .map_err(|used| Error::BudgetExhausted { used, budget })
+    }
+
+    /// Compiles taken.
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> Option<u32> {
+        self.budget
+    }
+}
+
+/// Creates the engine `choice` names. `Auto` takes the first available of apple, coreml and
+/// reference; [`auto_fallback_reasons`] says why the earlier ones were passed over.
+pub fn create(choice: EngineChoice) -> Result<Arc<dyn Engine>> {
+    match choice {
+        EngineChoice::Only(EngineKind::Reference) | EngineChoice::Auto => {
+            Ok(Arc::new(reference::ReferenceEngine::new()))
+        }
+        EngineChoice::Only(kind) => Err(unavailable(kind)),
+    }
+}
+
+/// Why `auto` did not pick the Apple engines, one line each.
+pub fn auto_fallback_reasons() -> Vec<String> {
+    [EngineKind::Apple, EngineKind::CoreMl]
+        .into_iter()
+        .map(|k| unavailable(k).to_string())
+        .collect()
+}
+
+/// Why an Apple engine cannot be created in this build.
+pub fn unavailable(kind: EngineKind) -> Error {
+    let reason = if cfg!(target_os = "macos") {
+        "not implemented in this build yet (see issue #4)".to_string()
+    } else {
+        format!(
+            "needs macOS on Apple silicon (this is {})",
+            std::env::consts::OS
+        )
+    };
+    Error::EngineUnavailable { kind, reason }
+}

@@ -1,0 +1,261 @@
+//! The reference engine: runs MIL programs on the CPU with the ANE's storage semantics.
+//!
+//! - "compile" = type-check, resolve BLOBFILE constants, dequantize int8 weights, plan steps;
+//!   it counts against a per-process budget (default 119, like the hardware) and refuses
+//!   tensors with a dimension past `max_dim` (16384), so code above can be tested against
+//!   both walls;
+//! - "eval" = read inputs from strided surfaces, run the steps, write outputs back into the
+//!   surfaces' rows (padding untouched). Every float tensor is stored as fp16 (round to
+//!   nearest even, overflow to ±inf); conv and matmul accumulate in f32 (multi-threaded GEMM).
+
+mod linalg;
+mod plan;
+mod tensor;
+
+use std::sync::Arc;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use ane_mil::{check_program, DType, Program, WeightFiles};
+
+use self::plan::{plan_function, ProcPlan, StepOp};
+use self::tensor::{Data, Tensor};
+use crate::engine::{
+    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+};
+use crate::error::{Error, Result};
+use crate::layout::SurfaceDType;
+use crate::surface::Surface;
+
+/// The hardware's compile budget per process, as observed (ane-tech.md §4.1).
+pub const DEFAULT_COMPILE_BUDGET: u32 = 119;
+/// Largest tensor dimension the ANE loads.
+pub const DEFAULT_MAX_DIM: usize = 16384;
+/// Row strides are multiples of 64 bytes on the ANE.
+pub const ROW_ALIGNMENT: usize = 64;
+
+/// Settings of a reference engine.
+#[derive(Clone, Debug)]
+pub struct ReferenceConfig {
+    /// Largest dimension of any tensor in a program.
+    pub max_dim: usize,
+    /// Row stride alignment in bytes.
+    pub row_alignment: usize,
+    /// The compile counter and budget (the process-wide one by default).
+    pub counter: CompileCounter,
+}
+
+impl Default for ReferenceConfig {
+    fn default() -> Self {
+        let budget = std::env::var("GGML_ANE_COMPILE_BUDGET")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_COMPILE_BUDGET);
+        ReferenceConfig {
+            max_dim: DEFAULT_MAX_DIM,
+            row_alignment: ROW_ALIGNMENT,
+            counter: CompileCounter::process(EngineKind::Reference, Some(budget)),
+        }
+    }
+}
+
+/// The CPU reference engine.
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceEngine {
+    config: ReferenceConfig,
+}
+
+impl ReferenceEngine {
+    /// An engine with the defaults and the process-wide compile counter.
+    pub fn new() -> Self {
+        ReferenceEngine::default()
+    }
+
+    /// An engine with explicit settings.
+    pub fn with_config(config: ReferenceConfig) -> Self {
+        ReferenceEngine { config }
+    }
+
+    fn check_limits(&self, functions: &[ane_mil::CheckedFunction]) -> Result<()> {
+        let max = self.config.max_dim;
+        for f in functions {
+            let types = f
+                .inputs
+                .iter()
+                .map(|p| (&p.name, &p.ty))
+                .chain(f.statements.iter().map(|s| (&s.name, &s.ty)));
+            for (name, ty) in types {
+                if let Some(d) = ty.shape().iter().find(|&&d| d > max) {
+                    return Err(Error::Unsupported {
+                        engine: EngineKind::Reference,
+                        reason: format!("`{name}` in `{}` has a dimension of {d}, past the limit of {max} ({ty})", f.name),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for ReferenceEngine {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            kind: EngineKind::Reference,
+            description:
+                "Apple Neural Engine (reference engine: CPU, fp16 storage, f32 accumulation)"
+                    .to_string(),
+            details: vec![
+                (
+                    "threads".to_string(),
+                    rayon::current_num_threads().to_string(),
+                ),
+                ("arch".to_string(), std::env::consts::ARCH.to_string()),
+            ],
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_dim: self.config.max_dim,
+            row_alignment: self.config.row_alignment,
+            compile_budget: self.config.counter.budget(),
+            compiles_used: self.config.counter.used(),
+        }
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        self.config.counter.take()?;
+        let functions = check_program(program, Some(weights))?;
+        self.check_limits(&functions)?;
+        let plans = functions
+            .iter()
+            .map(|f| plan_function(f, weights, self.config.row_alignment))
+            .collect::<Result<Vec<_>>>()?;
+        let procedures = plans.iter().map(|p| p.info.clone()).collect();
+        Ok(Box::new(ReferenceKernel { plans, procedures }))
+    }
+}
+
+/// A compiled program on the reference engine.
+#[derive(Debug)]
+struct ReferenceKernel {
+    plans: Vec<ProcPlan>,
+    procedures: Vec<ProcedureInfo>,
+}
+
+impl Kernel for ReferenceKernel {
+    fn procedures(&self) -> &[ProcedureInfo] {
+        &self.procedures
+    }
+
+    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+        let plan = self
+            .plans
+            .get(index)
+            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+        check_surfaces(&plan.info, inputs, outputs)?;
+        let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; plan.n_slots];
+        for (slot, t) in &plan.constants {
+            slots[*slot] = Some(t.clone());
+        }
+        for (&slot, s) in plan.inputs.iter().zip(inputs) {
+            slots[slot] = Some(Arc::new(read_surface(s)));
+        }
+        for step in &plan.steps {
+            let arg = |i: usize| -> Result<&Tensor> {
+                slots[step.args[i]]
+                    .as_deref()
+                    .ok_or_else(|| Error::Internal("slot read before written".into()))
+            };
+            let out = match &step.op {
+                StepOp::Conv(g) => {
+                    let bias = if step.args.len() > 2 {
+                        Some(arg(2)?)
+                    } else {
+                        None
+                    };
+                    linalg::conv(arg(0)?, arg(1)?, bias, g, &step.out_shape)
+                }
+                StepOp::Matmul { tx, ty } => {
+                    linalg::matmul(arg(0)?, arg(1)?, *tx, *ty, &step.out_shape)
+                }
+                StepOp::Transpose(perm) => arg(0)?.transpose(perm),
+                StepOp::Reshape => arg(0)?.reshape(&step.out_shape),
+                StepOp::Slice(axes) => arg(0)?.slice(axes, &step.out_shape),
+                StepOp::Cast(d) => cast(arg(0)?, *d),
+                StepOp::Concat { axis, interleave } => {
+                    let vals = (0..step.args.len()).map(arg).collect::<Result<Vec<_>>>()?;
+                    Tensor::concat(&vals, *axis, *interleave, &step.out_shape)
+                }
+            };
+            slots[step.out] = Some(Arc::new(out));
+            for &f in &step.frees {
+                slots[f] = None;
+            }
+        }
+        for (&slot, s) in plan.outputs.iter().zip(outputs.iter_mut()) {
+            let t = slots[slot]
+                .as_deref()
+                .ok_or_else(|| Error::Internal("output never computed".into()))?;
+            write_surface(t, s)?;
+        }
+        Ok(())
+    }
+}
+
+fn cast(x: &Tensor, to: DType) -> Tensor {
+    let data = match (&x.data, to) {
+        // float <-> float: values already carry fp16 precision
+        (Data::F(v), DType::Fp16 | DType::Fp32) => Data::F(v.clone()),
+        (Data::F(v), _) => Data::I(v.iter().map(|h| h.to_f32() as i32).collect()),
+        (Data::I(v), DType::Fp16 | DType::Fp32) => {
+            Data::F(v.iter().map(|&i| f16::from_f32(i as f32)).collect())
+        }
+        (d, _) => d.clone(),
+    };
+    Tensor::new(x.shape.clone(), data)
+}
+
+/// Reads a surface's rows into a dense fp16 tensor (fp32 surfaces are rounded to fp16).
+fn read_surface(s: &Surface) -> Tensor {
+    let l = s.layout();
+    let w = l.dims[3];
+    let mut out = vec![f16::ZERO; l.num_elements()];
+    if w > 0 {
+        let bytes = s.as_bytes();
+        for (r, dst) in out.chunks_mut(w).enumerate() {
+            let row = &bytes[l.flat_row_offset(r)..];
+            match l.dtype {
+                SurfaceDType::F16 => dst.copy_from_slice(bytemuck::cast_slice(&row[..2 * w])),
+                SurfaceDType::F32 => {
+                    dst.convert_from_f32_slice(bytemuck::cast_slice(&row[..4 * w]))
+                }
+            }
+        }
+    }
+    Tensor::new(l.shape.clone(), Data::F(out))
+}
+
+/// Writes a dense fp16 tensor into a surface's rows, leaving row padding untouched.
+fn write_surface(t: &Tensor, s: &mut Surface) -> Result<()> {
+    let Some(v) = t.floats() else {
+        return Err(Error::Internal("non-float output".into()));
+    };
+    let l = s.layout().clone();
+    let w = l.dims[3];
+    if w == 0 {
+        return Ok(());
+    }
+    let bytes = s.as_bytes_mut();
+    for (r, src) in v.chunks(w).enumerate() {
+        let row = &mut bytes[l.flat_row_offset(r)..];
+        match l.dtype {
+            SurfaceDType::F16 => row[..2 * w].copy_from_slice(bytemuck::cast_slice(src)),
+            SurfaceDType::F32 => {
+                src.convert_to_f32_slice(bytemuck::cast_slice_mut(&mut row[..4 * w]))
+            }
+        }
+    }
+    Ok(())
+}
