@@ -1,1 +1,40 @@
-fn main() {}
+//! `ane`: inspect engines, check and run MIL programs.
+
+mod info;
+mod mil;
+mod npy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ane", version, about = "Apple Neural Engine tools: engines, MIL programs, weight files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Engines available here, the one `auto` picks, and its limits.
+    Info(info::InfoArgs),
+    /// Check and run MIL programs.
+    #[command(subcommand)]
+    Mil(mil::MilCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Mil(c) => mil::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

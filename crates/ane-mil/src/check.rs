@@ -131,6 +131,19 @@ pub struct CheckError {
     pub kind: CheckErrorKind,
 }
 
+impl CheckError {
+    /// Where the error is in the source the program was parsed from.
+    pub fn span(&self, map: &crate::text::parse::SourceMap) -> Option<crate::text::error::Span> {
+        let f = map.functions.get(self.function_index)?;
+        match self.at {
+            Location::Function => Some(f.name),
+            Location::Param(i) => f.params.get(i).copied(),
+            Location::Statement(i) => f.statements.get(i).copied(),
+            Location::Outputs => Some(f.outputs),
+        }
+    }
+}
+
 /// A statement after checking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckedStatement {

@@ -18,6 +18,7 @@ pub mod error;
 mod ffi;
 pub mod layout;
 pub mod surface;
+pub mod weights;
 
 pub use engine::{Engine, EngineChoice, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo};
 pub use error::{Error, Result};
