@@ -9,16 +9,6 @@ use ane_runtime::engine::CompileCounter;
 use ane_runtime::{Engine, Error, Surface};
 use support::*;
 
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = v[r * cols + c];
-        }
-    }
-    t
-}
-
 /// The seed's exact program, with garbage (NaN bytes) in the input rows' padding and a
 /// marker in the output rows' padding: results match f64, padding is neither read nor written.
 #[test]

@@ -1,0 +1,161 @@
+//! The `ane` binary end to end: files in, files out, exit codes and messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ane_mil::fixtures::seed_matmul_text;
+use ane_mil::BlobWriter;
+use ane_testutil::{assert_matmul_close, transpose, Rng};
+use half::f16;
+
+fn ane(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ane"))
+        .args(args)
+        .env_remove("GGML_ANE_ENGINE")
+        .output()
+        .expect("run ane")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_npy_f16(path: &Path, shape: &[u64], values: &[f32]) {
+    use npyz::WriterBuilder;
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::<f16>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    w.extend(values.iter().map(|&v| f16::from_f32(v))).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = f.shape().to_vec();
+    if f.dtype().descr().contains("f8") {
+        (shape, f.into_vec::<f64>().unwrap().into_iter().map(|v| v as f32).collect())
+    } else {
+        (shape, f.into_vec::<f32>().unwrap())
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The seed's exact program through `ane mil run` for several shapes, widths not multiples of 32
+/// among them, against an f64 matmul of the fp16-rounded operands (tolerance: see
+/// `ane_testutil::fp16_dot_tolerance`).
+#[test]
+fn mil_run_executes_the_seed_program_for_several_shapes() {
+    let mut rng = Rng::new(5);
+    for (m, k, n) in [(64, 64, 64), (48, 80, 50), (33, 17, 7), (130, 257, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("model.mil"), seed_matmul_text(m, k, n)).unwrap();
+        let w = rng.f16_values(m * k);
+        let x = rng.f16_values(n * k);
+        let mut bw = BlobWriter::new();
+        bw.add_fp16(&w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>());
+        std::fs::create_dir(d.join("weights")).unwrap();
+        std::fs::write(d.join("weights/weight.bin"), bw.finish()).unwrap();
+        write_npy_f16(&d.join("x.npy"), &[1, n as u64, 1, k as u64], &x);
+        let s = |p: &str| d.join(p).to_string_lossy().into_owned();
+        let input = format!("x_raw={}", s("x.npy"));
+        let out = ane(&["mil", "run", &s("model.mil"), "--weights", &s(""), "--input", &input, "--out", &s("out")]);
+        assert!(out.status.success(), "({m},{k},{n}): {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("main on reference"), "{}", text(&out.stdout));
+        let (shape, y) = read_npy(&d.join("out/y.npy"));
+        assert_eq!(shape, [1, n as u64, 1, m as u64]);
+        assert_matmul_close(&y, &x, &transpose(&w, m, k), n, k, m, &format!("ane mil run ({m},{k},{n})"));
+    }
+}
+
+/// The bundled example: weights written by coremltools, expectation computed by numpy.
+#[test]
+fn bundled_example_matches_numpy_and_a_wrong_expectation_fails() {
+    let ex = repo_root().join("examples/seed-matmul");
+    let s = |p: &str| ex.join(p).to_string_lossy().into_owned();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_s = out_dir.path().to_string_lossy().into_owned();
+    let input = format!("x_raw={}", s("x_raw.npy"));
+    let expect = format!("y={}", s("expected_y.npy"));
+    let run = |expect: &str| {
+        ane(&["mil", "run", &s("model.mil"), "--weights", &s(""), "--input", &input, "--out", &out_s, "--expect", expect])
+    };
+    let ok = run(&expect);
+    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(text(&ok.stdout).contains(": ok"), "{}", text(&ok.stdout));
+
+    // the same expectation with one value changed must be reported as a mismatch
+    let (shape, mut want) = read_npy(&ex.join("expected_y.npy"));
+    want.iter_mut().for_each(|v| *v = -*v);
+    let bad = out_dir.path().join("bad.npy");
+    {
+        use npyz::WriterBuilder;
+        let f = std::fs::File::create(&bad).unwrap();
+        let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(f).begin_nd().unwrap();
+        w.extend(want.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+    let out = run(&format!("y={}", bad.display()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("MISMATCH"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn mil_check_prints_signatures_or_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.mil");
+    std::fs::write(&good, seed_matmul_text(16, 8, 4)).unwrap();
+    let out = ane(&["mil", "check", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        "main<ios18>(x_raw: tensor<fp16, [1, 4, 1, 8]>) -> (y: tensor<fp16, [1, 4, 1, 16]>)\n"
+    );
+
+    let bad = dir.path().join("bad.mil");
+    std::fs::write(&bad, seed_matmul_text(16, 8, 4).replace("pad_type=pt,", "pad_type=pt,,")).unwrap();
+    let out = ane(&["mil", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("--> {}:13:", bad.display())), "{err}");
+    assert!(err.contains("expected an argument name, found `,`"), "{err}");
+
+    let typo = dir.path().join("typo.mil");
+    std::fs::write(&typo, seed_matmul_text(16, 8, 4).replace("[16,8,1,1]> W", "[16,9,1,1]> W")).unwrap();
+    let out = ane(&["mil", "check", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(":12:9"), "{err}");
+    assert!(err.contains("declared tensor<fp16, [16, 9, 1, 1]>"), "{err}");
+}
+
+#[test]
+fn mil_run_explains_missing_inputs_and_weights() {
+    let ex = repo_root().join("examples/seed-matmul");
+    let model = ex.join("model.mil").to_string_lossy().into_owned();
+    let out = ane(&["mil", "run", &model, "--out", "/tmp/unused"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("pass --weights DIR"), "{}", text(&out.stderr));
+
+    let out = ane(&["mil", "run", &model, "--weights", ex.to_str().unwrap(), "--out", "/tmp/unused"]);
+    assert!(text(&out.stderr).contains("missing --input x_raw=FILE.npy (shape [1, 50, 1, 80])"), "{}", text(&out.stderr));
+
+    let out = ane(&["mil", "run", &model, "--weights", "/nonexistent", "--out", "/tmp/unused"]);
+    assert!(text(&out.stderr).contains("/nonexistent/weights/weight.bin"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn info_names_the_engine_and_its_limits() {
+    let out = ane(&["info"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.contains("auto picks: reference"), "{s}");
+    assert!(s.contains("max dimension   16384"), "{s}");
+    assert!(s.contains("compile budget  119 per process"), "{s}");
+    let out = ane(&["info", "--engine", "warp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown engine `warp`"));
+}
