@@ -17,7 +17,11 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         None => EngineChoice::from_env()?,
     };
     println!("engines:");
-    for kind in [engine::EngineKind::Apple, engine::EngineKind::CoreMl, engine::EngineKind::Reference] {
+    for kind in [
+        engine::EngineKind::Apple,
+        engine::EngineKind::CoreMl,
+        engine::EngineKind::Reference,
+    ] {
         let status = match engine::create(EngineChoice::Only(kind)) {
             Ok(_) => "available".to_string(),
             Err(e) => e.to_string(),
@@ -46,6 +50,9 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         ),
         None => println!("  compile budget  unlimited"),
     }
-    println!("  ops             {}", ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", "));
+    println!(
+        "  ops             {}",
+        ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ane", version, about = "Apple Neural Engine tools: engines, MIL programs, weight files")]
+#[command(
+    name = "ane",
+    version,
+    about = "Apple Neural Engine tools: engines, MIL programs, weight files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use ane_mil::text::error::render_diagnostic;
 use ane_mil::{check_program, parse_with_spans, Program, SourceMap};
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::Surface;
+use anyhow::{bail, Context};
 
 use crate::npy;
 
@@ -53,8 +53,24 @@ pub(crate) enum MilCommand {
 pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         MilCommand::Check { file, weights } => check(&file, weights.as_deref()),
-        MilCommand::Run { file, weights, inputs, out, function, engine, expect, max_nmse } => {
-            let outputs = run_program(&file, weights.as_deref(), &inputs, &out, &function, engine.as_deref())?;
+        MilCommand::Run {
+            file,
+            weights,
+            inputs,
+            out,
+            function,
+            engine,
+            expect,
+            max_nmse,
+        } => {
+            let outputs = run_program(
+                &file,
+                weights.as_deref(),
+                &inputs,
+                &out,
+                &function,
+                engine.as_deref(),
+            )?;
             compare(&outputs, &expect, max_nmse)
         }
     }
@@ -62,7 +78,8 @@ pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
 
 /// Parses, or prints the rendered diagnostic and returns `None`.
 fn load(file: &Path) -> anyhow::Result<Option<(String, Program, SourceMap)>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     match parse_with_spans(&text) {
         Ok((p, map)) => Ok(Some((text, p, map))),
         Err(e) => {
@@ -83,7 +100,9 @@ fn weights_for(dir: Option<&Path>, p: &Program) -> anyhow::Result<ane_mil::Weigh
 }
 
 fn check(file: &Path, weights: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let Some((text, program, map)) = load(file)? else { return Ok(ExitCode::FAILURE) };
+    let Some((text, program, map)) = load(file)? else {
+        return Ok(ExitCode::FAILURE);
+    };
     let w = match weights {
         Some(d) => Some(ane_runtime::weights::load_model_dir(d, &program)?),
         None => None,
@@ -98,7 +117,10 @@ fn check(file: &Path, weights: Option<&Path>) -> anyhow::Result<ExitCode> {
         Err(e) => {
             let path = file.display().to_string();
             match e.span(&map) {
-                Some(span) => eprint!("{}", render_diagnostic(&path, &text, span, &e.to_string(), &[])),
+                Some(span) => eprint!(
+                    "{}",
+                    render_diagnostic(&path, &text, span, &e.to_string(), &[])
+                ),
                 None => eprintln!("error: {path}: {e}"),
             }
             Ok(ExitCode::FAILURE)
@@ -129,14 +151,18 @@ fn run_program(
     };
     let engine = engine::create(choice)?;
     let t0 = Instant::now();
-    let kernel = engine.compile(&program, &w).with_context(|| format!("compiling {}", file.display()))?;
+    let kernel = engine
+        .compile(&program, &w)
+        .with_context(|| format!("compiling {}", file.display()))?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let index = kernel.procedure_index(function)?;
     let proc_ = kernel.procedures()[index].clone();
 
     let mut given: Vec<(String, PathBuf)> = Vec::new();
     for spec in inputs {
-        let (name, path) = spec.split_once('=').with_context(|| format!("--input `{spec}` is not NAME=FILE.npy"))?;
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--input `{spec}` is not NAME=FILE.npy"))?;
         if given.iter().any(|(n, _)| n == name) {
             bail!("--input {name} is given twice");
         }
@@ -145,20 +171,37 @@ fn run_program(
     let mut surfaces = Vec::new();
     for layout in &proc_.inputs {
         let Some((_, path)) = given.iter().find(|(n, _)| *n == layout.name) else {
-            bail!("missing --input {}=FILE.npy (shape {:?})", layout.name, layout.shape);
+            bail!(
+                "missing --input {}=FILE.npy (shape {:?})",
+                layout.name,
+                layout.shape
+            );
         };
         let a = npy::read(path)?;
         if squeeze(&a.shape) != squeeze(&layout.shape) {
-            bail!("{}: shape {:?} does not match parameter `{}` {:?}", path.display(), a.shape, layout.name, layout.shape);
+            bail!(
+                "{}: shape {:?} does not match parameter `{}` {:?}",
+                path.display(),
+                a.shape,
+                layout.name,
+                layout.shape
+            );
         }
         let mut s = Surface::new(layout.clone());
         s.write_f32(&a.values)?;
         surfaces.push(s);
     }
-    if let Some((n, _)) = given.iter().find(|(n, _)| !proc_.inputs.iter().any(|l| &l.name == n)) {
+    if let Some((n, _)) = given
+        .iter()
+        .find(|(n, _)| !proc_.inputs.iter().any(|l| &l.name == n))
+    {
         bail!("`{function}` has no parameter `{n}`");
     }
-    let mut outputs: Vec<Surface> = proc_.outputs.iter().map(|l| Surface::new(l.clone())).collect();
+    let mut outputs: Vec<Surface> = proc_
+        .outputs
+        .iter()
+        .map(|l| Surface::new(l.clone()))
+        .collect();
     let t1 = Instant::now();
     {
         let ins: Vec<&Surface> = surfaces.iter().collect();
@@ -175,7 +218,12 @@ fn run_program(
     for s in &outputs {
         let path = out.join(format!("{}.npy", s.layout().name));
         npy::write_f32(&path, &s.layout().shape, &s.read_f32())?;
-        println!("  {} {:?} -> {}", s.layout().name, s.layout().shape, path.display());
+        println!(
+            "  {} {:?} -> {}",
+            s.layout().name,
+            s.layout().shape,
+            path.display()
+        );
     }
     Ok(outputs)
 }
@@ -193,21 +241,35 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
 fn compare(outputs: &[Surface], expect: &[String], max_nmse: f64) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     for spec in expect {
-        let (name, path) = spec.split_once('=').with_context(|| format!("--expect `{spec}` is not NAME=FILE.npy"))?;
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--expect `{spec}` is not NAME=FILE.npy"))?;
         let s = outputs
             .iter()
             .find(|s| s.layout().name == name)
             .with_context(|| format!("--expect {name}: no output called `{name}`"))?;
         let want = npy::read(Path::new(path))?;
         if squeeze(&want.shape) != squeeze(&s.layout().shape) {
-            bail!("{path}: shape {:?} does not match output `{name}` {:?}", want.shape, s.layout().shape);
+            bail!(
+                "{path}: shape {:?} does not match output `{name}` {:?}",
+                want.shape,
+                s.layout().shape
+            );
         }
         let got = s.read_f32();
-        let max_err = got.iter().zip(&want.values).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        let max_err = got
+            .iter()
+            .zip(&want.values)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
         let e = nmse(&got, &want.values);
         let verdict = if e <= max_nmse { "ok" } else { "MISMATCH" };
         ok &= e <= max_nmse;
         println!("  {name} vs {path}: max |err| {max_err:.3e}, nmse {e:.3e} (limit {max_nmse:.0e}): {verdict}");
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -23,7 +23,12 @@ fn text(b: &[u8]) -> String {
 fn write_npy_f16(path: &Path, shape: &[u64], values: &[f32]) {
     use npyz::WriterBuilder;
     let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::<f16>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    let mut w = npyz::WriteOptions::<f16>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(f)
+        .begin_nd()
+        .unwrap();
     w.extend(values.iter().map(|&v| f16::from_f32(v))).unwrap();
     w.finish().unwrap();
 }
@@ -33,7 +38,14 @@ fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
     let f = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape = f.shape().to_vec();
     if f.dtype().descr().contains("f8") {
-        (shape, f.into_vec::<f64>().unwrap().into_iter().map(|v| v as f32).collect())
+        (
+            shape,
+            f.into_vec::<f64>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+        )
     } else {
         (shape, f.into_vec::<f32>().unwrap())
     }
@@ -62,12 +74,34 @@ fn mil_run_executes_the_seed_program_for_several_shapes() {
         write_npy_f16(&d.join("x.npy"), &[1, n as u64, 1, k as u64], &x);
         let s = |p: &str| d.join(p).to_string_lossy().into_owned();
         let input = format!("x_raw={}", s("x.npy"));
-        let out = ane(&["mil", "run", &s("model.mil"), "--weights", &s(""), "--input", &input, "--out", &s("out")]);
+        let out = ane(&[
+            "mil",
+            "run",
+            &s("model.mil"),
+            "--weights",
+            &s(""),
+            "--input",
+            &input,
+            "--out",
+            &s("out"),
+        ]);
         assert!(out.status.success(), "({m},{k},{n}): {}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("main on reference"), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("main on reference"),
+            "{}",
+            text(&out.stdout)
+        );
         let (shape, y) = read_npy(&d.join("out/y.npy"));
         assert_eq!(shape, [1, n as u64, 1, m as u64]);
-        assert_matmul_close(&y, &x, &transpose(&w, m, k), n, k, m, &format!("ane mil run ({m},{k},{n})"));
+        assert_matmul_close(
+            &y,
+            &x,
+            &transpose(&w, m, k),
+            n,
+            k,
+            m,
+            &format!("ane mil run ({m},{k},{n})"),
+        );
     }
 }
 
@@ -81,10 +115,27 @@ fn bundled_example_matches_numpy_and_a_wrong_expectation_fails() {
     let input = format!("x_raw={}", s("x_raw.npy"));
     let expect = format!("y={}", s("expected_y.npy"));
     let run = |expect: &str| {
-        ane(&["mil", "run", &s("model.mil"), "--weights", &s(""), "--input", &input, "--out", &out_s, "--expect", expect])
+        ane(&[
+            "mil",
+            "run",
+            &s("model.mil"),
+            "--weights",
+            &s(""),
+            "--input",
+            &input,
+            "--out",
+            &out_s,
+            "--expect",
+            expect,
+        ])
     };
     let ok = run(&expect);
-    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
     assert!(text(&ok.stdout).contains(": ok"), "{}", text(&ok.stdout));
 
     // the same expectation with one value changed must be reported as a mismatch
@@ -94,13 +145,22 @@ fn bundled_example_matches_numpy_and_a_wrong_expectation_fails() {
     {
         use npyz::WriterBuilder;
         let f = std::fs::File::create(&bad).unwrap();
-        let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(f).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(f)
+            .begin_nd()
+            .unwrap();
         w.extend(want.iter().copied()).unwrap();
         w.finish().unwrap();
     }
     let out = run(&format!("y={}", bad.display()));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("MISMATCH"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("MISMATCH"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -116,20 +176,34 @@ fn mil_check_prints_signatures_or_line_and_column() {
     );
 
     let bad = dir.path().join("bad.mil");
-    std::fs::write(&bad, seed_matmul_text(16, 8, 4).replace("pad_type=pt,", "pad_type=pt,,")).unwrap();
+    std::fs::write(
+        &bad,
+        seed_matmul_text(16, 8, 4).replace("pad_type=pt,", "pad_type=pt,,"),
+    )
+    .unwrap();
     let out = ane(&["mil", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains(&format!("--> {}:13:", bad.display())), "{err}");
-    assert!(err.contains("expected an argument name, found `,`"), "{err}");
+    assert!(
+        err.contains("expected an argument name, found `,`"),
+        "{err}"
+    );
 
     let typo = dir.path().join("typo.mil");
-    std::fs::write(&typo, seed_matmul_text(16, 8, 4).replace("[16,8,1,1]> W", "[16,9,1,1]> W")).unwrap();
+    std::fs::write(
+        &typo,
+        seed_matmul_text(16, 8, 4).replace("[16,8,1,1]> W", "[16,9,1,1]> W"),
+    )
+    .unwrap();
     let out = ane(&["mil", "check", typo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains(":12:9"), "{err}");
-    assert!(err.contains("declared tensor<fp16, [16, 9, 1, 1]>"), "{err}");
+    assert!(
+        err.contains("declared tensor<fp16, [16, 9, 1, 1]>"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -138,13 +212,41 @@ fn mil_run_explains_missing_inputs_and_weights() {
     let model = ex.join("model.mil").to_string_lossy().into_owned();
     let out = ane(&["mil", "run", &model, "--out", "/tmp/unused"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("pass --weights DIR"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pass --weights DIR"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let out = ane(&["mil", "run", &model, "--weights", ex.to_str().unwrap(), "--out", "/tmp/unused"]);
-    assert!(text(&out.stderr).contains("missing --input x_raw=FILE.npy (shape [1, 50, 1, 80])"), "{}", text(&out.stderr));
+    let out = ane(&[
+        "mil",
+        "run",
+        &model,
+        "--weights",
+        ex.to_str().unwrap(),
+        "--out",
+        "/tmp/unused",
+    ]);
+    assert!(
+        text(&out.stderr).contains("missing --input x_raw=FILE.npy (shape [1, 50, 1, 80])"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let out = ane(&["mil", "run", &model, "--weights", "/nonexistent", "--out", "/tmp/unused"]);
-    assert!(text(&out.stderr).contains("/nonexistent/weights/weight.bin"), "{}", text(&out.stderr));
+    let out = ane(&[
+        "mil",
+        "run",
+        &model,
+        "--weights",
+        "/nonexistent",
+        "--out",
+        "/tmp/unused",
+    ]);
+    assert!(
+        text(&out.stderr).contains("/nonexistent/weights/weight.bin"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

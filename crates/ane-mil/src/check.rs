@@ -128,7 +128,7 @@ pub struct CheckError {
     /// Where in it.
     pub at: Location,
     /// What.
-    pub kind: CheckErrorKind,
+    pub kind: Box<CheckErrorKind>,
 }
 
 impl CheckError {
@@ -199,7 +199,7 @@ pub fn check_program(
             function: String::new(),
             function_index: 0,
             at: Location::Function,
-            kind: CheckErrorKind::NoFunctions,
+            kind: Box::new(CheckErrorKind::NoFunctions),
         });
     }
     let mut out = Vec::with_capacity(program.functions.len());
@@ -208,7 +208,7 @@ pub fn check_program(
             function: f.name.clone(),
             function_index: fi,
             at,
-            kind,
+            kind: Box::new(kind),
         };
         if program.functions[..fi].iter().any(|g| g.name == f.name) {
             return Err(err(
@@ -216,12 +216,12 @@ pub fn check_program(
                 CheckErrorKind::DuplicateFunction(f.name.clone()),
             ));
         }
-        out.push(check_function(f, weights).map_err(|(at, kind)| err(at, kind))?);
+        out.push(check_function(f, weights).map_err(|e| err(e.0, e.1))?);
     }
     Ok(out)
 }
 
-type Located = (Location, CheckErrorKind);
+type Located = Box<(Location, CheckErrorKind)>;
 
 /// Names in scope: type, and the value when it is a constant.
 pub(crate) type Env<'a> = HashMap<&'a str, (ValueType, Option<Literal>)>;
@@ -231,18 +231,18 @@ fn check_function(f: &Function, weights: Option<&WeightFiles>) -> Result<Checked
     let mut env: Env<'_> = HashMap::new();
     for (i, p) in f.params.iter().enumerate() {
         if env.insert(&p.name, (p.ty.clone(), None)).is_some() {
-            return Err((
+            return Err(Box::new((
                 Location::Param(i),
                 CheckErrorKind::Redefined(p.name.clone()),
-            ));
+            )));
         }
     }
     let mut statements = Vec::with_capacity(f.body.len());
     for (i, s) in f.body.iter().enumerate() {
         let at = Location::Statement(i);
-        let checked = check_statement(s, &env, weights).map_err(|k| (at, k))?;
+        let checked = check_statement(s, &env, weights).map_err(|k| Box::new((at, k)))?;
         if env.contains_key(s.name.as_str()) {
-            return Err((at, CheckErrorKind::Redefined(s.name.clone())));
+            return Err(Box::new((at, CheckErrorKind::Redefined(s.name.clone()))));
         }
         let konst = match &checked.op {
             Op::Const(l) => Some(l.clone()),
@@ -255,7 +255,7 @@ fn check_function(f: &Function, weights: Option<&WeightFiles>) -> Result<Checked
     for o in &f.outputs {
         let (ty, _) = env
             .get(o.as_str())
-            .ok_or_else(|| (Location::Outputs, CheckErrorKind::Undefined(o.clone())))?;
+            .ok_or_else(|| Box::new((Location::Outputs, CheckErrorKind::Undefined(o.clone()))))?;
         outputs.push(Param {
             name: o.clone(),
             ty: ty.clone(),

@@ -47,7 +47,7 @@ fn syntax_errors_name_line_and_column() {
 fn check_err(text: &str, weights: Option<&WeightFiles>) -> (CheckErrorKind, Location) {
     let p = parse(text).unwrap();
     let e = check_program(&p, weights).expect_err("should not check");
-    (e.kind, e.at)
+    (*e.kind, e.at)
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn shape_and_dtype_mismatches() {
 fn blob_references_are_checked_against_the_weights() {
     let text = seed_matmul_text(4, 8, 2);
     let mut w = BlobWriter::new();
-    w.add_fp16(&vec![f16::ONE; 4 * 8]);
+    w.add_fp16(&[f16::ONE; 4 * 8]);
     let mut weights = WeightFiles::new();
     weights
         .insert("@model_path/weights/weight.bin", w.finish())

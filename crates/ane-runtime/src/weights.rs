@@ -16,11 +16,18 @@ pub fn load_model_dir(dir: &Path, program: &Program) -> Result<WeightFiles> {
     let mut files = WeightFiles::new();
     for p in paths {
         let rel = p.strip_prefix(MODEL_PATH_PREFIX).ok_or_else(|| {
-            Error::Staging(format!("BLOBFILE path `{p}` does not start with `{MODEL_PATH_PREFIX}`"))
+            Error::Staging(format!(
+                "BLOBFILE path `{p}` does not start with `{MODEL_PATH_PREFIX}`"
+            ))
         })?;
         let full = dir.join(rel);
-        let bytes = std::fs::read(&full).map_err(|source| Error::Io { path: full.clone(), source })?;
-        files.insert(p, bytes).map_err(|e| Error::Staging(format!("{}: {e}", full.display())))?;
+        let bytes = std::fs::read(&full).map_err(|source| Error::Io {
+            path: full.clone(),
+            source,
+        })?;
+        files
+            .insert(p, bytes)
+            .map_err(|e| Error::Staging(format!("{}: {e}", full.display())))?;
     }
     Ok(files)
 }

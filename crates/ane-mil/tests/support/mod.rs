@@ -1,5 +1,9 @@
 //! Programs shared by the ane-mil tests.
-#![allow(dead_code, unreachable_pub, reason = "shared by several test crates, each using a part")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using a part"
+)]
 
 use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Arg, BlobRef, Literal, Program};

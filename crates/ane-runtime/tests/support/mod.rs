@@ -1,5 +1,9 @@
 //! Shared helpers: deterministic data, program builders, an f64 reference, a runner.
-#![allow(dead_code, unreachable_pub, reason = "shared by several test crates, each using a part")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using a part"
+)]
 
 use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Arg, BlobRef, Literal, Program};
@@ -105,4 +109,3 @@ pub fn run(engine: &dyn Engine, p: &Program, w: &WeightFiles, inputs: &[&[f32]])
     k.eval(0, &in_refs, &mut out_refs).unwrap();
     outs.iter().map(|s| s.read_f32()).collect()
 }
-

@@ -59,7 +59,7 @@ fn strided_copy<T: Copy>(
     dst_strides: &[usize],
     shape: &[usize],
 ) {
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return;
     }
     let rank = shape.len();
