@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every check CI runs:
+# formatting, clippy, the aarch64-apple-darwin type check, the test suite (with the
+# coremltools cross-checks required), and a short fuzzing pass where nightly Rust exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python: coremltools 9.0 (blob and package cross-checks)"
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import coremltools.libmilstoragepython, numpy' 2>/dev/null; then
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check 'coremltools==9.0' numpy
+fi
+"$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
+export PYTHON ANE_REQUIRE_COREMLTOOLS=1
+
+step "Rust components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "type check for aarch64-apple-darwin"
+if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
+  # ane-cli is left out: npyz pulls in psm, whose build script assembles with a macOS cc.
+  cargo clippy --target aarch64-apple-darwin -p ane-mil -p ane-runtime -- -D warnings
+else
+  echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
+fi
+
+step "cargo test"
+test_log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$test_log"
+read -r passed failed < <(awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } } END { print p + 0, f + 0 }' "$test_log")
+rm -f "$test_log"
+
+step "fuzzing (briefly)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+  for target in parse_mil read_blob; do
+    corpus=$(mktemp -d)
+    log=$(mktemp)
+    rc=0
+    (cd fuzz && cargo +nightly fuzz run "$target" "$corpus" "seeds/$target" -- \
+      -max_total_time="$FUZZ_SECONDS") >"$log" 2>&1 || rc=$?
+    grep -E '^(Done [0-9]+ runs|SUMMARY|==[0-9]+==)' "$log" | sed "s/^/  $target: /" || true
+    if [ "$rc" -ne 0 ]; then
+      tail -n 40 "$log"
+      echo "fuzz target $target failed (exit $rc); reproducer in fuzz/artifacts/$target"
+      exit 1
+    fi
+    rm -rf "$corpus" "$log"
+  done
+else
+  echo "SKIP: no nightly toolchain; fuzz targets not run (see README, Fuzzing)"
+fi
+
+step "all checks passed"
+echo "tests: ${passed} passed, ${failed} failed"
