@@ -131,3 +131,30 @@ impl fmt::Display for TensorLayout {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_up_to_the_alignment() {
+        let l = TensorLayout::packed("x", SurfaceDType::F16, &[1, 3, 1, 17], 64).unwrap();
+        assert_eq!(
+            (l.dims, l.row_stride, l.plane_stride, l.batch_stride),
+            ([1, 3, 1, 17], 64, 64, 192)
+        );
+        let l = TensorLayout::packed("x", SurfaceDType::F16, &[33], 64).unwrap();
+        assert_eq!(
+            (l.dims, l.row_stride, l.byte_len()),
+            ([1, 1, 1, 33], 128, 128)
+        );
+        let l = TensorLayout::packed("x", SurfaceDType::F32, &[2, 5, 16], 64).unwrap();
+        assert_eq!(
+            (l.row_stride, l.plane_stride, l.batch_stride, l.byte_len()),
+            (64, 320, 640, 640)
+        );
+        assert_eq!(l.flat_row_offset(7), 7 * 64);
+        assert!(l.is_row_contiguous());
+        assert!(TensorLayout::packed("x", SurfaceDType::F16, &[1, 1, 1, 1, 1], 64).is_err());
+    }
+}

@@ -329,3 +329,32 @@ fn weights_that_do_not_resolve_fail_to_compile() {
         "{e}"
     );
 }
+
+/// Several functions compile as one program (one budget unit) into several procedures.
+#[test]
+fn multi_function_programs_compile_once_into_procedures() {
+    let counter = CompileCounter::new(Some(10));
+    let engine = ReferenceEngine::with_config(ReferenceConfig {
+        counter: counter.clone(),
+        ..Default::default()
+    });
+    let mut p = matmul_program(&[3, 4], &[4, 5], false, false);
+    let mut second = matmul_program(&[2, 4], &[4, 2], false, true)
+        .functions
+        .remove(0);
+    second.name = "other".into();
+    p.functions.push(second);
+    let k = engine.compile(&p, &Default::default()).unwrap();
+    assert_eq!(counter.used(), 1);
+    let names: Vec<&str> = k.procedures().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["main", "other"]);
+    let idx = k.procedure_index("other").unwrap();
+    let proc_ = &k.procedures()[idx];
+    let mut a = Surface::new(proc_.inputs[0].clone());
+    let mut b = Surface::new(proc_.inputs[1].clone());
+    a.write_f32(&[1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
+    b.write_f32(&[1., 0., 0., 0., 0., 0., 0., 1.]).unwrap(); // [2, 4], used transposed
+    let mut z = Surface::new(proc_.outputs[0].clone());
+    k.eval(idx, &[&a, &b], &mut [&mut z]).unwrap();
+    assert_eq!(z.read_f32(), [1., 4., 5., 8.]);
+}
