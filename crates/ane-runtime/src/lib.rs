@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 mod ffi;
 pub mod layout;
+pub mod matmul;
 pub mod surface;
 pub mod weights;
 

@@ -35,9 +35,31 @@ pub const DEFAULT_MAX_DIM: usize = 16384;
 /// Row strides are multiples of 64 bytes on the ANE.
 pub const ROW_ALIGNMENT: usize = 64;
 
+/// Failures the reference engine can be told to produce, so callers' fallbacks can be tested.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Every compile fails.
+    pub compile: bool,
+    /// Every evaluation fails.
+    pub eval: bool,
+    /// Every evaluation writes +inf into the first element of each output.
+    pub inf: bool,
+}
+
+impl Faults {
+    /// From `GGML_ANE_REFERENCE_FAULTS`, a comma-separated list of `compile`, `eval`, `inf`.
+    pub fn from_env() -> Self {
+        let v = std::env::var("GGML_ANE_REFERENCE_FAULTS").unwrap_or_default();
+        let has = |f: &str| v.split(',').any(|x| x.trim() == f);
+        Faults { compile: has("compile"), eval: has("eval"), inf: has("inf") }
+    }
+}
+
 /// Settings of a reference engine.
 #[derive(Clone, Debug)]
 pub struct ReferenceConfig {
+    /// Injected failures (none by default; `GGML_ANE_REFERENCE_FAULTS` sets them).
+    pub faults: Faults,
     /// Largest dimension of any tensor in a program.
     pub max_dim: usize,
     /// Row stride alignment in bytes.
@@ -53,6 +75,7 @@ impl Default for ReferenceConfig {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_COMPILE_BUDGET);
         ReferenceConfig {
+            faults: Faults::from_env(),
             max_dim: DEFAULT_MAX_DIM,
             row_alignment: ROW_ALIGNMENT,
             counter: CompileCounter::process(EngineKind::Reference, Some(budget)),
@@ -126,6 +149,9 @@ impl Engine for ReferenceEngine {
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
         self.config.counter.take()?;
+        if self.config.faults.compile {
+            return Err(Error::Compile("injected compile failure (GGML_ANE_REFERENCE_FAULTS)".into()));
+        }
         let functions = check_program(program, Some(weights))?;
         self.check_limits(&functions)?;
         let plans = functions
@@ -133,7 +159,7 @@ impl Engine for ReferenceEngine {
             .map(|f| plan_function(f, weights, self.config.row_alignment))
             .collect::<Result<Vec<_>>>()?;
         let procedures = plans.iter().map(|p| p.info.clone()).collect();
-        Ok(Box::new(ReferenceKernel { plans, procedures }))
+        Ok(Box::new(ReferenceKernel { plans, procedures, faults: self.config.faults }))
     }
 }
 
@@ -142,6 +168,7 @@ impl Engine for ReferenceEngine {
 struct ReferenceKernel {
     plans: Vec<ProcPlan>,
     procedures: Vec<ProcedureInfo>,
+    faults: Faults,
 }
 
 impl Kernel for ReferenceKernel {
@@ -155,6 +182,9 @@ impl Kernel for ReferenceKernel {
             .get(index)
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
         check_surfaces(&plan.info, inputs, outputs)?;
+        if self.faults.eval {
+            return Err(Error::Eval("injected eval failure (GGML_ANE_REFERENCE_FAULTS)".into()));
+        }
         let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; plan.n_slots];
         for (slot, t) in &plan.constants {
             slots[*slot] = Some(t.clone());
@@ -199,6 +229,14 @@ impl Kernel for ReferenceKernel {
                 .as_deref()
                 .ok_or_else(|| Error::Internal("output never computed".into()))?;
             write_surface(t, s)?;
+            if self.faults.inf {
+                let l = s.layout().clone();
+                let bytes = s.as_bytes_mut();
+                match l.dtype {
+                    SurfaceDType::F16 => bytes[..2].copy_from_slice(&f16::INFINITY.to_le_bytes()),
+                    SurfaceDType::F32 => bytes[..4].copy_from_slice(&f32::INFINITY.to_le_bytes()),
+                }
+            }
         }
         Ok(())
     }

@@ -1,0 +1,236 @@
+//! Batched matrix multiplication on an engine, with a CPU path that never fails.
+//!
+//! The job is ggml's MUL_MAT without ggml: `dst[b][n][m] = Σ_k w[b'][m][k] · a[b][n][k]`
+//! for every batch `b = (b2, b3)`, where the weight batch `b'` broadcasts
+//! (`b' = (b2 / (B2 / W2), b3 / (B3 / W3))`). Callers describe their tensors through
+//! [`MatrixSource`] and [`MatrixSink`]; this module tiles the job to the engine's limits,
+//! compiles (or reuses) one kernel per tile shape, stages f32 rows into fp16 surfaces, and
+//! accumulates K tiles in f32. Any engine failure — compile, budget, eval, a non-finite
+//! output — is returned as a [`FallbackReason`] so the caller can run [`cpu_matmul`] instead.
+
+mod cache;
+mod program;
+mod stats;
+
+pub use cache::KernelCache;
+pub use program::{matmul_program, tile_sizes};
+pub use stats::{FallbackReason, Stats, StatsSnapshot};
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::engine::Engine;
+use crate::ffi::gemm::{gemm_f32, MatRef};
+use crate::surface::Surface;
+
+/// Shape of a batched matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    /// Output features (weight rows).
+    pub m: usize,
+    /// Reduction length.
+    pub k: usize,
+    /// Tokens (activation rows).
+    pub n: usize,
+    /// Batches of the activations and of the output: `[B2, B3]`.
+    pub batch: [usize; 2],
+    /// Batches of the weights: `[W2, W3]`, each dividing the matching `batch`.
+    pub weight_batch: [usize; 2],
+}
+
+impl MatmulShape {
+    /// Floating-point operations (2·M·K·N per batch).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.k * self.n * self.batch[0] * self.batch[1]) as f64
+    }
+
+    fn weight_index(&self, b2: usize, b3: usize) -> (usize, usize) {
+        (b2 / (self.batch[0] / self.weight_batch[0]), b3 / (self.batch[1] / self.weight_batch[1]))
+    }
+}
+
+/// Reads rows of a matrix batch as f32.
+pub trait MatrixSource: Sync {
+    /// Writes row `row` of batch `(b2, b3)` (all K values) into `out`.
+    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]);
+}
+
+/// Receives rows of the result.
+pub trait MatrixSink: Sync {
+    /// Stores row `n` (all M values) of batch `(b2, b3)`.
+    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]);
+}
+
+/// Grow-only buffers reused across calls (one per backend instance).
+#[derive(Default, Debug)]
+pub struct Scratch {
+    w: Vec<f32>,
+    a: Vec<f32>,
+    out: Vec<f32>,
+    surfaces: Vec<(crate::layout::TensorLayout, Surface)>,
+}
+
+impl Scratch {
+    fn surface(&mut self, layout: &crate::layout::TensorLayout) -> Surface {
+        match self.surfaces.iter().position(|(l, _)| l == layout) {
+            Some(i) => self.surfaces.swap_remove(i).1,
+            None => Surface::new(layout.clone()),
+        }
+    }
+
+    fn give_back(&mut self, s: Surface) {
+        if self.surfaces.len() >= 8 {
+            self.surfaces.remove(0);
+        }
+        self.surfaces.push((s.layout().clone(), s));
+    }
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+fn load_matrix(src: &dyn MatrixSource, b2: usize, b3: usize, rows: usize, k: usize, dst: &mut [f32]) {
+    if k == 0 {
+        return;
+    }
+    dst.par_chunks_mut(k).enumerate().for_each(|(r, row)| src.read_row(b2, b3, r, row));
+    debug_assert_eq!(dst.len(), rows * k);
+}
+
+fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
+    if m == 0 {
+        return;
+    }
+    out.par_chunks(m).enumerate().for_each(|(n, row)| sink.write_row(b2, b3, n, row));
+}
+
+/// Runs the job on `engine`, or says why it could not (nothing is written to `sink` then).
+pub fn engine_matmul(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    shape: MatmulShape,
+    weights: &dyn MatrixSource,
+    acts: &dyn MatrixSource,
+    sink: &dyn MatrixSink,
+    scratch: &mut Scratch,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
+    let MatmulShape { m, k, n, .. } = shape;
+    let limits = engine.limits();
+    let (tm, tk, tn) = tile_sizes(m, k, n, limits.max_dim);
+    let nb = shape.batch[0] * shape.batch[1];
+    // compile (or fetch) every tile kernel before touching any output
+    let mut kernels = Vec::new();
+    for &(bm, bk, bn) in &program::tile_shapes(m, k, n, tm, tk, tn) {
+        kernels.push(((bm, bk, bn), cache.get_or_compile(engine, bm, bk, bn, stats)?));
+    }
+    let kernel_for = |bm, bk, bn| kernels.iter().find(|(s, _)| *s == (bm, bk, bn)).map(|(_, k)| k.clone());
+    let mut results = Vec::with_capacity(nb);
+    for b in 0..nb {
+        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
+        let (w2, w3) = shape.weight_index(b2, b3);
+        let t = Instant::now();
+        load_matrix(weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
+        load_matrix(acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+        stats.add_staging(t.elapsed());
+        let mut out = std::mem::take(&mut scratch.out);
+        grow(&mut out, n * m).fill(0.0);
+        for m0 in (0..m).step_by(tm) {
+            let bm = tm.min(m - m0);
+            for k0 in (0..k).step_by(tk.max(1)) {
+                let bk = tk.min(k - k0);
+                for n0 in (0..n).step_by(tn) {
+                    let bn = tn.min(n - n0);
+                    let kernel = kernel_for(bm, bk, bn).ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
+                    let proc_ = &kernel.procedures()[0];
+                    let t = Instant::now();
+                    let mut sa = scratch.surface(&proc_.inputs[0]);
+                    let mut sw = scratch.surface(&proc_.inputs[1]);
+                    stage_tile(&mut sa, &scratch.a, k, n0, bn, k0, bk);
+                    stage_tile(&mut sw, &scratch.w, k, m0, bm, k0, bk);
+                    let mut sy = scratch.surface(&proc_.outputs[0]);
+                    stats.add_staging(t.elapsed());
+                    let t = Instant::now();
+                    let r = kernel.eval(0, &[&sa, &sw], &mut [&mut sy]);
+                    stats.add_engine(t.elapsed());
+                    r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+                    let t = Instant::now();
+                    let finite = accumulate_tile(&sy, &mut out[..n * m], m, n0, bn, m0, bm);
+                    stats.add_writeback(t.elapsed());
+                    scratch.give_back(sa);
+                    scratch.give_back(sw);
+                    scratch.give_back(sy);
+                    if !finite {
+                        return Err(FallbackReason::NonFinite);
+                    }
+                }
+            }
+        }
+        results.push(out[..n * m].to_vec());
+        scratch.out = out;
+    }
+    let t = Instant::now();
+    for (b, out) in results.iter().enumerate() {
+        store(sink, b % shape.batch[0], b / shape.batch[0], m, out);
+    }
+    stats.add_writeback(t.elapsed());
+    Ok(())
+}
+
+/// Writes rows `r0..r0+rows`, columns `k0..k0+cols` of a dense `[*, k]` matrix into a surface
+/// holding `[rows, cols]` (fp16, padded rows).
+fn stage_tile(s: &mut Surface, src: &[f32], k: usize, r0: usize, rows: usize, k0: usize, cols: usize) {
+    let layout = s.layout().clone();
+    debug_assert_eq!(layout.dims[2] * layout.dims[1] * layout.dims[0], rows);
+    let bytes = s.as_bytes_mut();
+    for r in 0..rows {
+        let off = layout.flat_row_offset(r);
+        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut bytes[off..off + 2 * cols]);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &src[(r0 + r) * k + k0..][..cols]);
+    }
+}
+
+/// Adds a `[bn, bm]` result tile into `out` (`[n, m]`); false if any value is not finite.
+fn accumulate_tile(s: &Surface, out: &mut [f32], m: usize, n0: usize, bn: usize, m0: usize, bm: usize) -> bool {
+    let layout = s.layout();
+    let bytes = s.as_bytes();
+    let mut finite = true;
+    for r in 0..bn {
+        let off = layout.flat_row_offset(r);
+        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bm]);
+        for (o, v) in out[(n0 + r) * m + m0..][..bm].iter_mut().zip(row) {
+            let v = v.to_f32();
+            finite &= v.is_finite();
+            *o += v;
+        }
+    }
+    finite
+}
+
+/// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.
+pub fn cpu_matmul(
+    shape: MatmulShape,
+    weights: &dyn MatrixSource,
+    acts: &dyn MatrixSource,
+    sink: &dyn MatrixSink,
+    scratch: &mut Scratch,
+) {
+    let MatmulShape { m, k, n, .. } = shape;
+    for b in 0..shape.batch[0] * shape.batch[1] {
+        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
+        let (w2, w3) = shape.weight_index(b2, b3);
+        load_matrix(weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
+        load_matrix(acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+        let out = grow(&mut scratch.out, n * m);
+        // out[n × m] = a[n × k] · wᵀ (w is m × k row-major)
+        let a = MatRef { data: &scratch.a, offset: 0, rows: n, cols: k, row_stride: k, col_stride: 1 };
+        let w = MatRef { data: &scratch.w, offset: 0, rows: k, cols: m, row_stride: 1, col_stride: k };
+        gemm_f32(out, a, w, rayon::current_num_threads());
+        store(sink, b2, b3, m, &scratch.out[..n * m]);
+    }
+}

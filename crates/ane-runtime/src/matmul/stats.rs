@@ -1,0 +1,171 @@
+//! Counters for what ran where, and why not on the engine.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Why a node ran on the CPU instead of the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FallbackReason {
+    /// The shape or types are not something the engine path takes.
+    Unsupported(String),
+    /// The engine refused the program.
+    Compile(String),
+    /// The compile budget is spent.
+    Budget,
+    /// Evaluation failed.
+    Eval(String),
+    /// The engine returned inf or NaN (fp16 overflow).
+    NonFinite,
+    /// A bug.
+    Internal(String),
+}
+
+impl FallbackReason {
+    /// A short label for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FallbackReason::Unsupported(_) => "unsupported",
+            FallbackReason::Compile(_) => "compile failed",
+            FallbackReason::Budget => "budget exhausted",
+            FallbackReason::Eval(_) => "eval failed",
+            FallbackReason::NonFinite => "fp16 overflow",
+            FallbackReason::Internal(_) => "internal error",
+        }
+    }
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackReason::Unsupported(s) | FallbackReason::Compile(s) | FallbackReason::Eval(s) | FallbackReason::Internal(s) => {
+                write!(f, "{}: {s}", self.label())
+            }
+            _ => f.write_str(self.label()),
+        }
+    }
+}
+
+/// Thread-safe counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    offloaded: AtomicU64,
+    flops: AtomicU64,
+    compiles: AtomicU64,
+    cache_hits: AtomicU64,
+    staging_ns: AtomicU64,
+    engine_ns: AtomicU64,
+    writeback_ns: AtomicU64,
+    cpu_ns: AtomicU64,
+    fallbacks: Mutex<Vec<(&'static str, u64)>>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsSnapshot {
+    /// Nodes computed on the engine.
+    pub offloaded: u64,
+    /// Nodes computed on the CPU, by reason label.
+    pub fallbacks: Vec<(&'static str, u64)>,
+    /// FLOPs computed on the engine.
+    pub flops: u64,
+    /// Kernels compiled.
+    pub compiles: u64,
+    /// Kernels found in the cache.
+    pub cache_hits: u64,
+    /// Time converting inputs into surfaces.
+    pub staging: Duration,
+    /// Time in engine evaluation.
+    pub engine: Duration,
+    /// Time reading results back.
+    pub writeback: Duration,
+    /// Time computing fallbacks on the CPU.
+    pub cpu: Duration,
+}
+
+impl StatsSnapshot {
+    /// Nodes computed on the CPU.
+    pub fn cpu_nodes(&self) -> u64 {
+        self.fallbacks.iter().map(|(_, n)| n).sum()
+    }
+
+    /// How many nodes fell back for `label`.
+    pub fn fallbacks_for(&self, label: &str) -> u64 {
+        self.fallbacks.iter().filter(|(l, _)| *l == label).map(|(_, n)| n).sum()
+    }
+}
+
+fn add(a: &AtomicU64, d: Duration) {
+    a.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
+
+impl Stats {
+    pub(crate) fn add_staging(&self, d: Duration) {
+        add(&self.staging_ns, d);
+    }
+    pub(crate) fn add_engine(&self, d: Duration) {
+        add(&self.engine_ns, d);
+    }
+    pub(crate) fn add_writeback(&self, d: Duration) {
+        add(&self.writeback_ns, d);
+    }
+    pub(crate) fn add_compile(&self) {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a node computed on the engine.
+    pub fn record_offload(&self, flops: f64) {
+        self.offloaded.fetch_add(1, Ordering::Relaxed);
+        self.flops.fetch_add(flops as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a node computed on the CPU, and the time it took.
+    pub fn record_fallback(&self, reason: &FallbackReason, cpu_time: Duration) {
+        add(&self.cpu_ns, cpu_time);
+        let mut f = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        match f.iter_mut().find(|(l, _)| *l == reason.label()) {
+            Some((_, n)) => *n += 1,
+            None => f.push((reason.label(), 1)),
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let ns = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
+        StatsSnapshot {
+            offloaded: self.offloaded.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            flops: self.flops.load(Ordering::Relaxed),
+            compiles: self.compiles.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            staging: ns(&self.staging_ns),
+            engine: ns(&self.engine_ns),
+            writeback: ns(&self.writeback_ns),
+            cpu: ns(&self.cpu_ns),
+        }
+    }
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let engine_s = self.engine.as_secs_f64();
+        let gflops = if engine_s > 0.0 { self.flops as f64 / engine_s / 1e9 } else { 0.0 };
+        writeln!(f, "  nodes on engine        {}", self.offloaded)?;
+        writeln!(f, "  nodes on CPU           {}", self.cpu_nodes())?;
+        for (label, n) in &self.fallbacks {
+            writeln!(f, "    {label:<20} {n}")?;
+        }
+        writeln!(f, "  compiles               {}", self.compiles)?;
+        writeln!(f, "  kernel cache hits      {}", self.cache_hits)?;
+        writeln!(f, "  staging                {:.1} ms", ms(self.staging))?;
+        writeln!(f, "  engine                 {:.1} ms", ms(self.engine))?;
+        writeln!(f, "  write-back             {:.1} ms", ms(self.writeback))?;
+        writeln!(f, "  CPU fallback           {:.1} ms", ms(self.cpu))?;
+        write!(f, "  engine GFLOPS          {gflops:.1}")
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fetches and builds the pinned ggml (0.25.3, backend API v2, from the PyPI sdist
+# llama-cpp-python==0.3.36) with test-backend-ops, into target/ggml/0.25.3/.
+# Prints the build folder on the last line. Re-running reuses what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PIN_PKG=llama-cpp-python==0.3.36
+PIN_VER=0.25.3
+root=$PWD/target/ggml/$PIN_VER
+src=$root/src
+build=$root/build
+PYTHON=${PYTHON:-python3}
+
+if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.so" ]; then
+  echo "$build"
+  exit 0
+fi
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v ninja >/dev/null 2>&1 || need+=(ninja-build)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
+  else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq "${need[@]}" >&2; fi
+fi
+
+mkdir -p "$root/dl" "$src"
+if [ ! -f "$src/ggml/CMakeLists.txt" ]; then
+  echo "downloading $PIN_PKG (sdist)" >&2
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$root/dl" "$PIN_PKG" >&2
+  tar xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$src" --strip-components=3 \
+    llama_cpp_python-0.3.36/vendor/llama.cpp/ggml \
+    llama_cpp_python-0.3.36/vendor/llama.cpp/tests/test-backend-ops.cpp
+fi
+grep -q "GGML_VERSION_MINOR 25" "$src/ggml/CMakeLists.txt" || { echo "unexpected ggml version in $src" >&2; exit 1; }
+
+cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+  -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" >&2
+ninja -C "$build" -j"$(nproc)" >&2
+echo "$build"
