@@ -15,6 +15,13 @@ fi
 "$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
 export PYTHON ANE_REQUIRE_COREMLTOOLS=1
 
+step "pinned ggml 0.25.3 with test-backend-ops (cached under target/ggml)"
+GGML_BUILD=$(bash scripts/build-ggml.sh | tail -n 1)
+export GGML_LIB_DIR=$GGML_BUILD/bin
+export GGML_SRC_DIR=$GGML_BUILD/../src/ggml
+export LD_LIBRARY_PATH=$GGML_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+echo "GGML_LIB_DIR=$GGML_LIB_DIR"
+
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"
 

@@ -6,10 +6,11 @@ use std::sync::Mutex;
 
 use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
-use ane_runtime::Engine;
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulShape, MatrixSink, MatrixSource, Scratch, Stats,
+    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, MatrixSink,
+    MatrixSource, Scratch, Stats,
 };
+use ane_runtime::Engine;
 use support::*;
 
 /// Dense batches: `[batch][rows][k]`.
@@ -42,15 +43,30 @@ impl MatrixSink for Out {
 }
 
 fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
-    ReferenceEngine::with_config(ReferenceConfig { max_dim, faults, counter: CompileCounter::new(budget), ..Default::default() })
+    ReferenceEngine::with_config(ReferenceConfig {
+        max_dim,
+        faults,
+        counter: CompileCounter::new(budget),
+        ..Default::default()
+    })
 }
 
 fn job(shape: MatmulShape, seed: u64) -> (Dense, Dense) {
     let mut rng = Rng::new(seed);
     let nw = shape.weight_batch[0] * shape.weight_batch[1];
     let na = shape.batch[0] * shape.batch[1];
-    let w = Dense { rows: shape.m, k: shape.k, batch0: shape.weight_batch[0], data: rng.f16_values(nw * shape.m * shape.k) };
-    let a = Dense { rows: shape.n, k: shape.k, batch0: shape.batch[0], data: rng.f16_values(na * shape.n * shape.k) };
+    let w = Dense {
+        rows: shape.m,
+        k: shape.k,
+        batch0: shape.weight_batch[0],
+        data: rng.f16_values(nw * shape.m * shape.k),
+    };
+    let a = Dense {
+        rows: shape.n,
+        k: shape.k,
+        batch0: shape.batch[0],
+        data: rng.f16_values(na * shape.n * shape.k),
+    };
     (w, a)
 }
 
@@ -59,52 +75,135 @@ fn check(shape: MatmulShape, w: &Dense, a: &Dense, got: &[f32], k_tiles: usize) 
     for b3 in 0..shape.batch[1] {
         for b2 in 0..shape.batch[0] {
             let b = b3 * shape.batch[0] + b2;
-            let (w2, w3) = (b2 / (shape.batch[0] / shape.weight_batch[0]), b3 / (shape.batch[1] / shape.weight_batch[1]));
+            let (w2, w3) = (
+                b2 / (shape.batch[0] / shape.weight_batch[0]),
+                b3 / (shape.batch[1] / shape.weight_batch[1]),
+            );
             let wb = w3 * shape.weight_batch[0] + w2;
             let wt = transpose(&w.data[wb * m * k..][..m * k], m, k);
             let act = &a.data[b * n * k..][..n * k];
             let what = format!("batch ({b2},{b3}) of {shape:?}");
-            assert_matmul_close_rounded(&got[b * n * m..][..n * m], act, &wt, n, k, m, k_tiles, &what);
+            assert_matmul_close_rounded(
+                &got[b * n * m..][..n * m],
+                act,
+                &wt,
+                n,
+                k,
+                m,
+                k_tiles,
+                &what,
+            );
         }
     }
 }
 
 fn out_for(shape: MatmulShape) -> Out {
-    Out { m: shape.m, n: shape.n, batch0: shape.batch[0], data: Mutex::new(vec![f32::NAN; shape.batch[0] * shape.batch[1] * shape.n * shape.m]) }
+    Out {
+        m: shape.m,
+        n: shape.n,
+        batch0: shape.batch[0],
+        data: Mutex::new(vec![
+            f32::NAN;
+            shape.batch[0] * shape.batch[1] * shape.n * shape.m
+        ]),
+    }
 }
 
 #[test]
 fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
     let cases = [
-        MatmulShape { m: 37, k: 70, n: 9, batch: [1, 1], weight_batch: [1, 1] },
+        MatmulShape {
+            m: 37,
+            k: 70,
+            n: 9,
+            batch: [1, 1],
+            weight_batch: [1, 1],
+        },
         // tiles in every dimension with max_dim 32, K split accumulated in f32
-        MatmulShape { m: 70, k: 100, n: 33, batch: [2, 3], weight_batch: [1, 3] },
-        MatmulShape { m: 5, k: 64, n: 1, batch: [4, 2], weight_batch: [2, 1] },
+        MatmulShape {
+            m: 70,
+            k: 100,
+            n: 33,
+            batch: [2, 3],
+            weight_batch: [1, 3],
+        },
+        MatmulShape {
+            m: 5,
+            k: 64,
+            n: 1,
+            batch: [4, 2],
+            weight_batch: [2, 1],
+        },
     ];
     for (i, shape) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 40 + i as u64);
         let engine = engine_with(32, Faults::default(), None);
-        let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
+        let (cache, stats, mut scratch) =
+            (KernelCache::new(), Stats::default(), Scratch::default());
         let out = out_for(shape);
-        engine_matmul(&engine, &cache, shape, &w, &a, &out, &mut scratch, &stats).unwrap();
-        check(shape, &w, &a, &out.data.lock().unwrap(), shape.k.div_ceil(32));
+        engine_matmul(
+            &engine,
+            &cache,
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &out,
+            },
+            &mut scratch,
+            &stats,
+        )
+        .unwrap();
+        check(
+            shape,
+            &w,
+            &a,
+            &out.data.lock().unwrap(),
+            shape.k.div_ceil(32),
+        );
         let snap = stats.snapshot();
         assert!(snap.compiles >= 1 && snap.compiles <= 8, "{snap:?}");
 
         let cpu = out_for(shape);
-        cpu_matmul(shape, &w, &a, &cpu, &mut scratch);
+        cpu_matmul(
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &cpu,
+            },
+            &mut scratch,
+        );
         check(shape, &w, &a, &cpu.data.lock().unwrap(), 1);
     }
 }
 
 #[test]
 fn kernels_are_compiled_once_per_tile_shape() {
-    let shape = MatmulShape { m: 16, k: 16, n: 16, batch: [1, 1], weight_batch: [1, 1] };
+    let shape = MatmulShape {
+        m: 16,
+        k: 16,
+        n: 16,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    };
     let (w, a) = job(shape, 7);
     let engine = engine_with(16384, Faults::default(), Some(5));
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
     for _ in 0..4 {
-        engine_matmul(&engine, &cache, shape, &w, &a, &out_for(shape), &mut scratch, &stats).unwrap();
+        engine_matmul(
+            &engine,
+            &cache,
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &out_for(shape),
+            },
+            &mut scratch,
+            &stats,
+        )
+        .unwrap();
     }
     let s = stats.snapshot();
     assert_eq!((s.compiles, s.cache_hits), (1, 3));
@@ -113,20 +212,75 @@ fn kernels_are_compiled_once_per_tile_shape() {
 
 #[test]
 fn engine_failures_become_reasons_and_leave_the_output_alone() {
-    let shape = MatmulShape { m: 8, k: 8, n: 8, batch: [1, 1], weight_batch: [1, 1] };
+    let shape = MatmulShape {
+        m: 8,
+        k: 8,
+        n: 8,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    };
     let (w, a) = job(shape, 8);
     let cases = [
-        (engine_with(16384, Faults { compile: true, ..Default::default() }, None), "compile failed"),
-        (engine_with(16384, Faults { eval: true, ..Default::default() }, None), "eval failed"),
-        (engine_with(16384, Faults { inf: true, ..Default::default() }, None), "fp16 overflow"),
-        (engine_with(16384, Faults::default(), Some(0)), "budget exhausted"),
+        (
+            engine_with(
+                16384,
+                Faults {
+                    compile: true,
+                    ..Default::default()
+                },
+                None,
+            ),
+            "compile failed",
+        ),
+        (
+            engine_with(
+                16384,
+                Faults {
+                    eval: true,
+                    ..Default::default()
+                },
+                None,
+            ),
+            "eval failed",
+        ),
+        (
+            engine_with(
+                16384,
+                Faults {
+                    inf: true,
+                    ..Default::default()
+                },
+                None,
+            ),
+            "fp16 overflow",
+        ),
+        (
+            engine_with(16384, Faults::default(), Some(0)),
+            "budget exhausted",
+        ),
     ];
     for (engine, label) in cases {
-        let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
+        let (cache, stats, mut scratch) =
+            (KernelCache::new(), Stats::default(), Scratch::default());
         let out = out_for(shape);
-        let err = engine_matmul(&engine, &cache, shape, &w, &a, &out, &mut scratch, &stats).unwrap_err();
+        let err = engine_matmul(
+            &engine,
+            &cache,
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &out,
+            },
+            &mut scratch,
+            &stats,
+        )
+        .unwrap_err();
         assert_eq!(err.label(), label, "{err}");
-        assert!(out.data.lock().unwrap().iter().all(|v| v.is_nan()), "{label}: output touched");
+        assert!(
+            out.data.lock().unwrap().iter().all(|v| v.is_nan()),
+            "{label}: output touched"
+        );
         if label == "budget exhausted" {
             assert_eq!(err, FallbackReason::Budget);
         }

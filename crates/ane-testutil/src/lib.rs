@@ -63,7 +63,15 @@ pub fn fp16_dot_tolerance(reference: f64, magnitude: f64, k: usize) -> f64 {
 }
 
 /// Asserts that `got` (row-major M×N) matches the f64 reference on the sampled rows.
-pub fn assert_matmul_close(got: &[f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, what: &str) {
+pub fn assert_matmul_close(
+    got: &[f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    what: &str,
+) {
     assert_matmul_close_rounded(got, a, b, m, k, n, 1, what)
 }
 

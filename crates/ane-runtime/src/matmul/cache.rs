@@ -8,11 +8,14 @@ use super::stats::{FallbackReason, Stats};
 use crate::engine::{Engine, Kernel};
 use crate::error::Error;
 
+/// A compiled kernel, or why there is none.
+type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
+
 /// Tile kernels by shape: compiled once per process, failures remembered so they are not
 /// retried (and re-billed) on every call.
 #[derive(Default)]
 pub struct KernelCache {
-    entries: Mutex<HashMap<(usize, usize, usize), Result<Arc<dyn Kernel>, FallbackReason>>>,
+    entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
 }
 
 impl std::fmt::Debug for KernelCache {

@@ -46,8 +46,24 @@ impl MatmulShape {
     }
 
     fn weight_index(&self, b2: usize, b3: usize) -> (usize, usize) {
-        (b2 / (self.batch[0] / self.weight_batch[0]), b3 / (self.batch[1] / self.weight_batch[1]))
+        (
+            b2 / (self.batch[0] / self.weight_batch[0]),
+            b3 / (self.batch[1] / self.weight_batch[1]),
+        )
     }
+}
+
+/// One batched matmul: its shape, where its operands come from and where the result goes.
+#[derive(Clone, Copy)]
+pub struct MatmulJob<'a> {
+    /// The shape.
+    pub shape: MatmulShape,
+    /// Weights `[W3][W2][M][K]`.
+    pub weights: &'a dyn MatrixSource,
+    /// Activations `[B3][B2][N][K]`.
+    pub acts: &'a dyn MatrixSource,
+    /// Result `[B3][B2][N][M]`.
+    pub dst: &'a dyn MatrixSink,
 }
 
 /// Reads rows of a matrix batch as f32.
@@ -94,11 +110,20 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-fn load_matrix(src: &dyn MatrixSource, b2: usize, b3: usize, rows: usize, k: usize, dst: &mut [f32]) {
+fn load_matrix(
+    src: &dyn MatrixSource,
+    b2: usize,
+    b3: usize,
+    rows: usize,
+    k: usize,
+    dst: &mut [f32],
+) {
     if k == 0 {
         return;
     }
-    dst.par_chunks_mut(k).enumerate().for_each(|(r, row)| src.read_row(b2, b3, r, row));
+    dst.par_chunks_mut(k)
+        .enumerate()
+        .for_each(|(r, row)| src.read_row(b2, b3, r, row));
     debug_assert_eq!(dst.len(), rows * k);
 }
 
@@ -106,20 +131,25 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
     if m == 0 {
         return;
     }
-    out.par_chunks(m).enumerate().for_each(|(n, row)| sink.write_row(b2, b3, n, row));
+    out.par_chunks(m)
+        .enumerate()
+        .for_each(|(n, row)| sink.write_row(b2, b3, n, row));
 }
 
 /// Runs the job on `engine`, or says why it could not (nothing is written to `sink` then).
 pub fn engine_matmul(
     engine: &dyn Engine,
     cache: &KernelCache,
-    shape: MatmulShape,
-    weights: &dyn MatrixSource,
-    acts: &dyn MatrixSource,
-    sink: &dyn MatrixSink,
+    job: &MatmulJob<'_>,
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
+    let MatmulJob {
+        shape,
+        weights,
+        acts,
+        dst: sink,
+    } = *job;
     let MatmulShape { m, k, n, .. } = shape;
     let limits = engine.limits();
     let (tm, tk, tn) = tile_sizes(m, k, n, limits.max_dim);
@@ -127,9 +157,17 @@ pub fn engine_matmul(
     // compile (or fetch) every tile kernel before touching any output
     let mut kernels = Vec::new();
     for &(bm, bk, bn) in &program::tile_shapes(m, k, n, tm, tk, tn) {
-        kernels.push(((bm, bk, bn), cache.get_or_compile(engine, bm, bk, bn, stats)?));
+        kernels.push((
+            (bm, bk, bn),
+            cache.get_or_compile(engine, bm, bk, bn, stats)?,
+        ));
     }
-    let kernel_for = |bm, bk, bn| kernels.iter().find(|(s, _)| *s == (bm, bk, bn)).map(|(_, k)| k.clone());
+    let kernel_for = |bm, bk, bn| {
+        kernels
+            .iter()
+            .find(|(s, _)| *s == (bm, bk, bn))
+            .map(|(_, k)| k.clone())
+    };
     let mut results = Vec::with_capacity(nb);
     for b in 0..nb {
         let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
@@ -146,7 +184,8 @@ pub fn engine_matmul(
                 let bk = tk.min(k - k0);
                 for n0 in (0..n).step_by(tn) {
                     let bn = tn.min(n - n0);
-                    let kernel = kernel_for(bm, bk, bn).ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
+                    let kernel = kernel_for(bm, bk, bn)
+                        .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
                     let proc_ = &kernel.procedures()[0];
                     let t = Instant::now();
                     let mut sa = scratch.surface(&proc_.inputs[0]);
@@ -184,19 +223,38 @@ pub fn engine_matmul(
 
 /// Writes rows `r0..r0+rows`, columns `k0..k0+cols` of a dense `[*, k]` matrix into a surface
 /// holding `[rows, cols]` (fp16, padded rows).
-fn stage_tile(s: &mut Surface, src: &[f32], k: usize, r0: usize, rows: usize, k0: usize, cols: usize) {
+fn stage_tile(
+    s: &mut Surface,
+    src: &[f32],
+    k: usize,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    cols: usize,
+) {
     let layout = s.layout().clone();
     debug_assert_eq!(layout.dims[2] * layout.dims[1] * layout.dims[0], rows);
     let bytes = s.as_bytes_mut();
     for r in 0..rows {
         let off = layout.flat_row_offset(r);
         let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut bytes[off..off + 2 * cols]);
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &src[(r0 + r) * k + k0..][..cols]);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(
+            dst,
+            &src[(r0 + r) * k + k0..][..cols],
+        );
     }
 }
 
 /// Adds a `[bn, bm]` result tile into `out` (`[n, m]`); false if any value is not finite.
-fn accumulate_tile(s: &Surface, out: &mut [f32], m: usize, n0: usize, bn: usize, m0: usize, bm: usize) -> bool {
+fn accumulate_tile(
+    s: &Surface,
+    out: &mut [f32],
+    m: usize,
+    n0: usize,
+    bn: usize,
+    m0: usize,
+    bm: usize,
+) -> bool {
     let layout = s.layout();
     let bytes = s.as_bytes();
     let mut finite = true;
@@ -213,13 +271,13 @@ fn accumulate_tile(s: &Surface, out: &mut [f32], m: usize, n0: usize, bn: usize,
 }
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.
-pub fn cpu_matmul(
-    shape: MatmulShape,
-    weights: &dyn MatrixSource,
-    acts: &dyn MatrixSource,
-    sink: &dyn MatrixSink,
-    scratch: &mut Scratch,
-) {
+pub fn cpu_matmul(job: &MatmulJob<'_>, scratch: &mut Scratch) {
+    let MatmulJob {
+        shape,
+        weights,
+        acts,
+        dst: sink,
+    } = *job;
     let MatmulShape { m, k, n, .. } = shape;
     for b in 0..shape.batch[0] * shape.batch[1] {
         let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
@@ -228,8 +286,22 @@ pub fn cpu_matmul(
         load_matrix(acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
         let out = grow(&mut scratch.out, n * m);
         // out[n × m] = a[n × k] · wᵀ (w is m × k row-major)
-        let a = MatRef { data: &scratch.a, offset: 0, rows: n, cols: k, row_stride: k, col_stride: 1 };
-        let w = MatRef { data: &scratch.w, offset: 0, rows: k, cols: m, row_stride: 1, col_stride: k };
+        let a = MatRef {
+            data: &scratch.a,
+            offset: 0,
+            rows: n,
+            cols: k,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let w = MatRef {
+            data: &scratch.w,
+            offset: 0,
+            rows: k,
+            cols: m,
+            row_stride: 1,
+            col_stride: k,
+        };
         gemm_f32(out, a, w, rayon::current_num_threads());
         store(sink, b2, b3, m, &scratch.out[..n * m]);
     }

@@ -14,7 +14,14 @@ pub fn tile_sizes(m: usize, k: usize, n: usize, max_dim: usize) -> (usize, usize
 }
 
 /// The distinct tile shapes `(bm, bk, bn)` a job needs (at most two sizes per dimension).
-pub(crate) fn tile_shapes(m: usize, k: usize, n: usize, tm: usize, tk: usize, tn: usize) -> Vec<(usize, usize, usize)> {
+pub(crate) fn tile_shapes(
+    m: usize,
+    k: usize,
+    n: usize,
+    tm: usize,
+    tk: usize,
+    tn: usize,
+) -> Vec<(usize, usize, usize)> {
     let sizes = |d: usize, t: usize| {
         let mut v = vec![t.min(d)];
         if d % t != 0 && d > t {
@@ -47,7 +54,12 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
         .op(
             "y",
             "matmul",
-            &[("transpose_x", Arg::Var(tx)), ("transpose_y", Arg::Var(ty)), ("x", Arg::Var(a)), ("y", Arg::Var(b))],
+            &[
+                ("transpose_x", Arg::Var(tx)),
+                ("transpose_y", Arg::Var(ty)),
+                ("x", Arg::Var(a)),
+                ("y", Arg::Var(b)),
+            ],
         )
         .expect("the tile program is well-typed");
     f.output(&y).expect("y is defined");
@@ -63,7 +75,10 @@ mod tests {
     #[test]
     fn tiles_stay_within_the_limit_and_cover_the_job() {
         assert_eq!(tile_sizes(32000, 4096, 512, 16384), (10667, 4096, 512));
-        assert_eq!(tile_shapes(32000, 4096, 512, 10667, 4096, 512), vec![(10667, 4096, 512), (9999, 4096, 512)]);
+        assert_eq!(
+            tile_shapes(32000, 4096, 512, 10667, 4096, 512),
+            vec![(10667, 4096, 512), (9999, 4096, 512)]
+        );
         assert_eq!(tile_sizes(5, 20000, 1, 16384), (5, 10000, 1));
         assert_eq!(tile_shapes(5, 20000, 1, 5, 10000, 1), vec![(5, 10000, 1)]);
         for (d, max) in [(1, 16384), (16385, 16384), (100, 7), (49152, 16384)] {

@@ -39,7 +39,10 @@ impl FallbackReason {
 impl fmt::Display for FallbackReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FallbackReason::Unsupported(s) | FallbackReason::Compile(s) | FallbackReason::Eval(s) | FallbackReason::Internal(s) => {
+            FallbackReason::Unsupported(s)
+            | FallbackReason::Compile(s)
+            | FallbackReason::Eval(s)
+            | FallbackReason::Internal(s) => {
                 write!(f, "{}: {s}", self.label())
             }
             _ => f.write_str(self.label()),
@@ -92,7 +95,11 @@ impl StatsSnapshot {
 
     /// How many nodes fell back for `label`.
     pub fn fallbacks_for(&self, label: &str) -> u64 {
-        self.fallbacks.iter().filter(|(l, _)| *l == label).map(|(_, n)| n).sum()
+        self.fallbacks
+            .iter()
+            .filter(|(l, _)| *l == label)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -138,7 +145,11 @@ impl Stats {
         let ns = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
         StatsSnapshot {
             offloaded: self.offloaded.load(Ordering::Relaxed),
-            fallbacks: self.fallbacks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            fallbacks: self
+                .fallbacks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             flops: self.flops.load(Ordering::Relaxed),
             compiles: self.compiles.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
@@ -154,7 +165,11 @@ impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let engine_s = self.engine.as_secs_f64();
-        let gflops = if engine_s > 0.0 { self.flops as f64 / engine_s / 1e9 } else { 0.0 };
+        let gflops = if engine_s > 0.0 {
+            self.flops as f64 / engine_s / 1e9
+        } else {
+            0.0
+        };
         writeln!(f, "  nodes on engine        {}", self.offloaded)?;
         writeln!(f, "  nodes on CPU           {}", self.cpu_nodes())?;
         for (label, n) in &self.fallbacks {

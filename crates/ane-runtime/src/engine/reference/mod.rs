@@ -51,7 +51,11 @@ impl Faults {
     pub fn from_env() -> Self {
         let v = std::env::var("GGML_ANE_REFERENCE_FAULTS").unwrap_or_default();
         let has = |f: &str| v.split(',').any(|x| x.trim() == f);
-        Faults { compile: has("compile"), eval: has("eval"), inf: has("inf") }
+        Faults {
+            compile: has("compile"),
+            eval: has("eval"),
+            inf: has("inf"),
+        }
     }
 }
 
@@ -150,7 +154,9 @@ impl Engine for ReferenceEngine {
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
         self.config.counter.take()?;
         if self.config.faults.compile {
-            return Err(Error::Compile("injected compile failure (GGML_ANE_REFERENCE_FAULTS)".into()));
+            return Err(Error::Compile(
+                "injected compile failure (GGML_ANE_REFERENCE_FAULTS)".into(),
+            ));
         }
         let functions = check_program(program, Some(weights))?;
         self.check_limits(&functions)?;
@@ -159,7 +165,11 @@ impl Engine for ReferenceEngine {
             .map(|f| plan_function(f, weights, self.config.row_alignment))
             .collect::<Result<Vec<_>>>()?;
         let procedures = plans.iter().map(|p| p.info.clone()).collect();
-        Ok(Box::new(ReferenceKernel { plans, procedures, faults: self.config.faults }))
+        Ok(Box::new(ReferenceKernel {
+            plans,
+            procedures,
+            faults: self.config.faults,
+        }))
     }
 }
 
@@ -183,7 +193,9 @@ impl Kernel for ReferenceKernel {
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
         check_surfaces(&plan.info, inputs, outputs)?;
         if self.faults.eval {
-            return Err(Error::Eval("injected eval failure (GGML_ANE_REFERENCE_FAULTS)".into()));
+            return Err(Error::Eval(
+                "injected eval failure (GGML_ANE_REFERENCE_FAULTS)".into(),
+            ));
         }
         let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; plan.n_slots];
         for (slot, t) in &plan.constants {

@@ -1,0 +1,191 @@
+//! What the backend does, in safe Rust: which ops it takes, and how a MUL_MAT is computed
+//! (on the engine, or on the CPU with the reason counted). The C ABI glue is in `sys`.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use ane_runtime::engine::{self, EngineChoice};
+use ane_runtime::matmul::{
+    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
+};
+use ane_runtime::Engine;
+
+use crate::sys::tensor::{NodeDesc, TensorDesc};
+use crate::sys::{
+    ggml_op, ggml_type, log, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN,
+    GGML_TENSOR_FLAG_COMPUTE,
+};
+
+/// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
+/// otherwise. With ~0.1–0.3 ms per ANE dispatch and ~5 TFLOPS per kernel, a matmul needs
+/// ≳1 GFLOP to be worth it: 4096×4096 at N = 64 is 2.1 GFLOP (ane-tech.md §5.4).
+pub(crate) const DEFAULT_MIN_BATCH: usize = 64;
+
+/// Process-wide state: the engine, its compiled kernels, and settings from the environment.
+pub(crate) struct Runtime {
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) cache: KernelCache,
+    pub(crate) description: CString,
+    pub(crate) min_batch: usize,
+    pub(crate) stats_on_free: bool,
+}
+
+/// The runtime, created on first use from `GGML_ANE_ENGINE` (auto by default).
+pub(crate) fn runtime() -> Result<&'static Runtime, String> {
+    static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let choice = EngineChoice::from_env().map_err(|e| e.to_string())?;
+        let engine = engine::create(choice).map_err(|e| e.to_string())?;
+        let info = engine.info();
+        if choice == EngineChoice::Auto {
+            for r in engine::auto_fallback_reasons() {
+                log(GGML_LOG_LEVEL_INFO, &format!("ggml-ane: {r}"));
+            }
+        }
+        log(
+            GGML_LOG_LEVEL_INFO,
+            &format!("ggml-ane: using the {} engine", info.kind),
+        );
+        let min_batch = std::env::var("GGML_ANE_MIN_BATCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MIN_BATCH);
+        Ok(Runtime {
+            engine,
+            cache: KernelCache::new(),
+            description: CString::new(info.description).unwrap_or_default(),
+            min_batch,
+            stats_on_free: std::env::var("GGML_ANE_STATS").is_ok_and(|v| v != "0" && !v.is_empty()),
+        })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Per backend instance: scratch buffers and counters.
+#[derive(Default)]
+pub(crate) struct BackendContext {
+    pub(crate) scratch: Mutex<Scratch>,
+    pub(crate) stats: Stats,
+}
+
+/// What graph_compute does with a node.
+pub(crate) enum NodeAction {
+    /// Views and no-ops, or nodes without the COMPUTE flag.
+    Skip,
+    /// A MUL_MAT we compute.
+    MulMat,
+    /// Anything else (supports_op said no; the scheduler should never send it).
+    Unknown,
+}
+
+fn is_view_op(op: ggml_op) -> bool {
+    matches!(
+        op,
+        ggml_op::NONE | ggml_op::RESHAPE | ggml_op::VIEW | ggml_op::PERMUTE | ggml_op::TRANSPOSE
+    )
+}
+
+pub(crate) fn classify(n: &NodeDesc) -> NodeAction {
+    if n.node.flags & GGML_TENSOR_FLAG_COMPUTE == 0 || is_view_op(n.node.op) {
+        NodeAction::Skip
+    } else if n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n) {
+        NodeAction::MulMat
+    } else {
+        NodeAction::Unknown
+    }
+}
+
+pub(crate) fn supports_op(n: &NodeDesc) -> bool {
+    is_view_op(n.node.op) || (n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n))
+}
+
+pub(crate) fn offload_op(n: &NodeDesc, rt: &Runtime) -> bool {
+    n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n) && n.node.ne[1] as usize >= rt.min_batch
+}
+
+/// Reads rows of src0 as f32: F32/F16/BF16 at any element stride, other types through
+/// ggml's `to_float` on contiguous whole-block rows.
+fn src0_readable(t: &TensorDesc) -> bool {
+    match t.ty {
+        ggml_type::F32 | ggml_type::F16 | ggml_type::BF16 => true,
+        _ => {
+            t.to_float.is_some()
+                && t.blck_size > 0
+                && t.nb[0] == t.type_size
+                && t.ne[0] % t.blck_size == 0
+        }
+    }
+}
+
+fn supports_mul_mat(n: &NodeDesc) -> bool {
+    let (Some(s0), Some(s1)) = (n.src[0], n.src[1]) else {
+        return false;
+    };
+    let d = &n.node;
+    d.ty == ggml_type::F32
+        && matches!(s1.ty, ggml_type::F32 | ggml_type::F16)
+        && src0_readable(&s0)
+        && s0.ne[0] == s1.ne[0]
+        && d.ne == [s0.ne[1], s1.ne[1], s1.ne[2], s1.ne[3]]
+        && s0.ne[2] > 0
+        && s0.ne[3] > 0
+        && s1.ne[2] % s0.ne[2] == 0
+        && s1.ne[3] % s0.ne[3] == 0
+}
+
+pub(crate) fn mul_mat_shape(n: &NodeDesc) -> Option<MatmulShape> {
+    let (s0, s1) = (n.src[0]?, n.src[1]?);
+    Some(MatmulShape {
+        m: s0.ne[1] as usize,
+        k: s0.ne[0] as usize,
+        n: s1.ne[1] as usize,
+        batch: [s1.ne[2] as usize, s1.ne[3] as usize],
+        weight_batch: [s0.ne[2] as usize, s0.ne[3] as usize],
+    })
+}
+
+/// Computes one MUL_MAT: on the engine if it can, else on the CPU with the reason counted.
+pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, job: &MatmulJob<'_>) {
+    let mut scratch = ctx.scratch.lock().unwrap_or_else(|e| e.into_inner());
+    let s = job.shape;
+    let result = if s.m == 0 || s.n == 0 || s.k == 0 {
+        Err(FallbackReason::Unsupported("empty dimension".into()))
+    } else {
+        engine_matmul(rt.engine.as_ref(), &rt.cache, job, &mut scratch, &ctx.stats)
+    };
+    match result {
+        Ok(()) => ctx.stats.record_offload(s.flops()),
+        Err(reason) => {
+            warn_once(&reason);
+            let t = Instant::now();
+            cpu_matmul(job, &mut scratch);
+            ctx.stats.record_fallback(&reason, t.elapsed());
+        }
+    }
+}
+
+/// Logs the first fallback of each kind (the rest are counted in the stats).
+fn warn_once(reason: &FallbackReason) {
+    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.get_or_insert_with(HashSet::new).insert(reason.label()) {
+        let level = if matches!(reason, FallbackReason::Internal(_)) {
+            GGML_LOG_LEVEL_ERROR
+        } else {
+            GGML_LOG_LEVEL_WARN
+        };
+        log(level, &format!("ggml-ane: MUL_MAT computed on the CPU ({reason}); further cases are counted, not logged"));
+    }
+}
+
+/// The GGML_ANE_STATS table.
+pub(crate) fn stats_report(ctx: &BackendContext, rt: &Runtime) -> String {
+    format!(
+        "ggml-ane stats ({} engine):\n{}\n",
+        rt.engine.info().kind,
+        ctx.stats.snapshot()
+    )
+}

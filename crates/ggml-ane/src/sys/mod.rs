@@ -1,0 +1,371 @@
+//! The ggml ABI, pinned to ggml 0.25.3 (backend API v2) as vendored by the PyPI sdist
+//! `llama-cpp-python==0.3.36`.
+//!
+//! Hand-written `#[repr(C)]` mirrors of `include/ggml.h`, `include/ggml-backend.h` and
+//! `src/ggml-backend-impl.h`. Every size and offset is asserted at compile time below, and
+//! `tests/layout_tests.rs` checks the same numbers against the real headers with a C compiler.
+//! Enums are `i32` newtypes, not Rust enums: a value from a newer ggml must not be UB.
+//!
+//! This module and its children are the crate's FFI boundary: the only place with `unsafe`.
+#![allow(
+    non_camel_case_types,
+    missing_docs,
+    reason = "C names, documented in the ggml headers"
+)]
+
+pub(crate) mod tensor;
+pub mod vtables;
+
+use std::ffi::{c_char, c_int, c_void};
+
+pub const GGML_MAX_DIMS: usize = 4;
+pub const GGML_MAX_SRC: usize = 10;
+pub const GGML_MAX_NAME: usize = 64;
+pub const GGML_MAX_OP_PARAMS: usize = 64;
+/// The backend API version of the pinned ggml.
+pub const GGML_BACKEND_API_VERSION: c_int = 2;
+
+/// `enum ggml_type`.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ggml_type(pub c_int);
+
+impl ggml_type {
+    pub const F32: ggml_type = ggml_type(0);
+    pub const F16: ggml_type = ggml_type(1);
+    pub const BF16: ggml_type = ggml_type(30);
+}
+
+/// `enum ggml_op` (values of the pinned version; they shift between ggml versions).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ggml_op(pub c_int);
+
+impl ggml_op {
+    pub const NONE: ggml_op = ggml_op(0);
+    pub const MUL_MAT: ggml_op = ggml_op(29);
+    pub const RESHAPE: ggml_op = ggml_op(36);
+    pub const VIEW: ggml_op = ggml_op(37);
+    pub const PERMUTE: ggml_op = ggml_op(38);
+    pub const TRANSPOSE: ggml_op = ggml_op(39);
+}
+
+pub const GGML_TENSOR_FLAG_COMPUTE: i32 = 16;
+
+pub const GGML_STATUS_FAILED: c_int = -1;
+pub const GGML_STATUS_SUCCESS: c_int = 0;
+
+pub const GGML_LOG_LEVEL_DEBUG: c_int = 1;
+pub const GGML_LOG_LEVEL_INFO: c_int = 2;
+pub const GGML_LOG_LEVEL_WARN: c_int = 3;
+pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
+
+pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
+
+#[repr(C)]
+pub struct ggml_tensor {
+    pub type_: ggml_type,
+    pub buffer: *mut c_void,
+    pub ne: [i64; GGML_MAX_DIMS],
+    pub nb: [usize; GGML_MAX_DIMS],
+    pub op: ggml_op,
+    pub op_params: [i32; GGML_MAX_OP_PARAMS / 4],
+    pub flags: i32,
+    pub src: [*mut ggml_tensor; GGML_MAX_SRC],
+    pub view_src: *mut ggml_tensor,
+    pub view_offs: usize,
+    pub data: *mut c_void,
+    pub name: [c_char; GGML_MAX_NAME],
+    pub extra: *mut c_void,
+    pub padding: [c_char; 8],
+}
+
+pub type ggml_to_float_t = Option<unsafe extern "C" fn(x: *const c_void, y: *mut f32, k: i64)>;
+
+#[repr(C)]
+pub struct ggml_type_traits {
+    pub type_name: *const c_char,
+    pub blck_size: i64,
+    pub blck_size_interleave: i64,
+    pub type_size: usize,
+    pub is_quantized: bool,
+    pub to_float: ggml_to_float_t,
+    pub from_float_ref: Option<unsafe extern "C" fn()>,
+}
+
+/// Opaque handles we only pass through.
+pub type ggml_backend_buffer_type_t = *mut c_void;
+pub type ggml_backend_buffer_t = *mut c_void;
+pub type ggml_cgraph = c_void;
+/// A vtable slot we leave empty (its real signature does not matter for NULL).
+pub type unused_fn = Option<unsafe extern "C" fn()>;
+
+#[repr(C)]
+pub struct ggml_backend_reg_i {
+    pub get_name: Option<unsafe extern "C" fn(reg: *mut ggml_backend_reg) -> *const c_char>,
+    pub get_device_count: Option<unsafe extern "C" fn(reg: *mut ggml_backend_reg) -> usize>,
+    pub get_device: Option<
+        unsafe extern "C" fn(reg: *mut ggml_backend_reg, index: usize) -> *mut ggml_backend_device,
+    >,
+    pub get_proc_address: Option<
+        unsafe extern "C" fn(reg: *mut ggml_backend_reg, name: *const c_char) -> *mut c_void,
+    >,
+}
+
+#[repr(C)]
+pub struct ggml_backend_reg {
+    pub api_version: c_int,
+    pub iface: ggml_backend_reg_i,
+    pub context: *mut c_void,
+}
+
+#[repr(C)]
+pub struct ggml_backend_dev_caps {
+    pub async_: bool,
+    pub host_buffer: bool,
+    pub buffer_from_host_ptr: bool,
+    pub events: bool,
+    pub mmap_support: bool,
+}
+
+#[repr(C)]
+pub struct ggml_backend_dev_props {
+    pub name: *const c_char,
+    pub description: *const c_char,
+    pub memory_free: usize,
+    pub memory_total: usize,
+    pub type_: c_int,
+    pub device_id: *const c_char,
+    pub caps: ggml_backend_dev_caps,
+}
+
+type Dev = *mut ggml_backend_device;
+
+#[repr(C)]
+pub struct ggml_backend_device_i {
+    pub get_name: Option<unsafe extern "C" fn(dev: Dev) -> *const c_char>,
+    pub get_description: Option<unsafe extern "C" fn(dev: Dev) -> *const c_char>,
+    pub get_memory: Option<unsafe extern "C" fn(dev: Dev, free: *mut usize, total: *mut usize)>,
+    pub get_type: Option<unsafe extern "C" fn(dev: Dev) -> c_int>,
+    pub get_props: Option<unsafe extern "C" fn(dev: Dev, props: *mut ggml_backend_dev_props)>,
+    pub init_backend:
+        Option<unsafe extern "C" fn(dev: Dev, params: *const c_char) -> *mut ggml_backend>,
+    pub get_buffer_type: Option<unsafe extern "C" fn(dev: Dev) -> ggml_backend_buffer_type_t>,
+    pub get_host_buffer_type: unused_fn,
+    pub buffer_from_host_ptr: Option<
+        unsafe extern "C" fn(
+            dev: Dev,
+            ptr: *mut c_void,
+            size: usize,
+            max_tensor_size: usize,
+        ) -> ggml_backend_buffer_t,
+    >,
+    pub supports_op: Option<unsafe extern "C" fn(dev: Dev, op: *const ggml_tensor) -> bool>,
+    pub supports_buft:
+        Option<unsafe extern "C" fn(dev: Dev, buft: ggml_backend_buffer_type_t) -> bool>,
+    pub offload_op: Option<unsafe extern "C" fn(dev: Dev, op: *const ggml_tensor) -> bool>,
+    pub event_new: unused_fn,
+    pub event_free: unused_fn,
+    pub event_synchronize: unused_fn,
+}
+
+#[repr(C)]
+pub struct ggml_backend_device {
+    pub iface: ggml_backend_device_i,
+    pub reg: *mut ggml_backend_reg,
+    pub context: *mut c_void,
+}
+
+type Backend = *mut ggml_backend;
+
+#[repr(C)]
+pub struct ggml_backend_i {
+    pub get_name: Option<unsafe extern "C" fn(backend: Backend) -> *const c_char>,
+    pub free: Option<unsafe extern "C" fn(backend: Backend)>,
+    pub set_tensor_async: unused_fn,
+    pub get_tensor_async: unused_fn,
+    pub set_tensor_2d_async: unused_fn,
+    pub get_tensor_2d_async: unused_fn,
+    pub cpy_tensor_async: unused_fn,
+    pub synchronize: unused_fn,
+    pub graph_plan_create: unused_fn,
+    pub graph_plan_free: unused_fn,
+    pub graph_plan_update: unused_fn,
+    pub graph_plan_compute: unused_fn,
+    pub graph_compute:
+        Option<unsafe extern "C" fn(backend: Backend, cgraph: *mut ggml_cgraph) -> c_int>,
+    pub event_record: unused_fn,
+    pub event_wait: unused_fn,
+    pub graph_optimize: unused_fn,
+}
+
+#[repr(C)]
+pub struct ggml_backend {
+    pub guid: *mut [u8; 16],
+    pub iface: ggml_backend_i,
+    pub device: *mut ggml_backend_device,
+    pub context: *mut c_void,
+}
+
+unsafe extern "C" {
+    pub fn ggml_backend_cpu_buffer_type() -> ggml_backend_buffer_type_t;
+    pub fn ggml_backend_cpu_buffer_from_ptr(ptr: *mut c_void, size: usize)
+        -> ggml_backend_buffer_t;
+    pub fn ggml_backend_buft_is_host(buft: ggml_backend_buffer_type_t) -> bool;
+    pub fn ggml_get_type_traits(type_: ggml_type) -> *const ggml_type_traits;
+    pub fn ggml_graph_n_nodes(cgraph: *mut ggml_cgraph) -> c_int;
+    pub fn ggml_graph_node(cgraph: *mut ggml_cgraph, i: c_int) -> *mut ggml_tensor;
+    pub fn ggml_log_internal(level: c_int, format: *const c_char, ...);
+}
+
+/// `(name, size)` and `(name.field, offset)` of every mirrored struct, and the enum values
+/// we rely on: compared with the real headers by `tests/layout_tests.rs`.
+pub fn layout_table() -> Vec<(&'static str, usize)> {
+    use std::mem::{offset_of, size_of};
+    vec![
+        ("ggml_tensor", size_of::<ggml_tensor>()),
+        ("ggml_tensor.ne", offset_of!(ggml_tensor, ne)),
+        ("ggml_tensor.nb", offset_of!(ggml_tensor, nb)),
+        ("ggml_tensor.op", offset_of!(ggml_tensor, op)),
+        ("ggml_tensor.op_params", offset_of!(ggml_tensor, op_params)),
+        ("ggml_tensor.flags", offset_of!(ggml_tensor, flags)),
+        ("ggml_tensor.src", offset_of!(ggml_tensor, src)),
+        ("ggml_tensor.view_src", offset_of!(ggml_tensor, view_src)),
+        ("ggml_tensor.data", offset_of!(ggml_tensor, data)),
+        ("ggml_tensor.name", offset_of!(ggml_tensor, name)),
+        ("ggml_tensor.extra", offset_of!(ggml_tensor, extra)),
+        ("ggml_type_traits", size_of::<ggml_type_traits>()),
+        (
+            "ggml_type_traits.type_size",
+            offset_of!(ggml_type_traits, type_size),
+        ),
+        (
+            "ggml_type_traits.is_quantized",
+            offset_of!(ggml_type_traits, is_quantized),
+        ),
+        (
+            "ggml_type_traits.to_float",
+            offset_of!(ggml_type_traits, to_float),
+        ),
+        ("ggml_backend_reg", size_of::<ggml_backend_reg>()),
+        (
+            "ggml_backend_reg.iface",
+            offset_of!(ggml_backend_reg, iface),
+        ),
+        (
+            "ggml_backend_reg.context",
+            offset_of!(ggml_backend_reg, context),
+        ),
+        ("ggml_backend_reg_i", size_of::<ggml_backend_reg_i>()),
+        ("ggml_backend_device", size_of::<ggml_backend_device>()),
+        (
+            "ggml_backend_device.reg",
+            offset_of!(ggml_backend_device, reg),
+        ),
+        ("ggml_backend_device_i", size_of::<ggml_backend_device_i>()),
+        (
+            "ggml_backend_device_i.supports_op",
+            offset_of!(ggml_backend_device_i, supports_op),
+        ),
+        (
+            "ggml_backend_device_i.offload_op",
+            offset_of!(ggml_backend_device_i, offload_op),
+        ),
+        (
+            "ggml_backend_device_i.event_synchronize",
+            offset_of!(ggml_backend_device_i, event_synchronize),
+        ),
+        ("ggml_backend", size_of::<ggml_backend>()),
+        ("ggml_backend.iface", offset_of!(ggml_backend, iface)),
+        ("ggml_backend.device", offset_of!(ggml_backend, device)),
+        ("ggml_backend.context", offset_of!(ggml_backend, context)),
+        ("ggml_backend_i", size_of::<ggml_backend_i>()),
+        (
+            "ggml_backend_i.graph_compute",
+            offset_of!(ggml_backend_i, graph_compute),
+        ),
+        (
+            "ggml_backend_i.graph_optimize",
+            offset_of!(ggml_backend_i, graph_optimize),
+        ),
+        (
+            "ggml_backend_dev_props",
+            size_of::<ggml_backend_dev_props>(),
+        ),
+        (
+            "ggml_backend_dev_props.type",
+            offset_of!(ggml_backend_dev_props, type_),
+        ),
+        (
+            "ggml_backend_dev_props.device_id",
+            offset_of!(ggml_backend_dev_props, device_id),
+        ),
+        (
+            "ggml_backend_dev_props.caps",
+            offset_of!(ggml_backend_dev_props, caps),
+        ),
+        ("ggml_backend_dev_caps", size_of::<ggml_backend_dev_caps>()),
+        ("GGML_OP_MUL_MAT", ggml_op::MUL_MAT.0 as usize),
+        ("GGML_OP_RESHAPE", ggml_op::RESHAPE.0 as usize),
+        ("GGML_OP_VIEW", ggml_op::VIEW.0 as usize),
+        ("GGML_OP_PERMUTE", ggml_op::PERMUTE.0 as usize),
+        ("GGML_OP_TRANSPOSE", ggml_op::TRANSPOSE.0 as usize),
+        ("GGML_TYPE_BF16", ggml_type::BF16.0 as usize),
+        (
+            "GGML_TENSOR_FLAG_COMPUTE",
+            GGML_TENSOR_FLAG_COMPUTE as usize,
+        ),
+        (
+            "GGML_BACKEND_DEVICE_TYPE_ACCEL",
+            GGML_BACKEND_DEVICE_TYPE_ACCEL as usize,
+        ),
+        (
+            "GGML_BACKEND_API_VERSION",
+            GGML_BACKEND_API_VERSION as usize,
+        ),
+    ]
+}
+
+// The numbers of the pinned headers (LP64), checked at compile time as well.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<ggml_tensor>() == 336);
+    assert!(offset_of!(ggml_tensor, data) == 248);
+    assert!(size_of::<ggml_type_traits>() == 56);
+    assert!(size_of::<ggml_backend_reg>() == 48);
+    assert!(size_of::<ggml_backend_device_i>() == 120);
+    assert!(size_of::<ggml_backend_device>() == 136);
+    assert!(size_of::<ggml_backend_i>() == 128);
+    assert!(size_of::<ggml_backend>() == 152);
+    assert!(size_of::<ggml_backend_dev_props>() == 56);
+};
+
+/// The `GGML_ANE_LOG` threshold: error, warn (default), info or debug.
+fn log_threshold() -> c_int {
+    static LEVEL: std::sync::OnceLock<c_int> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        match std::env::var("GGML_ANE_LOG")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "error" => GGML_LOG_LEVEL_ERROR,
+            "info" => GGML_LOG_LEVEL_INFO,
+            "debug" => GGML_LOG_LEVEL_DEBUG,
+            _ => GGML_LOG_LEVEL_WARN,
+        }
+    })
+}
+
+/// Logs through ggml's logger, so the host's `ggml_log_set` callback sees our lines.
+pub(crate) fn log(level: c_int, msg: &str) {
+    if level < log_threshold() {
+        return;
+    }
+    let Ok(text) = std::ffi::CString::new(format!("{msg}\n")) else {
+        return;
+    };
+    // SAFETY: the format is a NUL-terminated "%s" and the one vararg a NUL-terminated string,
+    // as printf expects; ggml_log_internal is exported by libggml-base.
+    unsafe { ggml_log_internal(level, c"%s".as_ptr(), text.as_ptr()) };
+}

@@ -1,0 +1,159 @@
+//! Safe views of ggml tensors: metadata snapshots, and row readers/writers over their data.
+
+use std::ffi::c_void;
+
+use half::{bf16, f16};
+
+use super::{ggml_get_type_traits, ggml_op, ggml_tensor, ggml_to_float_t, ggml_type, GGML_MAX_SRC};
+use ane_runtime::matmul::{MatrixSink, MatrixSource};
+
+/// What we need to know about a tensor, copied out of ggml's struct.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TensorDesc {
+    pub(crate) ty: ggml_type,
+    pub(crate) op: ggml_op,
+    pub(crate) flags: i32,
+    pub(crate) ne: [i64; 4],
+    pub(crate) nb: [usize; 4],
+    pub(crate) data: *mut c_void,
+    /// Bytes per block and elements per block of the type.
+    pub(crate) type_size: usize,
+    pub(crate) blck_size: i64,
+    pub(crate) to_float: ggml_to_float_t,
+}
+
+/// A node and its first two sources.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeDesc {
+    pub(crate) node: TensorDesc,
+    pub(crate) src: [Option<TensorDesc>; 2],
+}
+
+fn describe(t: &ggml_tensor) -> TensorDesc {
+    // SAFETY: ggml_get_type_traits returns a pointer into a static table for every valid
+    // type, or NULL for out-of-range values, which we check.
+    let traits = unsafe { ggml_get_type_traits(t.type_).as_ref() };
+    TensorDesc {
+        ty: t.type_,
+        op: t.op,
+        flags: t.flags,
+        ne: t.ne,
+        nb: t.nb,
+        data: t.data,
+        type_size: traits.map_or(0, |tr| tr.type_size),
+        blck_size: traits.map_or(0, |tr| tr.blck_size),
+        to_float: traits.and_then(|tr| tr.to_float),
+    }
+}
+
+/// Copies the metadata of `t` and its first two sources.
+///
+/// # Safety
+/// `t` is NULL or points to a live `ggml_tensor` whose `src` pointers are NULL or live.
+pub(crate) unsafe fn describe_node(t: *const ggml_tensor) -> Option<NodeDesc> {
+    // SAFETY: the caller promises `t` is NULL or live.
+    let t = unsafe { t.as_ref() }?;
+    let mut src = [None, None];
+    for (i, s) in src.iter_mut().enumerate().take(GGML_MAX_SRC.min(2)) {
+        // SAFETY: ggml keeps unused source slots NULL and used ones live.
+        *s = unsafe { t.src[i].as_ref() }.map(describe);
+    }
+    Some(NodeDesc {
+        node: describe(t),
+        src,
+    })
+}
+
+/// Rows of a tensor in host memory, read as f32: row `r` of batch `(b2, b3)` starts at
+/// `data + r·nb[1] + b2·nb[2] + b3·nb[3]`, elements `nb[0]` apart (blocks for quantized types).
+pub(crate) struct TensorRows {
+    desc: TensorDesc,
+}
+
+// SAFETY: the tensor data is host memory that ggml keeps alive and unchanged while the graph
+// that reads it is being computed; TensorRows only reads it.
+unsafe impl Sync for TensorRows {}
+
+impl TensorRows {
+    /// # Safety
+    /// `desc.data` must stay valid for reads of every row the job touches while this lives.
+    pub(crate) unsafe fn new(desc: TensorDesc) -> Self {
+        TensorRows { desc }
+    }
+}
+
+impl MatrixSource for TensorRows {
+    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
+        let d = &self.desc;
+        let base = d.data as *const u8;
+        let off = row * d.nb[1] + b2 * d.nb[2] + b3 * d.nb[3];
+        let k = out.len();
+        // SAFETY: the planner only builds jobs whose rows, batches and K lie inside the tensor's
+        // ne, so every address below is inside the tensor's data as ggml laid it out;
+        // unaligned reads because views may start anywhere.
+        unsafe {
+            let row_ptr = base.add(off);
+            match d.ty {
+                ggml_type::F32 => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = row_ptr.add(i * d.nb[0]).cast::<f32>().read_unaligned();
+                    }
+                }
+                ggml_type::F16 => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o =
+                            f16::from_bits(row_ptr.add(i * d.nb[0]).cast::<u16>().read_unaligned())
+                                .to_f32();
+                    }
+                }
+                ggml_type::BF16 => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = bf16::from_bits(
+                            row_ptr.add(i * d.nb[0]).cast::<u16>().read_unaligned(),
+                        )
+                        .to_f32();
+                    }
+                }
+                _ => {
+                    let f = d
+                        .to_float
+                        .expect("supports_op admits only types with to_float");
+                    f(row_ptr.cast::<c_void>(), out.as_mut_ptr(), k as i64);
+                }
+            }
+        }
+    }
+}
+
+/// The rows of an F32 destination tensor.
+pub(crate) struct TensorRowsMut {
+    desc: TensorDesc,
+}
+
+// SAFETY: each (b2, b3, n) row is written by exactly one caller (the matmul job writes every
+// output row once), so concurrent writes never touch the same bytes.
+unsafe impl Sync for TensorRowsMut {}
+
+impl TensorRowsMut {
+    /// # Safety
+    /// `desc` is an F32 tensor whose data stays valid for writes while this lives, and
+    /// nothing else reads or writes it meanwhile.
+    pub(crate) unsafe fn new(desc: TensorDesc) -> Self {
+        TensorRowsMut { desc }
+    }
+}
+
+impl MatrixSink for TensorRowsMut {
+    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
+        let d = &self.desc;
+        let off = n * d.nb[1] + b2 * d.nb[2] + b3 * d.nb[3];
+        // SAFETY: (n, b2, b3) and every column are inside dst's ne (the job's shape comes from
+        // it), so the addresses are inside dst's data; unaligned writes for views.
+        unsafe {
+            let row_ptr = d.data.cast::<u8>().add(off);
+            for (i, v) in values.iter().enumerate() {
+                row_ptr.add(i * d.nb[0]).cast::<f32>().write_unaligned(*v);
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The registry, device and backend vtables ggml calls, and the exported entry points.
+//!
+//! Order follows ggml's own backends: backend (stream) → device → registry → exports, each
+//! vtable right after the functions it points to. Every entry point catches panics: none may
+//! cross into C.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use super::tensor::{describe_node, TensorRows, TensorRowsMut};
+use super::*;
+use crate::backend::{self, BackendContext, NodeAction};
+use ane_runtime::matmul::MatmulJob;
+
+/// Runs `f`, turning a panic into `default` (after logging it).
+fn guard<R>(what: &str, default: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log(
+                GGML_LOG_LEVEL_ERROR,
+                &format!("ggml-ane: {what} panicked: {msg}"),
+            );
+            default
+        }
+    }
+}
+
+const NAME: &CStr = c"ANE";
+
+// ---- backend (stream) ----
+
+static GUID: [u8; 16] = *b"ggml-ane-backend";
+
+struct Guid(*mut [u8; 16]);
+// SAFETY: the GUID is immutable static data; ggml only compares it.
+unsafe impl Sync for Guid {}
+// SAFETY: as above.
+unsafe impl Send for Guid {}
+
+fn guid() -> *mut [u8; 16] {
+    static G: OnceLock<Guid> = OnceLock::new();
+    G.get_or_init(|| Guid(&GUID as *const [u8; 16] as *mut [u8; 16]))
+        .0
+}
+
+unsafe extern "C" fn backend_get_name(_backend: *mut ggml_backend) -> *const c_char {
+    NAME.as_ptr()
+}
+
+unsafe extern "C" fn backend_free(backend: *mut ggml_backend) {
+    guard("free", (), || {
+        if backend.is_null() {
+            return;
+        }
+        // SAFETY: `backend` and its context were created by `ggml_backend_ane_init` with
+        // Box::into_raw and ggml frees each backend exactly once.
+        let (b, ctx) = unsafe {
+            let b = Box::from_raw(backend);
+            let ctx = Box::from_raw(b.context.cast::<BackendContext>());
+            (b, ctx)
+        };
+        if let Ok(rt) = backend::runtime() {
+            if rt.stats_on_free {
+                eprint!("{}", backend::stats_report(&ctx, rt));
+            }
+        }
+        drop((b, ctx));
+    })
+}
+
+unsafe extern "C" fn backend_graph_compute(
+    backend: *mut ggml_backend,
+    cgraph: *mut ggml_cgraph,
+) -> c_int {
+    guard("graph_compute", GGML_STATUS_FAILED, || {
+        let rt = match backend::runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log(GGML_LOG_LEVEL_ERROR, &format!("ggml-ane: no engine: {e}"));
+                return GGML_STATUS_FAILED;
+            }
+        };
+        // SAFETY: ggml passes the backend it created through init_backend; its context is ours.
+        let ctx = unsafe { &*((*backend).context as *const BackendContext) };
+        // SAFETY: `cgraph` is a live graph for the duration of this call.
+        let n_nodes = unsafe { ggml_graph_n_nodes(cgraph) };
+        for i in 0..n_nodes {
+            // SAFETY: 0 <= i < n_nodes, so ggml_graph_node returns a live node whose sources are live.
+            let Some(desc) = (unsafe { describe_node(ggml_graph_node(cgraph, i)) }) else {
+                continue;
+            };
+            match backend::classify(&desc) {
+                NodeAction::Skip => {}
+                NodeAction::MulMat => {
+                    let (Some(s0), Some(s1), Some(shape)) =
+                        (desc.src[0], desc.src[1], backend::mul_mat_shape(&desc))
+                    else {
+                        return GGML_STATUS_FAILED;
+                    };
+                    // SAFETY: the node's tensors live in host buffers (supports_buft admits only
+                    // host buffer types) and stay valid and unshared for this call; the shape
+                    // comes from their ne, so every row read or written is inside them.
+                    let (w, a, d) = unsafe {
+                        (
+                            TensorRows::new(s0),
+                            TensorRows::new(s1),
+                            TensorRowsMut::new(desc.node),
+                        )
+                    };
+                    backend::mul_mat(
+                        ctx,
+                        rt,
+                        &MatmulJob {
+                            shape,
+                            weights: &w,
+                            acts: &a,
+                            dst: &d,
+                        },
+                    );
+                }
+                NodeAction::Unknown => {
+                    log(
+                        GGML_LOG_LEVEL_ERROR,
+                        &format!(
+                            "ggml-ane: graph_compute got an op it does not support ({})",
+                            desc.node.op.0
+                        ),
+                    );
+                    return GGML_STATUS_FAILED;
+                }
+            }
+        }
+        GGML_STATUS_SUCCESS
+    })
+}
+
+const BACKEND_I: ggml_backend_i = ggml_backend_i {
+    get_name: Some(backend_get_name),
+    free: Some(backend_free),
+    set_tensor_async: None,
+    get_tensor_async: None,
+    set_tensor_2d_async: None,
+    get_tensor_2d_async: None,
+    cpy_tensor_async: None,
+    synchronize: None,
+    graph_plan_create: None,
+    graph_plan_free: None,
+    graph_plan_update: None,
+    graph_plan_compute: None,
+    graph_compute: Some(backend_graph_compute),
+    event_record: None,
+    event_wait: None,
+    graph_optimize: None,
+};
+
+/// A new ANE backend, or NULL when no engine can be created.
+#[unsafe(no_mangle)]
+pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
+    guard("init", std::ptr::null_mut(), || {
+        if let Err(e) = backend::runtime() {
+            log(
+                GGML_LOG_LEVEL_ERROR,
+                &format!("ggml-ane: cannot create an engine: {e}"),
+            );
+            return std::ptr::null_mut();
+        }
+        let ctx = Box::into_raw(Box::new(BackendContext::default()));
+        Box::into_raw(Box::new(ggml_backend {
+            guid: guid(),
+            iface: BACKEND_I,
+            device: device(),
+            context: ctx.cast::<c_void>(),
+        }))
+    })
+}
+
+/// True if `backend` was created by this library.
+///
+/// # Safety
+/// `backend` is NULL or a live ggml backend.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ggml_backend_is_ane(backend: *mut ggml_backend) -> bool {
+    // SAFETY: the caller passes NULL or a live backend.
+    !backend.is_null() && unsafe { (*backend).guid } == guid()
+}
+
+// ---- device ----
+
+unsafe extern "C" fn dev_get_name(_dev: *mut ggml_backend_device) -> *const c_char {
+    NAME.as_ptr()
+}
+
+unsafe extern "C" fn dev_get_description(_dev: *mut ggml_backend_device) -> *const c_char {
+    guard(
+        "get_description",
+        c"Apple Neural Engine (no engine available)".as_ptr(),
+        || match backend::runtime() {
+            Ok(rt) => rt.description.as_ptr(),
+            Err(_) => c"Apple Neural Engine (no engine available)".as_ptr(),
+        },
+    )
+}
+
+unsafe extern "C" fn dev_get_memory(
+    _dev: *mut ggml_backend_device,
+    free: *mut usize,
+    total: *mut usize,
+) {
+    // The device computes on host buffers and owns no memory of its own: 0/0 is ggml's
+    // "nothing to report" (the BLAS backend does the same).
+    // SAFETY: ggml passes valid out-pointers.
+    unsafe {
+        *free = 0;
+        *total = 0;
+    }
+}
+
+unsafe extern "C" fn dev_get_type(_dev: *mut ggml_backend_device) -> c_int {
+    GGML_BACKEND_DEVICE_TYPE_ACCEL
+}
+
+unsafe extern "C" fn dev_get_props(
+    dev: *mut ggml_backend_device,
+    props: *mut ggml_backend_dev_props,
+) {
+    guard("get_props", (), || {
+        // SAFETY: ggml passes a valid, zeroed props struct to fill.
+        let p = unsafe { &mut *props };
+        // SAFETY: forwarding the same live device pointer.
+        unsafe {
+            p.name = dev_get_name(dev);
+            p.description = dev_get_description(dev);
+        }
+        p.memory_free = 0;
+        p.memory_total = 0;
+        p.type_ = GGML_BACKEND_DEVICE_TYPE_ACCEL;
+        p.device_id = std::ptr::null();
+        p.caps = ggml_backend_dev_caps {
+            async_: false,
+            host_buffer: false,
+            buffer_from_host_ptr: true,
+            events: false,
+            mmap_support: false,
+        };
+    })
+}
+
+unsafe extern "C" fn dev_init_backend(
+    _dev: *mut ggml_backend_device,
+    _params: *const c_char,
+) -> *mut ggml_backend {
+    ggml_backend_ane_init()
+}
+
+unsafe extern "C" fn dev_get_buffer_type(
+    _dev: *mut ggml_backend_device,
+) -> ggml_backend_buffer_type_t {
+    // SAFETY: exported by ggml-base, no preconditions.
+    unsafe { ggml_backend_cpu_buffer_type() }
+}
+
+unsafe extern "C" fn dev_buffer_from_host_ptr(
+    _dev: *mut ggml_backend_device,
+    ptr: *mut c_void,
+    size: usize,
+    _max_tensor_size: usize,
+) -> ggml_backend_buffer_t {
+    // SAFETY: ggml hands us host memory of `size` bytes that outlives the buffer.
+    unsafe { ggml_backend_cpu_buffer_from_ptr(ptr, size) }
+}
+
+unsafe extern "C" fn dev_supports_op(
+    _dev: *mut ggml_backend_device,
+    op: *const ggml_tensor,
+) -> bool {
+    guard("supports_op", false, || {
+        // SAFETY: ggml passes a live tensor (or NULL).
+        let desc = unsafe { describe_node(op) };
+        desc.is_some_and(|d| backend::supports_op(&d))
+    })
+}
+
+unsafe extern "C" fn dev_supports_buft(
+    _dev: *mut ggml_backend_device,
+    buft: ggml_backend_buffer_type_t,
+) -> bool {
+    // SAFETY: ggml passes a live buffer type.
+    !buft.is_null() && unsafe { ggml_backend_buft_is_host(buft) }
+}
+
+unsafe extern "C" fn dev_offload_op(
+    _dev: *mut ggml_backend_device,
+    op: *const ggml_tensor,
+) -> bool {
+    guard("offload_op", false, || {
+        let Ok(rt) = backend::runtime() else {
+            return false;
+        };
+        // SAFETY: ggml passes a live tensor (or NULL).
+        unsafe { describe_node(op) }.is_some_and(|d| backend::offload_op(&d, rt))
+    })
+}
+
+const DEVICE_I: ggml_backend_device_i = ggml_backend_device_i {
+    get_name: Some(dev_get_name),
+    get_description: Some(dev_get_description),
+    get_memory: Some(dev_get_memory),
+    get_type: Some(dev_get_type),
+    get_props: Some(dev_get_props),
+    init_backend: Some(dev_init_backend),
+    get_buffer_type: Some(dev_get_buffer_type),
+    get_host_buffer_type: None,
+    buffer_from_host_ptr: Some(dev_buffer_from_host_ptr),
+    supports_op: Some(dev_supports_op),
+    supports_buft: Some(dev_supports_buft),
+    offload_op: Some(dev_offload_op),
+    event_new: None,
+    event_free: None,
+    event_synchronize: None,
+};
+
+/// Leaked, process-lifetime objects handed to ggml by pointer.
+struct Leaked<T>(*mut T);
+// SAFETY: created once, never freed or mutated after construction; ggml reads them from any thread.
+unsafe impl<T> Sync for Leaked<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for Leaked<T> {}
+
+fn device() -> *mut ggml_backend_device {
+    static DEV: OnceLock<Leaked<ggml_backend_device>> = OnceLock::new();
+    DEV.get_or_init(|| {
+        Leaked(Box::into_raw(Box::new(ggml_backend_device {
+            iface: DEVICE_I,
+            reg: ggml_backend_ane_reg(),
+            context: std::ptr::null_mut(),
+        })))
+    })
+    .0
+}
+
+// ---- registry ----
+
+unsafe extern "C" fn reg_get_name(_reg: *mut ggml_backend_reg) -> *const c_char {
+    NAME.as_ptr()
+}
+
+unsafe extern "C" fn reg_get_device_count(_reg: *mut ggml_backend_reg) -> usize {
+    1
+}
+
+unsafe extern "C" fn reg_get_device(
+    _reg: *mut ggml_backend_reg,
+    index: usize,
+) -> *mut ggml_backend_device {
+    if index == 0 {
+        device()
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+const REG_I: ggml_backend_reg_i = ggml_backend_reg_i {
+    get_name: Some(reg_get_name),
+    get_device_count: Some(reg_get_device_count),
+    get_device: Some(reg_get_device),
+    get_proc_address: None,
+};
+
+/// The registry: one device, "ANE".
+#[unsafe(no_mangle)]
+pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
+    static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
+    REG.get_or_init(|| {
+        Leaked(Box::into_raw(Box::new(ggml_backend_reg {
+            api_version: GGML_BACKEND_API_VERSION,
+            iface: REG_I,
+            context: std::ptr::null_mut(),
+        })))
+    })
+    .0
+}
+
+// ---- exports for ggml_backend_load ----
+
+/// What `ggml_backend_load` calls (GGML_BACKEND_DL_IMPL).
+#[unsafe(no_mangle)]
+pub extern "C" fn ggml_backend_init() -> *mut ggml_backend_reg {
+    ggml_backend_ane_reg()
+}
+
+/// Non-zero where an engine can be created (GGML_BACKEND_DL_SCORE_IMPL).
+#[unsafe(no_mangle)]
+pub extern "C" fn ggml_backend_score() -> c_int {
+    guard("score", 0, || match backend::runtime() {
+        Ok(rt) if rt.engine.info().kind == ane_runtime::EngineKind::Reference => 1,
+        Ok(_) => 10,
+        Err(_) => 0,
+    })
+}

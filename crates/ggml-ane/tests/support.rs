@@ -1,0 +1,38 @@
+//! Where the pinned ggml build is (set by scripts/test.sh, see scripts/build-ggml.sh).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using a part"
+)]
+
+use std::path::PathBuf;
+
+/// `GGML_LIB_DIR`: the folder with libggml-base, libggml, libggml-cpu and test-backend-ops.
+pub fn lib_dir() -> PathBuf {
+    PathBuf::from(std::env::var("GGML_LIB_DIR").expect("GGML_LIB_DIR is set when ggml_linked is"))
+}
+
+/// The pinned ggml source folder (`include/`, `src/`).
+pub fn src_dir() -> PathBuf {
+    std::env::var("GGML_SRC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| lib_dir().join("../../src/ggml"))
+}
+
+/// The cdylib cargo built next to this test binary (target/<profile>/libggml_ane.so).
+pub fn cdylib() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let name = if cfg!(target_os = "macos") {
+        "libggml_ane.dylib"
+    } else {
+        "libggml_ane.so"
+    };
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built (cargo builds the cdylib with the tests)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,124 @@
+//! ggml's own conformance suite against our library: every MUL_MAT case, then the same cases
+//! with the engine told to fail in each way it can — results must still match the CPU, and
+//! the stats must name the reason.
+#![cfg(ggml_linked)]
+
+mod support;
+
+use std::process::Command;
+
+fn run(filter: Option<&str>, env: &[(&str, &str)]) -> String {
+    let bin = support::lib_dir().join("test-backend-ops");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["test", "-b", "ANE", "-o", "MUL_MAT"])
+        .env("GGML_BACKEND_PATH", support::cdylib())
+        .env("GGML_ANE_STATS", "1")
+        .env_remove("GGML_ANE_ENGINE")
+        .env_remove("GGML_ANE_REFERENCE_FAULTS")
+        .env_remove("GGML_ANE_COMPILE_BUDGET");
+    if let Some(f) = filter {
+        cmd.args(["-p", f]);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run test-backend-ops");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "test-backend-ops failed:\n{}",
+        tail(&text)
+    );
+    text
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// "N/M tests passed" for our backend.
+fn passed(text: &str) -> (usize, usize) {
+    let line = text
+        .lines()
+        .find(|l| l.contains("tests passed"))
+        .expect("a tests-passed line");
+    let (a, b) = line
+        .trim()
+        .split(' ')
+        .next()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+fn stat(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(label)
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or_else(|| panic!("no `{label}` line in the stats:\n{}", tail(text)))
+}
+
+#[test]
+fn every_mul_mat_case_passes_on_the_engine() {
+    let text = run(None, &[]);
+    let (ok, total) = passed(&text);
+    eprintln!("test-backend-ops MUL_MAT: {ok}/{total} passed");
+    assert_eq!(ok, total);
+    assert!(total >= 1300, "only {total} cases ran");
+    assert!(text.contains("Backend ANE: \u{1b}[1;32mOK") || text.contains("Backend ANE: OK"));
+    assert_eq!(
+        stat(&text, "nodes on engine"),
+        total as u64,
+        "every case ran on the engine"
+    );
+    assert_eq!(stat(&text, "nodes on CPU"), 0);
+}
+
+/// A subset that still covers quantized, broadcast and permuted cases.
+const SUBSET: &str = "type_a=(f16|q4_0|q8_0),type_b=f32,m=(16|1057|129)";
+
+#[test]
+fn compile_failures_fall_back_to_the_cpu() {
+    let text = run(Some(SUBSET), &[("GGML_ANE_REFERENCE_FAULTS", "compile")]);
+    let (ok, total) = passed(&text);
+    assert!(total > 50 && ok == total, "{ok}/{total}");
+    assert_eq!(stat(&text, "nodes on engine"), 0);
+    assert_eq!(stat(&text, "compile failed"), total as u64);
+}
+
+#[test]
+fn eval_failures_fall_back_to_the_cpu() {
+    let text = run(Some(SUBSET), &[("GGML_ANE_REFERENCE_FAULTS", "eval")]);
+    let (ok, total) = passed(&text);
+    assert!(total > 50 && ok == total, "{ok}/{total}");
+    assert_eq!(stat(&text, "eval failed"), total as u64);
+}
+
+#[test]
+fn non_finite_results_fall_back_to_the_cpu() {
+    let text = run(Some(SUBSET), &[("GGML_ANE_REFERENCE_FAULTS", "inf")]);
+    let (ok, total) = passed(&text);
+    assert!(total > 50 && ok == total, "{ok}/{total}");
+    assert_eq!(stat(&text, "fp16 overflow"), total as u64);
+}
+
+#[test]
+fn a_spent_budget_falls_back_to_the_cpu() {
+    let text = run(Some(SUBSET), &[("GGML_ANE_COMPILE_BUDGET", "3")]);
+    let (ok, total) = passed(&text);
+    assert!(total > 50 && ok == total, "{ok}/{total}");
+    assert_eq!(stat(&text, "compiles"), 3);
+    let on_engine = stat(&text, "nodes on engine");
+    let spent = stat(&text, "budget exhausted");
+    assert!(
+        on_engine > 0 && spent > 0 && on_engine + spent == total as u64,
+        "{on_engine} + {spent} != {total}"
+    );
+}
