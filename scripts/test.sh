@@ -34,7 +34,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "type check for aarch64-apple-darwin"
 if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
   # ane-cli is left out: npyz pulls in psm, whose build script assembles with a macOS cc.
-  cargo clippy --target aarch64-apple-darwin -p ane-mil -p ane-runtime -- -D warnings
+  cargo clippy --target aarch64-apple-darwin -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
 else
   echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
 fi

@@ -339,7 +339,7 @@ fn multi_function_programs_compile_once_into_procedures() {
         ..Default::default()
     });
     let mut p = matmul_program(&[3, 4], &[4, 5], false, false);
-    let mut second = matmul_program(&[2, 4], &[4, 2], false, true)
+    let mut second = matmul_program(&[2, 4], &[2, 4], false, true)
         .functions
         .remove(0);
     second.name = "other".into();

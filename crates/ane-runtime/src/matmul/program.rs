@@ -74,10 +74,15 @@ mod tests {
 
     #[test]
     fn tiles_stay_within_the_limit_and_cover_the_job() {
-        assert_eq!(tile_sizes(32000, 4096, 512, 16384), (10667, 4096, 512));
+        assert_eq!(tile_sizes(32000, 4096, 512, 16384), (16000, 4096, 512));
         assert_eq!(
-            tile_shapes(32000, 4096, 512, 10667, 4096, 512),
-            vec![(10667, 4096, 512), (9999, 4096, 512)]
+            tile_shapes(32000, 4096, 512, 16000, 4096, 512),
+            vec![(16000, 4096, 512)]
+        );
+        assert_eq!(tile_sizes(32001, 4096, 512, 16384), (16001, 4096, 512));
+        assert_eq!(
+            tile_shapes(32001, 4096, 512, 16001, 4096, 512),
+            vec![(16001, 4096, 512), (16000, 4096, 512)]
         );
         assert_eq!(tile_sizes(5, 20000, 1, 16384), (5, 10000, 1));
         assert_eq!(tile_shapes(5, 20000, 1, 5, 10000, 1), vec![(5, 10000, 1)]);
