@@ -1,0 +1,339 @@
+//! A small safe host around real ggml for tests: load our library, build MUL_MAT graphs,
+//! run them through the scheduler or a single backend. The test crate's FFI module.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using a part"
+)]
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::OnceLock;
+
+type Ptr = *mut c_void;
+
+#[repr(C)]
+struct InitParams {
+    mem_size: usize,
+    mem_buffer: Ptr,
+    no_alloc: bool,
+}
+
+#[link(name = "ggml")]
+unsafe extern "C" {
+    fn ggml_backend_load_all_from_path(dir: *const c_char);
+    fn ggml_backend_load(path: *const c_char) -> Ptr;
+    fn ggml_backend_reg_dev_get(reg: Ptr, i: usize) -> Ptr;
+    fn ggml_backend_init_by_type(t: c_int, params: *const c_char) -> Ptr;
+}
+
+#[link(name = "ggml-base")]
+unsafe extern "C" {
+    fn ggml_backend_dev_init(dev: Ptr, params: *const c_char) -> Ptr;
+    fn ggml_backend_sched_new(
+        backends: *mut Ptr,
+        bufts: *mut Ptr,
+        n: c_int,
+        graph_size: usize,
+        parallel: bool,
+        op_offload: bool,
+    ) -> Ptr;
+    fn ggml_backend_sched_free(s: Ptr);
+    fn ggml_backend_sched_alloc_graph(s: Ptr, g: Ptr) -> bool;
+    fn ggml_backend_sched_graph_compute(s: Ptr, g: Ptr) -> c_int;
+    fn ggml_backend_sched_get_tensor_backend(s: Ptr, t: Ptr) -> Ptr;
+    fn ggml_backend_name(b: Ptr) -> *const c_char;
+    fn ggml_backend_free(b: Ptr);
+    fn ggml_backend_graph_compute(b: Ptr, g: Ptr) -> c_int;
+    fn ggml_init(p: InitParams) -> Ptr;
+    fn ggml_free(ctx: Ptr);
+    fn ggml_new_tensor_4d(ctx: Ptr, t: c_int, ne0: i64, ne1: i64, ne2: i64, ne3: i64) -> Ptr;
+    fn ggml_mul_mat(ctx: Ptr, a: Ptr, b: Ptr) -> Ptr;
+    fn ggml_permute(ctx: Ptr, a: Ptr, a0: c_int, a1: c_int, a2: c_int, a3: c_int) -> Ptr;
+    fn ggml_new_graph(ctx: Ptr) -> Ptr;
+    fn ggml_build_forward_expand(g: Ptr, t: Ptr);
+    fn ggml_set_input(t: Ptr);
+    fn ggml_backend_alloc_ctx_tensors_from_buft(ctx: Ptr, buft: Ptr) -> Ptr;
+    fn ggml_backend_cpu_buffer_type() -> Ptr;
+    fn ggml_backend_buffer_set_usage(buf: Ptr, usage: c_int);
+    fn ggml_backend_buffer_free(buf: Ptr);
+    fn ggml_backend_tensor_set(t: Ptr, data: *const c_void, offset: usize, size: usize);
+    fn ggml_backend_tensor_get(t: Ptr, data: *mut c_void, offset: usize, size: usize);
+    fn ggml_quantize_chunk(
+        t: c_int,
+        src: *const f32,
+        dst: *mut c_void,
+        start: i64,
+        nrows: i64,
+        n_per_row: i64,
+        imatrix: *const f32,
+    ) -> usize;
+    fn ggml_row_size(t: c_int, ne: i64) -> usize;
+    fn ggml_nbytes(t: Ptr) -> usize;
+}
+
+pub const F32: i32 = 0;
+pub const F16: i32 = 1;
+pub const Q4_0: i32 = 2;
+pub const Q8_0: i32 = 8;
+const USAGE_WEIGHTS: c_int = 1;
+const DEVICE_CPU: c_int = 0;
+
+struct Reg(Ptr);
+// SAFETY: a registry handle is process-global and immutable once loaded.
+unsafe impl Sync for Reg {}
+// SAFETY: as above.
+unsafe impl Send for Reg {}
+
+/// Loads ggml's CPU backend and our library, once per process; returns our registry.
+fn ane_reg() -> Ptr {
+    static REG: OnceLock<Reg> = OnceLock::new();
+    REG.get_or_init(|| {
+        let dir = CString::new(super::support::lib_dir().to_str().unwrap()).unwrap();
+        let lib = CString::new(super::support::cdylib().to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated paths; ggml's loader has no other preconditions.
+        let reg = unsafe {
+            ggml_backend_load_all_from_path(dir.as_ptr());
+            ggml_backend_load(lib.as_ptr())
+        };
+        assert!(
+            !reg.is_null(),
+            "ggml_backend_load refused {}",
+            lib.to_string_lossy()
+        );
+        Reg(reg)
+    })
+    .0
+}
+
+/// A backend instance.
+pub struct Backend(Ptr);
+
+impl Backend {
+    /// A new instance of our ANE device.
+    pub fn ane() -> Backend {
+        // SAFETY: the registry is loaded; device 0 exists (our get_device_count is 1).
+        let b = unsafe {
+            ggml_backend_dev_init(ggml_backend_reg_dev_get(ane_reg(), 0), std::ptr::null())
+        };
+        assert!(!b.is_null());
+        Backend(b)
+    }
+
+    /// A new CPU backend.
+    pub fn cpu() -> Backend {
+        ane_reg();
+        // SAFETY: the CPU backend was loaded by ane_reg.
+        let b = unsafe { ggml_backend_init_by_type(DEVICE_CPU, std::ptr::null()) };
+        assert!(!b.is_null());
+        Backend(b)
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: a live backend returns a static NUL-terminated name.
+        unsafe { CStr::from_ptr(ggml_backend_name(self.0)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: created by us, freed once.
+        unsafe { ggml_backend_free(self.0) }
+    }
+}
+
+/// One `y = mul_mat(w, x)` graph: weights in a CPU buffer marked WEIGHTS, `x` an input
+/// (optionally a permuted view), `y` computed by a scheduler over `[ANE, CPU]`.
+pub struct MulMat {
+    ctx_w: Ptr,
+    ctx: Ptr,
+    w_buf: Ptr,
+    pub w: Ptr,
+    pub x: Ptr,
+    pub y: Ptr,
+    graph: Ptr,
+    /// Created by the first run and kept: the graph's tensors live in its buffers.
+    sched: std::cell::Cell<Ptr>,
+    w_type: i32,
+    w_shape: [i64; 4],
+    x_len: usize,
+    y_len: usize,
+}
+
+// SAFETY: the graph and its contexts are owned by this value and used by one thread at a time.
+unsafe impl Send for MulMat {}
+
+impl MulMat {
+    /// `w [k, m, w2, w3]` of `w_type`, `x [k, n, b2, b3]` f32 (built permuted when `permuted`).
+    pub fn new(
+        w_type: i32,
+        m: i64,
+        k: i64,
+        n: i64,
+        wb: [i64; 2],
+        b: [i64; 2],
+        permuted: bool,
+    ) -> MulMat {
+        let params = |bytes| InitParams {
+            mem_size: bytes,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
+        // SAFETY: every call below gets live contexts/tensors created just before; shapes are
+        // valid for ggml (mul_mat's own asserts hold: same k, b divisible by wb).
+        unsafe {
+            let ctx_w = ggml_init(params(1 << 16));
+            let w = ggml_new_tensor_4d(ctx_w, w_type, k, m, wb[0], wb[1]);
+            let w_buf =
+                ggml_backend_alloc_ctx_tensors_from_buft(ctx_w, ggml_backend_cpu_buffer_type());
+            ggml_backend_buffer_set_usage(w_buf, USAGE_WEIGHTS);
+            let ctx = ggml_init(params(1 << 20));
+            let x = if permuted {
+                let raw = ggml_new_tensor_4d(ctx, F32, k, b[0], n, b[1]);
+                ggml_set_input(raw);
+                (raw, ggml_permute(ctx, raw, 0, 2, 1, 3))
+            } else {
+                let raw = ggml_new_tensor_4d(ctx, F32, k, n, b[0], b[1]);
+                ggml_set_input(raw);
+                (raw, raw)
+            };
+            let y = ggml_mul_mat(ctx, w, x.1);
+            let graph = ggml_new_graph(ctx);
+            ggml_build_forward_expand(graph, y);
+            let x_len = (k * n * b[0] * b[1]) as usize;
+            let y_len = (m * n * b[0] * b[1]) as usize;
+            MulMat {
+                ctx_w,
+                ctx,
+                w_buf,
+                w,
+                x: x.0,
+                y,
+                graph,
+                sched: std::cell::Cell::new(std::ptr::null_mut()),
+                w_type,
+                w_shape: [k, m, wb[0], wb[1]],
+                x_len,
+                y_len,
+            }
+        }
+    }
+
+    /// Stores f32 weights, converting (quantizing) to the weight type.
+    pub fn set_weights(&self, values: &[f32]) {
+        let [k, m, w2, w3] = self.w_shape;
+        assert_eq!(values.len() as i64, k * m * w2 * w3);
+        // SAFETY: `w` is allocated in w_buf with ggml_nbytes(w) bytes; quantize_chunk writes
+        // rows·row_size bytes, which is that size for a contiguous tensor.
+        unsafe {
+            let bytes = ggml_nbytes(self.w);
+            let mut buf = vec![0u8; bytes];
+            let rows = m * w2 * w3;
+            if self.w_type == F32 {
+                buf.copy_from_slice(std::slice::from_raw_parts(
+                    values.as_ptr().cast::<u8>(),
+                    bytes,
+                ));
+            } else {
+                assert_eq!(ggml_row_size(self.w_type, k) * rows as usize, bytes);
+                ggml_quantize_chunk(
+                    self.w_type,
+                    values.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    0,
+                    rows,
+                    k,
+                    std::ptr::null(),
+                );
+            }
+            ggml_backend_tensor_set(self.w, buf.as_ptr().cast(), 0, bytes);
+        }
+    }
+
+    pub fn x_len(&self) -> usize {
+        self.x_len
+    }
+
+    /// Runs the graph through a scheduler over `backends` (the last must be the CPU), then
+    /// the same graph on that CPU backend alone. Every run must pass the same backends, which
+    /// must outlive this graph.
+    pub fn run_sched(&self, backends: &[&Backend], x: &[f32]) -> Run {
+        assert_eq!(x.len(), self.x_len);
+        let mut handles: Vec<Ptr> = backends.iter().map(|b| b.0).collect();
+        // SAFETY: live backends; the graph outlives the scheduler, which is freed here; the
+        // input and output sizes are those of the tensors.
+        unsafe {
+            let mut s = self.sched.get();
+            if s.is_null() {
+                s = ggml_backend_sched_new(
+                    handles.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                    handles.len() as c_int,
+                    64,
+                    false,
+                    true,
+                );
+                assert!(ggml_backend_sched_alloc_graph(s, self.graph));
+                self.sched.set(s);
+            }
+            ggml_backend_tensor_set(self.x, x.as_ptr().cast(), 0, x.len() * 4);
+            assert_eq!(ggml_backend_sched_graph_compute(s, self.graph), 0);
+            let on = ggml_backend_sched_get_tensor_backend(s, self.y);
+            let name = if on.is_null() {
+                String::from("?")
+            } else {
+                CStr::from_ptr(ggml_backend_name(on))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let mut y = vec![0f32; self.y_len];
+            ggml_backend_tensor_get(self.y, y.as_mut_ptr().cast(), 0, y.len() * 4);
+            // compute the same graph (same buffers) on the CPU backend alone for reference
+            let cpu = backends.last().unwrap();
+            assert_eq!(ggml_backend_graph_compute(cpu.0, self.graph), 0);
+            let mut y_cpu = vec![0f32; self.y_len];
+            ggml_backend_tensor_get(self.y, y_cpu.as_mut_ptr().cast(), 0, y_cpu.len() * 4);
+            Run {
+                y,
+                y_cpu,
+                backend: name,
+            }
+        }
+    }
+}
+
+/// Results of one scheduled run and of the CPU-only run of the same graph.
+pub struct Run {
+    /// `y` from the scheduler.
+    pub y: Vec<f32>,
+    /// `y` from the CPU backend alone.
+    pub y_cpu: Vec<f32>,
+    /// The backend the scheduler put the MUL_MAT on.
+    pub backend: String,
+}
+
+impl Drop for MulMat {
+    fn drop(&mut self) {
+        // SAFETY: created in new() and run_sched, freed once, scheduler first (it owns the
+        // graph's buffers), while the backends it uses are still alive (callers' contract).
+        unsafe {
+            if !self.sched.get().is_null() {
+                ggml_backend_sched_free(self.sched.get());
+            }
+            ggml_backend_buffer_free(self.w_buf);
+            ggml_free(self.ctx);
+            ggml_free(self.ctx_w);
+        }
+    }
+}
+
+/// ggml's normalised mean squared error.
+pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    let (mut e, mut n) = (0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        e += (g as f64 - w as f64).powi(2);
+        n += (w as f64).powi(2);
+    }
+    e / n
+}

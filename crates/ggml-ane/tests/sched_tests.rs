@@ -1,0 +1,110 @@
+//! Our library inside real ggml, scheduled as `[ANE, CPU]` the way llama.cpp does it, against
+//! the CPU backend computing the same graph (NMSE ≤ 5e-4, test-backend-ops' MUL_MAT limit).
+#![cfg(ggml_linked)]
+
+mod host;
+mod support;
+
+use ane_testutil::Rng;
+use host::{nmse, Backend, MulMat, F16, F32, Q4_0, Q8_0};
+
+const MAX_NMSE: f64 = 5e-4;
+
+#[allow(clippy::too_many_arguments, reason = "one case, spelled out")]
+fn check_case(
+    w_type: i32,
+    m: i64,
+    k: i64,
+    n: i64,
+    wb: [i64; 2],
+    b: [i64; 2],
+    permuted: bool,
+    seed: u64,
+) {
+    let (ane, cpu) = (Backend::ane(), Backend::cpu());
+    assert_eq!(ane.name(), "ANE");
+    let g = MulMat::new(w_type, m, k, n, wb, b, permuted);
+    let mut rng = Rng::new(seed);
+    g.set_weights(&rng.f16_values((k * m * wb[0] * wb[1]) as usize));
+    let x = rng.f16_values(g.x_len());
+    let r = g.run_sched(&[&ane, &cpu], &x);
+    let what = format!("type {w_type} m={m} k={k} n={n} wb={wb:?} b={b:?} permuted={permuted}");
+    assert_eq!(
+        r.backend, "ANE",
+        "{what}: the scheduler did not pick our backend"
+    );
+    let e = nmse(&r.y, &r.y_cpu);
+    assert!(e <= MAX_NMSE, "{what}: nmse {e:e}");
+}
+
+#[test]
+fn scheduled_mul_mat_matches_the_cpu_over_types_and_shapes() {
+    let mut seed = 100;
+    for w_type in [F32, F16, Q8_0, Q4_0] {
+        for (m, k, n) in [(64, 64, 64), (33, 96, 7), (100, 256, 129), (1, 32, 1)] {
+            seed += 1;
+            check_case(w_type, m, k, n, [1, 1], [1, 1], false, seed);
+        }
+    }
+}
+
+#[test]
+fn batched_broadcast_and_permuted_inputs() {
+    check_case(F16, 40, 64, 9, [2, 3], [4, 3], false, 1);
+    check_case(F32, 17, 32, 5, [1, 1], [3, 2], true, 2);
+    check_case(Q8_0, 48, 64, 33, [3, 1], [6, 2], true, 3);
+}
+
+/// Dimensions past the engine's 16384 are tiled, not refused.
+#[test]
+fn dimensions_past_16384_are_tiled() {
+    check_case(F16, 16500, 64, 3, [1, 1], [1, 1], false, 4);
+    check_case(F16, 8, 16416, 2, [1, 1], [1, 1], false, 5);
+}
+
+/// Kernels are keyed by content, never by pointer: new weights at the same address give the
+/// new result.
+#[test]
+fn weights_overwritten_in_place_give_the_new_result() {
+    let (ane, cpu) = (Backend::ane(), Backend::cpu());
+    let (m, k, n) = (48, 64, 80);
+    let g = MulMat::new(F16, m, k, n, [1, 1], [1, 1], false);
+    let mut rng = Rng::new(9);
+    let x = rng.f16_values(g.x_len());
+    g.set_weights(&rng.f16_values((m * k) as usize));
+    let first = g.run_sched(&[&ane, &cpu], &x);
+    g.set_weights(&rng.f16_values((m * k) as usize));
+    let second = g.run_sched(&[&ane, &cpu], &x);
+    assert_eq!(second.backend, "ANE");
+    assert!(nmse(&second.y, &second.y_cpu) <= MAX_NMSE);
+    assert!(
+        nmse(&first.y, &second.y) > 0.1,
+        "the second run reused the first weights"
+    );
+}
+
+/// Several backend instances computing at once on several threads.
+#[test]
+fn concurrent_backends_on_threads() {
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..3 {
+                    check_case(
+                        F16,
+                        32 + t,
+                        64,
+                        16 + i,
+                        [1, 1],
+                        [2, 1],
+                        false,
+                        1000 + t as u64 * 10 + i as u64,
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a thread failed");
+    }
+}
