@@ -21,6 +21,10 @@ export GGML_LIB_DIR=$GGML_BUILD/bin
 export GGML_SRC_DIR=$GGML_BUILD/../src/ggml
 export LD_LIBRARY_PATH=$GGML_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "GGML_LIB_DIR=$GGML_LIB_DIR"
+step "ggml 0.26.0 (backend API v3) host"
+GGML_V3_LIB_DIR=$(bash scripts/build-ggml-v3.sh | tail -n 1)/bin
+export GGML_V3_LIB_DIR GGML_ANE_REQUIRE_HOSTS=1
+echo "GGML_V3_LIB_DIR=$GGML_V3_LIB_DIR"
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"

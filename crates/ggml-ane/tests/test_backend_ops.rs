@@ -8,7 +8,11 @@ mod support;
 use std::process::Command;
 
 fn run(filter: Option<&str>, env: &[(&str, &str)]) -> String {
-    let bin = support::lib_dir().join("test-backend-ops");
+    run_in(&support::lib_dir(), filter, env)
+}
+
+fn run_in(lib_dir: &std::path::Path, filter: Option<&str>, env: &[(&str, &str)]) -> String {
+    let bin = lib_dir.join("test-backend-ops");
     let mut cmd = Command::new(&bin);
     cmd.args(["test", "-b", "ANE", "-o", "MUL_MAT"])
         .env("GGML_BACKEND_PATH", support::cdylib())
@@ -67,18 +71,37 @@ fn stat(text: &str, label: &str) -> u64 {
 
 #[test]
 fn every_mul_mat_case_passes_on_the_engine() {
-    let text = run(None, &[]);
-    let (ok, total) = passed(&text);
+    check_full_run(&run(None, &[]));
+}
+
+/// The same library file in a backend-API-v3 host (ggml 0.26.0): it must load and pass.
+#[test]
+fn the_same_library_passes_in_an_api_v3_host() {
+    let Some(dir) = std::env::var_os("GGML_V3_LIB_DIR") else {
+        assert!(
+            std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+            "GGML_V3_LIB_DIR is not set"
+        );
+        eprintln!("SKIP: GGML_V3_LIB_DIR not set (scripts/build-ggml-v3.sh builds it)");
+        return;
+    };
+    let text = run_in(std::path::Path::new(&dir), None, &[]);
+    assert!(text.contains("loaded ANE backend"), "{}", tail(&text));
+    check_full_run(&text);
+}
+
+fn check_full_run(text: &str) {
+    let (ok, total) = passed(text);
     eprintln!("test-backend-ops MUL_MAT: {ok}/{total} passed");
     assert_eq!(ok, total);
     assert!(total >= 1300, "only {total} cases ran");
     assert!(text.contains("Backend ANE: \u{1b}[1;32mOK") || text.contains("Backend ANE: OK"));
     assert_eq!(
-        stat(&text, "nodes on engine"),
+        stat(text, "nodes on engine"),
         total as u64,
         "every case ran on the engine"
     );
-    assert_eq!(stat(&text, "nodes on CPU"), 0);
+    assert_eq!(stat(text, "nodes on CPU"), 0);
 }
 
 /// A subset that still covers quantized, broadcast and permuted cases.

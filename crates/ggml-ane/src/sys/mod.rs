@@ -216,6 +216,33 @@ unsafe extern "C" {
     pub fn ggml_graph_n_nodes(cgraph: *mut ggml_cgraph) -> c_int;
     pub fn ggml_graph_node(cgraph: *mut ggml_cgraph, i: c_int) -> *mut ggml_tensor;
     pub fn ggml_log_internal(level: c_int, format: *const c_char, ...);
+    pub fn ggml_version() -> *const c_char;
+}
+
+/// The backend API version of the ggml we are loaded into.
+///
+/// The vtables we implement are identical in API v2 (ggml 0.9.1 – 0.25.x) and v3 (0.26.0 on,
+/// which changed only the buffer-type vtable we do not implement), but the loader demands an
+/// exact match. `ggml_version()` (exported by ggml-base in both) tells which one the host is.
+pub(crate) fn host_api_version() -> c_int {
+    // SAFETY: ggml_version returns a static NUL-terminated string.
+    let v = unsafe { std::ffi::CStr::from_ptr(ggml_version()) }
+        .to_string_lossy()
+        .into_owned();
+    api_version_for(&v)
+}
+
+/// API version for a ggml version string such as "0.26.0".
+pub(crate) fn api_version_for(version: &str) -> c_int {
+    let mut parts = version
+        .split('.')
+        .map(|p| p.trim().parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) >= (0, 26) {
+        3
+    } else {
+        GGML_BACKEND_API_VERSION
+    }
 }
 
 /// `(name, size)` and `(name.field, offset)` of every mirrored struct, and the enum values

@@ -378,8 +378,15 @@ const REG_I: ggml_backend_reg_i = ggml_backend_reg_i {
 pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
     static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
     REG.get_or_init(|| {
+        let api_version = host_api_version();
+        if api_version != GGML_BACKEND_API_VERSION {
+            log(
+                GGML_LOG_LEVEL_INFO,
+                &format!("ggml-ane: host ggml speaks backend API v{api_version}"),
+            );
+        }
         Leaked(Box::into_raw(Box::new(ggml_backend_reg {
-            api_version: GGML_BACKEND_API_VERSION,
+            api_version,
             iface: REG_I,
             context: std::ptr::null_mut(),
         })))
