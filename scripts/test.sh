@@ -44,6 +44,8 @@ else
 fi
 
 step "cargo test"
+# the backend tests load the cdylib into ggml; cargo test alone does not rebuild it
+cargo build --workspace
 test_log=$(mktemp)
 cargo test --workspace 2>&1 | tee "$test_log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } } END { print p + 0, f + 0 }' "$test_log")

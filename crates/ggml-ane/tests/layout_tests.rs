@@ -55,3 +55,24 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The library needs libggml-base (so RTLD_LOCAL hosts can load it) and never libggml.
+#[cfg(target_os = "linux")]
+#[test]
+fn links_ggml_base_only() {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(support::cdylib())
+        .output()
+        .expect("readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(
+        needed.iter().any(|l| l.contains("[libggml-base.so")),
+        "{needed:#?}"
+    );
+    assert!(
+        !needed.iter().any(|l| l.contains("[libggml.so")),
+        "{needed:#?}"
+    );
+}

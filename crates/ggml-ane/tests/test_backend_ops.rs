@@ -16,6 +16,8 @@ fn run_in(lib_dir: &std::path::Path, filter: Option<&str>, env: &[(&str, &str)])
     let mut cmd = Command::new(&bin);
     cmd.args(["test", "-b", "ANE", "-o", "MUL_MAT"])
         .env("GGML_BACKEND_PATH", support::cdylib())
+        // this host's own ggml libraries, not whichever the environment points at
+        .env("LD_LIBRARY_PATH", lib_dir)
         .env("GGML_ANE_STATS", "1")
         .env_remove("GGML_ANE_ENGINE")
         .env_remove("GGML_ANE_REFERENCE_FAULTS")
