@@ -136,7 +136,8 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
         .for_each(|(n, row)| sink.write_row(b2, b3, n, row));
 }
 
-/// Runs the job on `engine`, or says why it could not (nothing is written to `sink` then).
+/// Runs the job on `engine`, or says why it could not. On failure some batches may already
+/// have been written; the caller recomputes the whole output (as [`cpu_matmul`] does).
 pub fn engine_matmul(
     engine: &dyn Engine,
     cache: &KernelCache,
@@ -168,7 +169,6 @@ pub fn engine_matmul(
             .find(|(s, _)| *s == (bm, bk, bn))
             .map(|(_, k)| k.clone())
     };
-    let mut results = Vec::with_capacity(nb);
     for b in 0..nb {
         let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
         let (w2, w3) = shape.weight_index(b2, b3);
@@ -210,14 +210,11 @@ pub fn engine_matmul(
                 }
             }
         }
-        results.push(out[..n * m].to_vec());
+        let t = Instant::now();
+        store(sink, b2, b3, m, &out[..n * m]);
+        stats.add_writeback(t.elapsed());
         scratch.out = out;
     }
-    let t = Instant::now();
-    for (b, out) in results.iter().enumerate() {
-        store(sink, b % shape.batch[0], b / shape.batch[0], m, out);
-    }
-    stats.add_writeback(t.elapsed());
     Ok(())
 }
 
