@@ -127,6 +127,16 @@ fn load_matrix(
     debug_assert_eq!(dst.len(), rows * k);
 }
 
+/// Loads batch `b`'s weights and activations into the scratch as dense f32; returns `(b2, b3)`.
+fn load_batch(job: &MatmulJob<'_>, b: usize, scratch: &mut Scratch) -> (usize, usize) {
+    let MatmulShape { m, k, n, batch, .. } = job.shape;
+    let (b2, b3) = (b % batch[0], b / batch[0]);
+    let (w2, w3) = job.shape.weight_index(b2, b3);
+    load_matrix(job.weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
+    load_matrix(job.acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+    (b2, b3)
+}
+
 fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
     if m == 0 {
         return;
@@ -145,12 +155,7 @@ pub fn engine_matmul(
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
-    let MatmulJob {
-        shape,
-        weights,
-        acts,
-        dst: sink,
-    } = *job;
+    let (shape, sink) = (job.shape, job.dst);
     let MatmulShape { m, k, n, .. } = shape;
     let limits = engine.limits();
     let (tm, tk, tn) = tile_sizes(m, k, n, limits.max_dim);
@@ -170,11 +175,8 @@ pub fn engine_matmul(
             .map(|(_, k)| k.clone())
     };
     for b in 0..nb {
-        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
-        let (w2, w3) = shape.weight_index(b2, b3);
         let t = Instant::now();
-        load_matrix(weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
-        load_matrix(acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+        let (b2, b3) = load_batch(job, b, scratch);
         stats.add_staging(t.elapsed());
         let mut out = std::mem::take(&mut scratch.out);
         grow(&mut out, n * m).fill(0.0);
@@ -269,18 +271,10 @@ fn accumulate_tile(
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.
 pub fn cpu_matmul(job: &MatmulJob<'_>, scratch: &mut Scratch) {
-    let MatmulJob {
-        shape,
-        weights,
-        acts,
-        dst: sink,
-    } = *job;
+    let (shape, sink) = (job.shape, job.dst);
     let MatmulShape { m, k, n, .. } = shape;
     for b in 0..shape.batch[0] * shape.batch[1] {
-        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
-        let (w2, w3) = shape.weight_index(b2, b3);
-        load_matrix(weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
-        load_matrix(acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+        let (b2, b3) = load_batch(job, b, scratch);
         let out = grow(&mut scratch.out, n * m);
         // out[n × m] = a[n × k] · wᵀ (w is m × k row-major)
         let a = MatRef {
