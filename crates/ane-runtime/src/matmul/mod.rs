@@ -13,7 +13,9 @@ mod program;
 mod stats;
 
 pub use cache::KernelCache;
-pub use program::{matmul_program, tile_sizes};
+pub use program::{
+    kernel_shapes, matmul_program, tile_sizes, token_bucket, token_chunks, MAX_TOKENS_PER_KERNEL,
+};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
 use std::time::Instant;
@@ -158,11 +160,12 @@ pub fn engine_matmul(
     let (shape, sink) = (job.shape, job.dst);
     let MatmulShape { m, k, n, .. } = shape;
     let limits = engine.limits();
-    let (tm, tk, tn) = tile_sizes(m, k, n, limits.max_dim);
+    let (tm, tk) = tile_sizes(m, k, limits.max_dim);
+    let chunks = token_chunks(n, limits.max_dim);
     let nb = shape.batch[0] * shape.batch[1];
     // compile (or fetch) every tile kernel before touching any output
     let mut kernels = Vec::new();
-    for &(bm, bk, bn) in &program::tile_shapes(m, k, n, tm, tk, tn) {
+    for &(bm, bk, bn) in &kernel_shapes(m, k, n, limits.max_dim) {
         kernels.push((
             (bm, bk, bn),
             cache.get_or_compile(engine, bm, bk, bn, stats)?,
@@ -184,9 +187,8 @@ pub fn engine_matmul(
             let bm = tm.min(m - m0);
             for k0 in (0..k).step_by(tk.max(1)) {
                 let bk = tk.min(k - k0);
-                for n0 in (0..n).step_by(tn) {
-                    let bn = tn.min(n - n0);
-                    let kernel = kernel_for(bm, bk, bn)
+                for &(n0, bn, bucket) in &chunks {
+                    let kernel = kernel_for(bm, bk, bucket)
                         .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
                     let proc_ = &kernel.procedures()[0];
                     let t = Instant::now();
@@ -194,6 +196,7 @@ pub fn engine_matmul(
                     let mut sw = scratch.surface(&proc_.inputs[1]);
                     stage_tile(&mut sa, &scratch.a, k, n0, bn, k0, bk);
                     stage_tile(&mut sw, &scratch.w, k, m0, bm, k0, bk);
+                    zero_rows(&mut sa, bn, bk);
                     let mut sy = scratch.surface(&proc_.outputs[0]);
                     stats.add_staging(t.elapsed());
                     let t = Instant::now();
@@ -232,7 +235,7 @@ fn stage_tile(
     cols: usize,
 ) {
     let layout = s.layout().clone();
-    debug_assert_eq!(layout.dims[2] * layout.dims[1] * layout.dims[0], rows);
+    debug_assert!(layout.rows() >= rows);
     let bytes = s.as_bytes_mut();
     for r in 0..rows {
         let off = layout.flat_row_offset(r);
@@ -241,6 +244,16 @@ fn stage_tile(
             dst,
             &src[(r0 + r) * k + k0..][..cols],
         );
+    }
+}
+
+/// Zeroes the first `cols` values of rows `from..` (the token rows a bucket pads).
+fn zero_rows(s: &mut Surface, from: usize, cols: usize) {
+    let layout = s.layout().clone();
+    let bytes = s.as_bytes_mut();
+    for r in from..layout.rows() {
+        let off = layout.flat_row_offset(r);
+        bytes[off..off + 2 * cols].fill(0);
     }
 }
 

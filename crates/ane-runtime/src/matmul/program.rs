@@ -4,36 +4,64 @@ use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Arg, Literal, Program};
 use ane_mil::{DType, ValueType};
 
-/// Tile sizes `(tm, tk, tn)`: each dimension cut into the fewest equal parts within `max_dim`.
-pub fn tile_sizes(m: usize, k: usize, n: usize, max_dim: usize) -> (usize, usize, usize) {
+/// Tokens per kernel at most; longer prompts run in chunks of this many.
+pub const MAX_TOKENS_PER_KERNEL: usize = 2048;
+
+/// The token count a kernel is compiled for: the next power of two (so a job of any length
+/// needs at most a dozen kernel sizes per weight shape, and pads at most 2×), within
+/// [`MAX_TOKENS_PER_KERNEL`] and `max_dim`.
+pub fn token_bucket(n: usize, max_dim: usize) -> usize {
+    n.max(1).next_power_of_two().min(token_chunk(max_dim))
+}
+
+/// The largest token bucket: the chunk length for long prompts.
+fn token_chunk(max_dim: usize) -> usize {
+    let cap = MAX_TOKENS_PER_KERNEL.min(max_dim.max(1));
+    // the largest power of two within the cap
+    1 << (usize::BITS - 1 - cap.leading_zeros())
+}
+
+/// The token chunks of a job: `(first token, tokens, bucket)`.
+pub fn token_chunks(n: usize, max_dim: usize) -> Vec<(usize, usize, usize)> {
+    let chunk = token_chunk(max_dim);
+    (0..n)
+        .step_by(chunk)
+        .map(|n0| {
+            let len = chunk.min(n - n0);
+            (n0, len, token_bucket(len, max_dim))
+        })
+        .collect()
+}
+
+/// Tile sizes `(tm, tk)`: M and K cut into the fewest equal parts within `max_dim`.
+pub fn tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
     let cut = |d: usize| {
         let parts = d.div_ceil(max_dim.max(1)).max(1);
         d.div_ceil(parts).max(1)
     };
-    (cut(m), cut(k), cut(n))
+    (cut(m), cut(k))
 }
 
-/// The distinct tile shapes `(bm, bk, bn)` a job needs (at most two sizes per dimension).
-pub(crate) fn tile_shapes(
-    m: usize,
-    k: usize,
-    n: usize,
-    tm: usize,
-    tk: usize,
-    tn: usize,
-) -> Vec<(usize, usize, usize)> {
-    let sizes = |d: usize, t: usize| {
-        let mut v = vec![t.min(d)];
-        if d % t != 0 && d > t {
-            v.push(d % t);
-        }
-        v
-    };
+/// The distinct sizes of a dimension `d` cut into tiles of `t` (at most two).
+fn tile_lengths(d: usize, t: usize) -> Vec<usize> {
+    let mut v = vec![t.min(d)];
+    if d % t != 0 && d > t {
+        v.push(d % t);
+    }
+    v
+}
+
+/// The distinct kernel shapes `(bm, bk, bucket)` a job of `m × k × n` needs.
+pub fn kernel_shapes(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<(usize, usize, usize)> {
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
     let mut out = Vec::new();
-    for &bm in &sizes(m, tm) {
-        for &bk in &sizes(k, tk) {
-            for &bn in &sizes(n, tn) {
-                out.push((bm, bk, bn));
+    for &bm in &tile_lengths(m, tm) {
+        for &bk in &tile_lengths(k, tk) {
+            for &b in &buckets {
+                out.push((bm, bk, b));
             }
         }
     }
@@ -74,22 +102,41 @@ mod tests {
 
     #[test]
     fn tiles_stay_within_the_limit_and_cover_the_job() {
-        assert_eq!(tile_sizes(32000, 4096, 512, 16384), (16000, 4096, 512));
+        assert_eq!(tile_sizes(32000, 4096, 16384), (16000, 4096));
         assert_eq!(
-            tile_shapes(32000, 4096, 512, 16000, 4096, 512),
+            kernel_shapes(32000, 4096, 512, 16384),
             vec![(16000, 4096, 512)]
         );
-        assert_eq!(tile_sizes(32001, 4096, 512, 16384), (16001, 4096, 512));
+        assert_eq!(tile_sizes(32001, 4096, 16384), (16001, 4096));
         assert_eq!(
-            tile_shapes(32001, 4096, 512, 16001, 4096, 512),
+            kernel_shapes(32001, 4096, 512, 16384),
             vec![(16001, 4096, 512), (16000, 4096, 512)]
         );
-        assert_eq!(tile_sizes(5, 20000, 1, 16384), (5, 10000, 1));
-        assert_eq!(tile_shapes(5, 20000, 1, 5, 10000, 1), vec![(5, 10000, 1)]);
+        assert_eq!(tile_sizes(5, 20000, 16384), (5, 10000));
         for (d, max) in [(1, 16384), (16385, 16384), (100, 7), (49152, 16384)] {
-            let (t, _, _) = tile_sizes(d, 1, 1, max);
+            let (t, _) = tile_sizes(d, 1, max);
             assert!(t <= max && t * d.div_ceil(t) >= d);
         }
+    }
+
+    #[test]
+    fn tokens_go_in_power_of_two_buckets_and_long_prompts_in_chunks() {
+        assert_eq!(
+            [1, 2, 3, 17, 64, 100, 2000].map(|n| token_bucket(n, 16384)),
+            [1, 2, 4, 32, 64, 128, 2048]
+        );
+        assert_eq!(
+            token_chunks(5000, 16384),
+            vec![(0, 2048, 2048), (2048, 2048, 2048), (4096, 904, 1024)]
+        );
+        assert_eq!(
+            token_chunks(100, 48),
+            vec![(0, 32, 32), (32, 32, 32), (64, 32, 32), (96, 4, 4)]
+        );
+        assert_eq!(
+            kernel_shapes(32000, 4096, 5000, 16384),
+            vec![(16000, 4096, 1024), (16000, 4096, 2048)]
+        );
     }
 
     #[test]
