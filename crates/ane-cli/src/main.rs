@@ -3,6 +3,7 @@
 mod info;
 mod mil;
 mod npy;
+mod plan;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     /// Check and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
+    /// How many kernels a model's prefill compiles, for a set of prompt lengths.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Mil(c) => mil::run(c),
+        Command::Plan(a) => plan::run(a),
     };
     match result {
         Ok(code) => code,

@@ -261,3 +261,41 @@ fn info_names_the_engine_and_its_limits() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown engine `warp`"));
 }
+
+#[test]
+fn plan_reports_compiles_for_a_7b_prefill() {
+    let out = ane(&[
+        "plan",
+        "--model",
+        "llama-7b",
+        "--prompt-lengths",
+        "17,64,100,128,333,512,1000,2048",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    let compiles: u32 = json
+        .split("\"compiles\": ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(compiles <= 32, "{json}");
+    assert!(json.contains("\"seed_compiles\": 1792"), "{json}");
+    let out = ane(&[
+        "plan",
+        "--dims",
+        "512,1376,4,2048",
+        "--prompt-lengths",
+        "7,300",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("compiles: 8 (seed: 58)"),
+        "{}",
+        text(&out.stdout)
+    );
+}

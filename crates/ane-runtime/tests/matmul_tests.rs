@@ -286,3 +286,39 @@ fn engine_failures_become_reasons() {
         }
     }
 }
+
+/// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a
+/// compile per weight per length and cannot run the 32000-wide head at all.
+#[test]
+fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
+    use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
+    let engine = engine_with(16384, Faults::default(), Some(119));
+    let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
+    let plan = plan_prefill(&engine, &ModelDims::llama_7b(), &lengths).unwrap();
+    // 4 weight shapes (dim², ffn×dim, dim×ffn, the head tiled into 2×16000) × 6 buckets
+    assert_eq!(plan.compiles, 24);
+    assert_eq!(
+        engine.limits().compiles_used,
+        24,
+        "every planned kernel was really compiled"
+    );
+    assert_eq!(plan.seed_compiles, 8 * 224);
+    assert!(plan
+        .lengths
+        .iter()
+        .all(|r| r.kernels == 4 && r.matmuls == 225 && r.seed_refused == 1));
+    let new: Vec<usize> = plan.lengths.iter().map(|r| r.new_compiles).collect();
+    assert_eq!(new, [4, 4, 4, 0, 4, 0, 4, 4]);
+    // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
+    // 3000 adds only the 1024 bucket for its tail
+    let long = plan_prefill(&engine, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
+    let rows: Vec<(usize, usize)> = long
+        .lengths
+        .iter()
+        .map(|r| (r.kernels, r.new_compiles))
+        .collect();
+    assert_eq!(rows, [(4, 4), (8, 4)]);
+    assert!(
+        plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 24")
+    );
+}

@@ -9,6 +9,7 @@
 //! output — is returned as a [`FallbackReason`] so the caller can run [`cpu_matmul`] instead.
 
 mod cache;
+pub mod plan;
 mod program;
 mod stats;
 

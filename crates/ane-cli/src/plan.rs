@@ -1,0 +1,104 @@
+//! `ane plan`: compile accounting for a model's prefill, ours against the seed's.
+
+use std::process::ExitCode;
+
+use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
+use ane_runtime::engine::CompileCounter;
+use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
+use anyhow::{bail, Context};
+
+#[derive(clap::Args)]
+pub(crate) struct PlanArgs {
+    /// A known model shape: llama-7b.
+    #[arg(long, default_value = "llama-7b")]
+    model: String,
+    /// Other dimensions instead: DIM,FFN,LAYERS,VOCAB.
+    #[arg(long, value_name = "DIM,FFN,LAYERS,VOCAB")]
+    dims: Option<String>,
+    /// Prompt lengths, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "17,64,100,128,333,512,1000,2048"
+    )]
+    prompt_lengths: Vec<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn model(args: &PlanArgs) -> anyhow::Result<ModelDims> {
+    if let Some(d) = &args.dims {
+        let v: Vec<usize> = d
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("--dims")?;
+        let [dim, ffn, layers, vocab] = v[..] else {
+            bail!("--dims needs DIM,FFN,LAYERS,VOCAB")
+        };
+        return Ok(ModelDims {
+            name: format!("custom-{dim}"),
+            dim,
+            ffn,
+            layers,
+            vocab,
+        });
+    }
+    match args.model.as_str() {
+        "llama-7b" | "llama2-7b" => Ok(ModelDims::llama_7b()),
+        other => bail!("unknown model `{other}` (known: llama-7b; or pass --dims)"),
+    }
+}
+
+pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let model = model(&args)?;
+    // the reference engine's accounting, with its own counter so the plan is not limited by
+    // (and does not spend) this process's budget
+    let engine = ReferenceEngine::with_config(ReferenceConfig {
+        counter: CompileCounter::new(None),
+        ..Default::default()
+    });
+    let plan = plan_prefill(&engine, &model, &args.prompt_lengths)?;
+    if args.json {
+        println!("{}", plan.to_json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &plan.model;
+    println!(
+        "{}: dim {}, ffn {}, {} layers, vocab {} ({} matmuls per prefill)",
+        m.name,
+        m.dim,
+        m.ffn,
+        m.layers,
+        m.vocab,
+        plan.lengths.first().map_or(0, |r| r.matmuls)
+    );
+    println!(
+        "{:>8} {:>10} {:>14} {:>16}",
+        "tokens", "kernels", "new compiles", "seed compiles"
+    );
+    for r in &plan.lengths {
+        let refused = if r.seed_refused > 0 {
+            format!(" (+{} refused)", r.seed_refused)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:>8} {:>10} {:>14} {:>16}{refused}",
+            r.tokens, r.kernels, r.new_compiles, r.seed_compiles
+        );
+    }
+    println!(
+        "compiles: {} (seed: {}); per-process budget on the ANE ~119",
+        plan.compiles, plan.seed_compiles
+    );
+    println!(
+        "surface bytes (inputs + outputs of every kernel): {:.1} MiB",
+        plan.surface_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "a second run compiles the same kernels again: the on-disk kernel cache is not built yet"
+    );
+    Ok(ExitCode::SUCCESS)
+}
