@@ -1,5 +1,6 @@
 //! `ane`: inspect engines, check and run MIL programs.
 
+mod bench;
 mod info;
 mod mil;
 mod npy;
@@ -29,6 +30,8 @@ enum Command {
     Mil(mil::MilCommand),
     /// How many kernels a model's prefill compiles, for a set of prompt lengths.
     Plan(plan::PlanArgs),
+    /// Time MUL_MAT shapes on the engine against the CPU in the same process.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Mil(c) => mil::run(c),
         Command::Plan(a) => plan::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -299,3 +299,17 @@ fn plan_reports_compiles_for_a_7b_prefill() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn bench_times_shapes_against_the_cpu() {
+    let out = ane(&[
+        "bench", "--shape", "64,48,32", "--shape", "100,70,9", "--reps", "1", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    assert!(json.starts_with("{\"engine\": \"reference\""), "{json}");
+    assert_eq!(json.matches("\"engine_gflops\"").count(), 2, "{json}");
+    assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
+    let bad = ane(&["bench", "--shape", "1,2"]);
+    assert_eq!(bad.status.code(), Some(1));
+}
