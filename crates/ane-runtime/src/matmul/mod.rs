@@ -179,24 +179,28 @@ pub fn engine_matmul(
             .map(|(_, k)| k.clone())
     };
     for b in 0..nb {
-        let t = Instant::now();
-        let (b2, b3) = load_batch(job, b, scratch);
-        stats.add_staging(t.elapsed());
+        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
+        let (w2, w3) = shape.weight_index(b2, b3);
         let mut out = std::mem::take(&mut scratch.out);
         grow(&mut out, n * m).fill(0.0);
         for m0 in (0..m).step_by(tm) {
             let bm = tm.min(m - m0);
             for k0 in (0..k).step_by(tk.max(1)) {
                 let bk = tk.min(k - k0);
+                // the weight tile is the same input for every token chunk: stage it once
+                let first = kernel_for(bm, bk, chunks[0].2)
+                    .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
+                let t = Instant::now();
+                let mut sw = scratch.surface(&first.procedures()[0].inputs[1]);
+                stage_rows(&mut sw, job.weights, (w2, w3), m0, bm, (k0, bk), k);
+                stats.add_staging(t.elapsed());
                 for &(n0, bn, bucket) in &chunks {
                     let kernel = kernel_for(bm, bk, bucket)
                         .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
                     let proc_ = &kernel.procedures()[0];
                     let t = Instant::now();
                     let mut sa = scratch.surface(&proc_.inputs[0]);
-                    let mut sw = scratch.surface(&proc_.inputs[1]);
-                    stage_tile(&mut sa, &scratch.a, k, n0, bn, k0, bk);
-                    stage_tile(&mut sw, &scratch.w, k, m0, bm, k0, bk);
+                    stage_rows(&mut sa, job.acts, (b2, b3), n0, bn, (k0, bk), k);
                     zero_rows(&mut sa, bn, bk);
                     let mut sy = scratch.surface(&proc_.outputs[0]);
                     stats.add_staging(t.elapsed());
@@ -208,12 +212,12 @@ pub fn engine_matmul(
                     let finite = accumulate_tile(&sy, &mut out[..n * m], m, n0, bn, m0, bm);
                     stats.add_writeback(t.elapsed());
                     scratch.give_back(sa);
-                    scratch.give_back(sw);
                     scratch.give_back(sy);
                     if !finite {
                         return Err(FallbackReason::NonFinite);
                     }
                 }
+                scratch.give_back(sw);
             }
         }
         let t = Instant::now();
@@ -224,27 +228,36 @@ pub fn engine_matmul(
     Ok(())
 }
 
-/// Writes rows `r0..r0+rows`, columns `k0..k0+cols` of a dense `[*, k]` matrix into a surface
-/// holding `[rows, cols]` (fp16, padded rows).
-fn stage_tile(
+/// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
+/// a surface's fp16 rows: one multi-threaded pass, each thread with one f32 row buffer.
+fn stage_rows(
     s: &mut Surface,
-    src: &[f32],
-    k: usize,
+    src: &dyn MatrixSource,
+    (b2, b3): (usize, usize),
     r0: usize,
     rows: usize,
-    k0: usize,
-    cols: usize,
+    (k0, cols): (usize, usize),
+    k: usize,
 ) {
     let layout = s.layout().clone();
-    debug_assert!(layout.rows() >= rows);
+    debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
+    let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
+        src.read_row(b2, b3, r0 + r, tmp);
+        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &tmp[k0..k0 + cols]);
+    };
     let bytes = s.as_bytes_mut();
-    for r in 0..rows {
-        let off = layout.flat_row_offset(r);
-        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut bytes[off..off + 2 * cols]);
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(
-            dst,
-            &src[(r0 + r) * k + k0..][..cols],
-        );
+    if layout.is_row_contiguous() {
+        bytes[..rows * layout.row_stride]
+            .par_chunks_mut(layout.row_stride)
+            .enumerate()
+            .for_each_init(|| vec![0f32; k], |tmp, (r, row)| fill(r, row, tmp));
+    } else {
+        let mut tmp = vec![0f32; k];
+        for r in 0..rows {
+            let off = layout.flat_row_offset(r);
+            fill(r, &mut bytes[off..], &mut tmp);
+        }
     }
 }
 
