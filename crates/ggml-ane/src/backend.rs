@@ -126,7 +126,7 @@ fn supports_mul_mat(n: &NodeDesc) -> bool {
     };
     let d = &n.node;
     d.ty == ggml_type::F32
-        && matches!(s1.ty, ggml_type::F32 | ggml_type::F16)
+        && matches!(s1.ty, ggml_type::F32 | ggml_type::F16 | ggml_type::BF16)
         && src0_readable(&s0)
         && s0.ne[0] == s1.ne[0]
         && d.ne == [s0.ne[1], s1.ne[1], s1.ne[2], s1.ne[3]]
