@@ -1,6 +1,7 @@
 //! `ane`: inspect engines, check and run MIL programs.
 
 mod bench;
+mod cache;
 mod info;
 mod mil;
 mod npy;
@@ -32,6 +33,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Time MUL_MAT shapes on the engine against the CPU in the same process.
     Bench(bench::BenchArgs),
+    /// The on-disk kernel cache (GGML_ANE_CACHE_DIR).
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Mil(c) => mil::run(c),
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Cache(c) => cache::run(c),
     };
     match result {
         Ok(code) => code,

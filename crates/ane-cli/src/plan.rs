@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use ane_runtime::disk_cache::DiskCache;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
@@ -25,6 +26,9 @@ pub(crate) struct PlanArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Compile everything, ignoring the on-disk kernel cache (GGML_ANE_CACHE_DIR).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 fn model(args: &PlanArgs) -> anyhow::Result<ModelDims> {
@@ -59,7 +63,12 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         counter: CompileCounter::new(None),
         ..Default::default()
     });
-    let plan = plan_prefill(&engine, &model, &args.prompt_lengths)?;
+    let disk = if args.no_cache {
+        None
+    } else {
+        DiskCache::from_env()
+    };
+    let plan = plan_prefill(&engine, disk.as_ref(), &model, &args.prompt_lengths)?;
     if args.json {
         println!("{}", plan.to_json());
         return Ok(ExitCode::SUCCESS);
@@ -90,15 +99,16 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "compiles: {} (seed: {}); per-process budget on the ANE ~119",
-        plan.compiles, plan.seed_compiles
+        "compiles: {} (seed: {}), loaded from the disk cache: {}; per-process budget on the ANE ~119",
+        plan.compiles, plan.seed_compiles, plan.disk_hits
     );
     println!(
         "surface bytes (inputs + outputs of every kernel): {:.1} MiB",
         plan.surface_bytes as f64 / (1 << 20) as f64
     );
-    println!(
-        "a second run compiles the same kernels again: the on-disk kernel cache is not built yet"
-    );
+    match &disk {
+        Some(d) => println!("kernel cache: {}", d.dir().display()),
+        None => println!("kernel cache: off"),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,15 @@ fn ane(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ane"))
         .args(args)
         .env_remove("GGML_ANE_ENGINE")
+        .env("GGML_ANE_CACHE_DIR", "off")
+        .output()
+        .expect("run ane")
+}
+
+fn ane_with_cache(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ane"))
+        .args(args)
+        .env("GGML_ANE_CACHE_DIR", dir)
         .output()
         .expect("run ane")
 }
@@ -312,4 +321,34 @@ fn bench_times_shapes_against_the_cpu() {
     assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
     let bad = ane(&["bench", "--shape", "1,2"]);
     assert_eq!(bad.status.code(), Some(1));
+}
+
+/// A second process finds every kernel the first compiled: zero compiles on a warm cache.
+#[test]
+fn a_warm_kernel_cache_compiles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "plan",
+        "--model",
+        "llama-7b",
+        "--prompt-lengths",
+        "17,64,100,128,333,512,1000,2048",
+        "--json",
+    ];
+    let cold = text(&ane_with_cache(dir.path(), &args).stdout);
+    assert!(
+        cold.contains("\"compiles\": 24, \"disk_hits\": 0"),
+        "{cold}"
+    );
+    let warm = text(&ane_with_cache(dir.path(), &args).stdout);
+    assert!(
+        warm.contains("\"compiles\": 0, \"disk_hits\": 24"),
+        "{warm}"
+    );
+    let list = text(&ane_with_cache(dir.path(), &["cache", "list"]).stdout);
+    assert!(list.contains(": 24 kernels"), "{list}");
+    let clear = text(&ane_with_cache(dir.path(), &["cache", "clear"]).stdout);
+    assert!(clear.starts_with("removed 24 kernels"), "{clear}");
+    let again = text(&ane_with_cache(dir.path(), &args).stdout);
+    assert!(again.contains("\"compiles\": 24"), "{again}");
 }

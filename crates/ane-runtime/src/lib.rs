@@ -13,6 +13,7 @@
 //! - Engines report only the unforeseeable (compile refused, budget spent, eval failed);
 //!   shape validation against [`Limits`](engine::Limits) belongs to the caller.
 
+pub mod disk_cache;
 pub mod engine;
 pub mod error;
 mod ffi;

@@ -294,7 +294,7 @@ fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
     use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
     let engine = engine_with(16384, Faults::default(), Some(119));
     let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
-    let plan = plan_prefill(&engine, &ModelDims::llama_7b(), &lengths).unwrap();
+    let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths).unwrap();
     // 4 weight shapes (dim², ffn×dim, dim×ffn, the head tiled into 2×16000) × 6 buckets
     assert_eq!(plan.compiles, 24);
     assert_eq!(
@@ -311,7 +311,7 @@ fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
     assert_eq!(new, [4, 4, 4, 0, 4, 0, 4, 4]);
     // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
     // 3000 adds only the 1024 bucket for its tail
-    let long = plan_prefill(&engine, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
+    let long = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
     let rows: Vec<(usize, usize)> = long
         .lengths
         .iter()
@@ -321,4 +321,77 @@ fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
     assert!(
         plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 24")
     );
+}
+
+/// Compiled kernels persist across processes: a second engine with its own budget (another
+/// process) loads them from disk and compiles nothing; a cap evicts the least recently used.
+#[test]
+fn the_disk_cache_serves_a_second_process() {
+    use ane_runtime::disk_cache::DiskCache;
+    use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskCache::new(dir.path(), 1 << 30);
+    let model = ModelDims {
+        name: "small".into(),
+        dim: 256,
+        ffn: 688,
+        layers: 2,
+        vocab: 1000,
+    };
+    let first = engine_with(16384, Faults::default(), Some(119));
+    let cold = plan_prefill(&first, Some(&disk), &model, &[17, 300]).unwrap();
+    assert_eq!((cold.compiles, cold.disk_hits), (8, 0));
+    assert_eq!(disk.list().unwrap().len(), 8);
+
+    let second = engine_with(16384, Faults::default(), Some(119));
+    let warm = plan_prefill(&second, Some(&disk), &model, &[17, 300]).unwrap();
+    assert_eq!((warm.compiles, warm.disk_hits), (0, 8));
+    assert_eq!(second.limits().compiles_used, 0);
+
+    // kernels loaded from disk compute like compiled ones
+    let shape = MatmulShape {
+        m: 24,
+        k: 40,
+        n: 5,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    };
+    let (w, a) = job(shape, 77);
+    for engine in [&first, &second] {
+        let cache = KernelCache::with_disk(Some(disk.clone()));
+        let (stats, mut scratch, out) = (Stats::default(), Scratch::default(), out_for(shape));
+        engine_matmul(
+            engine,
+            &cache,
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &out,
+            },
+            &mut scratch,
+            &stats,
+        )
+        .unwrap();
+        check(shape, &w, &a, &out.data.lock().unwrap(), 1);
+    }
+    assert_eq!(
+        second.limits().compiles_used,
+        0,
+        "the second engine loaded the kernel the first compiled"
+    );
+
+    // a damaged entry is recompiled, not trusted
+    for e in disk.list().unwrap() {
+        std::fs::write(dir.path().join(format!("{}.kernel", e.key)), b"garbage").unwrap();
+    }
+    let third = engine_with(16384, Faults::default(), Some(119));
+    let again = plan_prefill(&third, Some(&disk), &model, &[17]).unwrap();
+    assert_eq!((again.compiles, again.disk_hits), (4, 0));
+
+    // a 1-byte cap keeps nothing but the newest entry's worth of nothing
+    let tiny = DiskCache::new(dir.path(), 1);
+    tiny.store("k", b"0123").unwrap();
+    assert!(tiny.list().unwrap().is_empty());
+    assert_eq!(disk.clear().unwrap(), 0);
 }

@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use ane_runtime::disk_cache::DiskCache;
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
     cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
@@ -54,7 +55,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             .unwrap_or(DEFAULT_MIN_BATCH);
         Ok(Runtime {
             engine,
-            cache: KernelCache::new(),
+            cache: KernelCache::with_disk(DiskCache::from_env()),
             description: CString::new(info.description).unwrap_or_default(),
             min_batch,
             stats_on_free: std::env::var("GGML_ANE_STATS").is_ok_and(|v| v != "0" && !v.is_empty()),

@@ -7,6 +7,8 @@ mod support;
 
 use std::process::Command;
 
+static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn run(filter: Option<&str>, env: &[(&str, &str)]) -> String {
     run_in(&support::lib_dir(), filter, env)
 }
@@ -25,8 +27,16 @@ fn run_in(lib_dir: &std::path::Path, filter: Option<&str>, env: &[(&str, &str)])
     if let Some(f) = filter {
         cmd.args(["-p", f]);
     }
+    // a fresh kernel cache per run, so compile counts do not depend on earlier runs
+    let cache = std::env::temp_dir().join(format!(
+        "ggml-ane-tbo-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    cmd.env("GGML_ANE_CACHE_DIR", &cache);
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("run test-backend-ops");
+    let _ = std::fs::remove_dir_all(&cache);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

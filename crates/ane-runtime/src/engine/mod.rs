@@ -121,6 +121,53 @@ pub trait Engine: Send + Sync {
     /// [`Error::Unsupported`] for programs past the engine's limits, and the parse/check/blob
     /// errors of the program itself.
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>>;
+
+    /// What identifies this engine's compiler output beyond the program (OS build, compiler
+    /// version): part of the on-disk cache key.
+    fn build_id(&self) -> String {
+        String::new()
+    }
+
+    /// Serialises a kernel compiled from `program`, so a later process can [`import`](Self::import)
+    /// it instead of compiling; `None` if this engine cannot.
+    fn export(&self, _program: &Program, _kernel: &dyn Kernel) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Loads an exported kernel. Does not spend the compile budget.
+    fn import(&self, _artifact: &[u8], _weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        Err(Error::Compile(format!(
+            "the {} engine cannot import kernels",
+            self.info().kind
+        )))
+    }
+}
+
+/// Compiles `program`, or loads it from `disk` when an earlier run stored it; stores what it
+/// compiles. Returns the kernel and whether it came from the disk cache.
+pub fn compile_cached(
+    engine: &dyn Engine,
+    disk: Option<&crate::disk_cache::DiskCache>,
+    program: &Program,
+    weights: &WeightFiles,
+) -> Result<(Box<dyn Kernel>, bool)> {
+    let Some(disk) = disk else {
+        return Ok((engine.compile(program, weights)?, false));
+    };
+    let key =
+        crate::disk_cache::DiskCache::key(engine.info().kind, &engine.build_id(), program, weights);
+    if let Some(artifact) = disk.load(&key) {
+        // a damaged or foreign entry is recompiled, not trusted
+        if let Ok(kernel) = engine.import(&artifact, weights) {
+            return Ok((kernel, true));
+        }
+    }
+    let kernel = engine.compile(program, weights)?;
+    if let Some(artifact) = engine.export(program, kernel.as_ref()) {
+        // a cache that cannot be written costs time, never correctness
+        let _ = disk.store(&key, &artifact);
+    }
+    Ok((kernel, false))
 }
 
 /// A procedure of a compiled kernel: its inputs and outputs.

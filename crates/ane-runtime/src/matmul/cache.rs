@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use super::program::matmul_program;
 use super::stats::{FallbackReason, Stats};
-use crate::engine::{Engine, Kernel};
+use crate::disk_cache::DiskCache;
+use crate::engine::{compile_cached, Engine, Kernel};
 use crate::error::Error;
 
 /// A compiled kernel, or why there is none.
@@ -16,6 +17,7 @@ type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
 #[derive(Default)]
 pub struct KernelCache {
     entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
+    disk: Option<DiskCache>,
 }
 
 impl std::fmt::Debug for KernelCache {
@@ -26,9 +28,17 @@ impl std::fmt::Debug for KernelCache {
 }
 
 impl KernelCache {
-    /// An empty cache.
+    /// An empty cache, in memory only.
     pub fn new() -> Self {
         KernelCache::default()
+    }
+
+    /// An empty cache backed by compiled kernels on disk (shared with other processes).
+    pub fn with_disk(disk: Option<DiskCache>) -> Self {
+        KernelCache {
+            entries: Mutex::default(),
+            disk,
+        }
     }
 
     /// The kernel for tile `(m, k, n)`, compiling it on first use.
@@ -48,9 +58,18 @@ impl KernelCache {
             stats.add_cache_hit();
             return e.clone();
         }
-        let result = match engine.compile(&matmul_program(m, k, n), &Default::default()) {
-            Ok(kernel) => {
-                stats.add_compile();
+        let result = match compile_cached(
+            engine,
+            self.disk.as_ref(),
+            &matmul_program(m, k, n),
+            &Default::default(),
+        ) {
+            Ok((kernel, from_disk)) => {
+                if from_disk {
+                    stats.add_disk_hit();
+                } else {
+                    stats.add_compile();
+                }
                 Ok(Arc::from(kernel))
             }
             Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::program::{kernel_shapes, matmul_program};
-use crate::engine::Engine;
+use crate::disk_cache::DiskCache;
+use crate::engine::{compile_cached, Engine};
 use crate::error::Result;
 use crate::layout::{SurfaceDType, TensorLayout};
 
@@ -75,6 +76,8 @@ pub struct PrefillPlan {
     pub lengths: Vec<LengthPlan>,
     /// Kernels compiled in total (counted by the engine that compiled them).
     pub compiles: u32,
+    /// Kernels loaded from the on-disk cache instead.
+    pub disk_hits: usize,
     /// The seed's total.
     pub seed_compiles: usize,
     /// Bytes of input and output surfaces, summed over the kernels.
@@ -86,6 +89,7 @@ pub struct PrefillPlan {
 /// Plans (and compiles, on `engine`) every kernel a prefill of each length needs.
 pub fn plan_prefill(
     engine: &dyn Engine,
+    disk: Option<&DiskCache>,
     model: &ModelDims,
     lengths: &[usize],
 ) -> Result<PrefillPlan> {
@@ -95,6 +99,7 @@ pub fn plan_prefill(
     let mut compiled: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let mut seed_seen: BTreeSet<usize> = BTreeSet::new();
     let mut surface_bytes = 0;
+    let mut disk_hits = 0;
     let mut rows = Vec::new();
     for &n in lengths {
         let mut used = BTreeSet::new();
@@ -104,7 +109,13 @@ pub fn plan_prefill(
                 used.insert(shape);
                 if compiled.insert(shape) {
                     let (bm, bk, bn) = shape;
-                    engine.compile(&matmul_program(bm, bk, bn), &Default::default())?;
+                    let (_, from_disk) = compile_cached(
+                        engine,
+                        disk,
+                        &matmul_program(bm, bk, bn),
+                        &Default::default(),
+                    )?;
+                    disk_hits += usize::from(from_disk);
                     surface_bytes += io_bytes(bm, bk, bn, limits.row_alignment);
                     new += 1;
                 }
@@ -134,6 +145,7 @@ pub fn plan_prefill(
         seed_compiles: rows.iter().map(|r| r.seed_compiles).sum(),
         lengths: rows,
         compiles: after - before,
+        disk_hits,
         surface_bytes,
         budget: limits.compile_budget,
     })
@@ -161,13 +173,14 @@ impl PrefillPlan {
             .collect();
         let m = &self.model;
         format!(
-            "{{\"model\": {{\"name\": \"{}\", \"dim\": {}, \"ffn\": {}, \"layers\": {}, \"vocab\": {}}}, \"compiles\": {}, \"seed_compiles\": {}, \"surface_bytes\": {}, \"budget\": {}, \"lengths\": [{}]}}",
+            "{{\"model\": {{\"name\": \"{}\", \"dim\": {}, \"ffn\": {}, \"layers\": {}, \"vocab\": {}}}, \"compiles\": {}, \"disk_hits\": {}, \"seed_compiles\": {}, \"surface_bytes\": {}, \"budget\": {}, \"lengths\": [{}]}}",
             m.name.replace('"', ""),
             m.dim,
             m.ffn,
             m.layers,
             m.vocab,
             self.compiles,
+            self.disk_hits,
             self.seed_compiles,
             self.surface_bytes,
             self.budget.map_or("null".to_string(), |b| b.to_string()),

@@ -57,6 +57,7 @@ pub struct Stats {
     flops: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
+    disk_hits: AtomicU64,
     staging_ns: AtomicU64,
     engine_ns: AtomicU64,
     writeback_ns: AtomicU64,
@@ -75,8 +76,10 @@ pub struct StatsSnapshot {
     pub flops: u64,
     /// Kernels compiled.
     pub compiles: u64,
-    /// Kernels found in the cache.
+    /// Kernels found in the in-memory cache.
     pub cache_hits: u64,
+    /// Kernels loaded from the on-disk cache instead of compiled.
+    pub disk_hits: u64,
     /// Time converting inputs into surfaces.
     pub staging: Duration,
     /// Time in engine evaluation.
@@ -123,6 +126,9 @@ impl Stats {
     pub(crate) fn add_cache_hit(&self) {
         self.cache_hits.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn add_disk_hit(&self) {
+        self.disk_hits.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Counts a node computed on the engine.
     pub fn record_offload(&self, flops: f64) {
@@ -153,6 +159,7 @@ impl Stats {
             flops: self.flops.load(Ordering::Relaxed),
             compiles: self.compiles.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
             staging: ns(&self.staging_ns),
             engine: ns(&self.engine_ns),
             writeback: ns(&self.writeback_ns),
@@ -177,6 +184,7 @@ impl fmt::Display for StatsSnapshot {
         }
         writeln!(f, "  compiles               {}", self.compiles)?;
         writeln!(f, "  kernel cache hits      {}", self.cache_hits)?;
+        writeln!(f, "  loaded from disk       {}", self.disk_hits)?;
         writeln!(f, "  staging                {:.1} ms", ms(self.staging))?;
         writeln!(f, "  engine                 {:.1} ms", ms(self.engine))?;
         writeln!(f, "  write-back             {:.1} ms", ms(self.writeback))?;

@@ -158,6 +158,36 @@ impl Engine for ReferenceEngine {
                 "injected compile failure (GGML_ANE_REFERENCE_FAULTS)".into(),
             ));
         }
+        self.build(program, weights)
+    }
+
+    fn build_id(&self) -> String {
+        format!(
+            "reference-{}-max{}-row{}",
+            env!("CARGO_PKG_VERSION"),
+            self.config.max_dim,
+            self.config.row_alignment
+        )
+    }
+
+    /// The artifact is the canonical program text: the plan is rebuilt from it (and the
+    /// weights) in microseconds without a compile, the way a daemon-cache hit loads on the
+    /// ANE. Whether such loads spend the hardware's budget is not known yet (ane-tech.md
+    /// §4.1); the reference engine assumes they do not.
+    fn export(&self, program: &Program, _kernel: &dyn Kernel) -> Option<Vec<u8>> {
+        Some(ane_mil::print_program(program).into_bytes())
+    }
+
+    fn import(&self, artifact: &[u8], weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        let text = std::str::from_utf8(artifact)
+            .map_err(|e| Error::Compile(format!("cached kernel is not text: {e}")))?;
+        self.build(&ane_mil::parse(text)?, weights)
+    }
+}
+
+impl ReferenceEngine {
+    /// Check, limit-check and plan: everything "compile" does besides spending budget.
+    fn build(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
         let functions = check_program(program, Some(weights))?;
         self.check_limits(&functions)?;
         let plans = functions
