@@ -73,6 +73,11 @@ pub struct MatmulJob<'a> {
 pub trait MatrixSource: Sync {
     /// Writes row `row` of batch `(b2, b3)` (all K values) into `out`.
     fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]);
+
+    /// The row itself, when it is stored as contiguous f32 (saves a copy while staging).
+    fn row_f32(&self, _b2: usize, _b3: usize, _row: usize) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// Receives rows of the result.
@@ -230,7 +235,7 @@ pub fn engine_matmul(
 
 /// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
 /// a surface's fp16 rows: one multi-threaded pass, each thread with one f32 row buffer.
-fn stage_rows(
+pub fn stage_rows(
     s: &mut Surface,
     src: &dyn MatrixSource,
     (b2, b3): (usize, usize),
@@ -242,9 +247,15 @@ fn stage_rows(
     let layout = s.layout().clone();
     debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
     let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
-        src.read_row(b2, b3, r0 + r, tmp);
+        let values = match src.row_f32(b2, b3, r0 + r) {
+            Some(v) => v,
+            None => {
+                src.read_row(b2, b3, r0 + r, tmp);
+                &tmp[..]
+            }
+        };
         let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &tmp[k0..k0 + cols]);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
     };
     let bytes = s.as_bytes_mut();
     if layout.is_row_contiguous() {

@@ -1,0 +1,59 @@
+//! Staging throughput: f32 rows → fp16 surface rows (64-byte aligned, multi-threaded) against
+//! a plain memcpy of the same output bytes, in the same run. `cargo bench -p ane-runtime`.
+#![allow(
+    missing_docs,
+    reason = "criterion's macros generate undocumented functions"
+)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use ane_runtime::matmul::{stage_rows, MatrixSource};
+use ane_runtime::{Surface, SurfaceDType, TensorLayout};
+
+struct Dense {
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl MatrixSource for Dense {
+    fn read_row(&self, _b2: usize, _b3: usize, row: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.data[row * self.k..][..self.k]);
+    }
+
+    fn row_f32(&self, _b2: usize, _b3: usize, row: usize) -> Option<&[f32]> {
+        Some(&self.data[row * self.k..][..self.k])
+    }
+}
+
+/// Shapes `(tokens, features)`: prompt chunks of a 7B layer's input, and an odd width.
+const SHAPES: &[(usize, usize)] = &[(512, 4096), (2048, 4096), (128, 11008), (333, 4000)];
+
+fn staging(c: &mut Criterion) {
+    let mut g = c.benchmark_group("staging");
+    for &(n, k) in SHAPES {
+        let src = Dense {
+            k,
+            data: (0..n * k).map(|i| (i % 1000) as f32 * 1e-3).collect(),
+        };
+        let layout = TensorLayout::packed("a", SurfaceDType::F16, &[n, k], 64).unwrap();
+        let mut surface = Surface::new(layout.clone());
+        let bytes = layout.byte_len();
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_with_input(
+            BenchmarkId::new("f32_to_fp16_rows", format!("{n}x{k}")),
+            &(),
+            |b, _| b.iter(|| stage_rows(&mut surface, &src, (0, 0), 0, n, (0, k), k)),
+        );
+        let from = vec![7u8; bytes];
+        let mut to = vec![0u8; bytes];
+        g.bench_with_input(
+            BenchmarkId::new("memcpy_same_bytes", format!("{n}x{k}")),
+            &(),
+            |b, _| b.iter(|| to.copy_from_slice(std::hint::black_box(&from))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, staging);
+criterion_main!(benches);
