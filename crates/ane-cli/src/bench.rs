@@ -180,14 +180,22 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         2.0 * (r.shape.0 * r.shape.1 * r.shape.2) as f64 / d.as_secs_f64().max(1e-12) / 1e9
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // what is neither data movement (staging, write-back) nor the engine: kernel lookup,
+    // surface pool, bookkeeping
+    let host_us = |r: &Row| {
+        r.engine
+            .saturating_sub(r.staging + r.eval + r.writeback)
+            .as_secs_f64()
+            * 1e6
+    };
     if args.json {
         let items: Vec<String> = rows
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}}}",
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}}}",
                     r.shape.0, r.shape.1, r.shape.2, ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
-                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback)
+                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), host_us(r)
                 )
             })
             .collect();
@@ -216,7 +224,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for r in &rows {
         let (m, k, n) = r.shape;
         println!(
-            "{:>20} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}",
+            "{:>20} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1}",
             format!("{m}x{k}x{n}"),
             gflops(r, r.engine),
             r.cpu.as_secs_f64() / r.engine.as_secs_f64().max(1e-12),
@@ -225,7 +233,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ms(r.writeback),
             ms(r.engine),
             ms(r.compile),
-            ms(r.cpu)
+            ms(r.cpu),
+            host_us(r)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -111,6 +111,10 @@ impl Scratch {
     }
 }
 
+/// Below this many values a copy or conversion stays on the calling thread: handing it to
+/// the thread pool costs more than it saves.
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
+
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
@@ -129,9 +133,15 @@ fn load_matrix(
     if k == 0 {
         return;
     }
-    dst.par_chunks_mut(k)
-        .enumerate()
-        .for_each(|(r, row)| src.read_row(b2, b3, r, row));
+    if dst.len() < PARALLEL_MIN_VALUES {
+        dst.chunks_mut(k)
+            .enumerate()
+            .for_each(|(r, row)| src.read_row(b2, b3, r, row));
+    } else {
+        dst.par_chunks_mut(k)
+            .enumerate()
+            .for_each(|(r, row)| src.read_row(b2, b3, r, row));
+    }
     debug_assert_eq!(dst.len(), rows * k);
 }
 
@@ -149,9 +159,15 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
     if m == 0 {
         return;
     }
-    out.par_chunks(m)
-        .enumerate()
-        .for_each(|(n, row)| sink.write_row(b2, b3, n, row));
+    if out.len() < PARALLEL_MIN_VALUES {
+        out.chunks(m)
+            .enumerate()
+            .for_each(|(n, row)| sink.write_row(b2, b3, n, row));
+    } else {
+        out.par_chunks(m)
+            .enumerate()
+            .for_each(|(n, row)| sink.write_row(b2, b3, n, row));
+    }
 }
 
 /// Runs the job on `engine`, or says why it could not. On failure some batches may already
@@ -258,7 +274,7 @@ pub fn stage_rows(
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
     };
     let bytes = s.as_bytes_mut();
-    if layout.is_row_contiguous() {
+    if layout.is_row_contiguous() && rows * cols >= PARALLEL_MIN_VALUES {
         bytes[..rows * layout.row_stride]
             .par_chunks_mut(layout.row_stride)
             .enumerate()
