@@ -36,6 +36,9 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also draw GFLOPS per shape (engine and CPU) into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 struct Dense {
@@ -176,6 +179,25 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
     let kind = engine.info().kind;
+    if let Some(path) = &args.plot {
+        let bars: Vec<(String, f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                let f = 2.0 * (r.shape.0 * r.shape.1 * r.shape.2) as f64 / 1e9;
+                (
+                    format!("{}x{}x{}", r.shape.0, r.shape.1, r.shape.2),
+                    f / r.engine.as_secs_f64().max(1e-12),
+                    f / r.cpu.as_secs_f64().max(1e-12),
+                )
+            })
+            .collect();
+        plot(
+            path,
+            &format!("MUL_MAT GFLOPS: {kind} engine vs CPU f32 GEMM"),
+            &bars,
+        )?;
+        eprintln!("plot: {}", path.display());
+    }
     let gflops = |r: &Row, d: Duration| {
         2.0 * (r.shape.0 * r.shape.1 * r.shape.2) as f64 / d.as_secs_f64().max(1e-12) / 1e9
     };
@@ -238,4 +260,57 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A grouped bar chart: per shape, engine GFLOPS and CPU GFLOPS.
+fn plot(path: &std::path::Path, title: &str, bars: &[(String, f64, f64)]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let top = bars.iter().flat_map(|b| [b.1, b.2]).fold(1.0f64, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..bars.len() as f64 - 0.5, 0f64..top)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len().max(1))
+        // group i is centred on x = i
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("GFLOPS")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let series = [(-0.4, 1usize, BLUE, "engine"), (0.0, 2usize, RED, "CPU")];
+    for (offset, which, color, name) in series {
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, b)| {
+                let v = if which == 1 { b.1 } else { b.2 };
+                let x0 = i as f64 + offset;
+                Rectangle::new([(x0, 0.0), (x0 + 0.4, v)], color.filled())
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
 }

@@ -319,6 +319,24 @@ fn bench_times_shapes_against_the_cpu() {
     assert!(json.starts_with("{\"engine\": \"reference\""), "{json}");
     assert_eq!(json.matches("\"engine_gflops\"").count(), 2, "{json}");
     assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("bench.svg");
+    let out = ane(&[
+        "bench",
+        "--shape",
+        "64,48,32",
+        "--reps",
+        "1",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawing.starts_with("<svg") && drawing.contains("64x48x32"),
+        "{}",
+        &drawing[..200.min(drawing.len())]
+    );
     let bad = ane(&["bench", "--shape", "1,2"]);
     assert_eq!(bad.status.code(), Some(1));
 }
