@@ -425,7 +425,7 @@ impl<'a> Parser<'a> {
                 let lit = if *self.peek() == Tok::Ident("BLOBFILE") {
                     Literal::Blob(self.blobfile(dtype, shape)?)
                 } else {
-                    let data = self.tensor_values(dtype, &shape, start)?;
+                    let data = self.tensor_values(dtype, &shape)?;
                     Literal::Tensor(TensorLiteral {
                         shape: Some(shape),
                         data,
@@ -572,7 +572,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Values of a tensor literal: nested to match `shape`, or flat with the right count.
-    fn tensor_values(&mut self, dtype: DType, shape: &[usize], start: Span) -> PResult<TensorData> {
+    fn tensor_values(&mut self, dtype: DType, shape: &[usize]) -> PResult<TensorData> {
         let n: usize = shape.iter().product();
         let nested = self.nested()?;
         let mut leaves = Vec::new();
@@ -594,7 +594,6 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        let _ = start;
         self.convert(dtype, &leaves)
     }
 
