@@ -190,3 +190,22 @@ pub(crate) fn stats_report(ctx: &BackendContext, rt: &Runtime) -> String {
         ctx.stats.snapshot()
     )
 }
+
+/// `ggml_backend_get_features`: the engine and its limits.
+pub(crate) fn features() -> Vec<(String, String)> {
+    match runtime() {
+        Ok(rt) => {
+            let limits = rt.engine.limits();
+            let mut f = vec![
+                ("ENGINE".to_string(), rt.engine.info().kind.to_string()),
+                ("MAX_DIM".to_string(), limits.max_dim.to_string()),
+                ("MIN_BATCH".to_string(), rt.min_batch.to_string()),
+            ];
+            if let Some(b) = limits.compile_budget {
+                f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
+            }
+            f
+        }
+        Err(e) => vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
+    }
+}

@@ -108,3 +108,13 @@ fn concurrent_backends_on_threads() {
         h.join().expect("a thread failed");
     }
 }
+
+/// llama.cpp's system info reads these through `ggml_backend_get_features`.
+#[test]
+fn features_name_the_engine_and_its_limits() {
+    let f = host::features();
+    let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("ENGINE"), Some("reference"), "{f:?}");
+    assert_eq!(get("MAX_DIM"), Some("16384"), "{f:?}");
+    assert!(get("COMPILE_BUDGET").is_some(), "{f:?}");
+}

@@ -119,6 +119,13 @@ pub struct ggml_backend_reg {
     pub context: *mut c_void,
 }
 
+/// `struct ggml_backend_feature`: one `name = value` pair of `ggml_backend_get_features`.
+#[repr(C)]
+pub struct ggml_backend_feature {
+    pub name: *const c_char,
+    pub value: *const c_char,
+}
+
 #[repr(C)]
 pub struct ggml_backend_dev_caps {
     pub async_: bool,

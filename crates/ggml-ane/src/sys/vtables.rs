@@ -366,11 +366,60 @@ unsafe extern "C" fn reg_get_device(
     }
 }
 
+/// `ggml_backend_get_features`: what llama.cpp prints in its system info. The strings and
+/// the array live for the process (built once).
+unsafe extern "C" fn reg_get_features(_reg: *mut ggml_backend_reg) -> *mut ggml_backend_feature {
+    struct Features(
+        Vec<ggml_backend_feature>,
+        #[allow(dead_code, reason = "owns the strings the pointers borrow")] Vec<std::ffi::CString>,
+    );
+    // SAFETY: the pointers borrow the CStrings stored alongside and never change.
+    unsafe impl Sync for Features {}
+    // SAFETY: as above.
+    unsafe impl Send for Features {}
+    static FEATURES: OnceLock<Features> = OnceLock::new();
+    let f = FEATURES.get_or_init(|| {
+        let pairs = backend::features();
+        let strings: Vec<std::ffi::CString> = pairs
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .map(|s| std::ffi::CString::new(s).unwrap_or_default())
+            .collect();
+        let mut list: Vec<ggml_backend_feature> = strings
+            .chunks(2)
+            .map(|kv| ggml_backend_feature {
+                name: kv[0].as_ptr(),
+                value: kv[1].as_ptr(),
+            })
+            .collect();
+        list.push(ggml_backend_feature {
+            name: std::ptr::null(),
+            value: std::ptr::null(),
+        });
+        Features(list, strings)
+    });
+    f.0.as_ptr() as *mut ggml_backend_feature
+}
+
+unsafe extern "C" fn reg_get_proc_address(
+    _reg: *mut ggml_backend_reg,
+    name: *const c_char,
+) -> *mut c_void {
+    if name.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: ggml passes a NUL-terminated name.
+    match unsafe { CStr::from_ptr(name) }.to_bytes() {
+        b"ggml_backend_get_features" => reg_get_features as *mut c_void,
+        _ => std::ptr::null_mut(),
+    }
+}
+
 const REG_I: ggml_backend_reg_i = ggml_backend_reg_i {
     get_name: Some(reg_get_name),
     get_device_count: Some(reg_get_device_count),
     get_device: Some(reg_get_device),
-    get_proc_address: None,
+    get_proc_address: Some(reg_get_proc_address),
 };
 
 /// The registry: one device, "ANE".

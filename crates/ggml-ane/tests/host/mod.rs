@@ -24,6 +24,7 @@ unsafe extern "C" {
     fn ggml_backend_load(path: *const c_char) -> Ptr;
     fn ggml_backend_reg_dev_get(reg: Ptr, i: usize) -> Ptr;
     fn ggml_backend_init_by_type(t: c_int, params: *const c_char) -> Ptr;
+    fn ggml_backend_reg_get_proc_address(reg: Ptr, name: *const c_char) -> Ptr;
 }
 
 #[link(name = "ggml-base")]
@@ -103,6 +104,33 @@ fn ane_reg() -> Ptr {
         Reg(reg)
     })
     .0
+}
+
+/// What our registry's `ggml_backend_get_features` reports.
+pub fn features() -> Vec<(String, String)> {
+    #[repr(C)]
+    struct Feature {
+        name: *const c_char,
+        value: *const c_char,
+    }
+    let reg = ane_reg();
+    // SAFETY: the registry is live; the returned function has ggml_backend_get_features_t's
+    // signature and returns a NULL-terminated array of NUL-terminated strings.
+    unsafe {
+        let f = ggml_backend_reg_get_proc_address(reg, c"ggml_backend_get_features".as_ptr());
+        assert!(!f.is_null(), "no ggml_backend_get_features");
+        let get: unsafe extern "C" fn(Ptr) -> *const Feature = std::mem::transmute(f);
+        let mut p = get(reg);
+        let mut out = Vec::new();
+        while !(*p).name.is_null() {
+            out.push((
+                CStr::from_ptr((*p).name).to_string_lossy().into_owned(),
+                CStr::from_ptr((*p).value).to_string_lossy().into_owned(),
+            ));
+            p = p.add(1);
+        }
+        out
+    }
 }
 
 /// A backend instance.
