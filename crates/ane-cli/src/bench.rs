@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, KernelCache, MatmulJob, MatmulShape, MatrixSink, MatrixSource,
-    Scratch, Stats,
+    cpu_matmul, engine_matmul, DenseRows, KernelCache, MatmulJob, MatmulShape, MatrixSink, Scratch,
+    Stats,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -39,17 +39,6 @@ pub(crate) struct BenchArgs {
     /// Also draw GFLOPS per shape (engine and CPU) into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
-}
-
-struct Dense {
-    k: usize,
-    data: Vec<f32>,
-}
-
-impl MatrixSource for Dense {
-    fn read_row(&self, _b2: usize, _b3: usize, row: usize, out: &mut [f32]) {
-        out.copy_from_slice(&self.data[row * self.k..][..self.k]);
-    }
 }
 
 struct Sink {
@@ -126,14 +115,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             weight_batch: [1, 1],
         };
         let (w, a) = (
-            Dense {
-                k,
-                data: values(m * k, 1),
-            },
-            Dense {
-                k,
-                data: values(n * k, 2),
-            },
+            DenseRows::new(m, k, values(m * k, 1)),
+            DenseRows::new(n, k, values(n * k, 2)),
         );
         let dst = Sink {
             m,

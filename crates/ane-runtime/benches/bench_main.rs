@@ -7,23 +7,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use ane_runtime::matmul::{stage_rows, MatrixSource};
+use ane_runtime::matmul::{stage_rows, DenseRows};
 use ane_runtime::{Surface, SurfaceDType, TensorLayout};
-
-struct Dense {
-    k: usize,
-    data: Vec<f32>,
-}
-
-impl MatrixSource for Dense {
-    fn read_row(&self, _b2: usize, _b3: usize, row: usize, out: &mut [f32]) {
-        out.copy_from_slice(&self.data[row * self.k..][..self.k]);
-    }
-
-    fn row_f32(&self, _b2: usize, _b3: usize, row: usize) -> Option<&[f32]> {
-        Some(&self.data[row * self.k..][..self.k])
-    }
-}
 
 /// Shapes `(tokens, features)`: prompt chunks of a 7B layer's input, and an odd width.
 const SHAPES: &[(usize, usize)] = &[(512, 4096), (2048, 4096), (128, 11008), (333, 4000)];
@@ -31,10 +16,7 @@ const SHAPES: &[(usize, usize)] = &[(512, 4096), (2048, 4096), (128, 11008), (33
 fn staging(c: &mut Criterion) {
     let mut g = c.benchmark_group("staging");
     for &(n, k) in SHAPES {
-        let src = Dense {
-            k,
-            data: (0..n * k).map(|i| (i % 1000) as f32 * 1e-3).collect(),
-        };
+        let src = DenseRows::new(n, k, (0..n * k).map(|i| (i % 1000) as f32 * 1e-3).collect());
         let layout = TensorLayout::packed("a", SurfaceDType::F16, &[n, k], 64).unwrap();
         let mut surface = Surface::new(layout.clone());
         let bytes = layout.byte_len();

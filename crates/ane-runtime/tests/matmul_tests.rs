@@ -7,26 +7,11 @@ use std::sync::Mutex;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, MatrixSink,
-    MatrixSource, Scratch, Stats,
+    cpu_matmul, engine_matmul, DenseRows, FallbackReason, KernelCache, MatmulJob, MatmulShape,
+    MatrixSink, Scratch, Stats,
 };
 use ane_runtime::Engine;
 use support::*;
-
-/// Dense batches: `[batch][rows][k]`.
-struct Dense {
-    rows: usize,
-    k: usize,
-    batch0: usize,
-    data: Vec<f32>,
-}
-
-impl MatrixSource for Dense {
-    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
-        let b = b3 * self.batch0 + b2;
-        out.copy_from_slice(&self.data[(b * self.rows + row) * self.k..][..self.k]);
-    }
-}
 
 struct Out {
     m: usize,
@@ -51,17 +36,17 @@ fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> Reference
     })
 }
 
-fn job(shape: MatmulShape, seed: u64) -> (Dense, Dense) {
+fn job(shape: MatmulShape, seed: u64) -> (DenseRows, DenseRows) {
     let mut rng = Rng::new(seed);
     let nw = shape.weight_batch[0] * shape.weight_batch[1];
     let na = shape.batch[0] * shape.batch[1];
-    let w = Dense {
+    let w = DenseRows {
         rows: shape.m,
         k: shape.k,
         batch0: shape.weight_batch[0],
         data: rng.f16_values(nw * shape.m * shape.k),
     };
-    let a = Dense {
+    let a = DenseRows {
         rows: shape.n,
         k: shape.k,
         batch0: shape.batch[0],
@@ -70,7 +55,7 @@ fn job(shape: MatmulShape, seed: u64) -> (Dense, Dense) {
     (w, a)
 }
 
-fn check(shape: MatmulShape, w: &Dense, a: &Dense, got: &[f32], k_tiles: usize) {
+fn check(shape: MatmulShape, w: &DenseRows, a: &DenseRows, got: &[f32], k_tiles: usize) {
     let (m, k, n) = (shape.m, shape.k, shape.n);
     for b3 in 0..shape.batch[1] {
         for b2 in 0..shape.batch[0] {

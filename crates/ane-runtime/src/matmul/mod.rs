@@ -80,6 +80,46 @@ pub trait MatrixSource: Sync {
     }
 }
 
+/// Row-major f32 matrices in memory, `[B3][B2][rows][k]`: the simplest [`MatrixSource`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseRows {
+    /// Rows per matrix.
+    pub rows: usize,
+    /// Values per row.
+    pub k: usize,
+    /// Matrices along the first batch axis (`B2`).
+    pub batch0: usize,
+    /// All values.
+    pub data: Vec<f32>,
+}
+
+impl DenseRows {
+    /// One `rows × k` matrix.
+    pub fn new(rows: usize, k: usize, data: Vec<f32>) -> Self {
+        debug_assert_eq!(data.len(), rows * k);
+        DenseRows {
+            rows,
+            k,
+            batch0: 1,
+            data,
+        }
+    }
+
+    fn start(&self, b2: usize, b3: usize, row: usize) -> usize {
+        ((b3 * self.batch0 + b2) * self.rows + row) * self.k
+    }
+}
+
+impl MatrixSource for DenseRows {
+    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.data[self.start(b2, b3, row)..][..self.k]);
+    }
+
+    fn row_f32(&self, b2: usize, b3: usize, row: usize) -> Option<&[f32]> {
+        Some(&self.data[self.start(b2, b3, row)..][..self.k])
+    }
+}
+
 /// Receives rows of the result.
 pub trait MatrixSink: Sync {
     /// Stores row `n` (all M values) of batch `(b2, b3)`.
