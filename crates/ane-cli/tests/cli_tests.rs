@@ -8,18 +8,15 @@ use ane_mil::BlobWriter;
 use ane_testutil::{assert_matmul_close, transpose, Rng};
 use half::f16;
 
+/// Runs `ane` with the kernel cache off, so results do not depend on earlier runs.
 fn ane(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ane"))
-        .args(args)
-        .env_remove("GGML_ANE_ENGINE")
-        .env("GGML_ANE_CACHE_DIR", "off")
-        .output()
-        .expect("run ane")
+    ane_with_cache(Path::new("off"), args)
 }
 
 fn ane_with_cache(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ane"))
         .args(args)
+        .env_remove("GGML_ANE_ENGINE")
         .env("GGML_ANE_CACHE_DIR", dir)
         .output()
         .expect("run ane")
@@ -29,16 +26,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn write_npy_f16(path: &Path, shape: &[u64], values: &[f32]) {
+fn write_npy<T: npyz::AutoSerialize>(
+    path: &Path,
+    shape: &[u64],
+    values: impl IntoIterator<Item = T>,
+) {
     use npyz::WriterBuilder;
     let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::<f16>::new()
+    let mut w = npyz::WriteOptions::<T>::new()
         .default_dtype()
         .shape(shape)
         .writer(f)
         .begin_nd()
         .unwrap();
-    w.extend(values.iter().map(|&v| f16::from_f32(v))).unwrap();
+    w.extend(values).unwrap();
     w.finish().unwrap();
 }
 
@@ -80,7 +81,11 @@ fn mil_run_executes_the_seed_program_for_several_shapes() {
         bw.add_fp16(&w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>());
         std::fs::create_dir(d.join("weights")).unwrap();
         std::fs::write(d.join("weights/weight.bin"), bw.finish()).unwrap();
-        write_npy_f16(&d.join("x.npy"), &[1, n as u64, 1, k as u64], &x);
+        write_npy(
+            &d.join("x.npy"),
+            &[1, n as u64, 1, k as u64],
+            x.iter().map(|&v| f16::from_f32(v)),
+        );
         let s = |p: &str| d.join(p).to_string_lossy().into_owned();
         let input = format!("x_raw={}", s("x.npy"));
         let out = ane(&[
@@ -151,18 +156,7 @@ fn bundled_example_matches_numpy_and_a_wrong_expectation_fails() {
     let (shape, mut want) = read_npy(&ex.join("expected_y.npy"));
     want.iter_mut().for_each(|v| *v = -*v);
     let bad = out_dir.path().join("bad.npy");
-    {
-        use npyz::WriterBuilder;
-        let f = std::fs::File::create(&bad).unwrap();
-        let mut w = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(f)
-            .begin_nd()
-            .unwrap();
-        w.extend(want.iter().copied()).unwrap();
-        w.finish().unwrap();
-    }
+    write_npy(&bad, &shape, want.iter().copied());
     let out = run(&format!("y={}", bad.display()));
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -124,6 +124,30 @@ impl FunctionBuilder {
         Ok(name.to_string())
     }
 
+    /// Adds `W = constexpr_affine_dequantize()[...]`: `(quantized - zero_point) · scale` along
+    /// `axis`, with every operand in the attribute block as the ANE compiler expects.
+    /// `scale` and `zero_point` are scalars or 1-D literals (one value per index of `axis`).
+    pub fn affine_dequantize(
+        &mut self,
+        name: &str,
+        quantized: crate::ir::BlobRef,
+        scale: Literal,
+        zero_point: Literal,
+        axis: i32,
+    ) -> Result<String, CheckErrorKind> {
+        self.op_with_attributes(
+            name,
+            "constexpr_affine_dequantize",
+            &[],
+            vec![
+                ("axis".to_string(), Literal::int32(axis)),
+                ("quantized_data".to_string(), Literal::Blob(quantized)),
+                ("scale".to_string(), scale),
+                ("zero_point".to_string(), zero_point),
+            ],
+        )
+    }
+
     /// The type of a name in scope.
     pub fn type_of(&self, name: &str) -> Option<&ValueType> {
         self.env.get(name).map(|(t, _)| t)

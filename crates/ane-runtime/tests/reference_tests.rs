@@ -178,36 +178,23 @@ fn int8_affine_dequantized_weights_match_f64() {
         let mut f = FunctionBuilder::new("main", "ios18");
         let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n]));
         let w = f
-            .op_with_attributes(
+            .affine_dequantize(
                 "W",
-                "constexpr_affine_dequantize",
-                &[],
-                vec![
-                    ("axis".into(), Literal::int32(0)),
-                    (
-                        "quantized_data".into(),
-                        Literal::Blob(BlobRef {
-                            dtype: DType::Int8,
-                            shape: vec![m, k, 1, 1],
-                            path: WEIGHT_PATH.into(),
-                            offset: off,
-                        }),
-                    ),
-                    (
-                        "scale".into(),
-                        Literal::Tensor(TensorLiteral {
-                            shape: Some(vec![m]),
-                            data: TensorData::Fp16(scales.clone()),
-                        }),
-                    ),
-                    (
-                        "zero_point".into(),
-                        Literal::Tensor(TensorLiteral {
-                            shape: Some(vec![m]),
-                            data: TensorData::Int8(zp.clone()),
-                        }),
-                    ),
-                ],
+                BlobRef {
+                    dtype: DType::Int8,
+                    shape: vec![m, k, 1, 1],
+                    path: WEIGHT_PATH.into(),
+                    offset: off,
+                },
+                Literal::Tensor(TensorLiteral {
+                    shape: Some(vec![m]),
+                    data: TensorData::Fp16(scales.clone()),
+                }),
+                Literal::Tensor(TensorLiteral {
+                    shape: Some(vec![m]),
+                    data: TensorData::Int8(zp.clone()),
+                }),
+                0,
             )
             .unwrap();
         let y = f

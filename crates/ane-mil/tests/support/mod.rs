@@ -54,29 +54,19 @@ pub fn conv_and_matmul_program() -> Program {
     let mut g = FunctionBuilder::new("mm", "ios18");
     let a = g.input("a", ValueType::tensor(DType::Fp16, [1, 2, 16, 64]));
     let q = g
-        .op_with_attributes(
+        .affine_dequantize(
             "Wq",
-            "constexpr_affine_dequantize",
-            &[],
-            vec![
-                ("axis".into(), Literal::int32(0)),
-                (
-                    "quantized_data".into(),
-                    Literal::Blob(BlobRef {
-                        dtype: DType::Int8,
-                        shape: vec![64, 40],
-                        path: "@model_path/weights/weight.bin".into(),
-                        offset: 6272,
-                    }),
-                ),
-                ("scale".into(), Literal::fp16(0.0625)),
-                (
-                    "zero_point".into(),
-                    Literal::Tensor(ane_mil::ir::TensorLiteral::scalar(
-                        ane_mil::ir::TensorData::Int8(vec![0]),
-                    )),
-                ),
-            ],
+            BlobRef {
+                dtype: DType::Int8,
+                shape: vec![64, 40],
+                path: "@model_path/weights/weight.bin".into(),
+                offset: 6272,
+            },
+            Literal::fp16(0.0625),
+            Literal::Tensor(ane_mil::ir::TensorLiteral::scalar(
+                ane_mil::ir::TensorData::Int8(vec![0]),
+            )),
+            0,
         )
         .unwrap();
     let tf = g.constant("tf", Literal::bool(false));
