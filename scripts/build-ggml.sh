@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches and builds the pinned ggml (0.25.3, backend API v2, from the PyPI sdist
-# llama-cpp-python==0.3.36) with test-backend-ops, into target/ggml/0.25.3/.
+# llama-cpp-python==0.3.36) with test-backend-ops and libllama, into target/ggml/0.25.3/.
 # Prints the build folder on the last line. Re-running reuses what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ src=$root/src
 build=$root/build
 PYTHON=${PYTHON:-python3}
 
-if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.so" ]; then
+if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.so" ] && [ -e "$build/bin/libllama.so" ]; then
   echo "$build"
   exit 0
 fi
@@ -36,9 +36,14 @@ if [ ! -f "$src/ggml/CMakeLists.txt" ]; then
     llama_cpp_python-0.3.36/vendor/llama.cpp/ggml \
     llama_cpp_python-0.3.36/vendor/llama.cpp/tests/test-backend-ops.cpp
 fi
+if [ ! -f "$src/src/llama.cpp" ]; then
+  tar xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$src" --strip-components=3 \
+    llama_cpp_python-0.3.36/vendor/llama.cpp/src \
+    llama_cpp_python-0.3.36/vendor/llama.cpp/include
+fi
 grep -q "GGML_VERSION_MINOR 25" "$src/ggml/CMakeLists.txt" || { echo "unexpected ggml version in $src" >&2; exit 1; }
 
 cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-  -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" >&2
+  -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" -DLLAMA_SRC="$src" >&2
 ninja -C "$build" -j"$(nproc)" >&2
 echo "$build"

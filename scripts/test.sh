@@ -7,15 +7,15 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Python: coremltools 9.0 (blob and package cross-checks)"
+step "Python: coremltools 9.0 (blob and package cross-checks), gguf (end-to-end models)"
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import coremltools.libmilstoragepython, numpy' 2>/dev/null; then
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check 'coremltools==9.0' numpy
+if ! "$PYTHON" -c "import coremltools.libmilstoragepython, numpy, gguf" 2>/dev/null; then
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check "coremltools==9.0" numpy "gguf==0.19.0"
 fi
 "$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
 export PYTHON ANE_REQUIRE_COREMLTOOLS=1
 
-step "pinned ggml 0.25.3 with test-backend-ops (cached under target/ggml)"
+step "pinned ggml 0.25.3 with test-backend-ops and libllama (cached under target/ggml)"
 GGML_BUILD=$(bash scripts/build-ggml.sh | tail -n 1)
 export GGML_LIB_DIR=$GGML_BUILD/bin
 export GGML_SRC_DIR=$GGML_BUILD/../src/ggml

@@ -1,0 +1,100 @@
+/* Runs a GGUF model through libllama and writes its logits, for the end-to-end tests.
+ *
+ * usage: logits MODEL.gguf N_PROMPT OUT.f32
+ *
+ * Loads every backend ggml can find (GGML_BACKEND_PATH adds ours), without weight repacking
+ * (the CPU's repacked layouts are private to it), evaluates N_PROMPT deterministic token ids in
+ * one batch with logits for every position, then one more token as a decode step. Writes
+ * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" on stdout.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ggml-backend.h"
+#include "llama.h"
+
+static int fail(const char *what) {
+    fprintf(stderr, "logits: %s\n", what);
+    return 1;
+}
+
+static int write_rows(FILE *out, struct llama_context *ctx, int first, int count, int n_vocab) {
+    for (int i = first; i < first + count; i++) {
+        const float *row = llama_get_logits_ith(ctx, i);
+        if (!row || fwrite(row, sizeof(float), (size_t)n_vocab, out) != (size_t)n_vocab) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        return fail("usage: logits MODEL.gguf N_PROMPT OUT.f32");
+    }
+    const int n_prompt = atoi(argv[2]);
+    if (n_prompt < 1 || n_prompt > 1000) {
+        return fail("N_PROMPT must be in 1..1000");
+    }
+
+    ggml_backend_load_all();
+    llama_backend_init();
+
+    struct llama_model_params mp = llama_model_default_params();
+    mp.use_extra_bufts = false; /* the --no-repack of llama.cpp's tools */
+    struct llama_model *model = llama_model_load_from_file(argv[1], mp);
+    if (!model) {
+        return fail("cannot load the model");
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 1024;
+    cp.n_batch = 1024;
+    cp.n_ubatch = 1024;
+    cp.n_threads = 2;
+    cp.n_threads_batch = 2;
+    struct llama_context *ctx = llama_init_from_model(model, cp);
+    if (!ctx) {
+        return fail("cannot create a context");
+    }
+
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) {
+        return fail("cannot open the output file");
+    }
+
+    struct llama_batch batch = llama_batch_init(n_prompt, 0, 1);
+    for (int i = 0; i < n_prompt; i++) {
+        batch.token[i] = (llama_token)((i * 7919 + 13) % n_vocab);
+        batch.pos[i] = i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = 1;
+    }
+    batch.n_tokens = n_prompt;
+    if (llama_decode(ctx, batch) != 0) {
+        return fail("prompt decode failed");
+    }
+    if (!write_rows(out, ctx, 0, n_prompt, n_vocab)) {
+        return fail("cannot write the prompt logits");
+    }
+
+    batch.token[0] = (llama_token)(n_vocab / 3);
+    batch.pos[0] = n_prompt;
+    batch.n_tokens = 1;
+    if (llama_decode(ctx, batch) != 0) {
+        return fail("decode step failed");
+    }
+    if (!write_rows(out, ctx, 0, 1, n_vocab)) {
+        return fail("cannot write the decode logits");
+    }
+
+    fclose(out);
+    printf("n_vocab %d\n", n_vocab);
+    llama_batch_free(batch);
+    llama_free(ctx);
+    llama_model_free(model);
+    llama_backend_free();
+    return 0;
+}

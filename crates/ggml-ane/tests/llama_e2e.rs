@@ -1,0 +1,222 @@
+//! A real model end to end: a tiny llama-architecture GGUF (random weights, made here with the
+//! `gguf` Python package) run by libllama from the pinned source, once on the CPU alone and once
+//! with our library loaded through `GGML_BACKEND_PATH`. The logits must agree and the stats must
+//! show the matmuls ran on our engine.
+#![cfg(ggml_linked)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Tokens in the prompt: not a bucket size, so the padded tail of a kernel is exercised.
+const PROMPT: usize = 100;
+
+struct Run {
+    logits: Vec<f32>,
+    log: String,
+}
+
+#[test]
+fn tiny_llama_f16_matches_the_cpu() {
+    check_model("f16", 1e-5);
+}
+
+#[test]
+fn tiny_llama_q8_0_matches_the_cpu() {
+    // the CPU quantizes activations to q8_0 for this type; the engine keeps them in fp16
+    check_model("q8_0", 2e-3);
+}
+
+fn check_model(kind: &str, max_nmse: f64) {
+    let Some(tools) = Tools::find() else { return };
+    let dir = scratch_dir(kind);
+    let model = dir.join(format!("tiny-{kind}.gguf"));
+    let made = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/tiny_llama.py"
+        ))
+        .arg(&model)
+        .arg(kind)
+        .output()
+        .expect("run python");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None);
+    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(
+        !cpu.log.contains("ggml-ane stats"),
+        "the CPU-only run loaded our library"
+    );
+    let matmuls_per_token = 4 * 7 + 1; // 4 layers x (q, k, v, o, gate, up, down) + output
+    let on_engine = stat(&ane.log, "nodes on engine");
+    assert!(
+        on_engine >= 2 * matmuls_per_token,
+        "{on_engine} nodes on the engine; the prompt and the decode step have {} matmuls\n{}",
+        2 * matmuls_per_token,
+        tail(&ane.log)
+    );
+    assert_eq!(stat(&ane.log, "nodes on CPU"), 0, "{}", tail(&ane.log));
+
+    assert_eq!(cpu.logits.len(), ane.logits.len());
+    let n_vocab = cpu.logits.len() / (PROMPT + 1);
+    let (nmse, spread) = nmse(&cpu.logits, &ane.logits);
+    let agree = argmax_agreement(&cpu.logits, &ane.logits, n_vocab);
+    eprintln!(
+        "{kind}: logits NMSE {nmse:.2e} (logit std {spread:.2}), top-1 agreement {agree}/{} rows, {on_engine} nodes on the engine",
+        PROMPT + 1
+    );
+    assert!(spread > 0.5, "logits too flat to compare: std {spread}");
+    assert!(nmse <= max_nmse, "NMSE {nmse:e} > {max_nmse:e}");
+    assert!(
+        agree * 10 >= (PROMPT + 1) * 9,
+        "top-1 token differs in {} of {} rows",
+        PROMPT + 1 - agree,
+        PROMPT + 1
+    );
+}
+
+/// The compiled logits dumper and where libllama lives.
+struct Tools {
+    lib_dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl Tools {
+    /// None (with a SKIP line) when the host build has no libllama, unless hosts are required.
+    fn find() -> Option<Tools> {
+        let lib_dir = support::lib_dir();
+        let llama = lib_dir.join(if cfg!(target_os = "macos") {
+            "libllama.dylib"
+        } else {
+            "libllama.so"
+        });
+        let has_gguf = Command::new(python())
+            .args(["-c", "import gguf"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !llama.exists() || !has_gguf {
+            assert!(
+                std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+                "libllama ({}) or python gguf missing",
+                llama.display()
+            );
+            eprintln!("SKIP: libllama or python gguf missing (scripts/test.sh provides both)");
+            return None;
+        }
+        let llama_include = support::src_dir().join("../include");
+        let exe = scratch_dir("bin").join("logits");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let out = Command::new(cc)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/logits.c"))
+            .arg(format!(
+                "-I{}",
+                support::src_dir().join("include").display()
+            ))
+            .arg(format!("-I{}", llama_include.display()))
+            .arg(format!("-L{}", lib_dir.display()))
+            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+            .args(["-lllama", "-lggml", "-lggml-base", "-o"])
+            .arg(&exe)
+            .output()
+            .expect("run the C compiler");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Tools { lib_dir, exe })
+    }
+
+    /// One run; `cache` set means with our library loaded (and that kernel cache).
+    fn run(&self, model: &Path, out: &Path, cache: Option<&Path>) -> Run {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(model)
+            .arg(PROMPT.to_string())
+            .arg(out)
+            // ggml_backend_load_all looks for the CPU backend next to the program and here
+            .current_dir(&self.lib_dir)
+            .env("LD_LIBRARY_PATH", &self.lib_dir)
+            .env_remove("GGML_BACKEND_PATH")
+            .env_remove("GGML_ANE_ENGINE")
+            .env_remove("GGML_ANE_REFERENCE_FAULTS")
+            .env_remove("GGML_ANE_COMPILE_BUDGET");
+        if let Some(cache) = cache {
+            cmd.env("GGML_BACKEND_PATH", support::cdylib())
+                .env("GGML_ANE_STATS", "1")
+                .env("GGML_ANE_CACHE_DIR", cache);
+        }
+        let res = cmd.output().expect("run the logits program");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&res.stdout),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        assert!(res.status.success(), "logits failed:\n{}", tail(&log));
+        let bytes = std::fs::read(out).unwrap();
+        let logits = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        Run { logits, log }
+    }
+}
+
+/// Normalised mean squared error of `got` against `want`, and the standard deviation of `want`.
+fn nmse(want: &[f32], got: &[f32]) -> (f64, f64) {
+    let n = want.len() as f64;
+    let mean = want.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = want.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let err = want
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum::<f64>()
+        / n;
+    (err / var, var.sqrt())
+}
+
+fn argmax_agreement(want: &[f32], got: &[f32], n_vocab: usize) -> usize {
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    want.chunks(n_vocab)
+        .zip(got.chunks(n_vocab))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count()
+}
+
+fn stat(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(label)
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or_else(|| panic!("no `{label}` line in the output:\n{}", tail(text)))
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ggml-ane-e2e-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

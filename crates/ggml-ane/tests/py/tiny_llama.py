@@ -1,0 +1,81 @@
+"""Writes a tiny llama-architecture GGUF with random weights, for the end-to-end tests.
+
+usage: tiny_llama.py OUT.gguf {f16,q8_0} [--dim 512 --ffn 1376 --layers 4 --vocab 2048 --heads 8 --kv-heads 4]
+
+No tokenizer: tokenizer.ggml.model = "none", so the test feeds token ids directly. Weights are
+scaled by 1/sqrt(fan_in) so activations stay O(1) through the layers and the logits are not
+all near zero (a comparison of near-zero numbers would prove little).
+"""
+import argparse
+
+import gguf
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("kind", choices=["f16", "q8_0"])
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--ffn", type=int, default=1376)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+
+    rng = np.random.default_rng(a.seed)
+    head_dim = a.dim // a.heads
+    kv_dim = head_dim * a.kv_heads
+
+    w = gguf.GGUFWriter(a.out, "llama")
+    w.add_name("ggml-ane tiny llama")
+    w.add_context_length(1024)
+    w.add_embedding_length(a.dim)
+    w.add_block_count(a.layers)
+    w.add_feed_forward_length(a.ffn)
+    w.add_head_count(a.heads)
+    w.add_head_count_kv(a.kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(a.vocab)
+    w.add_tokenizer_model("none")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if a.kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        # numpy [rows, cols] is ggml ne = [cols, rows]: cols is K, the reduced dimension
+        m = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        if a.kind == "f16":
+            w.add_tensor(name, m.astype(np.float16))
+        else:
+            q = gguf.quants.quantize(m, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    def norm(name: str) -> None:
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(a.dim)).astype(np.float32))
+
+    emb = rng.standard_normal((a.vocab, a.dim)).astype(np.float32)
+    w.add_tensor("token_embd.weight", emb.astype(np.float16))
+    for i in range(a.layers):
+        p = f"blk.{i}."
+        norm(p + "attn_norm.weight")
+        matrix(p + "attn_q.weight", a.dim, a.dim)
+        matrix(p + "attn_k.weight", kv_dim, a.dim)
+        matrix(p + "attn_v.weight", kv_dim, a.dim)
+        matrix(p + "attn_output.weight", a.dim, a.dim)
+        norm(p + "ffn_norm.weight")
+        matrix(p + "ffn_gate.weight", a.ffn, a.dim)
+        matrix(p + "ffn_up.weight", a.ffn, a.dim)
+        matrix(p + "ffn_down.weight", a.dim, a.ffn)
+    norm("output_norm.weight")
+    matrix("output.weight", a.vocab, a.dim)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
