@@ -1,4 +1,4 @@
-//! `ane mil check` and `ane mil run`.
+//! `ane mil check`, `ane mil run` and `ane mil package`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +48,20 @@ pub(crate) enum MilCommand {
         #[arg(long, default_value_t = 5e-4)]
         max_nmse: f64,
     },
+    /// Turn a MIL program into a Core ML model package (.mlpackage) for the public Core ML path.
+    Package {
+        /// The MIL text file.
+        file: PathBuf,
+        /// The folder `@model_path/` stands for (weights at DIR/weights/*.bin).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The package folder to write (e.g. kernel.mlpackage).
+        #[arg(long)]
+        out: PathBuf,
+        /// The function to package (packages hold one; default: the only one).
+        #[arg(long)]
+        function: Option<String>,
+    },
 }
 
 pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
@@ -73,7 +87,35 @@ pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
             )?;
             compare(&outputs, &expect, max_nmse)
         }
+        MilCommand::Package {
+            file,
+            weights,
+            out,
+            function,
+        } => package(&file, weights.as_deref(), &out, function.as_deref()),
     }
+}
+
+fn package(
+    file: &Path,
+    weights: Option<&Path>,
+    out: &Path,
+    function: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some((_, program, _)) = load(file)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let w = weights_for(weights, &program)?;
+    let pkg = ane_mil::coreml::package(&program, function, &w)?;
+    pkg.write_to(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let bytes: usize = pkg.files.iter().map(|(_, b)| b.len()).sum();
+    println!(
+        "wrote {} ({} files, {bytes} bytes)",
+        out.display(),
+        pkg.files.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses, or prints the rendered diagnostic and returns `None`.

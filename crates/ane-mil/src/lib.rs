@@ -10,10 +10,13 @@
 //!   resolved ops that engines execute.
 //! - [`blob`]: MIL blob storage v2 weight files (coremltools reads what we write, and we read
 //!   what it writes).
+//! - [`coreml`]: Core ML model packages (ML Program protobuf + weights) from the same IR, for
+//!   the public Core ML path; [`coreml::Package::write_to`] is the one place that touches files.
 
 pub mod blob;
 pub mod builder;
 pub mod check;
+pub mod coreml;
 pub mod fixtures;
 pub mod ir;
 pub mod ops;

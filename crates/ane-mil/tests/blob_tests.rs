@@ -118,7 +118,7 @@ fn manifest_line(dtype: &str, offset: u64, values: impl Iterator<Item = f64>) ->
 
 #[test]
 fn coremltools_reads_ours_and_we_read_theirs() {
-    let Some(py) = support::python_with_coremltools() else {
+    let Some(py) = ane_testutil::coremltools::python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

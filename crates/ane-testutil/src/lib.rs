@@ -137,3 +137,5 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     }
     t
 }
+
+pub mod coremltools;

@@ -86,23 +86,3 @@ pub fn conv_and_matmul_program() -> Program {
     p.functions.push(g.finish());
     p
 }
-
-/// A Python 3 that imports coremltools, or `None` (after printing a visible SKIP line).
-/// With `ANE_REQUIRE_COREMLTOOLS=1` (set by the test script and CI) a missing one is a failure.
-pub fn python_with_coremltools() -> Option<String> {
-    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import coremltools.libmilstoragepython"])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    if std::env::var_os("ANE_REQUIRE_COREMLTOOLS").is_some() {
-        panic!("{py} cannot import coremltools (pip install coremltools==9.0)");
-    }
-    eprintln!("SKIP: {py} cannot import coremltools; cross-check not run");
-    None
-}
