@@ -364,3 +364,45 @@ fn a_warm_kernel_cache_compiles_nothing() {
     let again = text(&ane_with_cache(dir.path(), &args).stdout);
     assert!(again.contains("\"compiles\": 24"), "{again}");
 }
+
+#[test]
+fn mil_package_writes_the_bundled_example_as_an_mlpackage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seed.mlpackage");
+    let example = repo_root().join("examples/seed-matmul");
+    let r = ane(&[
+        "mil",
+        "package",
+        example.join("model.mil").to_str().unwrap(),
+        "--weights",
+        example.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(text(&r.stdout).contains("3 files"), "{}", text(&r.stdout));
+    // the weight file is carried over byte for byte; the model decodes to our ML Program
+    assert_eq!(
+        std::fs::read(out.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap(),
+        std::fs::read(example.join("weights/weight.bin")).unwrap()
+    );
+    let program =
+        ane_mil::parse(&std::fs::read_to_string(example.join("model.mil")).unwrap()).unwrap();
+    let want = ane_mil::coreml::model_proto(&program, None).unwrap();
+    let bytes = std::fs::read(out.join("Data/com.apple.CoreML/model.mlmodel")).unwrap();
+    assert_eq!(prost::Message::encode_to_vec(&want), bytes);
+    assert!(std::fs::read_to_string(out.join("Manifest.json"))
+        .unwrap()
+        .contains("rootModelIdentifier"));
+
+    // without the weights folder: a clear error, no package
+    let r = ane(&[
+        "mil",
+        "package",
+        example.join("model.mil").to_str().unwrap(),
+        "--out",
+        dir.path().join("x.mlpackage").to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(text(&r.stderr).contains("--weights"), "{}", text(&r.stderr));
+}

@@ -36,10 +36,21 @@ fn layout_program() -> Program {
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, 64, 1, 32]));
     let lit = |l: Literal| Arg::Literal(l);
     let r = f
-        .op("r", "reshape", &[("shape", lit(Literal::int32s(&[1, 64, 32]))), ("x", var(&x))])
+        .op(
+            "r",
+            "reshape",
+            &[
+                ("shape", lit(Literal::int32s(&[1, 64, 32]))),
+                ("x", var(&x)),
+            ],
+        )
         .unwrap();
     let t = f
-        .op("t", "transpose", &[("perm", lit(Literal::int32s(&[0, 2, 1]))), ("x", var(&r))])
+        .op(
+            "t",
+            "transpose",
+            &[("perm", lit(Literal::int32s(&[0, 2, 1]))), ("x", var(&r))],
+        )
         .unwrap();
     let a = f
         .op(
@@ -74,7 +85,11 @@ fn layout_program() -> Program {
         )
         .unwrap();
     let y = f
-        .op("y", "cast", &[("dtype", lit(Literal::string("fp32"))), ("x", var(&c))])
+        .op(
+            "y",
+            "cast",
+            &[("dtype", lit(Literal::string("fp32"))), ("x", var(&c))],
+        )
         .unwrap();
     f.output(&y).unwrap();
     let mut p = Program::new();
@@ -102,7 +117,11 @@ fn package_bytes_are_deterministic_and_decode_back() {
     let a = coreml::package(&p, Some("main"), &w).unwrap();
     let b = coreml::package(&p, Some("main"), &w).unwrap();
     assert_eq!(a, b);
-    let names: Vec<_> = a.files.iter().map(|(p, _)| p.display().to_string()).collect();
+    let names: Vec<_> = a
+        .files
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
     assert_eq!(
         names,
         [
@@ -122,7 +141,10 @@ fn package_bytes_are_deterministic_and_decode_back() {
         .iter()
         .map(|o| o.r#type.as_str())
         .collect();
-    assert_eq!(ops, ["const", "const", "const", "const", "const", "const", "conv"]);
+    assert_eq!(
+        ops,
+        ["const", "const", "const", "const", "const", "const", "conv"]
+    );
     // another program gives other identifiers in the manifest
     let other = coreml::package(&layout_program(), None, &WeightFiles::new()).unwrap();
     assert_ne!(a.files[0].1, other.files[0].1);
@@ -146,12 +168,16 @@ fn unpackageable_programs_are_clear_errors() {
     f.output(&x).unwrap();
     let mut int8_io = Program::new();
     int8_io.functions.push(f.finish());
-    assert!(err(coreml::package(&int8_io, None, &WeightFiles::new())).contains("fp16, fp32 or int32"));
+    assert!(
+        err(coreml::package(&int8_io, None, &WeightFiles::new())).contains("fp16, fp32 or int32")
+    );
 }
 
 /// Packages each program, has coremltools load them all, and compares every type.
 fn cross_check(cases: &[(&str, Program, Option<&str>, WeightFiles)]) {
-    let Some(py) = coremltools::python() else { return };
+    let Some(py) = coremltools::python() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut paths: Vec<PathBuf> = Vec::new();
     for (name, program, function, weights) in cases {
@@ -169,7 +195,13 @@ fn cross_check(cases: &[(&str, Program, Option<&str>, WeightFiles)]) {
     }
 }
 
-fn compare(name: &str, p: &Program, function: Option<&str>, w: &WeightFiles, got: &InferredPackage) {
+fn compare(
+    name: &str,
+    p: &Program,
+    function: Option<&str>,
+    w: &WeightFiles,
+    got: &InferredPackage,
+) {
     let f = match function {
         Some(n) => p.function(n).unwrap(),
         None => &p.functions[0],
@@ -185,7 +217,12 @@ fn compare(name: &str, p: &Program, function: Option<&str>, w: &WeightFiles, got
         assert_eq!(op.op, s.op, "{name}: {}", s.name);
         assert_eq!(op.dtype, s.ty.dtype().as_str(), "{name}: {}", s.name);
         assert_eq!(op.shape, s.ty.shape(), "{name}: {}", s.name);
-        if let Some(ane_mil::ir::Literal::Blob(b)) = s.attributes.iter().find(|(k, _)| k == "val").map(|(_, v)| v) {
+        if let Some(ane_mil::ir::Literal::Blob(b)) = s
+            .attributes
+            .iter()
+            .find(|(k, _)| k == "val")
+            .map(|(_, v)| v)
+        {
             let data = w.resolve(b).unwrap();
             let ours: Vec<f64> = match b.dtype {
                 DType::Fp16 => data.to_f16().iter().map(|v| v.to_f64()).collect(),
@@ -196,7 +233,10 @@ fn compare(name: &str, p: &Program, function: Option<&str>, w: &WeightFiles, got
             let sum: f64 = ours.iter().sum();
             let (theirs, count) = op.checksum.expect("a checksum for a weight constant");
             assert_eq!(count, ours.len(), "{name}: {}", s.name);
-            assert!((sum - theirs).abs() <= 1e-6 * (1.0 + sum.abs()), "{name}: {sum} vs {theirs}");
+            assert!(
+                (sum - theirs).abs() <= 1e-6 * (1.0 + sum.abs()),
+                "{name}: {sum} vs {theirs}"
+            );
         }
     }
 }
@@ -217,10 +257,16 @@ fn coremltools_accepts_our_packages_and_infers_our_types() {
 /// A wrong declared type must be caught by coremltools, or the cross-check proves nothing.
 #[test]
 fn coremltools_rejects_a_wrong_declared_shape() {
-    let Some(py) = coremltools::python() else { return };
+    let Some(py) = coremltools::python() else {
+        return;
+    };
     let mut p = layout_program();
     // declare the transpose's result with the input's (untransposed) shape
-    let t = p.functions[0].body.iter_mut().find(|s| s.name == "t").unwrap();
+    let t = p.functions[0]
+        .body
+        .iter_mut()
+        .find(|s| s.name == "t")
+        .unwrap();
     t.ty = ValueType::tensor(DType::Fp16, [1, 64, 32]);
     let model = coreml::model_proto(&p, None);
     // our own checker refuses it first
@@ -241,10 +287,25 @@ fn coremltools_rejects_a_wrong_declared_shape() {
         .block_specializations
         .get_mut("CoreML8")
         .unwrap();
-    let t_op = block.operations.iter_mut().find(|o| o.outputs[0].name == "t").unwrap();
-    let dims = &mut t_op.outputs[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().dimensions;
+    let t_op = block
+        .operations
+        .iter_mut()
+        .find(|o| o.outputs[0].name == "t")
+        .unwrap();
+    let dims = &mut t_op.outputs[0]
+        .r#type
+        .as_mut()
+        .unwrap()
+        .tensor_type
+        .as_mut()
+        .unwrap()
+        .dimensions;
     dims.swap(1, 2);
-    std::fs::write(pkg_dir.join("Data/com.apple.CoreML/model.mlmodel"), bad.encode_to_vec()).unwrap();
+    std::fs::write(
+        pkg_dir.join("Data/com.apple.CoreML/model.mlmodel"),
+        bad.encode_to_vec(),
+    )
+    .unwrap();
     let err = coremltools::check_packages(&py, &[&pkg_dir]).unwrap_err();
     assert!(err.contains("Mismatch"), "{err}");
 }

@@ -86,7 +86,8 @@ pub fn check_packages(py: &str, packages: &[&Path]) -> Result<Vec<InferredPackag
                 } else {
                     f[4].split('x').map(|d| d.parse().unwrap()).collect()
                 };
-                let checksum = (f.len() == 7).then(|| (f[5].parse().unwrap(), f[6].parse().unwrap()));
+                let checksum =
+                    (f.len() == 7).then(|| (f[5].parse().unwrap(), f[6].parse().unwrap()));
                 ops.push(InferredOp {
                     name: f[1].to_string(),
                     op: f[2].to_string(),
@@ -98,6 +99,10 @@ pub fn check_packages(py: &str, packages: &[&Path]) -> Result<Vec<InferredPackag
             _ => {}
         }
     }
-    assert_eq!(result.len(), packages.len(), "one description per package:\n{text}");
+    assert_eq!(
+        result.len(),
+        packages.len(),
+        "one description per package:\n{text}"
+    );
     Ok(result)
 }

@@ -41,7 +41,9 @@ pub enum PackageError {
     #[error("opset `{0}` has no known Core ML specification version (ios16, ios17, ios18)")]
     UnknownOpset(String),
     /// A model input or output of a type Core ML multi-arrays cannot carry.
-    #[error("`{name}` has type {ty}; Core ML inputs and outputs must be fp16, fp32 or int32 tensors")]
+    #[error(
+        "`{name}` has type {ty}; Core ML inputs and outputs must be fp16, fp32 or int32 tensors"
+    )]
     FeatureType {
         /// The parameter or output.
         name: String,
@@ -72,7 +74,10 @@ pub fn spec_version(opset: &str) -> Result<(i32, &'static str), PackageError> {
 }
 
 /// The ML Program protobuf for one function of `program` (the only one if `function` is None).
-pub fn model_proto(program: &Program, function: Option<&str>) -> Result<proto::Model, PackageError> {
+pub fn model_proto(
+    program: &Program,
+    function: Option<&str>,
+) -> Result<proto::Model, PackageError> {
     crate::check::check_program(program, None)?;
     let f = pick_function(program, function)?;
     let (spec, opset) = spec_version(&f.opset)?;
@@ -109,7 +114,12 @@ pub fn model_proto(program: &Program, function: Option<&str>) -> Result<proto::M
     let attributes = program
         .attributes
         .iter()
-        .map(|(k, v)| Ok((k.clone(), value(v).map_err(|why| program_attr_error(k, why))?)))
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                value(v).map_err(|why| program_attr_error(k, why))?,
+            ))
+        })
         .collect::<Result<BTreeMap<_, _>, PackageError>>()?;
     Ok(proto::Model {
         specification_version: spec,
@@ -140,7 +150,10 @@ fn program_attr_error(key: &str, why: String) -> PackageError {
     }
 }
 
-fn pick_function<'p>(program: &'p Program, name: Option<&str>) -> Result<&'p Function, PackageError> {
+fn pick_function<'p>(
+    program: &'p Program,
+    name: Option<&str>,
+) -> Result<&'p Function, PackageError> {
     match name {
         Some(n) => program
             .function(n)
@@ -309,7 +322,9 @@ fn value(lit: &Literal) -> Result<proto::Value, String> {
                     let bytes = v.iter().flat_map(|x: &f16| x.to_le_bytes()).collect();
                     tv.bytes = Some(proto::RepeatedBytes { values: bytes });
                 }
-                TensorData::Fp32(v) => tv.floats = Some(proto::RepeatedFloats { values: v.clone() }),
+                TensorData::Fp32(v) => {
+                    tv.floats = Some(proto::RepeatedFloats { values: v.clone() })
+                }
                 TensorData::Int8(v) => {
                     let bytes = v.iter().map(|&x| x as u8).collect();
                     tv.bytes = Some(proto::RepeatedBytes { values: bytes });
@@ -382,20 +397,36 @@ pub fn package(
     let mut files = Vec::new();
     let mut stored = BTreeMap::new();
     for b in program.blob_refs() {
-        let file = b.path.strip_prefix(WEIGHTS_PREFIX).filter(|f| !f.is_empty() && !f.contains('/'));
+        let file = b
+            .path
+            .strip_prefix(WEIGHTS_PREFIX)
+            .filter(|f| !f.is_empty() && !f.contains('/'));
         let file = file.ok_or_else(|| {
-            PackageError::Weights(b.path.clone(), format!("must be a file directly under {WEIGHTS_PREFIX}"))
+            PackageError::Weights(
+                b.path.clone(),
+                format!("must be a file directly under {WEIGHTS_PREFIX}"),
+            )
         })?;
         weights
             .resolve(b)
             .map_err(|e| PackageError::Weights(b.path.clone(), e.to_string()))?;
         if stored.insert(file.to_string(), ()).is_none() {
-            let bytes = weights.file(&b.path).expect("resolved above").bytes().to_vec();
+            let bytes = weights
+                .file(&b.path)
+                .expect("resolved above")
+                .bytes()
+                .to_vec();
             files.push((Path::new(DATA_DIR).join("weights").join(file), bytes));
         }
     }
     let digest = Sha256::digest(&model);
-    files.insert(0, (PathBuf::from("Manifest.json"), manifest(&digest).into_bytes()));
+    files.insert(
+        0,
+        (
+            PathBuf::from("Manifest.json"),
+            manifest(&digest).into_bytes(),
+        ),
+    );
     files.insert(1, (Path::new(DATA_DIR).join("model.mlmodel"), model));
     Ok(Package { files })
 }
@@ -421,7 +452,10 @@ impl Package {
 /// `Manifest.json` with two items (model, weights); identifiers from the model's hash.
 fn manifest(digest: &[u8]) -> String {
     let uuid = |salt: u8| {
-        let h = Sha256::new().chain_update([salt]).chain_update(digest).finalize();
+        let h = Sha256::new()
+            .chain_update([salt])
+            .chain_update(digest)
+            .finalize();
         let hex: String = h[..16].iter().map(|b| format!("{b:02X}")).collect();
         format!(
             "{}-{}-{}-{}-{}",

@@ -1,0 +1,65 @@
+//! Every kernel program the planner produces for a 7B-shaped prefill becomes a Core ML package
+//! that coremltools 9.0 loads with type inference, agreeing with the types we declare.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ane_mil::coreml;
+use ane_mil::WeightFiles;
+use ane_runtime::engine::reference::ReferenceEngine;
+use ane_runtime::matmul::plan::ModelDims;
+use ane_runtime::matmul::{kernel_shapes, matmul_program};
+use ane_runtime::Engine;
+use ane_testutil::coremltools;
+
+#[test]
+fn every_planned_kernel_packages_and_coremltools_agrees() {
+    let Some(py) = coremltools::python() else {
+        return;
+    };
+    let max_dim = ReferenceEngine::new().limits().max_dim;
+    let model = ModelDims::llama_7b();
+    let mut shapes = BTreeSet::new();
+    for (m, k) in model.weights() {
+        for n in [17, 64, 100, 128, 333, 512, 1000, 2048, 3000] {
+            shapes.extend(kernel_shapes(m, k, n, max_dim));
+        }
+    }
+    assert!(shapes.len() >= 24, "{} shapes", shapes.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut programs = Vec::new();
+    for &(m, k, n) in &shapes {
+        let program = matmul_program(m, k, n);
+        let path = dir.path().join(format!("mm_{m}x{k}x{n}.mlpackage"));
+        coreml::package(&program, None, &WeightFiles::new())
+            .unwrap()
+            .write_to(&path)
+            .unwrap();
+        programs.push((path, program));
+    }
+    let paths: Vec<&Path> = programs.iter().map(|(p, _)| p.as_path()).collect();
+    let inferred = coremltools::check_packages(&py, &paths).unwrap_or_else(|e| panic!("{e}"));
+    for ((path, program), got) in programs.iter().zip(&inferred) {
+        assert_eq!(got.spec_version, 9);
+        let f = &program.functions[0];
+        let ops = &got.functions[0].1;
+        for s in &f.body {
+            let op = ops
+                .iter()
+                .find(|o| o.name == s.name)
+                .unwrap_or_else(|| panic!("{}: no `{}`", path.display(), s.name));
+            assert_eq!(
+                (op.op.as_str(), op.dtype.as_str(), op.shape.as_slice()),
+                (s.op.as_str(), s.ty.dtype().as_str(), s.ty.shape()),
+                "{}: {}",
+                path.display(),
+                s.name
+            );
+        }
+    }
+    eprintln!(
+        "coremltools accepted {} planner kernel packages",
+        shapes.len()
+    );
+}
