@@ -6,6 +6,7 @@
 //! kernel reports → [`Kernel::eval`] as often as needed. Kernels are `Send + Sync`: several
 //! threads may evaluate one kernel at once, each with its own surfaces.
 
+pub mod live_layout;
 pub mod reference;
 
 use std::fmt;

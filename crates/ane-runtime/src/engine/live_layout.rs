@@ -1,0 +1,287 @@
+//! What the Apple engines learn from a compiled model, in portable Rust so Linux tests it.
+//!
+//! After `loadWithQoS`, `-[_ANEModel modelAttributes]` describes every procedure's live inputs
+//! and outputs (`NetworkStatusList[i].LiveInputList` / `LiveOutputList`): batches, channels,
+//! height, width, depth and the byte strides the hardware uses. The FFI layer converts that
+//! NSDictionary into an [`AttrValue`] tree; this module turns it into [`TensorLayout`]s
+//! (never guessed from the shape), sizes surfaces, and matches tensors to MIL parameters.
+//! The key names come from public reverse-engineering notes; they are unverified on hardware
+//! here (see docs/hardware-validation.md).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ane_mil::CheckedFunction;
+use ane_mil::ValueType;
+
+use crate::engine::{EngineKind, ProcedureInfo};
+use crate::error::{Error, Result};
+use crate::layout::{SurfaceDType, TensorLayout};
+
+/// A property-list value as read from an NSDictionary / NSArray / NSNumber / NSString.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    /// NSDictionary with string keys.
+    Dict(BTreeMap<String, AttrValue>),
+    /// NSArray.
+    Array(Vec<AttrValue>),
+    /// NSNumber holding an integer.
+    Int(i64),
+    /// NSNumber holding a float.
+    Float(f64),
+    /// NSString.
+    Str(String),
+    /// Anything else (kept so a dump shows it was there).
+    Other(String),
+}
+
+impl AttrValue {
+    /// `self[key]` for dictionaries.
+    pub fn get(&self, key: &str) -> Option<&AttrValue> {
+        match self {
+            AttrValue::Dict(d) => d.get(key),
+            _ => None,
+        }
+    }
+
+    /// The integer value (floats with no fraction count).
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            AttrValue::Int(i) => Some(*i),
+            AttrValue::Float(f) if f.fract() == 0.0 => Some(*f as i64),
+            _ => None,
+        }
+    }
+
+    /// The elements of an array.
+    pub fn as_array(&self) -> Option<&[AttrValue]> {
+        match self {
+            AttrValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One live input or output of a compiled procedure, as the hardware lays it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTensor {
+    /// The MIL parameter or output name (the framework's `@output` suffix removed).
+    pub name: String,
+    /// Element type.
+    pub dtype: SurfaceDType,
+    /// `[Batches, Channels, Height, Width]`.
+    pub dims: [usize; 4],
+    /// `Depth` (5-D tensors; we only accept 1).
+    pub depth: usize,
+    /// Bytes between rows.
+    pub row_stride: usize,
+    /// Bytes between channels.
+    pub plane_stride: usize,
+    /// Bytes between batches (also the bytes one batch needs).
+    pub batch_stride: usize,
+}
+
+fn bad(what: String) -> Error {
+    Error::Compile(format!("unexpected model attributes: {what}"))
+}
+
+fn field(d: &AttrValue, key: &str, ctx: &str) -> Result<usize> {
+    let v = d
+        .get(key)
+        .and_then(AttrValue::as_int)
+        .ok_or_else(|| bad(format!("{ctx}: no integer `{key}`")))?;
+    usize::try_from(v).map_err(|_| bad(format!("{ctx}: `{key}` = {v}")))
+}
+
+fn live_tensor(d: &AttrValue, ctx: &str) -> Result<LiveTensor> {
+    let raw_name = d
+        .get("Name")
+        .or_else(|| d.get("Symbol"))
+        .and_then(AttrValue::as_str)
+        .ok_or_else(|| bad(format!("{ctx}: no `Name` or `Symbol`")))?;
+    let name = raw_name
+        .strip_suffix("@output")
+        .unwrap_or(raw_name)
+        .to_string();
+    let ctx = format!("{ctx} `{name}`");
+    let ty = d.get("Type").map(|t| match t {
+        AttrValue::Str(s) => s.to_ascii_lowercase(),
+        other => format!("{other:?}"),
+    });
+    let dtype = match ty.as_deref() {
+        Some(t) if t.contains("16") => SurfaceDType::F16,
+        Some(t) if t.contains("32") => SurfaceDType::F32,
+        // no Type key: the program's declared type decides (checked by the caller)
+        None => SurfaceDType::F16,
+        Some(t) => return Err(bad(format!("{ctx}: element type {t}"))),
+    };
+    let depth = d.get("Depth").and_then(AttrValue::as_int).unwrap_or(1);
+    Ok(LiveTensor {
+        name,
+        dtype,
+        dims: [
+            field(d, "Batches", &ctx)?,
+            field(d, "Channels", &ctx)?,
+            field(d, "Height", &ctx)?,
+            field(d, "Width", &ctx)?,
+        ],
+        depth: usize::try_from(depth).unwrap_or(0),
+        row_stride: field(d, "RowStride", &ctx)?,
+        plane_stride: field(d, "PlaneStride", &ctx)?,
+        batch_stride: field(d, "BatchStride", &ctx)?,
+    })
+}
+
+/// The live inputs and outputs of procedure `index`, in the hardware's order.
+pub fn live_tensors(attrs: &AttrValue, index: usize) -> Result<(Vec<LiveTensor>, Vec<LiveTensor>)> {
+    let list = attrs
+        .get("NetworkStatusList")
+        .and_then(AttrValue::as_array)
+        .ok_or_else(|| bad("no NetworkStatusList array".into()))?;
+    let status = list
+        .get(index)
+        .ok_or_else(|| bad(format!("{} procedures, wanted #{index}", list.len())))?;
+    let side = |key: &str| -> Result<Vec<LiveTensor>> {
+        status
+            .get(key)
+            .and_then(AttrValue::as_array)
+            .ok_or_else(|| bad(format!("procedure #{index}: no {key}")))?
+            .iter()
+            .map(|t| live_tensor(t, key))
+            .collect()
+    };
+    Ok((side("LiveInputList")?, side("LiveOutputList")?))
+}
+
+/// The layout callers stage into, from the hardware's description of a MIL value.
+///
+/// Accepted when the hardware keeps the MIL tensor's row-major element order with its last
+/// dimension as the width (then flat rows `(b, c, h)` are the tensor's rows), the strides
+/// hold the rows, and rows are `row_alignment`-aligned. Anything else is refused with the
+/// numbers, so the kernel is never run on a layout we would stage wrongly.
+pub fn layout_from_live(
+    live: &LiveTensor,
+    declared: &ValueType,
+    row_alignment: usize,
+) -> Result<TensorLayout> {
+    let shape = declared.shape().to_vec();
+    let refuse = |why: &str| Error::Unsupported {
+        engine: EngineKind::Apple,
+        reason: format!("`{}` {declared}: hardware layout {live:?} {why}", live.name),
+    };
+    let dtype =
+        SurfaceDType::from_mil(declared.dtype()).ok_or_else(|| refuse("is not fp16/fp32"))?;
+    if dtype != live.dtype {
+        return Err(refuse("has another element type"));
+    }
+    if live.depth != 1 {
+        return Err(refuse("has depth > 1"));
+    }
+    let numel: usize = shape.iter().product();
+    let [b, c, h, w] = live.dims;
+    if b * c * h * w != numel || shape.last().copied().unwrap_or(1) != w {
+        return Err(refuse("does not keep the tensor's rows"));
+    }
+    let elem = dtype.size();
+    if live.row_stride < w * elem
+        || live.row_stride % row_alignment != 0
+        || (c > 1 || h > 1) && live.plane_stride < h * live.row_stride
+        || live.batch_stride < c * live.plane_stride.max(h * live.row_stride)
+    {
+        return Err(refuse("has strides that overlap or misalign rows"));
+    }
+    Ok(TensorLayout {
+        name: live.name.clone(),
+        dtype,
+        shape,
+        dims: live.dims,
+        row_stride: live.row_stride,
+        // a single-plane tensor may report 0 for the unused stride
+        plane_stride: live.plane_stride.max(h * live.row_stride),
+        batch_stride: live.batch_stride,
+    })
+}
+
+/// The procedure's layouts in MIL parameter and output order, and for each of them its
+/// index in the hardware's live list (what the request's `inputIndices` / `outputIndices`
+/// name).
+pub fn procedure_layouts(
+    attrs: &AttrValue,
+    index: usize,
+    function: &CheckedFunction,
+    row_alignment: usize,
+) -> Result<(ProcedureInfo, Vec<usize>, Vec<usize>)> {
+    let (ins, outs) = live_tensors(attrs, index)?;
+    let bind = |live: &[LiveTensor], name: &str, ty: &ValueType| -> Result<(TensorLayout, usize)> {
+        let (i, t) = live
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = live.iter().map(|t| t.name.as_str()).collect();
+                bad(format!(
+                    "`{}`: no live tensor `{name}` (has {known:?})",
+                    function.name
+                ))
+            })?;
+        Ok((layout_from_live(t, ty, row_alignment)?, i))
+    };
+    let mut inputs = Vec::new();
+    let mut input_index = Vec::new();
+    for p in &function.inputs {
+        let (l, i) = bind(&ins, &p.name, &p.ty)?;
+        inputs.push(l);
+        input_index.push(i);
+    }
+    let mut outputs = Vec::new();
+    let mut output_index = Vec::new();
+    for p in &function.outputs {
+        let (l, i) = bind(&outs, &p.name, &p.ty)?;
+        outputs.push(l);
+        output_index.push(i);
+    }
+    let info = ProcedureInfo {
+        name: function.name.clone(),
+        inputs,
+        outputs,
+    };
+    Ok((info, input_index, output_index))
+}
+
+/// Bytes to allocate for a surface holding `bytes`: page-rounded (16 KiB) and at least
+/// 48 KiB, the smallest evaluation surface reported to work.
+pub fn surface_alloc_size(bytes: usize) -> usize {
+    const PAGE: usize = 16 * 1024;
+    const MIN: usize = 48 * 1024;
+    bytes.max(MIN).div_ceil(PAGE) * PAGE
+}
+
+/// Runs `f` up to `attempts` times, sleeping `backoff`, then twice that, ... between tries.
+/// Loads can fail transiently while the daemon reclaims slots.
+pub fn retry<T, E>(
+    attempts: u32,
+    backoff: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut wait = backoff;
+    let mut tries = 1;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if tries >= attempts.max(1) => return Err(e),
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+                tries += 1;
+            }
+        }
+    }
+}

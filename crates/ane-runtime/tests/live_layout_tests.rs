@@ -1,0 +1,166 @@
+//! Hardware layouts from `modelAttributes`-shaped trees: binding by name, refusing layouts we
+//! would stage wrongly, surface sizes, retries. The trees follow the key names documented in
+//! public reverse-engineering notes; a Mac confirms them (docs/hardware-validation.md).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ane_mil::check_program;
+use ane_runtime::engine::live_layout::{
+    layout_from_live, live_tensors, procedure_layouts, retry, surface_alloc_size, AttrValue,
+    LiveTensor,
+};
+use ane_runtime::matmul::matmul_program;
+use ane_runtime::{Error, SurfaceDType};
+
+fn dict(entries: &[(&str, AttrValue)]) -> AttrValue {
+    AttrValue::Dict(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn tensor(name: &str, c: i64, h: i64, w: i64, row: i64) -> AttrValue {
+    dict(&[
+        ("Name", AttrValue::Str(name.into())),
+        ("Type", AttrValue::Str("Float16".into())),
+        ("Batches", AttrValue::Int(1)),
+        ("Channels", AttrValue::Int(c)),
+        ("Height", AttrValue::Int(h)),
+        ("Width", AttrValue::Int(w)),
+        ("Depth", AttrValue::Int(1)),
+        ("RowStride", AttrValue::Int(row)),
+        ("PlaneStride", AttrValue::Int(row * h)),
+        ("BatchStride", AttrValue::Int(row * h * c)),
+    ])
+}
+
+/// A matmul kernel `y[64, 40] = a[64, 96] · b[40, 96]ᵀ` as the hardware might report it, with
+/// the inputs listed in the opposite order to the MIL parameters.
+fn attrs(a_width: i64) -> AttrValue {
+    dict(&[(
+        "NetworkStatusList",
+        AttrValue::Array(vec![dict(&[
+            (
+                "LiveInputList",
+                AttrValue::Array(vec![
+                    tensor("b", 40, 1, 96, 192),
+                    tensor("a", 64, 1, a_width, 192),
+                ]),
+            ),
+            (
+                "LiveOutputList",
+                AttrValue::Array(vec![tensor("y@output", 64, 1, 40, 128)]),
+            ),
+        ])]),
+    )])
+}
+
+#[test]
+fn layouts_bind_by_name_and_keep_the_hardware_strides() {
+    let program = matmul_program(40, 96, 64);
+    let checked = check_program(&program, None).unwrap();
+    let (info, in_idx, out_idx) = procedure_layouts(&attrs(96), 0, &checked[0], 64).unwrap();
+    assert_eq!(in_idx, [1, 0], "a is the hardware's second input");
+    assert_eq!(out_idx, [0]);
+    assert_eq!(info.inputs[0].name, "a");
+    assert_eq!(info.inputs[0].dims, [1, 64, 1, 96]);
+    assert_eq!(info.inputs[0].shape, [64, 96]);
+    assert_eq!(info.inputs[0].row_stride, 192);
+    assert_eq!(info.outputs[0].name, "y");
+    assert_eq!(
+        info.outputs[0].row_stride, 128,
+        "40 fp16 = 80 bytes, padded to 128"
+    );
+    assert_eq!(info.outputs[0].byte_len(), 64 * 128);
+}
+
+#[test]
+fn layouts_that_would_be_staged_wrongly_are_refused() {
+    let program = matmul_program(40, 96, 64);
+    let checked = check_program(&program, None).unwrap();
+    let f = &checked[0];
+    // a[64, 96] reported as 96 channels of width 64: the rows are not the tensor's rows
+    let mut transposed = attrs(96);
+    if let AttrValue::Dict(d) = &mut transposed {
+        d.insert(
+            "NetworkStatusList".into(),
+            AttrValue::Array(vec![dict(&[
+                (
+                    "LiveInputList",
+                    AttrValue::Array(vec![
+                        tensor("a", 96, 1, 64, 128),
+                        tensor("b", 40, 1, 96, 192),
+                    ]),
+                ),
+                (
+                    "LiveOutputList",
+                    AttrValue::Array(vec![tensor("y", 64, 1, 40, 128)]),
+                ),
+            ])]),
+        );
+    }
+    let err = procedure_layouts(&transposed, 0, f, 64).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("rows"), "{err}");
+
+    let ty = ane_mil::ValueType::tensor(ane_mil::DType::Fp16, [64, 96]);
+    let live = |row_stride| LiveTensor {
+        name: "a".into(),
+        dtype: SurfaceDType::F16,
+        dims: [1, 64, 1, 96],
+        depth: 1,
+        row_stride,
+        plane_stride: row_stride,
+        batch_stride: 64 * row_stride,
+    };
+    assert!(layout_from_live(&live(192), &ty, 64).is_ok());
+    assert!(
+        layout_from_live(&live(160), &ty, 64).is_err(),
+        "rows shorter than the data"
+    );
+    assert!(
+        layout_from_live(&live(200), &ty, 64).is_err(),
+        "rows not 64-byte aligned"
+    );
+    let fp32 = ane_mil::ValueType::tensor(ane_mil::DType::Fp32, [64, 96]);
+    assert!(
+        layout_from_live(&live(192), &fp32, 64).is_err(),
+        "element type differs"
+    );
+
+    // a missing tensor and a missing procedure name what is there
+    let err = procedure_layouts(&attrs(96), 1, f, 64).unwrap_err();
+    assert!(err.to_string().contains("1 procedures"), "{err}");
+    assert!(live_tensors(&dict(&[]), 0).is_err());
+}
+
+#[test]
+fn surfaces_are_page_rounded_and_at_least_48_kib() {
+    assert_eq!(surface_alloc_size(1), 48 * 1024);
+    assert_eq!(surface_alloc_size(48 * 1024), 48 * 1024);
+    assert_eq!(surface_alloc_size(48 * 1024 + 1), 64 * 1024);
+    assert_eq!(surface_alloc_size(1 << 20), 1 << 20);
+}
+
+#[test]
+fn retry_stops_at_success_or_after_the_last_attempt() {
+    let mut calls = 0;
+    let r: Result<u32, String> = retry(3, Duration::from_millis(1), || {
+        calls += 1;
+        if calls < 2 {
+            Err(format!("busy {calls}"))
+        } else {
+            Ok(calls)
+        }
+    });
+    assert_eq!(r, Ok(2));
+    let mut calls = 0;
+    let r: Result<(), String> = retry(3, Duration::from_millis(1), || {
+        calls += 1;
+        Err(format!("busy {calls}"))
+    });
+    assert_eq!(r, Err("busy 3".to_string()));
+}
