@@ -35,10 +35,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "type check for aarch64-apple-darwin"
+step "type check for aarch64-apple-darwin (the apple and coreml engines, objc2)"
 if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
   # ane-cli is left out: npyz pulls in psm, whose build script assembles with a macOS cc.
-  cargo clippy --target aarch64-apple-darwin -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
+  cargo clippy --target aarch64-apple-darwin --all-features -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
 else
   echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
 fi

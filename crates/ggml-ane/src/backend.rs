@@ -40,14 +40,19 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
         let choice = EngineChoice::from_env().map_err(|e| e.to_string())?;
         let engine = engine::create(choice).map_err(|e| e.to_string())?;
         let info = engine.info();
-        if choice == EngineChoice::Auto {
-            for r in engine::auto_fallback_reasons() {
-                log(GGML_LOG_LEVEL_INFO, &format!("ggml-ane: {r}"));
-            }
-        }
+        // one line: which engine, and why auto passed over the ones before it
+        let passed_over = match choice {
+            EngineChoice::Auto => engine::auto_fallback_reasons(),
+            EngineChoice::Only(_) => Vec::new(),
+        };
+        let why = if passed_over.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", passed_over.join("; "))
+        };
         log(
             GGML_LOG_LEVEL_INFO,
-            &format!("ggml-ane: using the {} engine", info.kind),
+            &format!("ggml-ane: using the {} engine{why}", info.kind),
         );
         let min_batch = std::env::var("GGML_ANE_MIN_BATCH")
             .ok()

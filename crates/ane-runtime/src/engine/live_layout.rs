@@ -256,6 +256,15 @@ pub fn procedure_layouts(
     Ok((info, input_index, output_index))
 }
 
+/// Shape and element strides describing `l` to Core ML (`MLMultiArray`), at the MIL value's
+/// rank: the array then reads and writes the surface in place, padding skipped.
+pub fn multiarray_shape_strides(l: &TensorLayout) -> (Vec<usize>, Vec<usize>) {
+    let e = l.dtype.size();
+    let all = [l.batch_stride / e, l.plane_stride / e, l.row_stride / e, 1];
+    let r = l.shape.len();
+    (l.shape.clone(), all[4 - r..].to_vec())
+}
+
 /// Bytes to allocate for a surface holding `bytes`: page-rounded (16 KiB) and at least
 /// 48 KiB, the smallest evaluation surface reported to work.
 pub fn surface_alloc_size(bytes: usize) -> usize {

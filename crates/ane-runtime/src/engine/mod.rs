@@ -6,7 +6,12 @@
 //! kernel reports → [`Kernel::eval`] as often as needed. Kernels are `Send + Sync`: several
 //! threads may evaluate one kernel at once, each with its own surfaces.
 
+#[cfg(target_os = "macos")]
+pub mod apple;
+#[cfg(target_os = "macos")]
+pub mod coreml;
 pub mod live_layout;
+pub mod model_dir;
 pub mod reference;
 
 use std::fmt;
@@ -298,30 +303,46 @@ impl CompileCounter {
 /// reference; [`auto_fallback_reasons`] says why the earlier ones were passed over.
 pub fn create(choice: EngineChoice) -> Result<Arc<dyn Engine>> {
     match choice {
-        EngineChoice::Only(EngineKind::Reference) | EngineChoice::Auto => {
-            Ok(Arc::new(reference::ReferenceEngine::new()))
-        }
-        EngineChoice::Only(kind) => Err(unavailable(kind)),
+        EngineChoice::Only(kind) => create_kind(kind),
+        EngineChoice::Auto => [EngineKind::Apple, EngineKind::CoreMl]
+            .into_iter()
+            .find_map(|k| create_kind(k).ok())
+            .map_or_else(|| create_kind(EngineKind::Reference), Ok),
     }
 }
 
-/// Why `auto` did not pick the Apple engines, one line each.
-pub fn auto_fallback_reasons() -> Vec<String> {
-    [EngineKind::Apple, EngineKind::CoreMl]
-        .into_iter()
-        .map(|k| unavailable(k).to_string())
-        .collect()
+fn create_kind(kind: EngineKind) -> Result<Arc<dyn Engine>> {
+    match kind {
+        EngineKind::Reference => Ok(Arc::new(reference::ReferenceEngine::new())),
+        #[cfg(target_os = "macos")]
+        EngineKind::Apple => Ok(Arc::new(apple::AppleEngine::new()?)),
+        #[cfg(target_os = "macos")]
+        EngineKind::CoreMl => Ok(Arc::new(coreml::CoreMlEngine::new()?)),
+        #[cfg(not(target_os = "macos"))]
+        other => Err(unavailable(other)),
+    }
 }
 
-/// Why an Apple engine cannot be created in this build.
+/// Why `auto` did not pick the Apple engines, one line each (empty when it picked one).
+pub fn auto_fallback_reasons() -> Vec<String> {
+    let mut reasons = Vec::new();
+    for kind in [EngineKind::Apple, EngineKind::CoreMl] {
+        match create_kind(kind) {
+            Ok(_) => return reasons,
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    reasons
+}
+
+/// Why an Apple engine cannot be created on this platform.
 pub fn unavailable(kind: EngineKind) -> Error {
-    let reason = if cfg!(target_os = "macos") {
-        "not implemented in this build yet (see issue #4)".to_string()
-    } else {
-        format!(
-            "needs macOS on Apple silicon (this is {})",
-            std::env::consts::OS
-        )
-    };
-    Error::EngineUnavailable { kind, reason }
+    Error::EngineUnavailable {
+        kind,
+        reason: format!(
+            "needs macOS on Apple silicon (this is {} {})",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        ),
+    }
 }

@@ -1,4 +1,6 @@
-//! The crate's only `unsafe`: calls into raw-pointer APIs, each wrapped in a safe function
-//! that checks every bound first.
+//! The crate's only `unsafe`: calls into raw-pointer APIs (gemm; on macOS the Objective-C
+//! frameworks), each wrapped in a safe function that checks what it can first.
 
+#[cfg(target_os = "macos")]
+pub(crate) mod apple;
 pub(crate) mod gemm;

@@ -1,0 +1,174 @@
+//! The `apple` engine: the private `_ANEInMemoryModel` path (macOS on Apple silicon).
+//!
+//! Compile = descriptor from the printed MIL text and the weight files, the framework's
+//! folder prepared ([`ModelDir`]), `compileWithQoS` unless the daemon already has the
+//! program (`compiledModelExists`), `loadWithQoS` with a bounded retry, then the layouts read
+//! from `modelAttributes` ([`live_layout`](super::live_layout)), IOSurfaces sized from them and
+//! one request per procedure built once. Every model load takes one unit of the process
+//! budget (default 100, under the ~119 wall; `GGML_ANE_COMPILE_BUDGET`).
+//!
+//! Written to the documented call sequence; not yet run on hardware (docs/hardware-validation.md).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ane_mil::{check_program, print_program, Program, WeightFiles};
+
+use super::live_layout::{procedure_layouts, retry, surface_alloc_size};
+use super::model_dir::ModelDir;
+use super::{
+    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+};
+use crate::error::{Error, Result};
+use crate::ffi::apple::ane::{self, Framework, InMemoryModel, Request};
+use crate::ffi::apple::iosurface::IoSurface;
+use crate::surface::Surface;
+
+/// Budget below the ~119 compiles the ANE allows per process.
+pub const DEFAULT_COMPILE_BUDGET: u32 = 100;
+/// Largest tensor dimension the ANE loads.
+pub const MAX_DIM: usize = 16384;
+/// Row strides are multiples of 64 bytes on the ANE.
+pub const ROW_ALIGNMENT: usize = 64;
+const LOAD_ATTEMPTS: u32 = 3;
+const LOAD_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The private-API engine.
+pub struct AppleEngine {
+    fw: &'static Framework,
+    counter: CompileCounter,
+}
+
+impl AppleEngine {
+    /// Opens the framework; fails with the reason when a class or selector is missing.
+    pub fn new() -> Result<Self> {
+        let fw = ane::framework().map_err(|reason| Error::EngineUnavailable {
+            kind: EngineKind::Apple,
+            reason,
+        })?;
+        let budget = std::env::var("GGML_ANE_COMPILE_BUDGET")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_COMPILE_BUDGET);
+        Ok(AppleEngine {
+            fw,
+            counter: CompileCounter::process(EngineKind::Apple, Some(budget)),
+        })
+    }
+}
+
+impl Engine for AppleEngine {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            kind: EngineKind::Apple,
+            description: "Apple Neural Engine (private _ANEInMemoryModel path)".to_string(),
+            details: ane::device_info(self.fw),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_dim: MAX_DIM,
+            row_alignment: ROW_ALIGNMENT,
+            compile_budget: self.counter.budget(),
+            compiles_used: self.counter.used(),
+        }
+    }
+
+    fn build_id(&self) -> String {
+        // the daemon keeps its own cache keyed by the program hash; ours adds the OS build
+        format!("apple-{}", std::env::consts::ARCH)
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        let checked = check_program(program, Some(weights))?;
+        let text = print_program(program);
+        let files: Vec<(String, Vec<u8>)> = weights
+            .iter()
+            .map(|(p, f)| (p.to_string(), f.bytes().to_vec()))
+            .collect();
+        let model = InMemoryModel::new(self.fw, &text, &files).map_err(Error::Compile)?;
+        let hex = model.hex_id().map_err(Error::Compile)?;
+        let dir = ModelDir::acquire(ane::temporary_directory().join(&hex), &text, weights)
+            .map_err(|e| Error::Compile(format!("preparing the model folder: {e}")))?;
+        self.counter.take()?;
+        if !model.compiled_exists() {
+            model.compile().map_err(Error::Compile)?;
+        }
+        retry(LOAD_ATTEMPTS, LOAD_BACKOFF, || model.load()).map_err(Error::Compile)?;
+        // from here on the model is loaded: dropping the kernel unloads it
+        let mut kernel = AppleKernel {
+            model,
+            procedures: Vec::new(),
+            state: Mutex::new(Vec::new()),
+            _dir: dir,
+        };
+        let attrs = kernel.model.attributes().map_err(Error::Compile)?;
+        let mut states = Vec::new();
+        for (i, f) in checked.iter().enumerate() {
+            let (info, in_idx, out_idx) = procedure_layouts(&attrs, i, f, ROW_ALIGNMENT)?;
+            let alloc = |l: &crate::layout::TensorLayout| {
+                IoSurface::new(surface_alloc_size(l.byte_len())).map_err(Error::Compile)
+            };
+            let ins = info.inputs.iter().map(alloc).collect::<Result<Vec<_>>>()?;
+            let outs = info.outputs.iter().map(alloc).collect::<Result<Vec<_>>>()?;
+            let in_refs: Vec<&IoSurface> = ins.iter().collect();
+            let out_refs: Vec<&IoSurface> = outs.iter().collect();
+            let request = Request::new(self.fw, &in_refs, &in_idx, &out_refs, &out_idx, i)
+                .map_err(Error::Compile)?;
+            kernel.procedures.push(info);
+            states.push(ProcedureState { ins, outs, request });
+        }
+        kernel.state = Mutex::new(states);
+        Ok(Box::new(kernel))
+    }
+}
+
+/// One procedure's surfaces and its reusable request.
+struct ProcedureState {
+    ins: Vec<IoSurface>,
+    outs: Vec<IoSurface>,
+    request: Request,
+}
+
+/// A loaded program. Evaluations are serialised: the surfaces belong to the kernel.
+struct AppleKernel {
+    model: InMemoryModel,
+    procedures: Vec<ProcedureInfo>,
+    state: Mutex<Vec<ProcedureState>>,
+    _dir: ModelDir,
+}
+
+impl Kernel for AppleKernel {
+    fn procedures(&self) -> &[ProcedureInfo] {
+        &self.procedures
+    }
+
+    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+        let proc_ = self
+            .procedures
+            .get(index)
+            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+        check_surfaces(proc_, inputs, outputs)?;
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &state[index];
+        // one copy each way; our surfaces already have the hardware's strides
+        for (surface, s) in p.ins.iter().zip(inputs) {
+            surface.write(s.as_bytes()).map_err(Error::Eval)?;
+        }
+        self.model.evaluate(&p.request).map_err(Error::Eval)?;
+        for (surface, s) in p.outs.iter().zip(outputs.iter_mut()) {
+            surface.read(s.as_bytes_mut()).map_err(Error::Eval)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AppleKernel {
+    fn drop(&mut self) {
+        if let Err(e) = self.model.unload() {
+            // nothing to return to; the next load will tell if the slot leaked
+            eprintln!("ggml-ane: unloading a kernel failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The `coreml` engine: public Core ML (macOS). Each function of a program becomes a Core ML
+//! package ([`ane_mil::coreml`]), compiled once with `MLModel.compileModel` and kept as
+//! `<cache>/coreml/<hash>.mlmodelc`, loaded with `.cpuAndNeuralEngine`. Predictions read
+//! and write our surfaces through multi-arrays over their memory (no copy where Core ML
+//! honours `outputBackings`). Core ML decides placement; ops it cannot put on the ANE run on
+//! the CPU inside Core ML, still correctly.
+//!
+//! Written to Apple's documented API; not yet run on hardware (docs/hardware-validation.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ane_mil::{check_program, Program, WeightFiles};
+use sha2::{Digest, Sha256};
+
+use super::{
+    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+};
+use crate::error::{Error, Result};
+use crate::ffi::apple::coreml::{compile_package, LoadedModel};
+use crate::layout::{SurfaceDType, TensorLayout};
+use crate::surface::Surface;
+
+/// The Core ML engine.
+pub struct CoreMlEngine {
+    models_dir: PathBuf,
+    counter: CompileCounter,
+}
+
+impl CoreMlEngine {
+    /// Compiled models go under the kernel cache folder (or the temp folder with the cache off).
+    pub fn new() -> Result<Self> {
+        let base = crate::disk_cache::DiskCache::from_env()
+            .map(|c| c.dir().to_path_buf())
+            .unwrap_or_else(|| std::env::temp_dir().join("ggml-ane"));
+        let models_dir = base.join("coreml");
+        std::fs::create_dir_all(&models_dir).map_err(|e| Error::EngineUnavailable {
+            kind: EngineKind::CoreMl,
+            reason: format!("cannot create {}: {e}", models_dir.display()),
+        })?;
+        Ok(CoreMlEngine {
+            models_dir,
+            counter: CompileCounter::process(EngineKind::CoreMl, None),
+        })
+    }
+
+    /// The compiled model for one package, compiling it on first use.
+    fn compiled(&self, package: &ane_mil::coreml::Package) -> Result<PathBuf> {
+        let mut h = Sha256::new();
+        for (path, bytes) in &package.files {
+            h.update(path.to_string_lossy().as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        let key: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let target = self.models_dir.join(format!("{key}.mlmodelc"));
+        if target.is_dir() {
+            return Ok(target);
+        }
+        self.counter.take()?;
+        let staging = self
+            .models_dir
+            .join(format!("{key}.{}.mlpackage", std::process::id()));
+        package
+            .write_to(&staging)
+            .map_err(|e| Error::Compile(format!("writing {}: {e}", staging.display())))?;
+        let compiled = compile_package(&staging);
+        let _ = std::fs::remove_dir_all(&staging);
+        let compiled = compiled.map_err(Error::Compile)?;
+        move_dir(&compiled, &target)
+            .map_err(|e| Error::Compile(format!("keeping {}: {e}", target.display())))?;
+        Ok(target)
+    }
+}
+
+/// Renames, or copies then removes across file systems; another process that got there
+/// first wins (the content is the same).
+fn move_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.is_dir() {
+        let _ = std::fs::remove_dir_all(from);
+        return Ok(());
+    }
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    copy_dir(from, to)?;
+    std::fs::remove_dir_all(from)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+impl Engine for CoreMlEngine {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            kind: EngineKind::CoreMl,
+            description: "Apple Neural Engine through Core ML (cpuAndNeuralEngine)".to_string(),
+            details: vec![("models".to_string(), self.models_dir.display().to_string())],
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_dim: super::apple::MAX_DIM,
+            row_alignment: super::apple::ROW_ALIGNMENT,
+            compile_budget: None,
+            compiles_used: self.counter.used(),
+        }
+    }
+
+    fn build_id(&self) -> String {
+        format!("coreml-{}", std::env::consts::ARCH)
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        let checked = check_program(program, Some(weights))?;
+        let mut procedures = Vec::new();
+        let mut models = Vec::new();
+        for f in &checked {
+            let package =
+                ane_mil::coreml::package(program, Some(&f.name), weights).map_err(|e| {
+                    Error::Unsupported {
+                        engine: EngineKind::CoreMl,
+                        reason: e.to_string(),
+                    }
+                })?;
+            let path = self.compiled(&package)?;
+            models.push(Mutex::new(
+                LoadedModel::load(&path).map_err(Error::Compile)?,
+            ));
+            let layout = |p: &ane_mil::ir::Param| {
+                let dtype =
+                    SurfaceDType::from_mil(p.ty.dtype()).ok_or_else(|| Error::Unsupported {
+                        engine: EngineKind::CoreMl,
+                        reason: format!("`{}` is {}, not fp16/fp32", p.name, p.ty),
+                    })?;
+                TensorLayout::packed(&p.name, dtype, p.ty.shape(), super::apple::ROW_ALIGNMENT)
+            };
+            procedures.push(ProcedureInfo {
+                name: f.name.clone(),
+                inputs: f.inputs.iter().map(layout).collect::<Result<_>>()?,
+                outputs: f.outputs.iter().map(layout).collect::<Result<_>>()?,
+            });
+        }
+        Ok(Box::new(CoreMlKernel { procedures, models }))
+    }
+}
+
+/// One loaded Core ML model per procedure.
+struct CoreMlKernel {
+    procedures: Vec<ProcedureInfo>,
+    models: Vec<Mutex<LoadedModel>>,
+}
+
+impl Kernel for CoreMlKernel {
+    fn procedures(&self) -> &[ProcedureInfo] {
+        &self.procedures
+    }
+
+    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+        let proc_ = self
+            .procedures
+            .get(index)
+            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+        check_surfaces(proc_, inputs, outputs)?;
+        let model = self.models[index].lock().unwrap_or_else(|e| e.into_inner());
+        model.predict(inputs, outputs).map_err(Error::Eval)
+    }
+}

@@ -1,0 +1,436 @@
+//! The private `_ANE*` classes of AppleNeuralEngine.framework, declared with typed objc2
+//! wrappers. Selector names and argument types follow the call sequence every working
+//! project uses (ane-tech.md §0); they are reverse-engineered, so each one is checked with
+//! `respondsToSelector:` when the framework is opened and a missing one is an error there,
+//! never an Objective-C exception later.
+
+use std::ffi::CStr;
+use std::sync::OnceLock;
+
+use objc2::rc::{autoreleasepool, Retained};
+use objc2::runtime::{AnyClass, AnyObject, NSObject, Sel};
+use objc2::{extern_class, extern_methods, msg_send, sel};
+use objc2_foundation::{NSArray, NSData, NSDictionary, NSNumber, NSString};
+
+use super::attrs::dict_to_attr;
+use super::iosurface::IoSurface;
+use super::ns_result;
+use crate::engine::live_layout::AttrValue;
+
+const FRAMEWORK: &CStr =
+    c"/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";
+
+/// QoS for compile, load and evaluate: "Default" (21), what every working project passes.
+pub(crate) const QOS: u32 = 21;
+
+extern_class!(
+    /// `_ANEInMemoryModelDescriptor`: MIL text + weights, before compilation.
+    #[unsafe(super(NSObject))]
+    #[name = "_ANEInMemoryModelDescriptor"]
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    pub(crate) struct AneDescriptor;
+);
+
+impl AneDescriptor {
+    extern_methods!(
+        /// `+modelWithMILText:weights:optionsPlist:`; the text is UTF-8 NSData (not NSString).
+        #[unsafe(method(modelWithMILText:weights:optionsPlist:))]
+        #[unsafe(method_family = none)]
+        unsafe fn with_mil(
+            text: &NSData,
+            weights: &NSDictionary<NSString, AnyObject>,
+            options: Option<&NSData>,
+        ) -> Option<Retained<Self>>;
+    );
+}
+
+extern_class!(
+    /// `_ANEInMemoryModel`: compiles, loads, evaluates.
+    #[unsafe(super(NSObject))]
+    #[name = "_ANEInMemoryModel"]
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    pub(crate) struct AneModel;
+);
+
+impl AneModel {
+    extern_methods!(
+        #[unsafe(method(inMemoryModelWithDescriptor:))]
+        #[unsafe(method_family = none)]
+        unsafe fn with_descriptor(d: &AneDescriptor) -> Option<Retained<Self>>;
+
+        #[unsafe(method(hexStringIdentifier))]
+        #[unsafe(method_family = none)]
+        unsafe fn hex_string_identifier(&self) -> Option<Retained<NSString>>;
+
+        #[unsafe(method(compiledModelExists))]
+        #[unsafe(method_family = none)]
+        unsafe fn compiled_model_exists(&self) -> bool;
+
+        #[unsafe(method(compileWithQoS:options:error:_))]
+        #[unsafe(method_family = none)]
+        unsafe fn compile_with_qos(
+            &self,
+            qos: u32,
+            options: &NSDictionary<NSString, AnyObject>,
+        ) -> Result<(), Retained<objc2_foundation::NSError>>;
+
+        #[unsafe(method(loadWithQoS:options:error:_))]
+        #[unsafe(method_family = none)]
+        unsafe fn load_with_qos(
+            &self,
+            qos: u32,
+            options: &NSDictionary<NSString, AnyObject>,
+        ) -> Result<(), Retained<objc2_foundation::NSError>>;
+
+        #[unsafe(method(evaluateWithQoS:options:request:error:_))]
+        #[unsafe(method_family = none)]
+        unsafe fn evaluate_with_qos(
+            &self,
+            qos: u32,
+            options: &NSDictionary<NSString, AnyObject>,
+            request: &AneRequest,
+        ) -> Result<(), Retained<objc2_foundation::NSError>>;
+
+        #[unsafe(method(unloadWithQoS:error:_))]
+        #[unsafe(method_family = none)]
+        unsafe fn unload_with_qos(
+            &self,
+            qos: u32,
+        ) -> Result<(), Retained<objc2_foundation::NSError>>;
+
+        /// The underlying `_ANEModel`.
+        #[unsafe(method(model))]
+        #[unsafe(method_family = none)]
+        unsafe fn model(&self) -> Option<Retained<AnyObject>>;
+    );
+}
+
+extern_class!(
+    /// `_ANEIOSurfaceObject`: an IOSurface as the request takes it.
+    #[unsafe(super(NSObject))]
+    #[name = "_ANEIOSurfaceObject"]
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    pub(crate) struct AneSurfaceObject;
+);
+
+impl AneSurfaceObject {
+    extern_methods!(
+        #[unsafe(method(objectWithIOSurface:))]
+        #[unsafe(method_family = none)]
+        unsafe fn with_surface(surface: &objc2_io_surface::IOSurfaceRef) -> Option<Retained<Self>>;
+    );
+}
+
+extern_class!(
+    /// `_ANERequest`: which surfaces a procedure reads and writes.
+    #[unsafe(super(NSObject))]
+    #[name = "_ANERequest"]
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    pub(crate) struct AneRequest;
+);
+
+impl AneRequest {
+    extern_methods!(
+        #[unsafe(method(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:))]
+        #[unsafe(method_family = none)]
+        unsafe fn with_surfaces(
+            inputs: &NSArray<AneSurfaceObject>,
+            input_indices: &NSArray<NSNumber>,
+            outputs: &NSArray<AneSurfaceObject>,
+            output_indices: &NSArray<NSNumber>,
+            weights_buffer: Option<&AnyObject>,
+            perf_stats: Option<&AnyObject>,
+            procedure_index: &NSNumber,
+        ) -> Option<Retained<Self>>;
+    );
+}
+
+/// Proof that the framework is open and every class and selector we call exists.
+#[derive(Debug)]
+pub(crate) struct Framework(());
+
+/// Opens the framework once per process and checks every class and selector.
+pub(crate) fn framework() -> Result<&'static Framework, String> {
+    static OPENED: OnceLock<Result<Framework, String>> = OnceLock::new();
+    OPENED.get_or_init(open).as_ref().map_err(Clone::clone)
+}
+
+fn open() -> Result<Framework, String> {
+    // SAFETY: dlopen with a constant NUL-terminated path; the handle is kept for the life of
+    // the process (never dlclose'd), so the classes it registers stay valid.
+    let handle = unsafe { libc::dlopen(FRAMEWORK.as_ptr(), libc::RTLD_NOW) };
+    if handle.is_null() {
+        return Err(format!(
+            "cannot open {} (not Apple silicon, or a macOS without it)",
+            FRAMEWORK.to_string_lossy()
+        ));
+    }
+    let class = |name: &CStr| {
+        AnyClass::get(name).ok_or_else(|| format!("class {} missing", name.to_string_lossy()))
+    };
+    let need = |cls: &AnyClass, sel: Sel, class_method: bool| {
+        let ok = if class_method {
+            cls.metaclass().responds_to(sel)
+        } else {
+            cls.responds_to(sel)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} does not respond to {sel}",
+                cls.name().to_string_lossy()
+            ))
+        }
+    };
+    let desc = class(c"_ANEInMemoryModelDescriptor")?;
+    need(desc, sel!(modelWithMILText:weights:optionsPlist:), true)?;
+    let model = class(c"_ANEInMemoryModel")?;
+    need(model, sel!(inMemoryModelWithDescriptor:), true)?;
+    for s in [
+        sel!(hexStringIdentifier),
+        sel!(compiledModelExists),
+        sel!(compileWithQoS:options:error:),
+        sel!(loadWithQoS:options:error:),
+        sel!(evaluateWithQoS:options:request:error:),
+        sel!(unloadWithQoS:error:),
+        sel!(model),
+    ] {
+        need(model, s, false)?;
+    }
+    need(
+        class(c"_ANEIOSurfaceObject")?,
+        sel!(objectWithIOSurface:),
+        true,
+    )?;
+    need(
+        class(c"_ANERequest")?,
+        sel!(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:),
+        true,
+    )?;
+    Ok(Framework(()))
+}
+
+/// `_ANEDeviceInfo` facts as strings, through key-value coding so each value arrives boxed
+/// whatever its primitive type (a wrong guess at a return type would be undefined behaviour).
+pub(crate) fn device_info(_fw: &Framework) -> Vec<(String, String)> {
+    let Some(cls) = AnyClass::get(c"_ANEDeviceInfo") else {
+        return vec![("device".into(), "_ANEDeviceInfo missing".into())];
+    };
+    let mut out = Vec::new();
+    autoreleasepool(|_| {
+        for key in [
+            "hasANE",
+            "numANECores",
+            "numANEs",
+            "aneArchitectureType",
+            "aneSubType",
+            "aneBoardType",
+        ] {
+            let sel = Sel::register(&std::ffi::CString::new(key).expect("no NUL in key"));
+            if !cls.metaclass().responds_to(sel) {
+                continue;
+            }
+            let k = NSString::from_str(key);
+            // SAFETY: `valueForKey:` on the class object calls the class method `key` (checked
+            // above to exist) and boxes its result; the receiver is a valid class.
+            let v: Option<Retained<AnyObject>> = unsafe { msg_send![cls, valueForKey: &*k] };
+            let text = v.map_or_else(|| "nil".to_string(), |v| describe(&v));
+            out.push((key.to_string(), text));
+        }
+    });
+    out
+}
+
+fn describe(obj: &AnyObject) -> String {
+    // SAFETY: every NSObject responds to `description`, which returns an NSString.
+    let d: Option<Retained<NSString>> = unsafe { msg_send![obj, description] };
+    d.map_or_else(|| "?".into(), |d| d.to_string())
+}
+
+/// A program handed to the framework: descriptor built, not yet compiled.
+pub(crate) struct InMemoryModel {
+    model: Retained<AneModel>,
+}
+
+// SAFETY: the framework's model objects are used from ggml's worker threads in every known
+// client; our engine serialises every call on one model behind a Mutex (see
+// engine::apple::AppleKernel), so no two threads use the object at once.
+unsafe impl Send for InMemoryModel {}
+// SAFETY: as above; shared references only reach the object through that Mutex.
+unsafe impl Sync for InMemoryModel {}
+
+fn empty_dict() -> Retained<NSDictionary<NSString, AnyObject>> {
+    NSDictionary::from_slices::<NSString>(&[], &[])
+}
+
+impl InMemoryModel {
+    /// Builds the descriptor and model. `weights`: (path as written in the MIL BLOBFILE,
+    /// file bytes); an empty list becomes an empty dictionary, never nil.
+    pub(crate) fn new(
+        _fw: &Framework,
+        mil_text: &str,
+        weights: &[(String, Vec<u8>)],
+    ) -> Result<Self, String> {
+        autoreleasepool(|_| {
+            let text = NSData::with_bytes(mil_text.as_bytes());
+            let offset_key = NSString::from_str("offset");
+            let data_key = NSString::from_str("data");
+            let zero = NSNumber::new_u64(0);
+            let mut paths = Vec::new();
+            let mut entries = Vec::new();
+            for (path, bytes) in weights {
+                let data = NSData::with_bytes(bytes);
+                let entry: Retained<NSDictionary<NSString, AnyObject>> = NSDictionary::from_slices(
+                    &[&*offset_key, &*data_key],
+                    &[zero.as_ref(), data.as_ref()],
+                );
+                paths.push(NSString::from_str(path));
+                entries.push(entry);
+            }
+            let keys: Vec<&NSString> = paths.iter().map(|p| &**p).collect();
+            let values: Vec<&AnyObject> = entries.iter().map(|e| e.as_ref()).collect();
+            let dict: Retained<NSDictionary<NSString, AnyObject>> =
+                NSDictionary::from_slices(&keys, &values);
+            // SAFETY: the framework is open and the selector checked; arguments are valid
+            // objects of the declared types.
+            let desc = unsafe { AneDescriptor::with_mil(&text, &dict, None) }
+                .ok_or("modelWithMILText:weights:optionsPlist: returned nil")?;
+            // SAFETY: as above.
+            let model = unsafe { AneModel::with_descriptor(&desc) }
+                .ok_or("inMemoryModelWithDescriptor: returned nil")?;
+            Ok(InMemoryModel { model })
+        })
+    }
+
+    /// The content hash the framework names its temp folder and daemon cache entry after.
+    pub(crate) fn hex_id(&self) -> Result<String, String> {
+        // SAFETY: checked selector on a live model object.
+        unsafe { self.model.hex_string_identifier() }
+            .map(|s| s.to_string())
+            .ok_or_else(|| "hexStringIdentifier returned nil".to_string())
+    }
+
+    /// Whether the daemon already holds a compiled artifact for this program.
+    pub(crate) fn compiled_exists(&self) -> bool {
+        // SAFETY: checked selector on a live model object.
+        autoreleasepool(|_| unsafe { self.model.compiled_model_exists() })
+    }
+
+    /// `compileWithQoS:options:error:`.
+    pub(crate) fn compile(&self) -> Result<(), String> {
+        autoreleasepool(|_| {
+            // SAFETY: checked selector; the options dictionary is empty, not nil.
+            ns_result("compile", unsafe {
+                self.model.compile_with_qos(QOS, &empty_dict())
+            })
+        })
+    }
+
+    /// `loadWithQoS:options:error:`.
+    pub(crate) fn load(&self) -> Result<(), String> {
+        autoreleasepool(|_| {
+            // SAFETY: as for compile.
+            ns_result("load", unsafe {
+                self.model.load_with_qos(QOS, &empty_dict())
+            })
+        })
+    }
+
+    /// `unloadWithQoS:error:`; errors are reported, not fatal (the model is going away).
+    pub(crate) fn unload(&self) -> Result<(), String> {
+        autoreleasepool(|_| {
+            // SAFETY: checked selector on a live model object.
+            ns_result("unload", unsafe { self.model.unload_with_qos(QOS) })
+        })
+    }
+
+    /// `[[model model] modelAttributes]` as a tree.
+    pub(crate) fn attributes(&self) -> Result<AttrValue, String> {
+        autoreleasepool(|_| {
+            // SAFETY: checked selector; returns the `_ANEModel` or nil.
+            let inner = unsafe { self.model.model() }.ok_or("model returned nil")?;
+            if !inner.class().responds_to(sel!(modelAttributes)) {
+                return Err("_ANEModel does not respond to modelAttributes".into());
+            }
+            // SAFETY: selector checked just above; it returns an NSDictionary or nil.
+            let attrs: Option<Retained<AnyObject>> = unsafe { msg_send![&*inner, modelAttributes] };
+            Ok(dict_to_attr(attrs))
+        })
+    }
+
+    /// `evaluateWithQoS:options:request:error:`, synchronous.
+    pub(crate) fn evaluate(&self, request: &Request) -> Result<(), String> {
+        autoreleasepool(|_| {
+            // SAFETY: checked selector; the request holds surfaces that outlive this call
+            // (Request keeps them alive).
+            ns_result("evaluate", unsafe {
+                self.model
+                    .evaluate_with_qos(QOS, &empty_dict(), &request.request)
+            })
+        })
+    }
+}
+
+/// A request built once per (procedure, surface set) and reused for every evaluation.
+pub(crate) struct Request {
+    request: Retained<AneRequest>,
+}
+
+// SAFETY: only used under the owning kernel's Mutex, like InMemoryModel.
+unsafe impl Send for Request {}
+// SAFETY: as above.
+unsafe impl Sync for Request {}
+
+impl Request {
+    /// `inputs[i]` is bound to live input `input_indices[i]` (likewise outputs).
+    pub(crate) fn new(
+        _fw: &Framework,
+        inputs: &[&IoSurface],
+        input_indices: &[usize],
+        outputs: &[&IoSurface],
+        output_indices: &[usize],
+        procedure: usize,
+    ) -> Result<Self, String> {
+        autoreleasepool(|_| {
+            let wrap = |s: &IoSurface| {
+                // SAFETY: checked selector; the IOSurface is alive (the caller keeps it).
+                unsafe { AneSurfaceObject::with_surface(s.raw()) }
+                    .ok_or_else(|| "objectWithIOSurface: returned nil".to_string())
+            };
+            let ins = inputs
+                .iter()
+                .map(|s| wrap(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let outs = outputs
+                .iter()
+                .map(|s| wrap(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let numbers = |v: &[usize]| -> Retained<NSArray<NSNumber>> {
+                let n: Vec<Retained<NSNumber>> =
+                    v.iter().map(|&i| NSNumber::new_usize(i)).collect();
+                NSArray::from_retained_slice(&n)
+            };
+            // SAFETY: checked selector; arrays hold the declared element types; weightsBuffer
+            // and perfStats are nil as in every working client.
+            let request = unsafe {
+                AneRequest::with_surfaces(
+                    &NSArray::from_retained_slice(&ins),
+                    &numbers(input_indices),
+                    &NSArray::from_retained_slice(&outs),
+                    &numbers(output_indices),
+                    None,
+                    None,
+                    &NSNumber::new_usize(procedure),
+                )
+            }
+            .ok_or("requestWithInputs:... returned nil")?;
+            Ok(Request { request })
+        })
+    }
+}
+
+/// `NSTemporaryDirectory()`: where the framework looks for `<hexStringIdentifier>/`.
+pub(crate) fn temporary_directory() -> std::path::PathBuf {
+    std::path::PathBuf::from(objc2_foundation::NSTemporaryDirectory().to_string())
+}

@@ -1,0 +1,109 @@
+//! IOSurfaces: flat byte buffers shared with the ANE.
+
+use objc2_core_foundation::{CFDictionary, CFNumber, CFRetained, CFString, CFType};
+use objc2_io_surface::{
+    kIOSurfaceAllocSize, kIOSurfaceBytesPerElement, kIOSurfaceBytesPerRow, kIOSurfaceHeight,
+    kIOSurfacePixelFormat, kIOSurfaceWidth, IOSurfaceLockOptions, IOSurfaceRef,
+};
+
+/// An IOSurface of `len` bytes, created as a flat buffer (width = bytes, height 1, pixel
+/// format 0), the form every working private-API client uses.
+pub(crate) struct IoSurface {
+    surface: CFRetained<IOSurfaceRef>,
+    len: usize,
+}
+
+// SAFETY: IOSurfaces are kernel objects designed for sharing across threads and processes;
+// we access the memory only between lock and unlock, from one thread at a time (the owning
+// kernel's Mutex).
+unsafe impl Send for IoSurface {}
+// SAFETY: as above.
+unsafe impl Sync for IoSurface {}
+
+impl IoSurface {
+    /// A zeroed surface of at least `len` bytes.
+    pub(crate) fn new(len: usize) -> Result<Self, String> {
+        let n = i64::try_from(len).map_err(|_| format!("surface of {len} bytes"))?;
+        let size = CFNumber::new_i64(n);
+        let one = CFNumber::new_i64(1);
+        let zero = CFNumber::new_i64(0);
+        // SAFETY: the kIOSurface* keys are constant CFStrings exported by IOSurface.framework.
+        let keys: [&CFString; 6] = unsafe {
+            [
+                kIOSurfaceWidth,
+                kIOSurfaceHeight,
+                kIOSurfaceBytesPerElement,
+                kIOSurfaceBytesPerRow,
+                kIOSurfaceAllocSize,
+                kIOSurfacePixelFormat,
+            ]
+        };
+        let values: [&CFType; 6] = [&size, &one, &one, &size, &size, &zero];
+        let props = CFDictionary::from_slices(&keys, &values);
+        // SAFETY: a valid properties dictionary of CFString → CFNumber.
+        let surface = unsafe { IOSurfaceRef::new(props.as_opaque()) }
+            .ok_or_else(|| format!("IOSurfaceCreate({len} bytes) failed"))?;
+        if surface.alloc_size() < len {
+            return Err(format!(
+                "IOSurface holds {} bytes, asked {len}",
+                surface.alloc_size()
+            ));
+        }
+        let s = IoSurface { surface, len };
+        s.with_bytes(false, |b| b.fill(0))?;
+        Ok(s)
+    }
+
+    /// The surface as the framework takes it.
+    pub(crate) fn raw(&self) -> &IOSurfaceRef {
+        &self.surface
+    }
+
+    /// Runs `f` on the surface's bytes while it is locked (read-only locks skip the
+    /// write-back of CPU caches the hardware would otherwise wait for).
+    fn with_bytes<T>(&self, read_only: bool, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, String> {
+        let opts = if read_only {
+            IOSurfaceLockOptions::ReadOnly
+        } else {
+            IOSurfaceLockOptions::empty()
+        };
+        // SAFETY: a live surface; a null seed pointer is allowed.
+        let rc = unsafe { self.surface.lock(opts, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(format!("IOSurfaceLock failed ({rc})"));
+        }
+        let base = self.surface.base_address().cast::<u8>();
+        // SAFETY: while locked, the base address points at alloc_size() >= len bytes owned by
+        // the surface; no other reference to them exists during `f` (we hold the lock and the
+        // caller holds the kernel's Mutex).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), self.len) };
+        let out = f(bytes);
+        // SAFETY: unlocking what we locked, with the same options.
+        unsafe { self.surface.unlock(opts, std::ptr::null_mut()) };
+        Ok(out)
+    }
+
+    /// Copies `src` into the start of the surface.
+    pub(crate) fn write(&self, src: &[u8]) -> Result<(), String> {
+        if src.len() > self.len {
+            return Err(format!(
+                "{} bytes into a {}-byte surface",
+                src.len(),
+                self.len
+            ));
+        }
+        self.with_bytes(false, |b| b[..src.len()].copy_from_slice(src))
+    }
+
+    /// Copies the start of the surface into `dst`.
+    pub(crate) fn read(&self, dst: &mut [u8]) -> Result<(), String> {
+        if dst.len() > self.len {
+            return Err(format!(
+                "{} bytes from a {}-byte surface",
+                dst.len(),
+                self.len
+            ));
+        }
+        self.with_bytes(true, |b| dst.copy_from_slice(&b[..dst.len()]))
+    }
+}

@@ -1,0 +1,67 @@
+//! The framework's per-program folder: shared by kernels of one program, removed by the last.
+
+use ane_mil::{BlobWriter, WeightFiles};
+use ane_runtime::engine::model_dir::{weight_file_path, ModelDir};
+
+fn weights() -> WeightFiles {
+    let mut w = BlobWriter::new();
+    w.add_fp32(&[1.0, 2.0]);
+    let mut files = WeightFiles::new();
+    files
+        .insert("@model_path/weights/weight.bin", w.finish())
+        .unwrap();
+    files
+}
+
+#[test]
+fn the_folder_outlives_every_holder_but_the_last() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("ABC123");
+    let w = weights();
+    let first = ModelDir::acquire(path.clone(), "program(1.3)\n", &w).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(path.join("model.mil")).unwrap(),
+        "program(1.3)\n"
+    );
+    assert_eq!(
+        std::fs::read(path.join("weights/weight.bin")).unwrap(),
+        w.file("@model_path/weights/weight.bin").unwrap().bytes()
+    );
+    let second = ModelDir::acquire(path.clone(), "program(1.3)\n", &w).unwrap();
+    assert_eq!(second.holders(), 2);
+    drop(first);
+    assert!(
+        path.join("model.mil").exists(),
+        "still held by the second kernel"
+    );
+    drop(second);
+    assert!(!path.exists(), "the last holder removes it");
+}
+
+#[test]
+fn weight_paths_cannot_leave_the_folder() {
+    let dir = std::path::Path::new("/tmp/m");
+    assert_eq!(
+        weight_file_path(dir, "@model_path/weights/w.bin").unwrap(),
+        dir.join("weights/w.bin")
+    );
+    assert!(weight_file_path(dir, "@model_path/../etc/passwd").is_err());
+    assert!(weight_file_path(dir, "/etc/passwd").is_err());
+    assert!(weight_file_path(dir, "@model_path/").is_err());
+
+    let root = tempfile::tempdir().unwrap();
+    let mut bad = WeightFiles::new();
+    bad.insert(
+        "@model_path/../escape.bin",
+        weights()
+            .file("@model_path/weights/weight.bin")
+            .unwrap()
+            .bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let path = root.path().join("X");
+    assert!(ModelDir::acquire(path.clone(), "p", &bad).is_err());
+    assert!(!path.exists(), "a failed acquire leaves nothing behind");
+    assert!(!root.path().join("escape.bin").exists());
+}
