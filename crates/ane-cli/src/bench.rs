@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, DenseRows, KernelCache, MatmulJob, MatmulShape, MatrixSink, Scratch,
-    Stats,
+    cpu_matmul, engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape,
+    MatrixSink, Scratch, Stats, WeightId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,6 +33,10 @@ pub(crate) struct BenchArgs {
     /// Engine: auto, reference, apple or coreml (default: $GGML_ANE_ENGINE or auto).
     #[arg(long)]
     engine: Option<String>,
+    /// Kernel kind: auto, baked (weights compiled in) or streamed (weights staged per call)
+    /// (default: $GGML_ANE_KERNELS or auto). The bench's weights never change, like a model's.
+    #[arg(long)]
+    kernels: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -61,6 +65,7 @@ struct Row {
     staging: Duration,
     eval: Duration,
     writeback: Duration,
+    baked: bool,
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
@@ -96,7 +101,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => EngineChoice::from_env()?,
     };
     let engine = engine::create(choice)?;
-    let cache = KernelCache::new();
+    let policy = match &args.kernels {
+        Some(p) => p.parse()?,
+        None => KernelPolicy::from_env()?,
+    };
+    let cache = KernelCache::new().with_policy(policy);
     let mut scratch = Scratch::default();
     let bar = ProgressBar::new(shapes.len() as u64);
     bar.set_style(
@@ -105,7 +114,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let reps = args.reps.max(1);
     let mut rows = Vec::new();
-    for &(m, k, n) in &shapes {
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
         bar.set_message(format!("{m}x{k}x{n}"));
         let shape = MatmulShape {
             m,
@@ -127,6 +136,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             weights: &w,
             acts: &a,
             dst: &dst,
+            weight_id: Some(WeightId {
+                key: i as u64,
+                fingerprint: 0,
+            }),
         };
         // warm-up: compiles the kernels, fills scratch
         let warm = Stats::default();
@@ -157,6 +170,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             staging: s.staging / reps as u32,
             eval: s.engine / reps as u32,
             writeback: s.writeback / reps as u32,
+            baked: s.baked_nodes > 0,
         });
         bar.inc(1);
     }
@@ -198,8 +212,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}}}",
-                    r.shape.0, r.shape.1, r.shape.2, ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}}}",
+                    r.shape.0, r.shape.1, r.shape.2, kind_of(r), ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
                     ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), host_us(r)
                 )
             })
@@ -215,8 +229,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         engine.info().description
     );
     println!(
-        "{:>20} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "{:>20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
         "M x K x N",
+        "kernel",
         "GFLOPS",
         "vs CPU",
         "stage ms",
@@ -224,13 +239,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "back ms",
         "total ms",
         "compile ms",
-        "CPU ms"
+        "CPU ms",
+        "host µs"
     );
     for r in &rows {
         let (m, k, n) = r.shape;
         println!(
-            "{:>20} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1}",
+            "{:>20} {:>8} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1}",
             format!("{m}x{k}x{n}"),
+            kind_of(r),
             gflops(r, r.engine),
             r.cpu.as_secs_f64() / r.engine.as_secs_f64().max(1e-12),
             ms(r.staging),
@@ -243,6 +260,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn kind_of(r: &Row) -> &'static str {
+    if r.baked {
+        "baked"
+    } else {
+        "streamed"
+    }
 }
 
 /// A grouped bar chart: per shape, engine GFLOPS and CPU GFLOPS.

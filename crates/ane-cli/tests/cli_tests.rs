@@ -313,6 +313,26 @@ fn bench_times_shapes_against_the_cpu() {
     assert!(json.starts_with("{\"engine\": \"reference\""), "{json}");
     assert_eq!(json.matches("\"engine_gflops\"").count(), 2, "{json}");
     assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
+    // auto bakes the bench's (immutable) weights while the budget allows; streamed never does
+    assert_eq!(json.matches("\"kernel\": \"baked\"").count(), 2, "{json}");
+    let streamed = ane(&[
+        "bench",
+        "--shape",
+        "64,48,32",
+        "--reps",
+        "1",
+        "--json",
+        "--kernels",
+        "streamed",
+    ]);
+    assert!(text(&streamed.stdout).contains("\"kernel\": \"streamed\""));
+    let bad = ane(&["bench", "--shape", "64,48,32", "--kernels", "fast"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("auto, baked or streamed"),
+        "{}",
+        text(&bad.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("bench.svg");
     let out = ane(&[

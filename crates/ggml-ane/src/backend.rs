@@ -9,7 +9,8 @@ use std::time::Instant;
 use ane_runtime::disk_cache::DiskCache;
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
+    cpu_matmul, engine_matmul, FallbackReason, KernelCache, KernelPolicy, MatmulJob, MatmulShape,
+    Scratch, Stats,
 };
 use ane_runtime::Engine;
 
@@ -39,6 +40,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
     RT.get_or_init(|| {
         let choice = EngineChoice::from_env().map_err(|e| e.to_string())?;
         let engine = engine::create(choice).map_err(|e| e.to_string())?;
+        let policy = KernelPolicy::from_env().map_err(|e| e.to_string())?;
         let info = engine.info();
         // one line: which engine, and why auto passed over the ones before it
         let passed_over = match choice {
@@ -60,7 +62,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             .unwrap_or(DEFAULT_MIN_BATCH);
         Ok(Runtime {
             engine,
-            cache: KernelCache::with_disk(DiskCache::from_env()),
+            cache: KernelCache::with_disk(DiskCache::from_env()).with_policy(policy),
             description: CString::new(info.description).unwrap_or_default(),
             min_batch,
             stats_on_free: std::env::var("GGML_ANE_STATS").is_ok_and(|v| v != "0" && !v.is_empty()),
@@ -205,6 +207,10 @@ pub(crate) fn features() -> Vec<(String, String)> {
                 ("ENGINE".to_string(), rt.engine.info().kind.to_string()),
                 ("MAX_DIM".to_string(), limits.max_dim.to_string()),
                 ("MIN_BATCH".to_string(), rt.min_batch.to_string()),
+                (
+                    "KERNELS".to_string(),
+                    rt.cache.policy().as_str().to_string(),
+                ),
             ];
             if let Some(b) = limits.compile_budget {
                 f.push(("COMPILE_BUDGET".to_string(), b.to_string()));

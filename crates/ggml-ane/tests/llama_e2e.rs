@@ -1,7 +1,7 @@
 //! A real model end to end: a tiny llama-architecture GGUF (random weights, made here with the
 //! `gguf` Python package) run by libllama from the pinned source, once on the CPU alone and once
 //! with our library loaded through `GGML_BACKEND_PATH`. The logits must agree and the stats must
-//! show the matmuls ran on our engine.
+//! show the matmuls ran on our engine, with baked kernels and streamed ones giving the same bits.
 #![cfg(ggml_linked)]
 
 mod support;
@@ -47,8 +47,14 @@ fn check_model(kind: &str, max_nmse: f64) {
         String::from_utf8_lossy(&made.stderr)
     );
 
-    let cpu = tools.run(&model, &dir.join("cpu.f32"), None);
-    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")));
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")), &[]);
+    let streamed = tools.run(
+        &model,
+        &dir.join("streamed.f32"),
+        Some(&dir.join("cache-streamed")),
+        &[("GGML_ANE_KERNELS", "streamed")],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
     assert!(
@@ -64,6 +70,19 @@ fn check_model(kind: &str, max_nmse: f64) {
         tail(&ane.log)
     );
     assert_eq!(stat(&ane.log, "nodes on CPU"), 0, "{}", tail(&ane.log));
+    // llama.cpp keeps weights in a buffer marked as model weights: under `auto` they are
+    // baked into kernels (the budget allows all 58 here); streamed kernels give the same bits
+    let baked = stat(&ane.log, "with baked weights");
+    assert_eq!(baked, on_engine, "{}", tail(&ane.log));
+    assert_eq!(stat(&streamed.log, "with baked weights"), 0);
+    assert_eq!(stat(&streamed.log, "nodes on engine"), on_engine);
+    assert!(
+        ane.logits
+            .iter()
+            .zip(&streamed.logits)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "baked and streamed kernels disagree"
+    );
 
     assert_eq!(cpu.logits.len(), ane.logits.len());
     let n_vocab = cpu.logits.len() / (PROMPT + 1);
@@ -136,7 +155,7 @@ impl Tools {
     }
 
     /// One run; `cache` set means with our library loaded (and that kernel cache).
-    fn run(&self, model: &Path, out: &Path, cache: Option<&Path>) -> Run {
+    fn run(&self, model: &Path, out: &Path, cache: Option<&Path>, env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(&self.exe);
         cmd.arg(model)
             .arg(PROMPT.to_string())
@@ -147,7 +166,9 @@ impl Tools {
             .env_remove("GGML_BACKEND_PATH")
             .env_remove("GGML_ANE_ENGINE")
             .env_remove("GGML_ANE_REFERENCE_FAULTS")
-            .env_remove("GGML_ANE_COMPILE_BUDGET");
+            .env_remove("GGML_ANE_COMPILE_BUDGET")
+            .env_remove("GGML_ANE_KERNELS")
+            .envs(env.iter().copied());
         if let Some(cache) = cache {
             cmd.env("GGML_BACKEND_PATH", support::cdylib())
                 .env("GGML_ANE_STATS", "1")

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::program::matmul_program;
+use super::policy::{KernelPolicy, WeightId};
+use super::program::{baked_matmul_program, baked_weights, matmul_program};
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::DiskCache;
 use crate::engine::{compile_cached, Engine, Kernel};
@@ -12,12 +13,18 @@ use crate::error::Error;
 /// A compiled kernel, or why there is none.
 type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
 
-/// Tile kernels by shape: compiled once per process, failures remembered so they are not
-/// retried (and re-billed) on every call.
+/// A baked weight tile: `(weight key, m0, k0, bm, bk, token bucket)`.
+type BakedKey = (u64, usize, usize, usize, usize, usize);
+
+/// Tile kernels by shape (streamed) and by weight tile (baked): compiled once per process,
+/// failures remembered so they are not retried (and re-billed) on every call.
 #[derive(Default)]
 pub struct KernelCache {
     entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
+    /// Baked kernels with the fingerprint of the weights they hold.
+    baked: Mutex<HashMap<BakedKey, (u64, Entry)>>,
     disk: Option<DiskCache>,
+    policy: KernelPolicy,
 }
 
 impl std::fmt::Debug for KernelCache {
@@ -36,9 +43,92 @@ impl KernelCache {
     /// An empty cache backed by compiled kernels on disk (shared with other processes).
     pub fn with_disk(disk: Option<DiskCache>) -> Self {
         KernelCache {
-            entries: Mutex::default(),
             disk,
+            ..KernelCache::default()
         }
+    }
+
+    /// The same cache choosing kernel kinds by `policy` (default: auto).
+    pub fn with_policy(mut self, policy: KernelPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The kernel-kind policy.
+    pub fn policy(&self) -> KernelPolicy {
+        self.policy
+    }
+
+    /// How many of these baked kernels are not compiled yet (for current weights).
+    pub fn baked_missing(
+        &self,
+        id: &WeightId,
+        tiles: &[(usize, usize, usize, usize, usize)],
+    ) -> u32 {
+        let baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
+        tiles
+            .iter()
+            .filter(|&&(m0, k0, bm, bk, b)| {
+                !matches!(baked.get(&(id.key, m0, k0, bm, bk, b)), Some((f, _)) if *f == id.fingerprint)
+            })
+            .count() as u32
+    }
+
+    /// The baked kernel for one weight tile and token bucket, compiling it (with the fp16
+    /// tile `weights()` makes, `[bm, bk]`) on first use or when the weights' fingerprint
+    /// changed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_or_bake(
+        &self,
+        engine: &dyn Engine,
+        id: &WeightId,
+        (m0, k0, bm, bk): (usize, usize, usize, usize),
+        bucket: usize,
+        weights: impl FnOnce() -> Vec<half::f16>,
+        stats: &Stats,
+    ) -> Result<Arc<dyn Kernel>, FallbackReason> {
+        let key = (id.key, m0, k0, bm, bk, bucket);
+        let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
+        match baked.get(&key) {
+            Some((f, e)) if *f == id.fingerprint => {
+                stats.add_cache_hit();
+                return e.clone();
+            }
+            // the weights at this address changed: the old kernel holds stale values
+            Some(_) => {
+                baked.remove(&key);
+            }
+            None => {}
+        }
+        let files = baked_weights(&weights());
+        let result = self.compile(engine, &baked_matmul_program(bm, bk, bucket), &files, stats)?;
+        baked.insert(key, (id.fingerprint, result.clone()));
+        result
+    }
+
+    /// Compiles (or loads from disk); `Err` only for a spent budget, which is not cached.
+    fn compile(
+        &self,
+        engine: &dyn Engine,
+        program: &ane_mil::Program,
+        weights: &ane_mil::WeightFiles,
+        stats: &Stats,
+    ) -> Result<Entry, FallbackReason> {
+        Ok(
+            match compile_cached(engine, self.disk.as_ref(), program, weights) {
+                Ok((kernel, from_disk)) => {
+                    if from_disk {
+                        stats.add_disk_hit();
+                    } else {
+                        stats.add_compile();
+                    }
+                    Ok(Arc::from(kernel))
+                }
+                Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
+                Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
+                Err(e) => Err(FallbackReason::Compile(e.to_string())),
+            },
+        )
     }
 
     /// The kernel for tile `(m, k, n)`, compiling it on first use.
@@ -58,24 +148,7 @@ impl KernelCache {
             stats.add_cache_hit();
             return e.clone();
         }
-        let result = match compile_cached(
-            engine,
-            self.disk.as_ref(),
-            &matmul_program(m, k, n),
-            &Default::default(),
-        ) {
-            Ok((kernel, from_disk)) => {
-                if from_disk {
-                    stats.add_disk_hit();
-                } else {
-                    stats.add_compile();
-                }
-                Ok(Arc::from(kernel))
-            }
-            Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
-            Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
-            Err(e) => Err(FallbackReason::Compile(e.to_string())),
-        };
+        let result = self.compile(engine, &matmul_program(m, k, n), &Default::default(), stats)?;
         entries.insert((m, k, n), result.clone());
         result
     }

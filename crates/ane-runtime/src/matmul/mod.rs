@@ -10,12 +10,15 @@
 
 mod cache;
 pub mod plan;
+pub mod policy;
 mod program;
 mod stats;
 
 pub use cache::KernelCache;
+pub use policy::{KernelPolicy, WeightId};
 pub use program::{
-    kernel_shapes, matmul_program, tile_sizes, token_bucket, token_chunks, MAX_TOKENS_PER_KERNEL,
+    baked_matmul_program, baked_weights, kernel_shapes, matmul_program, tile_sizes, token_bucket,
+    token_chunks, MAX_TOKENS_PER_KERNEL,
 };
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
@@ -67,6 +70,9 @@ pub struct MatmulJob<'a> {
     pub acts: &'a dyn MatrixSource,
     /// Result `[B3][B2][N][M]`.
     pub dst: &'a dyn MatrixSink,
+    /// Set when the weights will not change in place: they may then be baked into kernels
+    /// (see [`policy`]). `None` always streams them.
+    pub weight_id: Option<WeightId>,
 }
 
 /// Reads rows of a matrix batch as f32.
@@ -212,7 +218,136 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
 
 /// Runs the job on `engine`, or says why it could not. On failure some batches may already
 /// have been written; the caller recomputes the whole output (as [`cpu_matmul`] does).
+///
+/// Baked or streamed kernels as the cache's [`KernelPolicy`] decides; under `auto`, a baked
+/// kernel that the budget refuses is replaced by the streamed path, not the CPU.
 pub fn engine_matmul(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &MatmulJob<'_>,
+    scratch: &mut Scratch,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
+    if let Some(id) = &job.weight_id {
+        let limits = engine.limits();
+        let tiles = baked_tiles(&job.shape, limits.max_dim);
+        let missing = cache.baked_missing(id, &tiles);
+        let broadcast = job.shape.weight_batch != [1, 1];
+        if policy::should_bake(cache.policy(), Some(id), broadcast, &limits, missing) {
+            match baked_matmul(engine, cache, job, id, &tiles, scratch, stats) {
+                Err(FallbackReason::Budget) if cache.policy() == KernelPolicy::Auto => {}
+                other => return other,
+            }
+        }
+    }
+    streamed_matmul(engine, cache, job, scratch, stats)
+}
+
+/// Every baked kernel a job needs: `(m0, k0, bm, bk, bucket)`.
+fn baked_tiles(shape: &MatmulShape, max_dim: usize) -> Vec<(usize, usize, usize, usize, usize)> {
+    let MatmulShape { m, k, n, .. } = *shape;
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let mut tiles = Vec::new();
+    for m0 in (0..m).step_by(tm.max(1)) {
+        for k0 in (0..k).step_by(tk.max(1)) {
+            for &b in &buckets {
+                tiles.push((m0, k0, tm.min(m - m0), tk.min(k - k0), b));
+            }
+        }
+    }
+    tiles
+}
+
+/// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
+fn weight_tile(
+    src: &dyn MatrixSource,
+    m0: usize,
+    bm: usize,
+    k0: usize,
+    bk: usize,
+    k: usize,
+) -> Vec<half::f16> {
+    let mut row = vec![0f32; k];
+    let mut tile = vec![half::f16::ZERO; bm * bk];
+    for (r, dst) in tile.chunks_mut(bk.max(1)).enumerate().take(bm) {
+        src.read_row(0, 0, m0 + r, &mut row);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &row[k0..k0 + bk]);
+    }
+    tile
+}
+
+/// The job with weights baked into the kernels (weights not broadcast: one weight matrix).
+fn baked_matmul(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &MatmulJob<'_>,
+    id: &WeightId,
+    tiles: &[(usize, usize, usize, usize, usize)],
+    scratch: &mut Scratch,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
+    let MatmulShape { m, k, n, batch, .. } = job.shape;
+    let limits = engine.limits();
+    let chunks = token_chunks(n, limits.max_dim);
+    // compile (or fetch) every kernel before touching any output
+    let mut kernels = Vec::with_capacity(tiles.len());
+    for &(m0, k0, bm, bk, b) in tiles {
+        let kernel = cache.get_or_bake(
+            engine,
+            id,
+            (m0, k0, bm, bk),
+            b,
+            || weight_tile(job.weights, m0, bm, k0, bk, k),
+            stats,
+        )?;
+        kernels.push(((m0, k0, b), kernel));
+    }
+    for bi in 0..batch[0] * batch[1] {
+        let (b2, b3) = (bi % batch[0], bi / batch[0]);
+        let mut out = std::mem::take(&mut scratch.out);
+        grow(&mut out, n * m).fill(0.0);
+        for &(m0, k0, bm, bk, _) in tiles.iter().filter(|t| t.4 == tiles[0].4) {
+            for &(n0, bn, bucket) in &chunks {
+                let kernel = kernels
+                    .iter()
+                    .find(|(key, _)| *key == (m0, k0, bucket))
+                    .map(|(_, kernel)| kernel)
+                    .ok_or_else(|| FallbackReason::Internal("missing baked kernel".into()))?;
+                let proc_ = &kernel.procedures()[0];
+                let t = Instant::now();
+                let mut sa = scratch.surface(&proc_.inputs[0]);
+                stage_rows(&mut sa, job.acts, (b2, b3), n0, bn, (k0, bk), k);
+                zero_rows(&mut sa, bn, bk);
+                let mut sy = scratch.surface(&proc_.outputs[0]);
+                stats.add_staging(t.elapsed());
+                let t = Instant::now();
+                let r = kernel.eval(0, &[&sa], &mut [&mut sy]);
+                stats.add_engine(t.elapsed());
+                r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+                let t = Instant::now();
+                let finite = accumulate_tile(&sy, &mut out[..n * m], m, n0, bn, m0, bm);
+                stats.add_writeback(t.elapsed());
+                scratch.give_back(sa);
+                scratch.give_back(sy);
+                if !finite {
+                    return Err(FallbackReason::NonFinite);
+                }
+            }
+        }
+        let t = Instant::now();
+        store(job.dst, b2, b3, m, &out[..n * m]);
+        stats.add_writeback(t.elapsed());
+        scratch.out = out;
+    }
+    stats.add_baked_node();
+    Ok(())
+}
+
+/// The job with weights staged as a kernel input (one kernel per tile shape).
+fn streamed_matmul(
     engine: &dyn Engine,
     cache: &KernelCache,
     job: &MatmulJob<'_>,

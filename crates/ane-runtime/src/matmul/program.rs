@@ -1,8 +1,9 @@
 //! The MIL program for one matmul tile, and how a job is cut into tiles.
 
 use ane_mil::builder::FunctionBuilder;
-use ane_mil::ir::{Arg, Literal, Program};
-use ane_mil::{DType, ValueType};
+use ane_mil::ir::{Arg, BlobRef, Literal, Program};
+use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
+use half::f16;
 
 /// Tokens per kernel at most; longer prompts run in chunks of this many.
 pub const MAX_TOKENS_PER_KERNEL: usize = 2048;
@@ -96,6 +97,56 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
     p
 }
 
+/// Where a baked kernel's weight tile lives.
+pub(crate) const BAKED_WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
+
+/// `y[n, m] = a[n, k] · W[m, k]ᵀ` with the weight tile baked in as a BLOBFILE constant: one
+/// compile per (weight tile, token bucket), and only the activations cross per call.
+pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let a = f.input("a", ValueType::tensor(DType::Fp16, [n, k]));
+    let w = f.constant(
+        "W",
+        Literal::Blob(BlobRef {
+            dtype: DType::Fp16,
+            shape: vec![m, k],
+            path: BAKED_WEIGHT_PATH.to_string(),
+            // the first blob of a file: its metadata record follows the 64-byte header
+            offset: 64,
+        }),
+    );
+    let tx = f.constant("tx", Literal::bool(false));
+    let ty = f.constant("ty", Literal::bool(true));
+    let y = f
+        .op(
+            "y",
+            "matmul",
+            &[
+                ("transpose_x", Arg::Var(tx)),
+                ("transpose_y", Arg::Var(ty)),
+                ("x", Arg::Var(a)),
+                ("y", Arg::Var(w)),
+            ],
+        )
+        .expect("the baked tile program is well-typed");
+    f.output(&y).expect("y is defined");
+    let mut p = Program::new();
+    p.functions.push(f.finish());
+    p
+}
+
+/// The weight file of a baked kernel: the fp16 tile `[m, k]`, row-major.
+pub fn baked_weights(tile: &[f16]) -> WeightFiles {
+    let mut w = BlobWriter::new();
+    let offset = w.add_fp16(tile);
+    debug_assert_eq!(offset, 64);
+    let mut files = WeightFiles::new();
+    files
+        .insert(BAKED_WEIGHT_PATH, w.finish())
+        .expect("a file we just wrote parses");
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +195,12 @@ mod tests {
         let p = matmul_program(3, 5, 7);
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(f[0].signature(), "main<ios18>(a: tensor<fp16, [7, 5]>, b: tensor<fp16, [3, 5]>) -> (y: tensor<fp16, [7, 3]>)");
+        let w = baked_weights(&[f16::ONE; 15]);
+        let p = baked_matmul_program(3, 5, 7);
+        let f = ane_mil::check_program(&p, Some(&w)).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(a: tensor<fp16, [7, 5]>) -> (y: tensor<fp16, [7, 3]>)"
+        );
     }
 }

@@ -58,6 +58,7 @@ pub struct Stats {
     compiles: AtomicU64,
     cache_hits: AtomicU64,
     disk_hits: AtomicU64,
+    baked_nodes: AtomicU64,
     staging_ns: AtomicU64,
     engine_ns: AtomicU64,
     writeback_ns: AtomicU64,
@@ -80,6 +81,8 @@ pub struct StatsSnapshot {
     pub cache_hits: u64,
     /// Kernels loaded from the on-disk cache instead of compiled.
     pub disk_hits: u64,
+    /// Nodes (of `offloaded`) served by kernels with their weights baked in.
+    pub baked_nodes: u64,
     /// Time converting inputs into surfaces.
     pub staging: Duration,
     /// Time in engine evaluation.
@@ -129,6 +132,9 @@ impl Stats {
     pub(crate) fn add_disk_hit(&self) {
         self.disk_hits.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn add_baked_node(&self) {
+        self.baked_nodes.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Counts a node computed on the engine.
     pub fn record_offload(&self, flops: f64) {
@@ -160,6 +166,7 @@ impl Stats {
             compiles: self.compiles.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
+            baked_nodes: self.baked_nodes.load(Ordering::Relaxed),
             staging: ns(&self.staging_ns),
             engine: ns(&self.engine_ns),
             writeback: ns(&self.writeback_ns),
@@ -178,6 +185,7 @@ impl fmt::Display for StatsSnapshot {
             0.0
         };
         writeln!(f, "  nodes on engine        {}", self.offloaded)?;
+        writeln!(f, "    with baked weights   {}", self.baked_nodes)?;
         writeln!(f, "  nodes on CPU           {}", self.cpu_nodes())?;
         for (label, n) in &self.fallbacks {
             writeln!(f, "    {label:<20} {n}")?;

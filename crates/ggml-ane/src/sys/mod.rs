@@ -61,6 +61,8 @@ pub const GGML_LOG_LEVEL_WARN: c_int = 3;
 pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
 
 pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
+/// `GGML_BACKEND_BUFFER_USAGE_WEIGHTS`: a buffer holding model weights.
+pub const GGML_BACKEND_BUFFER_USAGE_WEIGHTS: c_int = 1;
 
 #[repr(C)]
 pub struct ggml_tensor {
@@ -219,6 +221,7 @@ unsafe extern "C" {
     pub fn ggml_backend_cpu_buffer_from_ptr(ptr: *mut c_void, size: usize)
         -> ggml_backend_buffer_t;
     pub fn ggml_backend_buft_is_host(buft: ggml_backend_buffer_type_t) -> bool;
+    pub fn ggml_backend_buffer_get_usage(buffer: *mut c_void) -> c_int;
     pub fn ggml_get_type_traits(type_: ggml_type) -> *const ggml_type_traits;
     pub fn ggml_graph_n_nodes(cgraph: *mut ggml_cgraph) -> c_int;
     pub fn ggml_graph_node(cgraph: *mut ggml_cgraph, i: c_int) -> *mut ggml_tensor;
@@ -352,6 +355,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         (
             "GGML_BACKEND_DEVICE_TYPE_ACCEL",
             GGML_BACKEND_DEVICE_TYPE_ACCEL as usize,
+        ),
+        (
+            "GGML_BACKEND_BUFFER_USAGE_WEIGHTS",
+            GGML_BACKEND_BUFFER_USAGE_WEIGHTS as usize,
         ),
         (
             "GGML_BACKEND_API_VERSION",

@@ -4,8 +4,11 @@ use std::ffi::c_void;
 
 use half::{bf16, f16};
 
-use super::{ggml_get_type_traits, ggml_op, ggml_tensor, ggml_to_float_t, ggml_type, GGML_MAX_SRC};
-use ane_runtime::matmul::{MatrixSink, MatrixSource};
+use super::{
+    ggml_backend_buffer_get_usage, ggml_get_type_traits, ggml_op, ggml_tensor, ggml_to_float_t,
+    ggml_type, GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_SRC,
+};
+use ane_runtime::matmul::{MatrixSink, MatrixSource, WeightId};
 
 /// What we need to know about a tensor, copied out of ggml's struct.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +23,8 @@ pub(crate) struct TensorDesc {
     pub(crate) type_size: usize,
     pub(crate) blck_size: i64,
     pub(crate) to_float: ggml_to_float_t,
+    /// In a buffer ggml marks as holding model weights (never written while graphs run).
+    pub(crate) in_weights_buffer: bool,
 }
 
 /// A node and its first two sources.
@@ -43,6 +48,9 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
         type_size: traits.map_or(0, |tr| tr.type_size),
         blck_size: traits.map_or(0, |tr| tr.blck_size),
         to_float: traits.and_then(|tr| tr.to_float),
+        in_weights_buffer: !t.buffer.is_null()
+            // SAFETY: a non-NULL buffer of a live tensor is a live ggml buffer.
+            && unsafe { ggml_backend_buffer_get_usage(t.buffer) } == GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
     }
 }
 
@@ -79,6 +87,51 @@ impl TensorRows {
     /// `desc.data` must stay valid for reads of every row the job touches while this lives.
     pub(crate) unsafe fn new(desc: TensorDesc) -> Self {
         TensorRows { desc }
+    }
+}
+
+/// Rows sampled for a weight fingerprint, and bytes hashed at each end of a sampled row.
+const FINGERPRINT_ROWS: usize = 64;
+const FINGERPRINT_BYTES: usize = 32;
+
+impl TensorRows {
+    /// The weights' identity for baked kernels: which tensor (address, shape, strides, type)
+    /// and a fingerprint of its contents (both ends of up to 64 rows spread over the matrix),
+    /// re-read on every call so weights reloaded at the same address get new kernels. A
+    /// change confined to bytes the sample skips is not seen: only tensors in buffers ggml
+    /// marks as model weights get an identity at all, and `GGML_ANE_KERNELS=streamed` turns
+    /// baking off for anyone who edits those in place.
+    pub(crate) fn weight_id(&self) -> WeightId {
+        use std::hash::{Hash, Hasher};
+        let d = &self.desc;
+        let mut key = std::collections::hash_map::DefaultHasher::new();
+        (d.data as usize, d.ne, d.nb, d.ty.0).hash(&mut key);
+        let rows = d.ne[1].max(0) as usize;
+        let row_bytes = if d.blck_size > 0 {
+            (d.ne[0] / d.blck_size) as usize * d.type_size
+        } else {
+            0
+        };
+        let take = FINGERPRINT_BYTES.min(row_bytes);
+        let mut fp = std::collections::hash_map::DefaultHasher::new();
+        let step = rows.div_ceil(FINGERPRINT_ROWS).max(1);
+        for r in (0..rows).step_by(step).chain(rows.checked_sub(1)) {
+            // SAFETY: row r < ne[1] of batch (0, 0) lies inside the tensor's data, which
+            // outlives `self`; we read `take <= row_bytes` bytes at each end of it.
+            let (head, tail) = unsafe {
+                let p = (d.data as *const u8).add(r * d.nb[1]);
+                (
+                    std::slice::from_raw_parts(p, take),
+                    std::slice::from_raw_parts(p.add(row_bytes - take), take),
+                )
+            };
+            head.hash(&mut fp);
+            tail.hash(&mut fp);
+        }
+        WeightId {
+            key: key.finish(),
+            fingerprint: fp.finish(),
+        }
     }
 }
 

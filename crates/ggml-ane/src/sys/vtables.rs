@@ -114,6 +114,9 @@ unsafe extern "C" fn backend_graph_compute(
                             TensorRowsMut::new(desc.node),
                         )
                     };
+                    // weights ggml promises not to change while graphs run may be baked
+                    let weight_id =
+                        (s0.in_weights_buffer && s0.nb[0] == s0.type_size).then(|| w.weight_id());
                     backend::mul_mat(
                         ctx,
                         rt,
@@ -122,6 +125,7 @@ unsafe extern "C" fn backend_graph_compute(
                             weights: &w,
                             acts: &a,
                             dst: &d,
+                            weight_id,
                         },
                     );
                 }

@@ -1,0 +1,89 @@
+//! Which kernel kind serves a weight: streamed (weights staged as a kernel input, one kernel
+//! per tile shape for every weight of that shape) or baked (the weight tile compiled in as a
+//! constant, one kernel per weight tile and token bucket: nothing but activations crosses per
+//! call, and no per-call weight conversion on the CPU).
+
+use std::str::FromStr;
+
+use crate::engine::Limits;
+use crate::error::Error;
+
+/// `GGML_ANE_KERNELS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// Bake immutable weights while the compile budget keeps [`STREAMED_RESERVE`] compiles
+    /// for streamed kernels; stream the rest.
+    #[default]
+    Auto,
+    /// Bake every immutable weight; past the budget the node falls back to the CPU.
+    Baked,
+    /// Never bake.
+    Streamed,
+}
+
+impl FromStr for KernelPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(KernelPolicy::Auto),
+            "baked" => Ok(KernelPolicy::Baked),
+            "streamed" => Ok(KernelPolicy::Streamed),
+            other => Err(Error::Staging(format!(
+                "GGML_ANE_KERNELS={other}: expected auto, baked or streamed"
+            ))),
+        }
+    }
+}
+
+impl KernelPolicy {
+    /// From `GGML_ANE_KERNELS` (unset means auto).
+    pub fn from_env() -> Result<Self, Error> {
+        std::env::var("GGML_ANE_KERNELS")
+            .unwrap_or_default()
+            .parse()
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelPolicy::Auto => "auto",
+            KernelPolicy::Baked => "baked",
+            KernelPolicy::Streamed => "streamed",
+        }
+    }
+}
+
+/// Compiles `auto` leaves for streamed kernels: a 7B prefill over eight prompt lengths needs
+/// 24 (`ane plan`).
+pub const STREAMED_RESERVE: u32 = 32;
+
+/// The identity of weights the caller promises not to change in place (ggml: tensors in a
+/// buffer used for model weights), so a kernel can bake them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WeightId {
+    /// Which tensor (address, shape, type): the baked-kernel cache key.
+    pub key: u64,
+    /// A sample of the contents, checked on every call: a tensor reloaded at the same
+    /// address gets new kernels instead of the old weights' results.
+    pub fingerprint: u64,
+}
+
+/// Whether to bake a job's weights: `missing` baked kernels would have to be compiled for it.
+pub fn should_bake(
+    policy: KernelPolicy,
+    weight: Option<&WeightId>,
+    broadcast_weights: bool,
+    limits: &Limits,
+    missing: u32,
+) -> bool {
+    if weight.is_none() || broadcast_weights {
+        return false;
+    }
+    match policy {
+        KernelPolicy::Streamed => false,
+        KernelPolicy::Baked => true,
+        KernelPolicy::Auto => limits
+            .compiles_left()
+            .is_none_or(|left| missing == 0 || left >= missing + STREAMED_RESERVE),
+    }
+}

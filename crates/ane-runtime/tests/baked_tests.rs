@@ -1,0 +1,211 @@
+//! Baked kernels (weights compiled in) against streamed ones (weights as inputs): the same
+//! numbers, in-place weight changes seen through the fingerprint, and the `auto` policy
+//! keeping the compile budget for streamed kernels.
+
+mod support;
+
+use std::sync::Mutex;
+
+use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
+use ane_runtime::engine::CompileCounter;
+use ane_runtime::matmul::{
+    engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, MatrixSink,
+    Scratch, Stats, WeightId,
+};
+use support::*;
+
+struct Out {
+    m: usize,
+    n: usize,
+    batch0: usize,
+    data: Mutex<Vec<f32>>,
+}
+
+impl MatrixSink for Out {
+    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
+        let b = b3 * self.batch0 + b2;
+        self.data.lock().unwrap()[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
+    }
+}
+
+fn engine(max_dim: usize, budget: Option<u32>) -> ReferenceEngine {
+    ReferenceEngine::with_config(ReferenceConfig {
+        max_dim,
+        counter: CompileCounter::new(budget),
+        ..Default::default()
+    })
+}
+
+fn shape(m: usize, k: usize, n: usize, batch: [usize; 2]) -> MatmulShape {
+    MatmulShape {
+        m,
+        k,
+        n,
+        batch,
+        weight_batch: [1, 1],
+    }
+}
+
+struct Case {
+    shape: MatmulShape,
+    w: DenseRows,
+    a: DenseRows,
+}
+
+fn case(shape: MatmulShape, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let w = DenseRows::new(shape.m, shape.k, rng.f16_values(shape.m * shape.k));
+    let a = DenseRows {
+        rows: shape.n,
+        k: shape.k,
+        batch0: shape.batch[0],
+        data: rng.f16_values(shape.batch[0] * shape.batch[1] * shape.n * shape.k),
+    };
+    Case { shape, w, a }
+}
+
+/// Runs one job; returns the output and the stats.
+fn run(
+    e: &ReferenceEngine,
+    cache: &KernelCache,
+    c: &Case,
+    weight_id: Option<WeightId>,
+) -> (Vec<f32>, ane_runtime::matmul::StatsSnapshot) {
+    let s = c.shape;
+    let out = Out {
+        m: s.m,
+        n: s.n,
+        batch0: s.batch[0],
+        data: Mutex::new(vec![f32::NAN; s.batch[0] * s.batch[1] * s.n * s.m]),
+    };
+    let stats = Stats::default();
+    engine_matmul(
+        e,
+        cache,
+        &MatmulJob {
+            shape: s,
+            weights: &c.w,
+            acts: &c.a,
+            dst: &out,
+            weight_id,
+        },
+        &mut Scratch::default(),
+        &stats,
+    )
+    .unwrap();
+    (out.data.into_inner().unwrap(), stats.snapshot())
+}
+
+const ID: WeightId = WeightId {
+    key: 7,
+    fingerprint: 1,
+};
+
+#[test]
+fn baked_and_streamed_kernels_give_identical_numbers() {
+    // max_dim 32: M, K and the tokens are tiled, K tiles accumulate in f32
+    for (i, s) in [
+        shape(37, 70, 9, [1, 1]),
+        shape(70, 100, 33, [2, 1]),
+        shape(64, 64, 64, [1, 1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = case(s, 90 + i as u64);
+        let e = engine(32, None);
+        let baked_cache = KernelCache::new().with_policy(KernelPolicy::Baked);
+        let (baked, st) = run(&e, &baked_cache, &c, Some(ID));
+        assert_eq!(st.baked_nodes, 1, "{s:?} ran baked");
+        let streamed_cache = KernelCache::new().with_policy(KernelPolicy::Streamed);
+        let (streamed, st) = run(&e, &streamed_cache, &c, Some(ID));
+        assert_eq!(st.baked_nodes, 0, "{s:?} ran streamed");
+        // same fp16 operands, same f32 accumulation order: bit for bit
+        assert_eq!(
+            baked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            streamed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{s:?}"
+        );
+        // and both are right
+        let (m, k, n) = (s.m, s.k, s.n);
+        let wt = transpose(&c.w.data, m, k);
+        for b in 0..s.batch[0] * s.batch[1] {
+            let k_tiles = k.div_ceil(32);
+            assert_matmul_close_rounded(
+                &baked[b * n * m..][..n * m],
+                &c.a.data[b * n * k..][..n * k],
+                &wt,
+                n,
+                k,
+                m,
+                k_tiles,
+                &format!("{s:?} batch {b}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn weights_changed_in_place_get_new_kernels() {
+    let e = engine(16384, None);
+    let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
+    let mut c = case(shape(48, 64, 20, [1, 1]), 5);
+    let (first, st) = run(&e, &cache, &c, Some(ID));
+    assert_eq!(st.compiles, 1);
+    // same weights again: served from the cache
+    let (again, st) = run(&e, &cache, &c, Some(ID));
+    assert_eq!((st.compiles, st.cache_hits), (0, 1));
+    assert_eq!(first, again);
+    // the caller's fingerprint changes with the contents: a new kernel, new numbers
+    for v in c.w.data.iter_mut() {
+        *v = -*v;
+    }
+    let changed = WeightId {
+        fingerprint: 2,
+        ..ID
+    };
+    let (second, st) = run(&e, &cache, &c, Some(changed));
+    assert_eq!(st.compiles, 1, "recompiled for the new contents");
+    for (x, y) in first.iter().zip(&second) {
+        assert_eq!(*x, -*y);
+    }
+}
+
+#[test]
+fn auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels() {
+    // budget 34 = reserve 32 + 2: exactly one weight (two buckets) can be baked
+    let e = engine(16384, Some(34));
+    let cache = KernelCache::new();
+    assert_eq!(cache.policy(), KernelPolicy::Auto);
+    let c = case(shape(40, 64, 100, [1, 1]), 8);
+    let two_buckets = case(shape(40, 64, 3000, [1, 1]), 8);
+    let (_, st) = run(&e, &cache, &two_buckets, Some(ID));
+    assert_eq!(
+        (st.baked_nodes, st.compiles),
+        (1, 2),
+        "2048 and 1024 buckets baked"
+    );
+    // a second weight would leave less than the reserve: streamed
+    let other = WeightId { key: 8, ..ID };
+    let (got, st) = run(&e, &cache, &c, Some(other));
+    assert_eq!((st.baked_nodes, st.compiles), (0, 1), "one streamed kernel");
+    let wt = transpose(&c.w.data, 40, 64);
+    assert_matmul_close_rounded(&got, &c.a.data, &wt, 100, 64, 40, 1, "streamed under auto");
+    // no identity (weights that may change): never baked, even with budget
+    let (_, st) = run(&engine(16384, None), &KernelCache::new(), &c, None);
+    assert_eq!(st.baked_nodes, 0);
+}
+
+#[test]
+fn the_policy_parses_from_its_names_only() {
+    for (s, p) in [
+        ("", KernelPolicy::Auto),
+        ("auto", KernelPolicy::Auto),
+        ("BAKED", KernelPolicy::Baked),
+        ("streamed", KernelPolicy::Streamed),
+    ] {
+        assert_eq!(s.parse::<KernelPolicy>().unwrap(), p);
+    }
+    let err = "fast".parse::<KernelPolicy>().unwrap_err().to_string();
+    assert!(err.contains("auto, baked or streamed"), "{err}");
+}
