@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use ane_runtime::disk_cache::DiskCache;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
-use ane_runtime::engine::CompileCounter;
-use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
+use ane_runtime::engine::ANE_COMPILE_BUDGET;
+use ane_runtime::engine::{CompileCounter, Engine};
+use ane_runtime::matmul::plan::{plan_auto, plan_prefill, ModelDims};
 use anyhow::{bail, Context};
 
 #[derive(clap::Args)]
@@ -69,8 +70,14 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         DiskCache::from_env()
     };
     let plan = plan_prefill(&engine, disk.as_ref(), &model, &args.prompt_lengths)?;
+    let auto = plan_auto(
+        &model,
+        &args.prompt_lengths,
+        Some(ANE_COMPILE_BUDGET),
+        engine.limits().max_dim,
+    );
     if args.json {
-        println!("{}", plan.to_json());
+        println!("{}", plan.to_json_with(Some(&auto)));
         return Ok(ExitCode::SUCCESS);
     }
     let m = &plan.model;
@@ -101,6 +108,17 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     println!(
         "compiles: {} (seed: {}), loaded from the disk cache: {}; per-process budget on the ANE ~119",
         plan.compiles, plan.seed_compiles, plan.disk_hits
+    );
+    println!(
+        "GGML_ANE_KERNELS=auto within the apple engine's budget of {ANE_COMPILE_BUDGET}: {} compiles \
+         ({} baked kernels serving {} matmuls, {} streamed kernels serving {}); baking every \
+         weight would take {}",
+        auto.compiles,
+        auto.baked_kernels,
+        auto.baked_matmuls,
+        auto.streamed_kernels,
+        auto.streamed_matmuls,
+        auto.all_baked_kernels
     );
     println!(
         "surface bytes (inputs + outputs of every kernel): {:.1} MiB",

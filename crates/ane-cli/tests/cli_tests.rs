@@ -288,6 +288,13 @@ fn plan_reports_compiles_for_a_7b_prefill() {
         .unwrap();
     assert!(compiles <= 32, "{json}");
     assert!(json.contains("\"seed_compiles\": 1792"), "{json}");
+    // the auto policy's accounting within the apple engine's budget
+    let auto = json.split("\"auto\": ").nth(1).expect("an auto object");
+    assert!(
+        auto.starts_with("{\"budget\": 100, \"compiles\": "),
+        "{auto}"
+    );
+    assert!(auto.contains("\"streamed_kernels\": 24"), "{auto}");
     let out = ane(&[
         "plan",
         "--dims",

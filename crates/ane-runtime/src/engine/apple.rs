@@ -24,8 +24,6 @@ use crate::ffi::apple::ane::{self, Framework, InMemoryModel, Request};
 use crate::ffi::apple::iosurface::IoSurface;
 use crate::surface::Surface;
 
-/// Budget below the ~119 compiles the ANE allows per process.
-pub const DEFAULT_COMPILE_BUDGET: u32 = 100;
 /// Largest tensor dimension the ANE loads.
 pub const MAX_DIM: usize = 16384;
 /// Row strides are multiples of 64 bytes on the ANE.
@@ -49,7 +47,7 @@ impl AppleEngine {
         let budget = std::env::var("GGML_ANE_COMPILE_BUDGET")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_COMPILE_BUDGET);
+            .unwrap_or(super::ANE_COMPILE_BUDGET);
         Ok(AppleEngine {
             fw,
             counter: CompileCounter::process(EngineKind::Apple, Some(budget)),

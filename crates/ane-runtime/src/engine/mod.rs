@@ -25,6 +25,10 @@ use crate::error::{Error, Result};
 use crate::layout::TensorLayout;
 use crate::surface::Surface;
 
+/// The compile budget the `apple` engine keeps per process: below the ~119 compiles after
+/// which the hardware's compiler fails silently (ane-tech.md §4.1).
+pub const ANE_COMPILE_BUDGET: u32 = 100;
+
 /// Which engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EngineKind {

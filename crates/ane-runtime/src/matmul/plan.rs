@@ -1,11 +1,14 @@
 //! Compile accounting for a whole model's prefill: how many kernels a set of prompt lengths
-//! needs under our policy (token buckets, weights as inputs) and under the seed's (one
-//! baked kernel per weight and exact prompt length).
+//! needs under our policy (token buckets, weights as inputs), under `auto` (baking weights
+//! while the budget allows) and under the seed's (one baked kernel per weight and exact
+//! prompt length).
 
 use std::collections::BTreeSet;
 
-use super::program::{kernel_shapes, matmul_program};
+use super::policy::{should_bake, KernelPolicy, WeightId};
+use super::program::{kernel_shapes, matmul_program, tile_sizes, token_chunks};
 use crate::disk_cache::DiskCache;
+use crate::engine::Limits;
 use crate::engine::{compile_cached, Engine};
 use crate::error::Result;
 use crate::layout::{SurfaceDType, TensorLayout};
@@ -86,6 +89,103 @@ pub struct PrefillPlan {
     pub budget: Option<u32>,
 }
 
+/// What `GGML_ANE_KERNELS=auto` would compile for the same prefill within a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoPlan {
+    /// The budget planned against.
+    pub budget: Option<u32>,
+    /// Compiles in total (baked + streamed).
+    pub compiles: u32,
+    /// Baked kernels (weight tile × token bucket).
+    pub baked_kernels: u32,
+    /// Streamed kernels (tile shape × token bucket).
+    pub streamed_kernels: u32,
+    /// Matmuls (over all lengths) served by baked kernels.
+    pub baked_matmuls: u32,
+    /// Matmuls served by streamed kernels.
+    pub streamed_matmuls: u32,
+    /// Baked kernels if every weight were baked (`GGML_ANE_KERNELS=baked` without a budget).
+    pub all_baked_kernels: u32,
+}
+
+/// Replays the `auto` decisions ([`should_bake`]) over the prefill in graph order, counting
+/// compiles instead of making them (baking a 7B model's zero weights would need 13 GB).
+pub fn plan_auto(
+    model: &ModelDims,
+    lengths: &[usize],
+    budget: Option<u32>,
+    max_dim: usize,
+) -> AutoPlan {
+    let mut used = 0u32;
+    let mut baked: BTreeSet<(usize, usize, usize, usize, usize)> = BTreeSet::new();
+    let mut all_baked: BTreeSet<(usize, usize, usize, usize, usize)> = BTreeSet::new();
+    let mut streamed: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
+    let (mut baked_matmuls, mut streamed_matmuls) = (0, 0);
+    for &n in lengths {
+        for (w, &(m, k)) in model.weights().iter().enumerate() {
+            let (tm, tk) = tile_sizes(m, k, max_dim);
+            let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
+            buckets.sort_unstable();
+            buckets.dedup();
+            let mut tiles = Vec::new();
+            for m0 in (0..m).step_by(tm) {
+                for k0 in (0..k).step_by(tk) {
+                    tiles.extend(buckets.iter().map(|&b| (w, m0, k0, b, tm.min(m - m0))));
+                }
+            }
+            all_baked.extend(tiles.iter().copied());
+            let missing = tiles.iter().filter(|t| !baked.contains(t)).count() as u32;
+            let limits = Limits {
+                max_dim,
+                row_alignment: 64,
+                compile_budget: budget,
+                compiles_used: used,
+            };
+            let id = WeightId {
+                key: w as u64,
+                fingerprint: 0,
+            };
+            if should_bake(KernelPolicy::Auto, Some(&id), false, &limits, missing) {
+                used += missing;
+                baked.extend(tiles);
+                baked_matmuls += 1;
+            } else {
+                for shape in kernel_shapes(m, k, n, max_dim) {
+                    if budget.is_none_or(|b| used < b) && streamed.insert(shape) {
+                        used += 1;
+                    }
+                }
+                streamed_matmuls += 1;
+            }
+        }
+    }
+    AutoPlan {
+        budget,
+        compiles: used,
+        baked_kernels: baked.len() as u32,
+        streamed_kernels: streamed.len() as u32,
+        baked_matmuls,
+        streamed_matmuls,
+        all_baked_kernels: all_baked.len() as u32,
+    }
+}
+
+impl AutoPlan {
+    /// As a JSON object.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}}}",
+            self.budget.map_or("null".to_string(), |b| b.to_string()),
+            self.compiles,
+            self.baked_kernels,
+            self.streamed_kernels,
+            self.baked_matmuls,
+            self.streamed_matmuls,
+            self.all_baked_kernels
+        )
+    }
+}
+
 /// Plans (and compiles, on `engine`) every kernel a prefill of each length needs.
 pub fn plan_prefill(
     engine: &dyn Engine,
@@ -159,6 +259,17 @@ fn io_bytes(m: usize, k: usize, n: usize, align: usize) -> usize {
 }
 
 impl PrefillPlan {
+    /// The report as JSON (top-level `"compiles"`), written by hand: a flat, fixed schema;
+    /// `auto` adds the `"auto"` object.
+    pub fn to_json_with(&self, auto: Option<&AutoPlan>) -> String {
+        let mut j = self.to_json();
+        if let Some(a) = auto {
+            j.pop();
+            j += &format!(", \"auto\": {}}}", a.to_json());
+        }
+        j
+    }
+
     /// The report as JSON (top-level `"compiles"`), written by hand: a flat, fixed schema.
     pub fn to_json(&self) -> String {
         let rows: Vec<String> = self
