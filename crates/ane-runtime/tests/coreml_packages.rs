@@ -8,7 +8,7 @@ use ane_mil::coreml;
 use ane_mil::WeightFiles;
 use ane_runtime::engine::reference::ReferenceEngine;
 use ane_runtime::matmul::plan::ModelDims;
-use ane_runtime::matmul::{kernel_shapes, matmul_program};
+use ane_runtime::matmul::{baked_matmul_program, baked_weights, kernel_shapes, matmul_program};
 use ane_runtime::Engine;
 use ane_testutil::coremltools;
 
@@ -61,5 +61,62 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
     eprintln!(
         "coremltools accepted {} planner kernel packages",
         shapes.len()
+    );
+}
+
+/// Baked kernels carry their weight tile in weight.bin: coremltools must read it back through
+/// the package (a wrong offset or dtype fails there). A 7B's tiles would be gigabytes, so the
+/// kernels of a small llama (dim 512, ffn 1376, vocab 2048) stand in.
+#[test]
+fn baked_kernels_package_with_their_weights() {
+    let Some(py) = coremltools::python() else {
+        return;
+    };
+    let model = ane_runtime::matmul::plan::ModelDims {
+        name: "tiny".into(),
+        dim: 512,
+        ffn: 1376,
+        layers: 1,
+        vocab: 2048,
+    };
+    let mut shapes = BTreeSet::new();
+    for (m, k) in model.weights() {
+        for n in [1, 17, 100] {
+            shapes.extend(kernel_shapes(m, k, n, 16384));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        let tile: Vec<half::f16> = (0..m * k)
+            .map(|j| half::f16::from_f32(((j * 31 + i) % 17) as f32 / 16.0 - 0.5))
+            .collect();
+        let sum: f64 = tile.iter().map(|v| v.to_f64()).sum();
+        let path = dir.path().join(format!("baked_{m}x{k}x{n}.mlpackage"));
+        coreml::package(&baked_matmul_program(m, k, n), None, &baked_weights(&tile))
+            .unwrap()
+            .write_to(&path)
+            .unwrap();
+        cases.push((path, m * k, sum));
+    }
+    let paths: Vec<&Path> = cases.iter().map(|(p, _, _)| p.as_path()).collect();
+    let inferred = coremltools::check_packages(&py, &paths).unwrap_or_else(|e| panic!("{e}"));
+    for ((path, count, sum), got) in cases.iter().zip(&inferred) {
+        let w = got.functions[0]
+            .1
+            .iter()
+            .find(|o| o.name == "W")
+            .unwrap_or_else(|| panic!("{}: no W", path.display()));
+        let (theirs, n) = w.checksum.expect("the weight's values");
+        assert_eq!(n, *count, "{}", path.display());
+        assert!(
+            (theirs - sum).abs() <= 1e-6 * (1.0 + sum.abs()),
+            "{}: {theirs} vs {sum}",
+            path.display()
+        );
+    }
+    eprintln!(
+        "coremltools read the weights of {} baked kernel packages",
+        cases.len()
     );
 }
