@@ -1,4 +1,5 @@
-//! The framework's per-program folder: shared by kernels of one program, removed by the last.
+//! The framework's per-program folder: shared by kernels of one program (in any process),
+//! removed by the last.
 
 use ane_mil::{BlobWriter, WeightFiles};
 use ane_runtime::engine::model_dir::{weight_file_path, ModelDir};
@@ -28,7 +29,6 @@ fn the_folder_outlives_every_holder_but_the_last() {
         w.file("@model_path/weights/weight.bin").unwrap().bytes()
     );
     let second = ModelDir::acquire(path.clone(), "program(1.3)\n", &w).unwrap();
-    assert_eq!(second.holders(), 2);
     drop(first);
     assert!(
         path.join("model.mil").exists(),
@@ -62,6 +62,41 @@ fn weight_paths_cannot_leave_the_folder() {
     .unwrap();
     let path = root.path().join("X");
     assert!(ModelDir::acquire(path.clone(), "p", &bad).is_err());
-    assert!(!path.exists(), "a failed acquire leaves nothing behind");
+    assert!(!path.exists(), "refused before anything is written");
     assert!(!root.path().join("escape.bin").exists());
+}
+
+/// Another process holding the folder (here: a child holding the lock file) keeps it alive.
+#[cfg(unix)]
+#[test]
+fn a_holder_in_another_process_keeps_the_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("F00D");
+    let held = ModelDir::acquire(path.clone(), "program(1.3)\n", &weights()).unwrap();
+    // flock(1) from util-linux takes a shared lock on the same file and waits for `sleep`
+    // (--close: the lock stays with flock itself, so killing it releases the lock)
+    let Ok(mut other) = std::process::Command::new("flock")
+        .args([
+            "--shared",
+            "--close",
+            root.path().join("F00D.lock").to_str().unwrap(),
+            "sleep",
+            "5",
+        ])
+        .spawn()
+    else {
+        eprintln!("SKIP: flock(1) not found");
+        return;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(held);
+    assert!(
+        path.join("model.mil").exists(),
+        "the other process still holds it"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+    // now the next holder that lets go is the last
+    drop(ModelDir::acquire(path.clone(), "program(1.3)\n", &weights()).unwrap());
+    assert!(!path.exists());
 }

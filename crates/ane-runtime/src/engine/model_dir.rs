@@ -1,26 +1,24 @@
 //! The folder the private framework compiles a program in: `NSTemporaryDirectory()/<hex id>/`
 //! with `model.mil` and `weights/*`, as every working client prepares it before compiling.
 //!
-//! The framework names the folder after the program's content hash, so two kernels of the
-//! same program share it. The seed deletes it when either is freed, breaking the other; here
-//! the folder is reference-counted per process and removed when the last holder drops it.
+//! The framework names the folder after the program's content hash, so every kernel of the
+//! same program — in this process or another — shares it. The seed deletes it when any of
+//! them is freed, breaking the others. Here each holder keeps a shared lock on
+//! `<hex id>.lock` beside the folder; the holder that drops it and then gets the lock
+//! exclusively is the last one anywhere, and only it removes the folder.
 
-use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use ane_mil::WeightFiles;
 
-/// Holders per folder.
-fn holders() -> &'static Mutex<HashMap<PathBuf, usize>> {
-    static HOLDERS: OnceLock<Mutex<HashMap<PathBuf, usize>>> = OnceLock::new();
-    HOLDERS.get_or_init(Default::default)
-}
-
-/// A held model folder; dropping the last holder removes it.
+/// A held model folder; the last holder (across processes) removes it.
 #[derive(Debug)]
 pub struct ModelDir {
     path: PathBuf,
+    lock_path: PathBuf,
+    /// Our shared lock; `None` only while dropping.
+    lock: Option<File>,
 }
 
 /// Where a BLOBFILE path (`@model_path/weights/w.bin`) lives inside the folder, refusing
@@ -38,56 +36,79 @@ pub fn weight_file_path(dir: &Path, mil_path: &str) -> std::io::Result<PathBuf> 
     Ok(dir.join(rel))
 }
 
+/// Writes `bytes` to `path` unless it already holds them; via a temporary name and a
+/// rename, so a concurrent reader never sees half a file.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
 impl ModelDir {
-    /// Holds `path`, writing `model.mil` and the weight files if this is the first holder.
+    /// Holds `path` (a folder named after the program's hash), writing `model.mil` and the
+    /// weight files where they are missing or differ.
     pub fn acquire(path: PathBuf, mil_text: &str, weights: &WeightFiles) -> std::io::Result<Self> {
-        let mut map = holders().lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(path.clone()).or_insert(0);
-        if *count == 0 {
-            let written = (|| {
-                std::fs::create_dir_all(&path)?;
-                std::fs::write(path.join("model.mil"), mil_text)?;
-                for (mil_path, file) in weights.iter() {
-                    let p = weight_file_path(&path, mil_path)?;
-                    if let Some(parent) = p.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::write(p, file.bytes())?;
-                }
-                Ok::<_, std::io::Error>(())
-            })();
-            if let Err(e) = written {
-                map.remove(&path);
-                let _ = std::fs::remove_dir_all(&path);
-                return Err(e);
-            }
+        // validate every weight path before touching the disk
+        let files = weights
+            .iter()
+            .map(|(p, f)| Ok((weight_file_path(&path, p)?, f.bytes())))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
+        lock_name.push(".lock");
+        let lock_path = path.with_file_name(lock_name);
+        if let Some(parent) = lock_path.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        *map.get_mut(&path).expect("inserted above") += 1;
-        Ok(ModelDir { path })
+        let lock = open_lock(&lock_path)?;
+        // waits while a last holder elsewhere is removing the folder
+        lock.lock_shared()?;
+        let held = ModelDir {
+            path,
+            lock_path,
+            lock: Some(lock),
+        };
+        write_if_changed(&held.path.join("model.mil"), mil_text.as_bytes())?;
+        for (p, bytes) in files {
+            write_if_changed(&p, bytes)?;
+        }
+        Ok(held)
     }
 
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// How many holders the folder has now.
-    pub fn holders(&self) -> usize {
-        let map = holders().lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&self.path).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for ModelDir {
     fn drop(&mut self) {
-        let mut map = holders().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.path) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.path);
-                // a folder that cannot be removed costs disk space, never correctness
+        // closing our descriptor releases our shared lock
+        drop(self.lock.take());
+        let Ok(probe) = open_lock(&self.lock_path) else {
+            return;
+        };
+        match probe.try_lock() {
+            // nobody else holds it: we were the last; a folder that cannot be removed costs
+            // disk space, never correctness
+            Ok(()) => {
                 let _ = std::fs::remove_dir_all(&self.path);
             }
+            Err(TryLockError::WouldBlock) | Err(TryLockError::Error(_)) => {}
         }
     }
 }
