@@ -299,7 +299,7 @@ impl BlobFile {
                     what,
                 });
             }
-            if data_offset % BLOB_ALIGNMENT as u64 != 0 {
+            if !data_offset.is_multiple_of(BLOB_ALIGNMENT as u64) {
                 return Err(BlobError::Misaligned {
                     index,
                     what: "payload",

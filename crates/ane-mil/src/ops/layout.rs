@@ -60,7 +60,7 @@ pub(super) fn reshape(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(OpError::Shape(format!(
                 "cannot infer -1: {total} elements do not divide into {spec:?}"
             )));

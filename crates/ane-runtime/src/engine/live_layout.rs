@@ -192,7 +192,7 @@ pub fn layout_from_live(
     }
     let elem = dtype.size();
     if live.row_stride < w * elem
-        || live.row_stride % row_alignment != 0
+        || !live.row_stride.is_multiple_of(row_alignment)
         || (c > 1 || h > 1) && live.plane_stride < h * live.row_stride
         || live.batch_stride < c * live.plane_stride.max(h * live.row_stride)
     {

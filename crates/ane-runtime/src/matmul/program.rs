@@ -46,7 +46,7 @@ pub fn tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
 /// The distinct sizes of a dimension `d` cut into tiles of `t` (at most two).
 fn tile_lengths(d: usize, t: usize) -> Vec<usize> {
     let mut v = vec![t.min(d)];
-    if d % t != 0 && d > t {
+    if !d.is_multiple_of(t) && d > t {
         v.push(d % t);
     }
     v
