@@ -4,29 +4,13 @@
 
 mod support;
 
-use std::sync::Mutex;
-
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::{
-    engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, MatrixSink,
-    Scratch, Stats, WeightId,
+    engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, Scratch, Stats,
+    WeightId,
 };
 use support::*;
-
-struct Out {
-    m: usize,
-    n: usize,
-    batch0: usize,
-    data: Mutex<Vec<f32>>,
-}
-
-impl MatrixSink for Out {
-    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
-        let b = b3 * self.batch0 + b2;
-        self.data.lock().unwrap()[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
-    }
-}
 
 fn engine(max_dim: usize, budget: Option<u32>) -> ReferenceEngine {
     ReferenceEngine::with_config(ReferenceConfig {
@@ -76,7 +60,7 @@ fn run(
         m: s.m,
         n: s.n,
         batch0: s.batch[0],
-        data: Mutex::new(vec![f32::NAN; s.batch[0] * s.batch[1] * s.n * s.m]),
+        data: std::sync::Mutex::new(vec![f32::NAN; s.batch[0] * s.batch[1] * s.n * s.m]),
     };
     let stats = Stats::default();
     engine_matmul(

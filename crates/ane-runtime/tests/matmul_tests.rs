@@ -2,30 +2,14 @@
 
 mod support;
 
-use std::sync::Mutex;
-
 use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::{
     cpu_matmul, engine_matmul, DenseRows, FallbackReason, KernelCache, MatmulJob, MatmulShape,
-    MatrixSink, Scratch, Stats,
+    Scratch, Stats,
 };
 use ane_runtime::Engine;
 use support::*;
-
-struct Out {
-    m: usize,
-    n: usize,
-    batch0: usize,
-    data: Mutex<Vec<f32>>,
-}
-
-impl MatrixSink for Out {
-    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
-        let b = b3 * self.batch0 + b2;
-        self.data.lock().unwrap()[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
-    }
-}
 
 fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
     ReferenceEngine::with_config(ReferenceConfig {
@@ -87,7 +71,7 @@ fn out_for(shape: MatmulShape) -> Out {
         m: shape.m,
         n: shape.n,
         batch0: shape.batch[0],
-        data: Mutex::new(vec![
+        data: std::sync::Mutex::new(vec![
             f32::NAN;
             shape.batch[0] * shape.batch[1] * shape.n * shape.m
         ]),

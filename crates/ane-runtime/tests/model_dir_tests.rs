@@ -4,6 +4,10 @@
 use ane_mil::{BlobWriter, WeightFiles};
 use ane_runtime::engine::model_dir::{weight_file_path, ModelDir};
 
+/// Spawning a process copies every descriptor until it execs, lock files included: a test
+/// that spawns one must not overlap the tests that watch locks being released.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn weights() -> WeightFiles {
     let mut w = BlobWriter::new();
     w.add_fp32(&[1.0, 2.0]);
@@ -16,6 +20,7 @@ fn weights() -> WeightFiles {
 
 #[test]
 fn the_folder_outlives_every_holder_but_the_last() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("ABC123");
     let w = weights();
@@ -70,6 +75,7 @@ fn weight_paths_cannot_leave_the_folder() {
 #[cfg(unix)]
 #[test]
 fn a_holder_in_another_process_keeps_the_folder() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("F00D");
     let held = ModelDir::acquire(path.clone(), "program(1.3)\n", &weights()).unwrap();

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::{stat, tail};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -215,21 +217,6 @@ fn argmax_agreement(want: &[f32], got: &[f32], n_vocab: usize) -> usize {
         .zip(got.chunks(n_vocab))
         .filter(|(a, b)| argmax(a) == argmax(b))
         .count()
-}
-
-fn stat(text: &str, label: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix(label)
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or_else(|| panic!("no `{label}` line in the output:\n{}", tail(text)))
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn python() -> String {

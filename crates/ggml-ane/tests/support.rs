@@ -36,3 +36,20 @@ pub fn cdylib() -> PathBuf {
     );
     p
 }
+
+/// The last 40 lines, for assertion messages.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A counter from the GGML_ANE_STATS table (`  nodes on engine   58`).
+pub fn stat(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(label)
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or_else(|| panic!("no `{label}` line in the stats:\n{}", tail(text)))
+}

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{stat, tail};
+
 use std::process::Command;
 
 static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -50,11 +52,6 @@ fn run_in(lib_dir: &std::path::Path, filter: Option<&str>, env: &[(&str, &str)])
     text
 }
 
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// "N/M tests passed" for our backend.
 fn passed(text: &str) -> (usize, usize) {
     let line = text
@@ -69,16 +66,6 @@ fn passed(text: &str) -> (usize, usize) {
         .split_once('/')
         .unwrap();
     (a.parse().unwrap(), b.parse().unwrap())
-}
-
-fn stat(text: &str, label: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix(label)
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or_else(|| panic!("no `{label}` line in the stats:\n{}", tail(text)))
 }
 
 #[test]

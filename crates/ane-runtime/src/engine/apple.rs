@@ -17,7 +17,8 @@ use ane_mil::{check_program, print_program, Program, WeightFiles};
 use super::live_layout::{procedure_layouts, retry, surface_alloc_size};
 use super::model_dir::ModelDir;
 use super::{
-    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    checked_procedure, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits,
+    ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::ffi::apple::ane::{self, Framework, InMemoryModel, Request};
@@ -143,11 +144,7 @@ impl Kernel for AppleKernel {
     }
 
     fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
-        let proc_ = self
-            .procedures
-            .get(index)
-            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
-        check_surfaces(proc_, inputs, outputs)?;
+        checked_procedure(&self.procedures, index, inputs, outputs)?;
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let p = &state[index];
         // one copy each way; our surfaces already have the hardware's strides

@@ -14,7 +14,8 @@ use ane_mil::{check_program, Program, WeightFiles};
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    checked_procedure, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits,
+    ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::ffi::apple::coreml::{compile_package, LoadedModel};
@@ -172,11 +173,7 @@ impl Kernel for CoreMlKernel {
     }
 
     fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
-        let proc_ = self
-            .procedures
-            .get(index)
-            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
-        check_surfaces(proc_, inputs, outputs)?;
+        checked_procedure(&self.procedures, index, inputs, outputs)?;
         let model = self.models[index].lock().unwrap_or_else(|e| e.into_inner());
         model.predict(inputs, outputs).map_err(Error::Eval)
     }

@@ -212,6 +212,21 @@ pub trait Kernel: Send + Sync {
     }
 }
 
+/// Procedure `index` of a kernel, with the surfaces checked against its layouts: the start
+/// of every [`Kernel::eval`].
+pub fn checked_procedure<'p>(
+    procedures: &'p [ProcedureInfo],
+    index: usize,
+    inputs: &[&Surface],
+    outputs: &[&mut Surface],
+) -> Result<&'p ProcedureInfo> {
+    let proc_ = procedures
+        .get(index)
+        .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+    check_surfaces(proc_, inputs, outputs)?;
+    Ok(proc_)
+}
+
 /// Checks surfaces against the layouts a procedure expects.
 pub fn check_surfaces(
     proc_: &ProcedureInfo,

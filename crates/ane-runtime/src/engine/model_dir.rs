@@ -5,7 +5,9 @@
 //! same program — in this process or another — shares it. The seed deletes it when any of
 //! them is freed, breaking the others. Here each holder keeps a shared lock on
 //! `<hex id>.lock` beside the folder; the holder that drops it and then gets the lock
-//! exclusively is the last one anywhere, and only it removes the folder.
+//! exclusively is the last one anywhere, and only it removes the folder. (A process spawned
+//! at that moment briefly shares our descriptors until it execs; then the folder is simply
+//! left for the next last holder — disk space, never correctness.)
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Component, Path, PathBuf};

@@ -316,25 +316,24 @@ fn baked_matmul(
                     .find(|(key, _)| *key == (m0, k0, bucket))
                     .map(|(_, kernel)| kernel)
                     .ok_or_else(|| FallbackReason::Internal("missing baked kernel".into()))?;
-                let proc_ = &kernel.procedures()[0];
-                let t = Instant::now();
-                let mut sa = scratch.surface(&proc_.inputs[0]);
-                stage_rows(&mut sa, job.acts, (b2, b3), n0, bn, (k0, bk), k);
-                zero_rows(&mut sa, bn, bk);
-                let mut sy = scratch.surface(&proc_.outputs[0]);
-                stats.add_staging(t.elapsed());
-                let t = Instant::now();
-                let r = kernel.eval(0, &[&sa], &mut [&mut sy]);
-                stats.add_engine(t.elapsed());
-                r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
-                let t = Instant::now();
-                let finite = accumulate_tile(&sy, &mut out[..n * m], m, n0, bn, m0, bm);
-                stats.add_writeback(t.elapsed());
-                scratch.give_back(sa);
-                scratch.give_back(sy);
-                if !finite {
-                    return Err(FallbackReason::NonFinite);
-                }
+                let tile = Tile {
+                    n0,
+                    bn,
+                    k0,
+                    bk,
+                    m0,
+                    bm,
+                };
+                run_tile(
+                    kernel.as_ref(),
+                    job,
+                    (b2, b3),
+                    tile,
+                    None,
+                    &mut out[..n * m],
+                    scratch,
+                    stats,
+                )?;
             }
         }
         let t = Instant::now();
@@ -393,24 +392,27 @@ fn streamed_matmul(
                 for &(n0, bn, bucket) in &chunks {
                     let kernel = kernel_for(bm, bk, bucket)
                         .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
-                    let proc_ = &kernel.procedures()[0];
-                    let t = Instant::now();
-                    let mut sa = scratch.surface(&proc_.inputs[0]);
-                    stage_rows(&mut sa, job.acts, (b2, b3), n0, bn, (k0, bk), k);
-                    zero_rows(&mut sa, bn, bk);
-                    let mut sy = scratch.surface(&proc_.outputs[0]);
-                    stats.add_staging(t.elapsed());
-                    let t = Instant::now();
-                    let r = kernel.eval(0, &[&sa, &sw], &mut [&mut sy]);
-                    stats.add_engine(t.elapsed());
-                    r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
-                    let t = Instant::now();
-                    let finite = accumulate_tile(&sy, &mut out[..n * m], m, n0, bn, m0, bm);
-                    stats.add_writeback(t.elapsed());
-                    scratch.give_back(sa);
-                    scratch.give_back(sy);
-                    if !finite {
-                        return Err(FallbackReason::NonFinite);
+                    let tile = Tile {
+                        n0,
+                        bn,
+                        k0,
+                        bk,
+                        m0,
+                        bm,
+                    };
+                    let r = run_tile(
+                        kernel.as_ref(),
+                        job,
+                        (b2, b3),
+                        tile,
+                        Some(&sw),
+                        &mut out[..n * m],
+                        scratch,
+                        stats,
+                    );
+                    if r.is_err() {
+                        scratch.give_back(sw);
+                        return r;
                     }
                 }
                 scratch.give_back(sw);
@@ -422,6 +424,65 @@ fn streamed_matmul(
         scratch.out = out;
     }
     Ok(())
+}
+
+/// Where one kernel evaluation reads and writes: activation rows `n0..n0+bn`, columns
+/// `k0..k0+bk`, output columns `m0..m0+bm`.
+#[derive(Clone, Copy)]
+struct Tile {
+    n0: usize,
+    bn: usize,
+    k0: usize,
+    bk: usize,
+    m0: usize,
+    bm: usize,
+}
+
+/// One evaluation: stages the activation rows (the padded tail zeroed), evaluates with the
+/// staged weight surface as second input when streamed, adds the result into `out` (`[n, m]`).
+#[allow(clippy::too_many_arguments)]
+fn run_tile(
+    kernel: &dyn crate::engine::Kernel,
+    job: &MatmulJob<'_>,
+    batch: (usize, usize),
+    t: Tile,
+    weights: Option<&Surface>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
+    let proc_ = &kernel.procedures()[0];
+    let clock = Instant::now();
+    let mut sa = scratch.surface(&proc_.inputs[0]);
+    stage_rows(
+        &mut sa,
+        job.acts,
+        batch,
+        t.n0,
+        t.bn,
+        (t.k0, t.bk),
+        job.shape.k,
+    );
+    zero_rows(&mut sa, t.bn, t.bk);
+    let mut sy = scratch.surface(&proc_.outputs[0]);
+    stats.add_staging(clock.elapsed());
+    let clock = Instant::now();
+    let r = match weights {
+        Some(sw) => kernel.eval(0, &[&sa, sw], &mut [&mut sy]),
+        None => kernel.eval(0, &[&sa], &mut [&mut sy]),
+    };
+    stats.add_engine(clock.elapsed());
+    let clock = Instant::now();
+    let finite = r.is_ok() && accumulate_tile(&sy, out, job.shape.m, t.n0, t.bn, t.m0, t.bm);
+    stats.add_writeback(clock.elapsed());
+    scratch.give_back(sa);
+    scratch.give_back(sy);
+    r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+    if finite {
+        Ok(())
+    } else {
+        Err(FallbackReason::NonFinite)
+    }
 }
 
 /// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into

@@ -77,6 +77,11 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let a = f.input("a", ValueType::tensor(DType::Fp16, [n, k]));
     let b = f.input("b", ValueType::tensor(DType::Fp16, [m, k]));
+    finish_matmul(f, a, b)
+}
+
+/// Adds `y = matmul(a, w, transpose_y = true)` as the output and wraps the function.
+fn finish_matmul(mut f: FunctionBuilder, a: String, w: String) -> Program {
     let tx = f.constant("tx", Literal::bool(false));
     let ty = f.constant("ty", Literal::bool(true));
     let y = f
@@ -87,7 +92,7 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
                 ("transpose_x", Arg::Var(tx)),
                 ("transpose_y", Arg::Var(ty)),
                 ("x", Arg::Var(a)),
-                ("y", Arg::Var(b)),
+                ("y", Arg::Var(w)),
             ],
         )
         .expect("the tile program is well-typed");
@@ -115,24 +120,7 @@ pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
             offset: 64,
         }),
     );
-    let tx = f.constant("tx", Literal::bool(false));
-    let ty = f.constant("ty", Literal::bool(true));
-    let y = f
-        .op(
-            "y",
-            "matmul",
-            &[
-                ("transpose_x", Arg::Var(tx)),
-                ("transpose_y", Arg::Var(ty)),
-                ("x", Arg::Var(a)),
-                ("y", Arg::Var(w)),
-            ],
-        )
-        .expect("the baked tile program is well-typed");
-    f.output(&y).expect("y is defined");
-    let mut p = Program::new();
-    p.functions.push(f.finish());
-    p
+    finish_matmul(f, a, w)
 }
 
 /// The weight file of a baked kernel: the fp16 tile `[m, k]`, row-major.

@@ -15,6 +15,21 @@ use half::f16;
 
 pub use ane_testutil::*;
 
+/// A matmul result `[B3][B2][N][M]` collected in memory.
+pub struct Out {
+    pub m: usize,
+    pub n: usize,
+    pub batch0: usize,
+    pub data: std::sync::Mutex<Vec<f32>>,
+}
+
+impl ane_runtime::matmul::MatrixSink for Out {
+    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
+        let b = b3 * self.batch0 + b2;
+        self.data.lock().unwrap()[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
+    }
+}
+
 pub const WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
 
 pub fn engine() -> ReferenceEngine {
