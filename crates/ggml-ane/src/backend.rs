@@ -31,7 +31,13 @@ pub(crate) struct Runtime {
     pub(crate) cache: KernelCache,
     pub(crate) description: CString,
     pub(crate) min_batch: usize,
+    /// MUL_MATs with fewer tokens are refused (`supports_op`), so they stay on the CPU.
+    pub(crate) min_tokens: usize,
     pub(crate) stats_on_free: bool,
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// The runtime, created on first use from `GGML_ANE_ENGINE` (auto by default).
@@ -56,15 +62,15 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             GGML_LOG_LEVEL_INFO,
             &format!("ggml-ane: using the {} engine{why}", info.kind),
         );
-        let min_batch = std::env::var("GGML_ANE_MIN_BATCH")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MIN_BATCH);
+        let min_batch = env_usize("GGML_ANE_MIN_BATCH").unwrap_or(DEFAULT_MIN_BATCH);
+        // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
+        let min_tokens = env_usize("GGML_ANE_MIN_TOKENS").unwrap_or(1).max(1);
         Ok(Runtime {
             engine,
             cache: KernelCache::with_disk(DiskCache::from_env()).with_policy(policy),
             description: CString::new(info.description).unwrap_or_default(),
             min_batch,
+            min_tokens,
             stats_on_free: std::env::var("GGML_ANE_STATS").is_ok_and(|v| v != "0" && !v.is_empty()),
         })
     })
@@ -107,7 +113,11 @@ pub(crate) fn classify(n: &NodeDesc) -> NodeAction {
 }
 
 pub(crate) fn supports_op(n: &NodeDesc) -> bool {
-    is_view_op(n.node.op) || (n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n))
+    let min_tokens = runtime().map_or(1, |rt| rt.min_tokens);
+    is_view_op(n.node.op)
+        || (n.node.op == ggml_op::MUL_MAT
+            && supports_mul_mat(n)
+            && n.node.ne[1] as usize >= min_tokens)
 }
 
 pub(crate) fn offload_op(n: &NodeDesc, rt: &Runtime) -> bool {
@@ -207,6 +217,7 @@ pub(crate) fn features() -> Vec<(String, String)> {
                 ("ENGINE".to_string(), rt.engine.info().kind.to_string()),
                 ("MAX_DIM".to_string(), limits.max_dim.to_string()),
                 ("MIN_BATCH".to_string(), rt.min_batch.to_string()),
+                ("MIN_TOKENS".to_string(), rt.min_tokens.to_string()),
                 (
                     "KERNELS".to_string(),
                     rt.cache.policy().as_str().to_string(),

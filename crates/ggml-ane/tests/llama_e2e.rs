@@ -57,6 +57,13 @@ fn check_model(kind: &str, max_nmse: f64) {
         Some(&dir.join("cache-streamed")),
         &[("GGML_ANE_KERNELS", "streamed")],
     );
+    // decode (one token) left to the CPU: the prompt's matmuls alone reach us
+    let prompt_only = tools.run(
+        &model,
+        &dir.join("prompt-only.f32"),
+        Some(&dir.join("cache-prompt")),
+        &[("GGML_ANE_MIN_TOKENS", "2")],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
     assert!(
@@ -84,6 +91,16 @@ fn check_model(kind: &str, max_nmse: f64) {
             .zip(&streamed.logits)
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "baked and streamed kernels disagree"
+    );
+    assert_eq!(
+        stat(&prompt_only.log, "nodes on engine"),
+        matmuls_per_token as u64
+    );
+    let row = cpu.logits.len() / (PROMPT + 1);
+    assert_eq!(
+        prompt_only.logits[..PROMPT * row],
+        ane.logits[..PROMPT * row],
+        "the prompt ran the same way"
     );
 
     assert_eq!(cpu.logits.len(), ane.logits.len());

@@ -117,4 +117,8 @@ fn features_name_the_engine_and_its_limits() {
     assert_eq!(get("ENGINE"), Some("reference"), "{f:?}");
     assert_eq!(get("MAX_DIM"), Some("16384"), "{f:?}");
     assert!(get("COMPILE_BUDGET").is_some(), "{f:?}");
+    // the defaults (the test script sets none of these)
+    assert_eq!(get("KERNELS"), Some("auto"), "{f:?}");
+    assert_eq!(get("MIN_TOKENS"), Some("1"), "{f:?}");
+    assert_eq!(get("MIN_BATCH"), Some("64"), "{f:?}");
 }
