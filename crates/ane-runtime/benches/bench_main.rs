@@ -1,5 +1,6 @@
-//! Staging throughput: f32 rows → fp16 surface rows (64-byte aligned, multi-threaded) against
-//! a plain memcpy of the same output bytes, in the same run. `cargo bench -p ane-runtime`.
+//! Staging throughput: f32 rows → fp16 surface rows (64-byte aligned, multi-threaded), and
+//! fp16 rows (an F16 model's weights) copied into them, against a plain memcpy of the same
+//! output bytes, in the same run. `cargo bench -p ane-runtime`.
 #![allow(
     missing_docs,
     reason = "criterion's macros generate undocumented functions"
@@ -7,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use ane_runtime::matmul::{stage_rows, DenseRows};
+use ane_runtime::matmul::{stage_rows, DenseRows, HalfRows};
 use ane_runtime::{Surface, SurfaceDType, TensorLayout};
 
 /// Shapes `(tokens, features)`: prompt chunks of a 7B layer's input, and an odd width.
@@ -25,6 +26,17 @@ fn staging(c: &mut Criterion) {
             BenchmarkId::new("f32_to_fp16_rows", format!("{n}x{k}")),
             &(),
             |b, _| b.iter(|| stage_rows(&mut surface, &src, (0, 0), 0, n, (0, k), k)),
+        );
+        let half_src = HalfRows {
+            rows: n,
+            k,
+            batch0: 1,
+            data: src.data.iter().map(|&v| half::f16::from_f32(v)).collect(),
+        };
+        g.bench_with_input(
+            BenchmarkId::new("fp16_rows_copied", format!("{n}x{k}")),
+            &(),
+            |b, _| b.iter(|| stage_rows(&mut surface, &half_src, (0, 0), 0, n, (0, k), k)),
         );
         let from = vec![7u8; bytes];
         let mut to = vec![0u8; bytes];

@@ -216,3 +216,69 @@ fn auto_planning_for_a_7b_prefill_stays_within_the_apple_budget() {
     assert_eq!(unlimited.compiles, 226 * 6);
     assert_eq!(unlimited.streamed_kernels, 0);
 }
+
+/// An fp16 source that refuses to be read as f32: staging must copy its rows.
+struct CopyOnly(ane_runtime::matmul::HalfRows);
+
+impl ane_runtime::matmul::MatrixSource for CopyOnly {
+    fn read_row(&self, _b2: usize, _b3: usize, _row: usize, _out: &mut [f32]) {
+        panic!("an fp16 row was converted instead of copied");
+    }
+
+    fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[half::f16]> {
+        self.0.row_f16(b2, b3, row)
+    }
+}
+
+/// fp16 sources are staged by copying, not converting: the same bits as from f32 rows holding
+/// the same (fp16-exact) values, streamed and baked.
+#[test]
+fn fp16_weights_stage_by_copy_with_the_same_results() {
+    use ane_runtime::matmul::{HalfRows, MatrixSource};
+    let c = case(shape(70, 100, 33, [1, 1]), 12);
+    let half_w = CopyOnly(HalfRows {
+        rows: c.w.rows,
+        k: c.w.k,
+        batch0: 1,
+        data: c.w.data.iter().map(|&v| half::f16::from_f32(v)).collect(),
+    });
+    // HalfRows itself also reads as f32, for the CPU path
+    let mut row = vec![0f32; c.w.k];
+    half_w.0.read_row(0, 0, 3, &mut row);
+    assert_eq!(row, c.w.data[3 * c.w.k..4 * c.w.k]);
+    let h = Case {
+        shape: c.shape,
+        w: c.w.clone(),
+        a: c.a.clone(),
+    };
+    let e = engine(32, None);
+    for policy in [KernelPolicy::Streamed, KernelPolicy::Baked] {
+        let (from_f32, _) = run(&e, &KernelCache::new().with_policy(policy), &h, Some(ID));
+        let out = Out {
+            m: c.shape.m,
+            n: c.shape.n,
+            batch0: 1,
+            data: std::sync::Mutex::new(vec![f32::NAN; c.shape.n * c.shape.m]),
+        };
+        engine_matmul(
+            &e,
+            &KernelCache::new().with_policy(policy),
+            &MatmulJob {
+                shape: c.shape,
+                weights: &half_w,
+                acts: &c.a,
+                dst: &out,
+                weight_id: Some(ID),
+            },
+            &mut Scratch::default(),
+            &Stats::default(),
+        )
+        .unwrap();
+        let from_f16 = out.data.into_inner().unwrap();
+        assert_eq!(
+            from_f32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            from_f16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{policy:?}"
+        );
+    }
+}

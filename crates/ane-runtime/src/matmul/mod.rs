@@ -84,6 +84,41 @@ pub trait MatrixSource: Sync {
     fn row_f32(&self, _b2: usize, _b3: usize, _row: usize) -> Option<&[f32]> {
         None
     }
+
+    /// The row itself, when it is stored as contiguous fp16: staged by a plain copy, no
+    /// conversion at all.
+    fn row_f16(&self, _b2: usize, _b3: usize, _row: usize) -> Option<&[half::f16]> {
+        None
+    }
+}
+
+/// Row-major fp16 matrices in memory, `[B3][B2][rows][k]` (an F16 model's weights).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HalfRows {
+    /// Rows per matrix.
+    pub rows: usize,
+    /// Values per row.
+    pub k: usize,
+    /// Matrices along the first batch axis (`B2`).
+    pub batch0: usize,
+    /// All values.
+    pub data: Vec<half::f16>,
+}
+
+impl HalfRows {
+    fn row(&self, b2: usize, b3: usize, row: usize) -> &[half::f16] {
+        &self.data[((b3 * self.batch0 + b2) * self.rows + row) * self.k..][..self.k]
+    }
+}
+
+impl MatrixSource for HalfRows {
+    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(self.row(b2, b3, row), out);
+    }
+
+    fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[half::f16]> {
+        Some(self.row(b2, b3, row))
+    }
 }
 
 /// Row-major f32 matrices in memory, `[B3][B2][rows][k]`: the simplest [`MatrixSource`].
@@ -273,6 +308,10 @@ fn weight_tile(
     let mut row = vec![0f32; k];
     let mut tile = vec![half::f16::ZERO; bm * bk];
     for (r, dst) in tile.chunks_mut(bk.max(1)).enumerate().take(bm) {
+        if let Some(h) = src.row_f16(0, 0, m0 + r) {
+            dst.copy_from_slice(&h[k0..k0 + bk]);
+            continue;
+        }
         src.read_row(0, 0, m0 + r, &mut row);
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &row[k0..k0 + bk]);
     }
@@ -499,6 +538,11 @@ pub fn stage_rows(
     let layout = s.layout().clone();
     debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
     let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
+        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
+        if let Some(h) = src.row_f16(b2, b3, r0 + r) {
+            dst.copy_from_slice(&h[k0..k0 + cols]);
+            return;
+        }
         let values = match src.row_f32(b2, b3, r0 + r) {
             Some(v) => v,
             None => {
@@ -506,7 +550,6 @@ pub fn stage_rows(
                 &tmp[..]
             }
         };
-        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
     };
     let bytes = s.as_bytes_mut();

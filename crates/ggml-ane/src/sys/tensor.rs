@@ -151,6 +151,21 @@ impl MatrixSource for TensorRows {
         }
     }
 
+    fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[f16]> {
+        let d = &self.desc;
+        if d.ty != ggml_type::F16 || d.nb[0] != 2 {
+            return None;
+        }
+        let off = row * d.nb[1] + b2 * d.nb[2] + b3 * d.nb[3];
+        // SAFETY: as in row_f32: the row lies inside the tensor's data, which outlives `self`;
+        // it is contiguous fp16 (nb[0] == 2) and we check its alignment.
+        unsafe {
+            let p = (d.data as *const u8).add(off).cast::<f16>();
+            p.is_aligned()
+                .then(|| std::slice::from_raw_parts(p, d.ne[0] as usize))
+        }
+    }
+
     fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
         let d = &self.desc;
         let base = d.data as *const u8;
