@@ -50,6 +50,8 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         ),
         None => println!("  compile budget  unlimited"),
     }
+    let kernels = ane_runtime::matmul::KernelPolicy::from_env()?;
+    println!("  kernels         {} (GGML_ANE_KERNELS)", kernels.as_str());
     println!(
         "  ops             {}",
         ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", ")

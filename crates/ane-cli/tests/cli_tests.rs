@@ -17,6 +17,7 @@ fn ane_with_cache(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ane"))
         .args(args)
         .env_remove("GGML_ANE_ENGINE")
+        .env_remove("GGML_ANE_KERNELS")
         .env("GGML_ANE_CACHE_DIR", dir)
         .output()
         .expect("run ane")
@@ -260,6 +261,12 @@ fn info_names_the_engine_and_its_limits() {
     assert!(s.contains("auto picks: reference"), "{s}");
     assert!(s.contains("max dimension   16384"), "{s}");
     assert!(s.contains("compile budget  119 per process"), "{s}");
+    assert!(s.contains("kernels         auto"), "{s}");
+    #[cfg(not(target_os = "macos"))]
+    assert!(
+        s.contains("apple      the apple engine is unavailable: needs macOS"),
+        "{s}"
+    );
     let out = ane(&["info", "--engine", "warp"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown engine `warp`"));
