@@ -7,8 +7,8 @@ mod support;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::{
-    engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, Scratch, Stats,
-    WeightId,
+    engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, MatrixSource,
+    Scratch, Stats, WeightId,
 };
 use support::*;
 
@@ -55,20 +55,25 @@ fn run(
     c: &Case,
     weight_id: Option<WeightId>,
 ) -> (Vec<f32>, ane_runtime::matmul::StatsSnapshot) {
-    let s = c.shape;
-    let out = Out {
-        m: s.m,
-        n: s.n,
-        batch0: s.batch[0],
-        data: std::sync::Mutex::new(vec![f32::NAN; s.batch[0] * s.batch[1] * s.n * s.m]),
-    };
+    run_with(e, cache, c, &c.w, weight_id)
+}
+
+/// [`run`] with other weights than the case's.
+fn run_with(
+    e: &ReferenceEngine,
+    cache: &KernelCache,
+    c: &Case,
+    weights: &dyn MatrixSource,
+    weight_id: Option<WeightId>,
+) -> (Vec<f32>, ane_runtime::matmul::StatsSnapshot) {
+    let out = out_for(c.shape);
     let stats = Stats::default();
     engine_matmul(
         e,
         cache,
         &MatmulJob {
-            shape: s,
-            weights: &c.w,
+            shape: c.shape,
+            weights,
             acts: &c.a,
             dst: &out,
             weight_id,
@@ -220,7 +225,7 @@ fn auto_planning_for_a_7b_prefill_stays_within_the_apple_budget() {
 /// An fp16 source that refuses to be read as f32: staging must copy its rows.
 struct CopyOnly(ane_runtime::matmul::HalfRows);
 
-impl ane_runtime::matmul::MatrixSource for CopyOnly {
+impl MatrixSource for CopyOnly {
     fn read_row(&self, _b2: usize, _b3: usize, _row: usize, _out: &mut [f32]) {
         panic!("an fp16 row was converted instead of copied");
     }
@@ -234,7 +239,7 @@ impl ane_runtime::matmul::MatrixSource for CopyOnly {
 /// the same (fp16-exact) values, streamed and baked.
 #[test]
 fn fp16_weights_stage_by_copy_with_the_same_results() {
-    use ane_runtime::matmul::{HalfRows, MatrixSource};
+    use ane_runtime::matmul::HalfRows;
     let c = case(shape(70, 100, 33, [1, 1]), 12);
     let half_w = CopyOnly(HalfRows {
         rows: c.w.rows,
@@ -246,35 +251,12 @@ fn fp16_weights_stage_by_copy_with_the_same_results() {
     let mut row = vec![0f32; c.w.k];
     half_w.0.read_row(0, 0, 3, &mut row);
     assert_eq!(row, c.w.data[3 * c.w.k..4 * c.w.k]);
-    let h = Case {
-        shape: c.shape,
-        w: c.w.clone(),
-        a: c.a.clone(),
-    };
     let e = engine(32, None);
-    for policy in [KernelPolicy::Streamed, KernelPolicy::Baked] {
-        let (from_f32, _) = run(&e, &KernelCache::new().with_policy(policy), &h, Some(ID));
-        let out = Out {
-            m: c.shape.m,
-            n: c.shape.n,
-            batch0: 1,
-            data: std::sync::Mutex::new(vec![f32::NAN; c.shape.n * c.shape.m]),
-        };
-        engine_matmul(
-            &e,
-            &KernelCache::new().with_policy(policy),
-            &MatmulJob {
-                shape: c.shape,
-                weights: &half_w,
-                acts: &c.a,
-                dst: &out,
-                weight_id: Some(ID),
-            },
-            &mut Scratch::default(),
-            &Stats::default(),
-        )
-        .unwrap();
-        let from_f16 = out.data.into_inner().unwrap();
+    for (policy, baked) in [(KernelPolicy::Streamed, 0), (KernelPolicy::Baked, 1)] {
+        let (from_f32, _) = run(&e, &KernelCache::new().with_policy(policy), &c, Some(ID));
+        let cache = KernelCache::new().with_policy(policy);
+        let (from_f16, st) = run_with(&e, &cache, &c, &half_w, Some(ID));
+        assert_eq!(st.baked_nodes, baked, "{policy:?}");
         assert_eq!(
             from_f32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             from_f16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -66,18 +66,6 @@ fn check(shape: MatmulShape, w: &DenseRows, a: &DenseRows, got: &[f32], k_tiles:
     }
 }
 
-fn out_for(shape: MatmulShape) -> Out {
-    Out {
-        m: shape.m,
-        n: shape.n,
-        batch0: shape.batch[0],
-        data: std::sync::Mutex::new(vec![
-            f32::NAN;
-            shape.batch[0] * shape.batch[1] * shape.n * shape.m
-        ]),
-    }
-}
-
 #[test]
 fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
     let cases = [

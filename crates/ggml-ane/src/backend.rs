@@ -45,14 +45,10 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
     static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         let choice = EngineChoice::from_env().map_err(|e| e.to_string())?;
-        let engine = engine::create(choice).map_err(|e| e.to_string())?;
+        let (engine, passed_over) = engine::create_explained(choice).map_err(|e| e.to_string())?;
         let policy = KernelPolicy::from_env().map_err(|e| e.to_string())?;
         let info = engine.info();
         // one line: which engine, and why auto passed over the ones before it
-        let passed_over = match choice {
-            EngineChoice::Auto => engine::auto_fallback_reasons(),
-            EngineChoice::Only(_) => Vec::new(),
-        };
         let why = if passed_over.is_empty() {
             String::new()
         } else {

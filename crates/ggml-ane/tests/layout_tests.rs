@@ -9,21 +9,10 @@ use std::process::Command;
 #[test]
 fn sys_layout_matches_the_pinned_headers() {
     let src = support::src_dir();
-    let dir = tempfile_dir();
-    let exe = dir.join("layout");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/layout.c"))
-        .arg(format!("-I{}", src.join("include").display()))
-        .arg(format!("-I{}", src.join("src").display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let exe = support::compile_c(
+        "layout.c",
+        "layout",
+        &[format!("-I{}", src.join("src").display())],
     );
     let printed = Command::new(&exe).output().unwrap();
     let c: BTreeMap<String, usize> = String::from_utf8(printed.stdout)
@@ -48,12 +37,6 @@ fn sys_layout_matches_the_pinned_headers() {
             c.get(name)
         );
     }
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ggml-ane-layout-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// The library needs libggml-base (so RTLD_LOCAL hosts can load it) and never libggml.

@@ -32,7 +32,7 @@ fn tiny_llama_q8_0_matches_the_cpu() {
 
 fn check_model(kind: &str, max_nmse: f64) {
     let Some(tools) = Tools::find() else { return };
-    let dir = scratch_dir(kind);
+    let dir = support::scratch_dir(&format!("e2e-{kind}"));
     let model = dir.join(format!("tiny-{kind}.gguf"));
     let made = Command::new(python())
         .arg(concat!(
@@ -146,26 +146,17 @@ impl Tools {
             eprintln!("SKIP: libllama or python gguf missing (scripts/test.sh provides both)");
             return None;
         }
-        let llama_include = support::src_dir().join("../include");
-        let exe = scratch_dir("bin").join("logits");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let out = Command::new(cc)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/logits.c"))
-            .arg(format!(
-                "-I{}",
-                support::src_dir().join("include").display()
-            ))
-            .arg(format!("-I{}", llama_include.display()))
-            .arg(format!("-L{}", lib_dir.display()))
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .args(["-lllama", "-lggml", "-lggml-base", "-o"])
-            .arg(&exe)
-            .output()
-            .expect("run the C compiler");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let exe = support::compile_c(
+            "logits.c",
+            "logits",
+            &[
+                format!("-I{}", support::src_dir().join("../include").display()),
+                format!("-L{}", lib_dir.display()),
+                format!("-Wl,-rpath,{}", lib_dir.display()),
+                "-lllama".into(),
+                "-lggml".into(),
+                "-lggml-base".into(),
+            ],
         );
         Some(Tools { lib_dir, exe })
     }
@@ -235,10 +226,4 @@ fn argmax_agreement(want: &[f32], got: &[f32], n_vocab: usize) -> usize {
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ggml-ane-e2e-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

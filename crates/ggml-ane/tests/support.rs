@@ -5,7 +5,8 @@
     reason = "shared by several test crates, each using a part"
 )]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// `GGML_LIB_DIR`: the folder with libggml-base, libggml, libggml-cpu and test-backend-ops.
 pub fn lib_dir() -> PathBuf {
@@ -52,4 +53,36 @@ pub fn stat(text: &str, label: &str) -> u64 {
                 .map(|v| v.trim().parse().unwrap_or(0))
         })
         .unwrap_or_else(|| panic!("no `{label}` line in the stats:\n{}", tail(text)))
+}
+
+/// A fresh folder for this test process under the temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ggml-ane-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles `tests/c/<source>` with the pinned ggml headers into `<scratch>/<name>`; `extra`
+/// adds include folders, libraries and the like.
+pub fn compile_c(source: &str, name: &str, extra: &[String]) -> PathBuf {
+    let exe = scratch_dir(name).join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(cc)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/c")
+                .join(source),
+        )
+        .arg(format!("-I{}", src_dir().join("include").display()))
+        .args(extra)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
 }

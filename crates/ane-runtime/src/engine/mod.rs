@@ -319,14 +319,26 @@ impl CompileCounter {
 }
 
 /// Creates the engine `choice` names. `Auto` takes the first available of apple, coreml and
-/// reference; [`auto_fallback_reasons`] says why the earlier ones were passed over.
+/// reference.
 pub fn create(choice: EngineChoice) -> Result<Arc<dyn Engine>> {
+    create_explained(choice).map(|(engine, _)| engine)
+}
+
+/// [`create`], and for `Auto` why each engine before the one picked was passed over (one
+/// line each; empty when the first was available or the choice was explicit).
+pub fn create_explained(choice: EngineChoice) -> Result<(Arc<dyn Engine>, Vec<String>)> {
     match choice {
-        EngineChoice::Only(kind) => create_kind(kind),
-        EngineChoice::Auto => [EngineKind::Apple, EngineKind::CoreMl]
-            .into_iter()
-            .find_map(|k| create_kind(k).ok())
-            .map_or_else(|| create_kind(EngineKind::Reference), Ok),
+        EngineChoice::Only(kind) => Ok((create_kind(kind)?, Vec::new())),
+        EngineChoice::Auto => {
+            let mut passed_over = Vec::new();
+            for kind in [EngineKind::Apple, EngineKind::CoreMl] {
+                match create_kind(kind) {
+                    Ok(engine) => return Ok((engine, passed_over)),
+                    Err(e) => passed_over.push(e.to_string()),
+                }
+            }
+            Ok((create_kind(EngineKind::Reference)?, passed_over))
+        }
     }
 }
 
@@ -340,18 +352,6 @@ fn create_kind(kind: EngineKind) -> Result<Arc<dyn Engine>> {
         #[cfg(not(target_os = "macos"))]
         other => Err(unavailable(other)),
     }
-}
-
-/// Why `auto` did not pick the Apple engines, one line each (empty when it picked one).
-pub fn auto_fallback_reasons() -> Vec<String> {
-    let mut reasons = Vec::new();
-    for kind in [EngineKind::Apple, EngineKind::CoreMl] {
-        match create_kind(kind) {
-            Ok(_) => return reasons,
-            Err(e) => reasons.push(e.to_string()),
-        }
-    }
-    reasons
 }
 
 /// Why an Apple engine cannot be created on this platform.

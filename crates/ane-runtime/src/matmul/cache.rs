@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelPolicy, WeightId};
-use super::program::{baked_matmul_program, baked_weights, matmul_program};
+use super::program::{baked_matmul_program, baked_weights, matmul_program, BakedTile};
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::DiskCache;
 use crate::engine::{compile_cached, Engine, Kernel};
@@ -13,16 +13,13 @@ use crate::error::Error;
 /// A compiled kernel, or why there is none.
 type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
 
-/// A baked weight tile: `(weight key, m0, k0, bm, bk, token bucket)`.
-type BakedKey = (u64, usize, usize, usize, usize, usize);
-
 /// Tile kernels by shape (streamed) and by weight tile (baked): compiled once per process,
 /// failures remembered so they are not retried (and re-billed) on every call.
 #[derive(Default)]
 pub struct KernelCache {
     entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
     /// Baked kernels with the fingerprint of the weights they hold.
-    baked: Mutex<HashMap<BakedKey, (u64, Entry)>>,
+    baked: Mutex<HashMap<(u64, BakedTile), (u64, Entry)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
 }
@@ -60,34 +57,26 @@ impl KernelCache {
     }
 
     /// How many of these baked kernels are not compiled yet (for current weights).
-    pub fn baked_missing(
-        &self,
-        id: &WeightId,
-        tiles: &[(usize, usize, usize, usize, usize)],
-    ) -> u32 {
+    pub fn baked_missing(&self, id: &WeightId, tiles: &[BakedTile]) -> u32 {
         let baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
         tiles
             .iter()
-            .filter(|&&(m0, k0, bm, bk, b)| {
-                !matches!(baked.get(&(id.key, m0, k0, bm, bk, b)), Some((f, _)) if *f == id.fingerprint)
-            })
+            .filter(|&&t| !matches!(baked.get(&(id.key, t)), Some((f, _)) if *f == id.fingerprint))
             .count() as u32
     }
 
     /// The baked kernel for one weight tile and token bucket, compiling it (with the fp16
     /// tile `weights()` makes, `[bm, bk]`) on first use or when the weights' fingerprint
     /// changed.
-    #[allow(clippy::too_many_arguments)]
     pub fn get_or_bake(
         &self,
         engine: &dyn Engine,
         id: &WeightId,
-        (m0, k0, bm, bk): (usize, usize, usize, usize),
-        bucket: usize,
+        tile: BakedTile,
         weights: impl FnOnce() -> Vec<half::f16>,
         stats: &Stats,
     ) -> Result<Arc<dyn Kernel>, FallbackReason> {
-        let key = (id.key, m0, k0, bm, bk, bucket);
+        let key = (id.key, tile);
         let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
         match baked.get(&key) {
             Some((f, e)) if *f == id.fingerprint => {
@@ -101,7 +90,12 @@ impl KernelCache {
             None => {}
         }
         let files = baked_weights(&weights());
-        let result = self.compile(engine, &baked_matmul_program(bm, bk, bucket), &files, stats)?;
+        let result = self.compile(
+            engine,
+            &baked_matmul_program(tile.bm, tile.bk, tile.bucket),
+            &files,
+            stats,
+        )?;
         baked.insert(key, (id.fingerprint, result.clone()));
         result
     }

@@ -17,8 +17,8 @@ mod stats;
 pub use cache::KernelCache;
 pub use policy::{KernelPolicy, WeightId};
 pub use program::{
-    baked_matmul_program, baked_weights, kernel_shapes, matmul_program, tile_sizes, token_bucket,
-    token_chunks, MAX_TOKENS_PER_KERNEL,
+    baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program, tile_sizes,
+    token_bucket, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
 };
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
@@ -263,14 +263,14 @@ pub fn engine_matmul(
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
-    if let Some(id) = &job.weight_id {
+    let shape = &job.shape;
+    let policy = cache.policy();
+    if let Some(id) = job.weight_id.filter(|_| shape.weight_batch == [1, 1]) {
         let limits = engine.limits();
-        let tiles = baked_tiles(&job.shape, limits.max_dim);
-        let missing = cache.baked_missing(id, &tiles);
-        let broadcast = job.shape.weight_batch != [1, 1];
-        if policy::should_bake(cache.policy(), Some(id), broadcast, &limits, missing) {
-            match baked_matmul(engine, cache, job, id, &tiles, scratch, stats) {
-                Err(FallbackReason::Budget) if cache.policy() == KernelPolicy::Auto => {}
+        let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
+        if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
+            match baked_matmul(engine, cache, job, &id, &tiles, scratch, stats) {
+                Err(FallbackReason::Budget) if policy == KernelPolicy::Auto => {}
                 other => return other,
             }
         }
@@ -278,44 +278,39 @@ pub fn engine_matmul(
     streamed_matmul(engine, cache, job, scratch, stats)
 }
 
-/// Every baked kernel a job needs: `(m0, k0, bm, bk, bucket)`.
-fn baked_tiles(shape: &MatmulShape, max_dim: usize) -> Vec<(usize, usize, usize, usize, usize)> {
-    let MatmulShape { m, k, n, .. } = *shape;
-    let (tm, tk) = tile_sizes(m, k, max_dim);
-    let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
-    buckets.sort_unstable();
-    buckets.dedup();
-    let mut tiles = Vec::new();
-    for m0 in (0..m).step_by(tm.max(1)) {
-        for k0 in (0..k).step_by(tk.max(1)) {
-            for &b in &buckets {
-                tiles.push((m0, k0, tm.min(m - m0), tk.min(k - k0), b));
-            }
-        }
-    }
-    tiles
-}
-
 /// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
-fn weight_tile(
-    src: &dyn MatrixSource,
-    m0: usize,
-    bm: usize,
-    k0: usize,
-    bk: usize,
-    k: usize,
-) -> Vec<half::f16> {
-    let mut row = vec![0f32; k];
-    let mut tile = vec![half::f16::ZERO; bm * bk];
-    for (r, dst) in tile.chunks_mut(bk.max(1)).enumerate().take(bm) {
-        if let Some(h) = src.row_f16(0, 0, m0 + r) {
-            dst.copy_from_slice(&h[k0..k0 + bk]);
-            continue;
-        }
-        src.read_row(0, 0, m0 + r, &mut row);
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &row[k0..k0 + bk]);
+fn weight_tile(src: &dyn MatrixSource, t: BakedTile, k: usize) -> Vec<half::f16> {
+    let mut tmp = vec![0f32; k];
+    let mut tile = vec![half::f16::ZERO; t.bm * t.bk];
+    for (r, dst) in tile.chunks_mut(t.bk.max(1)).enumerate().take(t.bm) {
+        row_to_f16(src, (0, 0), t.m0 + r, t.k0, dst, &mut tmp);
     }
     tile
+}
+
+/// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
+/// from f32 ones (`tmp`, K long, holds rows that must be read first).
+fn row_to_f16(
+    src: &dyn MatrixSource,
+    (b2, b3): (usize, usize),
+    row: usize,
+    k0: usize,
+    dst: &mut [half::f16],
+    tmp: &mut [f32],
+) {
+    let cols = dst.len();
+    if let Some(h) = src.row_f16(b2, b3, row) {
+        dst.copy_from_slice(&h[k0..k0 + cols]);
+        return;
+    }
+    let values = match src.row_f32(b2, b3, row) {
+        Some(v) => v,
+        None => {
+            src.read_row(b2, b3, row, tmp);
+            &tmp[..]
+        }
+    };
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
 }
 
 /// The job with weights baked into the kernels (weights not broadcast: one weight matrix).
@@ -324,31 +319,26 @@ fn baked_matmul(
     cache: &KernelCache,
     job: &MatmulJob<'_>,
     id: &WeightId,
-    tiles: &[(usize, usize, usize, usize, usize)],
+    tiles: &[BakedTile],
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
     let MatmulShape { m, k, n, batch, .. } = job.shape;
-    let limits = engine.limits();
-    let chunks = token_chunks(n, limits.max_dim);
+    let chunks = token_chunks(n, engine.limits().max_dim);
     // compile (or fetch) every kernel before touching any output
     let mut kernels = Vec::with_capacity(tiles.len());
-    for &(m0, k0, bm, bk, b) in tiles {
-        let kernel = cache.get_or_bake(
-            engine,
-            id,
-            (m0, k0, bm, bk),
-            b,
-            || weight_tile(job.weights, m0, bm, k0, bk, k),
-            stats,
-        )?;
-        kernels.push(((m0, k0, b), kernel));
+    for &t in tiles {
+        let kernel = cache.get_or_bake(engine, id, t, || weight_tile(job.weights, t, k), stats)?;
+        kernels.push(((t.m0, t.k0, t.bucket), kernel));
     }
     for bi in 0..batch[0] * batch[1] {
         let (b2, b3) = (bi % batch[0], bi / batch[0]);
         let mut out = std::mem::take(&mut scratch.out);
         grow(&mut out, n * m).fill(0.0);
-        for &(m0, k0, bm, bk, _) in tiles.iter().filter(|t| t.4 == tiles[0].4) {
+        // each weight tile once (tiles list every bucket of it)
+        for &BakedTile { m0, k0, bm, bk, .. } in
+            tiles.iter().filter(|t| t.bucket == tiles[0].bucket)
+        {
             for &(n0, bn, bucket) in &chunks {
                 let kernel = kernels
                     .iter()
@@ -539,18 +529,7 @@ pub fn stage_rows(
     debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
     let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
         let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
-        if let Some(h) = src.row_f16(b2, b3, r0 + r) {
-            dst.copy_from_slice(&h[k0..k0 + cols]);
-            return;
-        }
-        let values = match src.row_f32(b2, b3, r0 + r) {
-            Some(v) => v,
-            None => {
-                src.read_row(b2, b3, r0 + r, tmp);
-                &tmp[..]
-            }
-        };
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
+        row_to_f16(src, (b2, b3), r0 + r, k0, dst, tmp);
     };
     let bytes = s.as_bytes_mut();
     if layout.is_row_contiguous() && rows * cols >= PARALLEL_MIN_VALUES {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use super::policy::{should_bake, KernelPolicy, WeightId};
-use super::program::{kernel_shapes, matmul_program, tile_sizes, token_chunks};
+use super::policy::{should_bake, KernelPolicy};
+use super::program::{baked_tiles, kernel_shapes, matmul_program, BakedTile};
 use crate::disk_cache::DiskCache;
 use crate::engine::Limits;
 use crate::engine::{compile_cached, Engine};
@@ -117,36 +117,27 @@ pub fn plan_auto(
     max_dim: usize,
 ) -> AutoPlan {
     let mut used = 0u32;
-    let mut baked: BTreeSet<(usize, usize, usize, usize, usize)> = BTreeSet::new();
-    let mut all_baked: BTreeSet<(usize, usize, usize, usize, usize)> = BTreeSet::new();
+    // (weight index, tile)
+    let mut baked: BTreeSet<(usize, BakedTile)> = BTreeSet::new();
+    let mut all_baked: BTreeSet<(usize, BakedTile)> = BTreeSet::new();
     let mut streamed: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let (mut baked_matmuls, mut streamed_matmuls) = (0, 0);
     for &n in lengths {
         for (w, &(m, k)) in model.weights().iter().enumerate() {
-            let (tm, tk) = tile_sizes(m, k, max_dim);
-            let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
-            buckets.sort_unstable();
-            buckets.dedup();
-            let mut tiles = Vec::new();
-            for m0 in (0..m).step_by(tm) {
-                for k0 in (0..k).step_by(tk) {
-                    tiles.extend(buckets.iter().map(|&b| (w, m0, k0, b, tm.min(m - m0))));
-                }
-            }
+            let tiles: Vec<(usize, BakedTile)> = baked_tiles(m, k, n, max_dim)
+                .into_iter()
+                .map(|t| (w, t))
+                .collect();
             all_baked.extend(tiles.iter().copied());
-            let missing = tiles.iter().filter(|t| !baked.contains(t)).count() as u32;
             let limits = Limits {
                 max_dim,
                 row_alignment: 64,
                 compile_budget: budget,
                 compiles_used: used,
             };
-            let id = WeightId {
-                key: w as u64,
-                fingerprint: 0,
-            };
-            if should_bake(KernelPolicy::Auto, Some(&id), false, &limits, missing) {
-                used += missing;
+            let missing = || tiles.iter().filter(|t| !baked.contains(t)).count() as u32;
+            if should_bake(KernelPolicy::Auto, &limits, missing) {
+                used += missing();
                 baked.extend(tiles);
                 baked_matmuls += 1;
             } else {

@@ -68,22 +68,16 @@ pub struct WeightId {
     pub fingerprint: u64,
 }
 
-/// Whether to bake a job's weights: `missing` baked kernels would have to be compiled for it.
-pub fn should_bake(
-    policy: KernelPolicy,
-    weight: Option<&WeightId>,
-    broadcast_weights: bool,
-    limits: &Limits,
-    missing: u32,
-) -> bool {
-    if weight.is_none() || broadcast_weights {
-        return false;
-    }
+/// Whether to bake the weights of a job that has a [`WeightId`] and one weight matrix (not
+/// broadcast); `missing()` counts the baked kernels it would still have to compile, asked
+/// only when the budget matters.
+pub fn should_bake(policy: KernelPolicy, limits: &Limits, missing: impl FnOnce() -> u32) -> bool {
     match policy {
         KernelPolicy::Streamed => false,
         KernelPolicy::Baked => true,
-        KernelPolicy::Auto => limits
-            .compiles_left()
-            .is_none_or(|left| missing == 0 || left >= missing + STREAMED_RESERVE),
+        KernelPolicy::Auto => limits.compiles_left().is_none_or(|left| {
+            let missing = missing();
+            missing == 0 || left >= missing + STREAMED_RESERVE
+        }),
     }
 }

@@ -52,12 +52,18 @@ fn tile_lengths(d: usize, t: usize) -> Vec<usize> {
     v
 }
 
-/// The distinct kernel shapes `(bm, bk, bucket)` a job of `m × k × n` needs.
-pub fn kernel_shapes(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<(usize, usize, usize)> {
-    let (tm, tk) = tile_sizes(m, k, max_dim);
+/// The distinct token buckets of a job of `n` tokens, ascending.
+fn token_buckets(n: usize, max_dim: usize) -> Vec<usize> {
     let mut buckets: Vec<usize> = token_chunks(n, max_dim).iter().map(|c| c.2).collect();
     buckets.sort_unstable();
     buckets.dedup();
+    buckets
+}
+
+/// The distinct kernel shapes `(bm, bk, bucket)` a job of `m × k × n` needs.
+pub fn kernel_shapes(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<(usize, usize, usize)> {
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let buckets = token_buckets(n, max_dim);
     let mut out = Vec::new();
     for &bm in &tile_lengths(m, tm) {
         for &bk in &tile_lengths(k, tk) {
@@ -67,6 +73,40 @@ pub fn kernel_shapes(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<(usize
         }
     }
     out
+}
+
+/// One baked kernel: the weight tile at `(m0, k0)` of size `bm × bk`, for a token bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BakedTile {
+    /// First weight row.
+    pub m0: usize,
+    /// First column.
+    pub k0: usize,
+    /// Rows.
+    pub bm: usize,
+    /// Columns.
+    pub bk: usize,
+    /// Token bucket.
+    pub bucket: usize,
+}
+
+/// Every baked kernel a job of `m × k × n` needs, tile by tile, buckets ascending.
+pub fn baked_tiles(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<BakedTile> {
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let buckets = token_buckets(n, max_dim);
+    let mut tiles = Vec::new();
+    for m0 in (0..m).step_by(tm) {
+        for k0 in (0..k).step_by(tk) {
+            tiles.extend(buckets.iter().map(|&bucket| BakedTile {
+                m0,
+                k0,
+                bm: tm.min(m - m0),
+                bk: tk.min(k - k0),
+                bucket,
+            }));
+        }
+    }
+    tiles
 }
 
 /// `y[n, m] = a[n, k] · b[m, k]ᵀ` with fp16 inputs `a` (activations) and `b` (weights).

@@ -30,6 +30,19 @@ impl ane_runtime::matmul::MatrixSink for Out {
     }
 }
 
+/// An output for a matmul of `shape`, NaN-filled so unwritten rows show.
+pub fn out_for(shape: ane_runtime::matmul::MatmulShape) -> Out {
+    Out {
+        m: shape.m,
+        n: shape.n,
+        batch0: shape.batch[0],
+        data: std::sync::Mutex::new(vec![
+            f32::NAN;
+            shape.batch[0] * shape.batch[1] * shape.n * shape.m
+        ]),
+    }
+}
+
 pub const WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
 
 pub fn engine() -> ReferenceEngine {

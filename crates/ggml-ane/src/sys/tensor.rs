@@ -23,8 +23,8 @@ pub(crate) struct TensorDesc {
     pub(crate) type_size: usize,
     pub(crate) blck_size: i64,
     pub(crate) to_float: ggml_to_float_t,
-    /// In a buffer ggml marks as holding model weights (never written while graphs run).
-    pub(crate) in_weights_buffer: bool,
+    /// The ggml buffer holding the data (NULL for views not yet allocated).
+    buffer: *mut c_void,
 }
 
 /// A node and its first two sources.
@@ -48,9 +48,19 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
         type_size: traits.map_or(0, |tr| tr.type_size),
         blck_size: traits.map_or(0, |tr| tr.blck_size),
         to_float: traits.and_then(|tr| tr.to_float),
-        in_weights_buffer: !t.buffer.is_null()
-            // SAFETY: a non-NULL buffer of a live tensor is a live ggml buffer.
-            && unsafe { ggml_backend_buffer_get_usage(t.buffer) } == GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+        buffer: t.buffer,
+    }
+}
+
+impl TensorDesc {
+    /// In a buffer ggml marks as holding model weights (never written while graphs run).
+    /// Asked only of a MUL_MAT's weights when it runs, not for every tensor described.
+    pub(crate) fn in_weights_buffer(&self) -> bool {
+        !self.buffer.is_null()
+            // SAFETY: the buffer pointer was read from a live tensor during the graph
+            // computation that is asking, so the buffer is live.
+            && unsafe { ggml_backend_buffer_get_usage(self.buffer) }
+                == GGML_BACKEND_BUFFER_USAGE_WEIGHTS
     }
 }
 
