@@ -37,32 +37,31 @@ fn tensor(name: &str, c: i64, h: i64, w: i64, row: i64) -> AttrValue {
     ])
 }
 
-/// A matmul kernel `y[64, 40] = a[64, 96] · b[40, 96]ᵀ` as the hardware might report it, with
-/// the inputs listed in the opposite order to the MIL parameters.
-fn attrs(a_width: i64) -> AttrValue {
+/// A one-procedure `modelAttributes` tree with these live inputs and outputs.
+fn attrs(inputs: Vec<AttrValue>, outputs: Vec<AttrValue>) -> AttrValue {
     dict(&[(
         "NetworkStatusList",
         AttrValue::Array(vec![dict(&[
-            (
-                "LiveInputList",
-                AttrValue::Array(vec![
-                    tensor("b", 40, 1, 96, 192),
-                    tensor("a", 64, 1, a_width, 192),
-                ]),
-            ),
-            (
-                "LiveOutputList",
-                AttrValue::Array(vec![tensor("y@output", 64, 1, 40, 128)]),
-            ),
+            ("LiveInputList", AttrValue::Array(inputs)),
+            ("LiveOutputList", AttrValue::Array(outputs)),
         ])]),
     )])
+}
+
+/// A matmul kernel `y[64, 40] = a[64, 96] · b[40, 96]ᵀ` as the hardware might report it, with
+/// the inputs listed in the opposite order to the MIL parameters.
+fn matmul_attrs() -> AttrValue {
+    attrs(
+        vec![tensor("b", 40, 1, 96, 192), tensor("a", 64, 1, 96, 192)],
+        vec![tensor("y@output", 64, 1, 40, 128)],
+    )
 }
 
 #[test]
 fn layouts_bind_by_name_and_keep_the_hardware_strides() {
     let program = matmul_program(40, 96, 64);
     let checked = check_program(&program, None).unwrap();
-    let (info, in_idx, out_idx) = procedure_layouts(&attrs(96), 0, &checked[0], 64).unwrap();
+    let (info, in_idx, out_idx) = procedure_layouts(&matmul_attrs(), 0, &checked[0], 64).unwrap();
     assert_eq!(in_idx, [1, 0], "a is the hardware's second input");
     assert_eq!(out_idx, [0]);
     assert_eq!(info.inputs[0].name, "a");
@@ -83,25 +82,10 @@ fn layouts_that_would_be_staged_wrongly_are_refused() {
     let checked = check_program(&program, None).unwrap();
     let f = &checked[0];
     // a[64, 96] reported as 96 channels of width 64: the rows are not the tensor's rows
-    let mut transposed = attrs(96);
-    if let AttrValue::Dict(d) = &mut transposed {
-        d.insert(
-            "NetworkStatusList".into(),
-            AttrValue::Array(vec![dict(&[
-                (
-                    "LiveInputList",
-                    AttrValue::Array(vec![
-                        tensor("a", 96, 1, 64, 128),
-                        tensor("b", 40, 1, 96, 192),
-                    ]),
-                ),
-                (
-                    "LiveOutputList",
-                    AttrValue::Array(vec![tensor("y", 64, 1, 40, 128)]),
-                ),
-            ])]),
-        );
-    }
+    let transposed = attrs(
+        vec![tensor("a", 96, 1, 64, 128), tensor("b", 40, 1, 96, 192)],
+        vec![tensor("y", 64, 1, 40, 128)],
+    );
     let err = procedure_layouts(&transposed, 0, f, 64).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("rows"), "{err}");
@@ -132,7 +116,7 @@ fn layouts_that_would_be_staged_wrongly_are_refused() {
     );
 
     // a missing tensor and a missing procedure name what is there
-    let err = procedure_layouts(&attrs(96), 1, f, 64).unwrap_err();
+    let err = procedure_layouts(&matmul_attrs(), 1, f, 64).unwrap_err();
     assert!(err.to_string().contains("1 procedures"), "{err}");
     assert!(live_tensors(&dict(&[]), 0).is_err());
 }

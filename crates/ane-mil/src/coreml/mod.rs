@@ -79,6 +79,14 @@ pub fn model_proto(
     function: Option<&str>,
 ) -> Result<proto::Model, PackageError> {
     crate::check::check_program(program, None)?;
+    checked_model_proto(program, function)
+}
+
+/// [`model_proto`] for a program already checked.
+fn checked_model_proto(
+    program: &Program,
+    function: Option<&str>,
+) -> Result<proto::Model, PackageError> {
     let f = pick_function(program, function)?;
     let (spec, opset) = spec_version(&f.opset)?;
 
@@ -393,9 +401,9 @@ pub fn package(
     weights: &WeightFiles,
 ) -> Result<Package, PackageError> {
     crate::check::check_program(program, Some(weights))?;
-    let model = model_proto(program, function)?.encode_to_vec();
+    let model = checked_model_proto(program, function)?.encode_to_vec();
     let mut files = Vec::new();
-    let mut stored = BTreeMap::new();
+    let mut stored = std::collections::BTreeSet::new();
     for b in program.blob_refs() {
         let file = b
             .path
@@ -407,13 +415,11 @@ pub fn package(
                 format!("must be a file directly under {WEIGHTS_PREFIX}"),
             )
         })?;
-        weights
-            .resolve(b)
-            .map_err(|e| PackageError::Weights(b.path.clone(), e.to_string()))?;
-        if stored.insert(file.to_string(), ()).is_none() {
+        if stored.insert(file) {
+            // the check above resolved every BLOBFILE against `weights`
             let bytes = weights
                 .file(&b.path)
-                .expect("resolved above")
+                .expect("checked above")
                 .bytes()
                 .to_vec();
             files.push((Path::new(DATA_DIR).join("weights").join(file), bytes));

@@ -82,10 +82,7 @@ impl Engine for AppleEngine {
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
         let checked = check_program(program, Some(weights))?;
         let text = print_program(program);
-        let files: Vec<(String, Vec<u8>)> = weights
-            .iter()
-            .map(|(p, f)| (p.to_string(), f.bytes().to_vec()))
-            .collect();
+        let files: Vec<(&str, &[u8])> = weights.iter().map(|(p, f)| (p, f.bytes())).collect();
         let model = InMemoryModel::new(self.fw, &text, &files).map_err(Error::Compile)?;
         let hex = model.hex_id().map_err(Error::Compile)?;
         let dir = ModelDir::acquire(ane::temporary_directory().join(&hex), &text, weights)

@@ -270,7 +270,7 @@ impl InMemoryModel {
     pub(crate) fn new(
         _fw: &Framework,
         mil_text: &str,
-        weights: &[(String, Vec<u8>)],
+        weights: &[(&str, &[u8])],
     ) -> Result<Self, String> {
         autoreleasepool(|_| {
             let text = NSData::with_bytes(mil_text.as_bytes());
@@ -279,7 +279,7 @@ impl InMemoryModel {
             let zero = NSNumber::new_u64(0);
             let mut paths = Vec::new();
             let mut entries = Vec::new();
-            for (path, bytes) in weights {
+            for &(path, bytes) in weights {
                 let data = NSData::with_bytes(bytes);
                 let entry: Retained<NSDictionary<NSString, AnyObject>> = NSDictionary::from_slices(
                     &[&*offset_key, &*data_key],
