@@ -145,35 +145,38 @@ impl TensorRows {
     }
 }
 
-impl MatrixSource for TensorRows {
-    fn row_f32(&self, b2: usize, b3: usize, row: usize) -> Option<&[f32]> {
+impl TensorRows {
+    /// Row `row` of batch `(b2, b3)` in place, when the tensor is of type `ty` (whose element
+    /// is a `T`) with contiguous, `T`-aligned rows.
+    fn contiguous_row<T>(
+        &self,
+        ty: ggml_type,
+        (b2, b3): (usize, usize),
+        row: usize,
+    ) -> Option<&[T]> {
         let d = &self.desc;
-        if d.ty != ggml_type::F32 || d.nb[0] != 4 {
+        if d.ty != ty || d.nb[0] != std::mem::size_of::<T>() {
             return None;
         }
         let off = row * d.nb[1] + b2 * d.nb[2] + b3 * d.nb[3];
         // SAFETY: as in read_row, the row lies inside the tensor's data, which outlives
-        // `self`; it is contiguous f32 (nb[0] == 4) and we check its alignment.
+        // `self`; it holds ne[0] contiguous elements of type `ty`, which `T` represents
+        // (f32 or fp16, any bit pattern valid), and we check its alignment.
         unsafe {
-            let p = (d.data as *const u8).add(off).cast::<f32>();
+            let p = (d.data as *const u8).add(off).cast::<T>();
             p.is_aligned()
                 .then(|| std::slice::from_raw_parts(p, d.ne[0] as usize))
         }
     }
+}
+
+impl MatrixSource for TensorRows {
+    fn row_f32(&self, b2: usize, b3: usize, row: usize) -> Option<&[f32]> {
+        self.contiguous_row(ggml_type::F32, (b2, b3), row)
+    }
 
     fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[f16]> {
-        let d = &self.desc;
-        if d.ty != ggml_type::F16 || d.nb[0] != 2 {
-            return None;
-        }
-        let off = row * d.nb[1] + b2 * d.nb[2] + b3 * d.nb[3];
-        // SAFETY: as in row_f32: the row lies inside the tensor's data, which outlives `self`;
-        // it is contiguous fp16 (nb[0] == 2) and we check its alignment.
-        unsafe {
-            let p = (d.data as *const u8).add(off).cast::<f16>();
-            p.is_aligned()
-                .then(|| std::slice::from_raw_parts(p, d.ne[0] as usize))
-        }
+        self.contiguous_row(ggml_type::F16, (b2, b3), row)
     }
 
     fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
