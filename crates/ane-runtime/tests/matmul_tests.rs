@@ -248,6 +248,57 @@ fn engine_failures_become_reasons() {
     }
 }
 
+/// A dot product that cancels: fp16 rounds 1 + 2^-12 to 1, so an engine would return 0 for
+/// `(1 + 2^-12)·1 - 1·1`. A job with a single output is refused before any compile and the CPU
+/// gives the exact answer; a job with MIN_ENGINE_OUTPUTS outputs still goes to the engine.
+#[test]
+fn jobs_with_too_few_outputs_stay_on_the_cpu() {
+    let engine = engine_with(16384, Faults::default(), None);
+    let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
+    let one = MatmulShape {
+        m: 1,
+        k: 2,
+        n: 1,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    };
+    let w = DenseRows::new(1, 2, vec![1.0 + 1.0 / 4096.0, -1.0]);
+    let a = DenseRows::new(1, 2, vec![1.0, 1.0]);
+    let out = out_for(one);
+    let job = MatmulJob {
+        shape: one,
+        weights: &w,
+        acts: &a,
+        dst: &out,
+        weight_id: None,
+    };
+    let err = engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap_err();
+    assert_eq!(err, FallbackReason::FewOutputs(1));
+    assert!(out.data.lock().unwrap()[0].is_nan(), "output touched");
+    assert_eq!(stats.snapshot().compiles, 0);
+    cpu_matmul(&job, &mut scratch);
+    assert_eq!(out.data.lock().unwrap()[0], 1.0 / 4096.0);
+
+    // 16 outputs (4 × 4) are enough: the engine takes the job.
+    let four = MatmulShape { m: 4, n: 4, ..one };
+    assert_eq!(four.outputs(), ane_runtime::matmul::MIN_ENGINE_OUTPUTS);
+    let mut rng = Rng::new(3);
+    let (w, a, out) = (
+        DenseRows::new(4, 2, rng.f16_values(8)),
+        DenseRows::new(4, 2, rng.f16_values(8)),
+        out_for(four),
+    );
+    let job = MatmulJob {
+        shape: four,
+        weights: &w,
+        acts: &a,
+        dst: &out,
+        weight_id: None,
+    };
+    engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap();
+    check(four, &w, &a, &out.data.lock().unwrap(), 1);
+}
+
 /// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a
 /// compile per weight per length and cannot run the 32000-wide head at all.
 #[test]

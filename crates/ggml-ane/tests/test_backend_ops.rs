@@ -95,12 +95,16 @@ fn check_full_run(text: &str) {
     assert_eq!(ok, total);
     assert!(total >= 1300, "only {total} cases ran");
     assert!(text.contains("Backend ANE: \u{1b}[1;32mOK") || text.contains("Backend ANE: OK"));
+    // The only cases kept off the engine are those with fewer than MIN_ENGINE_OUTPUTS result
+    // elements (m=1,n=1,k=2048: one dot product, which fp16 inputs cannot be trusted with).
+    let few = stat(text, "too few outputs");
+    assert!(few >= 1 && few <= 4, "{few} cases had too few outputs");
     assert_eq!(
         stat(text, "nodes on engine"),
-        total as u64,
-        "every case ran on the engine"
+        total as u64 - few,
+        "every other case ran on the engine"
     );
-    assert_eq!(stat(text, "nodes on CPU"), 0);
+    assert_eq!(stat(text, "nodes on CPU"), few);
 }
 
 /// A subset that still covers quantized, broadcast and permuted cases.

@@ -18,6 +18,9 @@ pub enum FallbackReason {
     Eval(String),
     /// The engine returned inf or NaN (fp16 overflow).
     NonFinite,
+    /// The result has too few elements for fp16 inputs to be trusted (see
+    /// `matmul::MIN_ENGINE_OUTPUTS`); the number is the job's output count.
+    FewOutputs(usize),
     /// A bug.
     Internal(String),
 }
@@ -31,6 +34,7 @@ impl FallbackReason {
             FallbackReason::Budget => "budget exhausted",
             FallbackReason::Eval(_) => "eval failed",
             FallbackReason::NonFinite => "fp16 overflow",
+            FallbackReason::FewOutputs(_) => "too few outputs",
             FallbackReason::Internal(_) => "internal error",
         }
     }
@@ -45,6 +49,12 @@ impl fmt::Display for FallbackReason {
             | FallbackReason::Internal(s) => {
                 write!(f, "{}: {s}", self.label())
             }
+            FallbackReason::FewOutputs(n) => write!(
+                f,
+                "{}: {n} < {} (one fp16 dot product that cancels can be far off)",
+                self.label(),
+                super::MIN_ENGINE_OUTPUTS
+            ),
             _ => f.write_str(self.label()),
         }
     }
