@@ -1,6 +1,8 @@
 //! Staging throughput: f32 rows → fp16 surface rows (64-byte aligned, multi-threaded), and
 //! fp16 rows (an F16 model's weights) copied into them, against a plain memcpy of the same
-//! output bytes, in the same run. `cargo bench -p ane-runtime`.
+//! output bytes, in the same run; and f32 staging that also sums squares for the precision
+//! check.
+//! `cargo bench -p ane-runtime`.
 #![allow(
     missing_docs,
     reason = "criterion's macros generate undocumented functions"
@@ -25,7 +27,7 @@ fn staging(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("f32_to_fp16_rows", format!("{n}x{k}")),
             &(),
-            |b, _| b.iter(|| stage_rows(&mut surface, &src, (0, 0), 0, n, (0, k), k)),
+            |b, _| b.iter(|| stage_rows(&mut surface, &src, (0, 0), (0, n), (0, k), k, None)),
         );
         let half_src = HalfRows {
             rows: n,
@@ -36,7 +38,26 @@ fn staging(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("fp16_rows_copied", format!("{n}x{k}")),
             &(),
-            |b, _| b.iter(|| stage_rows(&mut surface, &half_src, (0, 0), 0, n, (0, k), k)),
+            |b, _| b.iter(|| stage_rows(&mut surface, &half_src, (0, 0), (0, n), (0, k), k, None)),
+        );
+        // the same, also summing the values' squares for the precision check
+        let mut energy = 0f64;
+        g.bench_with_input(
+            BenchmarkId::new("f32_to_fp16_rows_summed", format!("{n}x{k}")),
+            &(),
+            |b, _| {
+                b.iter(|| {
+                    stage_rows(
+                        &mut surface,
+                        &src,
+                        (0, 0),
+                        (0, n),
+                        (0, k),
+                        k,
+                        Some(&mut energy),
+                    )
+                })
+            },
         );
         let from = vec![7u8; bytes];
         let mut to = vec![0u8; bytes];

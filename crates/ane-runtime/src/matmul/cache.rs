@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelPolicy, WeightId};
+use super::precision::ColumnEnergy;
 use super::program::{baked_matmul_program, baked_weights, matmul_program, BakedTile};
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::DiskCache;
@@ -20,6 +21,8 @@ pub struct KernelCache {
     entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
     /// Baked kernels with the fingerprint of the weights they hold.
     baked: Mutex<HashMap<(u64, BakedTile), (u64, Entry)>>,
+    /// Column sums of squares of identified weights, with their fingerprint.
+    energies: Mutex<HashMap<u64, (u64, Arc<ColumnEnergy>)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
 }
@@ -98,6 +101,31 @@ impl KernelCache {
         )?;
         baked.insert(key, (id.fingerprint, result.clone()));
         result
+    }
+
+    /// The weights' column energies for the precision check: summed once per fingerprint.
+    pub(crate) fn weight_energy(
+        &self,
+        id: &WeightId,
+        compute: impl FnOnce() -> Arc<ColumnEnergy>,
+    ) -> Arc<ColumnEnergy> {
+        if let Some((f, e)) = self
+            .energies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id.key)
+        {
+            if *f == id.fingerprint {
+                return e.clone();
+            }
+        }
+        // summed outside the lock: other jobs need not wait for this one
+        let e = compute();
+        self.energies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.key, (id.fingerprint, e.clone()));
+        e
     }
 
     /// Compiles (or loads from disk); `Err` only for a spent budget, which is not cached.

@@ -11,7 +11,9 @@
 mod cache;
 pub mod plan;
 pub mod policy;
+pub mod precision;
 mod program;
+mod staging;
 mod stats;
 
 pub use cache::KernelCache;
@@ -20,7 +22,10 @@ pub use program::{
     baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program, tile_sizes,
     token_bucket, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
 };
+pub use staging::stage_rows;
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
+
+use staging::{accumulate_tile, row_to_f16, zero_rows};
 
 use std::time::Instant;
 
@@ -281,17 +286,20 @@ pub fn engine_matmul(
         return Err(FallbackReason::FewOutputs(shape.outputs()));
     }
     let policy = cache.policy();
+    let clock = Instant::now();
+    let guard = precision::Guard::new(cache, job);
+    stats.add_staging(clock.elapsed());
     if let Some(id) = job.weight_id.filter(|_| shape.weight_batch == [1, 1]) {
         let limits = engine.limits();
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
         if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
-            match baked_matmul(engine, cache, job, &id, &tiles, scratch, stats) {
+            match baked_matmul(engine, cache, job, &id, &tiles, &guard, scratch, stats) {
                 Err(FallbackReason::Budget) if policy == KernelPolicy::Auto => {}
                 other => return other,
             }
         }
     }
-    streamed_matmul(engine, cache, job, scratch, stats)
+    streamed_matmul(engine, cache, job, &guard, scratch, stats)
 }
 
 /// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
@@ -299,43 +307,20 @@ fn weight_tile(src: &dyn MatrixSource, t: BakedTile, k: usize) -> Vec<half::f16>
     let mut tmp = vec![0f32; k];
     let mut tile = vec![half::f16::ZERO; t.bm * t.bk];
     for (r, dst) in tile.chunks_mut(t.bk.max(1)).enumerate().take(t.bm) {
-        row_to_f16(src, (0, 0), t.m0 + r, t.k0, dst, &mut tmp);
+        row_to_f16(src, (0, 0), t.m0 + r, t.k0, dst, &mut tmp, None);
     }
     tile
 }
 
-/// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
-/// from f32 ones (`tmp`, K long, holds rows that must be read first).
-fn row_to_f16(
-    src: &dyn MatrixSource,
-    (b2, b3): (usize, usize),
-    row: usize,
-    k0: usize,
-    dst: &mut [half::f16],
-    tmp: &mut [f32],
-) {
-    let cols = dst.len();
-    if let Some(h) = src.row_f16(b2, b3, row) {
-        dst.copy_from_slice(&h[k0..k0 + cols]);
-        return;
-    }
-    let values = match src.row_f32(b2, b3, row) {
-        Some(v) => v,
-        None => {
-            src.read_row(b2, b3, row, tmp);
-            &tmp[..]
-        }
-    };
-    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, &values[k0..k0 + cols]);
-}
-
 /// The job with weights baked into the kernels (weights not broadcast: one weight matrix).
+#[allow(clippy::too_many_arguments)]
 fn baked_matmul(
     engine: &dyn Engine,
     cache: &KernelCache,
     job: &MatmulJob<'_>,
     id: &WeightId,
     tiles: &[BakedTile],
+    guard: &precision::Guard,
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
@@ -351,6 +336,7 @@ fn baked_matmul(
         let (b2, b3) = (bi % batch[0], bi / batch[0]);
         let mut out = std::mem::take(&mut scratch.out);
         grow(&mut out, n * m).fill(0.0);
+        let (mut output_err, mut acts_energy) = (0.0, 0.0);
         // each weight tile once (tiles list every bucket of it)
         for &BakedTile { m0, k0, bm, bk, .. } in
             tiles.iter().filter(|t| t.bucket == tiles[0].bucket)
@@ -369,19 +355,21 @@ fn baked_matmul(
                     m0,
                     bm,
                 };
-                run_tile(
+                output_err += run_tile(
                     kernel.as_ref(),
                     job,
                     (b2, b3),
                     tile,
                     None,
                     &mut out[..n * m],
+                    (m0 == 0).then_some(&mut acts_energy),
                     scratch,
                     stats,
                 )?;
             }
         }
         let t = Instant::now();
+        guard.check(job, (b2, b3), &out[..n * m], output_err, acts_energy)?;
         store(job.dst, b2, b3, m, &out[..n * m]);
         stats.add_writeback(t.elapsed());
         scratch.out = out;
@@ -395,6 +383,7 @@ fn streamed_matmul(
     engine: &dyn Engine,
     cache: &KernelCache,
     job: &MatmulJob<'_>,
+    guard: &precision::Guard,
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
@@ -423,6 +412,7 @@ fn streamed_matmul(
         let (w2, w3) = shape.weight_index(b2, b3);
         let mut out = std::mem::take(&mut scratch.out);
         grow(&mut out, n * m).fill(0.0);
+        let (mut output_err, mut acts_energy) = (0.0, 0.0);
         for m0 in (0..m).step_by(tm) {
             let bm = tm.min(m - m0);
             for k0 in (0..k).step_by(tk.max(1)) {
@@ -432,7 +422,7 @@ fn streamed_matmul(
                     .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
                 let t = Instant::now();
                 let mut sw = scratch.surface(&first.procedures()[0].inputs[1]);
-                stage_rows(&mut sw, job.weights, (w2, w3), m0, bm, (k0, bk), k);
+                stage_rows(&mut sw, job.weights, (w2, w3), (m0, bm), (k0, bk), k, None);
                 stats.add_staging(t.elapsed());
                 for &(n0, bn, bucket) in &chunks {
                     let kernel = kernel_for(bm, bk, bucket)
@@ -452,18 +442,23 @@ fn streamed_matmul(
                         tile,
                         Some(&sw),
                         &mut out[..n * m],
+                        (m0 == 0).then_some(&mut acts_energy),
                         scratch,
                         stats,
                     );
-                    if r.is_err() {
-                        scratch.give_back(sw);
-                        return r;
+                    match r {
+                        Ok(e) => output_err += e,
+                        Err(e) => {
+                            scratch.give_back(sw);
+                            return Err(e);
+                        }
                     }
                 }
                 scratch.give_back(sw);
             }
         }
         let t = Instant::now();
+        guard.check(job, (b2, b3), &out[..n * m], output_err, acts_energy)?;
         store(sink, b2, b3, m, &out[..n * m]);
         stats.add_writeback(t.elapsed());
         scratch.out = out;
@@ -483,8 +478,10 @@ struct Tile {
     bm: usize,
 }
 
-/// One evaluation: stages the activation rows (the padded tail zeroed), evaluates with the
-/// staged weight surface as second input when streamed, adds the result into `out` (`[n, m]`).
+/// One evaluation: stages the activation rows (the padded tail zeroed; their sum of squares
+/// added into `acts_energy` when given), evaluates with the staged weight surface as
+/// second input when streamed, adds the result into `out` (`[n, m]`).
+/// Returns the expected squared error of rounding this tile's outputs to fp16.
 #[allow(clippy::too_many_arguments)]
 fn run_tile(
     kernel: &dyn crate::engine::Kernel,
@@ -493,9 +490,10 @@ fn run_tile(
     t: Tile,
     weights: Option<&Surface>,
     out: &mut [f32],
+    acts_energy: Option<&mut f64>,
     scratch: &mut Scratch,
     stats: &Stats,
-) -> Result<(), FallbackReason> {
+) -> Result<f64, FallbackReason> {
     let proc_ = &kernel.procedures()[0];
     let clock = Instant::now();
     let mut sa = scratch.surface(&proc_.inputs[0]);
@@ -503,10 +501,10 @@ fn run_tile(
         &mut sa,
         job.acts,
         batch,
-        t.n0,
-        t.bn,
+        (t.n0, t.bn),
         (t.k0, t.bk),
         job.shape.k,
+        acts_energy,
     );
     zero_rows(&mut sa, t.bn, t.bk);
     let mut sy = scratch.surface(&proc_.outputs[0]);
@@ -518,83 +516,16 @@ fn run_tile(
     };
     stats.add_engine(clock.elapsed());
     let clock = Instant::now();
-    let finite = r.is_ok() && accumulate_tile(&sy, out, job.shape.m, t.n0, t.bn, t.m0, t.bm);
+    let energy = match r {
+        Ok(()) => accumulate_tile(&sy, out, job.shape.m, (t.n0, t.bn), (t.m0, t.bm)),
+        Err(_) => Some(0.0),
+    };
     stats.add_writeback(clock.elapsed());
     scratch.give_back(sa);
     scratch.give_back(sy);
     r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
-    if finite {
-        Ok(())
-    } else {
-        Err(FallbackReason::NonFinite)
-    }
-}
-
-/// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
-/// a surface's fp16 rows: one multi-threaded pass, each thread with one f32 row buffer.
-pub fn stage_rows(
-    s: &mut Surface,
-    src: &dyn MatrixSource,
-    (b2, b3): (usize, usize),
-    r0: usize,
-    rows: usize,
-    (k0, cols): (usize, usize),
-    k: usize,
-) {
-    let layout = s.layout().clone();
-    debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
-    let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
-        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
-        row_to_f16(src, (b2, b3), r0 + r, k0, dst, tmp);
-    };
-    let bytes = s.as_bytes_mut();
-    if layout.is_row_contiguous() && rows * cols >= PARALLEL_MIN_VALUES {
-        bytes[..rows * layout.row_stride]
-            .par_chunks_mut(layout.row_stride)
-            .enumerate()
-            .for_each_init(|| vec![0f32; k], |tmp, (r, row)| fill(r, row, tmp));
-    } else {
-        let mut tmp = vec![0f32; k];
-        for r in 0..rows {
-            let off = layout.flat_row_offset(r);
-            fill(r, &mut bytes[off..], &mut tmp);
-        }
-    }
-}
-
-/// Zeroes the first `cols` values of rows `from..` (the token rows a bucket pads).
-fn zero_rows(s: &mut Surface, from: usize, cols: usize) {
-    let layout = s.layout().clone();
-    let bytes = s.as_bytes_mut();
-    for r in from..layout.rows() {
-        let off = layout.flat_row_offset(r);
-        bytes[off..off + 2 * cols].fill(0);
-    }
-}
-
-/// Adds a `[bn, bm]` result tile into `out` (`[n, m]`); false if any value is not finite.
-fn accumulate_tile(
-    s: &Surface,
-    out: &mut [f32],
-    m: usize,
-    n0: usize,
-    bn: usize,
-    m0: usize,
-    bm: usize,
-) -> bool {
-    let layout = s.layout();
-    let bytes = s.as_bytes();
-    let mut finite = true;
-    for r in 0..bn {
-        let off = layout.flat_row_offset(r);
-        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bm]);
-        for (o, v) in out[(n0 + r) * m + m0..][..bm].iter_mut().zip(row) {
-            let v = v.to_f32();
-            finite &= v.is_finite();
-            *o += v;
-        }
-    }
-    finite
+    let energy = energy.ok_or(FallbackReason::NonFinite)?;
+    Ok(precision::output_error(energy, t.bn * t.bm))
 }
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.

@@ -21,6 +21,9 @@ pub enum FallbackReason {
     /// The result has too few elements for fp16 inputs to be trusted (see
     /// `matmul::MIN_ENGINE_OUTPUTS`); the number is the job's output count.
     FewOutputs(usize),
+    /// The predicted fp16 rounding error is too large next to the result (see
+    /// `matmul::precision`).
+    Precision(String),
     /// A bug.
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl FallbackReason {
             FallbackReason::Eval(_) => "eval failed",
             FallbackReason::NonFinite => "fp16 overflow",
             FallbackReason::FewOutputs(_) => "too few outputs",
+            FallbackReason::Precision(_) => "fp16 precision",
             FallbackReason::Internal(_) => "internal error",
         }
     }
@@ -46,6 +50,7 @@ impl fmt::Display for FallbackReason {
             FallbackReason::Unsupported(s)
             | FallbackReason::Compile(s)
             | FallbackReason::Eval(s)
+            | FallbackReason::Precision(s)
             | FallbackReason::Internal(s) => {
                 write!(f, "{}: {s}", self.label())
             }

@@ -1,0 +1,137 @@
+//! Rows in and out of fp16 surfaces: source rows converted (or copied) into a surface's
+//! aligned rows, result tiles added into the f32 output.
+
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::{MatrixSource, PARALLEL_MIN_VALUES};
+use crate::surface::Surface;
+
+/// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
+/// from f32 ones (`tmp`, K long, holds rows that must be read first). With `energy`, adds the
+/// sum of the source values' squares (before rounding) into it.
+pub(super) fn row_to_f16(
+    src: &dyn MatrixSource,
+    (b2, b3): (usize, usize),
+    row: usize,
+    k0: usize,
+    dst: &mut [half::f16],
+    tmp: &mut [f32],
+    energy: Option<&mut f64>,
+) {
+    let cols = dst.len();
+    if let Some(h) = src.row_f16(b2, b3, row) {
+        dst.copy_from_slice(&h[k0..k0 + cols]);
+        if let Some(e) = energy {
+            dst.convert_to_f32_slice(&mut tmp[..cols]);
+            *e += sum_of_squares(&tmp[..cols]);
+        }
+        return;
+    }
+    let values = match src.row_f32(b2, b3, row) {
+        Some(v) => v,
+        None => {
+            src.read_row(b2, b3, row, tmp);
+            &tmp[..]
+        }
+    };
+    let values = &values[k0..k0 + cols];
+    dst.convert_from_f32_slice(values);
+    if let Some(e) = energy {
+        *e += sum_of_squares(values);
+    }
+}
+
+/// Σ v², in eight f32 lanes (so it vectorizes), returned as f64.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    let mut lanes = [0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    f64::from(lanes.iter().sum::<f32>() + tail)
+}
+
+/// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
+/// a surface's fp16 rows: one multi-threaded pass, each thread with one f32 row buffer. With
+/// `energy`, also adds the sum of the staged values' squares into it, from the same pass (for
+/// the precision check).
+pub fn stage_rows(
+    s: &mut Surface,
+    src: &dyn MatrixSource,
+    batch: (usize, usize),
+    (r0, rows): (usize, usize),
+    (k0, cols): (usize, usize),
+    k: usize,
+    energy: Option<&mut f64>,
+) {
+    let layout = s.layout().clone();
+    debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
+    let summed = energy.is_some();
+    let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
+        let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
+        let mut e = 0.0;
+        row_to_f16(src, batch, r0 + r, k0, dst, tmp, summed.then_some(&mut e));
+        e
+    };
+    let bytes = s.as_bytes_mut();
+    let total: f64 = if layout.is_row_contiguous() && rows * cols >= PARALLEL_MIN_VALUES {
+        bytes[..rows * layout.row_stride]
+            .par_chunks_mut(layout.row_stride)
+            .enumerate()
+            .map_init(|| vec![0f32; k], |tmp, (r, row)| fill(r, row, tmp))
+            .sum()
+    } else {
+        let mut tmp = vec![0f32; k];
+        (0..rows)
+            .map(|r| {
+                let off = layout.flat_row_offset(r);
+                fill(r, &mut bytes[off..], &mut tmp)
+            })
+            .sum()
+    };
+    if let Some(e) = energy {
+        *e += total;
+    }
+}
+
+/// Zeroes the first `cols` values of rows `from..` (the token rows a bucket pads).
+pub(super) fn zero_rows(s: &mut Surface, from: usize, cols: usize) {
+    let layout = s.layout().clone();
+    let bytes = s.as_bytes_mut();
+    for r in from..layout.rows() {
+        let off = layout.flat_row_offset(r);
+        bytes[off..off + 2 * cols].fill(0);
+    }
+}
+
+/// Adds a `[bn, bm]` result tile into `out` (`[n, m]`); returns the sum of the tile's
+/// squares, or `None` if any value is not finite.
+pub(super) fn accumulate_tile(
+    s: &Surface,
+    out: &mut [f32],
+    m: usize,
+    (n0, bn): (usize, usize),
+    (m0, bm): (usize, usize),
+) -> Option<f64> {
+    let layout = s.layout();
+    let bytes = s.as_bytes();
+    let mut finite = true;
+    let mut energy = 0.0;
+    for r in 0..bn {
+        let off = layout.flat_row_offset(r);
+        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bm]);
+        let mut row_energy = 0f32;
+        for (o, v) in out[(n0 + r) * m + m0..][..bm].iter_mut().zip(row) {
+            let v = v.to_f32();
+            finite &= v.is_finite();
+            row_energy += v * v;
+            *o += v;
+        }
+        energy += f64::from(row_energy);
+    }
+    finite.then_some(energy)
+}
