@@ -7,6 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
 use crate::layout::{SurfaceDType, TensorLayout};
 
 /// 64 bytes, 64-aligned: the unit of surface storage (keeps rows aligned without `unsafe`).
@@ -63,7 +64,7 @@ impl Surface {
         let write_row = |row: &mut [u8], src: &[f32]| match layout.dtype {
             SurfaceDType::F16 => {
                 let dst: &mut [f16] = bytemuck::cast_slice_mut(&mut row[..w * 2]);
-                half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+                f32_to_f16(dst, src);
             }
             SurfaceDType::F32 => {
                 let dst: &mut [f32] = bytemuck::cast_slice_mut(&mut row[..w * 4]);
@@ -95,7 +96,7 @@ impl Surface {
         let read_row = |dst: &mut [f32], row: &[u8]| match layout.dtype {
             SurfaceDType::F16 => {
                 let src: &[f16] = bytemuck::cast_slice(&row[..w * 2]);
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+                f16_to_f32(dst, src);
             }
             SurfaceDType::F32 => dst.copy_from_slice(bytemuck::cast_slice(&row[..w * 4])),
         };

@@ -123,7 +123,7 @@ impl HalfRows {
 
 impl MatrixSource for HalfRows {
     fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(self.row(b2, b3, row), out);
+        crate::ffi::fp16::f16_to_f32(&mut out[..self.k], self.row(b2, b3, row));
     }
 
     fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[half::f16]> {

@@ -1,10 +1,10 @@
 //! Rows in and out of fp16 surfaces: source rows converted (or copied) into a surface's
 //! aligned rows, result tiles added into the f32 output.
 
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::{MatrixSource, PARALLEL_MIN_VALUES};
+use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
 use crate::surface::Surface;
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
@@ -23,7 +23,7 @@ pub(super) fn row_to_f16(
     if let Some(h) = src.row_f16(b2, b3, row) {
         dst.copy_from_slice(&h[k0..k0 + cols]);
         if let Some(e) = energy {
-            dst.convert_to_f32_slice(&mut tmp[..cols]);
+            f16_to_f32(&mut tmp[..cols], dst);
             *e += sum_of_squares(&tmp[..cols]);
         }
         return;
@@ -36,22 +36,22 @@ pub(super) fn row_to_f16(
         }
     };
     let values = &values[k0..k0 + cols];
-    dst.convert_from_f32_slice(values);
+    f32_to_f16(dst, values);
     if let Some(e) = energy {
         *e += sum_of_squares(values);
     }
 }
 
-/// Σ v², in eight f32 lanes (so it vectorizes), returned as f64.
+/// Σ v², in sixteen f32 lanes (so it vectorizes), returned as f64.
 fn sum_of_squares(values: &[f32]) -> f64 {
-    let mut lanes = [0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    let (chunks, tail) = values.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
     for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v * v;
+        for i in 0..16 {
+            lanes[i] += c[i] * c[i];
         }
     }
+    let tail: f32 = tail.iter().map(|v| v * v).sum();
     f64::from(lanes.iter().sum::<f32>() + tail)
 }
 

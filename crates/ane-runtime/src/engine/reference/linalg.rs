@@ -1,23 +1,23 @@
 //! conv and matmul: fp16 operands, f32 accumulation, results rounded to fp16.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use ane_mil::ops::{broadcast, ConvGeometry};
 
 use super::tensor::{strides, Data, Tensor};
+use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
 use crate::ffi::gemm::{gemm_f32, MatRef};
 
 fn to_f32(v: &[f16]) -> Vec<f32> {
     let mut out = vec![0f32; v.len()];
-    v.convert_to_f32_slice(&mut out);
+    f16_to_f32(&mut out, v);
     out
 }
 
 fn to_f16(v: &[f32]) -> Vec<f16> {
     let mut out = vec![f16::ZERO; v.len()];
-    out.convert_from_f32_slice(v);
+    f32_to_f16(&mut out, v);
     out
 }
 

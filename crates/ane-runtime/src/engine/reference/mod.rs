@@ -14,8 +14,8 @@ mod tensor;
 
 use std::sync::Arc;
 
+use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use ane_mil::{check_program, DType, Program, WeightFiles};
 
@@ -308,9 +308,7 @@ fn read_surface(s: &Surface) -> Tensor {
             let row = &bytes[l.flat_row_offset(r)..];
             match l.dtype {
                 SurfaceDType::F16 => dst.copy_from_slice(bytemuck::cast_slice(&row[..2 * w])),
-                SurfaceDType::F32 => {
-                    dst.convert_from_f32_slice(bytemuck::cast_slice(&row[..4 * w]))
-                }
+                SurfaceDType::F32 => f32_to_f16(dst, bytemuck::cast_slice(&row[..4 * w])),
             }
         }
     }
@@ -332,9 +330,7 @@ fn write_surface(t: &Tensor, s: &mut Surface) -> Result<()> {
         let row = &mut bytes[l.flat_row_offset(r)..];
         match l.dtype {
             SurfaceDType::F16 => row[..2 * w].copy_from_slice(bytemuck::cast_slice(src)),
-            SurfaceDType::F32 => {
-                src.convert_to_f32_slice(bytemuck::cast_slice_mut(&mut row[..4 * w]))
-            }
+            SurfaceDType::F32 => f16_to_f32(bytemuck::cast_slice_mut(&mut row[..4 * w]), src),
         }
     }
     Ok(())
