@@ -145,8 +145,8 @@ pub fn too_imprecise(predicted_error: f64, result_energy: f64) -> Option<f64> {
     (predicted_error > MAX_PREDICTED_NMSE * result_energy).then(|| predicted_error / result_energy)
 }
 
-/// The check for one job: weight columns summed once (or taken from the cache), activation
-/// columns per batch.
+/// The check for one job: weight columns summed once (or taken from the cache); the
+/// activations' and outputs' sums come per batch from staging and accumulation.
 pub(crate) struct Guard {
     /// Per weight batch, `[W3][W2]`.
     weights: Vec<Arc<ColumnEnergy>>,
