@@ -25,6 +25,34 @@ pub(crate) fn f32_to_f16(dst: &mut [f16], src: &[f32]) {
     dst.convert_from_f32_slice(src);
 }
 
+/// [`f32_to_f16`], returning Σ src[i]² (of the values before rounding) from the same pass.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn f32_to_f16_energy(dst: &mut [f16], src: &[f32]) -> f64 {
+    assert_eq!(dst.len(), src.len(), "f32_to_f16_energy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: as above.
+        return unsafe { x86::f32_to_f16_energy(dst, src) };
+    }
+    dst.convert_from_f32_slice(src);
+    sum_of_squares(src)
+}
+
+/// Σ v², in sixteen f32 lanes (so it vectorizes), returned as f64.
+pub(crate) fn sum_of_squares(values: &[f32]) -> f64 {
+    let (chunks, tail) = values.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for c in chunks {
+        for i in 0..16 {
+            lanes[i] += c[i] * c[i];
+        }
+    }
+    let tail: f32 = tail.iter().map(|v| v * v).sum();
+    f64::from(lanes.iter().sum::<f32>() + tail)
+}
+
 /// `dst[i] = f32(src[i])` (exact).
 ///
 /// # Panics
@@ -43,8 +71,9 @@ pub(crate) fn f16_to_f32(dst: &mut [f32], src: &[f16]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
-        _mm_loadu_si128, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+        __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_mul_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_storeu_si128,
+        _MM_FROUND_TO_NEAREST_INT,
     };
     use std::sync::OnceLock;
 
@@ -73,6 +102,28 @@ mod x86 {
             }
         }
         dst[whole..].convert_from_f32_slice(&src[whole..]);
+    }
+
+    /// # Safety
+    /// The CPU has F16C and AVX, and `dst.len() == src.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn f32_to_f16_energy(dst: &mut [f16], src: &[f32]) -> f64 {
+        let whole = src.len() / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= len of both slices; the loads and stores are unaligned ones.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), h);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds exactly 8 f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        dst[whole..].convert_from_f32_slice(&src[whole..]);
+        f64::from(lanes.iter().sum::<f32>()) + super::sum_of_squares(&src[whole..])
     }
 
     /// # Safety
@@ -107,6 +158,22 @@ mod tests {
         let mut ours = vec![f16::ZERO; values.len()];
         f32_to_f16(&mut ours, values);
         for (o, v) in ours.iter().zip(values) {
+            assert_eq!(
+                o.to_bits(),
+                f16::from_f32(*v).to_bits(),
+                "{:08x}",
+                v.to_bits()
+            );
+        }
+        // the same conversion with the sum of squares, against an f64 sum
+        let finite: Vec<f32> = (0..100_003)
+            .map(|i| (i as f32 * 0.37).sin() * 300.0)
+            .collect();
+        let mut again = vec![f16::ZERO; finite.len()];
+        let e = f32_to_f16_energy(&mut again, &finite);
+        let want: f64 = finite.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!((e - want).abs() <= 1e-5 * want, "{e} vs {want}");
+        for (o, v) in again.iter().zip(&finite) {
             assert_eq!(
                 o.to_bits(),
                 f16::from_f32(*v).to_bits(),

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::{MatrixSource, PARALLEL_MIN_VALUES};
-use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
+use crate::ffi::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_energy, sum_of_squares};
 use crate::surface::Surface;
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
@@ -36,23 +36,10 @@ pub(super) fn row_to_f16(
         }
     };
     let values = &values[k0..k0 + cols];
-    f32_to_f16(dst, values);
-    if let Some(e) = energy {
-        *e += sum_of_squares(values);
+    match energy {
+        Some(e) => *e += f32_to_f16_energy(dst, values),
+        None => f32_to_f16(dst, values),
     }
-}
-
-/// Σ v², in sixteen f32 lanes (so it vectorizes), returned as f64.
-fn sum_of_squares(values: &[f32]) -> f64 {
-    let (chunks, tail) = values.as_chunks::<16>();
-    let mut lanes = [0f32; 16];
-    for c in chunks {
-        for i in 0..16 {
-            lanes[i] += c[i] * c[i];
-        }
-    }
-    let tail: f32 = tail.iter().map(|v| v * v).sum();
-    f64::from(lanes.iter().sum::<f32>() + tail)
 }
 
 /// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
