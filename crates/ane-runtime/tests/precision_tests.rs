@@ -80,7 +80,7 @@ fn run(
         &Stats::default(),
     );
     let got = out.data.lock().unwrap().iter().map(|&v| v.into()).collect();
-    (r, got)
+    (r.map(|_| ()), got)
 }
 
 fn uniform(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {

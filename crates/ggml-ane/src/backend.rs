@@ -14,10 +14,11 @@ use ane_runtime::matmul::{
 };
 use ane_runtime::Engine;
 
+use crate::placement::{Placement, Placements};
 use crate::sys::tensor::{NodeDesc, TensorDesc};
 use crate::sys::{
-    ggml_op, ggml_type, log, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN,
-    GGML_TENSOR_FLAG_COMPUTE,
+    ggml_op, ggml_type, log, log_enabled, GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_ERROR,
+    GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN, GGML_TENSOR_FLAG_COMPUTE,
 };
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -33,11 +34,23 @@ pub(crate) struct Runtime {
     pub(crate) min_batch: usize,
     /// MUL_MATs with fewer tokens are refused (`supports_op`), so they stay on the CPU.
     pub(crate) min_tokens: usize,
-    pub(crate) stats_on_free: bool,
+    /// `GGML_ANE_STATS`: 0 off, 1 the table at backend free, 2 also node by node.
+    pub(crate) stats_level: u8,
 }
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// `GGML_ANE_STATS`: unset, empty or 0 → 0; 2 (or more) → 2; anything else → 1.
+fn stats_level(v: Option<&str>) -> u8 {
+    match v.map(str::trim) {
+        None | Some("" | "0") => 0,
+        Some(v) => match v.parse::<u8>() {
+            Ok(n) if n >= 2 => 2,
+            _ => 1,
+        },
+    }
 }
 
 /// The runtime, created on first use from `GGML_ANE_ENGINE` (auto by default).
@@ -67,7 +80,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             description: CString::new(info.description).unwrap_or_default(),
             min_batch,
             min_tokens,
-            stats_on_free: std::env::var("GGML_ANE_STATS").is_ok_and(|v| v != "0" && !v.is_empty()),
+            stats_level: stats_level(std::env::var("GGML_ANE_STATS").ok().as_deref()),
         })
     })
     .as_ref()
@@ -79,6 +92,8 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
 pub(crate) struct BackendContext {
     pub(crate) scratch: Mutex<Scratch>,
     pub(crate) stats: Stats,
+    /// What ran where, kept with `GGML_ANE_STATS=2`.
+    pub(crate) placements: Placements,
 }
 
 /// What graph_compute does with a node.
@@ -161,8 +176,9 @@ pub(crate) fn mul_mat_shape(n: &NodeDesc) -> Option<MatmulShape> {
     })
 }
 
-/// Computes one MUL_MAT: on the engine if it can, else on the CPU with the reason counted.
-pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, job: &MatmulJob<'_>) {
+/// Computes one MUL_MAT (`node`): on the engine if it can, else on the CPU with the reason
+/// counted; says where, when asked to (`GGML_ANE_STATS=2`, `GGML_ANE_LOG=debug`).
+pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: &MatmulJob<'_>) {
     let mut scratch = ctx.scratch.lock().unwrap_or_else(|e| e.into_inner());
     let s = job.shape;
     let result = if s.m == 0 || s.n == 0 || s.k == 0 {
@@ -170,8 +186,28 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, job: &MatmulJob<'_>) {
     } else {
         engine_matmul(rt.engine.as_ref(), &rt.cache, job, &mut scratch, &ctx.stats)
     };
+    let debug = log_enabled(GGML_LOG_LEVEL_DEBUG);
+    if rt.stats_level >= 2 || debug {
+        let weight_type = node.src[0].map_or("?", |t| t.type_name);
+        let p = Placement::new(&node.name(), &s, weight_type, &result);
+        if debug {
+            log(
+                GGML_LOG_LEVEL_DEBUG,
+                &format!(
+                    "ggml-ane: MUL_MAT {} {} {} -> {}",
+                    node.name(),
+                    p.shape,
+                    p.weight_type,
+                    p.place
+                ),
+            );
+        }
+        if rt.stats_level >= 2 {
+            ctx.placements.record(p);
+        }
+    }
     match result {
-        Ok(()) => ctx.stats.record_offload(s.flops()),
+        Ok(_) => ctx.stats.record_offload(s.flops()),
         Err(reason) => {
             warn_once(&reason);
             let t = Instant::now();
@@ -197,11 +233,15 @@ fn warn_once(reason: &FallbackReason) {
 
 /// The GGML_ANE_STATS table.
 pub(crate) fn stats_report(ctx: &BackendContext, rt: &Runtime) -> String {
-    format!(
+    let mut text = format!(
         "ggml-ane stats ({} engine):\n{}\n",
         rt.engine.info().kind,
         ctx.stats.snapshot()
-    )
+    );
+    if rt.stats_level >= 2 {
+        text.push_str(&ctx.placements.report());
+    }
+    text
 }
 
 /// `ggml_backend_get_features`: the engine and its limits.
@@ -225,5 +265,25 @@ pub(crate) fn features() -> Vec<(String, String)> {
             f
         }
         Err(e) => vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stats_level;
+
+    #[test]
+    fn stats_levels_from_the_environment_value() {
+        for (v, want) in [
+            (None, 0),
+            (Some(""), 0),
+            (Some("0"), 0),
+            (Some("1"), 1),
+            (Some("yes"), 1),
+            (Some(" 2 "), 2),
+            (Some("9"), 2),
+        ] {
+            assert_eq!(stats_level(v), want, "{v:?}");
+        }
     }
 }

@@ -8,10 +8,12 @@
 //! left uncomputed.
 //!
 //! Environment: `GGML_ANE_ENGINE` (auto|reference|apple|coreml), `GGML_ANE_MIN_BATCH`
-//! (offload threshold, default 64 tokens), `GGML_ANE_STATS=1` (table at backend free),
-//! `GGML_ANE_LOG` (error|warn|info|debug), `GGML_ANE_COMPILE_BUDGET`.
+//! (offload threshold, default 64 tokens), `GGML_ANE_STATS=1` (table at backend free; `2` adds
+//! what ran where, node by node), `GGML_ANE_LOG` (error|warn|info|debug: debug logs every
+//! MUL_MAT), `GGML_ANE_COMPILE_BUDGET`.
 
 mod backend;
+mod placement;
 pub mod sys;
 
 pub use sys::vtables::{

@@ -50,7 +50,12 @@ fn check_model(kind: &str, max_nmse: f64) {
     );
 
     let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
-    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")), &[]);
+    let ane = tools.run(
+        &model,
+        &dir.join("ane.f32"),
+        Some(&dir.join("cache")),
+        &[("GGML_ANE_STATS", "2")],
+    );
     let streamed = tools.run(
         &model,
         &dir.join("streamed.f32"),
@@ -62,7 +67,7 @@ fn check_model(kind: &str, max_nmse: f64) {
         &model,
         &dir.join("prompt-only.f32"),
         Some(&dir.join("cache-prompt")),
-        &[("GGML_ANE_MIN_TOKENS", "2")],
+        &[("GGML_ANE_MIN_TOKENS", "2"), ("GGML_ANE_LOG", "debug")],
     );
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -71,6 +76,23 @@ fn check_model(kind: &str, max_nmse: f64) {
         "the CPU-only run loaded our library"
     );
     let matmuls_per_token = 4 * 7 + 1; // 4 layers x (q, k, v, o, gate, up, down) + output
+                                       // GGML_ANE_STATS=2: every kind of node, at both token counts, on the engine with baked
+                                       // weights, once per layer
+    let by_node = by_node_table(&ane.log);
+    for op in [
+        "Qcur", "Kcur", "Vcur", "attn_out", "ffn_gate", "ffn_up", "ffn_out",
+    ] {
+        for n in [PROMPT, 1] {
+            let line = by_node
+                .iter()
+                .find(|l| l[0] == op && l[1].ends_with(&format!("x{n}")))
+                .unwrap_or_else(|| panic!("no {op} line for {n} tokens:\n{}", tail(&ane.log)));
+            assert_eq!(line[2], kind, "{line:?}");
+            assert_eq!(line[3..5], ["engine", "(baked)"], "{line:?}");
+            assert_eq!(line[5], "4", "{line:?}");
+        }
+    }
+    assert_eq!(by_node.len(), 2 * 8, "{by_node:?}");
     let on_engine = stat(&ane.log, "nodes on engine");
     assert!(
         on_engine >= 2 * matmuls_per_token,
@@ -93,6 +115,24 @@ fn check_model(kind: &str, max_nmse: f64) {
         "baked and streamed kernels disagree"
     );
     assert_eq!(stat(&prompt_only.log, "nodes on engine"), matmuls_per_token);
+    // GGML_ANE_LOG=debug: one line per MUL_MAT, with the node's own name
+    let logged: Vec<&str> = prompt_only
+        .log
+        .lines()
+        .filter(|l| l.starts_with("ggml-ane: MUL_MAT "))
+        .collect();
+    assert_eq!(
+        logged.len() as u64,
+        matmuls_per_token,
+        "{}",
+        tail(&prompt_only.log)
+    );
+    assert!(
+        logged.iter().any(|l| l.starts_with(&format!(
+            "ggml-ane: MUL_MAT ffn_up-3 1376x512x{PROMPT} {kind} -> engine"
+        ))),
+        "{logged:?}"
+    );
     let row = cpu.logits.len() / (PROMPT + 1);
     assert_eq!(
         prompt_only.logits[..PROMPT * row],
@@ -174,13 +214,13 @@ impl Tools {
             .env_remove("GGML_ANE_ENGINE")
             .env_remove("GGML_ANE_REFERENCE_FAULTS")
             .env_remove("GGML_ANE_COMPILE_BUDGET")
-            .env_remove("GGML_ANE_KERNELS")
-            .envs(env.iter().copied());
+            .env_remove("GGML_ANE_KERNELS");
         if let Some(cache) = cache {
             cmd.env("GGML_BACKEND_PATH", support::cdylib())
                 .env("GGML_ANE_STATS", "1")
                 .env("GGML_ANE_CACHE_DIR", cache);
         }
+        cmd.envs(env.iter().copied());
         let res = cmd.output().expect("run the logits program");
         let log = format!(
             "{}{}",
@@ -195,6 +235,16 @@ impl Tools {
             .collect();
         Run { logits, log }
     }
+}
+
+/// The rows of the `by node:` table (`GGML_ANE_STATS=2`), split on whitespace.
+fn by_node_table(log: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .skip_while(|l| l.trim() != "by node:")
+        .skip(2)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
 }
 
 /// Normalised mean squared error of `got` against `want`, and the standard deviation of `want`.

@@ -17,7 +17,7 @@ mod staging;
 mod stats;
 
 pub use cache::KernelCache;
-pub use policy::{KernelPolicy, WeightId};
+pub use policy::{KernelKind, KernelPolicy, WeightId};
 pub use program::{
     baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program, tile_sizes,
     token_bucket, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
@@ -269,8 +269,9 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
 /// small never pays for an engine dispatch anyway.
 pub const MIN_ENGINE_OUTPUTS: usize = 16;
 
-/// Runs the job on `engine`, or says why it could not. On failure some batches may already
-/// have been written; the caller recomputes the whole output (as [`cpu_matmul`] does).
+/// Runs the job on `engine` and says which kernel kind did, or says why it could not. On
+/// failure some batches may already have been written; the caller recomputes the whole
+/// output (as [`cpu_matmul`] does).
 ///
 /// Baked or streamed kernels as the cache's [`KernelPolicy`] decides; under `auto`, a baked
 /// kernel that the budget refuses is replaced by the streamed path, not the CPU.
@@ -280,7 +281,7 @@ pub fn engine_matmul(
     job: &MatmulJob<'_>,
     scratch: &mut Scratch,
     stats: &Stats,
-) -> Result<(), FallbackReason> {
+) -> Result<KernelKind, FallbackReason> {
     let shape = &job.shape;
     if shape.outputs() < MIN_ENGINE_OUTPUTS {
         return Err(FallbackReason::FewOutputs(shape.outputs()));
@@ -294,12 +295,13 @@ pub fn engine_matmul(
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
         if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
             match baked_matmul(engine, cache, job, &id, &tiles, &guard, scratch, stats) {
+                Ok(()) => return Ok(KernelKind::Baked),
                 Err(FallbackReason::Budget) if policy == KernelPolicy::Auto => {}
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
     }
-    streamed_matmul(engine, cache, job, &guard, scratch, stats)
+    streamed_matmul(engine, cache, job, &guard, scratch, stats).map(|()| KernelKind::Streamed)
 }
 
 /// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.

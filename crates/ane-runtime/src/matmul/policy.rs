@@ -8,6 +8,25 @@ use std::str::FromStr;
 use crate::engine::Limits;
 use crate::error::Error;
 
+/// Which kind of kernel computed a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelKind {
+    /// Weights compiled into the kernels.
+    Baked,
+    /// Weights staged as a kernel input.
+    Streamed,
+}
+
+impl KernelKind {
+    /// `baked` or `streamed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            KernelKind::Baked => "baked",
+            KernelKind::Streamed => "streamed",
+        }
+    }
+}
+
 /// `GGML_ANE_KERNELS`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelPolicy {

@@ -381,6 +381,11 @@ const _: () = {
     assert!(size_of::<ggml_backend_dev_props>() == 56);
 };
 
+/// Whether a line at `level` would be logged (to skip formatting it otherwise).
+pub(crate) fn log_enabled(level: c_int) -> bool {
+    level >= log_threshold()
+}
+
 /// The `GGML_ANE_LOG` threshold: error, warn (default), info or debug.
 fn log_threshold() -> c_int {
     static LEVEL: std::sync::OnceLock<c_int> = std::sync::OnceLock::new();

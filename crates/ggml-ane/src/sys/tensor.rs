@@ -1,12 +1,12 @@
 //! Safe views of ggml tensors: metadata snapshots, and row readers/writers over their data.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void, CStr};
 
 use half::{bf16, f16};
 
 use super::{
     ggml_backend_buffer_get_usage, ggml_get_type_traits, ggml_op, ggml_tensor, ggml_to_float_t,
-    ggml_type, GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_SRC,
+    ggml_type, GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_NAME, GGML_MAX_SRC,
 };
 use ane_runtime::matmul::{MatrixSink, MatrixSource, WeightId};
 
@@ -23,6 +23,8 @@ pub(crate) struct TensorDesc {
     pub(crate) type_size: usize,
     pub(crate) blck_size: i64,
     pub(crate) to_float: ggml_to_float_t,
+    /// ggml's name for the type (`f16`, `q8_0`, ...).
+    pub(crate) type_name: &'static str,
     /// The ggml buffer holding the data (NULL for views not yet allocated).
     buffer: *mut c_void,
 }
@@ -32,6 +34,20 @@ pub(crate) struct TensorDesc {
 pub(crate) struct NodeDesc {
     pub(crate) node: TensorDesc,
     pub(crate) src: [Option<TensorDesc>; 2],
+    name: [c_char; GGML_MAX_NAME],
+}
+
+impl NodeDesc {
+    /// The node's name (llama.cpp: `ffn_up-3` for layer 3's), lossily decoded.
+    pub(crate) fn name(&self) -> String {
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 fn describe(t: &ggml_tensor) -> TensorDesc {
@@ -48,6 +64,15 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
         type_size: traits.map_or(0, |tr| tr.type_size),
         blck_size: traits.map_or(0, |tr| tr.blck_size),
         to_float: traits.and_then(|tr| tr.to_float),
+        type_name: traits.map_or("?", |tr| {
+            if tr.type_name.is_null() {
+                return "?";
+            }
+            // SAFETY: the traits table is static and its names are NUL-terminated literals.
+            unsafe { CStr::from_ptr(tr.type_name) }
+                .to_str()
+                .unwrap_or("?")
+        }),
         buffer: t.buffer,
     }
 }
@@ -79,6 +104,7 @@ pub(crate) unsafe fn describe_node(t: *const ggml_tensor) -> Option<NodeDesc> {
     Some(NodeDesc {
         node: describe(t),
         src,
+        name: t.name,
     })
 }
 

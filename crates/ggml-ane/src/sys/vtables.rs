@@ -67,7 +67,7 @@ unsafe extern "C" fn backend_free(backend: *mut ggml_backend) {
             (b, ctx)
         };
         if let Ok(rt) = backend::runtime() {
-            if rt.stats_on_free {
+            if rt.stats_level > 0 {
                 eprint!("{}", backend::stats_report(&ctx, rt));
             }
         }
@@ -123,6 +123,7 @@ unsafe extern "C" fn backend_graph_compute(
                     backend::mul_mat(
                         ctx,
                         rt,
+                        &desc,
                         &MatmulJob {
                             shape,
                             weights: &w,

@@ -1,0 +1,148 @@
+//! What ran where, node by node: `GGML_ANE_STATS=2` adds a table to the stats (one line per
+//! kind of node — llama.cpp's layer suffix dropped — with shape, weight type, where it ran and
+//! how often), and `GGML_ANE_LOG=debug` logs every MUL_MAT as it runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use ane_runtime::matmul::{FallbackReason, KernelKind, MatmulShape};
+
+/// One line of the table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Placement {
+    /// The node's name without a trailing `-<layer>`.
+    pub(crate) op: String,
+    /// `MxKxN`, with `[B2,B3]` when batched.
+    pub(crate) shape: String,
+    /// ggml's name of the weights' type.
+    pub(crate) weight_type: &'static str,
+    /// `engine (baked)`, `engine (streamed)` or `CPU (<reason>)`.
+    pub(crate) place: String,
+}
+
+impl Placement {
+    pub(crate) fn new(
+        node_name: &str,
+        shape: &MatmulShape,
+        weight_type: &'static str,
+        result: &Result<KernelKind, FallbackReason>,
+    ) -> Self {
+        let mut s = format!("{}x{}x{}", shape.m, shape.k, shape.n);
+        if shape.batch != [1, 1] {
+            let _ = write!(s, " [{},{}]", shape.batch[0], shape.batch[1]);
+        }
+        Placement {
+            op: op_name(node_name).to_string(),
+            shape: s,
+            weight_type,
+            place: match result {
+                Ok(kind) => format!("engine ({})", kind.label()),
+                Err(reason) => format!("CPU ({})", reason.label()),
+            },
+        }
+    }
+}
+
+/// `ffn_up-3` → `ffn_up`: llama.cpp names a layer's tensors `<name>-<layer>`.
+pub(crate) fn op_name(node_name: &str) -> &str {
+    match node_name.rsplit_once('-') {
+        Some((base, layer))
+            if !base.is_empty()
+                && !layer.is_empty()
+                && layer.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ if node_name.is_empty() => "(unnamed)",
+        _ => node_name,
+    }
+}
+
+/// Counts per placement, for one backend instance.
+#[derive(Default)]
+pub(crate) struct Placements(Mutex<BTreeMap<Placement, u64>>);
+
+impl Placements {
+    pub(crate) fn record(&self, p: Placement) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(p)
+            .or_default() += 1;
+    }
+
+    /// The table, widest columns sized to their content.
+    pub(crate) fn report(&self) -> String {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let w_op = map.keys().map(|p| p.op.len()).max().unwrap_or(0).max(4);
+        let w_shape = map.keys().map(|p| p.shape.len()).max().unwrap_or(0).max(5);
+        let w_place = map.keys().map(|p| p.place.len()).max().unwrap_or(0).max(5);
+        let mut out = format!(
+            "  by node:\n    {:<w_op$}  {:<w_shape$}  {:<7}  {:<w_place$}  count\n",
+            "node", "MxKxN", "weights", "where"
+        );
+        for (p, n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "    {:<w_op$}  {:<w_shape$}  {:<7}  {:<w_place$}  {n}",
+                p.op, p.shape, p.weight_type, p.place
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_suffixes_are_dropped_and_nothing_else() {
+        assert_eq!(op_name("ffn_up-31"), "ffn_up");
+        assert_eq!(op_name("result_output"), "result_output");
+        assert_eq!(op_name("a-b"), "a-b");
+        assert_eq!(op_name("-3"), "-3");
+        assert_eq!(op_name("x-"), "x-");
+        assert_eq!(op_name(""), "(unnamed)");
+    }
+
+    #[test]
+    fn the_table_counts_each_placement() {
+        let shape = MatmulShape {
+            m: 8,
+            k: 4,
+            n: 2,
+            batch: [1, 1],
+            weight_batch: [1, 1],
+        };
+        let p = Placements::default();
+        for layer in 0..3 {
+            p.record(Placement::new(
+                &format!("ffn_up-{layer}"),
+                &shape,
+                "q8_0",
+                &Ok(KernelKind::Baked),
+            ));
+        }
+        p.record(Placement::new(
+            "kq-0",
+            &MatmulShape {
+                batch: [4, 1],
+                ..shape
+            },
+            "f32",
+            &Err(FallbackReason::FewOutputs(1)),
+        ));
+        let t = p.report();
+        let line = |needle: &str| t.lines().find(|l| l.contains(needle)).unwrap().to_string();
+        assert!(
+            line("ffn_up").contains("8x4x2") && line("ffn_up").ends_with(" 3"),
+            "{t}"
+        );
+        assert!(line("ffn_up").contains("engine (baked)"), "{t}");
+        assert!(line("kq").contains("8x4x2 [4,1]"), "{t}");
+        assert!(line("kq").contains("CPU (too few outputs)") && line("kq").ends_with(" 1"));
+    }
+}
