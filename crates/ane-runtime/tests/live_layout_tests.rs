@@ -8,7 +8,7 @@ use std::time::Duration;
 use ane_mil::check_program;
 use ane_runtime::engine::live_layout::{
     layout_from_live, live_tensors, multiarray_shape_strides, procedure_layouts, retry,
-    surface_alloc_size, AttrValue, LiveTensor,
+    surface_alloc_size, uniform_alloc_size, AttrValue, LiveTensor,
 };
 use ane_runtime::matmul::matmul_program;
 use ane_runtime::{Error, SurfaceDType, TensorLayout};
@@ -127,6 +127,13 @@ fn surfaces_are_page_rounded_and_at_least_48_kib() {
     assert_eq!(surface_alloc_size(48 * 1024), 48 * 1024);
     assert_eq!(surface_alloc_size(48 * 1024 + 1), 64 * 1024);
     assert_eq!(surface_alloc_size(1 << 20), 1 << 20);
+    // a group shares the size of its largest member
+    let l = |rows: usize, cols: usize| {
+        TensorLayout::packed("t", SurfaceDType::F16, &[rows, cols], 64).unwrap()
+    };
+    assert_eq!(uniform_alloc_size(&[l(64, 64), l(512, 1024)]), 1 << 20);
+    assert_eq!(uniform_alloc_size(&[l(1, 1)]), 48 * 1024);
+    assert_eq!(uniform_alloc_size(&[]), 48 * 1024);
 }
 
 #[test]

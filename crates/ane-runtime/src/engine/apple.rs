@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ane_mil::{check_program, print_program, Program, WeightFiles};
 
-use super::live_layout::{procedure_layouts, retry, surface_alloc_size};
+use super::live_layout::{procedure_layouts, retry, uniform_alloc_size};
 use super::model_dir::ModelDir;
 use super::{
     checked_procedure, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits,
@@ -103,11 +103,15 @@ impl Engine for AppleEngine {
         let mut states = Vec::new();
         for (i, f) in checked.iter().enumerate() {
             let (info, in_idx, out_idx) = procedure_layouts(&attrs, i, f, ROW_ALIGNMENT)?;
-            let alloc = |l: &crate::layout::TensorLayout| {
-                IoSurface::new(surface_alloc_size(l.byte_len())).map_err(Error::Compile)
+            // every input the same size, every output the same size (0x1d otherwise)
+            let alloc = |group: &[crate::layout::TensorLayout]| {
+                let size = uniform_alloc_size(group);
+                group
+                    .iter()
+                    .map(|_| IoSurface::new(size).map_err(Error::Compile))
+                    .collect::<Result<Vec<_>>>()
             };
-            let ins = info.inputs.iter().map(alloc).collect::<Result<Vec<_>>>()?;
-            let outs = info.outputs.iter().map(alloc).collect::<Result<Vec<_>>>()?;
+            let (ins, outs) = (alloc(&info.inputs)?, alloc(&info.outputs)?);
             let in_refs: Vec<&IoSurface> = ins.iter().collect();
             let out_refs: Vec<&IoSurface> = outs.iter().collect();
             let request = Request::new(self.fw, &in_refs, &in_idx, &out_refs, &out_idx, i)

@@ -273,6 +273,18 @@ pub fn surface_alloc_size(bytes: usize) -> usize {
     bytes.max(MIN).div_ceil(PAGE) * PAGE
 }
 
+/// One allocation size for every surface of a group (a procedure's inputs, or its outputs):
+/// the largest [`surface_alloc_size`] among them. Requests whose input surfaces differ in
+/// size are reported to fail at eval (status 0x1d; ane-tech.md §1.6, §3.2), so all inputs
+/// are padded to the same size, and likewise all outputs.
+pub fn uniform_alloc_size(layouts: &[TensorLayout]) -> usize {
+    layouts
+        .iter()
+        .map(|l| surface_alloc_size(l.byte_len()))
+        .max()
+        .unwrap_or_else(|| surface_alloc_size(0))
+}
+
 /// Runs `f` up to `attempts` times, sleeping `backoff`, then twice that, ... between tries.
 /// Loads can fail transiently while the daemon reclaims slots.
 pub fn retry<T, E>(
