@@ -6,9 +6,11 @@ use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
 use ane_runtime::engine::CompileCounter;
 use ane_runtime::matmul::{
     cpu_matmul, engine_matmul, DenseRows, FallbackReason, KernelCache, MatmulJob, MatmulShape,
-    Scratch, Stats,
+    Scratch, Stats, EVAL_FAILURES_BEFORE_GIVING_UP,
 };
-use ane_runtime::Engine;
+use ane_runtime::{Engine, Kernel};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use support::*;
 
 fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
@@ -407,4 +409,110 @@ fn the_disk_cache_serves_a_second_process() {
     tiny.store("k", b"0123").unwrap();
     assert!(tiny.list().unwrap().is_empty());
     assert_eq!(disk.clear().unwrap(), 0);
+}
+
+/// An engine whose kernels count their evaluations and fail while `fail` is set.
+struct Flaky {
+    inner: ReferenceEngine,
+    evals: Arc<AtomicU32>,
+    fail: Arc<AtomicBool>,
+}
+
+struct FlakyKernel {
+    inner: Box<dyn Kernel>,
+    evals: Arc<AtomicU32>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Engine for Flaky {
+    fn info(&self) -> ane_runtime::EngineInfo {
+        self.inner.info()
+    }
+    fn limits(&self) -> ane_runtime::Limits {
+        self.inner.limits()
+    }
+    fn compile(
+        &self,
+        program: &ane_mil::Program,
+        weights: &ane_mil::WeightFiles,
+    ) -> ane_runtime::Result<Box<dyn Kernel>> {
+        Ok(Box::new(FlakyKernel {
+            inner: self.inner.compile(program, weights)?,
+            evals: self.evals.clone(),
+            fail: self.fail.clone(),
+        }))
+    }
+}
+
+impl Kernel for FlakyKernel {
+    fn procedures(&self) -> &[ane_runtime::ProcedureInfo] {
+        self.inner.procedures()
+    }
+    fn eval(
+        &self,
+        index: usize,
+        inputs: &[&ane_runtime::Surface],
+        outputs: &mut [&mut ane_runtime::Surface],
+    ) -> ane_runtime::Result<()> {
+        self.evals.fetch_add(1, Ordering::Relaxed);
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(ane_runtime::Error::Eval("injected".into()));
+        }
+        self.inner.eval(index, inputs, outputs)
+    }
+}
+
+/// A kernel that keeps failing at evaluation is given up on after three failures in a row
+/// (the node still computed on the CPU by the caller); a success in between resets the count.
+#[test]
+fn kernels_that_keep_failing_are_not_retried() {
+    let shape = MatmulShape {
+        m: 8,
+        k: 8,
+        n: 8,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    };
+    let (w, a) = job(shape, 12);
+    let (evals, fail) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(true)));
+    let engine = Flaky {
+        inner: engine_with(16384, Faults::default(), None),
+        evals: evals.clone(),
+        fail: fail.clone(),
+    };
+    let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
+    let out = out_for(shape);
+    let job = MatmulJob {
+        shape,
+        weights: &w,
+        acts: &a,
+        dst: &out,
+        weight_id: None,
+    };
+    let mut run = || engine_matmul(&engine, &cache, &job, &mut scratch, &stats);
+    let evals_now = || evals.load(Ordering::Relaxed);
+
+    // two failures, a success: the count starts again
+    for _ in 0..2 {
+        assert_eq!(run().unwrap_err().label(), "eval failed");
+    }
+    fail.store(false, Ordering::Relaxed);
+    run().unwrap();
+    assert_eq!(evals_now(), 3);
+    // now three in a row: tried each time, then no more
+    fail.store(true, Ordering::Relaxed);
+    for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
+        assert_eq!(run().unwrap_err().label(), "eval failed");
+    }
+    assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
+    for _ in 0..4 {
+        let err = run().unwrap_err();
+        assert!(err.to_string().contains("not retried"), "{err}");
+    }
+    assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
+    assert_eq!(
+        stats.snapshot().compiles,
+        1,
+        "the kernel is not recompiled either"
+    );
 }

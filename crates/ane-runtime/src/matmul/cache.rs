@@ -1,6 +1,7 @@
 //! Compiled tile kernels, shared by every backend instance in the process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelPolicy, WeightId};
@@ -144,7 +145,7 @@ impl KernelCache {
                     } else {
                         stats.add_compile();
                     }
-                    Ok(Arc::from(kernel))
+                    Ok(Arc::new(GivesUp::new(kernel)))
                 }
                 Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
                 Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
@@ -173,5 +174,53 @@ impl KernelCache {
         let result = self.compile(engine, &matmul_program(m, k, n), &Default::default(), stats)?;
         entries.insert((m, k, n), result.clone());
         result
+    }
+}
+
+/// Consecutive failed evaluations after which a kernel is not tried again in this process.
+pub const EVAL_FAILURES_BEFORE_GIVING_UP: u32 = 3;
+
+/// A kernel that stops calling the engine once it has failed
+/// [`EVAL_FAILURES_BEFORE_GIVING_UP`] times in a row: a program the hardware rejects at run
+/// time (status 0x1d, say) would otherwise cost an attempt on every call before the CPU
+/// computes the node. A success in between resets the count (transient failures pass).
+struct GivesUp {
+    inner: Box<dyn Kernel>,
+    failures: AtomicU32,
+}
+
+impl GivesUp {
+    fn new(inner: Box<dyn Kernel>) -> Self {
+        GivesUp {
+            inner,
+            failures: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Kernel for GivesUp {
+    fn procedures(&self) -> &[crate::engine::ProcedureInfo] {
+        self.inner.procedures()
+    }
+
+    fn eval(
+        &self,
+        index: usize,
+        inputs: &[&crate::surface::Surface],
+        outputs: &mut [&mut crate::surface::Surface],
+    ) -> crate::error::Result<()> {
+        if self.failures.load(Ordering::Relaxed) >= EVAL_FAILURES_BEFORE_GIVING_UP {
+            return Err(Error::Eval(format!(
+                "not retried: failed {EVAL_FAILURES_BEFORE_GIVING_UP} times in a row"
+            )));
+        }
+        let r = self.inner.eval(index, inputs, outputs);
+        match &r {
+            Ok(()) => self.failures.store(0, Ordering::Relaxed),
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
     }
 }

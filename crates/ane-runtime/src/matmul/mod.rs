@@ -16,7 +16,7 @@ mod program;
 mod staging;
 mod stats;
 
-pub use cache::KernelCache;
+pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
 pub use policy::{KernelKind, KernelPolicy, WeightId};
 pub use program::{
     baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program, tile_sizes,
