@@ -35,6 +35,16 @@ fn syntax_errors_name_line_and_column() {
     let e = parse_err("program(1.3) { func f<ios18>() { tensor<int32, [2, 2]> c = const()[val = tensor<int32, [2, 2]>([1, 2, 3])]; } -> (c); }");
     assert!(e.notes[0].contains("4 values"), "{e:?}");
 
+    // `-inf` is one word; `- inf` was a debug-assertion panic (found by the mutation proptest)
+    let e = parse_err(
+        "program(1.3) { func f<ios18>() { fp16 c = const()[val = fp16(- inf)]; } -> (c); }",
+    );
+    assert!(e.message.contains("`-` must touch"), "{e}");
+    assert!(parse(
+        "program(1.3) { func f<ios18>() { fp16 c = const()[val = fp16(-inf)]; } -> (c); }"
+    )
+    .is_ok());
+
     let e = parse_err(
         "program(1.3) { func f<ios18>() { int8 c = const()[val = int8(300)]; } -> (c); }",
     );

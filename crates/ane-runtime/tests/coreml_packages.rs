@@ -8,7 +8,9 @@ use ane_mil::coreml;
 use ane_mil::WeightFiles;
 use ane_runtime::engine::reference::ReferenceEngine;
 use ane_runtime::matmul::plan::ModelDims;
-use ane_runtime::matmul::{baked_matmul_program, baked_weights, kernel_shapes, matmul_program};
+use ane_runtime::matmul::{
+    baked_matmul_program, baked_weights, kernel_shapes, matmul_program, packed_matmul_program,
+};
 use ane_runtime::Engine;
 use ane_testutil::coremltools;
 
@@ -30,14 +32,22 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
     let dir = tempfile::tempdir().unwrap();
     let mut programs = Vec::new();
     for &(m, k, n) in &shapes {
-        let program = matmul_program(m, k, n);
-        let path = dir.path().join(format!("mm_{m}x{k}x{n}.mlpackage"));
-        coreml::package(&program, None, &WeightFiles::new())
-            .unwrap()
-            .write_to(&path)
-            .unwrap();
-        programs.push((path, program));
+        // the two-input form, and the packed single-input form where it fits the width limit
+        let mut forms = vec![("mm", matmul_program(m, k, n))];
+        if n + m <= max_dim {
+            forms.push(("packed", packed_matmul_program(m, k, n)));
+        }
+        for (kind, program) in forms {
+            let path = dir.path().join(format!("{kind}_{m}x{k}x{n}.mlpackage"));
+            coreml::package(&program, None, &WeightFiles::new())
+                .unwrap()
+                .write_to(&path)
+                .unwrap();
+            programs.push((path, program));
+        }
     }
+    let packed = programs.len() - shapes.len();
+    assert!(packed >= 12, "only {packed} packed programs");
     let paths: Vec<&Path> = programs.iter().map(|(p, _)| p.as_path()).collect();
     let inferred = coremltools::check_packages(&py, &paths).unwrap_or_else(|e| panic!("{e}"));
     for ((path, program), got) in programs.iter().zip(&inferred) {
@@ -59,8 +69,8 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
         }
     }
     eprintln!(
-        "coremltools accepted {} planner kernel packages",
-        shapes.len()
+        "coremltools accepted {} planner kernel packages ({packed} of them packed)",
+        programs.len()
     );
 }
 

@@ -411,17 +411,21 @@ fn the_disk_cache_serves_a_second_process() {
     assert_eq!(disk.clear().unwrap(), 0);
 }
 
-/// An engine whose kernels count their evaluations and fail while `fail` is set.
+/// An engine whose kernels count their evaluations and fail while `fail` is set — all of
+/// them, or (`two_input_only`) those with two inputs, like hardware that rejects multi-input
+/// requests.
 struct Flaky {
     inner: ReferenceEngine,
     evals: Arc<AtomicU32>,
     fail: Arc<AtomicBool>,
+    two_input_only: bool,
 }
 
 struct FlakyKernel {
     inner: Box<dyn Kernel>,
     evals: Arc<AtomicU32>,
     fail: Arc<AtomicBool>,
+    two_input_only: bool,
 }
 
 impl Engine for Flaky {
@@ -440,6 +444,7 @@ impl Engine for Flaky {
             inner: self.inner.compile(program, weights)?,
             evals: self.evals.clone(),
             fail: self.fail.clone(),
+            two_input_only: self.two_input_only,
         }))
     }
 }
@@ -455,7 +460,8 @@ impl Kernel for FlakyKernel {
         outputs: &mut [&mut ane_runtime::Surface],
     ) -> ane_runtime::Result<()> {
         self.evals.fetch_add(1, Ordering::Relaxed);
-        if self.fail.load(Ordering::Relaxed) {
+        let affected = !self.two_input_only || inputs.len() == 2;
+        if affected && self.fail.load(Ordering::Relaxed) {
             return Err(ane_runtime::Error::Eval("injected".into()));
         }
         self.inner.eval(index, inputs, outputs)
@@ -479,6 +485,7 @@ fn kernels_that_keep_failing_are_not_retried() {
         inner: engine_with(16384, Faults::default(), None),
         evals: evals.clone(),
         fail: fail.clone(),
+        two_input_only: false,
     };
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
     let out = out_for(shape);
@@ -505,14 +512,95 @@ fn kernels_that_keep_failing_are_not_retried() {
         assert_eq!(run().unwrap_err().label(), "eval failed");
     }
     assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
+    // the packed single-input form is compiled in its place, and tried as often
+    for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
+        assert_eq!(run().unwrap_err().label(), "eval failed");
+    }
+    assert_eq!(evals_now(), 3 + 2 * EVAL_FAILURES_BEFORE_GIVING_UP);
+    assert_eq!(stats.snapshot().compiles, 2);
+    // both gave up: no more attempts, and nothing recompiled
     for _ in 0..4 {
         let err = run().unwrap_err();
         assert!(err.to_string().contains("not retried"), "{err}");
     }
-    assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
-    assert_eq!(
-        stats.snapshot().compiles,
-        1,
-        "the kernel is not recompiled either"
-    );
+    assert_eq!(evals_now(), 3 + 2 * EVAL_FAILURES_BEFORE_GIVING_UP);
+    assert_eq!(stats.snapshot().compiles, 2);
+}
+
+/// Hardware that rejects two-input requests: once the two-input kernels give up, the packed
+/// single-input form (activations and transposed weights side by side) computes the job —
+/// tiled, batched with broadcast weights, tokens padded — with the same numbers.
+#[test]
+fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
+    // (max_dim, shape, K tiles): one tile; then K in two tiles, three token chunks (the last
+    // padded), batches with weights broadcast along the first axis
+    let cases = [
+        (
+            16384,
+            MatmulShape {
+                m: 40,
+                k: 70,
+                n: 37,
+                batch: [2, 1],
+                weight_batch: [1, 1],
+            },
+            1,
+        ),
+        (
+            200,
+            MatmulShape {
+                m: 60,
+                k: 300,
+                n: 300,
+                batch: [2, 3],
+                weight_batch: [1, 3],
+            },
+            2,
+        ),
+    ];
+    for (i, (max_dim, shape, k_tiles)) in cases.into_iter().enumerate() {
+        let (w, a) = job(shape, 21 + i as u64);
+        let engine = Flaky {
+            inner: engine_with(max_dim, Faults::default(), None),
+            evals: Arc::new(AtomicU32::new(0)),
+            fail: Arc::new(AtomicBool::new(true)),
+            two_input_only: true,
+        };
+        let (cache, stats, mut scratch) =
+            (KernelCache::new(), Stats::default(), Scratch::default());
+        let out = out_for(shape);
+        let job = MatmulJob {
+            shape,
+            weights: &w,
+            acts: &a,
+            dst: &out,
+            weight_id: None,
+        };
+        for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
+            let err = engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap_err();
+            assert_eq!(err.label(), "eval failed");
+        }
+        let before = stats.snapshot().compiles;
+        engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap();
+        assert!(
+            stats.snapshot().compiles > before,
+            "packed kernels compiled"
+        );
+        let packed = out.data.lock().unwrap().clone();
+        check(shape, &w, &a, &packed, k_tiles);
+
+        // the two-input form on a working engine gives the same bits
+        let plain = engine_with(max_dim, Faults::default(), None);
+        let (cache, stats, out2) = (KernelCache::new(), Stats::default(), out_for(shape));
+        let job = MatmulJob { dst: &out2, ..job };
+        engine_matmul(&plain, &cache, &job, &mut Scratch::default(), &stats).unwrap();
+        let two_input = out2.data.lock().unwrap().clone();
+        assert!(
+            packed
+                .iter()
+                .zip(&two_input)
+                .all(|(p, t)| p.to_bits() == t.to_bits()),
+            "case {i}: packed and two-input kernels disagree"
+        );
+    }
 }

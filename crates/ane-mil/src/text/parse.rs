@@ -535,13 +535,19 @@ impl<'a> Parser<'a> {
             Tok::Punct('-') if matches!(self.peek_at(1), Tok::Ident(_)) => {
                 let minus = self.bump();
                 let mut t = self.bump();
-                if let Tok::Ident(s) = t.tok {
+                // `-inf` only as one word: `- inf` is not a value
+                if minus.span.end != t.span.start {
+                    return Err(self.err(
+                        minus.span,
+                        "expected a value: `-` must touch what it negates",
+                    ));
+                }
+                if let Tok::Ident(_) = t.tok {
                     let sp = minus.span.until(t.span);
                     t = Token {
                         tok: Tok::Number(&self.src[sp.start as usize..sp.end as usize]),
                         span: sp,
                     };
-                    debug_assert!(s == &self.src[sp.start as usize + 1..sp.end as usize]);
                 }
                 Ok(t)
             }

@@ -1,12 +1,14 @@
 //! Compiled tile kernels, shared by every backend instance in the process.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelPolicy, WeightId};
 use super::precision::ColumnEnergy;
-use super::program::{baked_matmul_program, baked_weights, matmul_program, BakedTile};
+use super::program::{
+    baked_matmul_program, baked_weights, matmul_program, packed_matmul_program, BakedTile,
+};
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::DiskCache;
 use crate::engine::{compile_cached, Engine, Kernel};
@@ -15,17 +17,33 @@ use crate::error::Error;
 /// A compiled kernel, or why there is none.
 type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
 
+/// A compiled kernel that can say it gave up, or why there is none.
+type Guarded = Result<Arc<GivesUp>, FallbackReason>;
+
+/// The streamed kernels of one tile shape: the two-input form, and the packed single-input
+/// form once the two-input one failed to compile or gave up at evaluation.
+struct Streamed {
+    two_input: Guarded,
+    packed: Option<Guarded>,
+}
+
+fn entry(g: &Guarded) -> Entry {
+    g.clone().map(|k| k as Arc<dyn Kernel>)
+}
+
 /// Tile kernels by shape (streamed) and by weight tile (baked): compiled once per process,
 /// failures remembered so they are not retried (and re-billed) on every call.
 #[derive(Default)]
 pub struct KernelCache {
-    entries: Mutex<HashMap<(usize, usize, usize), Entry>>,
+    entries: Mutex<HashMap<(usize, usize, usize), Streamed>>,
     /// Baked kernels with the fingerprint of the weights they hold.
     baked: Mutex<HashMap<(u64, BakedTile), (u64, Entry)>>,
     /// Column sums of squares of identified weights, with their fingerprint.
     energies: Mutex<HashMap<u64, (u64, Arc<ColumnEnergy>)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
+    /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation.
+    two_input_gave_up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KernelCache {
@@ -94,12 +112,13 @@ impl KernelCache {
             None => {}
         }
         let files = baked_weights(&weights());
-        let result = self.compile(
+        let result = entry(&self.compile(
             engine,
             &baked_matmul_program(tile.bm, tile.bk, tile.bucket),
             &files,
+            None,
             stats,
-        )?;
+        )?);
         baked.insert(key, (id.fingerprint, result.clone()));
         result
     }
@@ -130,13 +149,15 @@ impl KernelCache {
     }
 
     /// Compiles (or loads from disk); `Err` only for a spent budget, which is not cached.
+    /// `gave_up` is set if the kernel ever gives up at evaluation.
     fn compile(
         &self,
         engine: &dyn Engine,
         program: &ane_mil::Program,
         weights: &ane_mil::WeightFiles,
+        gave_up: Option<Arc<AtomicBool>>,
         stats: &Stats,
-    ) -> Result<Entry, FallbackReason> {
+    ) -> Result<Guarded, FallbackReason> {
         Ok(
             match compile_cached(engine, self.disk.as_ref(), program, weights) {
                 Ok((kernel, from_disk)) => {
@@ -145,7 +166,11 @@ impl KernelCache {
                     } else {
                         stats.add_compile();
                     }
-                    Ok(Arc::new(GivesUp::new(kernel)))
+                    Ok(Arc::new(GivesUp {
+                        inner: kernel,
+                        failures: AtomicU32::new(0),
+                        gave_up,
+                    }))
                 }
                 Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
                 Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
@@ -154,7 +179,10 @@ impl KernelCache {
         )
     }
 
-    /// The kernel for tile `(m, k, n)`, compiling it on first use.
+    /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the two-input form
+    /// ([`matmul_program`]), or the packed single-input one ([`packed_matmul_program`]) once the
+    /// two-input form failed to compile or gave up at evaluation — some ANE builds reject
+    /// two-input requests (ane-tech.md §3.2). Callers tell them apart by the input count.
     ///
     /// The lock is held while compiling, so two threads never compile (and pay for) the same
     /// kernel twice. A spent budget is not remembered: it is reported again, cheaply.
@@ -167,13 +195,40 @@ impl KernelCache {
         stats: &Stats,
     ) -> Result<Arc<dyn Kernel>, FallbackReason> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = entries.get(&(m, k, n)) {
-            stats.add_cache_hit();
-            return e.clone();
+        let none = Default::default();
+        let streamed = match entries.entry((m, k, n)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                stats.add_cache_hit();
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let p = matmul_program(m, k, n);
+                let flag = Some(self.two_input_gave_up.clone());
+                v.insert(Streamed {
+                    two_input: self.compile(engine, &p, &none, flag, stats)?,
+                    packed: None,
+                })
+            }
+        };
+        let use_packed = match &streamed.two_input {
+            // one two-input kernel giving up says this engine rejects two-input requests:
+            // every shape switches, not each after its own failures
+            Ok(_) => self.two_input_gave_up.load(Ordering::Relaxed),
+            Err(FallbackReason::Compile(_) | FallbackReason::Unsupported(_)) => true,
+            Err(_) => false,
+        };
+        if !use_packed {
+            return entry(&streamed.two_input);
         }
-        let result = self.compile(engine, &matmul_program(m, k, n), &Default::default(), stats)?;
-        entries.insert((m, k, n), result.clone());
-        result
+        // the two-input form does not work here: the packed single-input form instead
+        if streamed.packed.is_none() {
+            let p = packed_matmul_program(m, k, n);
+            streamed.packed = Some(self.compile(engine, &p, &none, None, stats)?);
+        }
+        match &streamed.packed {
+            Some(p) => entry(p),
+            None => entry(&streamed.two_input),
+        }
     }
 }
 
@@ -187,14 +242,13 @@ pub const EVAL_FAILURES_BEFORE_GIVING_UP: u32 = 3;
 struct GivesUp {
     inner: Box<dyn Kernel>,
     failures: AtomicU32,
+    /// Raised when this kernel gives up.
+    gave_up: Option<Arc<AtomicBool>>,
 }
 
 impl GivesUp {
-    fn new(inner: Box<dyn Kernel>) -> Self {
-        GivesUp {
-            inner,
-            failures: AtomicU32::new(0),
-        }
+    fn given_up(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= EVAL_FAILURES_BEFORE_GIVING_UP
     }
 }
 
@@ -209,7 +263,7 @@ impl Kernel for GivesUp {
         inputs: &[&crate::surface::Surface],
         outputs: &mut [&mut crate::surface::Surface],
     ) -> crate::error::Result<()> {
-        if self.failures.load(Ordering::Relaxed) >= EVAL_FAILURES_BEFORE_GIVING_UP {
+        if self.given_up() {
             return Err(Error::Eval(format!(
                 "not retried: failed {EVAL_FAILURES_BEFORE_GIVING_UP} times in a row"
             )));
@@ -218,7 +272,12 @@ impl Kernel for GivesUp {
         match &r {
             Ok(()) => self.failures.store(0, Ordering::Relaxed),
             Err(_) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= EVAL_FAILURES_BEFORE_GIVING_UP {
+                    if let Some(flag) = &self.gave_up {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
             }
         }
         r

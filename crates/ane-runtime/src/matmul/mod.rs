@@ -19,13 +19,14 @@ mod stats;
 pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
 pub use policy::{KernelKind, KernelPolicy, WeightId};
 pub use program::{
-    baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program, tile_sizes,
-    token_bucket, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
+    baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program,
+    packed_matmul_program, tile_sizes, token_bucket, token_chunks, BakedTile,
+    MAX_TOKENS_PER_KERNEL,
 };
 pub use staging::stage_rows;
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
-use staging::{accumulate_tile, row_to_f16, zero_rows};
+use staging::{accumulate_tile, row_to_f16, stage_columns, zero_columns, zero_rows};
 
 use std::time::Instant;
 
@@ -362,7 +363,7 @@ fn baked_matmul(
                     job,
                     (b2, b3),
                     tile,
-                    None,
+                    TileWeights::Baked,
                     &mut out[..n * m],
                     (m0 == 0).then_some(&mut acts_energy),
                     scratch,
@@ -419,16 +420,25 @@ fn streamed_matmul(
             let bm = tm.min(m - m0);
             for k0 in (0..k).step_by(tk.max(1)) {
                 let bk = tk.min(k - k0);
-                // the weight tile is the same input for every token chunk: stage it once
-                let first = kernel_for(bm, bk, chunks[0].2)
-                    .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
-                let t = Instant::now();
-                let mut sw = scratch.surface(&first.procedures()[0].inputs[1]);
-                stage_rows(&mut sw, job.weights, (w2, w3), (m0, bm), (k0, bk), k, None);
-                stats.add_staging(t.elapsed());
+                // two-input kernels share one weight surface across token chunks (staged on
+                // first use); packed ones stage the weights beside each chunk's activations
+                let mut sw: Option<Surface> = None;
                 for &(n0, bn, bucket) in &chunks {
                     let kernel = kernel_for(bm, bk, bucket)
                         .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
+                    let inputs = &kernel.procedures()[0].inputs;
+                    let weights = if inputs.len() == 1 {
+                        TileWeights::Packed((w2, w3))
+                    } else {
+                        let sw = sw.get_or_insert_with(|| {
+                            let t = Instant::now();
+                            let mut sw = scratch.surface(&inputs[1]);
+                            stage_rows(&mut sw, job.weights, (w2, w3), (m0, bm), (k0, bk), k, None);
+                            stats.add_staging(t.elapsed());
+                            sw
+                        });
+                        TileWeights::Staged(sw)
+                    };
                     let tile = Tile {
                         n0,
                         bn,
@@ -442,7 +452,7 @@ fn streamed_matmul(
                         job,
                         (b2, b3),
                         tile,
-                        Some(&sw),
+                        weights,
                         &mut out[..n * m],
                         (m0 == 0).then_some(&mut acts_energy),
                         scratch,
@@ -451,12 +461,16 @@ fn streamed_matmul(
                     match r {
                         Ok(e) => output_err += e,
                         Err(e) => {
-                            scratch.give_back(sw);
+                            if let Some(sw) = sw {
+                                scratch.give_back(sw);
+                            }
                             return Err(e);
                         }
                     }
                 }
-                scratch.give_back(sw);
+                if let Some(sw) = sw {
+                    scratch.give_back(sw);
+                }
             }
         }
         let t = Instant::now();
@@ -480,9 +494,20 @@ struct Tile {
     bm: usize,
 }
 
-/// One evaluation: stages the activation rows (the padded tail zeroed; their sum of squares
-/// added into `acts_energy` when given), evaluates with the staged weight surface as
-/// second input when streamed, adds the result into `out` (`[n, m]`).
+/// Where a tile's weights come from.
+#[derive(Clone, Copy)]
+enum TileWeights<'a> {
+    /// Compiled into the kernel.
+    Baked,
+    /// A staged surface, the kernel's second input.
+    Staged(&'a Surface),
+    /// Weight batch `(w2, w3)`, staged beside the activations in the one input surface.
+    Packed((usize, usize)),
+}
+
+/// One evaluation: stages the activations (the padded tokens zeroed; their sum of squares
+/// added into `acts_energy` when given) — as rows, or as columns beside the weights for a
+/// packed kernel — evaluates, and adds the result into `out` (`[n, m]`).
 /// Returns the expected squared error of rounding this tile's outputs to fp16.
 #[allow(clippy::too_many_arguments)]
 fn run_tile(
@@ -490,7 +515,7 @@ fn run_tile(
     job: &MatmulJob<'_>,
     batch: (usize, usize),
     t: Tile,
-    weights: Option<&Surface>,
+    weights: TileWeights<'_>,
     out: &mut [f32],
     acts_energy: Option<&mut f64>,
     scratch: &mut Scratch,
@@ -499,22 +524,23 @@ fn run_tile(
     let proc_ = &kernel.procedures()[0];
     let clock = Instant::now();
     let mut sa = scratch.surface(&proc_.inputs[0]);
-    stage_rows(
-        &mut sa,
-        job.acts,
-        batch,
-        (t.n0, t.bn),
-        (t.k0, t.bk),
-        job.shape.k,
-        acts_energy,
-    );
-    zero_rows(&mut sa, t.bn, t.bk);
+    let (k, rows, cols) = (job.shape.k, (t.n0, t.bn), (t.k0, t.bk));
+    if let TileWeights::Packed(wb) = weights {
+        // [1, bk, 1, bucket + bm]: tokens in columns 0..bucket, weight rows after them
+        let w0 = proc_.inputs[0].dims[3] - t.bm;
+        stage_columns(&mut sa, job.acts, batch, rows, cols, k, 0, acts_energy);
+        zero_columns(&mut sa, t.bk, (t.bn, w0));
+        stage_columns(&mut sa, job.weights, wb, (t.m0, t.bm), cols, k, w0, None);
+    } else {
+        stage_rows(&mut sa, job.acts, batch, rows, cols, k, acts_energy);
+        zero_rows(&mut sa, t.bn, t.bk);
+    }
     let mut sy = scratch.surface(&proc_.outputs[0]);
     stats.add_staging(clock.elapsed());
     let clock = Instant::now();
     let r = match weights {
-        Some(sw) => kernel.eval(0, &[&sa, sw], &mut [&mut sy]),
-        None => kernel.eval(0, &[&sa], &mut [&mut sy]),
+        TileWeights::Staged(sw) => kernel.eval(0, &[&sa, sw], &mut [&mut sy]),
+        TileWeights::Baked | TileWeights::Packed(_) => kernel.eval(0, &[&sa], &mut [&mut sy]),
     };
     stats.add_engine(clock.elapsed());
     let clock = Instant::now();

@@ -120,6 +120,66 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
     finish_matmul(f, a, b)
 }
 
+/// The same product from one input surface (ane-tech.md §3.3), for engines that reject
+/// two-input requests: `x` is `[1, k, 1, n + m]`, row `d` holding feature `d` of every token
+/// and then column `d` of every weight row — `[a | b]ᵀ`. Sliced apart, reshaped, and
+/// multiplied with `transpose_x`, the output is `y[n, m]` as from [`matmul_program`].
+pub fn packed_matmul_program(m: usize, k: usize, n: usize) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n + m]));
+    let mut part = |name: &str, first: usize, width: usize| {
+        let begin = f.constant(
+            &format!("{name}_begin"),
+            Literal::int32s(&[0, 0, 0, first as i32]),
+        );
+        let size = f.constant(
+            &format!("{name}_size"),
+            Literal::int32s(&[1, k as i32, 1, width as i32]),
+        );
+        let sliced = f
+            .op(
+                &format!("{name}_cols"),
+                "slice_by_size",
+                &[
+                    ("begin", Arg::Var(begin)),
+                    ("size", Arg::Var(size)),
+                    ("x", Arg::Var(x.clone())),
+                ],
+            )
+            .expect("the packed program is well-typed");
+        let shape = f.constant(
+            &format!("{name}_shape"),
+            Literal::int32s(&[k as i32, width as i32]),
+        );
+        f.op(
+            &format!("{name}_t"),
+            "reshape",
+            &[("shape", Arg::Var(shape)), ("x", Arg::Var(sliced))],
+        )
+        .expect("the packed program is well-typed")
+    };
+    let a_t = part("a", 0, n);
+    let b_t = part("b", n, m);
+    let tx = f.constant("tx", Literal::bool(true));
+    let ty = f.constant("ty", Literal::bool(false));
+    let y = f
+        .op(
+            "y",
+            "matmul",
+            &[
+                ("transpose_x", Arg::Var(tx)),
+                ("transpose_y", Arg::Var(ty)),
+                ("x", Arg::Var(a_t)),
+                ("y", Arg::Var(b_t)),
+            ],
+        )
+        .expect("the packed program is well-typed");
+    f.output(&y).expect("y is defined");
+    let mut p = Program::new();
+    p.functions.push(f.finish());
+    p
+}
+
 /// Adds `y = matmul(a, w, transpose_y = true)` as the output and wraps the function.
 fn finish_matmul(mut f: FunctionBuilder, a: String, w: String) -> Program {
     let tx = f.constant("tx", Literal::bool(false));
@@ -223,6 +283,12 @@ mod tests {
         let p = matmul_program(3, 5, 7);
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(f[0].signature(), "main<ios18>(a: tensor<fp16, [7, 5]>, b: tensor<fp16, [3, 5]>) -> (y: tensor<fp16, [7, 3]>)");
+        let p = packed_matmul_program(3, 5, 7);
+        let f = ane_mil::check_program(&p, None).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(x: tensor<fp16, [1, 5, 1, 10]>) -> (y: tensor<fp16, [7, 3]>)"
+        );
         let w = baked_weights(&[f16::ONE; 15]);
         let p = baked_matmul_program(3, 5, 7);
         let f = ane_mil::check_program(&p, Some(&w)).unwrap();

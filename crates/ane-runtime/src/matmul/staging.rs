@@ -85,6 +85,63 @@ pub fn stage_rows(
     }
 }
 
+/// Source rows per block when staging them as columns: each surface row then receives 32
+/// contiguous bytes per block instead of one value.
+const COLUMN_BLOCK: usize = 16;
+
+/// Writes rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch as surface
+/// *columns* `col0..col0+rows` of rows `0..cols`: the transposed layout of the packed
+/// single-input kernel (one surface row per input feature). With `energy`, adds the sum of
+/// the values' squares into it. One thread: this is the fallback form.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stage_columns(
+    s: &mut Surface,
+    src: &dyn MatrixSource,
+    batch: (usize, usize),
+    (r0, rows): (usize, usize),
+    (k0, cols): (usize, usize),
+    k: usize,
+    col0: usize,
+    mut energy: Option<&mut f64>,
+) {
+    let layout = s.layout().clone();
+    debug_assert!(layout.rows() >= cols && layout.dims[3] >= col0 + rows);
+    let bytes = s.as_bytes_mut();
+    let mut tmp = vec![0f32; k];
+    let mut block = vec![half::f16::ZERO; COLUMN_BLOCK * cols];
+    for b0 in (0..rows).step_by(COLUMN_BLOCK) {
+        let n = COLUMN_BLOCK.min(rows - b0);
+        for (i, dst) in block.chunks_mut(cols.max(1)).take(n).enumerate() {
+            row_to_f16(
+                src,
+                batch,
+                r0 + b0 + i,
+                k0,
+                dst,
+                &mut tmp,
+                energy.as_deref_mut(),
+            );
+        }
+        for d in 0..cols {
+            let off = layout.flat_row_offset(d) + 2 * (col0 + b0);
+            let out: &mut [half::f16] = bytemuck::cast_slice_mut(&mut bytes[off..off + 2 * n]);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = block[i * cols + d];
+            }
+        }
+    }
+}
+
+/// Zeroes columns `c0..c1` of the first `rows` rows (the token columns a bucket pads).
+pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize)) {
+    let layout = s.layout().clone();
+    let bytes = s.as_bytes_mut();
+    for r in 0..rows {
+        let off = layout.flat_row_offset(r);
+        bytes[off + 2 * c0..off + 2 * c1].fill(0);
+    }
+}
+
 /// Zeroes the first `cols` values of rows `from..` (the token rows a bucket pads).
 pub(super) fn zero_rows(s: &mut Surface, from: usize, cols: usize) {
     let layout = s.layout().clone();
