@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape,
-    MatrixSink, Scratch, Stats, WeightId,
+    cpu_matmul, engine_matmul, DenseRows, KernelCache, KernelKind, KernelPolicy, MatmulJob,
+    MatmulShape, MatrixSink, Scratch, Stats, WeightId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,8 +33,9 @@ pub(crate) struct BenchArgs {
     /// Engine: auto, reference, apple or coreml (default: $GGML_ANE_ENGINE or auto).
     #[arg(long)]
     engine: Option<String>,
-    /// Kernel kind: auto, baked (weights compiled in) or streamed (weights staged per call)
-    /// (default: $GGML_ANE_KERNELS or auto). The bench's weights never change, like a model's.
+    /// Kernel kind: auto, baked (weights compiled in), streamed (weights staged per call) or
+    /// packed (streamed, in one input surface) (default: $GGML_ANE_KERNELS or auto). The
+    /// bench's weights never change, like a model's.
     #[arg(long)]
     kernels: Option<String>,
     /// Print JSON instead of a table.
@@ -65,7 +66,7 @@ struct Row {
     staging: Duration,
     eval: Duration,
     writeback: Duration,
-    baked: bool,
+    kind: KernelKind,
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
@@ -151,8 +152,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         let stats = Stats::default();
         let t = Instant::now();
+        let mut ran = KernelKind::Streamed;
         for _ in 0..reps {
-            engine_matmul(engine.as_ref(), &cache, &job, &mut scratch, &stats)
+            ran = engine_matmul(engine.as_ref(), &cache, &job, &mut scratch, &stats)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let engine_t = t.elapsed() / reps as u32;
@@ -170,7 +172,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             staging: s.staging / reps as u32,
             eval: s.engine / reps as u32,
             writeback: s.writeback / reps as u32,
-            baked: s.baked_nodes > 0,
+            kind: ran,
         });
         bar.inc(1);
     }
@@ -263,11 +265,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn kind_of(r: &Row) -> &'static str {
-    if r.baked {
-        "baked"
-    } else {
-        "streamed"
-    }
+    r.kind.label()
 }
 
 /// A grouped bar chart: per shape, engine GFLOPS and CPU GFLOPS.

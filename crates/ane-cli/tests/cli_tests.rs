@@ -340,10 +340,21 @@ fn bench_times_shapes_against_the_cpu() {
         "streamed",
     ]);
     assert!(text(&streamed.stdout).contains("\"kernel\": \"streamed\""));
+    let packed = ane(&[
+        "bench",
+        "--shape",
+        "64,48,32",
+        "--reps",
+        "1",
+        "--json",
+        "--kernels",
+        "packed",
+    ]);
+    assert!(text(&packed.stdout).contains("\"kernel\": \"packed\""));
     let bad = ane(&["bench", "--shape", "64,48,32", "--kernels", "fast"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
-        text(&bad.stderr).contains("auto, baked or streamed"),
+        text(&bad.stderr).contains("auto, baked, streamed or packed"),
         "{}",
         text(&bad.stderr)
     );

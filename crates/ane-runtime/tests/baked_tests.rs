@@ -192,11 +192,13 @@ fn the_policy_parses_from_its_names_only() {
         ("auto", KernelPolicy::Auto),
         ("BAKED", KernelPolicy::Baked),
         ("streamed", KernelPolicy::Streamed),
+        (" Packed ", KernelPolicy::Packed),
     ] {
         assert_eq!(s.parse::<KernelPolicy>().unwrap(), p);
+        assert_eq!(p.as_str().parse::<KernelPolicy>().unwrap(), p);
     }
     let err = "fast".parse::<KernelPolicy>().unwrap_err().to_string();
-    assert!(err.contains("auto, baked or streamed"), "{err}");
+    assert!(err.contains("auto, baked, streamed or packed"), "{err}");
 }
 
 #[test]

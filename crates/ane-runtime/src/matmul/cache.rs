@@ -70,6 +70,8 @@ impl KernelCache {
     /// The same cache choosing kernel kinds by `policy` (default: auto).
     pub fn with_policy(mut self, policy: KernelPolicy) -> Self {
         self.policy = policy;
+        self.two_input_gave_up
+            .store(policy == KernelPolicy::Packed, Ordering::Relaxed);
         self
     }
 

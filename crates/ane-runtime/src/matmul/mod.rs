@@ -302,7 +302,7 @@ pub fn engine_matmul(
             }
         }
     }
-    streamed_matmul(engine, cache, job, &guard, scratch, stats).map(|()| KernelKind::Streamed)
+    streamed_matmul(engine, cache, job, &guard, scratch, stats)
 }
 
 /// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
@@ -389,8 +389,9 @@ fn streamed_matmul(
     guard: &precision::Guard,
     scratch: &mut Scratch,
     stats: &Stats,
-) -> Result<(), FallbackReason> {
+) -> Result<KernelKind, FallbackReason> {
     let (shape, sink) = (job.shape, job.dst);
+    let mut kind = KernelKind::Streamed;
     let MatmulShape { m, k, n, .. } = shape;
     let limits = engine.limits();
     let (tm, tk) = tile_sizes(m, k, limits.max_dim);
@@ -428,6 +429,7 @@ fn streamed_matmul(
                         .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
                     let inputs = &kernel.procedures()[0].inputs;
                     let weights = if inputs.len() == 1 {
+                        kind = KernelKind::Packed;
                         TileWeights::Packed((w2, w3))
                     } else {
                         let sw = sw.get_or_insert_with(|| {
@@ -479,7 +481,7 @@ fn streamed_matmul(
         stats.add_writeback(t.elapsed());
         scratch.out = out;
     }
-    Ok(())
+    Ok(kind)
 }
 
 /// Where one kernel evaluation reads and writes: activation rows `n0..n0+bn`, columns

@@ -15,14 +15,17 @@ pub enum KernelKind {
     Baked,
     /// Weights staged as a kernel input.
     Streamed,
+    /// Weights staged beside the activations in the one input surface (ane-tech.md §3.3).
+    Packed,
 }
 
 impl KernelKind {
-    /// `baked` or `streamed`.
+    /// `baked`, `streamed` or `packed`.
     pub fn label(self) -> &'static str {
         match self {
             KernelKind::Baked => "baked",
             KernelKind::Streamed => "streamed",
+            KernelKind::Packed => "packed",
         }
     }
 }
@@ -38,6 +41,9 @@ pub enum KernelPolicy {
     Baked,
     /// Never bake.
     Streamed,
+    /// Never bake, and build streamed kernels in the packed single-input form from the start
+    /// (otherwise only after two-input kernels give up): to compare the two on hardware.
+    Packed,
 }
 
 impl FromStr for KernelPolicy {
@@ -47,8 +53,9 @@ impl FromStr for KernelPolicy {
             "" | "auto" => Ok(KernelPolicy::Auto),
             "baked" => Ok(KernelPolicy::Baked),
             "streamed" => Ok(KernelPolicy::Streamed),
+            "packed" => Ok(KernelPolicy::Packed),
             other => Err(Error::Staging(format!(
-                "GGML_ANE_KERNELS={other}: expected auto, baked or streamed"
+                "GGML_ANE_KERNELS={other}: expected auto, baked, streamed or packed"
             ))),
         }
     }
@@ -68,7 +75,13 @@ impl KernelPolicy {
             KernelPolicy::Auto => "auto",
             KernelPolicy::Baked => "baked",
             KernelPolicy::Streamed => "streamed",
+            KernelPolicy::Packed => "packed",
         }
+    }
+
+    /// Whether weights may be baked at all under this policy.
+    pub fn may_bake(self) -> bool {
+        matches!(self, KernelPolicy::Auto | KernelPolicy::Baked)
     }
 }
 
@@ -92,7 +105,7 @@ pub struct WeightId {
 /// only when the budget matters.
 pub fn should_bake(policy: KernelPolicy, limits: &Limits, missing: impl FnOnce() -> u32) -> bool {
     match policy {
-        KernelPolicy::Streamed => false,
+        KernelPolicy::Streamed | KernelPolicy::Packed => false,
         KernelPolicy::Baked => true,
         KernelPolicy::Auto => limits.compiles_left().is_none_or(|left| {
             let missing = missing();

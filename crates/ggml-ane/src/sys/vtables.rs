@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use super::tensor::{describe_node, TensorRows, TensorRowsMut};
 use super::*;
 use crate::backend::{self, BackendContext, NodeAction};
-use ane_runtime::matmul::{KernelPolicy, MatmulJob};
+use ane_runtime::matmul::MatmulJob;
 
 /// Runs `f`, turning a panic into `default` (after logging it).
 fn guard<R>(what: &str, default: R, f: impl FnOnce() -> R) -> R {
@@ -116,7 +116,7 @@ unsafe extern "C" fn backend_graph_compute(
                     };
                     // weights ggml promises not to change while graphs run may be baked (the
                     // fingerprint is read on every call, so not when baking is off)
-                    let may_bake = rt.cache.policy() != KernelPolicy::Streamed
+                    let may_bake = rt.cache.policy().may_bake()
                         && s0.nb[0] == s0.type_size
                         && s0.in_weights_buffer();
                     let weight_id = may_bake.then(|| w.weight_id());
