@@ -329,28 +329,20 @@ fn bench_times_shapes_against_the_cpu() {
     assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
     // auto bakes the bench's (immutable) weights while the budget allows; streamed never does
     assert_eq!(json.matches("\"kernel\": \"baked\"").count(), 2, "{json}");
-    let streamed = ane(&[
-        "bench",
-        "--shape",
-        "64,48,32",
-        "--reps",
-        "1",
-        "--json",
-        "--kernels",
-        "streamed",
-    ]);
-    assert!(text(&streamed.stdout).contains("\"kernel\": \"streamed\""));
-    let packed = ane(&[
-        "bench",
-        "--shape",
-        "64,48,32",
-        "--reps",
-        "1",
-        "--json",
-        "--kernels",
-        "packed",
-    ]);
-    assert!(text(&packed.stdout).contains("\"kernel\": \"packed\""));
+    for kind in ["streamed", "packed"] {
+        let out = ane(&[
+            "bench",
+            "--shape",
+            "64,48,32",
+            "--reps",
+            "1",
+            "--json",
+            "--kernels",
+            kind,
+        ]);
+        let json = text(&out.stdout);
+        assert!(json.contains(&format!("\"kernel\": \"{kind}\"")), "{json}");
+    }
     let bad = ane(&["bench", "--shape", "64,48,32", "--kernels", "fast"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(

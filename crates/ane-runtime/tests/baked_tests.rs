@@ -22,11 +22,8 @@ fn engine(max_dim: usize, budget: Option<u32>) -> ReferenceEngine {
 
 fn shape(m: usize, k: usize, n: usize, batch: [usize; 2]) -> MatmulShape {
     MatmulShape {
-        m,
-        k,
-        n,
         batch,
-        weight_batch: [1, 1],
+        ..single_matmul(m, k, n)
     }
 }
 

@@ -141,13 +141,7 @@ fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
 
 #[test]
 fn kernels_are_compiled_once_per_tile_shape() {
-    let shape = MatmulShape {
-        m: 16,
-        k: 16,
-        n: 16,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    };
+    let shape = single_matmul(16, 16, 16);
     let (w, a) = job(shape, 7);
     let engine = engine_with(16384, Faults::default(), Some(5));
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
@@ -174,13 +168,7 @@ fn kernels_are_compiled_once_per_tile_shape() {
 
 #[test]
 fn engine_failures_become_reasons() {
-    let shape = MatmulShape {
-        m: 8,
-        k: 8,
-        n: 8,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    };
+    let shape = single_matmul(8, 8, 8);
     let (w, a) = job(shape, 8);
     let cases = [
         (
@@ -257,13 +245,7 @@ fn engine_failures_become_reasons() {
 fn jobs_with_too_few_outputs_stay_on_the_cpu() {
     let engine = engine_with(16384, Faults::default(), None);
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
-    let one = MatmulShape {
-        m: 1,
-        k: 2,
-        n: 1,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    };
+    let one = single_matmul(1, 2, 1);
     let w = DenseRows::new(1, 2, vec![1.0 + 1.0 / 4096.0, -1.0]);
     let a = DenseRows::new(1, 2, vec![1.0, 1.0]);
     let out = out_for(one);
@@ -363,13 +345,7 @@ fn the_disk_cache_serves_a_second_process() {
     assert_eq!(second.limits().compiles_used, 0);
 
     // kernels loaded from disk compute like compiled ones
-    let shape = MatmulShape {
-        m: 24,
-        k: 40,
-        n: 5,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    };
+    let shape = single_matmul(24, 40, 5);
     let (w, a) = job(shape, 77);
     for engine in [&first, &second] {
         let cache = KernelCache::with_disk(Some(disk.clone()));
@@ -472,13 +448,7 @@ impl Kernel for FlakyKernel {
 /// (the node still computed on the CPU by the caller); a success in between resets the count.
 #[test]
 fn kernels_that_keep_failing_are_not_retried() {
-    let shape = MatmulShape {
-        m: 8,
-        k: 8,
-        n: 8,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    };
+    let shape = single_matmul(8, 8, 8);
     let (w, a) = job(shape, 12);
     let (evals, fail) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(true)));
     let engine = Flaky {

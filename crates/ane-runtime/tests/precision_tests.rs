@@ -15,16 +15,6 @@ use support::*;
 /// test-backend-ops' bound for MUL_MAT.
 const GGML_MAX_NMSE: f64 = 5e-4;
 
-fn shape(m: usize, k: usize, n: usize) -> MatmulShape {
-    MatmulShape {
-        m,
-        k,
-        n,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    }
-}
-
 /// `[n, m]` in f64 from `w` (`[m, k]`) and `a` (`[n, k]`), each value passed through `round`.
 fn f64_matmul(s: MatmulShape, w: &[f32], a: &[f32], round: fn(f32) -> f32) -> Vec<f64> {
     let mut out = vec![0.0; s.n * s.m];
@@ -100,7 +90,7 @@ fn assert_precision_fallback(r: Result<(), FallbackReason>) {
 /// but in fp16 the weights are `(1, -1)` and every result 0.
 #[test]
 fn results_that_cancel_go_to_the_cpu() {
-    let s = shape(64, 2, 64);
+    let s = single_matmul(64, 2, 64);
     let w: Vec<f32> = (0..64).flat_map(|_| [1.0 + 1.0 / 4096.0, -1.0]).collect();
     let a = vec![1.0; 128];
     // what the engine sees gives nothing useful
@@ -120,7 +110,7 @@ fn results_that_cancel_go_to_the_cpu() {
 /// Weights around 3e-7 lie in fp16's subnormal range (step 6e-8): a few percent error each.
 #[test]
 fn operands_in_the_subnormal_range_go_to_the_cpu() {
-    let s = shape(48, 256, 40);
+    let s = single_matmul(48, 256, 40);
     let mut rng = Rng::new(11);
     let w = uniform(&mut rng, s.m * s.k, 3e-7);
     let a = uniform(&mut rng, s.n * s.k, 1.0);
@@ -137,7 +127,7 @@ fn operands_in_the_subnormal_range_go_to_the_cpu() {
 /// fingerprint: new (cancelling) weights under the same key are summed again.
 #[test]
 fn baked_kernels_are_checked_and_new_weights_resummed() {
-    let s = shape(32, 2, 16);
+    let s = single_matmul(32, 2, 16);
     let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
     let id = |fingerprint| WeightId {
         key: 7,
@@ -167,7 +157,7 @@ proptest! {
         // results within fp16's normal range: below 65504 (overflow has its own fallback)
         // and above 6e-5 (results that small are the subnormal case above)
         let a_exp = a_exp.clamp(-2 - w_exp, 1 - w_exp);
-        let s = shape(m, k, n);
+        let s = single_matmul(m, k, n);
         let mut rng = Rng::new(seed);
         let w = uniform(&mut rng, m * k, 10f32.powi(w_exp));
         let a = uniform(&mut rng, n * k, 10f32.powi(a_exp));
@@ -184,7 +174,7 @@ proptest! {
         m in 4usize..40, n in 4usize..24, k in 2usize..64,
         cancelling in 0usize..40, tiny_exp in -9i32..-1, seed in any::<u64>(),
     ) {
-        let s = shape(m, k, n);
+        let s = single_matmul(m, k, n);
         let mut rng = Rng::new(seed);
         let mut w = uniform(&mut rng, m * k, 1.0);
         let a = vec![1.0; n * k];

@@ -188,17 +188,14 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: 
     };
     let debug = log_enabled(GGML_LOG_LEVEL_DEBUG);
     if rt.stats_level >= 2 || debug {
-        let weight_type = node.src[0].map_or("?", |t| t.type_name);
-        let p = Placement::new(&node.name(), &s, weight_type, &result);
+        let (name, weight_type) = (node.name(), node.src[0].map_or("?", |t| t.type_name));
+        let p = Placement::new(&name, &s, weight_type, &result);
         if debug {
             log(
                 GGML_LOG_LEVEL_DEBUG,
                 &format!(
-                    "ggml-ane: MUL_MAT {} {} {} -> {}",
-                    node.name(),
-                    p.shape,
-                    p.weight_type,
-                    p.place
+                    "ggml-ane: MUL_MAT {name} {} {} -> {}",
+                    p.shape, p.weight_type, p.place
                 ),
             );
         }

@@ -117,7 +117,7 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let a = f.input("a", ValueType::tensor(DType::Fp16, [n, k]));
     let b = f.input("b", ValueType::tensor(DType::Fp16, [m, k]));
-    finish_matmul(f, a, b)
+    finish_matmul(f, (a, false), (b, true))
 }
 
 /// The same product from one input surface (ane-tech.md §3.3), for engines that reject
@@ -160,30 +160,18 @@ pub fn packed_matmul_program(m: usize, k: usize, n: usize) -> Program {
     };
     let a_t = part("a", 0, n);
     let b_t = part("b", n, m);
-    let tx = f.constant("tx", Literal::bool(true));
-    let ty = f.constant("ty", Literal::bool(false));
-    let y = f
-        .op(
-            "y",
-            "matmul",
-            &[
-                ("transpose_x", Arg::Var(tx)),
-                ("transpose_y", Arg::Var(ty)),
-                ("x", Arg::Var(a_t)),
-                ("y", Arg::Var(b_t)),
-            ],
-        )
-        .expect("the packed program is well-typed");
-    f.output(&y).expect("y is defined");
-    let mut p = Program::new();
-    p.functions.push(f.finish());
-    p
+    finish_matmul(f, (a_t, true), (b_t, false))
 }
 
-/// Adds `y = matmul(a, w, transpose_y = true)` as the output and wraps the function.
-fn finish_matmul(mut f: FunctionBuilder, a: String, w: String) -> Program {
-    let tx = f.constant("tx", Literal::bool(false));
-    let ty = f.constant("ty", Literal::bool(true));
+/// Adds `y = matmul(x, y)` (each operand with its transpose flag) as the output and wraps
+/// the function.
+fn finish_matmul(
+    mut f: FunctionBuilder,
+    (a, transpose_a): (String, bool),
+    (w, transpose_w): (String, bool),
+) -> Program {
+    let tx = f.constant("tx", Literal::bool(transpose_a));
+    let ty = f.constant("ty", Literal::bool(transpose_w));
     let y = f
         .op(
             "y",
@@ -220,7 +208,7 @@ pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
             offset: 64,
         }),
     );
-    finish_matmul(f, a, w)
+    finish_matmul(f, (a, false), (w, true))
 }
 
 /// The weight file of a baked kernel: the fp16 tile `[m, k]`, row-major.

@@ -31,6 +31,17 @@ impl ane_runtime::matmul::MatrixSink for Out {
 }
 
 /// An output for a matmul of `shape`, NaN-filled so unwritten rows show.
+/// One `m × k` weight matrix times `n` tokens, no batches.
+pub fn single_matmul(m: usize, k: usize, n: usize) -> ane_runtime::matmul::MatmulShape {
+    ane_runtime::matmul::MatmulShape {
+        m,
+        k,
+        n,
+        batch: [1, 1],
+        weight_batch: [1, 1],
+    }
+}
+
 pub fn out_for(shape: ane_runtime::matmul::MatmulShape) -> Out {
     Out {
         m: shape.m,
