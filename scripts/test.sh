@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs every check CI runs:
-# formatting, clippy, the aarch64-apple-darwin type check, the test suite (with the
-# coremltools cross-checks required), and a short fuzzing pass where nightly Rust exists.
+# formatting, clippy, the aarch64-apple-darwin type check, rustdoc (-D warnings), cargo-deny
+# (licenses, bans, sources), the test suite (with the coremltools cross-checks required), and a
+# short fuzzing pass where nightly Rust exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,17 @@ if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
   cargo clippy --target aarch64-apple-darwin --all-features -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
 else
   echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
+fi
+
+step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+
+step "cargo deny check licenses bans sources (deny.toml)"
+# advisories are left out: they need the RustSec database from the network
+if command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked --quiet; then
+  cargo deny check licenses bans sources
+else
+  echo "SKIP: cargo-deny is not installed and could not be installed (no registry?); licenses, bans and sources not checked"
 fi
 
 step "cargo test"

@@ -16,6 +16,7 @@ fn main() {
             println!("cargo:rustc-link-search=native={d}");
             println!("cargo:rustc-link-lib=dylib=ggml-base");
             println!("cargo:rustc-cfg=ggml_linked");
+            println!("cargo:rustc-env=GGML_LIB_DIR_AT_BUILD={d}");
             if target_os != "macos" {
                 println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{d}");
             }

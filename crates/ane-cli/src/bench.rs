@@ -4,12 +4,13 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
     cpu_matmul, engine_matmul, DenseRows, KernelCache, KernelKind, KernelPolicy, MatmulJob,
     MatmulShape, MatrixSink, Scratch, Stats, WeightId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::settings::EngineArgs;
 
 /// Shapes `(m, k, n)` of a 7B-class prefill and around it.
 const SHAPES: &[(usize, usize, usize)] = &[
@@ -30,14 +31,13 @@ pub(crate) struct BenchArgs {
     /// Timed repetitions per shape (after one warm-up that compiles).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Engine: auto, reference, apple or coreml (default: $GGML_ANE_ENGINE or auto).
-    #[arg(long)]
-    engine: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Kernel kind: auto, baked (weights compiled in), streamed (weights staged per call) or
-    /// packed (streamed, in one input surface) (default: $GGML_ANE_KERNELS or auto). The
-    /// bench's weights never change, like a model's.
-    #[arg(long)]
-    kernels: Option<String>,
+    /// packed (streamed, in one input surface). The bench's weights never change, like a
+    /// model's.
+    #[arg(long, env = "GGML_ANE_KERNELS", default_value = "auto")]
+    kernels: KernelPolicy,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -97,15 +97,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|s| parse_shape(s))
             .collect::<Result<_, _>>()?
     };
-    let choice = match &args.engine {
-        Some(e) => e.parse()?,
-        None => EngineChoice::from_env()?,
-    };
-    let engine = engine::create(choice)?;
-    let policy = match &args.kernels {
-        Some(p) => p.parse()?,
-        None => KernelPolicy::from_env()?,
-    };
+    let engine = args.engine.create()?;
+    let policy = args.kernels;
     let cache = KernelCache::new().with_policy(policy);
     let mut scratch = Scratch::default();
     let bar = ProgressBar::new(shapes.len() as u64);
@@ -265,7 +258,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn kind_of(r: &Row) -> &'static str {
-    r.kind.label()
+    r.kind.as_str()
 }
 
 /// A grouped bar chart: per shape, engine GFLOPS and CPU GFLOPS.

@@ -2,22 +2,25 @@
 
 use std::process::ExitCode;
 
-use ane_runtime::disk_cache::DiskCache;
 use anyhow::Context;
+
+use crate::settings::CacheArgs;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum CacheCommand {
     /// List cached kernels, most recently used first.
-    List,
+    List(CacheArgs),
     /// Delete every cached kernel.
-    Clear,
+    Clear(CacheArgs),
 }
 
 pub(crate) fn run(cmd: CacheCommand) -> anyhow::Result<ExitCode> {
-    let disk = DiskCache::from_env()
+    let (CacheCommand::List(args) | CacheCommand::Clear(args)) = &cmd;
+    let disk = args
+        .disk()
         .context("the kernel cache is off (GGML_ANE_CACHE_DIR=off, or no home folder)")?;
     match cmd {
-        CacheCommand::List => {
+        CacheCommand::List(_) => {
             let entries = disk.list()?;
             let total: u64 = entries.iter().map(|e| e.bytes).sum();
             println!(
@@ -31,7 +34,7 @@ pub(crate) fn run(cmd: CacheCommand) -> anyhow::Result<ExitCode> {
                 println!("  {}  {:>10} bytes  used {age} s ago", e.key, e.bytes);
             }
         }
-        CacheCommand::Clear => println!(
+        CacheCommand::Clear(_) => println!(
             "removed {} kernels from {}",
             disk.clear()?,
             disk.dir().display()

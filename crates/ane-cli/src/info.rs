@@ -2,33 +2,32 @@
 
 use std::process::ExitCode;
 
-use ane_runtime::engine::{self, EngineChoice};
+use ane_runtime::matmul::KernelPolicy;
+use ane_runtime::{EngineChoice, EngineKind};
+
+use crate::settings::EngineArgs;
 
 #[derive(clap::Args)]
 pub(crate) struct InfoArgs {
-    /// Engine to describe: auto, reference, apple or coreml (default: $GGML_ANE_ENGINE or auto).
-    #[arg(long)]
-    engine: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Kernel kinds: auto, baked, streamed or packed.
+    #[arg(long, env = "GGML_ANE_KERNELS", default_value = "auto")]
+    kernels: KernelPolicy,
 }
 
 pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
-    let choice = match args.engine {
-        Some(e) => e.parse()?,
-        None => EngineChoice::from_env()?,
-    };
+    let choice = args.engine.engine;
+    let config = args.engine.config();
     println!("engines:");
-    for kind in [
-        engine::EngineKind::Apple,
-        engine::EngineKind::CoreMl,
-        engine::EngineKind::Reference,
-    ] {
-        let status = match engine::create(EngineChoice::Only(kind)) {
+    for kind in [EngineKind::Apple, EngineKind::CoreMl, EngineKind::Reference] {
+        let status = match ane_runtime::create(EngineChoice::Only(kind), &config) {
             Ok(_) => "available".to_string(),
             Err(e) => e.to_string(),
         };
         println!("  {:<10} {status}", kind.as_str());
     }
-    let e = engine::create(choice)?;
+    let e = ane_runtime::create(choice, &config)?;
     let info = e.info();
     let limits = e.limits();
     let how = match choice {
@@ -50,8 +49,7 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         ),
         None => println!("  compile budget  unlimited"),
     }
-    let kernels = ane_runtime::matmul::KernelPolicy::from_env()?;
-    println!("  kernels         {} (GGML_ANE_KERNELS)", kernels.as_str());
+    println!("  kernels         {} (GGML_ANE_KERNELS)", args.kernels);
     println!(
         "  ops             {}",
         ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", ")

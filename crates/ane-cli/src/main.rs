@@ -1,11 +1,18 @@
 //! `ane`: inspect engines, check and run MIL programs.
 
+#![allow(
+    missing_docs,
+    reason = "a binary: its --help text is its documentation"
+)]
+
 mod bench;
 mod cache;
 mod info;
 mod mil;
 mod npy;
 mod plan;
+mod prefill;
+mod settings;
 
 use std::process::ExitCode;
 

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use ane_mil::text::error::render_diagnostic;
 use ane_mil::{check_program, parse_with_spans, Program, SourceMap};
-use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::Surface;
 use anyhow::{bail, Context};
 
 use crate::npy;
+use crate::settings::EngineArgs;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum MilCommand {
@@ -38,9 +38,8 @@ pub(crate) enum MilCommand {
         /// The function to run.
         #[arg(long, default_value = "main")]
         function: String,
-        /// Engine: auto, reference, apple or coreml (default: $GGML_ANE_ENGINE or auto).
-        #[arg(long)]
-        engine: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Compare an output with expected values: NAME=FILE.npy; exit 1 past --max-nmse.
         #[arg(long = "expect", value_name = "NAME=FILE.npy")]
         expect: Vec<String>,
@@ -77,14 +76,8 @@ pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
             expect,
             max_nmse,
         } => {
-            let outputs = run_program(
-                &file,
-                weights.as_deref(),
-                &inputs,
-                &out,
-                &function,
-                engine.as_deref(),
-            )?;
+            let outputs =
+                run_program(&file, weights.as_deref(), &inputs, &out, &function, &engine)?;
             compare(&outputs, &expect, max_nmse)
         }
         MilCommand::Package {
@@ -181,17 +174,13 @@ fn run_program(
     inputs: &[String],
     out: &Path,
     function: &str,
-    engine_name: Option<&str>,
+    engine_args: &EngineArgs,
 ) -> anyhow::Result<Vec<Surface>> {
     let Some((_, program, _)) = load(file)? else {
         bail!("{} does not parse", file.display());
     };
     let w = weights_for(weights, &program)?;
-    let choice = match engine_name {
-        Some(e) => e.parse()?,
-        None => EngineChoice::from_env()?,
-    };
-    let engine = engine::create(choice)?;
+    let engine = engine_args.create()?;
     let t0 = Instant::now();
     let kernel = engine
         .compile(&program, &w)

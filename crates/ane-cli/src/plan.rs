@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use ane_runtime::disk_cache::DiskCache;
+use ane_runtime::engine::limits::APPLE_COMPILE_BUDGET;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
-use ane_runtime::engine::ANE_COMPILE_BUDGET;
-use ane_runtime::engine::{CompileCounter, Engine};
-use ane_runtime::matmul::plan::{plan_auto, plan_prefill, ModelDims};
+use ane_runtime::{CompileCounter, Engine};
 use anyhow::{bail, Context};
+
+use crate::prefill::{plan_auto, plan_prefill, ModelDims};
+use crate::settings::CacheArgs;
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
@@ -30,6 +31,8 @@ pub(crate) struct PlanArgs {
     /// Compile everything, ignoring the on-disk kernel cache (GGML_ANE_CACHE_DIR).
     #[arg(long)]
     no_cache: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 fn model(args: &PlanArgs) -> anyhow::Result<ModelDims> {
@@ -60,20 +63,19 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let model = model(&args)?;
     // the reference engine's accounting, with its own counter so the plan is not limited by
     // (and does not spend) this process's budget
-    let engine = ReferenceEngine::with_config(ReferenceConfig {
-        counter: CompileCounter::new(None),
-        ..Default::default()
-    });
+    let engine = ReferenceEngine::with_config(
+        ReferenceConfig::default().with_counter(CompileCounter::new(None)),
+    );
     let disk = if args.no_cache {
         None
     } else {
-        DiskCache::from_env()
+        args.cache.disk()
     };
     let plan = plan_prefill(&engine, disk.as_ref(), &model, &args.prompt_lengths)?;
     let auto = plan_auto(
         &model,
         &args.prompt_lengths,
-        Some(ANE_COMPILE_BUDGET),
+        Some(APPLE_COMPILE_BUDGET),
         engine.limits().max_dim,
     );
     if args.json {
@@ -110,7 +112,7 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         plan.compiles, plan.seed_compiles, plan.disk_hits
     );
     println!(
-        "GGML_ANE_KERNELS=auto within the apple engine's budget of {ANE_COMPILE_BUDGET}: {} compiles \
+        "GGML_ANE_KERNELS=auto within the apple engine's budget of {APPLE_COMPILE_BUDGET}: {} compiles \
          ({} baked kernels serving {} matmuls, {} streamed kernels serving {}); baking every \
          weight would take {}",
         auto.compiles,

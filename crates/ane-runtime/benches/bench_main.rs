@@ -20,7 +20,7 @@ fn staging(c: &mut Criterion) {
     let mut g = c.benchmark_group("staging");
     for &(n, k) in SHAPES {
         let src = DenseRows::new(n, k, (0..n * k).map(|i| (i % 1000) as f32 * 1e-3).collect());
-        let layout = TensorLayout::packed("a", SurfaceDType::F16, &[n, k], 64).unwrap();
+        let layout = TensorLayout::aligned("a", SurfaceDType::F16, &[n, k], 64).unwrap();
         let mut surface = Surface::new(layout.clone());
         let bytes = layout.byte_len();
         g.throughput(Throughput::Bytes(bytes as u64));

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use ane_mil::{print_program, Program, WeightFiles};
 
-use crate::engine::EngineKind;
+use crate::engine::{Engine, EngineKind, Kernel};
 use crate::error::{Error, Result};
 
 /// Default size cap: 4 GiB.
@@ -52,30 +52,19 @@ impl DiskCache {
         }
     }
 
-    /// `GGML_ANE_CACHE_DIR` (`off` disables the cache), else the platform cache folder
-    /// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS) + `ggml-ane`;
-    /// `None` if disabled or neither exists. `GGML_ANE_CACHE_MAX_MB` caps its size.
-    pub fn from_env() -> Option<Self> {
-        let dir = match std::env::var_os("GGML_ANE_CACHE_DIR") {
-            Some(d) if d == "off" || d == "none" => return None,
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => {
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                let base = if cfg!(target_os = "macos") {
-                    home.map(|h| h.join("Library/Caches"))
-                } else {
-                    std::env::var_os("XDG_CACHE_HOME")
-                        .map(PathBuf::from)
-                        .or_else(|| home.map(|h| h.join(".cache")))
-                };
-                base?.join("ggml-ane")
-            }
+    /// The platform's cache folder for `ggml-ane`: `~/Library/Caches/ggml-ane` on macOS,
+    /// `$XDG_CACHE_HOME/ggml-ane` or `~/.cache/ggml-ane` elsewhere; `None` without a home.
+    /// The caller reads `HOME` and `XDG_CACHE_HOME` (this crate reads no environment).
+    pub fn platform_dir(home: Option<&Path>, xdg_cache_home: Option<&Path>) -> Option<PathBuf> {
+        let base = if cfg!(target_os = "macos") {
+            home.map(|h| h.join("Library/Caches"))
+        } else {
+            xdg_cache_home
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .or_else(|| home.map(|h| h.join(".cache")))
         };
-        let cap = std::env::var("GGML_ANE_CACHE_MAX_MB")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
-        Some(DiskCache::new(dir, cap))
+        Some(base?.join("ggml-ane"))
     }
 
     /// The folder.
@@ -182,4 +171,30 @@ impl DiskCache {
         }
         Ok(())
     }
+}
+
+/// Compiles `program`, or loads it from `disk` when an earlier run stored it; stores what it
+/// compiles. Returns the kernel and whether it came from the disk cache.
+pub fn compile_cached(
+    engine: &dyn Engine,
+    disk: Option<&DiskCache>,
+    program: &Program,
+    weights: &WeightFiles,
+) -> Result<(Box<dyn Kernel>, bool)> {
+    let Some(disk) = disk else {
+        return Ok((engine.compile(program, weights)?, false));
+    };
+    let key = DiskCache::key(engine.info().kind, &engine.build_id(), program, weights);
+    if let Some(artifact) = disk.load(&key) {
+        // a damaged or foreign entry is recompiled, not trusted
+        if let Ok(kernel) = engine.import(&artifact, weights) {
+            return Ok((kernel, true));
+        }
+    }
+    let kernel = engine.compile(program, weights)?;
+    if let Some(artifact) = engine.export(program, kernel.as_ref()) {
+        // a cache that cannot be written costs time, never correctness
+        let _ = disk.store(&key, &artifact);
+    }
+    Ok((kernel, false))
 }

@@ -10,6 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What can go wrong while compiling or running a program.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     // === compile ===
     /// The MIL text did not parse.
@@ -71,15 +72,9 @@ pub enum Error {
     /// An engine name that is not one of auto, reference, apple, coreml.
     #[error("unknown engine `{0}` (expected auto, reference, apple or coreml)")]
     UnknownEngine(String),
-    /// A platform failure with its own message.
-    #[error("{message}")]
-    Platform {
-        /// What failed.
-        message: String,
-        /// The underlying error.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    /// A setting's value is not one this crate knows (an engine fault, a kernel policy).
+    #[error("{0}")]
+    InvalidSetting(String),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -89,7 +84,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Data that cannot be staged into a surface.
+    /// Data that cannot be staged into a surface, or a layout no surface can have.
     #[error("{0}")]
     Staging(String),
     /// A bug in this crate.

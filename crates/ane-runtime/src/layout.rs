@@ -56,8 +56,9 @@ pub struct TensorLayout {
 }
 
 impl TensorLayout {
-    /// The packed layout with rows rounded up to `row_alignment` bytes.
-    pub fn packed(
+    /// The dense layout with rows rounded up to `row_alignment` bytes (the "aligned" layout:
+    /// every row starts on an alignment boundary, planes and batches follow without gaps).
+    pub fn aligned(
         name: &str,
         dtype: SurfaceDType,
         shape: &[usize],
@@ -110,6 +111,19 @@ impl TensorLayout {
             && self.batch_stride == self.dims[1] * self.plane_stride
     }
 
+    /// Element strides at the tensor's own rank, outermost first (what Core ML's
+    /// `MLMultiArray` takes to read and write the surface in place, padding skipped).
+    pub fn element_strides(&self) -> Vec<usize> {
+        let e = self.dtype.size();
+        let all = [
+            self.batch_stride / e,
+            self.plane_stride / e,
+            self.row_stride / e,
+            1,
+        ];
+        all[4 - self.shape.len()..].to_vec()
+    }
+
     /// Byte offset of flat row `r` (rows counted in `b, c, h` order).
     pub fn flat_row_offset(&self, r: usize) -> usize {
         let [_, c, h, _] = self.dims;
@@ -138,23 +152,39 @@ mod tests {
 
     #[test]
     fn rows_round_up_to_the_alignment() {
-        let l = TensorLayout::packed("x", SurfaceDType::F16, &[1, 3, 1, 17], 64).unwrap();
+        let l = TensorLayout::aligned("x", SurfaceDType::F16, &[1, 3, 1, 17], 64).unwrap();
         assert_eq!(
             (l.dims, l.row_stride, l.plane_stride, l.batch_stride),
             ([1, 3, 1, 17], 64, 64, 192)
         );
-        let l = TensorLayout::packed("x", SurfaceDType::F16, &[33], 64).unwrap();
+        let l = TensorLayout::aligned("x", SurfaceDType::F16, &[33], 64).unwrap();
         assert_eq!(
             (l.dims, l.row_stride, l.byte_len()),
             ([1, 1, 1, 33], 128, 128)
         );
-        let l = TensorLayout::packed("x", SurfaceDType::F32, &[2, 5, 16], 64).unwrap();
+        let l = TensorLayout::aligned("x", SurfaceDType::F32, &[2, 5, 16], 64).unwrap();
         assert_eq!(
             (l.row_stride, l.plane_stride, l.batch_stride, l.byte_len()),
             (64, 320, 640, 640)
         );
         assert_eq!(l.flat_row_offset(7), 7 * 64);
         assert!(l.is_row_contiguous());
-        assert!(TensorLayout::packed("x", SurfaceDType::F16, &[1, 1, 1, 1, 1], 64).is_err());
+        assert!(TensorLayout::aligned("x", SurfaceDType::F16, &[1, 1, 1, 1, 1], 64).is_err());
+    }
+
+    #[test]
+    fn core_ml_sees_our_padded_rows_through_element_strides() {
+        // 40 fp16 = 80 bytes per row, padded to 128 bytes = a stride of 64 elements
+        let l = TensorLayout::aligned("y", SurfaceDType::F16, &[64, 40], 64).unwrap();
+        assert_eq!(
+            (l.shape.clone(), l.element_strides()),
+            (vec![64, 40], vec![64, 1])
+        );
+        let l = TensorLayout::aligned("x", SurfaceDType::F32, &[2, 3, 5, 7], 64).unwrap();
+        // rows of 7 fp32 = 28 bytes -> 64 bytes = 16 elements; planes 5 rows; batches 3 planes
+        assert_eq!(
+            (l.shape.clone(), l.element_strides()),
+            (vec![2, 3, 5, 7], vec![240, 80, 16, 1])
+        );
     }
 }

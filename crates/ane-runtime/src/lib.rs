@@ -1,28 +1,86 @@
 //! Executing MIL programs: engines, kernels, surfaces.
 //!
 //! Design choices:
-//! - [`Engine`](engine::Engine) is object-safe and chosen at run time
-//!   (`GGML_ANE_ENGINE=auto|reference|apple|coreml`); one virtual call is nothing next to an
-//!   ANE evaluation.
+//! - [`Engine`] is object-safe and chosen at run time ([`EngineChoice`]: `auto`, `reference`,
+//!   `apple`, `coreml`); one virtual call is nothing next to an ANE evaluation.
 //! - The [reference engine](engine::reference) runs the same MIL programs and weight files on
 //!   the CPU with the ANE's fp16 storage semantics. It is what tests run here, and the
 //!   executor of last resort everywhere.
 //! - Layouts are explicit ([`TensorLayout`]): rows padded to 64 bytes, plane and batch strides
 //!   stated, so staging code cannot assume dense packing.
-//! - Engine methods are safe; `unsafe` lives only in [`ffi`] modules.
+//! - Configuration is explicit: every setting is a field of a config struct
+//!   ([`EngineConfig`], [`matmul::KernelCache`]'s builder, [`disk_cache::DiskCache::new`]) with
+//!   documented defaults. This crate reads no environment variable; `ggml-ane` and the `ane`
+//!   command read `GGML_ANE_*` and pass the values in.
+//! - Engine methods are safe; `unsafe` lives only in the bindings modules (`sys`, one per
+//!   Apple engine and one shared), enforced by `#![deny(unsafe_code)]` here.
 //! - Engines report only the unforeseeable (compile refused, budget spent, eval failed);
-//!   shape validation against [`Limits`](engine::Limits) belongs to the caller.
+//!   shape validation against [`Limits`] belongs to the caller. Every evaluation checks its
+//!   surfaces against the kernel's layouts before an engine sees them.
+//!
+//! # Life cycle
+//!
+//! Pick an engine, compile a MIL program with its weights, make surfaces with the layouts the
+//! kernel reports, evaluate, read the output:
+//!
+//! ```
+//! use ane_mil::{BlobWriter, WeightFiles};
+//! use ane_runtime::{create, EngineChoice, EngineConfig, EngineKind, Surface};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // y = x · Wᵀ for a 2×3 weight, as a 1×1 convolution over 4 tokens
+//! let program = ane_mil::parse(
+//!     r#"program(1.3)
+//! {
+//!     func main<ios18>(tensor<fp16, [1, 3, 1, 4]> x) {
+//!         string pt = const()[name = string("pt"), val = string("valid")];
+//!         tensor<int32, [2]> st = const()[name = string("st"), val = tensor<int32, [2]>([1, 1])];
+//!         tensor<int32, [4]> pd = const()[name = string("pd"), val = tensor<int32, [4]>([0, 0, 0, 0])];
+//!         tensor<int32, [2]> dl = const()[name = string("dl"), val = tensor<int32, [2]>([1, 1])];
+//!         int32 gr = const()[name = string("gr"), val = int32(1)];
+//!         tensor<fp16, [2, 3, 1, 1]> w = const()[name = string("w"), val = tensor<fp16, [2, 3, 1, 1]>(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)))];
+//!         tensor<fp16, [1, 2, 1, 4]> y = conv(dilations = dl, groups = gr, pad = pd, pad_type = pt, strides = st, weight = w, x = x)[name = string("y")];
+//!     } -> (y);
+//! }"#,
+//! )?;
+//! let mut blob = BlobWriter::new();
+//! blob.add_fp16(&[1.0, 0.0, 0.0, 0.5, 0.5, 0.5].map(half::f16::from_f32));
+//! let mut weights = WeightFiles::new();
+//! weights.insert("@model_path/weights/w.bin", blob.finish())?;
+//!
+//! let engine = create(EngineChoice::Only(EngineKind::Reference), &EngineConfig::default())?;
+//! let kernel = engine.compile(&program, &weights)?;
+//! let procedure = &kernel.procedures()[0];
+//! let mut x = Surface::new(procedure.inputs[0].clone());
+//! // channel c holds feature c of every token
+//! x.write_f32(&[1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, 2.0, 2.0, 2.0, 2.0])?;
+//! let mut y = Surface::new(procedure.outputs[0].clone());
+//! kernel.eval(0, &[&x], &mut [&mut y])?;
+//! // row 0 of W picks feature 0; row 1 averages the three features
+//! assert_eq!(y.read_f32(), [1.0, 2.0, 3.0, 4.0, 6.5, 12.0, 17.5, 23.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(unsafe_code)]
 
 pub mod disk_cache;
 pub mod engine;
 pub mod error;
-mod ffi;
 pub mod layout;
 pub mod matmul;
 pub mod surface;
+#[allow(
+    unsafe_code,
+    reason = "the crate's shared bindings: gemm, fp16 conversion, NSError"
+)]
+mod sys;
 pub mod weights;
 
-pub use engine::{Engine, EngineChoice, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo};
+pub use engine::{
+    create, CompileCounter, Engine, EngineChoice, EngineConfig, EngineInfo, EngineKind, Kernel,
+    Limits, ProcedureInfo,
+};
 pub use error::{Error, Result};
 pub use layout::{SurfaceDType, TensorLayout};
 pub use surface::Surface;

@@ -7,8 +7,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
 use crate::layout::{SurfaceDType, TensorLayout};
+use crate::sys::fp16::{f16_to_f32, f32_to_f16};
 
 /// 64 bytes, 64-aligned: the unit of surface storage (keeps rows aligned without `unsafe`).
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

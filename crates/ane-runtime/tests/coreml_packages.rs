@@ -7,12 +7,17 @@ use std::path::Path;
 use ane_mil::coreml;
 use ane_mil::WeightFiles;
 use ane_runtime::engine::reference::ReferenceEngine;
-use ane_runtime::matmul::plan::ModelDims;
 use ane_runtime::matmul::{
     baked_matmul_program, baked_weights, kernel_shapes, matmul_program, packed_matmul_program,
 };
 use ane_runtime::Engine;
 use ane_testutil::coremltools;
+
+/// The distinct weight shapes `(m, k)` of a llama layer (q, k, v, o: dim×dim; gate, up:
+/// ffn×dim; down: dim×ffn) and its output head (vocab×dim), as `ane plan` counts them.
+fn llama_weights(dim: usize, ffn: usize, vocab: usize) -> [(usize, usize); 4] {
+    [(dim, dim), (ffn, dim), (dim, ffn), (vocab, dim)]
+}
 
 #[test]
 fn every_planned_kernel_packages_and_coremltools_agrees() {
@@ -20,9 +25,8 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
         return;
     };
     let max_dim = ReferenceEngine::new().limits().max_dim;
-    let model = ModelDims::llama_7b();
     let mut shapes = BTreeSet::new();
-    for (m, k) in model.weights() {
+    for (m, k) in llama_weights(4096, 11008, 32000) {
         for n in [17, 64, 100, 128, 333, 512, 1000, 2048, 3000] {
             shapes.extend(kernel_shapes(m, k, n, max_dim));
         }
@@ -82,15 +86,8 @@ fn baked_kernels_package_with_their_weights() {
     let Some(py) = coremltools::python() else {
         return;
     };
-    let model = ane_runtime::matmul::plan::ModelDims {
-        name: "tiny".into(),
-        dim: 512,
-        ffn: 1376,
-        layers: 1,
-        vocab: 2048,
-    };
     let mut shapes = BTreeSet::new();
-    for (m, k) in model.weights() {
+    for (m, k) in llama_weights(512, 1376, 2048) {
         for n in [1, 17, 100] {
             shapes.extend(kernel_shapes(m, k, n, 16384));
         }

@@ -2,11 +2,11 @@
 
 mod support;
 
-use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
-use ane_runtime::engine::CompileCounter;
+use ane_runtime::disk_cache::{compile_cached, DiskCache};
+use ane_runtime::engine::reference::{Faults, ReferenceEngine};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, DenseRows, FallbackReason, KernelCache, MatmulJob, MatmulShape,
-    Scratch, Stats, EVAL_FAILURES_BEFORE_GIVING_UP,
+    cpu_matmul, engine_matmul, kernel_shapes, matmul_program, DenseRows, FallbackReason,
+    KernelCache, MatmulJob, MatmulShape, Scratch, Stats, EVAL_FAILURES_BEFORE_GIVING_UP,
 };
 use ane_runtime::{Engine, Kernel};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -14,12 +14,7 @@ use std::sync::Arc;
 use support::*;
 
 fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
-    ReferenceEngine::with_config(ReferenceConfig {
-        max_dim,
-        faults,
-        counter: CompileCounter::new(budget),
-        ..Default::default()
-    })
+    reference_engine(max_dim, faults, budget)
 }
 
 fn job(shape: MatmulShape, seed: u64) -> (DenseRows, DenseRows) {
@@ -172,36 +167,15 @@ fn engine_failures_become_reasons() {
     let (w, a) = job(shape, 8);
     let cases = [
         (
-            engine_with(
-                16384,
-                Faults {
-                    compile: true,
-                    ..Default::default()
-                },
-                None,
-            ),
+            engine_with(16384, Faults::parse("compile").unwrap(), None),
             "compile failed",
         ),
         (
-            engine_with(
-                16384,
-                Faults {
-                    eval: true,
-                    ..Default::default()
-                },
-                None,
-            ),
+            engine_with(16384, Faults::parse("eval").unwrap(), None),
             "eval failed",
         ),
         (
-            engine_with(
-                16384,
-                Faults {
-                    inf: true,
-                    ..Default::default()
-                },
-                None,
-            ),
+            engine_with(16384, Faults::parse("inf").unwrap(), None),
             "fp16 overflow",
         ),
         (
@@ -227,7 +201,7 @@ fn engine_failures_become_reasons() {
             &stats,
         )
         .unwrap_err();
-        assert_eq!(err.label(), label, "{err}");
+        assert_eq!(err.as_str(), label, "{err}");
         assert!(
             out.data.lock().unwrap().iter().all(|v| v.is_nan()),
             "{label}: output touched"
@@ -283,65 +257,42 @@ fn jobs_with_too_few_outputs_stay_on_the_cpu() {
     check(four, &w, &a, &out.data.lock().unwrap(), 1);
 }
 
-/// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a
-/// compile per weight per length and cannot run the 32000-wide head at all.
-#[test]
-fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
-    use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
-    let engine = engine_with(16384, Faults::default(), Some(119));
-    let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
-    let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths).unwrap();
-    // 4 weight shapes (dim², ffn×dim, dim×ffn, the head tiled into 2×16000) × 6 buckets
-    assert_eq!(plan.compiles, 24);
-    assert_eq!(
-        engine.limits().compiles_used,
-        24,
-        "every planned kernel was really compiled"
-    );
-    assert_eq!(plan.seed_compiles, 8 * 224);
-    assert!(plan
-        .lengths
-        .iter()
-        .all(|r| r.kernels == 4 && r.matmuls == 225 && r.seed_refused == 1));
-    let new: Vec<usize> = plan.lengths.iter().map(|r| r.new_compiles).collect();
-    assert_eq!(new, [4, 4, 4, 0, 4, 0, 4, 4]);
-    // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
-    // 3000 adds only the 1024 bucket for its tail
-    let long = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
-    let rows: Vec<(usize, usize)> = long
-        .lengths
-        .iter()
-        .map(|r| (r.kernels, r.new_compiles))
-        .collect();
-    assert_eq!(rows, [(4, 4), (8, 4)]);
-    assert!(
-        plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 24")
-    );
+/// Compiles (or loads from `disk`) every streamed kernel a small llama's prefill (dim 256,
+/// ffn 688, vocab 1000) needs at these prompt lengths; returns (compiled, loaded).
+fn compile_prefill(engine: &dyn Engine, disk: &DiskCache, lengths: &[usize]) -> (usize, usize) {
+    let mut shapes = std::collections::BTreeSet::new();
+    for (m, k) in [(256, 256), (688, 256), (256, 688), (1000, 256)] {
+        for &n in lengths {
+            shapes.extend(kernel_shapes(m, k, n, engine.limits().max_dim));
+        }
+    }
+    let (mut compiled, mut loaded) = (0, 0);
+    for (m, k, n) in shapes {
+        let program = matmul_program(m, k, n);
+        let (_, from_disk) =
+            compile_cached(engine, Some(disk), &program, &ane_mil::WeightFiles::new()).unwrap();
+        if from_disk {
+            loaded += 1;
+        } else {
+            compiled += 1;
+        }
+    }
+    (compiled, loaded)
 }
 
 /// Compiled kernels persist across processes: a second engine with its own budget (another
 /// process) loads them from disk and compiles nothing; a cap evicts the least recently used.
 #[test]
 fn the_disk_cache_serves_a_second_process() {
-    use ane_runtime::disk_cache::DiskCache;
-    use ane_runtime::matmul::plan::{plan_prefill, ModelDims};
     let dir = tempfile::tempdir().unwrap();
     let disk = DiskCache::new(dir.path(), 1 << 30);
-    let model = ModelDims {
-        name: "small".into(),
-        dim: 256,
-        ffn: 688,
-        layers: 2,
-        vocab: 1000,
-    };
     let first = engine_with(16384, Faults::default(), Some(119));
-    let cold = plan_prefill(&first, Some(&disk), &model, &[17, 300]).unwrap();
-    assert_eq!((cold.compiles, cold.disk_hits), (8, 0));
+    // 4 weight shapes × 2 token buckets
+    assert_eq!(compile_prefill(&first, &disk, &[17, 300]), (8, 0));
     assert_eq!(disk.list().unwrap().len(), 8);
 
     let second = engine_with(16384, Faults::default(), Some(119));
-    let warm = plan_prefill(&second, Some(&disk), &model, &[17, 300]).unwrap();
-    assert_eq!((warm.compiles, warm.disk_hits), (0, 8));
+    assert_eq!(compile_prefill(&second, &disk, &[17, 300]), (0, 8));
     assert_eq!(second.limits().compiles_used, 0);
 
     // kernels loaded from disk compute like compiled ones
@@ -377,8 +328,7 @@ fn the_disk_cache_serves_a_second_process() {
         std::fs::write(dir.path().join(format!("{}.kernel", e.key)), b"garbage").unwrap();
     }
     let third = engine_with(16384, Faults::default(), Some(119));
-    let again = plan_prefill(&third, Some(&disk), &model, &[17]).unwrap();
-    assert_eq!((again.compiles, again.disk_hits), (4, 0));
+    assert_eq!(compile_prefill(&third, &disk, &[17]), (4, 0));
 
     // a 1-byte cap keeps nothing but the newest entry's worth of nothing
     let tiny = DiskCache::new(dir.path(), 1);
@@ -423,13 +373,16 @@ impl Engine for Flaky {
             two_input_only: self.two_input_only,
         }))
     }
+    fn build_id(&self) -> String {
+        self.inner.build_id()
+    }
 }
 
 impl Kernel for FlakyKernel {
     fn procedures(&self) -> &[ane_runtime::ProcedureInfo] {
         self.inner.procedures()
     }
-    fn eval(
+    fn run(
         &self,
         index: usize,
         inputs: &[&ane_runtime::Surface],
@@ -440,7 +393,7 @@ impl Kernel for FlakyKernel {
         if affected && self.fail.load(Ordering::Relaxed) {
             return Err(ane_runtime::Error::Eval("injected".into()));
         }
-        self.inner.eval(index, inputs, outputs)
+        self.inner.run(index, inputs, outputs)
     }
 }
 
@@ -471,7 +424,7 @@ fn kernels_that_keep_failing_are_not_retried() {
 
     // two failures, a success: the count starts again
     for _ in 0..2 {
-        assert_eq!(run().unwrap_err().label(), "eval failed");
+        assert_eq!(run().unwrap_err().as_str(), "eval failed");
     }
     fail.store(false, Ordering::Relaxed);
     run().unwrap();
@@ -479,12 +432,12 @@ fn kernels_that_keep_failing_are_not_retried() {
     // now three in a row: tried each time, then no more
     fail.store(true, Ordering::Relaxed);
     for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
-        assert_eq!(run().unwrap_err().label(), "eval failed");
+        assert_eq!(run().unwrap_err().as_str(), "eval failed");
     }
     assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
     // the packed single-input form is compiled in its place, and tried as often
     for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
-        assert_eq!(run().unwrap_err().label(), "eval failed");
+        assert_eq!(run().unwrap_err().as_str(), "eval failed");
     }
     assert_eq!(evals_now(), 3 + 2 * EVAL_FAILURES_BEFORE_GIVING_UP);
     assert_eq!(stats.snapshot().compiles, 2);
@@ -548,7 +501,7 @@ fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
         };
         for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
             let err = engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap_err();
-            assert_eq!(err.label(), "eval failed");
+            assert_eq!(err.as_str(), "eval failed");
         }
         let before = stats.snapshot().compiles;
         engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap();

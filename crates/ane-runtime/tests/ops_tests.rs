@@ -1,10 +1,11 @@
-//! Each op of the reference engine against a direct computation in the test.
+//! Each op against a direct computation in the test, on every engine this machine has.
 
 mod support;
 
 use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Arg, Literal};
 use ane_mil::{DType, ValueType, WeightFiles};
+use ane_runtime::Engine;
 use support::*;
 
 fn fp16_tensor(shape: &[usize]) -> ValueType {
@@ -59,8 +60,7 @@ fn naive_conv(
     (out, [n, cout, ho, wo])
 }
 
-#[test]
-fn strided_dilated_padded_grouped_conv_with_bias() {
+fn strided_dilated_padded_grouped_conv_with_bias(engine: &dyn Engine) {
     let mut rng = Rng::new(10);
     let (xs, ws) = ([2, 6, 9, 11], [4, 3, 3, 2]);
     let x = rng.f16_values(xs.iter().product());
@@ -84,7 +84,7 @@ fn strided_dilated_padded_grouped_conv_with_bias() {
     let y = f.op("y", "conv", &args).unwrap();
     f.output(&y).unwrap();
     let p = program_of(f);
-    let out = run(&engine(), &p, &WeightFiles::new(), &[&x, &w, &bias]);
+    let out = run(engine, &p, &WeightFiles::new(), &[&x, &w, &bias]);
     let (want, shape) = naive_conv(&x, xs, &w, ws, &bias, [2, 1], [1, 2], [1, 0, 2, 1], 2);
     assert_eq!(p.functions[0].body.last().unwrap().ty.shape(), shape);
     for (i, (&g, &r)) in out[0].iter().zip(&want).enumerate() {
@@ -95,8 +95,7 @@ fn strided_dilated_padded_grouped_conv_with_bias() {
     }
 }
 
-#[test]
-fn one_d_conv_with_same_padding() {
+fn one_d_conv_with_same_padding(engine: &dyn Engine) {
     let mut rng = Rng::new(11);
     let x = rng.f16_values(4 * 10);
     let w = rng.f16_values(2 * 4 * 3);
@@ -118,7 +117,7 @@ fn one_d_conv_with_same_padding() {
     f.output(&y).unwrap();
     let p = program_of(f);
     assert_eq!(p.functions[0].body.last().unwrap().ty.shape(), [1, 2, 10]);
-    let out = run(&engine(), &p, &WeightFiles::new(), &[&x, &w]);
+    let out = run(engine, &p, &WeightFiles::new(), &[&x, &w]);
     let (want, _) = naive_conv(
         &x,
         [1, 4, 1, 10],
@@ -136,8 +135,7 @@ fn one_d_conv_with_same_padding() {
 }
 
 /// Values 0..n are exact in fp16, so data movement must reproduce them exactly.
-#[test]
-fn transpose_slices_reshape_concat_and_cast_move_data_exactly() {
+fn transpose_slices_reshape_concat_and_cast_move_data_exactly(engine: &dyn Engine) {
     let shape = [2, 3, 4, 5];
     let n: usize = shape.iter().product();
     let x: Vec<f32> = (0..n).map(|v| v as f32).collect();
@@ -204,7 +202,7 @@ fn transpose_slices_reshape_concat_and_cast_move_data_exactly() {
         f.output(o).unwrap();
     }
     let p = program_of(f);
-    let out = run(&engine(), &p, &WeightFiles::new(), &[&x]);
+    let out = run(engine, &p, &WeightFiles::new(), &[&x]);
 
     // transpose: t[w, c, b, h] = x[b, c, h, w]
     let mut want = Vec::new();
@@ -259,20 +257,26 @@ fn bools(v: &[bool]) -> ane_mil::ir::TensorLiteral {
 }
 
 /// fp16 storage: a product past 65504 becomes +inf, as on the ANE.
-#[test]
-fn fp16_overflow_becomes_infinity() {
+fn fp16_overflow_becomes_infinity(engine: &dyn Engine) {
     let out = run(
-        &engine(),
+        engine,
         &matmul_program(&[1, 2], &[2, 1], false, false),
         &WeightFiles::new(),
         &[&[300.0, 300.0], &[200.0, 200.0]],
     );
     assert_eq!(out[0], [f32::INFINITY]);
     let out = run(
-        &engine(),
+        engine,
         &matmul_program(&[1, 2], &[2, 1], false, false),
         &WeightFiles::new(),
         &[&[100.0, 100.0], &[200.0, 100.0]],
     );
     assert_eq!(out[0], [30000.0]);
 }
+
+engine_test!(
+    strided_dilated_padded_grouped_conv_with_bias,
+    one_d_conv_with_same_padding,
+    transpose_slices_reshape_concat_and_cast_move_data_exactly,
+    fp16_overflow_becomes_infinity,
+);

@@ -4,16 +4,13 @@ mod support;
 
 use ane_mil::fixtures::seed_matmul_text;
 use ane_mil::parse;
-use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
-use ane_runtime::engine::CompileCounter;
-use ane_runtime::{Engine, Error, Surface};
+use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
+use ane_runtime::{CompileCounter, Engine, Error, Surface};
 use support::*;
 
 /// The seed's exact program, with garbage (NaN bytes) in the input rows' padding and a
 /// marker in the output rows' padding: results match f64, padding is neither read nor written.
-#[test]
-fn seed_program_matches_f64_for_unaligned_widths() {
-    let engine = engine();
+fn seed_program_matches_f64_for_unaligned_widths(engine: &dyn Engine) {
     let mut rng = Rng::new(1);
     for (m, k, n) in [
         (64, 96, 40),
@@ -67,9 +64,7 @@ fn seed_program_matches_f64_for_unaligned_widths() {
     }
 }
 
-#[test]
-fn conv_as_matmul_sweep_matches_f64() {
-    let engine = engine();
+fn conv_as_matmul_sweep_matches_f64(engine: &dyn Engine) {
     let mut rng = Rng::new(2);
     let shapes = [
         (1, 1, 1),
@@ -87,14 +82,12 @@ fn conv_as_matmul_sweep_matches_f64() {
         let w = rng.f16_values(m * k);
         let x = rng.f16_values(k * n);
         let (weights, off) = fp16_weights(&w);
-        let out = run(&engine, &conv_matmul_program(m, k, n, off), &weights, &[&x]);
+        let out = run(engine, &conv_matmul_program(m, k, n, off), &weights, &[&x]);
         assert_matmul_close(&out[0], &w, &x, m, k, n, &format!("conv ({m},{k},{n})"));
     }
 }
 
-#[test]
-fn matmul_sweep_with_transposes_and_broadcast_matches_f64() {
-    let engine = engine();
+fn matmul_sweep_with_transposes_and_broadcast_matches_f64(engine: &dyn Engine) {
     let mut rng = Rng::new(3);
     for (m, k, n) in [
         (1, 1, 1),
@@ -111,7 +104,7 @@ fn matmul_sweep_with_transposes_and_broadcast_matches_f64() {
             let ash = if tx { [k, m] } else { [m, k] };
             let bsh = if ty { [n, k] } else { [k, n] };
             let out = run(
-                &engine,
+                engine,
                 &matmul_program(&ash, &bsh, tx, ty),
                 &Default::default(),
                 &[&a_in, &b_in],
@@ -132,7 +125,7 @@ fn matmul_sweep_with_transposes_and_broadcast_matches_f64() {
     let a = rng.f16_values(2 * m * k);
     let b = rng.f16_values(3 * k * n);
     let out = run(
-        &engine,
+        engine,
         &matmul_program(&[2, 1, m, k], &[3, k, n], false, false),
         &Default::default(),
         &[&a, &b],
@@ -153,14 +146,12 @@ fn matmul_sweep_with_transposes_and_broadcast_matches_f64() {
     }
 }
 
-#[test]
-fn int8_affine_dequantized_weights_match_f64() {
+fn int8_affine_dequantized_weights_match_f64(engine: &dyn Engine) {
     use ane_mil::builder::FunctionBuilder;
     use ane_mil::ir::{BlobRef, Literal, TensorData, TensorLiteral};
     use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
     use half::f16;
 
-    let engine = engine();
     let mut rng = Rng::new(4);
     for (m, k, n) in [(8, 16, 4), (65, 129, 33), (300, 77, 2)] {
         let q: Vec<i8> = (0..m * k)
@@ -203,7 +194,7 @@ fn int8_affine_dequantized_weights_match_f64() {
         f.output(&y).unwrap();
         let p = program_of(f);
         let xv = rng.f16_values(k * n);
-        let out = run(&engine, &p, &weights, &[&xv]);
+        let out = run(engine, &p, &weights, &[&xv]);
         // the dequantized weight, as the ANE stores it: (q - zp) * scale rounded to fp16
         let wd: Vec<f32> = (0..m * k)
             .map(|i| {
@@ -219,10 +210,8 @@ fn int8_affine_dequantized_weights_match_f64() {
 #[test]
 fn budget_is_counted_and_enforced() {
     let counter = CompileCounter::new(Some(3));
-    let engine = ReferenceEngine::with_config(ReferenceConfig {
-        counter: counter.clone(),
-        ..Default::default()
-    });
+    let engine =
+        ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
     let (w, off) = fp16_weights(&[0.5; 16]);
     let p = conv_matmul_program(4, 4, 8, off);
     for i in 0..3 {
@@ -236,10 +225,7 @@ fn budget_is_counted_and_enforced() {
     }
     assert_eq!(counter.used(), 3);
     // a second engine sharing the counter sees the same wall
-    let other = ReferenceEngine::with_config(ReferenceConfig {
-        counter,
-        ..Default::default()
-    });
+    let other = ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter));
     assert!(matches!(
         other.compile(&p, &w),
         Err(Error::BudgetExhausted { .. })
@@ -255,11 +241,7 @@ fn dimensions_past_the_limit_are_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("compiled a 16385-wide tensor"),
     }
-    let small = ReferenceEngine::with_config(ReferenceConfig {
-        max_dim: 64,
-        counter: CompileCounter::new(None),
-        ..Default::default()
-    });
+    let small = reference_engine(64, Faults::default(), None);
     assert!(small
         .compile(
             &matmul_program(&[65, 2], &[2, 3], false, false),
@@ -274,9 +256,7 @@ fn dimensions_past_the_limit_are_refused() {
         .is_ok());
 }
 
-#[test]
-fn wrong_surfaces_are_rejected() {
-    let engine = engine();
+fn wrong_surfaces_are_rejected(engine: &dyn Engine) {
     let k = engine
         .compile(
             &matmul_program(&[4, 8], &[8, 2], false, false),
@@ -301,9 +281,7 @@ fn wrong_surfaces_are_rejected() {
     ));
 }
 
-#[test]
-fn weights_that_do_not_resolve_fail_to_compile() {
-    let engine = engine();
+fn weights_that_do_not_resolve_fail_to_compile(engine: &dyn Engine) {
     let (w, _) = fp16_weights(&[1.0; 12]);
     let p = conv_matmul_program(4, 4, 8, 64);
     let e = engine
@@ -321,10 +299,8 @@ fn weights_that_do_not_resolve_fail_to_compile() {
 #[test]
 fn multi_function_programs_compile_once_into_procedures() {
     let counter = CompileCounter::new(Some(10));
-    let engine = ReferenceEngine::with_config(ReferenceConfig {
-        counter: counter.clone(),
-        ..Default::default()
-    });
+    let engine =
+        ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
     let mut p = matmul_program(&[3, 4], &[4, 5], false, false);
     let mut second = matmul_program(&[2, 4], &[2, 4], false, true)
         .functions
@@ -345,3 +321,12 @@ fn multi_function_programs_compile_once_into_procedures() {
     k.eval(idx, &[&a, &b], &mut [&mut z]).unwrap();
     assert_eq!(z.read_f32(), [1., 4., 5., 8.]);
 }
+
+engine_test!(
+    seed_program_matches_f64_for_unaligned_widths,
+    conv_as_matmul_sweep_matches_f64,
+    matmul_sweep_with_transposes_and_broadcast_matches_f64,
+    int8_affine_dequantized_weights_match_f64,
+    wrong_surfaces_are_rejected,
+    weights_that_do_not_resolve_fail_to_compile,
+);

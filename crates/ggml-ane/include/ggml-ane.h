@@ -1,5 +1,5 @@
 // ggml-ane: a ggml backend that runs MUL_MAT on the Apple Neural Engine.
-// Load it with GGML_BACKEND_PATH=/path/to/libggml-ane.so (.dylib on macOS), or link it and
+// Load it with GGML_BACKEND_PATH=/path/to/libggml_ane.so (.dylib on macOS), or link it and
 // register ggml_backend_ane_reg() yourself.
 #pragma once
 

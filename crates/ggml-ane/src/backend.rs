@@ -6,14 +6,12 @@ use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use ane_runtime::disk_cache::DiskCache;
-use ane_runtime::engine::{self, EngineChoice};
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, FallbackReason, KernelCache, KernelPolicy, MatmulJob, MatmulShape,
-    Scratch, Stats,
+    cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
 };
 use ane_runtime::Engine;
 
+use crate::config::{self, Config};
 use crate::placement::{Placement, Placements};
 use crate::sys::tensor::{NodeDesc, TensorDesc};
 use crate::sys::{
@@ -21,45 +19,23 @@ use crate::sys::{
     GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN, GGML_TENSOR_FLAG_COMPUTE,
 };
 
-/// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
-/// otherwise. With ~0.1–0.3 ms per ANE dispatch and ~5 TFLOPS per kernel, a matmul needs
-/// ≳1 GFLOP to be worth it: 4096×4096 at N = 64 is 2.1 GFLOP (ane-tech.md §5.4).
-pub(crate) const DEFAULT_MIN_BATCH: usize = 64;
-
-/// Process-wide state: the engine, its compiled kernels, and settings from the environment.
+/// Process-wide state: the engine, its compiled kernels, and the settings.
 pub(crate) struct Runtime {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) cache: KernelCache,
     pub(crate) description: CString,
-    pub(crate) min_batch: usize,
-    /// MUL_MATs with fewer tokens are refused (`supports_op`), so they stay on the CPU.
-    pub(crate) min_tokens: usize,
-    /// `GGML_ANE_STATS`: 0 off, 1 the table at backend free, 2 also node by node.
-    pub(crate) stats_level: u8,
+    pub(crate) config: &'static Config,
 }
 
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// `GGML_ANE_STATS`: unset, empty or 0 → 0; 2 (or more) → 2; anything else → 1.
-fn stats_level(v: Option<&str>) -> u8 {
-    match v.map(str::trim) {
-        None | Some("" | "0") => 0,
-        Some(v) => match v.parse::<u8>() {
-            Ok(n) if n >= 2 => 2,
-            _ => 1,
-        },
-    }
-}
-
-/// The runtime, created on first use from `GGML_ANE_ENGINE` (auto by default).
+/// The runtime, created on first use from the configuration (`GGML_ANE_ENGINE`: auto by
+/// default).
 pub(crate) fn runtime() -> Result<&'static Runtime, String> {
     static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
-        let choice = EngineChoice::from_env().map_err(|e| e.to_string())?;
-        let (engine, passed_over) = engine::create_explained(choice).map_err(|e| e.to_string())?;
-        let policy = KernelPolicy::from_env().map_err(|e| e.to_string())?;
+        let config = config::get().as_ref().map_err(Clone::clone)?;
+        let (engine, passed_over) =
+            ane_runtime::engine::create_explained(config.engine, &config.engines)
+                .map_err(|e| e.to_string())?;
         let info = engine.info();
         // one line: which engine, and why auto passed over the ones before it
         let why = if passed_over.is_empty() {
@@ -71,16 +47,11 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             GGML_LOG_LEVEL_INFO,
             &format!("ggml-ane: using the {} engine{why}", info.kind),
         );
-        let min_batch = env_usize("GGML_ANE_MIN_BATCH").unwrap_or(DEFAULT_MIN_BATCH);
-        // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
-        let min_tokens = env_usize("GGML_ANE_MIN_TOKENS").unwrap_or(1).max(1);
         Ok(Runtime {
             engine,
-            cache: KernelCache::with_disk(DiskCache::from_env()).with_policy(policy),
+            cache: KernelCache::with_disk(config.disk_cache.clone()).with_policy(config.kernels),
             description: CString::new(info.description).unwrap_or_default(),
-            min_batch,
-            min_tokens,
-            stats_level: stats_level(std::env::var("GGML_ANE_STATS").ok().as_deref()),
+            config,
         })
     })
     .as_ref()
@@ -123,8 +94,10 @@ pub(crate) fn classify(n: &NodeDesc) -> NodeAction {
     }
 }
 
+/// `supports_op`: views, and MUL_MATs we can read with at least `GGML_ANE_MIN_TOKENS` tokens.
+/// Reads the configuration only: asking does not create the engine.
 pub(crate) fn supports_op(n: &NodeDesc) -> bool {
-    let min_tokens = runtime().map_or(1, |rt| rt.min_tokens);
+    let min_tokens = config::get().as_ref().map_or(1, |c| c.min_tokens);
     is_view_op(n.node.op)
         || (n.node.op == ggml_op::MUL_MAT
             && supports_mul_mat(n)
@@ -132,7 +105,9 @@ pub(crate) fn supports_op(n: &NodeDesc) -> bool {
 }
 
 pub(crate) fn offload_op(n: &NodeDesc, rt: &Runtime) -> bool {
-    n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n) && n.node.ne[1] as usize >= rt.min_batch
+    n.node.op == ggml_op::MUL_MAT
+        && supports_mul_mat(n)
+        && n.node.ne[1] as usize >= rt.config.min_batch
 }
 
 /// Reads rows of src0 as f32: F32/F16/BF16 at any element stride, other types through
@@ -165,6 +140,13 @@ fn supports_mul_mat(n: &NodeDesc) -> bool {
         && s1.ne[3] % s0.ne[3] == 0
 }
 
+/// Whether a MUL_MAT's weights (`src0`) may be baked into kernels: the policy allows it, the
+/// rows are contiguous, and ggml marks the buffer as holding model weights, which it promises
+/// not to change while graphs run.
+pub(crate) fn may_bake(rt: &Runtime, s0: &TensorDesc) -> bool {
+    rt.cache.policy().may_bake() && s0.nb[0] == s0.type_size && s0.in_weights_buffer()
+}
+
 pub(crate) fn mul_mat_shape(n: &NodeDesc) -> Option<MatmulShape> {
     let (s0, s1) = (n.src[0]?, n.src[1]?);
     Some(MatmulShape {
@@ -187,7 +169,7 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: 
         engine_matmul(rt.engine.as_ref(), &rt.cache, job, &mut scratch, &ctx.stats)
     };
     let debug = log_enabled(GGML_LOG_LEVEL_DEBUG);
-    if rt.stats_level >= 2 || debug {
+    if rt.config.stats_level >= 2 || debug {
         let (name, weight_type) = (node.name(), node.src[0].map_or("?", |t| t.type_name));
         let p = Placement::new(&name, &s, weight_type, &result);
         if debug {
@@ -199,7 +181,7 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: 
                 ),
             );
         }
-        if rt.stats_level >= 2 {
+        if rt.config.stats_level >= 2 {
             ctx.placements.record(p);
         }
     }
@@ -218,7 +200,10 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: 
 fn warn_once(reason: &FallbackReason) {
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.get_or_insert_with(HashSet::new).insert(reason.label()) {
+    if seen
+        .get_or_insert_with(HashSet::new)
+        .insert(reason.as_str())
+    {
         let level = if matches!(reason, FallbackReason::Internal(_)) {
             GGML_LOG_LEVEL_ERROR
         } else {
@@ -235,7 +220,7 @@ pub(crate) fn stats_report(ctx: &BackendContext, rt: &Runtime) -> String {
         rt.engine.info().kind,
         ctx.stats.snapshot()
     );
-    if rt.stats_level >= 2 {
+    if rt.config.stats_level >= 2 {
         text.push_str(&ctx.placements.report());
     }
     text
@@ -249,8 +234,8 @@ pub(crate) fn features() -> Vec<(String, String)> {
             let mut f = vec![
                 ("ENGINE".to_string(), rt.engine.info().kind.to_string()),
                 ("MAX_DIM".to_string(), limits.max_dim.to_string()),
-                ("MIN_BATCH".to_string(), rt.min_batch.to_string()),
-                ("MIN_TOKENS".to_string(), rt.min_tokens.to_string()),
+                ("MIN_BATCH".to_string(), rt.config.min_batch.to_string()),
+                ("MIN_TOKENS".to_string(), rt.config.min_tokens.to_string()),
                 (
                     "KERNELS".to_string(),
                     rt.cache.policy().as_str().to_string(),
@@ -262,25 +247,5 @@ pub(crate) fn features() -> Vec<(String, String)> {
             f
         }
         Err(e) => vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stats_level;
-
-    #[test]
-    fn stats_levels_from_the_environment_value() {
-        for (v, want) in [
-            (None, 0),
-            (Some(""), 0),
-            (Some("0"), 0),
-            (Some("1"), 1),
-            (Some("yes"), 1),
-            (Some(" 2 "), 2),
-            (Some("9"), 2),
-        ] {
-            assert_eq!(stats_level(v), want, "{v:?}");
-        }
     }
 }

@@ -37,8 +37,8 @@ impl Placement {
             shape: s,
             weight_type,
             place: match result {
-                Ok(kind) => format!("engine ({})", kind.label()),
-                Err(reason) => format!("CPU ({})", reason.label()),
+                Ok(kind) => format!("engine ({})", kind.as_str()),
+                Err(reason) => format!("CPU ({})", reason.as_str()),
             },
         }
     }

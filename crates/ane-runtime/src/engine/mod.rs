@@ -1,23 +1,22 @@
 //! Engines compile MIL programs into kernels; kernels evaluate procedures on surfaces.
 //!
-//! Life cycle: pick an engine ([`create`], [`EngineKind::from_env`]) → read its [`Limits`] →
-//! [`Engine::compile`] a program with its weight files (one compile, however many functions
-//! it has; each function becomes a procedure) → allocate [`Surface`]s with the layouts the
-//! kernel reports → [`Kernel::eval`] as often as needed. Kernels are `Send + Sync`: several
-//! threads may evaluate one kernel at once, each with its own surfaces.
+//! Life cycle: pick an engine ([`create`] with an [`EngineChoice`] and an [`EngineConfig`]) →
+//! read its [`Limits`] → [`Engine::compile`] a program with its weight files (one compile,
+//! however many functions it has; each function becomes a procedure) → allocate
+//! [`Surface`]s with the layouts the kernel reports → [`eval`](trait.Kernel.html#method.eval)
+//! as often as needed. Kernels are `Send + Sync`: several threads may evaluate one kernel at
+//! once, each with its own surfaces.
+//!
+//! One folder per engine: [`reference`] (every platform), [`apple`] and [`coreml`] (their
+//! engines exist on macOS only; their settings and pure parts build everywhere). Shared
+//! hardware facts are in [`limits`].
 
-#[cfg(target_os = "macos")]
 pub mod apple;
-#[cfg(target_os = "macos")]
+mod budget;
 pub mod coreml;
-pub mod live_layout;
-pub mod model_dir;
+pub mod limits;
 pub mod reference;
-
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+mod select;
 
 use ane_mil::{Program, WeightFiles};
 
@@ -25,69 +24,12 @@ use crate::error::{Error, Result};
 use crate::layout::TensorLayout;
 use crate::surface::Surface;
 
-/// The compile budget the `apple` engine keeps per process: below the ~119 compiles after
-/// which the hardware's compiler fails silently (ane-tech.md §4.1).
-pub const ANE_COMPILE_BUDGET: u32 = 100;
-
-/// Which engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EngineKind {
-    /// The CPU reference engine (every platform).
-    Reference,
-    /// The private `_ANEInMemoryModel` path (macOS).
-    Apple,
-    /// Public Core ML (macOS).
-    CoreMl,
-}
-
-impl EngineKind {
-    /// Lower-case name as used in `GGML_ANE_ENGINE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Reference => "reference",
-            EngineKind::Apple => "apple",
-            EngineKind::CoreMl => "coreml",
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An engine choice: one engine, or `auto` (best available).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EngineChoice {
-    /// Try apple, then coreml, then reference.
-    Auto,
-    /// Exactly this engine.
-    Only(EngineKind),
-}
-
-impl FromStr for EngineChoice {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => EngineChoice::Auto,
-            "reference" | "ref" | "cpu" => EngineChoice::Only(EngineKind::Reference),
-            "apple" | "ane" => EngineChoice::Only(EngineKind::Apple),
-            "coreml" => EngineChoice::Only(EngineKind::CoreMl),
-            other => return Err(Error::UnknownEngine(other.to_string())),
-        })
-    }
-}
-
-impl EngineChoice {
-    /// From `GGML_ANE_ENGINE` (unset means auto).
-    pub fn from_env() -> Result<Self> {
-        std::env::var("GGML_ANE_ENGINE").unwrap_or_default().parse()
-    }
-}
+pub use budget::CompileCounter;
+pub use select::{create, create_explained, EngineChoice, EngineConfig, EngineKind};
 
 /// What an engine is, for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EngineInfo {
     /// Which engine.
     pub kind: EngineKind,
@@ -133,10 +75,9 @@ pub trait Engine: Send + Sync {
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>>;
 
     /// What identifies this engine's compiler output beyond the program (OS build, compiler
-    /// version): part of the on-disk cache key.
-    fn build_id(&self) -> String {
-        String::new()
-    }
+    /// version): part of the on-disk cache key. Required, so no engine shares cache entries
+    /// across versions by forgetting it.
+    fn build_id(&self) -> String;
 
     /// Serialises a kernel compiled from `program`, so a later process can [`import`](Self::import)
     /// it instead of compiling; `None` if this engine cannot.
@@ -153,33 +94,6 @@ pub trait Engine: Send + Sync {
     }
 }
 
-/// Compiles `program`, or loads it from `disk` when an earlier run stored it; stores what it
-/// compiles. Returns the kernel and whether it came from the disk cache.
-pub fn compile_cached(
-    engine: &dyn Engine,
-    disk: Option<&crate::disk_cache::DiskCache>,
-    program: &Program,
-    weights: &WeightFiles,
-) -> Result<(Box<dyn Kernel>, bool)> {
-    let Some(disk) = disk else {
-        return Ok((engine.compile(program, weights)?, false));
-    };
-    let key =
-        crate::disk_cache::DiskCache::key(engine.info().kind, &engine.build_id(), program, weights);
-    if let Some(artifact) = disk.load(&key) {
-        // a damaged or foreign entry is recompiled, not trusted
-        if let Ok(kernel) = engine.import(&artifact, weights) {
-            return Ok((kernel, true));
-        }
-    }
-    let kernel = engine.compile(program, weights)?;
-    if let Some(artifact) = engine.export(program, kernel.as_ref()) {
-        // a cache that cannot be written costs time, never correctness
-        let _ = disk.store(&key, &artifact);
-    }
-    Ok((kernel, false))
-}
-
 /// A procedure of a compiled kernel: its inputs and outputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcedureInfo {
@@ -192,19 +106,49 @@ pub struct ProcedureInfo {
 }
 
 /// A compiled program.
+///
+/// Callers evaluate through [`eval`](#method.eval) (an inherent method of `dyn Kernel`, so no
+/// engine can override it): it checks the surfaces against the procedure's layouts, then
+/// calls the engine's [`run`](Kernel::run).
 pub trait Kernel: Send + Sync {
     /// Procedures, in function order.
     fn procedures(&self) -> &[ProcedureInfo];
 
-    /// Runs procedure `index`: reads `inputs`, writes `outputs` (rows' padding is left as is).
+    /// The engine's part of an evaluation: reads `inputs`, writes `outputs` (rows' padding is
+    /// left as is). Called by `eval` only, with procedure `index` present and every surface
+    /// already checked against its layout.
     ///
     /// # Errors
-    /// [`Error::LayoutMismatch`] when a surface does not have the procedure's layout, or
     /// [`Error::Eval`] when the engine fails.
-    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()>;
+    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()>;
+}
+
+impl dyn Kernel + '_ {
+    /// Runs procedure `index`: checks the surfaces, then the engine reads `inputs` and writes
+    /// `outputs` (rows' padding is left as is).
+    ///
+    /// # Errors
+    /// [`Error::NoProcedure`] for an index past the procedures, [`Error::LayoutMismatch`] when
+    /// a surface does not have the procedure's layout, or [`Error::Eval`] when the engine fails.
+    pub fn eval(
+        &self,
+        index: usize,
+        inputs: &[&Surface],
+        outputs: &mut [&mut Surface],
+    ) -> Result<()> {
+        let procedure = self
+            .procedures()
+            .get(index)
+            .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+        check_surfaces(procedure, inputs, outputs)?;
+        self.run(index, inputs, outputs)
+    }
 
     /// The index of the procedure called `name`.
-    fn procedure_index(&self, name: &str) -> Result<usize> {
+    ///
+    /// # Errors
+    /// [`Error::NoProcedure`] when there is none.
+    pub fn procedure_index(&self, name: &str) -> Result<usize> {
         self.procedures()
             .iter()
             .position(|p| p.name == name)
@@ -212,23 +156,8 @@ pub trait Kernel: Send + Sync {
     }
 }
 
-/// Procedure `index` of a kernel, with the surfaces checked against its layouts: the start
-/// of every [`Kernel::eval`].
-pub fn checked_procedure<'p>(
-    procedures: &'p [ProcedureInfo],
-    index: usize,
-    inputs: &[&Surface],
-    outputs: &[&mut Surface],
-) -> Result<&'p ProcedureInfo> {
-    let proc_ = procedures
-        .get(index)
-        .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
-    check_surfaces(proc_, inputs, outputs)?;
-    Ok(proc_)
-}
-
 /// Checks surfaces against the layouts a procedure expects.
-pub fn check_surfaces(
+fn check_surfaces(
     proc_: &ProcedureInfo,
     inputs: &[&Surface],
     outputs: &[&mut Surface],
@@ -264,104 +193,4 @@ pub fn check_surfaces(
         }
     }
     Ok(())
-}
-
-/// Counts compiles against a budget; shared by every engine that uses the same counter.
-#[derive(Clone, Debug)]
-pub struct CompileCounter {
-    used: Arc<AtomicU32>,
-    budget: Option<u32>,
-}
-
-impl CompileCounter {
-    /// A fresh counter (tests use one each, so they do not share the process's budget).
-    pub fn new(budget: Option<u32>) -> Self {
-        CompileCounter {
-            used: Arc::new(AtomicU32::new(0)),
-            budget,
-        }
-    }
-
-    /// The process-wide counter for `kind`, created with `budget` on first use.
-    pub fn process(kind: EngineKind, budget: Option<u32>) -> Self {
-        static COUNTERS: OnceLock<[Arc<AtomicU32>; 3]> = OnceLock::new();
-        let all = COUNTERS.get_or_init(Default::default);
-        let i = kind as usize;
-        CompileCounter {
-            used: all[i].clone(),
-            budget,
-        }
-    }
-
-    /// Takes one compile from the budget, or fails without taking it.
-    pub fn take(&self) -> Result<()> {
-        let Some(budget) = self.budget else {
-            self.used.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        };
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u < budget).then_some(u + 1)
-            })
-            .map(|_| ())
-            .map_err(|used| Error::BudgetExhausted { used, budget })
-    }
-
-    /// Compiles taken.
-    pub fn used(&self) -> u32 {
-        self.used.load(Ordering::Acquire)
-    }
-
-    /// The budget.
-    pub fn budget(&self) -> Option<u32> {
-        self.budget
-    }
-}
-
-/// Creates the engine `choice` names. `Auto` takes the first available of apple, coreml and
-/// reference.
-pub fn create(choice: EngineChoice) -> Result<Arc<dyn Engine>> {
-    create_explained(choice).map(|(engine, _)| engine)
-}
-
-/// [`create`], and for `Auto` why each engine before the one picked was passed over (one
-/// line each; empty when the first was available or the choice was explicit).
-pub fn create_explained(choice: EngineChoice) -> Result<(Arc<dyn Engine>, Vec<String>)> {
-    match choice {
-        EngineChoice::Only(kind) => Ok((create_kind(kind)?, Vec::new())),
-        EngineChoice::Auto => {
-            let mut passed_over = Vec::new();
-            for kind in [EngineKind::Apple, EngineKind::CoreMl] {
-                match create_kind(kind) {
-                    Ok(engine) => return Ok((engine, passed_over)),
-                    Err(e) => passed_over.push(e.to_string()),
-                }
-            }
-            Ok((create_kind(EngineKind::Reference)?, passed_over))
-        }
-    }
-}
-
-fn create_kind(kind: EngineKind) -> Result<Arc<dyn Engine>> {
-    match kind {
-        EngineKind::Reference => Ok(Arc::new(reference::ReferenceEngine::new())),
-        #[cfg(target_os = "macos")]
-        EngineKind::Apple => Ok(Arc::new(apple::AppleEngine::new()?)),
-        #[cfg(target_os = "macos")]
-        EngineKind::CoreMl => Ok(Arc::new(coreml::CoreMlEngine::new()?)),
-        #[cfg(not(target_os = "macos"))]
-        other => Err(unavailable(other)),
-    }
-}
-
-/// Why an Apple engine cannot be created on this platform.
-pub fn unavailable(kind: EngineKind) -> Error {
-    Error::EngineUnavailable {
-        kind,
-        reason: format!(
-            "needs macOS on Apple silicon (this is {} {})",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        ),
-    }
 }

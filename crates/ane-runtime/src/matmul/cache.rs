@@ -10,24 +10,24 @@ use super::program::{
     baked_matmul_program, baked_weights, matmul_program, packed_matmul_program, BakedTile,
 };
 use super::stats::{FallbackReason, Stats};
-use crate::disk_cache::DiskCache;
-use crate::engine::{compile_cached, Engine, Kernel};
+use crate::disk_cache::{compile_cached, DiskCache};
+use crate::engine::{Engine, Kernel};
 use crate::error::Error;
 
 /// A compiled kernel, or why there is none.
-type Entry = Result<Arc<dyn Kernel>, FallbackReason>;
+type KernelOrWhy = Result<Arc<dyn Kernel>, FallbackReason>;
 
 /// A compiled kernel that can say it gave up, or why there is none.
-type Guarded = Result<Arc<GivesUp>, FallbackReason>;
+type CompiledForm = Result<Arc<GivingUpKernel>, FallbackReason>;
 
 /// The streamed kernels of one tile shape: the two-input form, and the packed single-input
 /// form once the two-input one failed to compile or gave up at evaluation.
-struct Streamed {
-    two_input: Guarded,
-    packed: Option<Guarded>,
+struct StreamedForms {
+    two_input: CompiledForm,
+    packed: Option<CompiledForm>,
 }
 
-fn entry(g: &Guarded) -> Entry {
+fn entry(g: &CompiledForm) -> KernelOrWhy {
     g.clone().map(|k| k as Arc<dyn Kernel>)
 }
 
@@ -35,9 +35,9 @@ fn entry(g: &Guarded) -> Entry {
 /// failures remembered so they are not retried (and re-billed) on every call.
 #[derive(Default)]
 pub struct KernelCache {
-    entries: Mutex<HashMap<(usize, usize, usize), Streamed>>,
+    entries: Mutex<HashMap<(usize, usize, usize), StreamedForms>>,
     /// Baked kernels with the fingerprint of the weights they hold.
-    baked: Mutex<HashMap<(u64, BakedTile), (u64, Entry)>>,
+    baked: Mutex<HashMap<(u64, BakedTile), (u64, KernelOrWhy)>>,
     /// Column sums of squares of identified weights, with their fingerprint.
     energies: Mutex<HashMap<u64, (u64, Arc<ColumnEnergy>)>>,
     disk: Option<DiskCache>,
@@ -159,7 +159,7 @@ impl KernelCache {
         weights: &ane_mil::WeightFiles,
         gave_up: Option<Arc<AtomicBool>>,
         stats: &Stats,
-    ) -> Result<Guarded, FallbackReason> {
+    ) -> Result<CompiledForm, FallbackReason> {
         Ok(
             match compile_cached(engine, self.disk.as_ref(), program, weights) {
                 Ok((kernel, from_disk)) => {
@@ -168,7 +168,7 @@ impl KernelCache {
                     } else {
                         stats.add_compile();
                     }
-                    Ok(Arc::new(GivesUp {
+                    Ok(Arc::new(GivingUpKernel {
                         inner: kernel,
                         failures: AtomicU32::new(0),
                         gave_up,
@@ -184,7 +184,7 @@ impl KernelCache {
     /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the two-input form
     /// ([`matmul_program`]), or the packed single-input one ([`packed_matmul_program`]) once the
     /// two-input form failed to compile or gave up at evaluation — some ANE builds reject
-    /// two-input requests (ane-tech.md §3.2). Callers tell them apart by the input count.
+    /// two-input requests (docs/ane-notes.md). Callers tell them apart by the input count.
     ///
     /// The lock is held while compiling, so two threads never compile (and pay for) the same
     /// kernel twice. A spent budget is not remembered: it is reported again, cheaply.
@@ -206,7 +206,7 @@ impl KernelCache {
             std::collections::hash_map::Entry::Vacant(v) => {
                 let p = matmul_program(m, k, n);
                 let flag = Some(self.two_input_gave_up.clone());
-                v.insert(Streamed {
+                v.insert(StreamedForms {
                     two_input: self.compile(engine, &p, &none, flag, stats)?,
                     packed: None,
                 })
@@ -241,25 +241,25 @@ pub const EVAL_FAILURES_BEFORE_GIVING_UP: u32 = 3;
 /// [`EVAL_FAILURES_BEFORE_GIVING_UP`] times in a row: a program the hardware rejects at run
 /// time (status 0x1d, say) would otherwise cost an attempt on every call before the CPU
 /// computes the node. A success in between resets the count (transient failures pass).
-struct GivesUp {
+struct GivingUpKernel {
     inner: Box<dyn Kernel>,
     failures: AtomicU32,
     /// Raised when this kernel gives up.
     gave_up: Option<Arc<AtomicBool>>,
 }
 
-impl GivesUp {
+impl GivingUpKernel {
     fn given_up(&self) -> bool {
         self.failures.load(Ordering::Relaxed) >= EVAL_FAILURES_BEFORE_GIVING_UP
     }
 }
 
-impl Kernel for GivesUp {
+impl Kernel for GivingUpKernel {
     fn procedures(&self) -> &[crate::engine::ProcedureInfo] {
         self.inner.procedures()
     }
 
-    fn eval(
+    fn run(
         &self,
         index: usize,
         inputs: &[&crate::surface::Surface],
@@ -270,7 +270,8 @@ impl Kernel for GivesUp {
                 "not retried: failed {EVAL_FAILURES_BEFORE_GIVING_UP} times in a row"
             )));
         }
-        let r = self.inner.eval(index, inputs, outputs);
+        // the surfaces were checked by the `eval` that called us
+        let r = self.inner.run(index, inputs, outputs);
         match &r {
             Ok(()) => self.failures.store(0, Ordering::Relaxed),
             Err(_) => {

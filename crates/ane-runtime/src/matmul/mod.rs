@@ -9,7 +9,6 @@
 //! output — is returned as a [`FallbackReason`] so the caller can run [`cpu_matmul`] instead.
 
 mod cache;
-pub mod plan;
 pub mod policy;
 pub mod precision;
 mod program;
@@ -33,8 +32,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::engine::Engine;
-use crate::ffi::gemm::{gemm_f32, MatRef};
 use crate::surface::Surface;
+use crate::sys::gemm::{gemm_f32, MatRef};
 
 /// Shape of a batched matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +123,7 @@ impl HalfRows {
 
 impl MatrixSource for HalfRows {
     fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
-        crate::ffi::fp16::f16_to_f32(&mut out[..self.k], self.row(b2, b3, row));
+        crate::sys::fp16::f16_to_f32(&mut out[..self.k], self.row(b2, b3, row));
     }
 
     fn row_f16(&self, b2: usize, b3: usize, row: usize) -> Option<&[half::f16]> {

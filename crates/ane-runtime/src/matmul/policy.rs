@@ -3,6 +3,7 @@
 //! constant, one kernel per weight tile and token bucket: nothing but activations crosses per
 //! call, and no per-call weight conversion on the CPU).
 
+use std::fmt;
 use std::str::FromStr;
 
 use crate::engine::Limits;
@@ -10,18 +11,20 @@ use crate::error::Error;
 
 /// Which kind of kernel computed a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum KernelKind {
     /// Weights compiled into the kernels.
     Baked,
     /// Weights staged as a kernel input.
     Streamed,
-    /// Weights staged beside the activations in the one input surface (ane-tech.md §3.3).
+    /// Weights staged beside the activations in the one input surface (the single-input
+    /// form; docs/ane-notes.md).
     Packed,
 }
 
 impl KernelKind {
     /// `baked`, `streamed` or `packed`.
-    pub fn label(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             KernelKind::Baked => "baked",
             KernelKind::Streamed => "streamed",
@@ -30,8 +33,9 @@ impl KernelKind {
     }
 }
 
-/// `GGML_ANE_KERNELS`.
+/// Which kernel kinds to use (`ggml-ane` reads it from `GGML_ANE_KERNELS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KernelPolicy {
     /// Bake immutable weights while the compile budget keeps [`STREAMED_RESERVE`] compiles
     /// for streamed kernels; stream the rest.
@@ -54,21 +58,14 @@ impl FromStr for KernelPolicy {
             "baked" => Ok(KernelPolicy::Baked),
             "streamed" => Ok(KernelPolicy::Streamed),
             "packed" => Ok(KernelPolicy::Packed),
-            other => Err(Error::Staging(format!(
-                "GGML_ANE_KERNELS={other}: expected auto, baked, streamed or packed"
+            other => Err(Error::InvalidSetting(format!(
+                "kernel policy `{other}`: expected auto, baked, streamed or packed"
             ))),
         }
     }
 }
 
 impl KernelPolicy {
-    /// From `GGML_ANE_KERNELS` (unset means auto).
-    pub fn from_env() -> Result<Self, Error> {
-        std::env::var("GGML_ANE_KERNELS")
-            .unwrap_or_default()
-            .parse()
-    }
-
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +79,18 @@ impl KernelPolicy {
     /// Whether weights may be baked at all under this policy.
     pub fn may_bake(self) -> bool {
         matches!(self, KernelPolicy::Auto | KernelPolicy::Baked)
+    }
+}
+
+impl fmt::Display for KernelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for KernelPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -58,7 +58,7 @@ impl ColumnEnergy {
         // relative — nothing next to the factor-of-two modelling of the estimate
         let add_row = |acc: &mut Vec<f32>, tmp: &mut Vec<f32>, r: usize| {
             let values = if let Some(h) = src.row_f16(b2, b3, r) {
-                crate::ffi::fp16::f16_to_f32(&mut tmp[..k], &h[..k]);
+                crate::sys::fp16::f16_to_f32(&mut tmp[..k], &h[..k]);
                 &tmp[..k]
             } else if let Some(v) = src.row_f32(b2, b3, r) {
                 &v[..k]

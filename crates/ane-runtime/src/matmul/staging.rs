@@ -4,8 +4,8 @@
 use rayon::prelude::*;
 
 use super::{MatrixSource, PARALLEL_MIN_VALUES};
-use crate::ffi::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_energy, sum_of_squares};
 use crate::surface::Surface;
+use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_energy, sum_of_squares};
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
 /// from f32 ones (`tmp`, K long, holds rows that must be read first). With `energy`, adds the

@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Why a node ran on the CPU instead of the engine.
+/// Why a node ran on the CPU instead of the engine. `as_str` is the short label the tables
+/// use; `Display` adds the detail.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum FallbackReason {
     /// The shape or types are not something the engine path takes.
     Unsupported(String),
@@ -30,7 +32,7 @@ pub enum FallbackReason {
 
 impl FallbackReason {
     /// A short label for tables.
-    pub fn label(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             FallbackReason::Unsupported(_) => "unsupported",
             FallbackReason::Compile(_) => "compile failed",
@@ -52,15 +54,15 @@ impl fmt::Display for FallbackReason {
             | FallbackReason::Eval(s)
             | FallbackReason::Precision(s)
             | FallbackReason::Internal(s) => {
-                write!(f, "{}: {s}", self.label())
+                write!(f, "{}: {s}", self.as_str())
             }
             FallbackReason::FewOutputs(n) => write!(
                 f,
                 "{}: {n} < {} (one fp16 dot product that cancels can be far off)",
-                self.label(),
+                self.as_str(),
                 super::MIN_ENGINE_OUTPUTS
             ),
-            _ => f.write_str(self.label()),
+            _ => f.write_str(self.as_str()),
         }
     }
 }
@@ -161,9 +163,9 @@ impl Stats {
     pub fn record_fallback(&self, reason: &FallbackReason, cpu_time: Duration) {
         add(&self.cpu_ns, cpu_time);
         let mut f = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
-        match f.iter_mut().find(|(l, _)| *l == reason.label()) {
+        match f.iter_mut().find(|(l, _)| *l == reason.as_str()) {
             Some((_, n)) => *n += 1,
-            None => f.push((reason.label(), 1)),
+            None => f.push((reason.as_str(), 1)),
         }
     }
 

@@ -2,15 +2,16 @@
 #![allow(
     dead_code,
     unreachable_pub,
+    unused_imports,
+    unused_macros,
     reason = "shared by several test crates, each using a part"
 )]
 
 use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Arg, BlobRef, Literal, Program};
 use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
-use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
-use ane_runtime::engine::CompileCounter;
-use ane_runtime::{Engine, Surface};
+use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
+use ane_runtime::{CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind, Surface};
 use half::f16;
 
 pub use ane_testutil::*;
@@ -30,7 +31,6 @@ impl ane_runtime::matmul::MatrixSink for Out {
     }
 }
 
-/// An output for a matmul of `shape`, NaN-filled so unwritten rows show.
 /// One `m × k` weight matrix times `n` tokens, no batches.
 pub fn single_matmul(m: usize, k: usize, n: usize) -> ane_runtime::matmul::MatmulShape {
     ane_runtime::matmul::MatmulShape {
@@ -42,6 +42,7 @@ pub fn single_matmul(m: usize, k: usize, n: usize) -> ane_runtime::matmul::Matmu
     }
 }
 
+/// An output for a matmul of `shape`, NaN-filled so unwritten rows show.
 pub fn out_for(shape: ane_runtime::matmul::MatmulShape) -> Out {
     Out {
         m: shape.m,
@@ -56,12 +57,97 @@ pub fn out_for(shape: ane_runtime::matmul::MatmulShape) -> Out {
 
 pub const WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
 
+/// A reference engine with a compile counter of its own (unlimited), so tests neither share
+/// nor spend the process's budget.
 pub fn engine() -> ReferenceEngine {
-    ReferenceEngine::with_config(ReferenceConfig {
-        counter: CompileCounter::new(None),
-        ..Default::default()
-    })
+    reference_engine(16384, Faults::default(), None)
 }
+
+/// A reference engine with this dimension limit, these injected faults and its own budget.
+pub fn reference_engine(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
+    ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_max_dim(max_dim)
+            .with_faults(faults)
+            .with_counter(CompileCounter::new(budget)),
+    )
+}
+
+/// The engine `kind` with default settings, or `None` (with a visible SKIP line) when this
+/// machine does not have it. The reference engine gets a counter of its own.
+pub fn engine_of(kind: EngineKind, test: &str) -> Option<Box<dyn Engine>> {
+    if kind == EngineKind::Reference {
+        return Some(Box::new(engine()));
+    }
+    match ane_runtime::create(EngineChoice::Only(kind), &EngineConfig::default()) {
+        Ok(engine) => Some(Box::new(Shared(engine))),
+        Err(e) => {
+            eprintln!("SKIP: {test} on the {kind} engine: {e}");
+            None
+        }
+    }
+}
+
+/// An `Arc`'d engine as a `Box<dyn Engine>`.
+struct Shared(std::sync::Arc<dyn Engine>);
+
+impl Engine for Shared {
+    fn info(&self) -> ane_runtime::EngineInfo {
+        self.0.info()
+    }
+    fn limits(&self) -> ane_runtime::Limits {
+        self.0.limits()
+    }
+    fn compile(
+        &self,
+        program: &Program,
+        weights: &WeightFiles,
+    ) -> ane_runtime::Result<Box<dyn ane_runtime::Kernel>> {
+        self.0.compile(program, weights)
+    }
+    fn build_id(&self) -> String {
+        self.0.build_id()
+    }
+}
+
+/// Stamps out one `#[test]` per engine for `fn $name(engine: &dyn Engine)`: the reference
+/// engine everywhere, the apple and coreml engines on macOS (a SKIP line where the machine
+/// lacks them). So `cargo test` on a Mac runs the same suite on the ANE.
+macro_rules! engine_test {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn reference() {
+                let engine = $crate::support::engine_of(
+                    ane_runtime::EngineKind::Reference,
+                    stringify!($name),
+                );
+                super::$name(engine.expect("the reference engine is always there").as_ref());
+            }
+
+            #[cfg(target_os = "macos")]
+            #[test]
+            fn apple() {
+                if let Some(engine) =
+                    $crate::support::engine_of(ane_runtime::EngineKind::Apple, stringify!($name))
+                {
+                    super::$name(engine.as_ref());
+                }
+            }
+
+            #[cfg(target_os = "macos")]
+            #[test]
+            fn coreml() {
+                if let Some(engine) =
+                    $crate::support::engine_of(ane_runtime::EngineKind::CoreMl, stringify!($name))
+                {
+                    super::$name(engine.as_ref());
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use engine_test;
 
 pub fn var(s: &str) -> Arg {
     Arg::Var(s.to_string())

@@ -386,21 +386,14 @@ pub(crate) fn log_enabled(level: c_int) -> bool {
     level >= log_threshold()
 }
 
-/// The `GGML_ANE_LOG` threshold: error, warn (default), info or debug.
+/// The `GGML_ANE_LOG` threshold as a ggml level: error, warn (default), info or debug.
 fn log_threshold() -> c_int {
-    static LEVEL: std::sync::OnceLock<c_int> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        match std::env::var("GGML_ANE_LOG")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "error" => GGML_LOG_LEVEL_ERROR,
-            "info" => GGML_LOG_LEVEL_INFO,
-            "debug" => GGML_LOG_LEVEL_DEBUG,
-            _ => GGML_LOG_LEVEL_WARN,
-        }
-    })
+    match crate::config::log_level() {
+        crate::config::LogLevel::Error => GGML_LOG_LEVEL_ERROR,
+        crate::config::LogLevel::Warn => GGML_LOG_LEVEL_WARN,
+        crate::config::LogLevel::Info => GGML_LOG_LEVEL_INFO,
+        crate::config::LogLevel::Debug => GGML_LOG_LEVEL_DEBUG,
+    }
 }
 
 /// Logs through ggml's logger, so the host's `ggml_log_set` callback sees our lines.

@@ -1,8 +1,9 @@
 //! The registry, device and backend vtables ggml calls, and the exported entry points.
 //!
 //! Order follows ggml's own backends: backend (stream) → device → registry → exports, each
-//! vtable right after the functions it points to. Every entry point catches panics: none may
-//! cross into C.
+//! vtable right after the functions it points to; functions carry ggml's names
+//! (`ggml_backend_ane_<class>_<method>`). Every entry point runs inside [`guard`]: no panic
+//! crosses into C.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -50,11 +51,11 @@ fn guid() -> *mut [u8; 16] {
         .0
 }
 
-unsafe extern "C" fn backend_get_name(_backend: *mut ggml_backend) -> *const c_char {
-    NAME.as_ptr()
+unsafe extern "C" fn ggml_backend_ane_get_name(_backend: *mut ggml_backend) -> *const c_char {
+    guard("get_name", NAME.as_ptr(), || NAME.as_ptr())
 }
 
-unsafe extern "C" fn backend_free(backend: *mut ggml_backend) {
+unsafe extern "C" fn ggml_backend_ane_free(backend: *mut ggml_backend) {
     guard("free", (), || {
         if backend.is_null() {
             return;
@@ -67,7 +68,7 @@ unsafe extern "C" fn backend_free(backend: *mut ggml_backend) {
             (b, ctx)
         };
         if let Ok(rt) = backend::runtime() {
-            if rt.stats_level > 0 {
+            if rt.config.stats_level > 0 {
                 eprint!("{}", backend::stats_report(&ctx, rt));
             }
         }
@@ -75,7 +76,7 @@ unsafe extern "C" fn backend_free(backend: *mut ggml_backend) {
     })
 }
 
-unsafe extern "C" fn backend_graph_compute(
+unsafe extern "C" fn ggml_backend_ane_graph_compute(
     backend: *mut ggml_backend,
     cgraph: *mut ggml_cgraph,
 ) -> c_int {
@@ -114,12 +115,8 @@ unsafe extern "C" fn backend_graph_compute(
                             TensorRowsMut::new(desc.node),
                         )
                     };
-                    // weights ggml promises not to change while graphs run may be baked (the
-                    // fingerprint is read on every call, so not when baking is off)
-                    let may_bake = rt.cache.policy().may_bake()
-                        && s0.nb[0] == s0.type_size
-                        && s0.in_weights_buffer();
-                    let weight_id = may_bake.then(|| w.weight_id());
+                    // the fingerprint is read on every call: only when baking is possible
+                    let weight_id = backend::may_bake(rt, &s0).then(|| w.weight_id());
                     backend::mul_mat(
                         ctx,
                         rt,
@@ -150,8 +147,8 @@ unsafe extern "C" fn backend_graph_compute(
 }
 
 const BACKEND_I: ggml_backend_i = ggml_backend_i {
-    get_name: Some(backend_get_name),
-    free: Some(backend_free),
+    get_name: Some(ggml_backend_ane_get_name),
+    free: Some(ggml_backend_ane_free),
     set_tensor_async: None,
     get_tensor_async: None,
     set_tensor_2d_async: None,
@@ -162,7 +159,7 @@ const BACKEND_I: ggml_backend_i = ggml_backend_i {
     graph_plan_free: None,
     graph_plan_update: None,
     graph_plan_compute: None,
-    graph_compute: Some(backend_graph_compute),
+    graph_compute: Some(ggml_backend_ane_graph_compute),
     event_record: None,
     event_wait: None,
     graph_optimize: None,
@@ -195,17 +192,23 @@ pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
 /// `backend` is NULL or a live ggml backend.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ggml_backend_is_ane(backend: *mut ggml_backend) -> bool {
-    // SAFETY: the caller passes NULL or a live backend.
-    !backend.is_null() && unsafe { (*backend).guid } == guid()
+    guard("is_ane", false, || {
+        // SAFETY: the caller passes NULL or a live backend.
+        !backend.is_null() && unsafe { (*backend).guid } == guid()
+    })
 }
 
 // ---- device ----
 
-unsafe extern "C" fn dev_get_name(_dev: *mut ggml_backend_device) -> *const c_char {
-    NAME.as_ptr()
+unsafe extern "C" fn ggml_backend_ane_device_get_name(
+    _dev: *mut ggml_backend_device,
+) -> *const c_char {
+    guard("get_name", NAME.as_ptr(), || NAME.as_ptr())
 }
 
-unsafe extern "C" fn dev_get_description(_dev: *mut ggml_backend_device) -> *const c_char {
+unsafe extern "C" fn ggml_backend_ane_device_get_description(
+    _dev: *mut ggml_backend_device,
+) -> *const c_char {
     guard(
         "get_description",
         c"Apple Neural Engine (no engine available)".as_ptr(),
@@ -216,25 +219,29 @@ unsafe extern "C" fn dev_get_description(_dev: *mut ggml_backend_device) -> *con
     )
 }
 
-unsafe extern "C" fn dev_get_memory(
+unsafe extern "C" fn ggml_backend_ane_device_get_memory(
     _dev: *mut ggml_backend_device,
     free: *mut usize,
     total: *mut usize,
 ) {
     // The device computes on host buffers and owns no memory of its own: 0/0 is ggml's
     // "nothing to report" (the BLAS backend does the same).
-    // SAFETY: ggml passes valid out-pointers.
-    unsafe {
-        *free = 0;
-        *total = 0;
-    }
+    guard("get_memory", (), || {
+        // SAFETY: ggml passes valid out-pointers.
+        unsafe {
+            *free = 0;
+            *total = 0;
+        }
+    })
 }
 
-unsafe extern "C" fn dev_get_type(_dev: *mut ggml_backend_device) -> c_int {
-    GGML_BACKEND_DEVICE_TYPE_ACCEL
+unsafe extern "C" fn ggml_backend_ane_device_get_type(_dev: *mut ggml_backend_device) -> c_int {
+    guard("get_type", GGML_BACKEND_DEVICE_TYPE_ACCEL, || {
+        GGML_BACKEND_DEVICE_TYPE_ACCEL
+    })
 }
 
-unsafe extern "C" fn dev_get_props(
+unsafe extern "C" fn ggml_backend_ane_device_get_props(
     dev: *mut ggml_backend_device,
     props: *mut ggml_backend_dev_props,
 ) {
@@ -243,8 +250,8 @@ unsafe extern "C" fn dev_get_props(
         let p = unsafe { &mut *props };
         // SAFETY: forwarding the same live device pointer.
         unsafe {
-            p.name = dev_get_name(dev);
-            p.description = dev_get_description(dev);
+            p.name = ggml_backend_ane_device_get_name(dev);
+            p.description = ggml_backend_ane_device_get_description(dev);
         }
         p.memory_free = 0;
         p.memory_total = 0;
@@ -260,31 +267,36 @@ unsafe extern "C" fn dev_get_props(
     })
 }
 
-unsafe extern "C" fn dev_init_backend(
+unsafe extern "C" fn ggml_backend_ane_device_init_backend(
     _dev: *mut ggml_backend_device,
     _params: *const c_char,
 ) -> *mut ggml_backend {
+    // guarded inside
     ggml_backend_ane_init()
 }
 
-unsafe extern "C" fn dev_get_buffer_type(
+unsafe extern "C" fn ggml_backend_ane_device_get_buffer_type(
     _dev: *mut ggml_backend_device,
 ) -> ggml_backend_buffer_type_t {
-    // SAFETY: exported by ggml-base, no preconditions.
-    unsafe { ggml_backend_cpu_buffer_type() }
+    guard("get_buffer_type", std::ptr::null_mut(), || {
+        // SAFETY: exported by ggml-base, no preconditions.
+        unsafe { ggml_backend_cpu_buffer_type() }
+    })
 }
 
-unsafe extern "C" fn dev_buffer_from_host_ptr(
+unsafe extern "C" fn ggml_backend_ane_device_buffer_from_host_ptr(
     _dev: *mut ggml_backend_device,
     ptr: *mut c_void,
     size: usize,
     _max_tensor_size: usize,
 ) -> ggml_backend_buffer_t {
-    // SAFETY: ggml hands us host memory of `size` bytes that outlives the buffer.
-    unsafe { ggml_backend_cpu_buffer_from_ptr(ptr, size) }
+    guard("buffer_from_host_ptr", std::ptr::null_mut(), || {
+        // SAFETY: ggml hands us host memory of `size` bytes that outlives the buffer.
+        unsafe { ggml_backend_cpu_buffer_from_ptr(ptr, size) }
+    })
 }
 
-unsafe extern "C" fn dev_supports_op(
+unsafe extern "C" fn ggml_backend_ane_device_supports_op(
     _dev: *mut ggml_backend_device,
     op: *const ggml_tensor,
 ) -> bool {
@@ -295,15 +307,17 @@ unsafe extern "C" fn dev_supports_op(
     })
 }
 
-unsafe extern "C" fn dev_supports_buft(
+unsafe extern "C" fn ggml_backend_ane_device_supports_buft(
     _dev: *mut ggml_backend_device,
     buft: ggml_backend_buffer_type_t,
 ) -> bool {
-    // SAFETY: ggml passes a live buffer type.
-    !buft.is_null() && unsafe { ggml_backend_buft_is_host(buft) }
+    guard("supports_buft", false, || {
+        // SAFETY: ggml passes a live buffer type.
+        !buft.is_null() && unsafe { ggml_backend_buft_is_host(buft) }
+    })
 }
 
-unsafe extern "C" fn dev_offload_op(
+unsafe extern "C" fn ggml_backend_ane_device_offload_op(
     _dev: *mut ggml_backend_device,
     op: *const ggml_tensor,
 ) -> bool {
@@ -317,18 +331,18 @@ unsafe extern "C" fn dev_offload_op(
 }
 
 const DEVICE_I: ggml_backend_device_i = ggml_backend_device_i {
-    get_name: Some(dev_get_name),
-    get_description: Some(dev_get_description),
-    get_memory: Some(dev_get_memory),
-    get_type: Some(dev_get_type),
-    get_props: Some(dev_get_props),
-    init_backend: Some(dev_init_backend),
-    get_buffer_type: Some(dev_get_buffer_type),
+    get_name: Some(ggml_backend_ane_device_get_name),
+    get_description: Some(ggml_backend_ane_device_get_description),
+    get_memory: Some(ggml_backend_ane_device_get_memory),
+    get_type: Some(ggml_backend_ane_device_get_type),
+    get_props: Some(ggml_backend_ane_device_get_props),
+    init_backend: Some(ggml_backend_ane_device_init_backend),
+    get_buffer_type: Some(ggml_backend_ane_device_get_buffer_type),
     get_host_buffer_type: None,
-    buffer_from_host_ptr: Some(dev_buffer_from_host_ptr),
-    supports_op: Some(dev_supports_op),
-    supports_buft: Some(dev_supports_buft),
-    offload_op: Some(dev_offload_op),
+    buffer_from_host_ptr: Some(ggml_backend_ane_device_buffer_from_host_ptr),
+    supports_op: Some(ggml_backend_ane_device_supports_op),
+    supports_buft: Some(ggml_backend_ane_device_supports_buft),
+    offload_op: Some(ggml_backend_ane_device_offload_op),
     event_new: None,
     event_free: None,
     event_synchronize: None,
@@ -346,7 +360,7 @@ fn device() -> *mut ggml_backend_device {
     DEV.get_or_init(|| {
         Leaked(Box::into_raw(Box::new(ggml_backend_device {
             iface: DEVICE_I,
-            reg: ggml_backend_ane_reg(),
+            reg: registry(),
             context: std::ptr::null_mut(),
         })))
     })
@@ -355,39 +369,56 @@ fn device() -> *mut ggml_backend_device {
 
 // ---- registry ----
 
-unsafe extern "C" fn reg_get_name(_reg: *mut ggml_backend_reg) -> *const c_char {
-    NAME.as_ptr()
+unsafe extern "C" fn ggml_backend_ane_reg_get_name(_reg: *mut ggml_backend_reg) -> *const c_char {
+    guard("get_name", NAME.as_ptr(), || NAME.as_ptr())
 }
 
-unsafe extern "C" fn reg_get_device_count(_reg: *mut ggml_backend_reg) -> usize {
-    1
+unsafe extern "C" fn ggml_backend_ane_reg_get_device_count(_reg: *mut ggml_backend_reg) -> usize {
+    guard("get_device_count", 0, || 1)
 }
 
-unsafe extern "C" fn reg_get_device(
+unsafe extern "C" fn ggml_backend_ane_reg_get_device(
     _reg: *mut ggml_backend_reg,
     index: usize,
 ) -> *mut ggml_backend_device {
-    if index == 0 {
-        device()
-    } else {
-        std::ptr::null_mut()
-    }
+    guard("get_device", std::ptr::null_mut(), || {
+        if index == 0 {
+            device()
+        } else {
+            std::ptr::null_mut()
+        }
+    })
 }
 
 /// `ggml_backend_get_features`: what llama.cpp prints in its system info. The strings and
-/// the array live for the process (built once).
-unsafe extern "C" fn reg_get_features(_reg: *mut ggml_backend_reg) -> *mut ggml_backend_feature {
-    struct Features(
-        Vec<ggml_backend_feature>,
-        #[allow(dead_code, reason = "owns the strings the pointers borrow")] Vec<std::ffi::CString>,
-    );
-    // SAFETY: the pointers borrow the CStrings stored alongside and never change.
-    unsafe impl Sync for Features {}
-    // SAFETY: as above.
-    unsafe impl Send for Features {}
+/// the array live for the process (built once). A panic yields an empty list.
+unsafe extern "C" fn ggml_backend_ane_reg_get_features(
+    _reg: *mut ggml_backend_reg,
+) -> *mut ggml_backend_feature {
     static FEATURES: OnceLock<Features> = OnceLock::new();
-    let f = FEATURES.get_or_init(|| {
-        let pairs = backend::features();
+    static EMPTY: OnceLock<Features> = OnceLock::new();
+    let empty = EMPTY.get_or_init(|| Features::new(Vec::new())).as_ptr();
+    guard("get_features", empty, || {
+        FEATURES
+            .get_or_init(|| Features::new(backend::features()))
+            .as_ptr()
+    })
+}
+
+/// A NULL-terminated feature array and the strings it points into.
+struct Features(
+    Vec<ggml_backend_feature>,
+    #[allow(dead_code, reason = "owns the strings the pointers borrow")] Vec<std::ffi::CString>,
+);
+
+// SAFETY: the pointers borrow the CStrings stored alongside, which never change or move (a
+// Vec's heap buffer stays put when the Vec is moved).
+unsafe impl Sync for Features {}
+// SAFETY: as above.
+unsafe impl Send for Features {}
+
+impl Features {
+    fn new(pairs: Vec<(String, String)>) -> Self {
         let strings: Vec<std::ffi::CString> = pairs
             .iter()
             .flat_map(|(k, v)| [k.clone(), v.clone()])
@@ -405,34 +436,43 @@ unsafe extern "C" fn reg_get_features(_reg: *mut ggml_backend_reg) -> *mut ggml_
             value: std::ptr::null(),
         });
         Features(list, strings)
-    });
-    f.0.as_ptr() as *mut ggml_backend_feature
+    }
+
+    fn as_ptr(&self) -> *mut ggml_backend_feature {
+        self.0.as_ptr().cast_mut()
+    }
 }
 
-unsafe extern "C" fn reg_get_proc_address(
+unsafe extern "C" fn ggml_backend_ane_reg_get_proc_address(
     _reg: *mut ggml_backend_reg,
     name: *const c_char,
 ) -> *mut c_void {
-    if name.is_null() {
-        return std::ptr::null_mut();
-    }
-    // SAFETY: ggml passes a NUL-terminated name.
-    match unsafe { CStr::from_ptr(name) }.to_bytes() {
-        b"ggml_backend_get_features" => reg_get_features as *mut c_void,
-        _ => std::ptr::null_mut(),
-    }
+    guard("get_proc_address", std::ptr::null_mut(), || {
+        if name.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: ggml passes a NUL-terminated name.
+        match unsafe { CStr::from_ptr(name) }.to_bytes() {
+            b"ggml_backend_get_features" => ggml_backend_ane_reg_get_features as *mut c_void,
+            _ => std::ptr::null_mut(),
+        }
+    })
 }
 
 const REG_I: ggml_backend_reg_i = ggml_backend_reg_i {
-    get_name: Some(reg_get_name),
-    get_device_count: Some(reg_get_device_count),
-    get_device: Some(reg_get_device),
-    get_proc_address: Some(reg_get_proc_address),
+    get_name: Some(ggml_backend_ane_reg_get_name),
+    get_device_count: Some(ggml_backend_ane_reg_get_device_count),
+    get_device: Some(ggml_backend_ane_reg_get_device),
+    get_proc_address: Some(ggml_backend_ane_reg_get_proc_address),
 };
 
 /// The registry: one device, "ANE".
 #[unsafe(no_mangle)]
 pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
+    guard("reg", std::ptr::null_mut(), registry)
+}
+
+fn registry() -> *mut ggml_backend_reg {
     static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
     REG.get_or_init(|| {
         let api_version = host_api_version();

@@ -6,8 +6,8 @@ use rayon::prelude::*;
 use ane_mil::ops::{broadcast, ConvGeometry};
 
 use super::tensor::{strides, Data, Tensor};
-use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
-use crate::ffi::gemm::{gemm_f32, MatRef};
+use crate::sys::fp16::{f16_to_f32, f32_to_f16};
+use crate::sys::gemm::{gemm_f32, MatRef};
 
 fn to_f32(v: &[f16]) -> Vec<f32> {
     let mut out = vec![0f32; v.len()];

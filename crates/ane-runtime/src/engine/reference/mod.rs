@@ -14,29 +14,24 @@ mod tensor;
 
 use std::sync::Arc;
 
-use crate::ffi::fp16::{f16_to_f32, f32_to_f16};
+use crate::sys::fp16::{f16_to_f32, f32_to_f16};
 use half::f16;
 
 use ane_mil::{check_program, DType, Program, WeightFiles};
 
 use self::plan::{plan_function, ProcPlan, StepOp};
 use self::tensor::{Data, Tensor};
+use crate::engine::limits::{HARDWARE_COMPILE_WALL, MAX_DIM, ROW_ALIGNMENT};
 use crate::engine::{
-    check_surfaces, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::layout::SurfaceDType;
 use crate::surface::Surface;
 
-/// The hardware's compile budget per process, as observed (ane-tech.md §4.1).
-pub const DEFAULT_COMPILE_BUDGET: u32 = 119;
-/// Largest tensor dimension the ANE loads.
-pub const DEFAULT_MAX_DIM: usize = 16384;
-/// Row strides are multiples of 64 bytes on the ANE.
-pub const ROW_ALIGNMENT: usize = 64;
-
 /// Failures the reference engine can be told to produce, so callers' fallbacks can be tested.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Faults {
     /// Every compile fails.
     pub compile: bool,
@@ -47,22 +42,36 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// From `GGML_ANE_REFERENCE_FAULTS`, a comma-separated list of `compile`, `eval`, `inf`.
-    pub fn from_env() -> Self {
-        let v = std::env::var("GGML_ANE_REFERENCE_FAULTS").unwrap_or_default();
-        let has = |f: &str| v.split(',').any(|x| x.trim() == f);
-        Faults {
-            compile: has("compile"),
-            eval: has("eval"),
-            inf: has("inf"),
+    /// Parses a comma-separated list of `compile`, `eval`, `inf` (what `ggml-ane` reads from
+    /// `GGML_ANE_REFERENCE_FAULTS`); anything else is an error naming it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a word that is not one of the three.
+    pub fn parse(list: &str) -> Result<Self> {
+        let mut faults = Faults::default();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "compile" => faults.compile = true,
+                "eval" => faults.eval = true,
+                "inf" => faults.inf = true,
+                other => {
+                    return Err(Error::InvalidSetting(format!(
+                        "reference fault `{other}`: expected compile, eval or inf"
+                    )))
+                }
+            }
         }
+        Ok(faults)
     }
 }
 
-/// Settings of a reference engine.
+/// Settings of a reference engine. The defaults model the hardware: dimensions up to
+/// [`MAX_DIM`], 64-byte rows, and the process-wide counter with a budget of
+/// [`HARDWARE_COMPILE_WALL`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReferenceConfig {
-    /// Injected failures (none by default; `GGML_ANE_REFERENCE_FAULTS` sets them).
+    /// Injected failures (none by default).
     pub faults: Faults,
     /// Largest dimension of any tensor in a program.
     pub max_dim: usize,
@@ -74,16 +83,33 @@ pub struct ReferenceConfig {
 
 impl Default for ReferenceConfig {
     fn default() -> Self {
-        let budget = std::env::var("GGML_ANE_COMPILE_BUDGET")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_COMPILE_BUDGET);
         ReferenceConfig {
-            faults: Faults::from_env(),
-            max_dim: DEFAULT_MAX_DIM,
+            faults: Faults::default(),
+            max_dim: MAX_DIM,
             row_alignment: ROW_ALIGNMENT,
-            counter: CompileCounter::process(EngineKind::Reference, Some(budget)),
+            counter: CompileCounter::process(EngineKind::Reference, Some(HARDWARE_COMPILE_WALL)),
         }
+    }
+}
+
+impl ReferenceConfig {
+    /// The defaults with this dimension limit.
+    pub fn with_max_dim(mut self, max_dim: usize) -> Self {
+        self.max_dim = max_dim;
+        self
+    }
+
+    /// The defaults with these injected faults.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Counting compiles on `counter` (a fresh [`CompileCounter::new`] keeps a test's budget
+    /// its own; [`CompileCounter::process`] shares the process's).
+    pub fn with_counter(mut self, counter: CompileCounter) -> Self {
+        self.counter = counter;
+        self
     }
 }
 
@@ -155,7 +181,7 @@ impl Engine for ReferenceEngine {
         self.config.counter.take()?;
         if self.config.faults.compile {
             return Err(Error::Compile(
-                "injected compile failure (GGML_ANE_REFERENCE_FAULTS)".into(),
+                "injected compile failure (reference engine faults)".into(),
             ));
         }
         self.build(program, weights)
@@ -172,8 +198,8 @@ impl Engine for ReferenceEngine {
 
     /// The artifact is the canonical program text: the plan is rebuilt from it (and the
     /// weights) in microseconds without a compile, the way a daemon-cache hit loads on the
-    /// ANE. Whether such loads spend the hardware's budget is not known yet (ane-tech.md
-    /// §4.1); the reference engine assumes they do not.
+    /// ANE. Whether such loads spend the hardware's budget is not known yet
+    /// (docs/ane-notes.md); the reference engine assumes they do not.
     fn export(&self, program: &Program, _kernel: &dyn Kernel) -> Option<Vec<u8>> {
         Some(ane_mil::print_program(program).into_bytes())
     }
@@ -216,15 +242,14 @@ impl Kernel for ReferenceKernel {
         &self.procedures
     }
 
-    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
         let plan = self
             .plans
             .get(index)
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
-        check_surfaces(&plan.info, inputs, outputs)?;
         if self.faults.eval {
             return Err(Error::Eval(
-                "injected eval failure (GGML_ANE_REFERENCE_FAULTS)".into(),
+                "injected eval failure (reference engine faults)".into(),
             ));
         }
         let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; plan.n_slots];

@@ -112,7 +112,7 @@ pub(crate) fn plan_function(
                 p.name, p.ty
             ),
         })?;
-        TensorLayout::packed(&p.name, dtype, p.ty.shape(), row_alignment).map_err(|e| {
+        TensorLayout::aligned(&p.name, dtype, p.ty.shape(), row_alignment).map_err(|e| {
             Error::Unsupported {
                 engine: EngineKind::Reference,
                 reason: e.to_string(),

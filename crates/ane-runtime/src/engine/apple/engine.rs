@@ -1,34 +1,22 @@
-//! The `apple` engine: the private `_ANEInMemoryModel` path (macOS on Apple silicon).
-//!
-//! Compile = descriptor from the printed MIL text and the weight files, the framework's
-//! folder prepared ([`ModelDir`]), `compileWithQoS` unless the daemon already has the
-//! program (`compiledModelExists`), `loadWithQoS` with a bounded retry, then the layouts read
-//! from `modelAttributes` ([`live_layout`](super::live_layout)), IOSurfaces sized from them and
-//! one request per procedure built once. Every model load takes one unit of the process
-//! budget (default 100, under the ~119 wall; `GGML_ANE_COMPILE_BUDGET`).
-//!
-//! Written to the documented call sequence; not yet run on hardware (docs/hardware-validation.md).
+//! The apple engine and its kernels (macOS only; see the module above for the sequence).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ane_mil::{check_program, print_program, Program, WeightFiles};
 
-use super::live_layout::{procedure_layouts, retry, uniform_alloc_size};
+use super::layouts::{procedure_layouts, retry, uniform_alloc_size};
 use super::model_dir::ModelDir;
-use super::{
-    checked_procedure, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits,
-    ProcedureInfo,
+use super::sys::ane::{self, Framework, InMemoryModel, Request};
+use super::sys::iosurface::IoSurface;
+use super::AppleConfig;
+use crate::engine::limits::{MAX_DIM, ROW_ALIGNMENT};
+use crate::engine::{
+    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
 };
 use crate::error::{Error, Result};
-use crate::ffi::apple::ane::{self, Framework, InMemoryModel, Request};
-use crate::ffi::apple::iosurface::IoSurface;
 use crate::surface::Surface;
 
-/// Largest tensor dimension the ANE loads.
-pub const MAX_DIM: usize = 16384;
-/// Row strides are multiples of 64 bytes on the ANE.
-pub const ROW_ALIGNMENT: usize = 64;
 const LOAD_ATTEMPTS: u32 = 3;
 const LOAD_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -40,18 +28,14 @@ pub struct AppleEngine {
 
 impl AppleEngine {
     /// Opens the framework; fails with the reason when a class or selector is missing.
-    pub fn new() -> Result<Self> {
+    pub fn new(config: &AppleConfig) -> Result<Self> {
         let fw = ane::framework().map_err(|reason| Error::EngineUnavailable {
             kind: EngineKind::Apple,
             reason,
         })?;
-        let budget = std::env::var("GGML_ANE_COMPILE_BUDGET")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(super::ANE_COMPILE_BUDGET);
         Ok(AppleEngine {
             fw,
-            counter: CompileCounter::process(EngineKind::Apple, Some(budget)),
+            counter: CompileCounter::process(EngineKind::Apple, Some(config.compile_budget)),
         })
     }
 }
@@ -75,7 +59,8 @@ impl Engine for AppleEngine {
     }
 
     fn build_id(&self) -> String {
-        // the daemon keeps its own cache keyed by the program hash; ours adds the OS build
+        // the daemon keeps its own cache keyed by the program hash; ours adds the
+        // architecture (the disk cache adds the OS name, not its build)
         format!("apple-{}", std::env::consts::ARCH)
     }
 
@@ -144,8 +129,7 @@ impl Kernel for AppleKernel {
         &self.procedures
     }
 
-    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
-        checked_procedure(&self.procedures, index, inputs, outputs)?;
+    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let p = &state[index];
         // one copy each way; our surfaces already have the hardware's strides

@@ -8,85 +8,33 @@
 //! The key names come from public reverse-engineering notes; they are unverified on hardware
 //! here (see docs/hardware-validation.md).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ane_mil::CheckedFunction;
 use ane_mil::ValueType;
 
+use super::sys::AttrValue;
 use crate::engine::{EngineKind, ProcedureInfo};
 use crate::error::{Error, Result};
 use crate::layout::{SurfaceDType, TensorLayout};
 
-/// A property-list value as read from an NSDictionary / NSArray / NSNumber / NSString.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    /// NSDictionary with string keys.
-    Dict(BTreeMap<String, AttrValue>),
-    /// NSArray.
-    Array(Vec<AttrValue>),
-    /// NSNumber holding an integer.
-    Int(i64),
-    /// NSNumber holding a float.
-    Float(f64),
-    /// NSString.
-    Str(String),
-    /// Anything else (kept so a dump shows it was there).
-    Other(String),
-}
-
-impl AttrValue {
-    /// `self[key]` for dictionaries.
-    pub fn get(&self, key: &str) -> Option<&AttrValue> {
-        match self {
-            AttrValue::Dict(d) => d.get(key),
-            _ => None,
-        }
-    }
-
-    /// The integer value (floats with no fraction count).
-    pub fn as_int(&self) -> Option<i64> {
-        match self {
-            AttrValue::Int(i) => Some(*i),
-            AttrValue::Float(f) if f.fract() == 0.0 => Some(*f as i64),
-            _ => None,
-        }
-    }
-
-    /// The elements of an array.
-    pub fn as_array(&self) -> Option<&[AttrValue]> {
-        match self {
-            AttrValue::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-
-    /// The string value.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            AttrValue::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
 /// One live input or output of a compiled procedure, as the hardware lays it out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveTensor {
+pub(crate) struct LiveTensor {
     /// The MIL parameter or output name (the framework's `@output` suffix removed).
-    pub name: String,
+    pub(crate) name: String,
     /// Element type.
-    pub dtype: SurfaceDType,
+    pub(crate) dtype: SurfaceDType,
     /// `[Batches, Channels, Height, Width]`.
-    pub dims: [usize; 4],
+    pub(crate) dims: [usize; 4],
     /// `Depth` (5-D tensors; we only accept 1).
-    pub depth: usize,
+    pub(crate) depth: usize,
     /// Bytes between rows.
-    pub row_stride: usize,
+    pub(crate) row_stride: usize,
     /// Bytes between channels.
-    pub plane_stride: usize,
+    pub(crate) plane_stride: usize,
     /// Bytes between batches (also the bytes one batch needs).
-    pub batch_stride: usize,
+    pub(crate) batch_stride: usize,
 }
 
 fn bad(what: String) -> Error {
@@ -141,7 +89,10 @@ fn live_tensor(d: &AttrValue, ctx: &str) -> Result<LiveTensor> {
 }
 
 /// The live inputs and outputs of procedure `index`, in the hardware's order.
-pub fn live_tensors(attrs: &AttrValue, index: usize) -> Result<(Vec<LiveTensor>, Vec<LiveTensor>)> {
+pub(crate) fn live_tensors(
+    attrs: &AttrValue,
+    index: usize,
+) -> Result<(Vec<LiveTensor>, Vec<LiveTensor>)> {
     let list = attrs
         .get("NetworkStatusList")
         .and_then(AttrValue::as_array)
@@ -167,7 +118,7 @@ pub fn live_tensors(attrs: &AttrValue, index: usize) -> Result<(Vec<LiveTensor>,
 /// dimension as the width (then flat rows `(b, c, h)` are the tensor's rows), the strides
 /// hold the rows, and rows are `row_alignment`-aligned. Anything else is refused with the
 /// numbers, so the kernel is never run on a layout we would stage wrongly.
-pub fn layout_from_live(
+pub(crate) fn layout_from_live(
     live: &LiveTensor,
     declared: &ValueType,
     row_alignment: usize,
@@ -213,7 +164,7 @@ pub fn layout_from_live(
 /// The procedure's layouts in MIL parameter and output order, and for each of them its
 /// index in the hardware's live list (what the request's `inputIndices` / `outputIndices`
 /// name).
-pub fn procedure_layouts(
+pub(crate) fn procedure_layouts(
     attrs: &AttrValue,
     index: usize,
     function: &CheckedFunction,
@@ -256,18 +207,9 @@ pub fn procedure_layouts(
     Ok((info, input_index, output_index))
 }
 
-/// Shape and element strides describing `l` to Core ML (`MLMultiArray`), at the MIL value's
-/// rank: the array then reads and writes the surface in place, padding skipped.
-pub fn multiarray_shape_strides(l: &TensorLayout) -> (Vec<usize>, Vec<usize>) {
-    let e = l.dtype.size();
-    let all = [l.batch_stride / e, l.plane_stride / e, l.row_stride / e, 1];
-    let r = l.shape.len();
-    (l.shape.clone(), all[4 - r..].to_vec())
-}
-
 /// Bytes to allocate for a surface holding `bytes`: page-rounded (16 KiB) and at least
 /// 48 KiB, the smallest evaluation surface reported to work.
-pub fn surface_alloc_size(bytes: usize) -> usize {
+pub(crate) fn surface_alloc_size(bytes: usize) -> usize {
     const PAGE: usize = 16 * 1024;
     const MIN: usize = 48 * 1024;
     bytes.max(MIN).div_ceil(PAGE) * PAGE
@@ -275,9 +217,9 @@ pub fn surface_alloc_size(bytes: usize) -> usize {
 
 /// One allocation size for every surface of a group (a procedure's inputs, or its outputs):
 /// the largest [`surface_alloc_size`] among them. Requests whose input surfaces differ in
-/// size are reported to fail at eval (status 0x1d; ane-tech.md §1.6, §3.2), so all inputs
+/// size are reported to fail at eval (status 0x1d; docs/ane-notes.md), so all inputs
 /// are padded to the same size, and likewise all outputs.
-pub fn uniform_alloc_size(layouts: &[TensorLayout]) -> usize {
+pub(crate) fn uniform_alloc_size(layouts: &[TensorLayout]) -> usize {
     layouts
         .iter()
         .map(|l| surface_alloc_size(l.byte_len()))
@@ -287,7 +229,7 @@ pub fn uniform_alloc_size(layouts: &[TensorLayout]) -> usize {
 
 /// Runs `f` up to `attempts` times, sleeping `backoff`, then twice that, ... between tries.
 /// Loads can fail transiently while the daemon reclaims slots.
-pub fn retry<T, E>(
+pub(crate) fn retry<T, E>(
     attempts: u32,
     backoff: Duration,
     mut f: impl FnMut() -> Result<T, E>,
@@ -306,3 +248,7 @@ pub fn retry<T, E>(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "layouts_tests.rs"]
+mod tests;

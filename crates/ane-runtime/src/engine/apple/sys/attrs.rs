@@ -6,7 +6,7 @@ use objc2::rc::Retained;
 use objc2::runtime::AnyObject;
 use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString};
 
-use crate::engine::live_layout::AttrValue;
+use super::AttrValue;
 
 /// Converts a property-list object (depth-limited, so a cyclic object cannot recurse forever).
 pub(crate) fn to_attr(obj: &AnyObject, depth: usize) -> AttrValue {

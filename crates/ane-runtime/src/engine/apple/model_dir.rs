@@ -2,7 +2,7 @@
 //! with `model.mil` and `weights/*`, as every working client prepares it before compiling.
 //!
 //! The framework names the folder after the program's content hash, so every kernel of the
-//! same program — in this process or another — shares it. The seed deletes it when any of
+//! same program — in this process or another — shares it. arozanov/ggml-ane deletes it when any of
 //! them is freed, breaking the others. Here each holder keeps a shared lock on
 //! `<hex id>.lock` beside the folder; the holder that drops it and then gets the lock
 //! exclusively is the last one anywhere, and only it removes the folder. (A process spawned
@@ -10,32 +10,19 @@
 //! left for the next last holder — disk space, never correctness.)
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use ane_mil::WeightFiles;
 
+use crate::weights::model_path_file;
+
 /// A held model folder; the last holder (across processes) removes it.
 #[derive(Debug)]
-pub struct ModelDir {
+pub(crate) struct ModelDir {
     path: PathBuf,
     lock_path: PathBuf,
     /// Our shared lock; `None` only while dropping.
     lock: Option<File>,
-}
-
-/// Where a BLOBFILE path (`@model_path/weights/w.bin`) lives inside the folder, refusing
-/// paths that would leave it.
-pub fn weight_file_path(dir: &Path, mil_path: &str) -> std::io::Result<PathBuf> {
-    let rel = mil_path.strip_prefix("@model_path/").unwrap_or(mil_path);
-    let rel = Path::new(rel);
-    let inside = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    if !inside || rel.as_os_str().is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("weight path `{mil_path}` leaves the model folder"),
-        ));
-    }
-    Ok(dir.join(rel))
 }
 
 /// Writes `bytes` to `path` unless it already holds them; via a temporary name and a
@@ -64,11 +51,15 @@ fn open_lock(path: &Path) -> std::io::Result<File> {
 impl ModelDir {
     /// Holds `path` (a folder named after the program's hash), writing `model.mil` and the
     /// weight files where they are missing or differ.
-    pub fn acquire(path: PathBuf, mil_text: &str, weights: &WeightFiles) -> std::io::Result<Self> {
+    pub(crate) fn acquire(
+        path: PathBuf,
+        mil_text: &str,
+        weights: &WeightFiles,
+    ) -> std::io::Result<Self> {
         // validate every weight path before touching the disk
         let files = weights
             .iter()
-            .map(|(p, f)| Ok((weight_file_path(&path, p)?, f.bytes())))
+            .map(|(p, f)| Ok((model_path_file(&path, p)?, f.bytes())))
             .collect::<std::io::Result<Vec<_>>>()?;
         let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
         lock_name.push(".lock");
@@ -90,11 +81,6 @@ impl ModelDir {
         }
         Ok(held)
     }
-
-    /// The folder.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for ModelDir {
@@ -114,3 +100,7 @@ impl Drop for ModelDir {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "model_dir_tests.rs"]
+mod tests;

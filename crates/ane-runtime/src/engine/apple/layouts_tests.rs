@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ane_mil::check_program;
-use ane_runtime::engine::live_layout::{
-    layout_from_live, live_tensors, multiarray_shape_strides, procedure_layouts, retry,
-    surface_alloc_size, uniform_alloc_size, AttrValue, LiveTensor,
+use super::{
+    layout_from_live, live_tensors, procedure_layouts, retry, surface_alloc_size,
+    uniform_alloc_size, LiveTensor,
 };
-use ane_runtime::matmul::matmul_program;
-use ane_runtime::{Error, SurfaceDType, TensorLayout};
+use crate::engine::apple::sys::AttrValue;
+use crate::matmul::matmul_program;
+use crate::{Error, SurfaceDType, TensorLayout};
+use ane_mil::check_program;
 
 fn dict(entries: &[(&str, AttrValue)]) -> AttrValue {
     AttrValue::Dict(
@@ -129,7 +130,7 @@ fn surfaces_are_page_rounded_and_at_least_48_kib() {
     assert_eq!(surface_alloc_size(1 << 20), 1 << 20);
     // a group shares the size of its largest member
     let l = |rows: usize, cols: usize| {
-        TensorLayout::packed("t", SurfaceDType::F16, &[rows, cols], 64).unwrap()
+        TensorLayout::aligned("t", SurfaceDType::F16, &[rows, cols], 64).unwrap()
     };
     assert_eq!(uniform_alloc_size(&[l(64, 64), l(512, 1024)]), 1 << 20);
     assert_eq!(uniform_alloc_size(&[l(1, 1)]), 48 * 1024);
@@ -154,17 +155,4 @@ fn retry_stops_at_success_or_after_the_last_attempt() {
         Err(format!("busy {calls}"))
     });
     assert_eq!(r, Err("busy 3".to_string()));
-}
-
-#[test]
-fn core_ml_sees_our_padded_rows_through_element_strides() {
-    // 40 fp16 = 80 bytes per row, padded to 128 bytes = a stride of 64 elements
-    let l = TensorLayout::packed("y", SurfaceDType::F16, &[64, 40], 64).unwrap();
-    assert_eq!(multiarray_shape_strides(&l), (vec![64, 40], vec![64, 1]));
-    let l = TensorLayout::packed("x", SurfaceDType::F32, &[2, 3, 5, 7], 64).unwrap();
-    // rows of 7 fp32 = 28 bytes -> 64 bytes = 16 elements; planes 5 rows; batches 3 planes
-    assert_eq!(
-        multiarray_shape_strides(&l),
-        (vec![2, 3, 5, 7], vec![240, 80, 16, 1])
-    );
 }

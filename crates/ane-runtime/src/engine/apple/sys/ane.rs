@@ -14,8 +14,8 @@ use objc2_foundation::{NSArray, NSData, NSDictionary, NSNumber, NSString};
 
 use super::attrs::dict_to_attr;
 use super::iosurface::IoSurface;
-use super::ns_result;
-use crate::engine::live_layout::AttrValue;
+use super::AttrValue;
+use crate::sys::objc::ns_result;
 
 const FRAMEWORK: &CStr =
     c"/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";

@@ -5,32 +5,29 @@
 
 use std::collections::BTreeSet;
 
-use super::policy::{should_bake, KernelPolicy};
-use super::program::{baked_tiles, kernel_shapes, matmul_program, BakedTile};
-use crate::disk_cache::DiskCache;
-use crate::engine::Limits;
-use crate::engine::{compile_cached, Engine};
-use crate::error::Result;
-use crate::layout::{SurfaceDType, TensorLayout};
+use ane_runtime::disk_cache::{compile_cached, DiskCache};
+use ane_runtime::matmul::policy::{should_bake, KernelPolicy};
+use ane_runtime::matmul::{baked_tiles, kernel_shapes, matmul_program, BakedTile};
+use ane_runtime::{Engine, Limits, Result, SurfaceDType, TensorLayout};
 
 /// The matmul shapes of a llama-architecture model.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelDims {
+pub(crate) struct ModelDims {
     /// Name for reports.
-    pub name: String,
+    pub(crate) name: String,
     /// Hidden size.
-    pub dim: usize,
+    pub(crate) dim: usize,
     /// Feed-forward size.
-    pub ffn: usize,
+    pub(crate) ffn: usize,
     /// Transformer layers.
-    pub layers: usize,
+    pub(crate) layers: usize,
     /// Vocabulary (the output head).
-    pub vocab: usize,
+    pub(crate) vocab: usize,
 }
 
 impl ModelDims {
     /// Llama-2-7B: dim 4096, ffn 11008, 32 layers, vocab 32000.
-    pub fn llama_7b() -> Self {
+    pub(crate) fn llama_7b() -> Self {
         ModelDims {
             name: "llama-7b".into(),
             dim: 4096,
@@ -42,7 +39,7 @@ impl ModelDims {
 
     /// Every weight matrix as `(m, k)` = (output features, input features), in graph order:
     /// per layer q, k, v, o, gate, up, down; then the output head.
-    pub fn weights(&self) -> Vec<(usize, usize)> {
+    pub(crate) fn weights(&self) -> Vec<(usize, usize)> {
         let (d, f) = (self.dim, self.ffn);
         let mut w = Vec::with_capacity(self.layers * 7 + 1);
         for _ in 0..self.layers {
@@ -55,62 +52,62 @@ impl ModelDims {
 
 /// One prompt length's row of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LengthPlan {
+pub(crate) struct LengthPlan {
     /// Tokens.
-    pub tokens: usize,
+    pub(crate) tokens: usize,
     /// MUL_MATs in the prefill.
-    pub matmuls: usize,
+    pub(crate) matmuls: usize,
     /// Distinct kernels this length uses.
-    pub kernels: usize,
+    pub(crate) kernels: usize,
     /// Kernels compiled for this length that earlier lengths had not needed.
-    pub new_compiles: usize,
+    pub(crate) new_compiles: usize,
     /// The seed's compiles for this length (one per weight, for every new length).
-    pub seed_compiles: usize,
+    pub(crate) seed_compiles: usize,
     /// Weights the seed cannot run at all (a dimension past 16384).
-    pub seed_refused: usize,
+    pub(crate) seed_refused: usize,
 }
 
 /// The whole report.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrefillPlan {
+pub(crate) struct PrefillPlan {
     /// The model.
-    pub model: ModelDims,
+    pub(crate) model: ModelDims,
     /// Per prompt length, in the order given.
-    pub lengths: Vec<LengthPlan>,
+    pub(crate) lengths: Vec<LengthPlan>,
     /// Kernels compiled in total (counted by the engine that compiled them).
-    pub compiles: u32,
+    pub(crate) compiles: u32,
     /// Kernels loaded from the on-disk cache instead.
-    pub disk_hits: usize,
+    pub(crate) disk_hits: usize,
     /// The seed's total.
-    pub seed_compiles: usize,
+    pub(crate) seed_compiles: usize,
     /// Bytes of input and output surfaces, summed over the kernels.
-    pub surface_bytes: usize,
+    pub(crate) surface_bytes: usize,
     /// The engine's compile budget.
-    pub budget: Option<u32>,
+    pub(crate) budget: Option<u32>,
 }
 
 /// What `GGML_ANE_KERNELS=auto` would compile for the same prefill within a budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AutoPlan {
+pub(crate) struct AutoPlan {
     /// The budget planned against.
-    pub budget: Option<u32>,
+    pub(crate) budget: Option<u32>,
     /// Compiles in total (baked + streamed).
-    pub compiles: u32,
+    pub(crate) compiles: u32,
     /// Baked kernels (weight tile × token bucket).
-    pub baked_kernels: u32,
+    pub(crate) baked_kernels: u32,
     /// Streamed kernels (tile shape × token bucket).
-    pub streamed_kernels: u32,
+    pub(crate) streamed_kernels: u32,
     /// Matmuls (over all lengths) served by baked kernels.
-    pub baked_matmuls: u32,
+    pub(crate) baked_matmuls: u32,
     /// Matmuls served by streamed kernels.
-    pub streamed_matmuls: u32,
+    pub(crate) streamed_matmuls: u32,
     /// Baked kernels if every weight were baked (`GGML_ANE_KERNELS=baked` without a budget).
-    pub all_baked_kernels: u32,
+    pub(crate) all_baked_kernels: u32,
 }
 
 /// Replays the `auto` decisions ([`should_bake`]) over the prefill in graph order, counting
 /// compiles instead of making them (baking a 7B model's zero weights would need 13 GB).
-pub fn plan_auto(
+pub(crate) fn plan_auto(
     model: &ModelDims,
     lengths: &[usize],
     budget: Option<u32>,
@@ -131,7 +128,7 @@ pub fn plan_auto(
             all_baked.extend(tiles.iter().copied());
             let limits = Limits {
                 max_dim,
-                row_alignment: 64,
+                row_alignment: ane_runtime::engine::limits::ROW_ALIGNMENT,
                 compile_budget: budget,
                 compiles_used: used,
             };
@@ -163,7 +160,7 @@ pub fn plan_auto(
 
 impl AutoPlan {
     /// As a JSON object.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(self) -> String {
         format!(
             "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}}}",
             self.budget.map_or("null".to_string(), |b| b.to_string()),
@@ -178,7 +175,7 @@ impl AutoPlan {
 }
 
 /// Plans (and compiles, on `engine`) every kernel a prefill of each length needs.
-pub fn plan_prefill(
+pub(crate) fn plan_prefill(
     engine: &dyn Engine,
     disk: Option<&DiskCache>,
     model: &ModelDims,
@@ -244,7 +241,7 @@ pub fn plan_prefill(
 
 fn io_bytes(m: usize, k: usize, n: usize, align: usize) -> usize {
     let l = |name: &str, shape: &[usize]| {
-        TensorLayout::packed(name, SurfaceDType::F16, shape, align).map_or(0, |l| l.byte_len())
+        TensorLayout::aligned(name, SurfaceDType::F16, shape, align).map_or(0, |l| l.byte_len())
     };
     l("a", &[n, k]) + l("b", &[m, k]) + l("y", &[n, m])
 }
@@ -252,7 +249,7 @@ fn io_bytes(m: usize, k: usize, n: usize, align: usize) -> usize {
 impl PrefillPlan {
     /// The report as JSON (top-level `"compiles"`), written by hand: a flat, fixed schema;
     /// `auto` adds the `"auto"` object.
-    pub fn to_json_with(&self, auto: Option<&AutoPlan>) -> String {
+    pub(crate) fn to_json_with(&self, auto: Option<&AutoPlan>) -> String {
         let mut j = self.to_json();
         if let Some(a) = auto {
             j.pop();
@@ -262,7 +259,7 @@ impl PrefillPlan {
     }
 
     /// The report as JSON (top-level `"compiles"`), written by hand: a flat, fixed schema.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let rows: Vec<String> = self
             .lengths
             .iter()
@@ -288,5 +285,71 @@ impl PrefillPlan {
             self.budget.map_or("null".to_string(), |b| b.to_string()),
             rows.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plan_auto, plan_prefill, ModelDims};
+    use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
+    use ane_runtime::{CompileCounter, Engine};
+
+    #[test]
+    fn auto_planning_for_a_7b_prefill_stays_within_the_apple_budget() {
+        let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
+        let model = ModelDims::llama_7b();
+        let auto = plan_auto(&model, &lengths, Some(100), 16384);
+        assert!(auto.compiles <= 100, "{auto:?}");
+        assert_eq!(auto.compiles, auto.baked_kernels + auto.streamed_kernels);
+        assert!(
+            auto.baked_kernels > 0 && auto.baked_kernels <= 100 - 32,
+            "{auto:?}"
+        );
+        // the streamed kernels `ane plan` counts for these lengths: every matmul still has one
+        assert_eq!(auto.streamed_kernels, 24);
+        assert_eq!(auto.baked_matmuls + auto.streamed_matmuls, 225 * 8);
+        // 225 weights, the vocab head tiled in two, over 6 distinct buckets
+        assert_eq!(auto.all_baked_kernels, 226 * 6);
+        // no budget: everything baked
+        let unlimited = plan_auto(&model, &lengths, None, 16384);
+        assert_eq!(unlimited.compiles, 226 * 6);
+        assert_eq!(unlimited.streamed_kernels, 0);
+    }
+
+    /// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a
+    /// compile per weight per length and cannot run the 32000-wide head at all.
+    #[test]
+    fn a_7b_prefill_plan_stays_far_under_the_compile_wall() {
+        let engine = ReferenceEngine::with_config(
+            ReferenceConfig::default().with_counter(CompileCounter::new(Some(119))),
+        );
+        let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
+        let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths).unwrap();
+        // 4 weight shapes (dim², ffn×dim, dim×ffn, the head tiled into 2×16000) × 6 buckets
+        assert_eq!(plan.compiles, 24);
+        assert_eq!(
+            engine.limits().compiles_used,
+            24,
+            "every planned kernel was really compiled"
+        );
+        assert_eq!(plan.seed_compiles, 8 * 224);
+        assert!(plan
+            .lengths
+            .iter()
+            .all(|r| r.kernels == 4 && r.matmuls == 225 && r.seed_refused == 1));
+        let new: Vec<usize> = plan.lengths.iter().map(|r| r.new_compiles).collect();
+        assert_eq!(new, [4, 4, 4, 0, 4, 0, 4, 4]);
+        // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
+        // 3000 adds only the 1024 bucket for its tail
+        let long = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
+        let rows: Vec<(usize, usize)> = long
+            .lengths
+            .iter()
+            .map(|r| (r.kernels, r.new_compiles))
+            .collect();
+        assert_eq!(rows, [(4, 4), (8, 4)]);
+        assert!(
+            plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 24")
+        );
     }
 }

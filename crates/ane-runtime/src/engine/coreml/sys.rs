@@ -15,10 +15,9 @@ use objc2_core_ml::{
 };
 use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString, NSURL};
 
-use super::ns_result;
-use crate::engine::live_layout::multiarray_shape_strides;
 use crate::layout::{SurfaceDType, TensorLayout};
 use crate::surface::Surface;
+use crate::sys::objc::ns_result;
 
 /// Compiles a package with `+[MLModel compileModelAtURL:error:]`; returns the `.mlmodelc`
 /// folder Core ML wrote (in a temporary location the caller moves into its cache).
@@ -65,14 +64,14 @@ fn numbers(v: &[usize]) -> Retained<NSArray<NSNumber>> {
 /// # Safety
 /// `ptr` points at `layout.byte_len()` bytes that outlive the returned array.
 unsafe fn wrap(ptr: *mut u8, layout: &TensorLayout) -> Result<Retained<MLMultiArray>, String> {
-    let (shape, strides) = multiarray_shape_strides(layout);
+    let (shape, strides) = (&layout.shape, layout.element_strides());
     let ptr = NonNull::new(ptr.cast::<c_void>()).ok_or("null surface")?;
     // SAFETY: the caller guarantees the memory; no deallocator, so Core ML never frees it.
     ns_result("MLMultiArray initWithDataPointer", unsafe {
         MLMultiArray::initWithDataPointer_shape_dataType_strides_deallocator_error(
             MLMultiArray::alloc(),
             ptr,
-            &numbers(&shape),
+            &numbers(shape),
             multi_array_type(layout.dtype),
             &numbers(&strides),
             None,

@@ -1,11 +1,4 @@
-//! The `coreml` engine: public Core ML (macOS). Each function of a program becomes a Core ML
-//! package ([`ane_mil::coreml`]), compiled once with `MLModel.compileModel` and kept as
-//! `<cache>/coreml/<hash>.mlmodelc`, loaded with `.cpuAndNeuralEngine`. Predictions read
-//! and write our surfaces through multi-arrays over their memory (no copy where Core ML
-//! honours `outputBackings`). Core ML decides placement; ops it cannot put on the ANE run on
-//! the CPU inside Core ML, still correctly.
-//!
-//! Written to Apple's documented API; not yet run on hardware (docs/hardware-validation.md).
+//! The coreml engine and its kernels (macOS only; see the module above).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,12 +6,13 @@ use std::sync::Mutex;
 use ane_mil::{check_program, Program, WeightFiles};
 use sha2::{Digest, Sha256};
 
-use super::{
-    checked_procedure, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits,
-    ProcedureInfo,
+use super::sys::{compile_package, LoadedModel};
+use super::CoreMlConfig;
+use crate::engine::limits::{MAX_DIM, ROW_ALIGNMENT};
+use crate::engine::{
+    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
 };
 use crate::error::{Error, Result};
-use crate::ffi::apple::coreml::{compile_package, LoadedModel};
 use crate::layout::{SurfaceDType, TensorLayout};
 use crate::surface::Surface;
 
@@ -29,12 +23,9 @@ pub struct CoreMlEngine {
 }
 
 impl CoreMlEngine {
-    /// Compiled models go under the kernel cache folder (or the temp folder with the cache off).
-    pub fn new() -> Result<Self> {
-        let base = crate::disk_cache::DiskCache::from_env()
-            .map(|c| c.dir().to_path_buf())
-            .unwrap_or_else(|| std::env::temp_dir().join("ggml-ane"));
-        let models_dir = base.join("coreml");
+    /// Compiled models go to `config.models_dir`.
+    pub fn new(config: &CoreMlConfig) -> Result<Self> {
+        let models_dir = config.models_dir.clone();
         std::fs::create_dir_all(&models_dir).map_err(|e| Error::EngineUnavailable {
             kind: EngineKind::CoreMl,
             reason: format!("cannot create {}: {e}", models_dir.display()),
@@ -116,8 +107,8 @@ impl Engine for CoreMlEngine {
 
     fn limits(&self) -> Limits {
         Limits {
-            max_dim: super::apple::MAX_DIM,
-            row_alignment: super::apple::ROW_ALIGNMENT,
+            max_dim: MAX_DIM,
+            row_alignment: ROW_ALIGNMENT,
             compile_budget: None,
             compiles_used: self.counter.used(),
         }
@@ -149,7 +140,7 @@ impl Engine for CoreMlEngine {
                         engine: EngineKind::CoreMl,
                         reason: format!("`{}` is {}, not fp16/fp32", p.name, p.ty),
                     })?;
-                TensorLayout::packed(&p.name, dtype, p.ty.shape(), super::apple::ROW_ALIGNMENT)
+                TensorLayout::aligned(&p.name, dtype, p.ty.shape(), ROW_ALIGNMENT)
             };
             procedures.push(ProcedureInfo {
                 name: f.name.clone(),
@@ -172,8 +163,7 @@ impl Kernel for CoreMlKernel {
         &self.procedures
     }
 
-    fn eval(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
-        checked_procedure(&self.procedures, index, inputs, outputs)?;
+    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
         let model = self.models[index].lock().unwrap_or_else(|e| e.into_inner());
         model.predict(inputs, outputs).map_err(Error::Eval)
     }

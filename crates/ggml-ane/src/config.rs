@@ -1,0 +1,311 @@
+//! Every `GGML_ANE_*` variable the backend reads, parsed once into a [`Config`]. Nothing else
+//! in the workspace's libraries reads the environment: `ane-runtime` takes the values this
+//! module produces as plain settings. The README's variable table lists exactly
+//! [`VARIABLES`] (a unit test compares them).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
+use ane_runtime::engine::apple::AppleConfig;
+use ane_runtime::engine::coreml::CoreMlConfig;
+use ane_runtime::engine::reference::{Faults, ReferenceConfig};
+use ane_runtime::matmul::KernelPolicy;
+use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
+
+/// The variables, in the README's order.
+pub(crate) const VARIABLES: &[&str] = &[
+    "GGML_ANE_ENGINE",
+    "GGML_ANE_STATS",
+    "GGML_ANE_LOG",
+    "GGML_ANE_MIN_BATCH",
+    "GGML_ANE_MIN_TOKENS",
+    "GGML_ANE_CACHE_DIR",
+    "GGML_ANE_CACHE_MAX_MB",
+    "GGML_ANE_KERNELS",
+    "GGML_ANE_COMPILE_BUDGET",
+    "GGML_ANE_REFERENCE_FAULTS",
+];
+
+/// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
+/// otherwise. With ~0.1–0.3 ms per ANE dispatch and ~5 TFLOPS per kernel, a matmul needs
+/// ≳1 GFLOP to be worth it: 4096×4096 at N = 64 is 2.1 GFLOP (docs/ane-notes.md#offload-threshold).
+pub(crate) const DEFAULT_MIN_BATCH: usize = 64;
+
+/// How much the log says: ggml's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The backend's settings.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// `GGML_ANE_ENGINE`: which engine (`auto` by default).
+    pub(crate) engine: EngineChoice,
+    /// Every engine's settings (`GGML_ANE_COMPILE_BUDGET`, `GGML_ANE_REFERENCE_FAULTS`, the
+    /// coreml models under the cache folder).
+    pub(crate) engines: EngineConfig,
+    /// `GGML_ANE_KERNELS`.
+    pub(crate) kernels: KernelPolicy,
+    /// `GGML_ANE_CACHE_DIR` / `GGML_ANE_CACHE_MAX_MB`: the disk cache, `None` when off.
+    pub(crate) disk_cache: Option<DiskCache>,
+    /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
+    pub(crate) min_batch: usize,
+    /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
+    pub(crate) min_tokens: usize,
+    /// `GGML_ANE_STATS`: 0 off, 1 the table at backend free, 2 also node by node.
+    pub(crate) stats_level: u8,
+    /// `GGML_ANE_LOG`: lines below this level are not logged.
+    pub(crate) log_level: LogLevel,
+}
+
+/// The process's configuration, read from the environment on first use.
+pub(crate) fn get() -> &'static Result<Config, String> {
+    static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        Config::from_lookup(
+            |name| std::env::var(name).ok(),
+            |name| std::env::var_os(name),
+        )
+    })
+}
+
+/// The log threshold, which must work even when the rest of the configuration is invalid (to
+/// report that).
+pub(crate) fn log_level() -> LogLevel {
+    match get() {
+        Ok(c) => c.log_level,
+        Err(_) => LogLevel::Warn,
+    }
+}
+
+impl Config {
+    /// Parses the variables through `var` (a `GGML_ANE_*` name → its value); `os_var` reads
+    /// `HOME` and `XDG_CACHE_HOME` for the default cache folder. An unparsable value is an
+    /// error naming the variable, never silently a default.
+    pub(crate) fn from_lookup(
+        var: impl Fn(&str) -> Option<String>,
+        os_var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, String> {
+        let var = |name: &str| {
+            debug_assert!(VARIABLES.contains(&name), "{name} is not in VARIABLES");
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            var(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("{name}={v}: not a number"))
+                })
+                .transpose()
+        };
+        let named = |name: &str, e: ane_runtime::Error| format!("{name}: {e}");
+
+        let engine = match var("GGML_ANE_ENGINE") {
+            Some(v) => v.parse().map_err(|e| named("GGML_ANE_ENGINE", e))?,
+            None => EngineChoice::Auto,
+        };
+        let kernels = match var("GGML_ANE_KERNELS") {
+            Some(v) => v.parse().map_err(|e| named("GGML_ANE_KERNELS", e))?,
+            None => KernelPolicy::Auto,
+        };
+        let faults = match var("GGML_ANE_REFERENCE_FAULTS") {
+            Some(v) => Faults::parse(&v).map_err(|e| named("GGML_ANE_REFERENCE_FAULTS", e))?,
+            None => Faults::default(),
+        };
+        let budget = number("GGML_ANE_COMPILE_BUDGET")?
+            .map(|b| {
+                u32::try_from(b).map_err(|_| format!("GGML_ANE_COMPILE_BUDGET={b}: too large"))
+            })
+            .transpose()?;
+        let cache_dir = match var("GGML_ANE_CACHE_DIR").as_deref() {
+            Some("off" | "none") => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => DiskCache::platform_dir(
+                os_var("HOME").map(PathBuf::from).as_deref(),
+                os_var("XDG_CACHE_HOME").map(PathBuf::from).as_deref(),
+            ),
+        };
+        let cap = number("GGML_ANE_CACHE_MAX_MB")?.map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let min_batch = number("GGML_ANE_MIN_BATCH")?.map_or(DEFAULT_MIN_BATCH, to_usize);
+        // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
+        let min_tokens = number("GGML_ANE_MIN_TOKENS")?.map_or(1, to_usize).max(1);
+        let stats_level = stats_level(var("GGML_ANE_STATS").as_deref());
+        let log_level = match var("GGML_ANE_LOG")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("warn" | "warning") => LogLevel::Warn,
+            Some("error") => LogLevel::Error,
+            Some("info") => LogLevel::Info,
+            Some("debug") => LogLevel::Debug,
+            Some(other) => {
+                return Err(format!(
+                    "GGML_ANE_LOG={other}: expected error, warn, info or debug"
+                ))
+            }
+        };
+        Ok(Config {
+            engine,
+            engines: engine_config(budget, faults, cache_dir.as_deref()),
+            kernels,
+            disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
+            min_batch,
+            min_tokens,
+            stats_level,
+            log_level,
+        })
+    }
+}
+
+/// The engines' settings: one budget for the engine in use (reference or apple), coreml's
+/// compiled models beside the kernel cache.
+fn engine_config(budget: Option<u32>, faults: Faults, cache_dir: Option<&Path>) -> EngineConfig {
+    let mut config = EngineConfig::default();
+    let mut reference = ReferenceConfig::default().with_faults(faults);
+    if let Some(b) = budget {
+        reference = reference.with_counter(CompileCounter::process(EngineKind::Reference, Some(b)));
+    }
+    config.reference = reference;
+    let mut apple = AppleConfig::default();
+    if let Some(b) = budget {
+        apple.compile_budget = b;
+    }
+    config.apple = apple;
+    if let Some(dir) = cache_dir {
+        config.coreml = CoreMlConfig::with_models_dir(dir.join("coreml"));
+    }
+    config
+}
+
+/// `GGML_ANE_STATS`: unset, empty or 0 → 0; 2 (or more) → 2; anything else → 1.
+fn stats_level(v: Option<&str>) -> u8 {
+    match v.map(str::trim) {
+        None | Some("" | "0") => 0,
+        Some(v) => match v.parse::<u8>() {
+            Ok(n) if n >= 2 => 2,
+            _ => 1,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|n| vars.get(n).cloned(), |_| None)
+    }
+
+    #[test]
+    fn stats_levels_from_the_environment_value() {
+        for (v, want) in [
+            (None, 0),
+            (Some(""), 0),
+            (Some("0"), 0),
+            (Some("1"), 1),
+            (Some("yes"), 1),
+            (Some(" 2 "), 2),
+            (Some("9"), 2),
+        ] {
+            assert_eq!(stats_level(v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_readme_table_lists_exactly_the_variables_read() {
+        // every variable the parser asks for
+        let asked = RefCell::new(BTreeSet::new());
+        let _ = Config::from_lookup(
+            |n| {
+                asked.borrow_mut().insert(n.to_string());
+                None
+            },
+            |_| None,
+        );
+        let declared: BTreeSet<String> = VARIABLES.iter().map(|s| s.to_string()).collect();
+        assert_eq!(asked.into_inner(), declared);
+        // the first column of the README's table
+        let readme = include_str!("../../../README.md");
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `GGML_ANE_"))
+            .map(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                format!("GGML_ANE_{name}")
+            })
+            .collect();
+        assert_eq!(documented, declared);
+    }
+
+    #[test]
+    fn defaults_and_values_parse() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.engine, EngineChoice::Auto);
+        assert_eq!(c.kernels, KernelPolicy::Auto);
+        assert_eq!((c.min_batch, c.min_tokens, c.stats_level), (64, 1, 0));
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert!(
+            c.disk_cache.is_none(),
+            "no home folder in this lookup: no cache"
+        );
+        let c = config(&[
+            ("GGML_ANE_ENGINE", "reference"),
+            ("GGML_ANE_KERNELS", "packed"),
+            ("GGML_ANE_MIN_TOKENS", "32"),
+            ("GGML_ANE_CACHE_DIR", "/tmp/k"),
+            ("GGML_ANE_CACHE_MAX_MB", "2"),
+            ("GGML_ANE_COMPILE_BUDGET", "3"),
+            ("GGML_ANE_REFERENCE_FAULTS", "eval, inf"),
+            ("GGML_ANE_LOG", "DEBUG"),
+        ])
+        .unwrap();
+        assert_eq!(c.engine, EngineChoice::Only(EngineKind::Reference));
+        assert_eq!((c.kernels, c.min_tokens), (KernelPolicy::Packed, 32));
+        assert_eq!(c.disk_cache.unwrap().dir(), Path::new("/tmp/k"));
+        assert_eq!(c.engines.reference.counter.budget(), Some(3));
+        assert_eq!(c.engines.apple.compile_budget, 3);
+        assert_eq!(
+            c.engines.reference.faults,
+            Faults::parse("inf,eval").unwrap()
+        );
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(
+            c.engines.coreml.models_dir,
+            PathBuf::from("/tmp/k/coreml"),
+            "Core ML's compiled models live beside the kernels"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_variable() {
+        for (name, value) in [
+            ("GGML_ANE_ENGINE", "gpu"),
+            ("GGML_ANE_KERNELS", "fast"),
+            ("GGML_ANE_MIN_BATCH", "many"),
+            ("GGML_ANE_COMPILE_BUDGET", "-1"),
+            ("GGML_ANE_REFERENCE_FAULTS", "crash"),
+            ("GGML_ANE_LOG", "loud"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
+    }
+}
