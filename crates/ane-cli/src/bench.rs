@@ -1,12 +1,11 @@
 //! `ane bench`: MUL_MAT shapes through the engine path and the CPU path in the same process.
 
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, DenseRows, KernelCache, KernelKind, KernelPolicy, MatmulJob,
-    MatmulShape, MatrixSink, Scratch, Stats, WeightId,
+    cpu_matmul, engine_matmul, DenseRows, DenseSink, KernelCache, KernelKind, KernelPolicy,
+    MatmulJob, MatmulShape, Scratch, Stats, WeightId,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -44,18 +43,6 @@ pub(crate) struct BenchArgs {
     /// Also draw GFLOPS per shape (engine and CPU) into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
-}
-
-struct Sink {
-    m: usize,
-    data: Mutex<Vec<f32>>,
-}
-
-impl MatrixSink for Sink {
-    fn write_row(&self, _b2: usize, _b3: usize, n: usize, values: &[f32]) {
-        self.data.lock().unwrap_or_else(|e| e.into_inner())[n * self.m..][..self.m]
-            .copy_from_slice(values);
-    }
 }
 
 struct Row {
@@ -110,21 +97,12 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
         bar.set_message(format!("{m}x{k}x{n}"));
-        let shape = MatmulShape {
-            m,
-            k,
-            n,
-            batch: [1, 1],
-            weight_batch: [1, 1],
-        };
+        let shape = MatmulShape::new(m, k, n);
         let (w, a) = (
             DenseRows::new(m, k, values(m * k, 1)),
             DenseRows::new(n, k, values(n * k, 2)),
         );
-        let dst = Sink {
-            m,
-            data: Mutex::new(vec![0.0; n * m]),
-        };
+        let dst = DenseSink::for_shape(shape);
         let job = MatmulJob {
             shape,
             weights: &w,

@@ -46,7 +46,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // usage errors (an unknown engine, a bad --shape) exit 1 like every other error;
+    // --help and --version exit 0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Mil(c) => mil::run(c),

@@ -22,7 +22,7 @@ pub(crate) enum MilCommand {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
-    /// Run a MIL program on an engine with `.npy` inputs; write each output as OUT/<name>.npy (fp32).
+    /// Run a MIL program on an engine with `.npy` inputs; write each output as `OUT/<name>.npy` (fp32).
     Run {
         /// The MIL text file.
         file: PathBuf,

@@ -1,7 +1,8 @@
 //! Compile accounting for a whole model's prefill: how many kernels a set of prompt lengths
 //! needs under our policy (token buckets, weights as inputs), under `auto` (baking weights
-//! while the budget allows) and under the seed's (one baked kernel per weight and exact
-//! prompt length).
+//! while the budget allows) and under the seed's (arozanov/ggml-ane: one baked kernel per
+//! weight and exact prompt length). Moved here from `ane-runtime`: it is the `ane plan`
+//! report, not part of executing programs.
 
 use std::collections::BTreeSet;
 

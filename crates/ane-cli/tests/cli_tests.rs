@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ane_mil::fixtures::seed_matmul_text;
 use ane_mil::BlobWriter;
+use ane_testutil::fixtures::seed_matmul_text;
 use ane_testutil::{assert_matmul_close, transpose, Rng};
 use half::f16;
 

@@ -17,7 +17,6 @@ pub mod blob;
 pub mod builder;
 pub mod check;
 pub mod coreml;
-pub mod fixtures;
 pub mod ir;
 pub mod ops;
 pub mod text;

@@ -1,8 +1,8 @@
 //! Malformed text and ill-typed programs give errors that say what and where.
 
 use ane_mil::check::{CheckErrorKind, Location};
-use ane_mil::fixtures::seed_matmul_text;
 use ane_mil::{check_program, parse, parse_with_spans, BlobWriter, WeightFiles};
+use ane_testutil::fixtures::seed_matmul_text;
 use half::f16;
 
 fn parse_err(text: &str) -> ane_mil::ParseError {

@@ -183,7 +183,7 @@ proptest! {
     fn parser_reports_positions_inside_mutated_programs(
         cut in 0usize..2000, len in 0usize..40, insert in "[\\[\\](){}<>,=; a-z0-9\"-]{0,3}"
     ) {
-        let text = ane_mil::fixtures::seed_matmul_text(64, 96, 40);
+        let text = ane_testutil::fixtures::seed_matmul_text(64, 96, 40);
         let cut = cut.min(text.len());
         let end = (cut + len).min(text.len());
         if text.is_char_boundary(cut) && text.is_char_boundary(end) {

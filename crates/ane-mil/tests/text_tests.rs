@@ -33,7 +33,7 @@ fn printer_matches_golden_conv_and_matmul() {
 
 #[test]
 fn seed_program_parses_checks_and_prints_canonically() {
-    let text = ane_mil::fixtures::seed_matmul_text(64, 96, 40);
+    let text = ane_testutil::fixtures::seed_matmul_text(64, 96, 40);
     let p = parse(&text).unwrap();
     let checked = check_program(&p, None).unwrap();
     assert_eq!(
@@ -79,7 +79,7 @@ fn spaced_style_with_hex_floats_and_tuples_parses() {
 
 #[test]
 fn comments_and_crlf_are_tolerated() {
-    let text = ane_mil::fixtures::seed_matmul_text(32, 32, 32).replace('\n', "\r\n");
+    let text = ane_testutil::fixtures::seed_matmul_text(32, 32, 32).replace('\n', "\r\n");
     let with_comment = text.replacen("{\r\n", "{ // the functions\r\n", 1);
     assert_eq!(parse(&with_comment).unwrap(), parse(&text).unwrap());
 }

@@ -41,7 +41,7 @@ fn staging(c: &mut Criterion) {
             |b, _| b.iter(|| stage_rows(&mut surface, &half_src, (0, 0), (0, n), (0, k), k, None)),
         );
         // the same, also summing the values' squares for the precision check
-        let mut energy = 0f64;
+        let mut sum_sq = 0f64;
         g.bench_with_input(
             BenchmarkId::new("f32_to_fp16_rows_summed", format!("{n}x{k}")),
             &(),
@@ -54,7 +54,7 @@ fn staging(c: &mut Criterion) {
                         (0, n),
                         (0, k),
                         k,
-                        Some(&mut energy),
+                        Some(&mut sum_sq),
                     )
                 })
             },

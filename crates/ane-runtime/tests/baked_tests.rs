@@ -16,10 +16,7 @@ fn engine(max_dim: usize, budget: Option<u32>) -> ReferenceEngine {
 }
 
 fn shape(m: usize, k: usize, n: usize, batch: [usize; 2]) -> MatmulShape {
-    MatmulShape {
-        batch,
-        ..single_matmul(m, k, n)
-    }
+    MatmulShape::new(m, k, n).batched(batch, [1, 1])
 }
 
 struct Case {

@@ -66,28 +66,10 @@ fn check(shape: MatmulShape, w: &DenseRows, a: &DenseRows, got: &[f32], k_tiles:
 #[test]
 fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
     let cases = [
-        MatmulShape {
-            m: 37,
-            k: 70,
-            n: 9,
-            batch: [1, 1],
-            weight_batch: [1, 1],
-        },
+        MatmulShape::new(37, 70, 9),
         // tiles in every dimension with max_dim 32, K split accumulated in f32
-        MatmulShape {
-            m: 70,
-            k: 100,
-            n: 33,
-            batch: [2, 3],
-            weight_batch: [1, 3],
-        },
-        MatmulShape {
-            m: 5,
-            k: 64,
-            n: 1,
-            batch: [4, 2],
-            weight_batch: [2, 1],
-        },
+        MatmulShape::new(70, 100, 33).batched([2, 3], [1, 3]),
+        MatmulShape::new(5, 64, 1).batched([4, 2], [2, 1]),
     ];
     for (i, shape) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 40 + i as u64);
@@ -460,24 +442,12 @@ fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
     let cases = [
         (
             16384,
-            MatmulShape {
-                m: 40,
-                k: 70,
-                n: 37,
-                batch: [2, 1],
-                weight_batch: [1, 1],
-            },
+            MatmulShape::new(40, 70, 37).batched([2, 1], [1, 1]),
             1,
         ),
         (
             200,
-            MatmulShape {
-                m: 60,
-                k: 300,
-                n: 300,
-                batch: [2, 3],
-                weight_batch: [1, 3],
-            },
+            MatmulShape::new(60, 300, 300).batched([2, 3], [1, 3]),
             2,
         ),
     ];

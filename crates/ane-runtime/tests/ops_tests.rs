@@ -13,7 +13,10 @@ fn fp16_tensor(shape: &[usize]) -> ValueType {
 }
 
 /// Naive f64 2-D convolution over NCHW.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one convolution case, spelled out"
+)]
 fn naive_conv(
     x: &[f32],
     xs: [usize; 4],

@@ -38,8 +38,8 @@ fn to_fp16(v: f32) -> f32 {
 
 fn nmse(got: &[f64], want: &[f64]) -> f64 {
     let err: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-    let energy: f64 = want.iter().map(|w| w * w).sum();
-    err / energy
+    let sum_sq: f64 = want.iter().map(|w| w * w).sum();
+    err / sum_sq
 }
 
 /// Runs one job on a fresh reference engine; the result (NaN where untouched) and the outcome.

@@ -2,10 +2,10 @@
 
 mod support;
 
-use ane_mil::fixtures::seed_matmul_text;
 use ane_mil::parse;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
 use ane_runtime::{CompileCounter, Engine, Error, Surface};
+use ane_testutil::fixtures::seed_matmul_text;
 use support::*;
 
 /// The seed's exact program, with garbage (NaN bytes) in the input rows' padding and a

@@ -7,9 +7,12 @@ use half::f16;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator started at `seed`: the same seed gives the same sequence.
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
+
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -77,7 +80,10 @@ pub fn assert_matmul_close(
 
 /// Like [`assert_matmul_close`] for results summed from `roundings` separately rounded fp16
 /// partial products (a K dimension split into tiles): each partial sum adds its own rounding.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the matmul and its tolerance inputs, spelled out"
+)]
 pub fn assert_matmul_close_rounded(
     got: &[f32],
     a: &[f32],
@@ -139,3 +145,4 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 pub mod coremltools;
+pub mod fixtures;

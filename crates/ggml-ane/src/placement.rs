@@ -110,13 +110,7 @@ mod tests {
 
     #[test]
     fn the_table_counts_each_placement() {
-        let shape = MatmulShape {
-            m: 8,
-            k: 4,
-            n: 2,
-            batch: [1, 1],
-            weight_batch: [1, 1],
-        };
+        let shape = MatmulShape::new(8, 4, 2);
         let p = Placements::default();
         for layer in 0..3 {
             p.record(Placement::new(

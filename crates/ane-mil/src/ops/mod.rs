@@ -1,7 +1,7 @@
 //! The op set: for each op, which inputs it takes, how its result type follows from them,
 //! and the resolved form ([`Op`]) that engines execute.
 //!
-//! Adding an op is one entry in [`OP_DEFS`], one function that checks its inputs and builds an
+//! Adding an op is one entry in `OP_DEFS`, one function that checks its inputs and builds an
 //! [`Op`] variant, and one arm in each engine that runs it.
 
 mod layout;

@@ -1,5 +1,5 @@
 //! The per-process compile budget: the ANE's compiler stops working after about 119 compiles
-//! in one process (docs/ane-notes.md), so every engine with a budget counts against one.
+//! in one process (docs/ane-notes.md#compile-budget), so every engine with a budget counts against one.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -7,7 +7,7 @@
 //! as often as needed. Kernels are `Send + Sync`: several threads may evaluate one kernel at
 //! once, each with its own surfaces.
 //!
-//! One folder per engine: [`reference`] (every platform), [`apple`] and [`coreml`] (their
+//! One folder per engine: [`reference`](mod@reference) (every platform), [`apple`] and [`coreml`] (their
 //! engines exist on macOS only; their settings and pure parts build everywhere). Shared
 //! hardware facts are in [`limits`].
 

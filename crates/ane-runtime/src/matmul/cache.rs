@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelPolicy, WeightId};
-use super::precision::ColumnEnergy;
+use super::precision::ColumnSumSq;
 use super::program::{
     baked_matmul_program, baked_weights, matmul_program, packed_matmul_program, BakedTile,
 };
@@ -39,7 +39,7 @@ pub struct KernelCache {
     /// Baked kernels with the fingerprint of the weights they hold.
     baked: Mutex<HashMap<(u64, BakedTile), (u64, KernelOrWhy)>>,
     /// Column sums of squares of identified weights, with their fingerprint.
-    energies: Mutex<HashMap<u64, (u64, Arc<ColumnEnergy>)>>,
+    sums_of_squares: Mutex<HashMap<u64, (u64, Arc<ColumnSumSq>)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
     /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation.
@@ -125,14 +125,14 @@ impl KernelCache {
         result
     }
 
-    /// The weights' column energies for the precision check: summed once per fingerprint.
-    pub(crate) fn weight_energy(
+    /// The weights' column sums_of_squares for the precision check: summed once per fingerprint.
+    pub(crate) fn weight_sum_sq(
         &self,
         id: &WeightId,
-        compute: impl FnOnce() -> Arc<ColumnEnergy>,
-    ) -> Arc<ColumnEnergy> {
+        compute: impl FnOnce() -> Arc<ColumnSumSq>,
+    ) -> Arc<ColumnSumSq> {
         if let Some((f, e)) = self
-            .energies
+            .sums_of_squares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id.key)
@@ -143,7 +143,7 @@ impl KernelCache {
         }
         // summed outside the lock: other jobs need not wait for this one
         let e = compute();
-        self.energies
+        self.sums_of_squares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.key, (id.fingerprint, e.clone()));
@@ -184,7 +184,7 @@ impl KernelCache {
     /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the two-input form
     /// ([`matmul_program`]), or the packed single-input one ([`packed_matmul_program`]) once the
     /// two-input form failed to compile or gave up at evaluation — some ANE builds reject
-    /// two-input requests (docs/ane-notes.md). Callers tell them apart by the input count.
+    /// two-input requests (docs/ane-notes.md#multi-input-requests). Callers tell them apart by the input count.
     ///
     /// The lock is held while compiling, so two threads never compile (and pay for) the same
     /// kernel twice. A spent budget is not remembered: it is reported again, cheaply.

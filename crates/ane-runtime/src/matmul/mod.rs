@@ -9,14 +9,16 @@
 //! output — is returned as a [`FallbackReason`] so the caller can run [`cpu_matmul`] instead.
 
 mod cache;
+mod pipeline;
 pub mod policy;
-pub mod precision;
+mod precision;
 mod program;
 mod staging;
 mod stats;
 
 pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
 pub use policy::{KernelKind, KernelPolicy, WeightId};
+pub use precision::MAX_PREDICTED_NMSE;
 pub use program::{
     baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program,
     packed_matmul_program, tile_sizes, token_bucket, token_chunks, BakedTile,
@@ -24,8 +26,6 @@ pub use program::{
 };
 pub use staging::stage_rows;
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
-
-use staging::{accumulate_tile, row_to_f16, stage_columns, zero_columns, zero_rows};
 
 use std::time::Instant;
 
@@ -51,6 +51,27 @@ pub struct MatmulShape {
 }
 
 impl MatmulShape {
+    /// One `m × k` weight matrix times `n` tokens, no batches.
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        MatmulShape {
+            m,
+            k,
+            n,
+            batch: [1, 1],
+            weight_batch: [1, 1],
+        }
+    }
+
+    /// The same shape over batches `[B2, B3]` of activations and `[W2, W3]` of weights (each
+    /// dividing the matching `batch`: the weights broadcast).
+    pub fn batched(self, batch: [usize; 2], weight_batch: [usize; 2]) -> Self {
+        MatmulShape {
+            batch,
+            weight_batch,
+            ..self
+        }
+    }
+
     /// Floating-point operations (2·M·K·N per batch).
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.k * self.n * self.batch[0] * self.batch[1]) as f64
@@ -99,6 +120,21 @@ pub trait MatrixSource: Sync {
     /// conversion at all.
     fn row_f16(&self, _b2: usize, _b3: usize, _row: usize) -> Option<&[half::f16]> {
         None
+    }
+
+    /// Row `row` as f32, however it is stored: borrowed when it is f32, else converted into
+    /// `tmp` (K long). The one dispatch over the three ways a row can be read.
+    fn row_as_f32<'a>(&'a self, b2: usize, b3: usize, row: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        if let Some(h) = self.row_f16(b2, b3, row) {
+            crate::sys::fp16::f16_to_f32(&mut tmp[..h.len()], h);
+            return &tmp[..h.len()];
+        }
+        if self.row_f32(b2, b3, row).is_some() {
+            // borrowck: a second call returns the same slice
+            return self.row_f32(b2, b3, row).unwrap_or_default();
+        }
+        self.read_row(b2, b3, row, tmp);
+        tmp
     }
 }
 
@@ -177,6 +213,44 @@ pub trait MatrixSink: Sync {
     fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]);
 }
 
+/// A result collected in memory, `[B3][B2][N][M]` row-major: the simplest [`MatrixSink`].
+#[derive(Debug)]
+pub struct DenseSink {
+    /// Values per row (M).
+    pub m: usize,
+    /// Rows per batch (N).
+    pub n: usize,
+    /// Batches along the first axis (`B2`).
+    pub batch0: usize,
+    /// All values (NaN until written, so rows never written show).
+    pub data: std::sync::Mutex<Vec<f32>>,
+}
+
+impl DenseSink {
+    /// Room for the result of a job of `shape`.
+    pub fn for_shape(shape: MatmulShape) -> Self {
+        DenseSink {
+            m: shape.m,
+            n: shape.n,
+            batch0: shape.batch[0],
+            data: std::sync::Mutex::new(vec![f32::NAN; shape.outputs()]),
+        }
+    }
+
+    /// The values written so far.
+    pub fn values(&self) -> Vec<f32> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl MatrixSink for DenseSink {
+    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
+        let b = b3 * self.batch0 + b2;
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        data[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
+    }
+}
+
 /// Grow-only buffers reused across calls (one per backend instance).
 #[derive(Default, Debug)]
 pub struct Scratch {
@@ -213,27 +287,25 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-fn load_matrix(
-    src: &dyn MatrixSource,
-    b2: usize,
-    b3: usize,
-    rows: usize,
-    k: usize,
-    dst: &mut [f32],
-) {
-    if k == 0 {
+/// Runs `f` on each `len`-long row of `data`: on this thread for small data, on the thread
+/// pool past [`PARALLEL_MIN_VALUES`].
+fn for_rows<T: Send + Sync>(data: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if len == 0 {
         return;
     }
-    if dst.len() < PARALLEL_MIN_VALUES {
-        dst.chunks_mut(k)
+    if data.len() < PARALLEL_MIN_VALUES {
+        data.chunks_mut(len)
             .enumerate()
-            .for_each(|(r, row)| src.read_row(b2, b3, r, row));
+            .for_each(|(r, row)| f(r, row));
     } else {
-        dst.par_chunks_mut(k)
+        data.par_chunks_mut(len)
             .enumerate()
-            .for_each(|(r, row)| src.read_row(b2, b3, r, row));
+            .for_each(|(r, row)| f(r, row));
     }
-    debug_assert_eq!(dst.len(), rows * k);
+}
+
+fn load_matrix(src: &dyn MatrixSource, b2: usize, b3: usize, k: usize, dst: &mut [f32]) {
+    for_rows(dst, k, |r, row| src.read_row(b2, b3, r, row));
 }
 
 /// Loads batch `b`'s weights and activations into the scratch as dense f32; returns `(b2, b3)`.
@@ -241,8 +313,8 @@ fn load_batch(job: &MatmulJob<'_>, b: usize, scratch: &mut Scratch) -> (usize, u
     let MatmulShape { m, k, n, batch, .. } = job.shape;
     let (b2, b3) = (b % batch[0], b / batch[0]);
     let (w2, w3) = job.shape.weight_index(b2, b3);
-    load_matrix(job.weights, w2, w3, m, k, grow(&mut scratch.w, m * k));
-    load_matrix(job.acts, b2, b3, n, k, grow(&mut scratch.a, n * k));
+    load_matrix(job.weights, w2, w3, k, grow(&mut scratch.w, m * k));
+    load_matrix(job.acts, b2, b3, k, grow(&mut scratch.a, n * k));
     (b2, b3)
 }
 
@@ -294,267 +366,18 @@ pub fn engine_matmul(
         let limits = engine.limits();
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
         if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
-            match baked_matmul(engine, cache, job, &id, &tiles, &guard, scratch, stats) {
-                Ok(()) => return Ok(KernelKind::Baked),
+            let ran = pipeline::plan_baked(engine, cache, job, &id, &tiles, stats)
+                .and_then(|plan| pipeline::run_plan(&plan, job, &guard, scratch, stats));
+            match ran {
+                Ok(kind) => return Ok(kind),
+                // auto: a baked kernel the budget refuses is served streamed, not by the CPU
                 Err(FallbackReason::Budget) if policy == KernelPolicy::Auto => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    streamed_matmul(engine, cache, job, &guard, scratch, stats)
-}
-
-/// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
-fn weight_tile(src: &dyn MatrixSource, t: BakedTile, k: usize) -> Vec<half::f16> {
-    let mut tmp = vec![0f32; k];
-    let mut tile = vec![half::f16::ZERO; t.bm * t.bk];
-    for (r, dst) in tile.chunks_mut(t.bk.max(1)).enumerate().take(t.bm) {
-        row_to_f16(src, (0, 0), t.m0 + r, t.k0, dst, &mut tmp, None);
-    }
-    tile
-}
-
-/// The job with weights baked into the kernels (weights not broadcast: one weight matrix).
-#[allow(clippy::too_many_arguments)]
-fn baked_matmul(
-    engine: &dyn Engine,
-    cache: &KernelCache,
-    job: &MatmulJob<'_>,
-    id: &WeightId,
-    tiles: &[BakedTile],
-    guard: &precision::Guard,
-    scratch: &mut Scratch,
-    stats: &Stats,
-) -> Result<(), FallbackReason> {
-    let MatmulShape { m, k, n, batch, .. } = job.shape;
-    let chunks = token_chunks(n, engine.limits().max_dim);
-    // compile (or fetch) every kernel before touching any output
-    let mut kernels = Vec::with_capacity(tiles.len());
-    for &t in tiles {
-        let kernel = cache.get_or_bake(engine, id, t, || weight_tile(job.weights, t, k), stats)?;
-        kernels.push(((t.m0, t.k0, t.bucket), kernel));
-    }
-    for bi in 0..batch[0] * batch[1] {
-        let (b2, b3) = (bi % batch[0], bi / batch[0]);
-        let mut out = std::mem::take(&mut scratch.out);
-        grow(&mut out, n * m).fill(0.0);
-        let (mut output_err, mut acts_energy) = (0.0, 0.0);
-        // each weight tile once (tiles list every bucket of it)
-        for &BakedTile { m0, k0, bm, bk, .. } in
-            tiles.iter().filter(|t| t.bucket == tiles[0].bucket)
-        {
-            for &(n0, bn, bucket) in &chunks {
-                let kernel = kernels
-                    .iter()
-                    .find(|(key, _)| *key == (m0, k0, bucket))
-                    .map(|(_, kernel)| kernel)
-                    .ok_or_else(|| FallbackReason::Internal("missing baked kernel".into()))?;
-                let tile = Tile {
-                    n0,
-                    bn,
-                    k0,
-                    bk,
-                    m0,
-                    bm,
-                };
-                output_err += run_tile(
-                    kernel.as_ref(),
-                    job,
-                    (b2, b3),
-                    tile,
-                    TileWeights::Baked,
-                    &mut out[..n * m],
-                    (m0 == 0).then_some(&mut acts_energy),
-                    scratch,
-                    stats,
-                )?;
-            }
-        }
-        let t = Instant::now();
-        guard.check(job, (b2, b3), &out[..n * m], output_err, acts_energy)?;
-        store(job.dst, b2, b3, m, &out[..n * m]);
-        stats.add_writeback(t.elapsed());
-        scratch.out = out;
-    }
-    stats.add_baked_node();
-    Ok(())
-}
-
-/// The job with weights staged as a kernel input (one kernel per tile shape).
-fn streamed_matmul(
-    engine: &dyn Engine,
-    cache: &KernelCache,
-    job: &MatmulJob<'_>,
-    guard: &precision::Guard,
-    scratch: &mut Scratch,
-    stats: &Stats,
-) -> Result<KernelKind, FallbackReason> {
-    let (shape, sink) = (job.shape, job.dst);
-    let mut kind = KernelKind::Streamed;
-    let MatmulShape { m, k, n, .. } = shape;
-    let limits = engine.limits();
-    let (tm, tk) = tile_sizes(m, k, limits.max_dim);
-    let chunks = token_chunks(n, limits.max_dim);
-    let nb = shape.batch[0] * shape.batch[1];
-    // compile (or fetch) every tile kernel before touching any output
-    let mut kernels = Vec::new();
-    for &(bm, bk, bn) in &kernel_shapes(m, k, n, limits.max_dim) {
-        kernels.push((
-            (bm, bk, bn),
-            cache.get_or_compile(engine, bm, bk, bn, stats)?,
-        ));
-    }
-    let kernel_for = |bm, bk, bn| {
-        kernels
-            .iter()
-            .find(|(s, _)| *s == (bm, bk, bn))
-            .map(|(_, k)| k.clone())
-    };
-    for b in 0..nb {
-        let (b2, b3) = (b % shape.batch[0], b / shape.batch[0]);
-        let (w2, w3) = shape.weight_index(b2, b3);
-        let mut out = std::mem::take(&mut scratch.out);
-        grow(&mut out, n * m).fill(0.0);
-        let (mut output_err, mut acts_energy) = (0.0, 0.0);
-        for m0 in (0..m).step_by(tm) {
-            let bm = tm.min(m - m0);
-            for k0 in (0..k).step_by(tk.max(1)) {
-                let bk = tk.min(k - k0);
-                // two-input kernels share one weight surface across token chunks (staged on
-                // first use); packed ones stage the weights beside each chunk's activations
-                let mut sw: Option<Surface> = None;
-                for &(n0, bn, bucket) in &chunks {
-                    let kernel = kernel_for(bm, bk, bucket)
-                        .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
-                    let inputs = &kernel.procedures()[0].inputs;
-                    let weights = if inputs.len() == 1 {
-                        kind = KernelKind::Packed;
-                        TileWeights::Packed((w2, w3))
-                    } else {
-                        let sw = sw.get_or_insert_with(|| {
-                            let t = Instant::now();
-                            let mut sw = scratch.surface(&inputs[1]);
-                            stage_rows(&mut sw, job.weights, (w2, w3), (m0, bm), (k0, bk), k, None);
-                            stats.add_staging(t.elapsed());
-                            sw
-                        });
-                        TileWeights::Staged(sw)
-                    };
-                    let tile = Tile {
-                        n0,
-                        bn,
-                        k0,
-                        bk,
-                        m0,
-                        bm,
-                    };
-                    let r = run_tile(
-                        kernel.as_ref(),
-                        job,
-                        (b2, b3),
-                        tile,
-                        weights,
-                        &mut out[..n * m],
-                        (m0 == 0).then_some(&mut acts_energy),
-                        scratch,
-                        stats,
-                    );
-                    match r {
-                        Ok(e) => output_err += e,
-                        Err(e) => {
-                            if let Some(sw) = sw {
-                                scratch.give_back(sw);
-                            }
-                            return Err(e);
-                        }
-                    }
-                }
-                if let Some(sw) = sw {
-                    scratch.give_back(sw);
-                }
-            }
-        }
-        let t = Instant::now();
-        guard.check(job, (b2, b3), &out[..n * m], output_err, acts_energy)?;
-        store(sink, b2, b3, m, &out[..n * m]);
-        stats.add_writeback(t.elapsed());
-        scratch.out = out;
-    }
-    Ok(kind)
-}
-
-/// Where one kernel evaluation reads and writes: activation rows `n0..n0+bn`, columns
-/// `k0..k0+bk`, output columns `m0..m0+bm`.
-#[derive(Clone, Copy)]
-struct Tile {
-    n0: usize,
-    bn: usize,
-    k0: usize,
-    bk: usize,
-    m0: usize,
-    bm: usize,
-}
-
-/// Where a tile's weights come from.
-#[derive(Clone, Copy)]
-enum TileWeights<'a> {
-    /// Compiled into the kernel.
-    Baked,
-    /// A staged surface, the kernel's second input.
-    Staged(&'a Surface),
-    /// Weight batch `(w2, w3)`, staged beside the activations in the one input surface.
-    Packed((usize, usize)),
-}
-
-/// One evaluation: stages the activations (the padded tokens zeroed; their sum of squares
-/// added into `acts_energy` when given) — as rows, or as columns beside the weights for a
-/// packed kernel — evaluates, and adds the result into `out` (`[n, m]`).
-/// Returns the expected squared error of rounding this tile's outputs to fp16.
-#[allow(clippy::too_many_arguments)]
-fn run_tile(
-    kernel: &dyn crate::engine::Kernel,
-    job: &MatmulJob<'_>,
-    batch: (usize, usize),
-    t: Tile,
-    weights: TileWeights<'_>,
-    out: &mut [f32],
-    acts_energy: Option<&mut f64>,
-    scratch: &mut Scratch,
-    stats: &Stats,
-) -> Result<f64, FallbackReason> {
-    let proc_ = &kernel.procedures()[0];
-    let clock = Instant::now();
-    let mut sa = scratch.surface(&proc_.inputs[0]);
-    let (k, rows, cols) = (job.shape.k, (t.n0, t.bn), (t.k0, t.bk));
-    if let TileWeights::Packed(wb) = weights {
-        // [1, bk, 1, bucket + bm]: tokens in columns 0..bucket, weight rows after them
-        let w0 = proc_.inputs[0].dims[3] - t.bm;
-        stage_columns(&mut sa, job.acts, batch, rows, cols, k, 0, acts_energy);
-        zero_columns(&mut sa, t.bk, (t.bn, w0));
-        stage_columns(&mut sa, job.weights, wb, (t.m0, t.bm), cols, k, w0, None);
-    } else {
-        stage_rows(&mut sa, job.acts, batch, rows, cols, k, acts_energy);
-        zero_rows(&mut sa, t.bn, t.bk);
-    }
-    let mut sy = scratch.surface(&proc_.outputs[0]);
-    stats.add_staging(clock.elapsed());
-    let clock = Instant::now();
-    let r = match weights {
-        TileWeights::Staged(sw) => kernel.eval(0, &[&sa, sw], &mut [&mut sy]),
-        TileWeights::Baked | TileWeights::Packed(_) => kernel.eval(0, &[&sa], &mut [&mut sy]),
-    };
-    stats.add_engine(clock.elapsed());
-    let clock = Instant::now();
-    let energy = match r {
-        Ok(()) => accumulate_tile(&sy, out, job.shape.m, (t.n0, t.bn), (t.m0, t.bm)),
-        Err(_) => Some(0.0),
-    };
-    stats.add_writeback(clock.elapsed());
-    scratch.give_back(sa);
-    scratch.give_back(sy);
-    r.map_err(|e| FallbackReason::Eval(e.to_string()))?;
-    let energy = energy.ok_or(FallbackReason::NonFinite)?;
-    Ok(precision::output_error(energy, t.bn * t.bm))
+    let plan = pipeline::plan_streamed(engine, cache, job, stats)?;
+    pipeline::run_plan(&plan, job, &guard, scratch, stats)
 }
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.

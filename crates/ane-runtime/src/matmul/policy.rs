@@ -18,7 +18,7 @@ pub enum KernelKind {
     /// Weights staged as a kernel input.
     Streamed,
     /// Weights staged beside the activations in the one input surface (the single-input
-    /// form; docs/ane-notes.md).
+    /// form; docs/ane-notes.md#packed-form).
     Packed,
 }
 

@@ -14,7 +14,7 @@
 //! `max_k W(k) · Σ_k A(k)`: weight columns are summed once per weight (remembered with the
 //! kernels for identified weights), the activations' total is summed while staging them, and
 //! the outputs' while adding them up — no extra pass over the activations. The result is
-//! accepted when the prediction stays below [`MAX_PREDICTED_NMSE`] of the result's energy.
+//! accepted when the prediction stays below [`MAX_PREDICTED_NMSE`] of the result's sum_sq.
 //! Random data predicts ~1e-7; results that cancel (outputs tiny next to their terms) or
 //! operands in fp16's subnormal range predict far more, and go to the CPU.
 //!
@@ -25,9 +25,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{FallbackReason, KernelCache, MatmulJob, MatrixSource};
+use super::{FallbackReason, KernelCache, MatmulJob, MatrixSource, PARALLEL_MIN_VALUES};
 
-/// Largest predicted error energy, relative to the result's, that the engine may return
+/// Largest predicted error sum_sq, relative to the result's, that the engine may return
 /// (ggml's test-backend-ops accepts a measured 5e-4 for MUL_MAT).
 pub const MAX_PREDICTED_NMSE: f64 = 1e-4;
 
@@ -36,37 +36,31 @@ const C: f64 = 1.0 / (3.0 * 4_194_304.0);
 /// Variance of the absolute rounding error of a subnormal fp16 (step 2^-24): 2^-48 / 12.
 const F: f64 = 1.0 / (12.0 * 281_474_976_710_656.0);
 
-/// Below this many values one thread sums the columns.
-const PARALLEL_MIN_VALUES: usize = 1 << 16;
-
 /// Sums of squares of the columns of one operand matrix.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ColumnEnergy {
+pub(crate) struct ColumnSumSq {
     /// Σ over rows of x², per column.
-    pub columns: Vec<f64>,
+    pub(crate) columns: Vec<f64>,
     /// Rows summed.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Whether staging rounds the values (they are not stored as fp16).
-    pub rounded: bool,
+    pub(crate) rounded: bool,
 }
 
-impl ColumnEnergy {
+impl ColumnSumSq {
     /// Columns `0..k` of rows `0..rows` of batch `(b2, b3)` of `src`.
-    pub fn of(src: &dyn MatrixSource, (b2, b3): (usize, usize), rows: usize, k: usize) -> Self {
+    pub(crate) fn of(
+        src: &dyn MatrixSource,
+        (b2, b3): (usize, usize),
+        rows: usize,
+        k: usize,
+    ) -> Self {
         let rounded = rows > 0 && src.row_f16(b2, b3, 0).is_none();
         // f32 sums: K independent sums of positive terms, each off by at most rows·2^-24
         // relative — nothing next to the factor-of-two modelling of the estimate
         let add_row = |acc: &mut Vec<f32>, tmp: &mut Vec<f32>, r: usize| {
-            let values = if let Some(h) = src.row_f16(b2, b3, r) {
-                crate::sys::fp16::f16_to_f32(&mut tmp[..k], &h[..k]);
-                &tmp[..k]
-            } else if let Some(v) = src.row_f32(b2, b3, r) {
-                &v[..k]
-            } else {
-                src.read_row(b2, b3, r, tmp);
-                &tmp[..k]
-            };
-            for (a, &v) in acc.iter_mut().zip(values) {
+            let values = src.row_as_f32(b2, b3, r, tmp);
+            for (a, &v) in acc.iter_mut().zip(&values[..k]) {
                 *a += v * v;
             }
         };
@@ -93,7 +87,7 @@ impl ColumnEnergy {
                     },
                 )
         };
-        ColumnEnergy {
+        ColumnSumSq {
             columns: columns.into_iter().map(f64::from).collect(),
             rows,
             rounded,
@@ -101,27 +95,27 @@ impl ColumnEnergy {
     }
 }
 
-impl ColumnEnergy {
+impl ColumnSumSq {
     /// The largest column sum.
-    pub fn max_column(&self) -> f64 {
+    pub(crate) fn max_column(&self) -> f64 {
         self.columns.iter().copied().fold(0.0, f64::max)
     }
 }
 
 /// The activations of one batch, as the check sees them.
 #[derive(Clone, Copy, Debug)]
-pub struct ActsEnergy {
+pub(crate) struct ActsSumSq {
     /// Σ x² over all N·K values.
-    pub total: f64,
+    pub(crate) total: f64,
     /// Rows (N).
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Whether staging rounds the values.
-    pub rounded: bool,
+    pub(crate) rounded: bool,
 }
 
 /// An upper bound on the expected squared error that rounding the two operands to fp16 adds,
 /// summed over every output of the batch.
-pub fn input_error(weights: &ColumnEnergy, acts: &ActsEnergy) -> f64 {
+pub(crate) fn input_error(weights: &ColumnSumSq, acts: &ActsSumSq) -> f64 {
     let (rw, ra) = (
         f64::from(u8::from(weights.rounded)),
         f64::from(u8::from(acts.rounded)),
@@ -132,33 +126,33 @@ pub fn input_error(weights: &ColumnEnergy, acts: &ActsEnergy) -> f64 {
         + ra * acts.rows as f64 * F * w_total
 }
 
-/// Expected squared error of rounding outputs whose squares sum to `energy` (and `count` of
+/// Expected squared error of rounding outputs whose squares sum to `sum_sq` (and `count` of
 /// them) to fp16.
-pub fn output_error(energy: f64, count: usize) -> f64 {
-    C * energy + count as f64 * F
+pub(crate) fn output_error(sum_sq: f64, count: usize) -> f64 {
+    C * sum_sq + count as f64 * F
 }
 
 /// `Some(predicted NMSE)` when the prediction is too large for a result with squared sum
-/// `result_energy`; `None` when the result can be used.
-pub fn too_imprecise(predicted_error: f64, result_energy: f64) -> Option<f64> {
+/// `result_sum_sq`; `None` when the result can be used.
+pub(crate) fn too_imprecise(predicted_error: f64, result_sum_sq: f64) -> Option<f64> {
     // written so that 0/0 (all-zero operands: an exact zero result) passes
-    (predicted_error > MAX_PREDICTED_NMSE * result_energy).then(|| predicted_error / result_energy)
+    (predicted_error > MAX_PREDICTED_NMSE * result_sum_sq).then(|| predicted_error / result_sum_sq)
 }
 
 /// The check for one job: weight columns summed once (or taken from the cache); the
 /// activations' and outputs' sums come per batch from staging and accumulation.
 pub(crate) struct Guard {
     /// Per weight batch, `[W3][W2]`.
-    weights: Vec<Arc<ColumnEnergy>>,
+    weights: Vec<Arc<ColumnSumSq>>,
 }
 
 impl Guard {
     /// Sums the weights' columns, or takes them from `cache` for identified weights.
     pub(crate) fn new(cache: &KernelCache, job: &MatmulJob<'_>) -> Self {
         let s = job.shape;
-        let of = |w2, w3| Arc::new(ColumnEnergy::of(job.weights, (w2, w3), s.m, s.k));
+        let of = |w2, w3| Arc::new(ColumnSumSq::of(job.weights, (w2, w3), s.m, s.k));
         let weights = match job.weight_id {
-            Some(id) if s.weight_batch == [1, 1] => vec![cache.weight_energy(&id, || of(0, 0))],
+            Some(id) if s.weight_batch == [1, 1] => vec![cache.weight_sum_sq(&id, || of(0, 0))],
             _ => (0..s.weight_batch[0] * s.weight_batch[1])
                 .map(|i| of(i % s.weight_batch[0], i / s.weight_batch[0]))
                 .collect(),
@@ -167,7 +161,7 @@ impl Guard {
     }
 
     /// Whether batch `(b2, b3)`'s engine result `out` (`[n, m]`, f32-accumulated tiles whose
-    /// own rounding adds `output_err`) can be used; `acts_energy` is the activations' sum of
+    /// own rounding adds `output_err`) can be used; `acts_sum_sq` is the activations' sum of
     /// squares, summed while staging them.
     pub(crate) fn check(
         &self,
@@ -175,19 +169,19 @@ impl Guard {
         (b2, b3): (usize, usize),
         out: &[f32],
         output_err: f64,
-        acts_energy: f64,
+        acts_sum_sq: f64,
     ) -> Result<(), FallbackReason> {
         let s = job.shape;
         let (w2, w3) = s.weight_index(b2, b3);
         let weights = &self.weights[w3 * s.weight_batch[0] + w2];
-        let acts = ActsEnergy {
-            total: acts_energy,
+        let acts = ActsSumSq {
+            total: acts_sum_sq,
             rows: s.n,
             rounded: s.n > 0 && job.acts.row_f16(b2, b3, 0).is_none(),
         };
         let predicted = input_error(weights, &acts) + output_err;
-        let energy: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        match too_imprecise(predicted, energy) {
+        let sum_sq: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        match too_imprecise(predicted, sum_sq) {
             None => Ok(()),
             Some(nmse) => Err(FallbackReason::Precision(format!(
                 "predicted NMSE {nmse:.1e} > {MAX_PREDICTED_NMSE:.0e} in batch ({b2}, {b3})"

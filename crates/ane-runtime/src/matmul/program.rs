@@ -120,7 +120,7 @@ pub fn matmul_program(m: usize, k: usize, n: usize) -> Program {
     finish_matmul(f, (a, false), (b, true))
 }
 
-/// The same product from one input surface (ane-tech.md §3.3), for engines that reject
+/// The same product from one input surface (docs/ane-notes.md#packed-form), for engines that reject
 /// two-input requests: `x` is `[1, k, 1, n + m]`, row `d` holding feature `d` of every token
 /// and then column `d` of every weight row — `[a | b]ᵀ`. Sliced apart, reshaped, and
 /// multiplied with `transpose_x`, the output is `y[n, m]` as from [`matmul_program`].

@@ -5,10 +5,10 @@ use rayon::prelude::*;
 
 use super::{MatrixSource, PARALLEL_MIN_VALUES};
 use crate::surface::Surface;
-use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_energy, sum_of_squares};
+use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_sum_sq, sum_of_squares};
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
-/// from f32 ones (`tmp`, K long, holds rows that must be read first). With `energy`, adds the
+/// from f32 ones (`tmp`, K long, holds rows that must be read first). With `sum_sq`, adds the
 /// sum of the source values' squares (before rounding) into it.
 pub(super) fn row_to_f16(
     src: &dyn MatrixSource,
@@ -17,12 +17,12 @@ pub(super) fn row_to_f16(
     k0: usize,
     dst: &mut [half::f16],
     tmp: &mut [f32],
-    energy: Option<&mut f64>,
+    sum_sq: Option<&mut f64>,
 ) {
     let cols = dst.len();
     if let Some(h) = src.row_f16(b2, b3, row) {
         dst.copy_from_slice(&h[k0..k0 + cols]);
-        if let Some(e) = energy {
+        if let Some(e) = sum_sq {
             f16_to_f32(&mut tmp[..cols], dst);
             *e += sum_of_squares(&tmp[..cols]);
         }
@@ -36,15 +36,15 @@ pub(super) fn row_to_f16(
         }
     };
     let values = &values[k0..k0 + cols];
-    match energy {
-        Some(e) => *e += f32_to_f16_energy(dst, values),
+    match sum_sq {
+        Some(e) => *e += f32_to_f16_sum_sq(dst, values),
         None => f32_to_f16(dst, values),
     }
 }
 
 /// Converts rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch straight into
 /// a surface's fp16 rows: one multi-threaded pass, each thread with one f32 row buffer. With
-/// `energy`, also adds the sum of the staged values' squares into it, from the same pass (for
+/// `sum_sq`, also adds the sum of the staged values' squares into it, from the same pass (for
 /// the precision check).
 pub fn stage_rows(
     s: &mut Surface,
@@ -53,11 +53,11 @@ pub fn stage_rows(
     (r0, rows): (usize, usize),
     (k0, cols): (usize, usize),
     k: usize,
-    energy: Option<&mut f64>,
+    sum_sq: Option<&mut f64>,
 ) {
     let layout = s.layout().clone();
     debug_assert!(layout.rows() >= rows && layout.dims[3] >= cols);
-    let summed = energy.is_some();
+    let summed = sum_sq.is_some();
     let fill = |r: usize, row: &mut [u8], tmp: &mut Vec<f32>| {
         let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut row[..2 * cols]);
         let mut e = 0.0;
@@ -80,7 +80,7 @@ pub fn stage_rows(
             })
             .sum()
     };
-    if let Some(e) = energy {
+    if let Some(e) = sum_sq {
         *e += total;
     }
 }
@@ -91,9 +91,12 @@ const COLUMN_BLOCK: usize = 16;
 
 /// Writes rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch as surface
 /// *columns* `col0..col0+rows` of rows `0..cols`: the transposed layout of the packed
-/// single-input kernel (one surface row per input feature). With `energy`, adds the sum of
+/// single-input kernel (one surface row per input feature). With `sum_sq`, adds the sum of
 /// the values' squares into it. One thread: this is the fallback form.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "source, batch, row and column ranges, and the destination column: the transposed staging case"
+)]
 pub(super) fn stage_columns(
     s: &mut Surface,
     src: &dyn MatrixSource,
@@ -102,7 +105,7 @@ pub(super) fn stage_columns(
     (k0, cols): (usize, usize),
     k: usize,
     col0: usize,
-    mut energy: Option<&mut f64>,
+    mut sum_sq: Option<&mut f64>,
 ) {
     let layout = s.layout().clone();
     debug_assert!(layout.rows() >= cols && layout.dims[3] >= col0 + rows);
@@ -119,7 +122,7 @@ pub(super) fn stage_columns(
                 k0,
                 dst,
                 &mut tmp,
-                energy.as_deref_mut(),
+                sum_sq.as_deref_mut(),
             );
         }
         for d in 0..cols {
@@ -164,18 +167,18 @@ pub(super) fn accumulate_tile(
     let layout = s.layout();
     let bytes = s.as_bytes();
     let mut finite = true;
-    let mut energy = 0.0;
+    let mut sum_sq = 0.0;
     for r in 0..bn {
         let off = layout.flat_row_offset(r);
         let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bm]);
-        let mut row_energy = 0f32;
+        let mut row_sum_sq = 0f32;
         for (o, v) in out[(n0 + r) * m + m0..][..bm].iter_mut().zip(row) {
             let v = v.to_f32();
             finite &= v.is_finite();
-            row_energy += v * v;
+            row_sum_sq += v * v;
             *o += v;
         }
-        energy += f64::from(row_energy);
+        sum_sq += f64::from(row_sum_sq);
     }
-    finite.then_some(energy)
+    finite.then_some(sum_sq)
 }

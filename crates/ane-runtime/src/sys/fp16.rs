@@ -20,7 +20,7 @@ pub(crate) fn f32_to_f16(dst: &mut [f16], src: &[f32]) {
     if x86::available() {
         // one loop for both: the sum costs a multiply-add per 8 values, next to memory traffic
         // SAFETY: F16C and AVX were detected on this CPU, and the lengths are equal.
-        unsafe { x86::f32_to_f16_energy(dst, src) };
+        unsafe { x86::f32_to_f16_sum_sq(dst, src) };
         return;
     }
     dst.convert_from_f32_slice(src);
@@ -30,12 +30,12 @@ pub(crate) fn f32_to_f16(dst: &mut [f16], src: &[f32]) {
 ///
 /// # Panics
 /// If the lengths differ.
-pub(crate) fn f32_to_f16_energy(dst: &mut [f16], src: &[f32]) -> f64 {
-    assert_eq!(dst.len(), src.len(), "f32_to_f16_energy: lengths differ");
+pub(crate) fn f32_to_f16_sum_sq(dst: &mut [f16], src: &[f32]) -> f64 {
+    assert_eq!(dst.len(), src.len(), "f32_to_f16_sum_sq: lengths differ");
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: as above.
-        return unsafe { x86::f32_to_f16_energy(dst, src) };
+        return unsafe { x86::f32_to_f16_sum_sq(dst, src) };
     }
     dst.convert_from_f32_slice(src);
     sum_of_squares(src)
@@ -92,7 +92,7 @@ mod x86 {
     /// # Safety
     /// The CPU has F16C and AVX, and `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
-    pub(super) unsafe fn f32_to_f16_energy(dst: &mut [f16], src: &[f32]) -> f64 {
+    pub(super) unsafe fn f32_to_f16_sum_sq(dst: &mut [f16], src: &[f32]) -> f64 {
         let whole = src.len() / 8 * 8;
         let mut acc = _mm256_setzero_ps();
         for i in (0..whole).step_by(8) {
@@ -155,7 +155,7 @@ mod tests {
             .map(|i| (i as f32 * 0.37).sin() * 300.0)
             .collect();
         let mut again = vec![f16::ZERO; finite.len()];
-        let e = f32_to_f16_energy(&mut again, &finite);
+        let e = f32_to_f16_sum_sq(&mut again, &finite);
         let want: f64 = finite.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         assert!((e - want).abs() <= 1e-5 * want, "{e} vs {want}");
         for (o, v) in again.iter().zip(&finite) {

@@ -17,42 +17,16 @@ use half::f16;
 pub use ane_testutil::*;
 
 /// A matmul result `[B3][B2][N][M]` collected in memory.
-pub struct Out {
-    pub m: usize,
-    pub n: usize,
-    pub batch0: usize,
-    pub data: std::sync::Mutex<Vec<f32>>,
-}
-
-impl ane_runtime::matmul::MatrixSink for Out {
-    fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]) {
-        let b = b3 * self.batch0 + b2;
-        self.data.lock().unwrap()[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
-    }
-}
+pub type Out = ane_runtime::matmul::DenseSink;
 
 /// One `m × k` weight matrix times `n` tokens, no batches.
 pub fn single_matmul(m: usize, k: usize, n: usize) -> ane_runtime::matmul::MatmulShape {
-    ane_runtime::matmul::MatmulShape {
-        m,
-        k,
-        n,
-        batch: [1, 1],
-        weight_batch: [1, 1],
-    }
+    ane_runtime::matmul::MatmulShape::new(m, k, n)
 }
 
 /// An output for a matmul of `shape`, NaN-filled so unwritten rows show.
 pub fn out_for(shape: ane_runtime::matmul::MatmulShape) -> Out {
-    Out {
-        m: shape.m,
-        n: shape.n,
-        batch0: shape.batch[0],
-        data: std::sync::Mutex::new(vec![
-            f32::NAN;
-            shape.batch[0] * shape.batch[1] * shape.n * shape.m
-        ]),
-    }
+    Out::for_shape(shape)
 }
 
 pub const WEIGHT_PATH: &str = "@model_path/weights/weight.bin";

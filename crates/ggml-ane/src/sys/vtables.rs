@@ -2,7 +2,7 @@
 //!
 //! Order follows ggml's own backends: backend (stream) → device → registry → exports, each
 //! vtable right after the functions it points to; functions carry ggml's names
-//! (`ggml_backend_ane_<class>_<method>`). Every entry point runs inside [`guard`]: no panic
+//! (`ggml_backend_ane_<class>_<method>`). Every entry point runs inside `guard`: no panic
 //! crosses into C.
 
 use std::ffi::{c_char, c_int, c_void, CStr};

@@ -217,7 +217,7 @@ pub(crate) fn surface_alloc_size(bytes: usize) -> usize {
 
 /// One allocation size for every surface of a group (a procedure's inputs, or its outputs):
 /// the largest [`surface_alloc_size`] among them. Requests whose input surfaces differ in
-/// size are reported to fail at eval (status 0x1d; docs/ane-notes.md), so all inputs
+/// size are reported to fail at eval (status 0x1d; docs/ane-notes.md#multi-input-requests), so all inputs
 /// are padded to the same size, and likewise all outputs.
 pub(crate) fn uniform_alloc_size(layouts: &[TensorLayout]) -> usize {
     layouts

@@ -1,9 +1,9 @@
 //! The `apple` engine: the private `_ANEInMemoryModel` path (macOS on Apple silicon).
 //!
 //! Compile = descriptor from the printed MIL text and the weight files, the framework's
-//! folder prepared ([`model_dir`]), `compileWithQoS` unless the daemon already has the
+//! folder prepared (`model_dir`), `compileWithQoS` unless the daemon already has the
 //! program (`compiledModelExists`), `loadWithQoS` with a bounded retry, then the layouts read
-//! from `modelAttributes` ([`layouts`]), IOSurfaces sized from them and one request per
+//! from `modelAttributes` (`layouts`), IOSurfaces sized from them and one request per
 //! procedure built once. Every model load takes one unit of the process budget
 //! ([`AppleConfig::compile_budget`], default 100, under the ~119 wall).
 //!

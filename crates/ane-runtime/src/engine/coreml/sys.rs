@@ -25,7 +25,10 @@ pub(crate) fn compile_package(package: &Path) -> Result<PathBuf, String> {
     autoreleasepool(|_| {
         let url = NSURL::fileURLWithPath(&NSString::from_str(&package.to_string_lossy()));
         // SAFETY: a file URL to a package folder; the call is synchronous.
-        #[allow(deprecated)]
+        #[allow(
+            deprecated,
+            reason = "compileModelAtURL:error: is the synchronous form; its async successor needs macOS 14"
+        )]
         let compiled = ns_result("compileModelAtURL", unsafe {
             MLModel::compileModelAtURL_error(&url)
         })?;
@@ -158,7 +161,10 @@ impl LoadedModel {
                 // SAFETY: a feature value; nil unless it holds a multi-array.
                 let arr = unsafe { value.multiArrayValue() }
                     .ok_or_else(|| format!("output `{}` is not a multi-array", s.layout().name))?;
-                #[allow(deprecated)]
+                #[allow(
+                    deprecated,
+                    reason = "dataPointer is the one pointer MLMultiArray gives on every macOS we support"
+                )]
                 // SAFETY: reading the array's own pointer; not dereferenced here.
                 let p = unsafe { arr.dataPointer() }.as_ptr().cast::<u8>();
                 if p != pointers[i] {

@@ -213,7 +213,10 @@ pub(crate) fn conv(
 }
 
 /// Unfolds one group's input `[c, h, w]` (c = rows / (kh·kw)) into `[c·kh·kw, ho·wo]` patches (zeros where padded).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the convolution geometry, spelled out as in the MIL op"
+)]
 fn im2col(
     x: &[f32],
     (h, w): (usize, usize),

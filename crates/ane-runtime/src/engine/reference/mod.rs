@@ -199,7 +199,7 @@ impl Engine for ReferenceEngine {
     /// The artifact is the canonical program text: the plan is rebuilt from it (and the
     /// weights) in microseconds without a compile, the way a daemon-cache hit loads on the
     /// ANE. Whether such loads spend the hardware's budget is not known yet
-    /// (docs/ane-notes.md); the reference engine assumes they do not.
+    /// (docs/ane-notes.md#cache-loads); the reference engine assumes they do not.
     fn export(&self, program: &Program, _kernel: &dyn Kernel) -> Option<Vec<u8>> {
         Some(ane_mil::print_program(program).into_bytes())
     }

@@ -1,6 +1,6 @@
 //! The private `_ANE*` classes of AppleNeuralEngine.framework, declared with typed objc2
 //! wrappers. Selector names and argument types follow the call sequence every working
-//! project uses (ane-tech.md §0); they are reverse-engineered, so each one is checked with
+//! project uses (docs/ane-notes.md#call-sequence); they are reverse-engineered, so each one is checked with
 //! `respondsToSelector:` when the framework is opened and a missing one is an error there,
 //! never an Objective-C exception later.
 

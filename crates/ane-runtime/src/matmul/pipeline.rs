@@ -1,0 +1,342 @@
+//! One path through a job on the engine, in five steps: plan the weight tiles and token
+//! chunks, get or compile every kernel (before any output is touched), then per batch stage
+//! and evaluate each tile, check the result's precision, and write it back.
+//!
+//! Baked and streamed kernels differ only in the plan (which kernel serves a tile and where
+//! its weights come from); the batch loop, staging, evaluation, check and write-back are one
+//! code path, so a fused block can plug in a plan of its own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::cache::KernelCache;
+use super::policy::{KernelKind, WeightId};
+use super::precision::{self, Guard};
+use super::program::{kernel_shapes, tile_sizes, token_chunks, BakedTile};
+use super::staging::{
+    accumulate_tile, row_to_f16, stage_columns, stage_rows, zero_columns, zero_rows,
+};
+use super::stats::{FallbackReason, Stats};
+use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
+use crate::engine::{Engine, Kernel};
+use crate::surface::Surface;
+
+/// Every kernel a job runs, by weight tile and token chunk.
+pub(super) struct TilePlan {
+    /// Which kind of kernel serves the job.
+    pub(super) kind: KernelKind,
+    tiles: Vec<WeightTile>,
+}
+
+/// A weight tile (rows `m0..m0+bm`, columns `k0..k0+bk`) and its kernel for each token chunk.
+struct WeightTile {
+    m0: usize,
+    bm: usize,
+    k0: usize,
+    bk: usize,
+    chunks: Vec<Chunk>,
+}
+
+/// Tokens `n0..n0+bn`, run by `kernel` (compiled for the chunk's token bucket).
+struct Chunk {
+    n0: usize,
+    bn: usize,
+    kernel: Arc<dyn Kernel>,
+}
+
+/// Where a kernel's weights come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WeightSource {
+    /// Compiled into the kernel.
+    Baked,
+    /// A staged surface, the kernel's second input.
+    SecondInput,
+    /// Staged beside the activations in the kernel's one input (the packed form).
+    BesideActivations,
+}
+
+impl WeightSource {
+    fn of(kind: KernelKind, kernel: &dyn Kernel) -> Self {
+        match (kind, kernel.procedures()[0].inputs.len()) {
+            (KernelKind::Baked, _) => WeightSource::Baked,
+            (_, 1) => WeightSource::BesideActivations,
+            _ => WeightSource::SecondInput,
+        }
+    }
+}
+
+/// The plan with weights baked into the kernels, one kernel per weight tile and bucket
+/// (`tiles` from [`super::baked_tiles`]; one weight matrix, not broadcast).
+pub(super) fn plan_baked(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &MatmulJob<'_>,
+    id: &WeightId,
+    tiles: &[BakedTile],
+    stats: &Stats,
+) -> Result<TilePlan, FallbackReason> {
+    let MatmulShape { k, n, .. } = job.shape;
+    let chunks = token_chunks(n, engine.limits().max_dim);
+    let mut kernels = Vec::with_capacity(tiles.len());
+    for &t in tiles {
+        let kernel = cache.get_or_bake(engine, id, t, || weight_tile(job.weights, t, k), stats)?;
+        kernels.push((t, kernel));
+    }
+    // each weight tile once (`tiles` lists every bucket of it)
+    let weight_tiles = tiles
+        .iter()
+        .filter(|t| t.bucket == tiles[0].bucket)
+        .map(|&t| {
+            let chunks = chunks
+                .iter()
+                .map(|&(n0, bn, bucket)| {
+                    let kernel = kernels
+                        .iter()
+                        .find(|(kt, _)| (kt.m0, kt.k0, kt.bucket) == (t.m0, t.k0, bucket))
+                        .map(|(_, kernel)| kernel.clone())
+                        .ok_or_else(|| FallbackReason::Internal("missing baked kernel".into()))?;
+                    Ok(Chunk { n0, bn, kernel })
+                })
+                .collect::<Result<_, FallbackReason>>()?;
+            Ok(WeightTile {
+                m0: t.m0,
+                bm: t.bm,
+                k0: t.k0,
+                bk: t.bk,
+                chunks,
+            })
+        })
+        .collect::<Result<_, FallbackReason>>()?;
+    Ok(TilePlan {
+        kind: KernelKind::Baked,
+        tiles: weight_tiles,
+    })
+}
+
+/// The plan with weights staged as a kernel input: one kernel per tile shape, shared by
+/// every weight of that shape.
+pub(super) fn plan_streamed(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &MatmulJob<'_>,
+    stats: &Stats,
+) -> Result<TilePlan, FallbackReason> {
+    let MatmulShape { m, k, n, .. } = job.shape;
+    let max_dim = engine.limits().max_dim;
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let chunks = token_chunks(n, max_dim);
+    // every distinct kernel once (a cache hit counted per kernel, not per use)
+    let mut compiled = Vec::new();
+    for &(bm, bk, bucket) in &kernel_shapes(m, k, n, max_dim) {
+        let kernel = cache.get_or_compile(engine, bm, bk, bucket, stats)?;
+        compiled.push(((bm, bk, bucket), kernel));
+    }
+    let mut kind = KernelKind::Streamed;
+    let mut tiles = Vec::new();
+    for m0 in (0..m).step_by(tm) {
+        let bm = tm.min(m - m0);
+        for k0 in (0..k).step_by(tk.max(1)) {
+            let bk = tk.min(k - k0);
+            let mut tile_chunks = Vec::with_capacity(chunks.len());
+            for &(n0, bn, bucket) in &chunks {
+                let kernel = compiled
+                    .iter()
+                    .find(|(shape, _)| *shape == (bm, bk, bucket))
+                    .map(|(_, kernel)| kernel.clone())
+                    .ok_or_else(|| FallbackReason::Internal("missing tile kernel".into()))?;
+                if WeightSource::of(KernelKind::Streamed, kernel.as_ref())
+                    == WeightSource::BesideActivations
+                {
+                    kind = KernelKind::Packed;
+                }
+                tile_chunks.push(Chunk { n0, bn, kernel });
+            }
+            tiles.push(WeightTile {
+                m0,
+                bm,
+                k0,
+                bk,
+                chunks: tile_chunks,
+            });
+        }
+    }
+    Ok(TilePlan { kind, tiles })
+}
+
+/// The fp16 tile `[bm, bk]` of a weight matrix at `(m0, k0)`.
+fn weight_tile(src: &dyn MatrixSource, t: BakedTile, k: usize) -> Vec<half::f16> {
+    let mut tmp = vec![0f32; k];
+    let mut tile = vec![half::f16::ZERO; t.bm * t.bk];
+    for (r, dst) in tile.chunks_mut(t.bk.max(1)).enumerate().take(t.bm) {
+        row_to_f16(src, (0, 0), t.m0 + r, t.k0, dst, &mut tmp, None);
+    }
+    tile
+}
+
+/// Runs the plan: the one batch loop. Each batch accumulates its tiles into an f32 output,
+/// passes the precision check, and is written back; the first failure stops the job (the
+/// caller recomputes the whole output on the CPU).
+pub(super) fn run_plan(
+    plan: &TilePlan,
+    job: &MatmulJob<'_>,
+    guard: &Guard,
+    scratch: &mut Scratch,
+    stats: &Stats,
+) -> Result<KernelKind, FallbackReason> {
+    let MatmulShape { m, n, batch, .. } = job.shape;
+    for b in 0..batch[0] * batch[1] {
+        let (b2, b3) = (b % batch[0], b / batch[0]);
+        let mut out = std::mem::take(&mut scratch.out);
+        grow(&mut out, n * m).fill(0.0);
+        let mut run = BatchRun {
+            job,
+            batch: (b2, b3),
+            weight_batch: job.shape.weight_index(b2, b3),
+            out: &mut out[..n * m],
+            output_err: 0.0,
+            acts_sum_sq: 0.0,
+            scratch,
+            stats,
+        };
+        let ran = plan
+            .tiles
+            .iter()
+            .try_for_each(|t| run.weight_tile(plan.kind, t));
+        let (output_err, acts_sum_sq) = (run.output_err, run.acts_sum_sq);
+        let checked = ran.and_then(|()| {
+            let clock = Instant::now();
+            guard.check(job, (b2, b3), &out[..n * m], output_err, acts_sum_sq)?;
+            store(job.dst, b2, b3, m, &out[..n * m]);
+            stats.add_writeback(clock.elapsed());
+            Ok(())
+        });
+        scratch.out = out;
+        checked?;
+    }
+    if plan.kind == KernelKind::Baked {
+        stats.add_baked_node();
+    }
+    Ok(plan.kind)
+}
+
+/// One batch in progress: where it reads and writes, and what the precision check needs.
+struct BatchRun<'a, 'j> {
+    job: &'a MatmulJob<'j>,
+    batch: (usize, usize),
+    weight_batch: (usize, usize),
+    /// The batch's result `[n, m]`, accumulated over K tiles.
+    out: &'a mut [f32],
+    /// Expected squared error of rounding each tile's outputs to fp16.
+    output_err: f64,
+    /// The activations' sum of squares, gathered while staging them (first M tile only).
+    acts_sum_sq: f64,
+    scratch: &'a mut Scratch,
+    stats: &'a Stats,
+}
+
+impl BatchRun<'_, '_> {
+    /// Every token chunk of one weight tile. Two-input kernels share one weight surface
+    /// across the chunks (staged once); packed ones stage the weights beside each chunk's
+    /// activations.
+    fn weight_tile(&mut self, kind: KernelKind, t: &WeightTile) -> Result<(), FallbackReason> {
+        let mut staged: Option<Surface> = None;
+        let mut result = Ok(());
+        for chunk in &t.chunks {
+            let source = WeightSource::of(kind, chunk.kernel.as_ref());
+            if source == WeightSource::SecondInput && staged.is_none() {
+                let clock = Instant::now();
+                let layout = &chunk.kernel.procedures()[0].inputs[1];
+                let mut s = self.scratch.surface(layout);
+                let (rows, cols) = ((t.m0, t.bm), (t.k0, t.bk));
+                stage_rows(
+                    &mut s,
+                    self.job.weights,
+                    self.weight_batch,
+                    rows,
+                    cols,
+                    self.job.shape.k,
+                    None,
+                );
+                self.stats.add_staging(clock.elapsed());
+                staged = Some(s);
+            }
+            result = self.chunk(t, chunk, source, staged.as_ref());
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Some(s) = staged {
+            self.scratch.give_back(s);
+        }
+        result
+    }
+
+    /// One evaluation: stages the activations (the padded tokens zeroed) — as rows, or as
+    /// columns beside the weights for a packed kernel — evaluates, and adds the result into
+    /// the batch's output.
+    fn chunk(
+        &mut self,
+        t: &WeightTile,
+        c: &Chunk,
+        source: WeightSource,
+        staged_weights: Option<&Surface>,
+    ) -> Result<(), FallbackReason> {
+        let procedure = &c.kernel.procedures()[0];
+        let clock = Instant::now();
+        let mut acts = self.scratch.surface(&procedure.inputs[0]);
+        let (k, rows, cols) = (self.job.shape.k, (c.n0, c.bn), (t.k0, t.bk));
+        // the activations' sum of squares once per batch: on the first M tile
+        let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
+        if source == WeightSource::BesideActivations {
+            // [1, bk, 1, bucket + bm]: tokens in columns 0..bucket, weight rows after them
+            let w0 = procedure.inputs[0].dims[3] - t.bm;
+            stage_columns(
+                &mut acts,
+                self.job.acts,
+                self.batch,
+                rows,
+                cols,
+                k,
+                0,
+                sum_sq,
+            );
+            zero_columns(&mut acts, t.bk, (c.bn, w0));
+            let weights = (t.m0, t.bm);
+            stage_columns(
+                &mut acts,
+                self.job.weights,
+                self.weight_batch,
+                weights,
+                cols,
+                k,
+                w0,
+                None,
+            );
+        } else {
+            stage_rows(&mut acts, self.job.acts, self.batch, rows, cols, k, sum_sq);
+            zero_rows(&mut acts, c.bn, t.bk);
+        }
+        let mut y = self.scratch.surface(&procedure.outputs[0]);
+        self.stats.add_staging(clock.elapsed());
+
+        let clock = Instant::now();
+        let evaluated = match staged_weights {
+            Some(w) => c.kernel.eval(0, &[&acts, w], &mut [&mut y]),
+            None => c.kernel.eval(0, &[&acts], &mut [&mut y]),
+        };
+        self.stats.add_engine(clock.elapsed());
+
+        let clock = Instant::now();
+        let tile_sum_sq = match evaluated {
+            Ok(()) => accumulate_tile(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm)),
+            Err(_) => Some(0.0),
+        };
+        self.stats.add_writeback(clock.elapsed());
+        self.scratch.give_back(acts);
+        self.scratch.give_back(y);
+        evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+        let tile_sum_sq = tile_sum_sq.ok_or(FallbackReason::NonFinite)?;
+        self.output_err += precision::output_error(tile_sum_sq, c.bn * t.bm);
+        Ok(())
+    }
+}
