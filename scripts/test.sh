@@ -39,9 +39,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "type check for aarch64-apple-darwin (the apple and coreml engines, objc2)"
 if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
   # ane-cli is left out: npyz pulls in psm, whose build script assembles with a macOS cc.
-  cargo clippy --target aarch64-apple-darwin --all-features -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
+  # --all-targets: the tests' apple/coreml arms (engine_test!) are type-checked too.
+  cargo clippy --target aarch64-apple-darwin --all-features --all-targets \
+    -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
 else
   echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
+fi
+
+step "MSRV: cargo check with the rust-version Cargo.toml declares"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if rustup toolchain install "$msrv" --profile minimal >/dev/null 2>&1; then
+  # its own target folder: a different compiler cannot share the main one's artifacts
+  CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --workspace --all-targets --quiet
+  echo "rust $msrv: ok"
+else
+  echo "SKIP: rustup could not install rust $msrv; the MSRV check did not run"
 fi
 
 step "cargo doc (-D warnings)"

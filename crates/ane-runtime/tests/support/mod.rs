@@ -84,39 +84,38 @@ impl Engine for Shared {
     }
 }
 
+/// Runs `test` on the engine `kind` when this machine has it (a SKIP line otherwise; the
+/// reference engine is always there).
+pub fn run_on(kind: EngineKind, name: &str, test: fn(&dyn Engine)) {
+    match engine_of(kind, name) {
+        Some(engine) => test(engine.as_ref()),
+        None => assert!(kind != EngineKind::Reference, "no reference engine"),
+    }
+}
+
 /// Stamps out one `#[test]` per engine for `fn $name(engine: &dyn Engine)`: the reference
 /// engine everywhere, the apple and coreml engines on macOS (a SKIP line where the machine
 /// lacks them). So `cargo test` on a Mac runs the same suite on the ANE.
 macro_rules! engine_test {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
+            use ane_runtime::EngineKind;
+
             #[test]
             fn reference() {
-                let engine = $crate::support::engine_of(
-                    ane_runtime::EngineKind::Reference,
-                    stringify!($name),
-                );
-                super::$name(engine.expect("the reference engine is always there").as_ref());
+                $crate::support::run_on(EngineKind::Reference, stringify!($name), super::$name);
             }
 
             #[cfg(target_os = "macos")]
             #[test]
             fn apple() {
-                if let Some(engine) =
-                    $crate::support::engine_of(ane_runtime::EngineKind::Apple, stringify!($name))
-                {
-                    super::$name(engine.as_ref());
-                }
+                $crate::support::run_on(EngineKind::Apple, stringify!($name), super::$name);
             }
 
             #[cfg(target_os = "macos")]
             #[test]
             fn coreml() {
-                if let Some(engine) =
-                    $crate::support::engine_of(ane_runtime::EngineKind::CoreMl, stringify!($name))
-                {
-                    super::$name(engine.as_ref());
-                }
+                $crate::support::run_on(EngineKind::CoreMl, stringify!($name), super::$name);
             }
         }
     )*};

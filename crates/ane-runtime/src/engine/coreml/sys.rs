@@ -24,11 +24,11 @@ use crate::sys::objc::ns_result;
 pub(crate) fn compile_package(package: &Path) -> Result<PathBuf, String> {
     autoreleasepool(|_| {
         let url = NSURL::fileURLWithPath(&NSString::from_str(&package.to_string_lossy()));
-        // SAFETY: a file URL to a package folder; the call is synchronous.
         #[allow(
             deprecated,
             reason = "compileModelAtURL:error: is the synchronous form; its async successor needs macOS 14"
         )]
+        // SAFETY: a file URL to a package folder; the call is synchronous.
         let compiled = ns_result("compileModelAtURL", unsafe {
             MLModel::compileModelAtURL_error(&url)
         })?;
