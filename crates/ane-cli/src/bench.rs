@@ -32,9 +32,9 @@ pub(crate) struct BenchArgs {
     reps: usize,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Kernel kind: auto, baked (weights compiled in), streamed (weights staged per call) or
-    /// packed (streamed, in one input surface). The bench's weights never change, like a
-    /// model's.
+    /// Kernel kind: auto, baked (weights compiled in), streamed (weights staged beside the
+    /// activations per call) or two-input (weights as a second input: an opt-in). The
+    /// bench's weights never change, like a model's.
     #[arg(long, env = "GGML_ANE_KERNELS", default_value = "auto")]
     kernels: KernelPolicy,
     /// Print JSON instead of a table.
@@ -84,7 +84,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|s| parse_shape(s))
             .collect::<Result<_, _>>()?
     };
-    let engine = args.engine.create()?;
+    let engine = args.engine.create(args.kernels)?;
     let policy = args.kernels;
     let cache = KernelCache::new().with_policy(policy);
     let mut scratch = Scratch::default();

@@ -18,7 +18,7 @@ pub(crate) struct InfoArgs {
 
 pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
     let choice = args.engine.engine;
-    let config = args.engine.config();
+    let config = args.engine.config(args.kernels);
     println!("engines:");
     for kind in [EngineKind::Apple, EngineKind::CoreMl, EngineKind::Reference] {
         let status = match ane_runtime::create(EngineChoice::Only(kind), &config) {

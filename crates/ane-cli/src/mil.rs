@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ane_mil::text::error::render_diagnostic;
+use ane_mil::rules::{check_rules, RuleOptions};
+use ane_mil::text::error::{render_diagnostic, render_labelled};
 use ane_mil::{check_program, parse_with_spans, Program, SourceMap};
+use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::Surface;
 use anyhow::{bail, Context};
 
@@ -14,13 +16,21 @@ use crate::settings::EngineArgs;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum MilCommand {
-    /// Parse and type-check a MIL program; print each function's signature.
+    /// Parse and type-check a MIL program; print each function's signature. With `--target
+    /// ane`, also judge it by the ANE rulebook: every broken rule with its line and source;
+    /// exit 1 when one refuses the program.
     Check {
         /// The MIL text file.
         file: PathBuf,
         /// The folder `@model_path/` stands for; BLOBFILE constants are checked against it.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// What the program must run on: `any` (type-check only) or `ane` (the rulebook too).
+        #[arg(long, value_enum, default_value_t = Target::Any)]
+        target: Target,
+        /// With `--target ane`: allow two inputs per function (the two-input opt-in form).
+        #[arg(long)]
+        allow_two_inputs: bool,
     },
     /// Run a MIL program on an engine with `.npy` inputs; write each output as `OUT/<name>.npy` (fp32).
     Run {
@@ -65,7 +75,12 @@ pub(crate) enum MilCommand {
 
 pub(crate) fn run(cmd: MilCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        MilCommand::Check { file, weights } => check(&file, weights.as_deref()),
+        MilCommand::Check {
+            file,
+            weights,
+            target,
+            allow_two_inputs,
+        } => check(&file, weights.as_deref(), target, allow_two_inputs),
         MilCommand::Run {
             file,
             weights,
@@ -134,9 +149,55 @@ fn weights_for(dir: Option<&Path>, p: &Program) -> anyhow::Result<ane_mil::Weigh
     }
 }
 
-fn check(file: &Path, weights: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// What `mil check` judges a program for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Target {
+    /// Any engine: parse and type-check.
+    Any,
+    /// The ANE: the rulebook as well.
+    Ane,
+}
+
+/// Prints every rule `program` breaks; returns whether one refuses it.
+fn print_rule_violations(
+    path: &str,
+    text: &str,
+    program: &Program,
+    map: &SourceMap,
+    options: &RuleOptions,
+) -> bool {
+    let violations = check_rules(program, options);
+    for v in &violations {
+        let label = if v.refuses() { "error" } else { "warning" };
+        let message = format!("[{}] {}", v.rule.id, v.message);
+        let notes = [
+            format!("rule: {}", v.rule.summary),
+            format!("source: {}", v.rule.source),
+        ];
+        match v.at.span(map, v.function_index) {
+            Some(span) => eprint!("{}", render_labelled(label, path, text, span, &message, &notes)),
+            None => eprintln!("{label}: {path}: {message}"),
+        }
+    }
+    let refused = violations.iter().filter(|v| v.refuses()).count();
+    let warned = violations.len() - refused;
+    eprintln!("ane rules: {refused} refused, {warned} warnings");
+    refused > 0
+}
+
+fn check(
+    file: &Path,
+    weights: Option<&Path>,
+    target: Target,
+    allow_two_inputs: bool,
+) -> anyhow::Result<ExitCode> {
     let Some((text, program, map)) = load(file)? else {
         return Ok(ExitCode::FAILURE);
+    };
+    let refused = target == Target::Ane && {
+        let mut options = RuleOptions::default();
+        options.allow_two_inputs = allow_two_inputs;
+        print_rule_violations(&file.display().to_string(), &text, &program, &map, &options)
     };
     let w = match weights {
         Some(d) => Some(ane_runtime::weights::load_model_dir(d, &program)?),
@@ -147,7 +208,11 @@ fn check(file: &Path, weights: Option<&Path>) -> anyhow::Result<ExitCode> {
             for f in &functions {
                 println!("{}", f.signature());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if refused {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Err(e) => {
             let path = file.display().to_string();
@@ -180,7 +245,7 @@ fn run_program(
         bail!("{} does not parse", file.display());
     };
     let w = weights_for(weights, &program)?;
-    let engine = engine_args.create()?;
+    let engine = engine_args.create(KernelPolicy::Auto)?;
     let t0 = Instant::now();
     let kernel = engine
         .compile(&program, &w)

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
 use ane_runtime::matmul::policy::{should_bake, KernelPolicy};
-use ane_runtime::matmul::{baked_tiles, kernel_shapes, matmul_program, BakedTile};
+use ane_runtime::matmul::{baked_tiles, input_width, kernel_shapes, matmul_program, BakedTile};
 use ane_runtime::{Engine, Limits, Result, SurfaceDType, TensorLayout};
 
 /// The matmul shapes of a llama-architecture model.
@@ -240,11 +240,12 @@ pub(crate) fn plan_prefill(
     })
 }
 
+/// Bytes of a streamed kernel's surfaces: `x [1, k, 1, n + m]` in, `y [1, m, 1, n]` out.
 fn io_bytes(m: usize, k: usize, n: usize, align: usize) -> usize {
     let l = |name: &str, shape: &[usize]| {
         TensorLayout::aligned(name, SurfaceDType::F16, shape, align).map_or(0, |l| l.byte_len())
     };
-    l("a", &[n, k]) + l("b", &[m, k]) + l("y", &[n, m])
+    l("x", &[1, k, 1, input_width(m, n)]) + l("y", &[1, m, 1, n])
 }
 
 impl PrefillPlan {
@@ -307,7 +308,7 @@ mod tests {
             "{auto:?}"
         );
         // the streamed kernels `ane plan` counts for these lengths: every matmul still has one
-        assert_eq!(auto.streamed_kernels, 24);
+        assert_eq!(auto.streamed_kernels, 30);
         assert_eq!(auto.baked_matmuls + auto.streamed_matmuls, 225 * 8);
         // 225 weights, the vocab head tiled in two, over 6 distinct buckets
         assert_eq!(auto.all_baked_kernels, 226 * 6);
@@ -326,20 +327,22 @@ mod tests {
         );
         let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
         let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths).unwrap();
-        // 4 weight shapes (dim², ffn×dim, dim×ffn, the head tiled into 2×16000) × 6 buckets
-        assert_eq!(plan.compiles, 24);
+        // 5 kernel shapes (dim², ffn×dim, dim×ffn, and the head in 3 tiles of 10667/10666
+        // rows beside the 2048-token chunk, a streamed input's width being tokens + rows)
+        // × 6 buckets; every one passes the ANE rulebook (the engine enforces it)
+        assert_eq!(plan.compiles, 30);
         assert_eq!(
             engine.limits().compiles_used,
-            24,
+            30,
             "every planned kernel was really compiled"
         );
         assert_eq!(plan.seed_compiles, 8 * 224);
         assert!(plan
             .lengths
             .iter()
-            .all(|r| r.kernels == 4 && r.matmuls == 225 && r.seed_refused == 1));
+            .all(|r| r.kernels == 5 && r.matmuls == 225 && r.seed_refused == 1));
         let new: Vec<usize> = plan.lengths.iter().map(|r| r.new_compiles).collect();
-        assert_eq!(new, [4, 4, 4, 0, 4, 0, 4, 4]);
+        assert_eq!(new, [5, 5, 5, 0, 5, 0, 5, 5]);
         // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
         // 3000 adds only the 1024 bucket for its tail
         let long = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
@@ -348,9 +351,9 @@ mod tests {
             .iter()
             .map(|r| (r.kernels, r.new_compiles))
             .collect();
-        assert_eq!(rows, [(4, 4), (8, 4)]);
+        assert_eq!(rows, [(5, 5), (10, 5)]);
         assert!(
-            plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 24")
+            plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 30")
         );
     }
 }

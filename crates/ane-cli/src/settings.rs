@@ -8,6 +8,8 @@ use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
+use ane_mil::rules::RuleOptions;
+use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind};
 
 /// Which engine, and its budget.
@@ -22,15 +24,34 @@ pub(crate) struct EngineArgs {
     /// Failures the reference engine injects: a list of compile, eval, inf (for testing).
     #[arg(long, env = "GGML_ANE_REFERENCE_FAULTS", value_parser = Faults::parse, hide = true)]
     reference_faults: Option<Faults>,
+    /// The ANE rulebook: `on` refuses programs in forms the hardware is reported to reject
+    /// (the reference and apple engines); `off` runs anything, for experiments.
+    #[arg(long, value_enum, default_value_t = Rules::On)]
+    rules: Rules,
     #[command(flatten)]
     cache: CacheArgs,
 }
 
+/// Whether engines enforce the ANE rulebook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Rules {
+    /// Refuse what the rulebook refuses.
+    On,
+    /// Run anything.
+    Off,
+}
+
 impl EngineArgs {
-    /// Every engine's settings.
-    pub(crate) fn config(&self) -> EngineConfig {
+    /// Every engine's settings (two-input kernels allowed through the rulebook when the
+    /// kernel policy asks for them).
+    pub(crate) fn config(&self, kernels: KernelPolicy) -> EngineConfig {
         let mut config = EngineConfig::default();
-        let mut reference = ReferenceConfig::default();
+        let rules = (self.rules == Rules::On).then(|| {
+            let mut rules = RuleOptions::default();
+            rules.allow_two_inputs = kernels == KernelPolicy::TwoInput;
+            rules
+        });
+        let mut reference = ReferenceConfig::default().with_rules(rules);
         if let Some(budget) = self.compile_budget {
             reference = reference
                 .with_counter(CompileCounter::process(EngineKind::Reference, Some(budget)));
@@ -40,6 +61,7 @@ impl EngineArgs {
         }
         config.reference = reference;
         let mut apple = AppleConfig::default();
+        apple.rules = rules;
         if let Some(budget) = self.compile_budget {
             apple.compile_budget = budget;
         }
@@ -50,9 +72,9 @@ impl EngineArgs {
         config
     }
 
-    /// The engine these arguments name.
-    pub(crate) fn create(&self) -> ane_runtime::Result<Arc<dyn Engine>> {
-        ane_runtime::create(self.engine, &self.config())
+    /// The engine these arguments name, for kernels of this policy.
+    pub(crate) fn create(&self, kernels: KernelPolicy) -> ane_runtime::Result<Arc<dyn Engine>> {
+        ane_runtime::create(self.engine, &self.config(kernels))
     }
 }
 

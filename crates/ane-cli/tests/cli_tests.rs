@@ -301,7 +301,7 @@ fn plan_reports_compiles_for_a_7b_prefill() {
         auto.starts_with("{\"budget\": 100, \"compiles\": "),
         "{auto}"
     );
-    assert!(auto.contains("\"streamed_kernels\": 24"), "{auto}");
+    assert!(auto.contains("\"streamed_kernels\": 30"), "{auto}");
     let out = ane(&[
         "plan",
         "--dims",
@@ -329,7 +329,7 @@ fn bench_times_shapes_against_the_cpu() {
     assert!(json.contains("\"m\": 100, \"k\": 70, \"n\": 9"), "{json}");
     // auto bakes the bench's (immutable) weights while the budget allows; streamed never does
     assert_eq!(json.matches("\"kernel\": \"baked\"").count(), 2, "{json}");
-    for kind in ["streamed", "packed"] {
+    for kind in ["streamed", "two-input"] {
         let out = ane(&[
             "bench",
             "--shape",
@@ -346,7 +346,7 @@ fn bench_times_shapes_against_the_cpu() {
     let bad = ane(&["bench", "--shape", "64,48,32", "--kernels", "fast"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
-        text(&bad.stderr).contains("auto, baked, streamed or packed"),
+        text(&bad.stderr).contains("auto, baked, streamed or two-input"),
         "{}",
         text(&bad.stderr)
     );
@@ -386,20 +386,20 @@ fn a_warm_kernel_cache_compiles_nothing() {
     ];
     let cold = text(&ane_with_cache(dir.path(), &args).stdout);
     assert!(
-        cold.contains("\"compiles\": 24, \"disk_hits\": 0"),
+        cold.contains("\"compiles\": 30, \"disk_hits\": 0"),
         "{cold}"
     );
     let warm = text(&ane_with_cache(dir.path(), &args).stdout);
     assert!(
-        warm.contains("\"compiles\": 0, \"disk_hits\": 24"),
+        warm.contains("\"compiles\": 0, \"disk_hits\": 30"),
         "{warm}"
     );
     let list = text(&ane_with_cache(dir.path(), &["cache", "list"]).stdout);
-    assert!(list.contains(": 24 kernels"), "{list}");
+    assert!(list.contains(": 30 kernels"), "{list}");
     let clear = text(&ane_with_cache(dir.path(), &["cache", "clear"]).stdout);
-    assert!(clear.starts_with("removed 24 kernels"), "{clear}");
+    assert!(clear.starts_with("removed 30 kernels"), "{clear}");
     let again = text(&ane_with_cache(dir.path(), &args).stdout);
-    assert!(again.contains("\"compiles\": 24"), "{again}");
+    assert!(again.contains("\"compiles\": 30"), "{again}");
 }
 
 #[test]

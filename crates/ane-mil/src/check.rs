@@ -134,8 +134,19 @@ pub struct CheckError {
 impl CheckError {
     /// Where the error is in the source the program was parsed from.
     pub fn span(&self, map: &crate::text::parse::SourceMap) -> Option<crate::text::error::Span> {
-        let f = map.functions.get(self.function_index)?;
-        match self.at {
+        self.at.span(map, self.function_index)
+    }
+}
+
+impl Location {
+    /// Where this position of function `function_index` is in the parsed source.
+    pub fn span(
+        self,
+        map: &crate::text::parse::SourceMap,
+        function_index: usize,
+    ) -> Option<crate::text::error::Span> {
+        let f = map.functions.get(function_index)?;
+        match self {
             Location::Function => Some(f.name),
             Location::Param(i) => f.params.get(i).copied(),
             Location::Statement(i) => f.statements.get(i).copied(),

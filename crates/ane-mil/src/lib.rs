@@ -10,6 +10,9 @@
 //!   resolved ops that engines execute.
 //! - [`blob`]: MIL blob storage v2 weight files (coremltools reads what we write, and we read
 //!   what it writes).
+//! - [`rules`]: the ANE rulebook — what the hardware is shown to accept, each rule with its
+//!   source; the runtime builds only programs that pass and the reference engine refuses the
+//!   rest.
 //! - [`coreml`]: Core ML model packages (ML Program protobuf + weights) from the same IR, for
 //!   the public Core ML path; [`coreml::Package::write_to`] is the one place that touches files.
 
@@ -19,6 +22,7 @@ pub mod check;
 pub mod coreml;
 pub mod ir;
 pub mod ops;
+pub mod rules;
 pub mod text;
 pub mod types;
 

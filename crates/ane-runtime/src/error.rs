@@ -41,6 +41,15 @@ pub enum Error {
     /// The engine's compiler refused the program.
     #[error("compile failed: {0}")]
     Compile(String),
+    /// The program breaks a rule of the ANE rulebook (`ane_mil::rules`): a form the hardware
+    /// is reported to reject.
+    #[error("refused by the ANE rulebook: {violation}")]
+    RuleBroken {
+        /// The rule's id (`io-rank4`, `single-input`, ...).
+        rule: &'static str,
+        /// The rule, where it is broken and its source.
+        violation: String,
+    },
 
     // === eval ===
     /// No procedure with that index or name.

@@ -181,13 +181,15 @@ fn the_policy_parses_from_its_names_only() {
         ("auto", KernelPolicy::Auto),
         ("BAKED", KernelPolicy::Baked),
         ("streamed", KernelPolicy::Streamed),
-        (" Packed ", KernelPolicy::Packed),
+        ("two-input", KernelPolicy::TwoInput),
+        // the single-input form's old name, from when it was not the default
+        (" Packed ", KernelPolicy::Streamed),
     ] {
         assert_eq!(s.parse::<KernelPolicy>().unwrap(), p);
         assert_eq!(p.as_str().parse::<KernelPolicy>().unwrap(), p);
     }
     let err = "fast".parse::<KernelPolicy>().unwrap_err().to_string();
-    assert!(err.contains("auto, baked, streamed or packed"), "{err}");
+    assert!(err.contains("auto, baked, streamed or two-input"), "{err}");
 }
 
 /// An fp16 source that refuses to be read as f32: staging must copy its rows.

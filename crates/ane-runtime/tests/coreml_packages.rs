@@ -8,9 +8,10 @@ use ane_mil::coreml;
 use ane_mil::WeightFiles;
 use ane_runtime::engine::reference::ReferenceEngine;
 use ane_runtime::matmul::{
-    baked_matmul_program, baked_weights, kernel_shapes, matmul_program, packed_matmul_program,
+    baked_matmul_program, baked_weights, kernel_shapes, matmul_program, two_input_matmul_program,
 };
 use ane_runtime::Engine;
+use ane_mil::rules::{first_refusal, RuleOptions};
 use ane_testutil::coremltools;
 
 /// The distinct weight shapes `(m, k)` of a llama layer (q, k, v, o: dim×dim; gate, up:
@@ -35,13 +36,19 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut programs = Vec::new();
+    let mut two_inputs = RuleOptions::default();
+    two_inputs.allow_two_inputs = true;
     for &(m, k, n) in &shapes {
-        // the two-input form, and the packed single-input form where it fits the width limit
-        let mut forms = vec![("mm", matmul_program(m, k, n))];
-        if n + m <= max_dim {
-            forms.push(("packed", packed_matmul_program(m, k, n)));
-        }
-        for (kind, program) in forms {
+        // the single-input form (the default) and the two-input opt-in, each passing the
+        // ANE rulebook (the two-input one only with its opt-in)
+        let forms = [
+            ("single", matmul_program(m, k, n), RuleOptions::default()),
+            ("two", two_input_matmul_program(m, k, n), two_inputs),
+        ];
+        for (kind, program, rules) in forms {
+            if let Some(v) = first_refusal(&program, &rules) {
+                panic!("{kind} {m}x{k}x{n}: {v}");
+            }
             let path = dir.path().join(format!("{kind}_{m}x{k}x{n}.mlpackage"));
             coreml::package(&program, None, &WeightFiles::new())
                 .unwrap()
@@ -50,8 +57,7 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
             programs.push((path, program));
         }
     }
-    let packed = programs.len() - shapes.len();
-    assert!(packed >= 12, "only {packed} packed programs");
+    assert_eq!(programs.len(), 2 * shapes.len());
     let paths: Vec<&Path> = programs.iter().map(|(p, _)| p.as_path()).collect();
     let inferred = coremltools::check_packages(&py, &paths).unwrap_or_else(|e| panic!("{e}"));
     for ((path, program), got) in programs.iter().zip(&inferred) {
@@ -73,7 +79,7 @@ fn every_planned_kernel_packages_and_coremltools_agrees() {
         }
     }
     eprintln!(
-        "coremltools accepted {} planner kernel packages ({packed} of them packed)",
+        "coremltools accepted {} planner kernel packages (single- and two-input forms)",
         programs.len()
     );
 }
@@ -100,7 +106,11 @@ fn baked_kernels_package_with_their_weights() {
             .collect();
         let sum: f64 = tile.iter().map(|v| v.to_f64()).sum();
         let path = dir.path().join(format!("baked_{m}x{k}x{n}.mlpackage"));
-        coreml::package(&baked_matmul_program(m, k, n), None, &baked_weights(&tile))
+        let program = baked_matmul_program(m, k, n);
+        if let Some(v) = first_refusal(&program, &RuleOptions::default()) {
+            panic!("baked {m}x{k}x{n}: {v}");
+        }
+        coreml::package(&program, None, &baked_weights(&tile))
             .unwrap()
             .write_to(&path)
             .unwrap();

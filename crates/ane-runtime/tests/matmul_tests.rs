@@ -3,9 +3,11 @@
 mod support;
 
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
-use ane_runtime::engine::reference::{Faults, ReferenceEngine};
+use ane_mil::rules::RuleOptions;
+use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
+use ane_runtime::CompileCounter;
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, kernel_shapes, matmul_program, DenseRows, FallbackReason,
+    cpu_matmul, engine_matmul, kernel_shapes, matmul_program, KernelPolicy, DenseRows, FallbackReason,
     KernelCache, MatmulJob, MatmulShape, Scratch, Stats, EVAL_FAILURES_BEFORE_GIVING_UP,
 };
 use ane_runtime::{Engine, Kernel};
@@ -15,6 +17,20 @@ use support::*;
 
 fn engine_with(max_dim: usize, faults: Faults, budget: Option<u32>) -> ReferenceEngine {
     reference_engine(max_dim, faults, budget)
+}
+
+/// A reference engine whose rulebook lets two-input kernels through (the opt-in), and a
+/// kernel cache that asks for them.
+fn two_input_engine(max_dim: usize) -> (ReferenceEngine, KernelCache) {
+    let mut rules = RuleOptions::default();
+    rules.allow_two_inputs = true;
+    let engine = ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_max_dim(max_dim)
+            .with_counter(CompileCounter::new(None))
+            .with_rules(Some(rules)),
+    );
+    (engine, KernelCache::new().with_policy(KernelPolicy::TwoInput))
 }
 
 fn job(shape: MatmulShape, seed: u64) -> (DenseRows, DenseRows) {
@@ -386,13 +402,14 @@ fn kernels_that_keep_failing_are_not_retried() {
     let shape = single_matmul(8, 8, 8);
     let (w, a) = job(shape, 12);
     let (evals, fail) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(true)));
+    let (inner, cache) = two_input_engine(16384);
     let engine = Flaky {
-        inner: engine_with(16384, Faults::default(), None),
+        inner,
         evals: evals.clone(),
         fail: fail.clone(),
         two_input_only: false,
     };
-    let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
+    let (stats, mut scratch) = (Stats::default(), Scratch::default());
     let out = out_for(shape);
     let job = MatmulJob {
         shape,
@@ -417,7 +434,7 @@ fn kernels_that_keep_failing_are_not_retried() {
         assert_eq!(run().unwrap_err().as_str(), "eval failed");
     }
     assert_eq!(evals_now(), 3 + EVAL_FAILURES_BEFORE_GIVING_UP);
-    // the packed single-input form is compiled in its place, and tried as often
+    // the single-input form is compiled in its place, and tried as often
     for _ in 0..EVAL_FAILURES_BEFORE_GIVING_UP {
         assert_eq!(run().unwrap_err().as_str(), "eval failed");
     }
@@ -432,11 +449,11 @@ fn kernels_that_keep_failing_are_not_retried() {
     assert_eq!(stats.snapshot().compiles, 2);
 }
 
-/// Hardware that rejects two-input requests: once the two-input kernels give up, the packed
-/// single-input form (activations and transposed weights side by side) computes the job —
-/// tiled, batched with broadcast weights, tokens padded — with the same numbers.
+/// Under the two-input opt-in, on hardware that rejects two-input requests: once the two-input
+/// kernels give up, the single-input form (activations and weights side by side) computes the
+/// job — tiled, batched with broadcast weights, tokens padded — with the same numbers.
 #[test]
-fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
+fn single_input_kernels_replace_two_input_ones_that_fail() {
     // (max_dim, shape, K tiles): one tile; then K in two tiles, three token chunks (the last
     // padded), batches with weights broadcast along the first axis
     let cases = [
@@ -453,14 +470,14 @@ fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
     ];
     for (i, (max_dim, shape, k_tiles)) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 21 + i as u64);
+        let (inner, cache) = two_input_engine(max_dim);
         let engine = Flaky {
-            inner: engine_with(max_dim, Faults::default(), None),
+            inner,
             evals: Arc::new(AtomicU32::new(0)),
             fail: Arc::new(AtomicBool::new(true)),
             two_input_only: true,
         };
-        let (cache, stats, mut scratch) =
-            (KernelCache::new(), Stats::default(), Scratch::default());
+        let (stats, mut scratch) = (Stats::default(), Scratch::default());
         let out = out_for(shape);
         let job = MatmulJob {
             shape,
@@ -477,23 +494,23 @@ fn packed_single_input_kernels_replace_two_input_ones_that_fail() {
         engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap();
         assert!(
             stats.snapshot().compiles > before,
-            "packed kernels compiled"
+            "single-input kernels compiled"
         );
-        let packed = out.data.lock().unwrap().clone();
-        check(shape, &w, &a, &packed, k_tiles);
+        let single = out.data.lock().unwrap().clone();
+        check(shape, &w, &a, &single, k_tiles);
 
         // the two-input form on a working engine gives the same bits
-        let plain = engine_with(max_dim, Faults::default(), None);
-        let (cache, stats, out2) = (KernelCache::new(), Stats::default(), out_for(shape));
+        let (plain, cache) = two_input_engine(max_dim);
+        let (stats, out2) = (Stats::default(), out_for(shape));
         let job = MatmulJob { dst: &out2, ..job };
         engine_matmul(&plain, &cache, &job, &mut Scratch::default(), &stats).unwrap();
         let two_input = out2.data.lock().unwrap().clone();
         assert!(
-            packed
+            single
                 .iter()
                 .zip(&two_input)
                 .all(|(p, t)| p.to_bits() == t.to_bits()),
-            "case {i}: packed and two-input kernels disagree"
+            "case {i}: single- and two-input kernels disagree"
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Each op against a direct computation in the test, on every engine this machine has.
+//! Each op of the reference engine against a direct computation in the test, with the ANE
+//! rulebook off: these are op semantics, in forms the ANE is not shown to run.
 
 mod support;
 
@@ -277,7 +278,7 @@ fn fp16_overflow_becomes_infinity(engine: &dyn Engine) {
     assert_eq!(out[0], [30000.0]);
 }
 
-engine_test!(
+semantics_test!(
     strided_dilated_padded_grouped_conv_with_bias,
     one_d_conv_with_same_padding,
     transpose_slices_reshape_concat_and_cast_move_data_exactly,

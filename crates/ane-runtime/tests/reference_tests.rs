@@ -234,14 +234,20 @@ fn budget_is_counted_and_enforced() {
 
 #[test]
 fn dimensions_past_the_limit_are_refused() {
-    let engine = engine();
+    // the limit itself, not the rulebook's rank and input rules
+    let engine = unruled_engine();
     let p = matmul_program(&[16385, 2], &[2, 3], false, false);
     match engine.compile(&p, &Default::default()) {
         Err(Error::Unsupported { reason, .. }) => assert!(reason.contains("16385"), "{reason}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("compiled a 16385-wide tensor"),
     }
-    let small = reference_engine(64, Faults::default(), None);
+    let small = ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_max_dim(64)
+            .with_counter(CompileCounter::new(None))
+            .with_rules(None),
+    );
     assert!(small
         .compile(
             &matmul_program(&[65, 2], &[2, 3], false, false),
@@ -299,8 +305,11 @@ fn weights_that_do_not_resolve_fail_to_compile(engine: &dyn Engine) {
 #[test]
 fn multi_function_programs_compile_once_into_procedures() {
     let counter = CompileCounter::new(Some(10));
-    let engine =
-        ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
+    let engine = ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_counter(counter.clone())
+            .with_rules(None),
+    );
     let mut p = matmul_program(&[3, 4], &[4, 5], false, false);
     let mut second = matmul_program(&[2, 4], &[2, 4], false, true)
         .functions
@@ -322,11 +331,90 @@ fn multi_function_programs_compile_once_into_procedures() {
     assert_eq!(z.read_f32(), [1., 4., 5., 8.]);
 }
 
+/// What the rulebook refuses, the reference engine refuses, naming the rule, before spending
+/// budget: rank-2 inputs, two inputs, `rsqrt` without `epsilon`, a 14600-wide input, a
+/// `[1, 1024, 1, 1]` output. The seed's program passes.
+#[test]
+fn the_rulebook_refuses_forms_the_hardware_rejects() {
+    let counter = CompileCounter::new(Some(10));
+    let engine = ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
+    let program = |params: &str, body: &str, out: &str| {
+        parse(&format!(
+            "program(1.3)\n{{\n    func main<ios18>({params}) {{\n{body}    }} -> ({out});\n}}\n"
+        ))
+        .unwrap()
+    };
+    let slice = |from: &str, c: usize, w: usize| {
+        format!(
+            "        tensor<int32, [4]> b = const()[name = string(\"b\"), val = tensor<int32, [4]>([0, 0, 0, 0])];\n\
+             \x20       tensor<int32, [4]> s = const()[name = string(\"s\"), val = tensor<int32, [4]>([1, {c}, 1, {w}])];\n\
+             \x20       tensor<fp16, [1, {c}, 1, {w}]> y = slice_by_size(x = {from}, begin = b, size = s)[name = string(\"y\")];\n"
+        )
+    };
+    let cases = [
+        (
+            "io-rank4",
+            program(
+                "tensor<fp16, [64, 32]> x",
+                "        tensor<int32, [2]> b = const()[name = string(\"b\"), val = tensor<int32, [2]>([0, 0])];\n\
+                 \x20       tensor<int32, [2]> s = const()[name = string(\"s\"), val = tensor<int32, [2]>([32, 32])];\n\
+                 \x20       tensor<fp16, [32, 32]> y = slice_by_size(x = x, begin = b, size = s)[name = string(\"y\")];\n",
+                "y",
+            ),
+        ),
+        (
+            "single-input",
+            program(
+                "tensor<fp16, [1, 32, 1, 64]> x, tensor<fp16, [1, 32, 1, 64]> z",
+                &slice("x", 32, 32),
+                "y",
+            ),
+        ),
+        (
+            "epsilon-required",
+            program(
+                "tensor<fp16, [1, 32, 1, 64]> x",
+                "        tensor<fp16, [1, 32, 1, 64]> y = rsqrt(x = x)[name = string(\"y\")];\n",
+                "y",
+            ),
+        ),
+        (
+            "bad-widths",
+            program("tensor<fp16, [1, 32, 1, 14600]> x", &slice("x", 32, 64), "y"),
+        ),
+        (
+            "wide-channels-narrow-spatial",
+            program("tensor<fp16, [1, 1024, 1, 32]> x", &slice("x", 1024, 1), "y"),
+        ),
+    ];
+    for (rule, p) in &cases {
+        match engine.compile(p, &Default::default()) {
+            Err(Error::RuleBroken { rule: broken, violation }) => {
+                assert_eq!(broken, *rule, "{violation}");
+                assert!(violation.contains("source:"), "{violation}");
+            }
+            Err(e) => panic!("{rule}: wrong error: {e}"),
+            Ok(_) => panic!("{rule}: compiled"),
+        }
+    }
+    assert_eq!(counter.used(), 0, "a refused program spends no budget");
+    // the seed's program and every kernel form the runtime builds pass
+    let (w, off) = fp16_weights(&vec![0.5; 96 * 80]);
+    assert_eq!(off, 64);
+    engine.compile(&parse(&seed_matmul_text(96, 80, 50)).unwrap(), &w).unwrap();
+    assert_eq!(counter.used(), 1);
+}
+
 engine_test!(
     seed_program_matches_f64_for_unaligned_widths,
+    int8_affine_dequantized_weights_match_f64,
+    weights_that_do_not_resolve_fail_to_compile,
+);
+
+// op semantics and surface checks in forms the ANE is not shown to run (several inputs,
+// rank-2 operands, tensors narrower than 32 beside more than 768 channels)
+semantics_test!(
     conv_as_matmul_sweep_matches_f64,
     matmul_sweep_with_transposes_and_broadcast_matches_f64,
-    int8_affine_dequantized_weights_match_f64,
     wrong_surfaces_are_rejected,
-    weights_that_do_not_resolve_fail_to_compile,
 );

@@ -10,6 +10,7 @@ use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
+use ane_mil::rules::RuleOptions;
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
 
@@ -154,7 +155,7 @@ impl Config {
         };
         Ok(Config {
             engine,
-            engines: engine_config(budget, faults, cache_dir.as_deref()),
+            engines: engine_config(budget, faults, kernels, cache_dir.as_deref()),
             kernels,
             disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
             min_batch,
@@ -167,14 +168,25 @@ impl Config {
 
 /// The engines' settings: one budget for the engine in use (reference or apple), coreml's
 /// compiled models beside the kernel cache.
-fn engine_config(budget: Option<u32>, faults: Faults, cache_dir: Option<&Path>) -> EngineConfig {
+fn engine_config(
+    budget: Option<u32>,
+    faults: Faults,
+    kernels: KernelPolicy,
+    cache_dir: Option<&Path>,
+) -> EngineConfig {
     let mut config = EngineConfig::default();
-    let mut reference = ReferenceConfig::default().with_faults(faults);
+    // the rulebook, with two-input kernels allowed only when they are asked for
+    let mut rules = RuleOptions::default();
+    rules.allow_two_inputs = kernels == KernelPolicy::TwoInput;
+    let mut reference = ReferenceConfig::default()
+        .with_faults(faults)
+        .with_rules(Some(rules));
     if let Some(b) = budget {
         reference = reference.with_counter(CompileCounter::process(EngineKind::Reference, Some(b)));
     }
     config.reference = reference;
     let mut apple = AppleConfig::default();
+    apple.rules = Some(rules);
     if let Some(b) = budget {
         apple.compile_budget = b;
     }
@@ -268,7 +280,7 @@ mod tests {
         );
         let c = config(&[
             ("GGML_ANE_ENGINE", "reference"),
-            ("GGML_ANE_KERNELS", "packed"),
+            ("GGML_ANE_KERNELS", "two-input"),
             ("GGML_ANE_MIN_TOKENS", "32"),
             ("GGML_ANE_CACHE_DIR", "/tmp/k"),
             ("GGML_ANE_CACHE_MAX_MB", "2"),
@@ -278,7 +290,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.engine, EngineChoice::Only(EngineKind::Reference));
-        assert_eq!((c.kernels, c.min_tokens), (KernelPolicy::Packed, 32));
+        assert_eq!((c.kernels, c.min_tokens), (KernelPolicy::TwoInput, 32));
+        assert!(
+            c.engines.reference.rules.unwrap().allow_two_inputs,
+            "the two-input opt-in lets the rulebook pass two inputs"
+        );
         assert_eq!(c.disk_cache.unwrap().dir(), Path::new("/tmp/k"));
         assert_eq!(c.engines.reference.counter.budget(), Some(3));
         assert_eq!(c.engines.apple.compile_budget, 3);

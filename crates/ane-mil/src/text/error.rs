@@ -94,8 +94,20 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Renders `message` at `span` of `source` with a caret line.
+/// Renders `message` at `span` of `source` with a caret line, as an error.
 pub fn render_diagnostic(
+    path: &str,
+    source: &str,
+    span: Span,
+    message: &str,
+    notes: &[String],
+) -> String {
+    render_labelled("error", path, source, span, message, notes)
+}
+
+/// [`render_diagnostic`] with another label than `error` (`warning`).
+pub fn render_labelled(
+    label: &str,
     path: &str,
     source: &str,
     span: Span,
@@ -115,7 +127,7 @@ pub fn render_diagnostic(
             .get(start..end.min(line_end))
             .map_or(1, |s| s.chars().count().max(1))
     };
-    let mut out = format!("error: {message}\n");
+    let mut out = format!("{label}: {message}\n");
     out += &format!("{:gutter$}--> {path}:{line}:{col}\n", "");
     out += &format!("{:gutter$} |\n", "");
     out += &format!("{line} | {text}\n");

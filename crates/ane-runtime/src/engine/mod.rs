@@ -194,3 +194,14 @@ fn check_surfaces(
     }
     Ok(())
 }
+
+/// The first rule of the ANE rulebook `program` breaks, as an error (warnings pass).
+pub(crate) fn enforce_rules(program: &Program, options: &ane_mil::rules::RuleOptions) -> Result<()> {
+    match ane_mil::rules::first_refusal(program, options) {
+        Some(v) => Err(Error::RuleBroken {
+            rule: v.rule.id,
+            violation: v.to_string(),
+        }),
+        None => Ok(()),
+    }
+}

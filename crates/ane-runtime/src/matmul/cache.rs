@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::policy::{KernelPolicy, WeightId};
 use super::precision::ColumnSumSq;
 use super::program::{
-    baked_matmul_program, baked_weights, matmul_program, packed_matmul_program, BakedTile,
+    baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program, BakedTile,
 };
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::{compile_cached, DiskCache};
@@ -20,11 +20,12 @@ type KernelOrWhy = Result<Arc<dyn Kernel>, FallbackReason>;
 /// A compiled kernel that can say it gave up, or why there is none.
 type CompiledForm = Result<Arc<GivingUpKernel>, FallbackReason>;
 
-/// The streamed kernels of one tile shape: the two-input form, and the packed single-input
-/// form once the two-input one failed to compile or gave up at evaluation.
+/// The streamed kernels of one tile shape: the single-input form, and under the two-input
+/// opt-in the two-input form (until it fails to compile or gives up at evaluation).
+#[derive(Default)]
 struct StreamedForms {
-    two_input: CompiledForm,
-    packed: Option<CompiledForm>,
+    two_input: Option<CompiledForm>,
+    single: Option<CompiledForm>,
 }
 
 fn entry(g: &CompiledForm) -> KernelOrWhy {
@@ -42,7 +43,8 @@ pub struct KernelCache {
     sums_of_squares: Mutex<HashMap<u64, (u64, Arc<ColumnSumSq>)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
-    /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation.
+    /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation: every
+    /// shape then uses the single-input form.
     two_input_gave_up: Arc<AtomicBool>,
 }
 
@@ -70,8 +72,6 @@ impl KernelCache {
     /// The same cache choosing kernel kinds by `policy` (default: auto).
     pub fn with_policy(mut self, policy: KernelPolicy) -> Self {
         self.policy = policy;
-        self.two_input_gave_up
-            .store(policy == KernelPolicy::Packed, Ordering::Relaxed);
         self
     }
 
@@ -176,15 +176,16 @@ impl KernelCache {
                 }
                 Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
                 Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
+                Err(e @ Error::RuleBroken { .. }) => Err(FallbackReason::Rules(e.to_string())),
                 Err(e) => Err(FallbackReason::Compile(e.to_string())),
             },
         )
     }
 
-    /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the two-input form
-    /// ([`matmul_program`]), or the packed single-input one ([`packed_matmul_program`]) once the
-    /// two-input form failed to compile or gave up at evaluation — some ANE builds reject
-    /// two-input requests (docs/ane-notes.md#multi-input-requests). Callers tell them apart by the input count.
+    /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the single-input
+    /// form ([`matmul_program`]); under [`KernelPolicy::TwoInput`] the two-input form
+    /// ([`two_input_matmul_program`]) until it fails to compile or gives up at evaluation
+    /// (docs/ane-notes.md#multi-input-requests). Callers tell them apart by the input count.
     ///
     /// The lock is held while compiling, so two threads never compile (and pay for) the same
     /// kernel twice. A spent budget is not remembered: it is reported again, cheaply.
@@ -198,38 +199,44 @@ impl KernelCache {
     ) -> Result<Arc<dyn Kernel>, FallbackReason> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let none = Default::default();
-        let streamed = match entries.entry((m, k, n)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                stats.add_cache_hit();
-                e.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let p = matmul_program(m, k, n);
+        let forms = entries.entry((m, k, n)).or_default();
+        let mut compiled_now = false;
+        if self.policy == KernelPolicy::TwoInput && !self.two_input_gave_up.load(Ordering::Relaxed)
+        {
+            if forms.two_input.is_none() {
+                let p = two_input_matmul_program(m, k, n);
                 let flag = Some(self.two_input_gave_up.clone());
-                v.insert(StreamedForms {
-                    two_input: self.compile(engine, &p, &none, flag, stats)?,
-                    packed: None,
-                })
+                forms.two_input = Some(self.compile(engine, &p, &none, flag, stats)?);
+                compiled_now = true;
             }
-        };
-        let use_packed = match &streamed.two_input {
-            // one two-input kernel giving up says this engine rejects two-input requests:
-            // every shape switches, not each after its own failures
-            Ok(_) => self.two_input_gave_up.load(Ordering::Relaxed),
-            Err(FallbackReason::Compile(_) | FallbackReason::Unsupported(_)) => true,
-            Err(_) => false,
-        };
-        if !use_packed {
-            return entry(&streamed.two_input);
+            match forms.two_input.as_ref() {
+                // a form the engine refuses: the single-input one instead
+                Some(Err(
+                    FallbackReason::Compile(_) | FallbackReason::Unsupported(_) | FallbackReason::Rules(_),
+                ))
+                | None => {}
+                Some(form) => {
+                    if !compiled_now {
+                        stats.add_cache_hit();
+                    }
+                    return entry(form);
+                }
+            }
         }
-        // the two-input form does not work here: the packed single-input form instead
-        if streamed.packed.is_none() {
-            let p = packed_matmul_program(m, k, n);
-            streamed.packed = Some(self.compile(engine, &p, &none, None, stats)?);
-        }
-        match &streamed.packed {
-            Some(p) => entry(p),
-            None => entry(&streamed.two_input),
+        match &forms.single {
+            Some(form) => {
+                if !compiled_now {
+                    stats.add_cache_hit();
+                }
+                entry(form)
+            }
+            None => {
+                let p = matmul_program(m, k, n);
+                let form = self.compile(engine, &p, &none, None, stats)?;
+                let kernel = entry(&form);
+                forms.single = Some(form);
+                kernel
+            }
         }
     }
 }

@@ -20,11 +20,11 @@ pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
 pub use policy::{KernelKind, KernelPolicy, WeightId};
 pub use precision::MAX_PREDICTED_NMSE;
 pub use program::{
-    baked_matmul_program, baked_tiles, baked_weights, kernel_shapes, matmul_program,
-    packed_matmul_program, tile_sizes, token_bucket, token_chunks, BakedTile,
-    MAX_TOKENS_PER_KERNEL,
+    baked_matmul_program, baked_tiles, baked_weights, input_width, kernel_shapes, matmul_program,
+    min_bucket, streamed_tile_sizes, tile_sizes, token_bucket, token_chunks,
+    two_input_matmul_program, BakedTile, MAX_TOKENS_PER_KERNEL,
 };
-pub use staging::stage_rows;
+pub use staging::{stage_columns, stage_rows};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
 use std::time::Instant;

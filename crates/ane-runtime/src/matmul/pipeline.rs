@@ -12,10 +12,8 @@ use std::time::Instant;
 use super::cache::KernelCache;
 use super::policy::{KernelKind, WeightId};
 use super::precision::{self, Guard};
-use super::program::{kernel_shapes, tile_sizes, token_chunks, BakedTile};
-use super::staging::{
-    accumulate_tile, row_to_f16, stage_columns, stage_rows, zero_columns, zero_rows,
-};
+use super::program::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile};
+use super::staging::{accumulate_columns, row_to_f16, stage_columns, zero_columns};
 use super::stats::{FallbackReason, Stats};
 use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
 use crate::engine::{Engine, Kernel};
@@ -49,9 +47,9 @@ struct Chunk {
 enum WeightSource {
     /// Compiled into the kernel.
     Baked,
-    /// A staged surface, the kernel's second input.
+    /// A staged surface, the kernel's second input (the two-input opt-in).
     SecondInput,
-    /// Staged beside the activations in the kernel's one input (the packed form).
+    /// Staged beside the activations in the kernel's one input (the default streamed form).
     BesideActivations,
 }
 
@@ -76,7 +74,8 @@ pub(super) fn plan_baked(
     stats: &Stats,
 ) -> Result<TilePlan, FallbackReason> {
     let MatmulShape { k, n, .. } = job.shape;
-    let chunks = token_chunks(n, engine.limits().max_dim);
+    let min = tiles.first().map_or(1, |t| min_bucket(t.bm, t.bk));
+    let chunks = token_chunks(n, engine.limits().max_dim, min);
     let mut kernels = Vec::with_capacity(tiles.len());
     for &t in tiles {
         let kernel = cache.get_or_bake(engine, id, t, || weight_tile(job.weights, t, k), stats)?;
@@ -123,15 +122,15 @@ pub(super) fn plan_streamed(
 ) -> Result<TilePlan, FallbackReason> {
     let MatmulShape { m, k, n, .. } = job.shape;
     let max_dim = engine.limits().max_dim;
-    let (tm, tk) = tile_sizes(m, k, max_dim);
-    let chunks = token_chunks(n, max_dim);
+    let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
+    let chunks = token_chunks(n, max_dim, min_bucket(tm, tk));
     // every distinct kernel once (a cache hit counted per kernel, not per use)
     let mut compiled = Vec::new();
     for &(bm, bk, bucket) in &kernel_shapes(m, k, n, max_dim) {
         let kernel = cache.get_or_compile(engine, bm, bk, bucket, stats)?;
         compiled.push(((bm, bk, bucket), kernel));
     }
-    let mut kind = KernelKind::Streamed;
+    let mut kind = KernelKind::TwoInput;
     let mut tiles = Vec::new();
     for m0 in (0..m).step_by(tm) {
         let bm = tm.min(m - m0);
@@ -147,7 +146,7 @@ pub(super) fn plan_streamed(
                 if WeightSource::of(KernelKind::Streamed, kernel.as_ref())
                     == WeightSource::BesideActivations
                 {
-                    kind = KernelKind::Packed;
+                    kind = KernelKind::Streamed;
                 }
                 tile_chunks.push(Chunk { n0, bn, kernel });
             }
@@ -248,15 +247,9 @@ impl BatchRun<'_, '_> {
                 let layout = &chunk.kernel.procedures()[0].inputs[1];
                 let mut s = self.scratch.surface(layout);
                 let (rows, cols) = ((t.m0, t.bm), (t.k0, t.bk));
-                stage_rows(
-                    &mut s,
-                    self.job.weights,
-                    self.weight_batch,
-                    rows,
-                    cols,
-                    self.job.shape.k,
-                    None,
-                );
+                let k = self.job.shape.k;
+                // [1, bk, 1, bm]: weight row j in column j
+                stage_columns(&mut s, self.job.weights, self.weight_batch, rows, cols, k, 0, None);
                 self.stats.add_staging(clock.elapsed());
                 staged = Some(s);
             }
@@ -271,9 +264,9 @@ impl BatchRun<'_, '_> {
         result
     }
 
-    /// One evaluation: stages the activations (the padded tokens zeroed) — as rows, or as
-    /// columns beside the weights for a packed kernel — evaluates, and adds the result into
-    /// the batch's output.
+    /// One evaluation: stages the activations as columns (the padded tokens zeroed; beside
+    /// them the weights, for the single-input form), evaluates, and adds the `[1, bm, 1, S]`
+    /// result, transposed, into the batch's output.
     fn chunk(
         &mut self,
         t: &WeightTile,
@@ -287,34 +280,15 @@ impl BatchRun<'_, '_> {
         let (k, rows, cols) = (self.job.shape.k, (c.n0, c.bn), (t.k0, t.bk));
         // the activations' sum of squares once per batch: on the first M tile
         let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
+        // [1, bk, 1, width]: token j in column j (the bucket's padding zeroed), then for the
+        // single-input form weight row j in column bucket + j; the bucket the kernel was
+        // compiled for is its output's width
+        let bucket = procedure.outputs[0].dims[3];
+        stage_columns(&mut acts, self.job.acts, self.batch, rows, cols, k, 0, sum_sq);
+        zero_columns(&mut acts, t.bk, (c.bn, bucket));
         if source == WeightSource::BesideActivations {
-            // [1, bk, 1, bucket + bm]: tokens in columns 0..bucket, weight rows after them
-            let w0 = procedure.inputs[0].dims[3] - t.bm;
-            stage_columns(
-                &mut acts,
-                self.job.acts,
-                self.batch,
-                rows,
-                cols,
-                k,
-                0,
-                sum_sq,
-            );
-            zero_columns(&mut acts, t.bk, (c.bn, w0));
             let weights = (t.m0, t.bm);
-            stage_columns(
-                &mut acts,
-                self.job.weights,
-                self.weight_batch,
-                weights,
-                cols,
-                k,
-                w0,
-                None,
-            );
-        } else {
-            stage_rows(&mut acts, self.job.acts, self.batch, rows, cols, k, sum_sq);
-            zero_rows(&mut acts, c.bn, t.bk);
+            stage_columns(&mut acts, self.job.weights, self.weight_batch, weights, cols, k, bucket, None);
         }
         let mut y = self.scratch.surface(&procedure.outputs[0]);
         self.stats.add_staging(clock.elapsed());
@@ -328,7 +302,7 @@ impl BatchRun<'_, '_> {
 
         let clock = Instant::now();
         let tile_sum_sq = match evaluated {
-            Ok(()) => accumulate_tile(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm)),
+            Ok(()) => accumulate_columns(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm)),
             Err(_) => Some(0.0),
         };
         self.stats.add_writeback(clock.elapsed());

@@ -15,20 +15,20 @@ use crate::error::Error;
 pub enum KernelKind {
     /// Weights compiled into the kernels.
     Baked,
-    /// Weights staged as a kernel input.
+    /// Weights staged beside the activations in the kernel's one input (the dynamic-weight
+    /// conv of maderix/ane-prefill-bench; docs/ane-notes.md#packed-form).
     Streamed,
-    /// Weights staged beside the activations in the one input surface (the single-input
-    /// form; docs/ane-notes.md#packed-form).
-    Packed,
+    /// Weights staged as the kernel's second input (an explicit opt-in).
+    TwoInput,
 }
 
 impl KernelKind {
-    /// `baked`, `streamed` or `packed`.
+    /// `baked`, `streamed` or `two-input`.
     pub fn as_str(self) -> &'static str {
         match self {
             KernelKind::Baked => "baked",
             KernelKind::Streamed => "streamed",
-            KernelKind::Packed => "packed",
+            KernelKind::TwoInput => "two-input",
         }
     }
 }
@@ -45,9 +45,11 @@ pub enum KernelPolicy {
     Baked,
     /// Never bake.
     Streamed,
-    /// Never bake, and build streamed kernels in the packed single-input form from the start
-    /// (otherwise only after two-input kernels give up): to compare the two on hardware.
-    Packed,
+    /// Never bake, and stream weights as a second input: an opt-in to measure the two-input
+    /// form on hardware (reported both to work and to fail with 0x1d). Once a two-input
+    /// kernel fails to compile or gives up at evaluation, every shape uses the single-input
+    /// form.
+    TwoInput,
 }
 
 impl FromStr for KernelPolicy {
@@ -56,10 +58,11 @@ impl FromStr for KernelPolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(KernelPolicy::Auto),
             "baked" => Ok(KernelPolicy::Baked),
-            "streamed" => Ok(KernelPolicy::Streamed),
-            "packed" => Ok(KernelPolicy::Packed),
+            // `packed` named the single-input form when it was not the default yet
+            "streamed" | "packed" => Ok(KernelPolicy::Streamed),
+            "two-input" => Ok(KernelPolicy::TwoInput),
             other => Err(Error::InvalidSetting(format!(
-                "kernel policy `{other}`: expected auto, baked, streamed or packed"
+                "kernel policy `{other}`: expected auto, baked, streamed or two-input"
             ))),
         }
     }
@@ -72,7 +75,7 @@ impl KernelPolicy {
             KernelPolicy::Auto => "auto",
             KernelPolicy::Baked => "baked",
             KernelPolicy::Streamed => "streamed",
-            KernelPolicy::Packed => "packed",
+            KernelPolicy::TwoInput => "two-input",
         }
     }
 
@@ -114,7 +117,7 @@ pub struct WeightId {
 /// only when the budget matters.
 pub fn should_bake(policy: KernelPolicy, limits: &Limits, missing: impl FnOnce() -> u32) -> bool {
     match policy {
-        KernelPolicy::Streamed | KernelPolicy::Packed => false,
+        KernelPolicy::Streamed | KernelPolicy::TwoInput => false,
         KernelPolicy::Baked => true,
         KernelPolicy::Auto => limits.compiles_left().is_none_or(|left| {
             let missing = missing();

@@ -90,14 +90,17 @@ pub fn stage_rows(
 const COLUMN_BLOCK: usize = 16;
 
 /// Writes rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch as surface
-/// *columns* `col0..col0+rows` of rows `0..cols`: the transposed layout of the packed
-/// single-input kernel (one surface row per input feature). With `sum_sq`, adds the sum of
-/// the values' squares into it. One thread: this is the fallback form.
+/// *columns* `col0..col0+rows` of rows `0..cols`: the channel-first layout of every kernel
+/// input (one surface row per input feature, tokens or weight rows along the width). With
+/// `sum_sq`, adds the sum of the values' squares (before rounding) into it.
+///
+/// Multi-threaded over surface rows: each thread converts its features of a block of
+/// [`COLUMN_BLOCK`] source rows, then scatters them into its own surface rows.
 #[allow(
     clippy::too_many_arguments,
     reason = "source, batch, row and column ranges, and the destination column: the transposed staging case"
 )]
-pub(super) fn stage_columns(
+pub fn stage_columns(
     s: &mut Surface,
     src: &dyn MatrixSource,
     batch: (usize, usize),
@@ -105,33 +108,51 @@ pub(super) fn stage_columns(
     (k0, cols): (usize, usize),
     k: usize,
     col0: usize,
-    mut sum_sq: Option<&mut f64>,
+    sum_sq: Option<&mut f64>,
 ) {
-    let layout = s.layout().clone();
+    let layout = s.layout();
     debug_assert!(layout.rows() >= cols && layout.dims[3] >= col0 + rows);
-    let bytes = s.as_bytes_mut();
-    let mut tmp = vec![0f32; k];
-    let mut block = vec![half::f16::ZERO; COLUMN_BLOCK * cols];
-    for b0 in (0..rows).step_by(COLUMN_BLOCK) {
-        let n = COLUMN_BLOCK.min(rows - b0);
-        for (i, dst) in block.chunks_mut(cols.max(1)).take(n).enumerate() {
-            row_to_f16(
-                src,
-                batch,
-                r0 + b0 + i,
-                k0,
-                dst,
-                &mut tmp,
-                sum_sq.as_deref_mut(),
-            );
-        }
-        for d in 0..cols {
-            let off = layout.flat_row_offset(d) + 2 * (col0 + b0);
-            let out: &mut [half::f16] = bytemuck::cast_slice_mut(&mut bytes[off..off + 2 * n]);
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = block[i * cols + d];
+    debug_assert!(layout.is_row_contiguous());
+    let stride = layout.row_stride;
+    if cols == 0 || rows == 0 {
+        return;
+    }
+    let summed = sum_sq.is_some();
+    let bytes = &mut s.as_bytes_mut()[..cols * stride];
+    // surface rows d0.. (as many as `part` holds); returns their values' sum of squares
+    let stage = |d0: usize, part: &mut [u8]| -> f64 {
+        let nd = part.len() / stride;
+        let mut tmp = vec![0f32; k];
+        let mut block = vec![half::f16::ZERO; COLUMN_BLOCK * nd];
+        let mut total = 0.0;
+        for b0 in (0..rows).step_by(COLUMN_BLOCK) {
+            let n = COLUMN_BLOCK.min(rows - b0);
+            for (i, dst) in block.chunks_mut(nd).take(n).enumerate() {
+                let acc = if summed { Some(&mut total) } else { None };
+                row_to_f16(src, batch, r0 + b0 + i, k0 + d0, dst, &mut tmp, acc);
+            }
+            for d in 0..nd {
+                let off = d * stride + 2 * (col0 + b0);
+                let out: &mut [half::f16] = bytemuck::cast_slice_mut(&mut part[off..off + 2 * n]);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = block[i * nd + d];
+                }
             }
         }
+        total
+    };
+    let total = if rows * cols < PARALLEL_MIN_VALUES {
+        stage(0, bytes)
+    } else {
+        let per = cols.div_ceil(4 * rayon::current_num_threads()).max(16);
+        bytes
+            .par_chunks_mut(per * stride)
+            .enumerate()
+            .map(|(i, part)| stage(i * per, part))
+            .sum()
+    };
+    if let Some(e) = sum_sq {
+        *e += total;
     }
 }
 
@@ -145,19 +166,11 @@ pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
     }
 }
 
-/// Zeroes the first `cols` values of rows `from..` (the token rows a bucket pads).
-pub(super) fn zero_rows(s: &mut Surface, from: usize, cols: usize) {
-    let layout = s.layout().clone();
-    let bytes = s.as_bytes_mut();
-    for r in from..layout.rows() {
-        let off = layout.flat_row_offset(r);
-        bytes[off..off + 2 * cols].fill(0);
-    }
-}
 
-/// Adds a `[bn, bm]` result tile into `out` (`[n, m]`); returns the sum of the tile's
-/// squares, or `None` if any value is not finite.
-pub(super) fn accumulate_tile(
+/// Adds a `[1, bm, 1, _]` result tile — surface row `r` holding output feature `m0 + r` of
+/// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing;
+/// returns the sum of the tile's squares, or `None` if any value is not finite.
+pub(super) fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
     m: usize,
@@ -168,17 +181,19 @@ pub(super) fn accumulate_tile(
     let bytes = s.as_bytes();
     let mut finite = true;
     let mut sum_sq = 0.0;
-    for r in 0..bn {
+    let mut row32 = vec![0f32; bn];
+    for r in 0..bm {
         let off = layout.flat_row_offset(r);
-        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bm]);
+        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bn]);
+        f16_to_f32(&mut row32, row);
         let mut row_sum_sq = 0f32;
-        for (o, v) in out[(n0 + r) * m + m0..][..bm].iter_mut().zip(row) {
-            let v = v.to_f32();
+        for (c, &v) in row32.iter().enumerate() {
             finite &= v.is_finite();
             row_sum_sq += v * v;
-            *o += v;
+            out[(n0 + c) * m + m0 + r] += v;
         }
         sum_sq += f64::from(row_sum_sq);
     }
     finite.then_some(sum_sq)
 }
+

@@ -14,6 +14,9 @@ pub enum FallbackReason {
     Unsupported(String),
     /// The engine refused the program.
     Compile(String),
+    /// The program breaks a rule of the ANE rulebook (a form the hardware is reported to
+    /// reject); the runtime's own kernels never do, so this marks a bug or an experiment.
+    Rules(String),
     /// The compile budget is spent.
     Budget,
     /// Evaluation failed.
@@ -36,6 +39,7 @@ impl FallbackReason {
         match self {
             FallbackReason::Unsupported(_) => "unsupported",
             FallbackReason::Compile(_) => "compile failed",
+            FallbackReason::Rules(_) => "ANE rulebook",
             FallbackReason::Budget => "budget exhausted",
             FallbackReason::Eval(_) => "eval failed",
             FallbackReason::NonFinite => "fp16 overflow",
@@ -51,6 +55,7 @@ impl fmt::Display for FallbackReason {
         match self {
             FallbackReason::Unsupported(s)
             | FallbackReason::Compile(s)
+            | FallbackReason::Rules(s)
             | FallbackReason::Eval(s)
             | FallbackReason::Precision(s)
             | FallbackReason::Internal(s) => {

@@ -84,6 +84,30 @@ impl Engine for Shared {
     }
 }
 
+/// A reference engine with the ANE rulebook off: for tests of op semantics in forms the ANE
+/// is not shown to run (rank-2 operands, several inputs) — what the reference engine computes,
+/// not what the hardware accepts.
+pub fn unruled_engine() -> ReferenceEngine {
+    ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_counter(CompileCounter::new(None))
+            .with_rules(None),
+    )
+}
+
+/// Stamps out one `#[test]` for `fn $name(engine: &dyn Engine)` on [`unruled_engine`] only.
+macro_rules! semantics_test {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn reference() {
+                super::$name(&$crate::support::unruled_engine());
+            }
+        }
+    )*};
+}
+pub(crate) use semantics_test;
+
 /// Runs `test` on the engine `kind` when this machine has it (a SKIP line otherwise; the
 /// reference engine is always there).
 pub fn run_on(kind: EngineKind, name: &str, test: fn(&dyn Engine)) {

@@ -24,6 +24,7 @@ const LOAD_BACKOFF: Duration = Duration::from_millis(100);
 pub struct AppleEngine {
     fw: &'static Framework,
     counter: CompileCounter,
+    rules: Option<ane_mil::rules::RuleOptions>,
 }
 
 impl AppleEngine {
@@ -36,6 +37,7 @@ impl AppleEngine {
         Ok(AppleEngine {
             fw,
             counter: CompileCounter::process(EngineKind::Apple, Some(config.compile_budget)),
+            rules: config.rules,
         })
     }
 }
@@ -65,6 +67,9 @@ impl Engine for AppleEngine {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        if let Some(options) = &self.rules {
+            crate::engine::enforce_rules(program, options)?;
+        }
         let checked = check_program(program, Some(weights))?;
         let text = print_program(program);
         let files: Vec<(&str, &[u8])> = weights.iter().map(|(p, f)| (p, f.bytes())).collect();

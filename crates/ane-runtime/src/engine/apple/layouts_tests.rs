@@ -10,7 +10,7 @@ use super::{
     uniform_alloc_size, LiveTensor,
 };
 use crate::engine::apple::sys::AttrValue;
-use crate::matmul::matmul_program;
+use crate::matmul::two_input_matmul_program;
 use crate::{Error, SurfaceDType, TensorLayout};
 use ane_mil::check_program;
 
@@ -49,70 +49,72 @@ fn attrs(inputs: Vec<AttrValue>, outputs: Vec<AttrValue>) -> AttrValue {
     )])
 }
 
-/// A matmul kernel `y[64, 40] = a[64, 96] · b[40, 96]ᵀ` as the hardware might report it, with
-/// the inputs listed in the opposite order to the MIL parameters.
+/// The two-input kernel `y [1, 40, 1, 64] = conv(a [1, 96, 1, 64], b [1, 96, 1, 40])` as the
+/// hardware might report it, with the inputs listed in the opposite order to the MIL
+/// parameters.
 fn matmul_attrs() -> AttrValue {
     attrs(
-        vec![tensor("b", 40, 1, 96, 192), tensor("a", 64, 1, 96, 192)],
-        vec![tensor("y@output", 64, 1, 40, 128)],
+        vec![tensor("b", 96, 1, 40, 128), tensor("a", 96, 1, 64, 128)],
+        vec![tensor("y@output", 40, 1, 64, 128)],
     )
 }
 
 #[test]
 fn layouts_bind_by_name_and_keep_the_hardware_strides() {
-    let program = matmul_program(40, 96, 64);
+    let program = two_input_matmul_program(40, 96, 64);
     let checked = check_program(&program, None).unwrap();
     let (info, in_idx, out_idx) = procedure_layouts(&matmul_attrs(), 0, &checked[0], 64).unwrap();
     assert_eq!(in_idx, [1, 0], "a is the hardware's second input");
     assert_eq!(out_idx, [0]);
     assert_eq!(info.inputs[0].name, "a");
-    assert_eq!(info.inputs[0].dims, [1, 64, 1, 96]);
-    assert_eq!(info.inputs[0].shape, [64, 96]);
-    assert_eq!(info.inputs[0].row_stride, 192);
-    assert_eq!(info.outputs[0].name, "y");
+    assert_eq!(info.inputs[0].dims, [1, 96, 1, 64]);
+    assert_eq!(info.inputs[0].shape, [1, 96, 1, 64]);
+    assert_eq!(info.inputs[0].row_stride, 128);
     assert_eq!(
-        info.outputs[0].row_stride, 128,
+        info.inputs[1].row_stride, 128,
         "40 fp16 = 80 bytes, padded to 128"
     );
-    assert_eq!(info.outputs[0].byte_len(), 64 * 128);
+    assert_eq!(info.outputs[0].name, "y");
+    assert_eq!(info.outputs[0].row_stride, 128);
+    assert_eq!(info.outputs[0].byte_len(), 40 * 128);
 }
 
 #[test]
 fn layouts_that_would_be_staged_wrongly_are_refused() {
-    let program = matmul_program(40, 96, 64);
+    let program = two_input_matmul_program(40, 96, 64);
     let checked = check_program(&program, None).unwrap();
     let f = &checked[0];
-    // a[64, 96] reported as 96 channels of width 64: the rows are not the tensor's rows
+    // a [1, 96, 1, 64] reported as 64 channels of width 96: the rows are not the tensor's rows
     let transposed = attrs(
-        vec![tensor("a", 96, 1, 64, 128), tensor("b", 40, 1, 96, 192)],
-        vec![tensor("y", 64, 1, 40, 128)],
+        vec![tensor("a", 64, 1, 96, 192), tensor("b", 96, 1, 40, 128)],
+        vec![tensor("y", 40, 1, 64, 128)],
     );
     let err = procedure_layouts(&transposed, 0, f, 64).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("rows"), "{err}");
 
-    let ty = ane_mil::ValueType::tensor(ane_mil::DType::Fp16, [64, 96]);
+    let ty = ane_mil::ValueType::tensor(ane_mil::DType::Fp16, [1, 96, 1, 64]);
     let live = |row_stride| LiveTensor {
         name: "a".into(),
         dtype: SurfaceDType::F16,
-        dims: [1, 64, 1, 96],
+        dims: [1, 96, 1, 64],
         depth: 1,
         row_stride,
         plane_stride: row_stride,
-        batch_stride: 64 * row_stride,
+        batch_stride: 96 * row_stride,
     };
-    assert!(layout_from_live(&live(192), &ty, 64).is_ok());
+    assert!(layout_from_live(&live(128), &ty, 64).is_ok());
     assert!(
-        layout_from_live(&live(160), &ty, 64).is_err(),
+        layout_from_live(&live(96), &ty, 64).is_err(),
         "rows shorter than the data"
     );
     assert!(
-        layout_from_live(&live(200), &ty, 64).is_err(),
+        layout_from_live(&live(136), &ty, 64).is_err(),
         "rows not 64-byte aligned"
     );
-    let fp32 = ane_mil::ValueType::tensor(ane_mil::DType::Fp32, [64, 96]);
+    let fp32 = ane_mil::ValueType::tensor(ane_mil::DType::Fp32, [1, 96, 1, 64]);
     assert!(
-        layout_from_live(&live(192), &fp32, 64).is_err(),
+        layout_from_live(&live(128), &fp32, 64).is_err(),
         "element type differs"
     );
 

@@ -49,12 +49,16 @@ pub struct AppleConfig {
     /// Model loads allowed per process (default [`APPLE_COMPILE_BUDGET`]: under the ~119
     /// compiles after which the hardware's compiler fails silently).
     pub compile_budget: u32,
+    /// The ANE rulebook's options: a program it refuses is not sent to the compiler (no budget
+    /// spent on a form the hardware is reported to reject). `None` sends anything.
+    pub rules: Option<ane_mil::rules::RuleOptions>,
 }
 
 impl Default for AppleConfig {
     fn default() -> Self {
         AppleConfig {
             compile_budget: APPLE_COMPILE_BUDGET,
+            rules: Some(ane_mil::rules::RuleOptions::default()),
         }
     }
 }

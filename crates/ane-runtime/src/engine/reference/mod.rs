@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::sys::fp16::{f16_to_f32, f32_to_f16};
 use half::f16;
 
+use ane_mil::rules::RuleOptions;
 use ane_mil::{check_program, DType, Program, WeightFiles};
 
 use self::plan::{plan_function, ProcPlan, StepOp};
@@ -79,6 +80,9 @@ pub struct ReferenceConfig {
     pub row_alignment: usize,
     /// The compile counter and budget (the process-wide one by default).
     pub counter: CompileCounter,
+    /// Whether compiling enforces the ANE rulebook (default: yes, so a program refused here is
+    /// one the hardware is reported to reject); `None` runs anything, for experiments.
+    pub rules: Option<RuleOptions>,
 }
 
 impl Default for ReferenceConfig {
@@ -88,6 +92,7 @@ impl Default for ReferenceConfig {
             max_dim: MAX_DIM,
             row_alignment: ROW_ALIGNMENT,
             counter: CompileCounter::process(EngineKind::Reference, Some(HARDWARE_COMPILE_WALL)),
+            rules: Some(RuleOptions::default()),
         }
     }
 }
@@ -102,6 +107,12 @@ impl ReferenceConfig {
     /// The defaults with these injected faults.
     pub fn with_faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Enforcing the rulebook with these options, or (`None`) running anything.
+    pub fn with_rules(mut self, rules: Option<RuleOptions>) -> Self {
+        self.rules = rules;
         self
     }
 
@@ -178,6 +189,9 @@ impl Engine for ReferenceEngine {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        if let Some(options) = &self.config.rules {
+            crate::engine::enforce_rules(program, options)?;
+        }
         self.config.counter.take()?;
         if self.config.faults.compile {
             return Err(Error::Compile(
@@ -214,6 +228,10 @@ impl Engine for ReferenceEngine {
 impl ReferenceEngine {
     /// Check, limit-check and plan: everything "compile" does besides spending budget.
     fn build(&self, program: &Program, weights: &WeightFiles) -> Result<Box<dyn Kernel>> {
+        // a refused program spends no budget (compile) and is not loaded (import)
+        if let Some(options) = &self.config.rules {
+            crate::engine::enforce_rules(program, options)?;
+        }
         let functions = check_program(program, Some(weights))?;
         self.check_limits(&functions)?;
         let plans = functions
