@@ -175,7 +175,10 @@ fn print_rule_violations(
             format!("source: {}", v.rule.source),
         ];
         match v.at.span(map, v.function_index) {
-            Some(span) => eprint!("{}", render_labelled(label, path, text, span, &message, &notes)),
+            Some(span) => eprint!(
+                "{}",
+                render_labelled(label, path, text, span, &message, &notes)
+            ),
             None => eprintln!("{label}: {path}: {message}"),
         }
     }

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ane_mil::rules::RuleOptions;
 use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
-use ane_mil::rules::RuleOptions;
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind};
 

@@ -239,15 +239,47 @@ pub enum OpStatus {
 pub const OP_STATUS: &[(&str, OpStatus, &str)] = &[
     // the ops the runtime's kernels use, each run on hardware inside a working program
     ("const", OpStatus::Eval, "every program"),
-    ("conv", OpStatus::Eval, "arozanov/ggml-ane; maderix/ANE; maderix/ane-prefill-bench"),
-    ("transpose", OpStatus::Eval, "arozanov/ggml-ane (ironmill: compile-only alone)"),
-    ("reshape", OpStatus::Eval, "maderix/ane-prefill-bench compile_dyn_conv; ironmill (in larger programs)"),
-    ("slice_by_size", OpStatus::Eval, "maderix/ane-prefill-bench compile_dyn_conv (ironmill: compile-only alone)"),
-    ("slice_by_index", OpStatus::Eval, "ironmill (in larger programs)"),
+    (
+        "conv",
+        OpStatus::Eval,
+        "arozanov/ggml-ane; maderix/ANE; maderix/ane-prefill-bench",
+    ),
+    (
+        "transpose",
+        OpStatus::Eval,
+        "arozanov/ggml-ane (ironmill: compile-only alone)",
+    ),
+    (
+        "reshape",
+        OpStatus::Eval,
+        "maderix/ane-prefill-bench compile_dyn_conv; ironmill (in larger programs)",
+    ),
+    (
+        "slice_by_size",
+        OpStatus::Eval,
+        "maderix/ane-prefill-bench compile_dyn_conv (ironmill: compile-only alone)",
+    ),
+    (
+        "slice_by_index",
+        OpStatus::Eval,
+        "ironmill (in larger programs)",
+    ),
     ("concat", OpStatus::Eval, "ironmill"),
-    ("matmul", OpStatus::Eval, "ironmill (transpose flags as bool consts)"),
-    ("cast", OpStatus::CompileOnly, "ironmill (fp16<->fp32 compile-only; int8/bool eval; int32 rejected)"),
-    ("constexpr_affine_dequantize", OpStatus::CompileOnly, "ironmill lists dequantize; the constexpr form is unshown"),
+    (
+        "matmul",
+        OpStatus::Eval,
+        "ironmill (transpose flags as bool consts)",
+    ),
+    (
+        "cast",
+        OpStatus::CompileOnly,
+        "ironmill (fp16<->fp32 compile-only; int8/bool eval; int32 rejected)",
+    ),
+    (
+        "constexpr_affine_dequantize",
+        OpStatus::CompileOnly,
+        "ironmill lists dequantize; the constexpr form is unshown",
+    ),
     // elementwise and reductions (ironmill's matrix)
     ("add", OpStatus::Eval, "ironmill"),
     ("sub", OpStatus::Eval, "ironmill"),
@@ -287,15 +319,27 @@ pub const OP_STATUS: &[(&str, OpStatus, &str)] = &[
     ("squeeze", OpStatus::CompileOnly, "ironmill"),
     ("neg", OpStatus::Rejected("mul(x, -1)"), "ironmill"),
     ("mod", OpStatus::Rejected("none known"), "ironmill"),
-    ("sin", OpStatus::Rejected("precomputed tables (RoPE: ironmill, mechramc/Orion)"), "ironmill"),
-    ("cos", OpStatus::Rejected("precomputed tables (RoPE: ironmill, mechramc/Orion)"), "ironmill"),
+    (
+        "sin",
+        OpStatus::Rejected("precomputed tables (RoPE: ironmill, mechramc/Orion)"),
+        "ironmill",
+    ),
+    (
+        "cos",
+        OpStatus::Rejected("precomputed tables (RoPE: ironmill, mechramc/Orion)"),
+        "ironmill",
+    ),
     ("tan", OpStatus::Rejected("none known"), "ironmill"),
     ("asin", OpStatus::Rejected("none known"), "ironmill"),
     ("acos", OpStatus::Rejected("none known"), "ironmill"),
     ("sinh", OpStatus::Rejected("none known"), "ironmill"),
     ("cosh", OpStatus::Rejected("none known"), "ironmill"),
     ("reduce_prod", OpStatus::Rejected("none known"), "ironmill"),
-    ("batch_norm", OpStatus::Rejected("mul and add with folded constants"), "ironmill"),
+    (
+        "batch_norm",
+        OpStatus::Rejected("mul and add with folded constants"),
+        "ironmill",
+    ),
     ("avg_pool", OpStatus::Rejected("reduce_mean"), "ironmill"),
     ("max_pool", OpStatus::Rejected("reduce_max"), "ironmill"),
     ("logical_and", OpStatus::Rejected("none known"), "ironmill"),
@@ -305,7 +349,11 @@ pub const OP_STATUS: &[(&str, OpStatus, &str)] = &[
     ("gather", OpStatus::Rejected("none known"), "ironmill"),
     ("scatter", OpStatus::Rejected("none known"), "ironmill"),
     ("scatter_nd", OpStatus::Rejected("none known"), "ironmill"),
-    ("scatter_along_axis", OpStatus::Rejected("none known"), "ironmill"),
+    (
+        "scatter_along_axis",
+        OpStatus::Rejected("none known"),
+        "ironmill",
+    ),
 ];
 
 /// The status of `op`, `None` when no source shows it.
@@ -347,7 +395,11 @@ impl Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {} (source: {})", self.rule.id, self.message, self.rule.source)
+        write!(
+            f,
+            "[{}] {} (source: {})",
+            self.rule.id, self.message, self.rule.source
+        )
     }
 }
 
@@ -489,7 +541,10 @@ fn op_rules(
         Some(OpStatus::Rejected(instead)) => push(
             OP_REJECTED,
             at,
-            format!("`{}` is rejected by the ANE compiler (instead: {instead})", s.op),
+            format!(
+                "`{}` is rejected by the ANE compiler (instead: {instead})",
+                s.op
+            ),
         ),
         Some(OpStatus::CompileOnly) if s.op != "cast" => push(
             OP_COMPILE_ONLY,
@@ -507,34 +562,56 @@ fn op_rules(
         );
     }
     if s.op == "cast" {
-        let from = s.args.iter().find(|(k, _)| k == "x").and_then(|(_, a)| match a {
-            Arg::Var(v) => type_of(v, params, body).map(ValueType::dtype),
-            _ => None,
-        });
+        let from = s
+            .args
+            .iter()
+            .find(|(k, _)| k == "x")
+            .and_then(|(_, a)| match a {
+                Arg::Var(v) => type_of(v, params, body).map(ValueType::dtype),
+                _ => None,
+            });
         let to = s.ty.dtype();
         if from == Some(DType::Int32) || to == DType::Int32 {
-            push(CAST_INT32, at, format!("`{}` casts to or from int32", s.name));
-        } else if matches!((from, to), (Some(DType::Fp16), DType::Fp32) | (Some(DType::Fp32), DType::Fp16))
-        {
+            push(
+                CAST_INT32,
+                at,
+                format!("`{}` casts to or from int32", s.name),
+            );
+        } else if matches!(
+            (from, to),
+            (Some(DType::Fp16), DType::Fp32) | (Some(DType::Fp32), DType::Fp16)
+        ) {
             push(
                 OP_COMPILE_ONLY,
                 at,
-                format!("`{}`: cast between fp16 and fp32 compiles but has not been shown evaluating", s.name),
+                format!(
+                    "`{}`: cast between fp16 and fp32 compiles but has not been shown evaluating",
+                    s.name
+                ),
             );
         }
     }
     if matches!(s.op.as_str(), "slice_by_size" | "slice_by_index") {
-        let x = s.args.iter().find(|(k, _)| k == "x").and_then(|(_, a)| match a {
-            Arg::Var(v) => type_of(v, params, body),
-            _ => None,
-        });
+        let x = s
+            .args
+            .iter()
+            .find(|(k, _)| k == "x")
+            .and_then(|(_, a)| match a {
+                Arg::Var(v) => type_of(v, params, body),
+                _ => None,
+            });
         if let Some(x) = x {
             let (xs, ys) = (x.shape(), s.ty.shape());
             if xs.len() == ys.len() && xs.last() != ys.last() {
                 push(
                     WIDTH_SLICE,
                     at,
-                    format!("`{}` slices the width ({} of {})", s.name, ys[ys.len() - 1], xs[xs.len() - 1]),
+                    format!(
+                        "`{}` slices the width ({} of {})",
+                        s.name,
+                        ys[ys.len() - 1],
+                        xs[xs.len() - 1]
+                    ),
                 );
             }
         }
@@ -561,7 +638,9 @@ fn blob_bytes(s: &Statement) -> usize {
         .map(|(_, v)| v)
         .chain(s.literal_args())
         .map(|l| match l {
-            Literal::Blob(b) => b.shape.iter().product::<usize>() * b.dtype.size_bytes().unwrap_or(1),
+            Literal::Blob(b) => {
+                b.shape.iter().product::<usize>() * b.dtype.size_bytes().unwrap_or(1)
+            }
             _ => 0,
         })
         .sum()

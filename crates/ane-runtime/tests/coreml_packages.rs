@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ane_mil::coreml;
+use ane_mil::rules::{first_refusal, RuleOptions};
 use ane_mil::WeightFiles;
 use ane_runtime::engine::reference::ReferenceEngine;
 use ane_runtime::matmul::{
     baked_matmul_program, baked_weights, kernel_shapes, matmul_program, two_input_matmul_program,
 };
 use ane_runtime::Engine;
-use ane_mil::rules::{first_refusal, RuleOptions};
 use ane_testutil::coremltools;
 
 /// The distinct weight shapes `(m, k)` of a llama layer (q, k, v, o: dim×dim; gate, up:

@@ -2,14 +2,15 @@
 
 mod support;
 
-use ane_runtime::disk_cache::{compile_cached, DiskCache};
 use ane_mil::rules::RuleOptions;
+use ane_runtime::disk_cache::{compile_cached, DiskCache};
 use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
-use ane_runtime::CompileCounter;
 use ane_runtime::matmul::{
-    cpu_matmul, engine_matmul, kernel_shapes, matmul_program, KernelPolicy, DenseRows, FallbackReason,
-    KernelCache, MatmulJob, MatmulShape, Scratch, Stats, EVAL_FAILURES_BEFORE_GIVING_UP,
+    cpu_matmul, engine_matmul, kernel_shapes, matmul_program, DenseRows, FallbackReason,
+    KernelCache, KernelPolicy, MatmulJob, MatmulShape, Scratch, Stats,
+    EVAL_FAILURES_BEFORE_GIVING_UP,
 };
+use ane_runtime::CompileCounter;
 use ane_runtime::{Engine, Kernel};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -30,7 +31,10 @@ fn two_input_engine(max_dim: usize) -> (ReferenceEngine, KernelCache) {
             .with_counter(CompileCounter::new(None))
             .with_rules(Some(rules)),
     );
-    (engine, KernelCache::new().with_policy(KernelPolicy::TwoInput))
+    (
+        engine,
+        KernelCache::new().with_policy(KernelPolicy::TwoInput),
+    )
 }
 
 fn job(shape: MatmulShape, seed: u64) -> (DenseRows, DenseRows) {

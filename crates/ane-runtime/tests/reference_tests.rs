@@ -337,7 +337,8 @@ fn multi_function_programs_compile_once_into_procedures() {
 #[test]
 fn the_rulebook_refuses_forms_the_hardware_rejects() {
     let counter = CompileCounter::new(Some(10));
-    let engine = ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
+    let engine =
+        ReferenceEngine::with_config(ReferenceConfig::default().with_counter(counter.clone()));
     let program = |params: &str, body: &str, out: &str| {
         parse(&format!(
             "program(1.3)\n{{\n    func main<ios18>({params}) {{\n{body}    }} -> ({out});\n}}\n"
@@ -389,7 +390,10 @@ fn the_rulebook_refuses_forms_the_hardware_rejects() {
     ];
     for (rule, p) in &cases {
         match engine.compile(p, &Default::default()) {
-            Err(Error::RuleBroken { rule: broken, violation }) => {
+            Err(Error::RuleBroken {
+                rule: broken,
+                violation,
+            }) => {
                 assert_eq!(broken, *rule, "{violation}");
                 assert!(violation.contains("source:"), "{violation}");
             }
@@ -401,7 +405,9 @@ fn the_rulebook_refuses_forms_the_hardware_rejects() {
     // the seed's program and every kernel form the runtime builds pass
     let (w, off) = fp16_weights(&vec![0.5; 96 * 80]);
     assert_eq!(off, 64);
-    engine.compile(&parse(&seed_matmul_text(96, 80, 50)).unwrap(), &w).unwrap();
+    engine
+        .compile(&parse(&seed_matmul_text(96, 80, 50)).unwrap(), &w)
+        .unwrap();
     assert_eq!(counter.used(), 1);
 }
 

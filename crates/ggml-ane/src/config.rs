@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use ane_mil::rules::RuleOptions;
 use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
-use ane_mil::rules::RuleOptions;
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
 

@@ -196,7 +196,10 @@ fn check_surfaces(
 }
 
 /// The first rule of the ANE rulebook `program` breaks, as an error (warnings pass).
-pub(crate) fn enforce_rules(program: &Program, options: &ane_mil::rules::RuleOptions) -> Result<()> {
+pub(crate) fn enforce_rules(
+    program: &Program,
+    options: &ane_mil::rules::RuleOptions,
+) -> Result<()> {
     match ane_mil::rules::first_refusal(program, options) {
         Some(v) => Err(Error::RuleBroken {
             rule: v.rule.id,

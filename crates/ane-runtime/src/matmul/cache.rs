@@ -212,7 +212,9 @@ impl KernelCache {
             match forms.two_input.as_ref() {
                 // a form the engine refuses: the single-input one instead
                 Some(Err(
-                    FallbackReason::Compile(_) | FallbackReason::Unsupported(_) | FallbackReason::Rules(_),
+                    FallbackReason::Compile(_)
+                    | FallbackReason::Unsupported(_)
+                    | FallbackReason::Rules(_),
                 ))
                 | None => {}
                 Some(form) => {

@@ -249,7 +249,16 @@ impl BatchRun<'_, '_> {
                 let (rows, cols) = ((t.m0, t.bm), (t.k0, t.bk));
                 let k = self.job.shape.k;
                 // [1, bk, 1, bm]: weight row j in column j
-                stage_columns(&mut s, self.job.weights, self.weight_batch, rows, cols, k, 0, None);
+                stage_columns(
+                    &mut s,
+                    self.job.weights,
+                    self.weight_batch,
+                    rows,
+                    cols,
+                    k,
+                    0,
+                    None,
+                );
                 self.stats.add_staging(clock.elapsed());
                 staged = Some(s);
             }
@@ -284,11 +293,29 @@ impl BatchRun<'_, '_> {
         // single-input form weight row j in column bucket + j; the bucket the kernel was
         // compiled for is its output's width
         let bucket = procedure.outputs[0].dims[3];
-        stage_columns(&mut acts, self.job.acts, self.batch, rows, cols, k, 0, sum_sq);
+        stage_columns(
+            &mut acts,
+            self.job.acts,
+            self.batch,
+            rows,
+            cols,
+            k,
+            0,
+            sum_sq,
+        );
         zero_columns(&mut acts, t.bk, (c.bn, bucket));
         if source == WeightSource::BesideActivations {
             let weights = (t.m0, t.bm);
-            stage_columns(&mut acts, self.job.weights, self.weight_batch, weights, cols, k, bucket, None);
+            stage_columns(
+                &mut acts,
+                self.job.weights,
+                self.weight_batch,
+                weights,
+                cols,
+                k,
+                bucket,
+                None,
+            );
         }
         let mut y = self.scratch.surface(&procedure.outputs[0]);
         self.stats.add_staging(clock.elapsed());

@@ -23,7 +23,10 @@ pub fn min_bucket(bm: usize, bk: usize) -> usize {
 /// needs at most a dozen kernel sizes per weight shape, and pads at most 2×), at least `min`,
 /// within [`MAX_TOKENS_PER_KERNEL`] and half of `max_dim`.
 pub fn token_bucket(n: usize, max_dim: usize, min: usize) -> usize {
-    n.max(min).max(1).next_power_of_two().min(token_chunk(max_dim))
+    n.max(min)
+        .max(1)
+        .next_power_of_two()
+        .min(token_chunk(max_dim))
 }
 
 /// The largest token bucket: the chunk length for long prompts. At most half of `max_dim`, so a
@@ -179,7 +182,14 @@ fn conv_output(mut f: FunctionBuilder, x: &str, weight: &str, pad_type: &str) ->
 }
 
 /// Columns `first..first + width` of `x [1, k, 1, _]`: `[1, k, 1, width]`.
-fn columns(f: &mut FunctionBuilder, x: &str, name: &str, k: usize, first: usize, width: usize) -> String {
+fn columns(
+    f: &mut FunctionBuilder,
+    x: &str,
+    name: &str,
+    k: usize,
+    first: usize,
+    width: usize,
+) -> String {
     let begin = f.constant(
         &format!("{name}_begin"),
         Literal::int32s(&[0, 0, 0, first as i32]),
@@ -207,15 +217,27 @@ fn conv_weight(f: &mut FunctionBuilder, w: &str, m: usize, k: usize) -> String {
     let (m, k) = (m as i32, k as i32);
     let r1 = f.constant("r1", Literal::int32s(&[1, 1, k, m]));
     let w2 = f
-        .op("w2", "reshape", &[("shape", Arg::Var(r1)), ("x", Arg::Var(w.to_string()))])
+        .op(
+            "w2",
+            "reshape",
+            &[("shape", Arg::Var(r1)), ("x", Arg::Var(w.to_string()))],
+        )
         .expect("the tile program is well-typed");
     let pm = f.constant("pm", Literal::int32s(&[0, 1, 3, 2]));
     let w3 = f
-        .op("w3", "transpose", &[("perm", Arg::Var(pm)), ("x", Arg::Var(w2))])
+        .op(
+            "w3",
+            "transpose",
+            &[("perm", Arg::Var(pm)), ("x", Arg::Var(w2))],
+        )
         .expect("the tile program is well-typed");
     let r2 = f.constant("r2", Literal::int32s(&[m, k, 1, 1]));
-    f.op("W", "reshape", &[("shape", Arg::Var(r2)), ("x", Arg::Var(w3))])
-        .expect("the tile program is well-typed")
+    f.op(
+        "W",
+        "reshape",
+        &[("shape", Arg::Var(r2)), ("x", Arg::Var(w3))],
+    )
+    .expect("the tile program is well-typed")
 }
 
 /// The streamed kernel (the default): one input `x [1, k, 1, input_width(m, n)]`, row `d`

@@ -166,7 +166,6 @@ pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
     }
 }
 
-
 /// Adds a `[1, bm, 1, _]` result tile — surface row `r` holding output feature `m0 + r` of
 /// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing;
 /// returns the sum of the tile's squares, or `None` if any value is not finite.
@@ -196,4 +195,3 @@ pub(super) fn accumulate_columns(
     }
     finite.then_some(sum_sq)
 }
-
