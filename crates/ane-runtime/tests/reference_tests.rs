@@ -3,7 +3,7 @@
 mod support;
 
 use ane_mil::parse;
-use ane_runtime::engine::reference::{Faults, ReferenceConfig, ReferenceEngine};
+use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
 use ane_runtime::{CompileCounter, Engine, Error, Surface};
 use ane_testutil::fixtures::seed_matmul_text;
 use support::*;
