@@ -31,6 +31,10 @@ pub(crate) struct PlanArgs {
     /// Compile everything, ignoring the on-disk kernel cache (GGML_ANE_CACHE_DIR).
     #[arg(long)]
     no_cache: bool,
+    /// Also write every kernel the plan compiles as DIR/<kernel>/model.mil, byte for byte what
+    /// the engine compiles (for `ane mil check --target ane`, coremltools or a Mac).
+    #[arg(long, value_name = "DIR")]
+    emit: Option<std::path::PathBuf>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -71,7 +75,13 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.cache.disk()
     };
-    let plan = plan_prefill(&engine, disk.as_ref(), &model, &args.prompt_lengths)?;
+    let plan = plan_prefill(
+        &engine,
+        disk.as_ref(),
+        &model,
+        &args.prompt_lengths,
+        args.emit.as_deref(),
+    )?;
     let auto = plan_auto(
         &model,
         &args.prompt_lengths,

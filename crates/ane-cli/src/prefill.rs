@@ -9,7 +9,11 @@ use std::collections::BTreeSet;
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
 use ane_runtime::matmul::policy::{should_bake, KernelPolicy};
 use ane_runtime::matmul::{baked_tiles, input_width, kernel_shapes, matmul_program, BakedTile};
-use ane_runtime::{Engine, Limits, Result, SurfaceDType, TensorLayout};
+use std::path::Path;
+
+use ane_mil::print_program;
+use ane_runtime::{Engine, Limits, SurfaceDType, TensorLayout};
+use anyhow::Context;
 
 /// The matmul shapes of a llama-architecture model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,13 +179,16 @@ impl AutoPlan {
     }
 }
 
-/// Plans (and compiles, on `engine`) every kernel a prefill of each length needs.
+/// Plans (and compiles, on `engine`) every kernel a prefill of each length needs; with
+/// `emit`, also writes each as `<emit>/<kernel>/model.mil` (what the engine compiles, byte for
+/// byte: the streamed kernels have no weight files).
 pub(crate) fn plan_prefill(
     engine: &dyn Engine,
     disk: Option<&DiskCache>,
     model: &ModelDims,
     lengths: &[usize],
-) -> Result<PrefillPlan> {
+    emit: Option<&Path>,
+) -> anyhow::Result<PrefillPlan> {
     let limits = engine.limits();
     let before = limits.compiles_used;
     let weights = model.weights();
@@ -198,12 +205,17 @@ pub(crate) fn plan_prefill(
                 used.insert(shape);
                 if compiled.insert(shape) {
                     let (bm, bk, bn) = shape;
-                    let (_, from_disk) = compile_cached(
-                        engine,
-                        disk,
-                        &matmul_program(bm, bk, bn),
-                        &Default::default(),
-                    )?;
+                    let program = matmul_program(bm, bk, bn);
+                    if let Some(dir) = emit {
+                        let kernel = dir.join(format!("streamed_{bm}x{bk}x{bn}"));
+                        std::fs::create_dir_all(&kernel)
+                            .with_context(|| format!("creating {}", kernel.display()))?;
+                        let path = kernel.join("model.mil");
+                        std::fs::write(&path, print_program(&program))
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                    let (_, from_disk) =
+                        compile_cached(engine, disk, &program, &Default::default())?;
                     disk_hits += usize::from(from_disk);
                     surface_bytes += io_bytes(bm, bk, bn, limits.row_alignment);
                     new += 1;
@@ -326,7 +338,7 @@ mod tests {
             ReferenceConfig::default().with_counter(CompileCounter::new(Some(119))),
         );
         let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
-        let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths).unwrap();
+        let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths, None).unwrap();
         // 5 kernel shapes (dim², ffn×dim, dim×ffn, and the head in 3 tiles of 10667/10666
         // rows beside the 2048-token chunk, a streamed input's width being tokens + rows)
         // × 6 buckets; every one passes the ANE rulebook (the engine enforces it)
@@ -345,7 +357,8 @@ mod tests {
         assert_eq!(new, [5, 5, 5, 0, 5, 0, 5, 5]);
         // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
         // 3000 adds only the 1024 bucket for its tail
-        let long = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000]).unwrap();
+        let long =
+            plan_prefill(&engine, None, &ModelDims::llama_7b(), &[4096, 3000], None).unwrap();
         let rows: Vec<(usize, usize)> = long
             .lengths
             .iter()

@@ -443,3 +443,82 @@ fn mil_package_writes_the_bundled_example_as_an_mlpackage() {
     assert!(!r.status.success());
     assert!(text(&r.stderr).contains("--weights"), "{}", text(&r.stderr));
 }
+
+/// `ane mil check --target ane` prints every broken rule with its line and source and exits 1
+/// on a refusal; the bundled seed program passes.
+#[test]
+fn mil_check_target_ane_names_the_rules_a_program_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.mil");
+    std::fs::write(
+        &bad,
+        "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [64, 32]> a, tensor<fp16, [1, 1024, 1, 32]> x) {\n\
+         \x20       tensor<int32, [4]> b = const()[name = string(\"b\"), val = tensor<int32, [4]>([0, 0, 0, 0])];\n\
+         \x20       tensor<int32, [4]> s = const()[name = string(\"s\"), val = tensor<int32, [4]>([1, 1024, 1, 1])];\n\
+         \x20       tensor<fp16, [1, 1024, 1, 1]> y = slice_by_size(x = x, begin = b, size = s)[name = string(\"y\")];\n\
+         \x20   } -> (y);\n}\n",
+    )
+    .unwrap();
+    let out = ane(&["mil", "check", "--target", "ane", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for rule in [
+        "[single-input]",
+        "[io-rank4]",
+        "[wide-channels-narrow-spatial]",
+    ] {
+        assert!(err.contains(rule), "{rule}:\n{err}");
+    }
+    assert!(err.contains("bad.mil:3:"), "line and column:\n{err}");
+    assert!(err.contains("source: jafreck/ironmill"), "{err}");
+    assert!(err.contains("ane rules: 3 refused"), "{err}");
+    // without --target ane it is only type-checked
+    let out = ane(&["mil", "check", bad.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let seed = repo_root().join("examples/seed-matmul");
+    let out = ane(&[
+        "mil",
+        "check",
+        "--target",
+        "ane",
+        seed.join("model.mil").to_str().unwrap(),
+        "--weights",
+        seed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ane rules: 0 refused, 0 warnings"));
+}
+
+/// `ane plan --emit` writes every kernel of the 7B plan as MIL text, and every one passes
+/// `ane mil check --target ane`.
+#[test]
+fn every_emitted_plan_kernel_passes_the_rulebook() {
+    let dir = tempfile::tempdir().unwrap();
+    let emit = dir.path().join("kernels");
+    let out = ane(&[
+        "plan",
+        "--no-cache",
+        "--prompt-lengths",
+        "17,64,100,128,333,512,1000,2048",
+        "--emit",
+        emit.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&emit)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("model.mil"))
+        .collect();
+    kernels.sort();
+    assert_eq!(kernels.len(), 30, "{kernels:?}");
+    for k in &kernels {
+        let out = ane(&["mil", "check", "--target", "ane", k.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", k.display());
+        assert!(
+            err.contains("ane rules: 0 refused"),
+            "{}: {err}",
+            k.display()
+        );
+    }
+}

@@ -9,12 +9,14 @@
 //! unnamed fork reports it). Ops have a status of their own ([`OP_STATUS`]): shown evaluating
 //! correctly on hardware, compiled only, or rejected (with the known substitute).
 //!
-//! Sources (the commits read are in `docs/ane-rules.md`):
-//! - jafreck/ironmill `docs/design/ane-op-support-matrix.md` (74 ops probed one by one on
-//!   `[1, 32, 1, 32]` tensors) and `docs/design/ane-constraints.md`;
-//! - maderix/ANE (README; about 50 kernels), maderix/ane-prefill-bench (`ane_prefill_27b.m`);
+//! Sources (the commits read, and the lines, are in `docs/ane-rules.md`):
+//! - jafreck/ironmill `docs/design/ane/ane-op-support-matrix.md` (74 ops probed one by one on
+//!   `[1, 32, 1, 32]` tensors), `docs/design/ane/ane-constraints.md` and its archived notes;
+//! - maderix/ANE (README; `training/ane_classifier.h`), maderix/ane-prefill-bench
+//!   (`ane_prefill_27b.m`, README);
 //! - arozanov/ggml-ane (`ggml/src/ggml-ane/ggml-ane.mm`), the project this one replaces;
-//! - sbryngelson/ANEForge (per-program weight limits).
+//! - ncdrone/rustane (M3 Ultra reports), sbryngelson/ANEForge (chip families; its programs run
+//!   through another runtime path, e5rt, so its limits are weaker evidence for ours).
 //!
 //! A program passing here is one the ANE compiler is expected to accept as far as anyone has
 //! shown, not one known to: `ane doctor` on a Mac settles what the sources leave open.
@@ -63,7 +65,8 @@ pub const IO_DTYPE: Rule = Rule {
     id: "io-dtype",
     severity: Severity::Refuse,
     summary: "function inputs are fp16, fp32 or bool, outputs fp16 or fp32",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md (function inputs: fp16, fp32, \
+    source:
+        "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md (function inputs: fp16, fp32, \
              bool; int8 outputs rejected)",
 };
 
@@ -74,7 +77,7 @@ pub const SINGLE_INPUT: Rule = Rule {
     summary: "one input per function: multi-input requests fail with status 0x1d; pack extra \
               operands into the input's spatial dimension",
     source: "maderix/ANE README (single-input constraint); maderix/ane-prefill-bench \
-             compile_dyn_conv; jafreck/ironmill docs/design/ane-constraints.md (multi-input \
+             compile_dyn_conv; jafreck/ironmill docs/design/ane/ane-constraints.md (multi-input \
              requests can fail with 0x1d)",
 };
 
@@ -92,8 +95,27 @@ pub const WIDE_CHANNELS_NARROW_SPATIAL: Rule = Rule {
     severity: Severity::Refuse,
     summary: "a [1, C, 1, S] input or output with C > 768 and S < 32 compiles but fails at \
               evaluation (0x1d); pad S to 32",
-    source: "jafreck/ironmill docs/design/ane-constraints.md (C=768,S=1 ok; C=800,S=1 fails; \
+    source: "jafreck/ironmill docs/design/ane/ane-constraints.md and \
+             docs/archive/ane-attention-split-investigation.md (C=768,S=1 ok; C=800,S=1 fails; \
              C=1024,S=32 ok)",
+};
+
+/// Beside many channels, widths that are multiples of 32.
+pub const SPATIAL_MULTIPLE_OF_32: Rule = Rule {
+    id: "spatial-multiple-of-32",
+    severity: Severity::Warn,
+    summary: "a [1, C, 1, S] input or output with C >= 768 and S not a multiple of 32: one probe \
+              saw C=768, S=33 fail at evaluation; every working dyn-conv width is a multiple of 32",
+    source: "jafreck/ironmill docs/archive/ane-attention-split-investigation.md (C=768, S=33 \
+             fails); maderix/ane-prefill-bench (widths 17664, 5376)",
+};
+
+/// Concat on M3 Ultra.
+pub const CONCAT_M3_ULTRA: Rule = Rule {
+    id: "concat-m3-ultra",
+    severity: Severity::Warn,
+    summary: "concat is reported rejected on M3 Ultra (accepted on M4 Max)",
+    source: "ncdrone/rustane PR #9 and results/2026-03-19_m3ultra_report.md",
 };
 
 /// Input widths 14593–14622 fail.
@@ -110,7 +132,7 @@ pub const MIN_SURFACE: Rule = Rule {
     severity: Severity::Refuse,
     summary: "an IOSurface allocation under 16 KB fails with 0x1d (engines allocate at least \
               that; programs are not judged by it)",
-    source: "jafreck/ironmill docs/design/ane-constraints.md",
+    source: "jafreck/ironmill docs/design/ane/ane-constraints.md",
 };
 
 /// At least 16 channels and 16 wide.
@@ -126,7 +148,7 @@ pub const OP_REJECTED: Rule = Rule {
     id: "op-rejected",
     severity: Severity::Refuse,
     summary: "the op is rejected by the ANE compiler",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md",
 };
 
 /// Ops only compiled, never shown evaluating correctly.
@@ -134,7 +156,7 @@ pub const OP_COMPILE_ONLY: Rule = Rule {
     id: "op-compile-only",
     severity: Severity::Warn,
     summary: "the op compiles on the ANE but has not been shown evaluating correctly",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md",
 };
 
 /// Ops no source shows at all.
@@ -142,7 +164,7 @@ pub const OP_UNSEEN: Rule = Rule {
     id: "op-unseen",
     severity: Severity::Warn,
     summary: "no public source shows this op on the ANE",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md and the projects above",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md and the projects above",
 };
 
 /// `rsqrt`, `log`, `inverse` need `epsilon`.
@@ -150,7 +172,7 @@ pub const EPSILON_REQUIRED: Rule = Rule {
     id: "epsilon-required",
     severity: Severity::Refuse,
     summary: "rsqrt, log and inverse are rejected without their epsilon argument",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md (eval with epsilon); \
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md (eval with epsilon); \
              maderix/ane-prefill-bench reports rsqrt and inverse failing (without epsilon)",
 };
 
@@ -159,7 +181,7 @@ pub const CAST_INT32: Rule = Rule {
     id: "cast-int32",
     severity: Severity::Refuse,
     summary: "cast to or from int32 is rejected (fp16<->fp32 compiles; fp16<->int8/bool evaluates)",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md",
 };
 
 /// Weights per program: reports disagree.
@@ -168,17 +190,21 @@ pub const PROGRAM_WEIGHTS: Rule = Rule {
     severity: Severity::Warn,
     summary: "a program with more than 8 MB of constant weights: one report saw such a program \
               fail to compile (op count and buffers, not size alone), another runs ~2 GB",
-    source: "jafreck/ironmill docs/design/ane-constraints.md (~8 MB, ~37 ops); \
-             sbryngelson/ANEForge (~2 GB of baked weights per program)",
+    source: "jafreck/ironmill docs/design/ane/ane-constraints.md (~8 MB, ~37 ops; its archive \
+             blames program structure, not bytes); sbryngelson/ANEForge docs/llm.md (~2 GB per \
+             program, on the e5rt path)",
 };
 
-/// Width-axis slicing on one chip.
+/// Width-axis slicing on one chip family.
 pub const WIDTH_SLICE: Rule = Rule {
     id: "width-slice",
     severity: Severity::Warn,
-    summary: "slicing along the width axis is reported failing on M3 Ultra (it runs elsewhere: \
-              maderix/ane-prefill-bench compile_dyn_conv slices the width)",
-    source: "ane-rules-sources (M3 Ultra report); maderix/ane-prefill-bench ane_prefill_27b.m",
+    summary:
+        "on M1 (A13), slice_by_size with a nonzero width offset clamps values beyond ±4094 to \
+              ±inf (the runtime's precision check then sends the node to the CPU); clean on A14 \
+              and later, and width slices of a packed input pass on M3 Ultra",
+    source: "sbryngelson/ANEForge docs/cross-chip.md (h13 slice saturation); ncdrone/rustane \
+             results/2026-03-19_m3ultra_report.md (DynMatmul PASS)",
 };
 
 /// The opset the sources' programs declare.
@@ -186,7 +212,7 @@ pub const OPSET: Rule = Rule {
     id: "opset",
     severity: Severity::Warn,
     summary: "programs shown on hardware declare func main<ios18> in program(1.3)",
-    source: "jafreck/ironmill docs/design/ane-op-support-matrix.md; arozanov/ggml-ane",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md; arozanov/ggml-ane",
 };
 
 /// Every rule, for listing.
@@ -207,6 +233,8 @@ pub const RULES: &[Rule] = &[
     PROGRAM_WEIGHTS,
     WIDTH_SLICE,
     OPSET,
+    SPATIAL_MULTIPLE_OF_32,
+    CONCAT_M3_ULTRA,
 ];
 
 /// Largest tensor dimension.
@@ -521,6 +549,14 @@ fn io_shape(
             ),
         );
     }
+    if *c >= WIDE_CHANNELS && *s >= MIN_SPATIAL_FOR_WIDE && !s.is_multiple_of(MIN_SPATIAL_FOR_WIDE)
+    {
+        push(
+            SPATIAL_MULTIPLE_OF_32,
+            at,
+            format!("{what} `{name}` is [1, {c}, 1, {s}]"),
+        );
+    }
     if *c < 16 || *s < 16 {
         push(
             SMALL_TENSORS,
@@ -553,6 +589,9 @@ fn op_rules(
         ),
         None => push(OP_UNSEEN, at, format!("`{}` is not shown on the ANE", s.op)),
         _ => {}
+    }
+    if s.op == "concat" {
+        push(CONCAT_M3_ULTRA, at, format!("`{}` concatenates", s.name));
     }
     if matches!(s.op.as_str(), "rsqrt" | "log" | "inverse") && s.input("epsilon").is_none() {
         push(

@@ -140,11 +140,13 @@ pub fn baked_tiles(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<BakedTil
 // (tokens become columns) and while writing back (the `[1, M, 1, S]` output's columns are
 // tokens). Every program here passes the rulebook (`ane_mil::rules`).
 
-/// The width of a streamed kernel's input for `m` weight rows and `n` tokens: `n + m`, moved
-/// past the widths reported to fail (14593–14622, maderix/ane-prefill-bench); the columns
-/// past `n + m` are never read.
+/// The width of a streamed kernel's input for `m` weight rows and `n` tokens: `n + m` rounded
+/// up to a multiple of 32, as every working dyn-conv program's is (ane-prefill-bench: 17664,
+/// 5376) and as the rulebook asks beside many channels (`spatial-multiple-of-32`); that also
+/// keeps it out of the 14593–14622 widths reported to fail. The columns past `n + m` are never
+/// read.
 pub fn input_width(m: usize, n: usize) -> usize {
-    let w = n + m;
+    let w = (n + m).next_multiple_of(ane_mil::rules::MIN_SPATIAL_FOR_WIDE);
     if ane_mil::rules::BAD_INPUT_WIDTHS.contains(&w) {
         *ane_mil::rules::BAD_INPUT_WIDTHS.end() + 1
     } else {
@@ -373,7 +375,7 @@ mod tests {
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(x: tensor<fp16, [1, 5, 1, 10]>) -> (y: tensor<fp16, [1, 3, 1, 7]>)"
+            "main<ios18>(x: tensor<fp16, [1, 5, 1, 32]>) -> (y: tensor<fp16, [1, 3, 1, 7]>)"
         );
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
         let p = two_input_matmul_program(3, 5, 7);
@@ -395,8 +397,9 @@ mod tests {
         );
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
         // a width the hardware rejects is moved past
-        assert_eq!(input_width(14000, 600), 14623);
+        assert_eq!(input_width(14000, 600), 14624);
         assert_eq!(input_width(14000, 592), 14592);
+        assert_eq!(input_width(10667, 32), 10720);
         let p = matmul_program(14000, 64, 600);
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
     }
