@@ -46,6 +46,9 @@ pub(crate) struct BenchArgs {
 }
 
 struct Row {
+    /// Weight and activation bytes staged per call (timed reps).
+    weight_bytes: u64,
+    act_bytes: u64,
     shape: (usize, usize, usize),
     engine: Duration,
     cpu: Duration,
@@ -143,6 +146,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             staging: s.staging / reps as u32,
             eval: s.engine / reps as u32,
             writeback: s.writeback / reps as u32,
+            weight_bytes: s.weight_bytes / reps as u64,
+            act_bytes: s.act_bytes / reps as u64,
             kind: ran,
         });
         bar.inc(1);
@@ -185,9 +190,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}}}",
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}}}",
                     r.shape.0, r.shape.1, r.shape.2, kind_of(r), ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
-                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), host_us(r)
+                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), host_us(r), r.weight_bytes, r.act_bytes
                 )
             })
             .collect();
@@ -202,7 +207,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         engine.info().description
     );
     println!(
-        "{:>20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "{:>20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "M x K x N",
         "kernel",
         "GFLOPS",
@@ -213,12 +218,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "total ms",
         "compile ms",
         "CPU ms",
-        "host µs"
+        "host µs",
+        "w MiB",
+        "a MiB"
     );
     for r in &rows {
         let (m, k, n) = r.shape;
         println!(
-            "{:>20} {:>8} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1}",
+            "{:>20} {:>9} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1} {:>9.2} {:>9.2}",
             format!("{m}x{k}x{n}"),
             kind_of(r),
             gflops(r, r.engine),
@@ -229,7 +236,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ms(r.engine),
             ms(r.compile),
             ms(r.cpu),
-            host_us(r)
+            host_us(r),
+            r.weight_bytes as f64 / (1 << 20) as f64,
+            r.act_bytes as f64 / (1 << 20) as f64
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -31,7 +31,7 @@ pub(crate) struct PlanArgs {
     /// Compile everything, ignoring the on-disk kernel cache (GGML_ANE_CACHE_DIR).
     #[arg(long)]
     no_cache: bool,
-    /// Also write every kernel the plan compiles as DIR/<kernel>/model.mil, byte for byte what
+    /// Also write every kernel the plan compiles as `DIR/<kernel>/model.mil`, byte for byte what
     /// the engine compiles (for `ane mil check --target ane`, coremltools or a Mac).
     #[arg(long, value_name = "DIR")]
     emit: Option<std::path::PathBuf>,

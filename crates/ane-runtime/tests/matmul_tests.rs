@@ -518,3 +518,71 @@ fn single_input_kernels_replace_two_input_ones_that_fail() {
         );
     }
 }
+
+/// Streamed weights are staged once: a repeated job with the same weight identity stages only
+/// its activations (same bits), in both streamed forms; new weights under the same identity
+/// (another fingerprint) are staged again and give the new result; a job without an identity
+/// stages its weights every time.
+#[test]
+fn streamed_weights_are_staged_once_per_weight_version() {
+    use ane_runtime::matmul::WeightId;
+    let shape = single_matmul(70, 100, 37);
+    let (w, a) = job(shape, 31);
+    let weight_bytes = (2 * shape.m * shape.k) as u64;
+    let act_bytes = (2 * shape.n * shape.k) as u64;
+    for two_input in [false, true] {
+        let (engine, cache) = if two_input {
+            two_input_engine(16384)
+        } else {
+            let e = engine_with(16384, Faults::default(), None);
+            (e, KernelCache::new().with_policy(KernelPolicy::Streamed))
+        };
+        let mut scratch = Scratch::default();
+        let run = |w: &DenseRows, id: Option<WeightId>, scratch: &mut Scratch| {
+            let (stats, out) = (Stats::default(), out_for(shape));
+            let job = MatmulJob {
+                shape,
+                weights: w,
+                acts: &a,
+                dst: &out,
+                weight_id: id,
+            };
+            engine_matmul(&engine, &cache, &job, scratch, &stats).unwrap();
+            let s = stats.snapshot();
+            (out.values(), s.weight_bytes, s.act_bytes)
+        };
+        let id = WeightId {
+            key: 9,
+            fingerprint: 1,
+        };
+        let (first, wb, ab) = run(&w, Some(id), &mut scratch);
+        check(shape, &w, &a, &first, 1);
+        assert_eq!(
+            (wb, ab),
+            (weight_bytes, act_bytes),
+            "two-input: {two_input}"
+        );
+        let (again, wb, ab) = run(&w, Some(id), &mut scratch);
+        assert_eq!((wb, ab), (0, act_bytes), "activations only the second time");
+        assert_eq!(bits(&first), bits(&again));
+        // the same identity with other contents: staged again, the new numbers
+        let mut w2 = w.clone();
+        w2.data.iter_mut().for_each(|v| *v = -*v);
+        let changed = WeightId {
+            fingerprint: 2,
+            ..id
+        };
+        let (negated, wb, _) = run(&w2, Some(changed), &mut scratch);
+        assert_eq!(wb, weight_bytes);
+        check(shape, &w2, &a, &negated, 1);
+        // no identity: weights staged on every call
+        for _ in 0..2 {
+            let (_, wb, _) = run(&w, None, &mut scratch);
+            assert_eq!(wb, weight_bytes);
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

@@ -49,7 +49,9 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
         );
         Ok(Runtime {
             engine,
-            cache: KernelCache::with_disk(config.disk_cache.clone()).with_policy(config.kernels),
+            cache: KernelCache::with_disk(config.disk_cache.clone())
+                .with_policy(config.kernels)
+                .with_staged_weights_cap(config.staged_weights_bytes),
             description: CString::new(info.description).unwrap_or_default(),
             config,
         })

@@ -11,7 +11,7 @@ use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
-use ane_runtime::matmul::KernelPolicy;
+use ane_runtime::matmul::{KernelPolicy, DEFAULT_STAGED_WEIGHTS_BYTES};
 use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
 
 /// The variables, in the README's order.
@@ -26,6 +26,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_KERNELS",
     "GGML_ANE_COMPILE_BUDGET",
     "GGML_ANE_REFERENCE_FAULTS",
+    "GGML_ANE_SURFACE_CACHE_MB",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -54,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) kernels: KernelPolicy,
     /// `GGML_ANE_CACHE_DIR` / `GGML_ANE_CACHE_MAX_MB`: the disk cache, `None` when off.
     pub(crate) disk_cache: Option<DiskCache>,
+    /// `GGML_ANE_SURFACE_CACHE_MB`: streamed weight tiles kept staged across calls.
+    pub(crate) staged_weights_bytes: usize,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -134,6 +137,10 @@ impl Config {
             ),
         };
         let cap = number("GGML_ANE_CACHE_MAX_MB")?.map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
+        let staged_weights_bytes = number("GGML_ANE_SURFACE_CACHE_MB")?
+            .map_or(DEFAULT_STAGED_WEIGHTS_BYTES, |mb| {
+                usize::try_from(mb << 20).unwrap_or(usize::MAX)
+            });
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         let min_batch = number("GGML_ANE_MIN_BATCH")?.map_or(DEFAULT_MIN_BATCH, to_usize);
         // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
@@ -158,6 +165,7 @@ impl Config {
             engines: engine_config(budget, faults, kernels, cache_dir.as_deref()),
             kernels,
             disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
+            staged_weights_bytes,
             min_batch,
             min_tokens,
             stats_level,

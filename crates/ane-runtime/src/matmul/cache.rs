@@ -9,6 +9,7 @@ use super::precision::ColumnSumSq;
 use super::program::{
     baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program, BakedTile,
 };
+use super::staged::StagedWeights;
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::{compile_cached, DiskCache};
 use crate::engine::{Engine, Kernel};
@@ -43,6 +44,8 @@ pub struct KernelCache {
     sums_of_squares: Mutex<HashMap<u64, (u64, Arc<ColumnSumSq>)>>,
     disk: Option<DiskCache>,
     policy: KernelPolicy,
+    /// Streamed weight tiles kept staged across calls.
+    pub(crate) staged: StagedWeights,
     /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation: every
     /// shape then uses the single-input form.
     two_input_gave_up: Arc<AtomicBool>,
@@ -72,6 +75,14 @@ impl KernelCache {
     /// The same cache choosing kernel kinds by `policy` (default: auto).
     pub fn with_policy(mut self, policy: KernelPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The same cache keeping at most `bytes` of streamed weights staged across calls
+    /// (default [`DEFAULT_STAGED_WEIGHTS_BYTES`](super::DEFAULT_STAGED_WEIGHTS_BYTES); 0 stages
+    /// every call).
+    pub fn with_staged_weights_cap(mut self, bytes: usize) -> Self {
+        self.staged = StagedWeights::new(bytes);
         self
     }
 

@@ -13,6 +13,7 @@ mod pipeline;
 pub mod policy;
 mod precision;
 mod program;
+mod staged;
 mod staging;
 mod stats;
 
@@ -24,6 +25,7 @@ pub use program::{
     min_bucket, streamed_tile_sizes, tile_sizes, token_bucket, token_chunks,
     two_input_matmul_program, BakedTile, MAX_TOKENS_PER_KERNEL,
 };
+pub use staged::DEFAULT_STAGED_WEIGHTS_BYTES;
 pub use staging::{stage_columns, stage_rows};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 
@@ -367,7 +369,7 @@ pub fn engine_matmul(
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
         if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
             let ran = pipeline::plan_baked(engine, cache, job, &id, &tiles, stats)
-                .and_then(|plan| pipeline::run_plan(&plan, job, &guard, scratch, stats));
+                .and_then(|plan| pipeline::run_plan(&plan, cache, job, &guard, scratch, stats));
             match ran {
                 Ok(kind) => return Ok(kind),
                 // auto: a baked kernel the budget refuses is served streamed, not by the CPU
@@ -377,7 +379,7 @@ pub fn engine_matmul(
         }
     }
     let plan = pipeline::plan_streamed(engine, cache, job, stats)?;
-    pipeline::run_plan(&plan, job, &guard, scratch, stats)
+    pipeline::run_plan(&plan, cache, job, &guard, scratch, stats)
 }
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.

@@ -13,6 +13,7 @@ use super::cache::KernelCache;
 use super::policy::{KernelKind, WeightId};
 use super::precision::{self, Guard};
 use super::program::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile};
+use super::staged::StagedKey;
 use super::staging::{accumulate_columns, row_to_f16, stage_columns, zero_columns};
 use super::stats::{FallbackReason, Stats};
 use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
@@ -177,17 +178,23 @@ fn weight_tile(src: &dyn MatrixSource, t: BakedTile, k: usize) -> Vec<half::f16>
 /// caller recomputes the whole output on the CPU).
 pub(super) fn run_plan(
     plan: &TilePlan,
+    cache: &KernelCache,
     job: &MatmulJob<'_>,
     guard: &Guard,
     scratch: &mut Scratch,
     stats: &Stats,
 ) -> Result<KernelKind, FallbackReason> {
     let MatmulShape { m, n, batch, .. } = job.shape;
+    // identified weights that are not broadcast keep their staged tiles across calls
+    let weight_id = job.weight_id.filter(|_| job.shape.weight_batch == [1, 1]);
     for b in 0..batch[0] * batch[1] {
         let (b2, b3) = (b % batch[0], b / batch[0]);
         let mut out = std::mem::take(&mut scratch.out);
-        grow(&mut out, n * m).fill(0.0);
+        // no fill: the first K tile of every M tile assigns its outputs, later ones add
+        grow(&mut out, n * m);
         let mut run = BatchRun {
+            cache,
+            weight_id,
             job,
             batch: (b2, b3),
             weight_batch: job.shape.weight_index(b2, b3),
@@ -220,6 +227,9 @@ pub(super) fn run_plan(
 
 /// One batch in progress: where it reads and writes, and what the precision check needs.
 struct BatchRun<'a, 'j> {
+    cache: &'a KernelCache,
+    /// Set when staged weight tiles may be kept across calls.
+    weight_id: Option<WeightId>,
     job: &'a MatmulJob<'j>,
     batch: (usize, usize),
     weight_batch: (usize, usize),
@@ -238,39 +248,68 @@ impl BatchRun<'_, '_> {
     /// across the chunks (staged once); packed ones stage the weights beside each chunk's
     /// activations.
     fn weight_tile(&mut self, kind: KernelKind, t: &WeightTile) -> Result<(), FallbackReason> {
-        let mut staged: Option<Surface> = None;
+        let mut staged: Option<(Surface, Option<StagedKey>)> = None;
         let mut result = Ok(());
         for chunk in &t.chunks {
             let source = WeightSource::of(kind, chunk.kernel.as_ref());
             if source == WeightSource::SecondInput && staged.is_none() {
                 let clock = Instant::now();
                 let layout = &chunk.kernel.procedures()[0].inputs[1];
-                let mut s = self.scratch.surface(layout);
-                let (rows, cols) = ((t.m0, t.bm), (t.k0, t.bk));
-                let k = self.job.shape.k;
-                // [1, bk, 1, bm]: weight row j in column j
-                stage_columns(
-                    &mut s,
-                    self.job.weights,
-                    self.weight_batch,
-                    rows,
-                    cols,
-                    k,
-                    0,
-                    None,
-                );
+                let (s, key) = self.weight_surface(t, layout, 0);
                 self.stats.add_staging(clock.elapsed());
-                staged = Some(s);
+                staged = Some((s, key));
             }
-            result = self.chunk(t, chunk, source, staged.as_ref());
+            result = self.chunk(t, chunk, source, staged.as_ref().map(|(s, _)| s));
             if result.is_err() {
                 break;
             }
         }
-        if let Some(s) = staged {
-            self.scratch.give_back(s);
+        if let Some((s, key)) = staged {
+            self.put_back(s, key);
         }
         result
+    }
+
+    /// A surface holding weight tile `t` as columns `col0..col0 + bm`: kept from an earlier
+    /// call when the same weights were staged for the same layout, else staged now (counted
+    /// as weight bytes). The key says where to keep it afterwards.
+    fn weight_surface(
+        &mut self,
+        t: &WeightTile,
+        layout: &crate::layout::TensorLayout,
+        col0: usize,
+    ) -> (Surface, Option<StagedKey>) {
+        let key = self
+            .weight_id
+            .map(|id| StagedKey::new(id, self.weight_batch, t.m0, t.k0, layout));
+        if let Some(s) = key.as_ref().and_then(|k| self.cache.staged.take(k)) {
+            return (s, key);
+        }
+        let mut s = self.scratch.surface(layout);
+        let (rows, cols, k) = ((t.m0, t.bm), (t.k0, t.bk), self.job.shape.k);
+        stage_columns(
+            &mut s,
+            self.job.weights,
+            self.weight_batch,
+            rows,
+            cols,
+            k,
+            col0,
+            None,
+        );
+        self.stats.add_weight_bytes(2 * t.bm * t.bk);
+        (s, key)
+    }
+
+    /// Keeps a weight-holding surface for the next call, or recycles it.
+    fn put_back(&mut self, s: Surface, key: Option<StagedKey>) {
+        let spare = match key {
+            Some(k) => self.cache.staged.keep(k, s),
+            None => Some(s),
+        };
+        if let Some(s) = spare {
+            self.scratch.give_back(s);
+        }
     }
 
     /// One evaluation: stages the activations as columns (the padded tokens zeroed; beside
@@ -285,14 +324,18 @@ impl BatchRun<'_, '_> {
     ) -> Result<(), FallbackReason> {
         let procedure = &c.kernel.procedures()[0];
         let clock = Instant::now();
-        let mut acts = self.scratch.surface(&procedure.inputs[0]);
         let (k, rows, cols) = (self.job.shape.k, (c.n0, c.bn), (t.k0, t.bk));
+        // [1, bk, 1, width]: token j in column j (the bucket's padding zeroed), then for the
+        // single-input form weight row j in column bucket + j (kept from an earlier call when
+        // possible); the bucket the kernel was compiled for is its output's width
+        let bucket = procedure.outputs[0].dims[3];
+        let (mut acts, key) = if source == WeightSource::BesideActivations {
+            self.weight_surface(t, &procedure.inputs[0], bucket)
+        } else {
+            (self.scratch.surface(&procedure.inputs[0]), None)
+        };
         // the activations' sum of squares once per batch: on the first M tile
         let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
-        // [1, bk, 1, width]: token j in column j (the bucket's padding zeroed), then for the
-        // single-input form weight row j in column bucket + j; the bucket the kernel was
-        // compiled for is its output's width
-        let bucket = procedure.outputs[0].dims[3];
         stage_columns(
             &mut acts,
             self.job.acts,
@@ -304,19 +347,7 @@ impl BatchRun<'_, '_> {
             sum_sq,
         );
         zero_columns(&mut acts, t.bk, (c.bn, bucket));
-        if source == WeightSource::BesideActivations {
-            let weights = (t.m0, t.bm);
-            stage_columns(
-                &mut acts,
-                self.job.weights,
-                self.weight_batch,
-                weights,
-                cols,
-                k,
-                bucket,
-                None,
-            );
-        }
+        self.stats.add_act_bytes(2 * c.bn * t.bk);
         let mut y = self.scratch.surface(&procedure.outputs[0]);
         self.stats.add_staging(clock.elapsed());
 
@@ -329,11 +360,18 @@ impl BatchRun<'_, '_> {
 
         let clock = Instant::now();
         let tile_sum_sq = match evaluated {
-            Ok(()) => accumulate_columns(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm)),
+            Ok(()) => {
+                let first = t.k0 == 0;
+                accumulate_columns(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm), first)
+            }
             Err(_) => Some(0.0),
         };
         self.stats.add_writeback(clock.elapsed());
-        self.scratch.give_back(acts);
+        if source == WeightSource::BesideActivations {
+            self.put_back(acts, key);
+        } else {
+            self.scratch.give_back(acts);
+        }
         self.scratch.give_back(y);
         evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
         let tile_sum_sq = tile_sum_sq.ok_or(FallbackReason::NonFinite)?;

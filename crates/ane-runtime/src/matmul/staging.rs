@@ -95,7 +95,7 @@ const COLUMN_BLOCK: usize = 16;
 /// `sum_sq`, adds the sum of the values' squares (before rounding) into it.
 ///
 /// Multi-threaded over surface rows: each thread converts its features of a block of
-/// [`COLUMN_BLOCK`] source rows, then scatters them into its own surface rows.
+/// `COLUMN_BLOCK` source rows, then scatters them into its own surface rows.
 #[allow(
     clippy::too_many_arguments,
     reason = "source, batch, row and column ranges, and the destination column: the transposed staging case"
@@ -167,14 +167,16 @@ pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
 }
 
 /// Adds a `[1, bm, 1, _]` result tile — surface row `r` holding output feature `m0 + r` of
-/// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing;
-/// returns the sum of the tile's squares, or `None` if any value is not finite.
+/// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing (with
+/// `first`, assigns instead: the first K tile, so `out` needs no clearing); returns the sum
+/// of the tile's squares, or `None` if any value is not finite.
 pub(super) fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
     m: usize,
     (n0, bn): (usize, usize),
     (m0, bm): (usize, usize),
+    first: bool,
 ) -> Option<f64> {
     let layout = s.layout();
     let bytes = s.as_bytes();
@@ -189,7 +191,8 @@ pub(super) fn accumulate_columns(
         for (c, &v) in row32.iter().enumerate() {
             finite &= v.is_finite();
             row_sum_sq += v * v;
-            out[(n0 + c) * m + m0 + r] += v;
+            let o = &mut out[(n0 + c) * m + m0 + r];
+            *o = if first { v } else { *o + v };
         }
         sum_sq += f64::from(row_sum_sq);
     }

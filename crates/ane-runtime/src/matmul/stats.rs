@@ -85,6 +85,8 @@ pub struct Stats {
     engine_ns: AtomicU64,
     writeback_ns: AtomicU64,
     cpu_ns: AtomicU64,
+    weight_bytes: AtomicU64,
+    act_bytes: AtomicU64,
     fallbacks: Mutex<Vec<(&'static str, u64)>>,
 }
 
@@ -113,6 +115,11 @@ pub struct StatsSnapshot {
     pub writeback: Duration,
     /// Time computing fallbacks on the CPU.
     pub cpu: Duration,
+    /// Weight bytes staged into surfaces (fp16); staged weight tiles kept across calls are
+    /// not staged again.
+    pub weight_bytes: u64,
+    /// Activation bytes staged into surfaces (fp16).
+    pub act_bytes: u64,
 }
 
 impl StatsSnapshot {
@@ -144,6 +151,12 @@ impl Stats {
     }
     pub(crate) fn add_writeback(&self, d: Duration) {
         add(&self.writeback_ns, d);
+    }
+    pub(crate) fn add_weight_bytes(&self, n: usize) {
+        self.weight_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_act_bytes(&self, n: usize) {
+        self.act_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn add_compile(&self) {
         self.compiles.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +206,8 @@ impl Stats {
             engine: ns(&self.engine_ns),
             writeback: ns(&self.writeback_ns),
             cpu: ns(&self.cpu_ns),
+            weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
+            act_bytes: self.act_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -216,6 +231,13 @@ impl fmt::Display for StatsSnapshot {
         writeln!(f, "  kernel cache hits      {}", self.cache_hits)?;
         writeln!(f, "  loaded from disk       {}", self.disk_hits)?;
         writeln!(f, "  staging                {:.1} ms", ms(self.staging))?;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        writeln!(
+            f,
+            "    weights staged       {:.1} MiB",
+            mib(self.weight_bytes)
+        )?;
+        writeln!(f, "    activations staged   {:.1} MiB", mib(self.act_bytes))?;
         writeln!(f, "  engine                 {:.1} ms", ms(self.engine))?;
         writeln!(f, "  write-back             {:.1} ms", ms(self.writeback))?;
         writeln!(f, "  CPU fallback           {:.1} ms", ms(self.cpu))?;
