@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use ane_runtime::engine::limits::APPLE_COMPILE_BUDGET;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
+use ane_runtime::matmul::DEFAULT_MAX_LOADED;
 use ane_runtime::{CompileCounter, Engine};
 use anyhow::{bail, Context};
 
@@ -86,6 +87,7 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         &model,
         &args.prompt_lengths,
         Some(APPLE_COMPILE_BUDGET),
+        Some(DEFAULT_MAX_LOADED as u32),
         engine.limits().max_dim,
     );
     if args.json {
@@ -131,6 +133,10 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         auto.streamed_kernels,
         auto.streamed_matmuls,
         auto.all_baked_kernels
+    );
+    println!(
+        "kernels loaded at once: {} streamed (this plan); {} under auto, within the cap of {}",
+        plan.compiles, auto.peak_loaded, DEFAULT_MAX_LOADED
     );
     println!(
         "surface bytes (inputs + outputs of every kernel): {:.1} MiB",

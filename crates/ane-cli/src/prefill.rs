@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
-use ane_runtime::matmul::policy::{should_bake, KernelPolicy};
+use ane_runtime::matmul::policy::{should_bake, KernelPolicy, LoadedRoom};
 use ane_runtime::matmul::{baked_tiles, input_width, kernel_shapes, matmul_program, BakedTile};
 use std::path::Path;
 
@@ -108,6 +108,11 @@ pub(crate) struct AutoPlan {
     pub(crate) streamed_matmuls: u32,
     /// Baked kernels if every weight were baked (`GGML_ANE_KERNELS=baked` without a budget).
     pub(crate) all_baked_kernels: u32,
+    /// The cap on loaded kernels the replay kept to.
+    pub(crate) max_loaded: Option<u32>,
+    /// The most kernels loaded at once (every kernel used stays loaded: the policy leaves the
+    /// cap room for the streamed ones).
+    pub(crate) peak_loaded: u32,
 }
 
 /// Replays the `auto` decisions ([`should_bake`]) over the prefill in graph order, counting
@@ -116,6 +121,7 @@ pub(crate) fn plan_auto(
     model: &ModelDims,
     lengths: &[usize],
     budget: Option<u32>,
+    max_loaded: Option<u32>,
     max_dim: usize,
 ) -> AutoPlan {
     let mut used = 0u32;
@@ -138,7 +144,11 @@ pub(crate) fn plan_auto(
                 compiles_used: used,
             };
             let missing = || tiles.iter().filter(|t| !baked.contains(t)).count() as u32;
-            if should_bake(KernelPolicy::Auto, &limits, missing) {
+            let room = LoadedRoom {
+                baked_loaded: baked.len() as u32,
+                max_loaded,
+            };
+            if should_bake(KernelPolicy::Auto, &limits, room, missing) {
                 used += missing();
                 baked.extend(tiles);
                 baked_matmuls += 1;
@@ -160,6 +170,8 @@ pub(crate) fn plan_auto(
         baked_matmuls,
         streamed_matmuls,
         all_baked_kernels: all_baked.len() as u32,
+        max_loaded,
+        peak_loaded: (baked.len() + streamed.len()) as u32,
     }
 }
 
@@ -167,14 +179,16 @@ impl AutoPlan {
     /// As a JSON object.
     pub(crate) fn to_json(self) -> String {
         format!(
-            "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}}}",
+            "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}, \"max_loaded\": {}, \"peak_loaded\": {}}}",
             self.budget.map_or("null".to_string(), |b| b.to_string()),
             self.compiles,
             self.baked_kernels,
             self.streamed_kernels,
             self.baked_matmuls,
             self.streamed_matmuls,
-            self.all_baked_kernels
+            self.all_baked_kernels,
+            self.max_loaded.map_or("null".to_string(), |m| m.to_string()),
+            self.peak_loaded
         )
     }
 }
@@ -312,20 +326,26 @@ mod tests {
     fn auto_planning_for_a_7b_prefill_stays_within_the_apple_budget() {
         let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
         let model = ModelDims::llama_7b();
-        let auto = plan_auto(&model, &lengths, Some(100), 16384);
+        let auto = plan_auto(&model, &lengths, Some(100), Some(48), 16384);
         assert!(auto.compiles <= 100, "{auto:?}");
         assert_eq!(auto.compiles, auto.baked_kernels + auto.streamed_kernels);
+        // baking leaves the loaded-kernel cap room for the streamed kernels
         assert!(
-            auto.baked_kernels > 0 && auto.baked_kernels <= 100 - 32,
+            auto.baked_kernels > 0 && auto.baked_kernels <= 48 - 32,
             "{auto:?}"
         );
+        assert!(auto.peak_loaded <= 48, "{auto:?}");
+        // without the cap, the budget alone would keep 98 kernels loaded: past the ~55 the
+        // hardware holds
+        let uncapped = plan_auto(&model, &lengths, Some(100), None, 16384);
+        assert!(uncapped.peak_loaded > 55, "{uncapped:?}");
         // the streamed kernels `ane plan` counts for these lengths: every matmul still has one
         assert_eq!(auto.streamed_kernels, 30);
         assert_eq!(auto.baked_matmuls + auto.streamed_matmuls, 225 * 8);
         // 225 weights, the vocab head tiled in two, over 6 distinct buckets
         assert_eq!(auto.all_baked_kernels, 226 * 6);
         // no budget: everything baked
-        let unlimited = plan_auto(&model, &lengths, None, 16384);
+        let unlimited = plan_auto(&model, &lengths, None, None, 16384);
         assert_eq!(unlimited.compiles, 226 * 6);
         assert_eq!(unlimited.streamed_kernels, 0);
     }

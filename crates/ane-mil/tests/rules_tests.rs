@@ -77,6 +77,9 @@ fn forms_the_hardware_rejects_are_refused_by_rule() {
     let edge = program("tensor<fp16, [1, 32, 1, 14592]> x", &slice(32, 64), "y");
     assert!(refused_rules(&edge, &none).is_empty(), "14592 works");
 
+    let huge = program("tensor<fp16, [1, 64, 1, 20000]> x", &slice(64, 64), "y");
+    assert_eq!(refused_rules(&huge, &none), BTreeSet::from(["max-dim"]));
+
     let narrow = program("tensor<fp16, [1, 1024, 1, 32]> x", &slice(1024, 1), "y");
     assert_eq!(
         refused_rules(&narrow, &none),

@@ -51,7 +51,8 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             engine,
             cache: KernelCache::with_disk(config.disk_cache.clone())
                 .with_policy(config.kernels)
-                .with_staged_weights_cap(config.staged_weights_bytes),
+                .with_staged_weights_cap(config.staged_weights_bytes)
+                .with_max_loaded(config.max_loaded),
             description: CString::new(info.description).unwrap_or_default(),
             config,
         })

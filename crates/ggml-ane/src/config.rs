@@ -11,7 +11,7 @@ use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use ane_runtime::engine::apple::AppleConfig;
 use ane_runtime::engine::coreml::CoreMlConfig;
 use ane_runtime::engine::reference::{Faults, ReferenceConfig};
-use ane_runtime::matmul::{KernelPolicy, DEFAULT_STAGED_WEIGHTS_BYTES};
+use ane_runtime::matmul::{KernelPolicy, DEFAULT_MAX_LOADED, DEFAULT_STAGED_WEIGHTS_BYTES};
 use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
 
 /// The variables, in the README's order.
@@ -27,6 +27,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_COMPILE_BUDGET",
     "GGML_ANE_REFERENCE_FAULTS",
     "GGML_ANE_SURFACE_CACHE_MB",
+    "GGML_ANE_MAX_LOADED",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -57,6 +58,8 @@ pub(crate) struct Config {
     pub(crate) disk_cache: Option<DiskCache>,
     /// `GGML_ANE_SURFACE_CACHE_MB`: streamed weight tiles kept staged across calls.
     pub(crate) staged_weights_bytes: usize,
+    /// `GGML_ANE_MAX_LOADED`: kernels kept loaded at once (0: no cap).
+    pub(crate) max_loaded: Option<usize>,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -142,6 +145,11 @@ impl Config {
                 usize::try_from(mb << 20).unwrap_or(usize::MAX)
             });
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let max_loaded = match number("GGML_ANE_MAX_LOADED")? {
+            None => Some(DEFAULT_MAX_LOADED),
+            Some(0) => None,
+            Some(n) => Some(to_usize(n)),
+        };
         let min_batch = number("GGML_ANE_MIN_BATCH")?.map_or(DEFAULT_MIN_BATCH, to_usize);
         // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
         let min_tokens = number("GGML_ANE_MIN_TOKENS")?.map_or(1, to_usize).max(1);
@@ -166,6 +174,7 @@ impl Config {
             kernels,
             disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
             staged_weights_bytes,
+            max_loaded,
             min_batch,
             min_tokens,
             stats_level,

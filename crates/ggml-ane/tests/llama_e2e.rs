@@ -51,11 +51,19 @@ fn check_model(kind: &str, max_nmse: f64) {
     );
 
     let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    // no cap on loaded kernels: every weight baked (the capped default is checked below)
     let ane = tools.run(
         &model,
         &dir.join("ane.f32"),
         Some(&dir.join("cache")),
-        &[("GGML_ANE_STATS", "2")],
+        &[("GGML_ANE_STATS", "2"), ("GGML_ANE_MAX_LOADED", "0")],
+    );
+    // the default cap of 48 loaded kernels: `auto` bakes only while 32 stay for streamed ones
+    let capped = tools.run(
+        &model,
+        &dir.join("capped.f32"),
+        Some(&dir.join("cache-capped")),
+        &[],
     );
     let streamed = tools.run(
         &model,
@@ -113,6 +121,20 @@ fn check_model(kind: &str, max_nmse: f64) {
     // baked into kernels (the budget allows all 58 here); streamed kernels give the same bits
     let baked = stat(&ane.log, "with baked weights");
     assert_eq!(baked, on_engine, "{}", tail(&ane.log));
+    assert_eq!(stat(&capped.log, "nodes on engine"), on_engine);
+    let capped_baked = stat(&capped.log, "with baked weights");
+    assert!(
+        capped_baked > 0 && capped_baked <= 16,
+        "{capped_baked} baked under the cap\n{}",
+        tail(&capped.log)
+    );
+    assert!(
+        ane.logits
+            .iter()
+            .zip(&capped.logits)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "capped and uncapped runs disagree"
+    );
     assert_eq!(stat(&streamed.log, "with baked weights"), 0);
     assert_eq!(stat(&streamed.log, "nodes on engine"), on_engine);
     assert!(

@@ -9,6 +9,7 @@ use super::precision::ColumnSumSq;
 use super::program::{
     baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program, BakedTile,
 };
+use super::residency::{Loaded, Residency};
 use super::staged::StagedWeights;
 use super::stats::{FallbackReason, Stats};
 use crate::disk_cache::{compile_cached, DiskCache};
@@ -46,6 +47,8 @@ pub struct KernelCache {
     policy: KernelPolicy,
     /// Streamed weight tiles kept staged across calls.
     pub(crate) staged: StagedWeights,
+    /// Which kernels are loaded, within the cap.
+    residency: Residency,
     /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation: every
     /// shape then uses the single-input form.
     two_input_gave_up: Arc<AtomicBool>,
@@ -86,6 +89,51 @@ impl KernelCache {
         self
     }
 
+    /// The same cache keeping at most `max` kernels loaded at once (default
+    /// [`DEFAULT_MAX_LOADED`](super::DEFAULT_MAX_LOADED); `None`: no cap). Past it the least
+    /// recently used kernel is dropped and compiled again when needed.
+    pub fn with_max_loaded(mut self, max: Option<usize>) -> Self {
+        self.residency = Residency::new(max);
+        self
+    }
+
+    /// The cap on loaded kernels.
+    pub fn max_loaded(&self) -> Option<usize> {
+        self.residency.cap()
+    }
+
+    /// Kernels loaded now, and how many of them are baked.
+    pub fn loaded(&self) -> (usize, usize) {
+        (self.residency.loaded(), self.residency.baked_loaded())
+    }
+
+    /// The most kernels this cache ever had loaded at once.
+    pub fn peak_loaded(&self) -> usize {
+        self.residency.peak()
+    }
+
+    /// Marks a kernel used; drops (unloads) what the cap no longer has room for.
+    fn touch(&self, key: Loaded) {
+        for victim in self.residency.touch(key) {
+            match victim {
+                Loaded::Streamed(shape, two_input) => {
+                    let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(forms) = entries.get_mut(&shape) {
+                        if two_input {
+                            forms.two_input = None;
+                        } else {
+                            forms.single = None;
+                        }
+                    }
+                }
+                Loaded::Baked(weight, tile) => {
+                    let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
+                    baked.remove(&(weight, tile));
+                }
+            }
+        }
+    }
+
     /// The kernel-kind policy.
     pub fn policy(&self) -> KernelPolicy {
         self.policy
@@ -112,27 +160,44 @@ impl KernelCache {
         stats: &Stats,
     ) -> Result<Arc<dyn Kernel>, FallbackReason> {
         let key = (id.key, tile);
-        let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
-        match baked.get(&key) {
-            Some((f, e)) if *f == id.fingerprint => {
-                stats.add_cache_hit();
-                return e.clone();
+        let loaded = Loaded::Baked(id.key, tile);
+        let result = {
+            let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
+            match baked.get(&key) {
+                Some((f, e)) if *f == id.fingerprint => {
+                    stats.add_cache_hit();
+                    Some(e.clone())
+                }
+                // the weights at this address changed: the old kernel holds stale values
+                Some(_) => {
+                    baked.remove(&key);
+                    self.residency.forget(&loaded);
+                    None
+                }
+                None => None,
             }
-            // the weights at this address changed: the old kernel holds stale values
-            Some(_) => {
-                baked.remove(&key);
+        };
+        let result = match result {
+            Some(r) => r,
+            None => {
+                let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
+                let files = baked_weights(&weights());
+                let reload = self.residency.was_evicted(&loaded);
+                let result = entry(&self.compile(
+                    engine,
+                    &baked_matmul_program(tile.bm, tile.bk, tile.bucket),
+                    &files,
+                    None,
+                    reload,
+                    stats,
+                )?);
+                baked.insert(key, (id.fingerprint, result.clone()));
+                result
             }
-            None => {}
+        };
+        if result.is_ok() {
+            self.touch(loaded);
         }
-        let files = baked_weights(&weights());
-        let result = entry(&self.compile(
-            engine,
-            &baked_matmul_program(tile.bm, tile.bk, tile.bucket),
-            &files,
-            None,
-            stats,
-        )?);
-        baked.insert(key, (id.fingerprint, result.clone()));
         result
     }
 
@@ -162,35 +227,40 @@ impl KernelCache {
     }
 
     /// Compiles (or loads from disk); `Err` only for a spent budget, which is not cached.
-    /// `gave_up` is set if the kernel ever gives up at evaluation.
+    /// `gave_up` is set if the kernel ever gives up at evaluation. A `reload` (a kernel dropped
+    /// to make room) is compiled, not loaded from disk: it spends budget until hardware shows
+    /// a reload does not.
     fn compile(
         &self,
         engine: &dyn Engine,
         program: &ane_mil::Program,
         weights: &ane_mil::WeightFiles,
         gave_up: Option<Arc<AtomicBool>>,
+        reload: bool,
         stats: &Stats,
     ) -> Result<CompiledForm, FallbackReason> {
-        Ok(
-            match compile_cached(engine, self.disk.as_ref(), program, weights) {
-                Ok((kernel, from_disk)) => {
-                    if from_disk {
-                        stats.add_disk_hit();
-                    } else {
-                        stats.add_compile();
-                    }
-                    Ok(Arc::new(GivingUpKernel {
-                        inner: kernel,
-                        failures: AtomicU32::new(0),
-                        gave_up,
-                    }))
+        if reload {
+            stats.add_reload();
+        }
+        let disk = if reload { None } else { self.disk.as_ref() };
+        Ok(match compile_cached(engine, disk, program, weights) {
+            Ok((kernel, from_disk)) => {
+                if from_disk {
+                    stats.add_disk_hit();
+                } else {
+                    stats.add_compile();
                 }
-                Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
-                Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
-                Err(e @ Error::RuleBroken { .. }) => Err(FallbackReason::Rules(e.to_string())),
-                Err(e) => Err(FallbackReason::Compile(e.to_string())),
-            },
-        )
+                Ok(Arc::new(GivingUpKernel {
+                    inner: kernel,
+                    failures: AtomicU32::new(0),
+                    gave_up,
+                }))
+            }
+            Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
+            Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
+            Err(e @ Error::RuleBroken { .. }) => Err(FallbackReason::Rules(e.to_string())),
+            Err(e) => Err(FallbackReason::Compile(e.to_string())),
+        })
     }
 
     /// The streamed kernel for tile `(m, k, n)`, compiling it on first use: the single-input
@@ -208,16 +278,38 @@ impl KernelCache {
         n: usize,
         stats: &Stats,
     ) -> Result<Arc<dyn Kernel>, FallbackReason> {
+        let (kernel, loaded) = self.streamed_kernel(engine, (m, k, n), stats)?;
+        if kernel.is_ok() {
+            self.touch(loaded);
+        }
+        kernel
+    }
+
+    /// [`get_or_compile`](Self::get_or_compile) under the entries' lock: the kernel, and which
+    /// loaded kernel it is.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a kernel or why not, beside its residency key"
+    )]
+    fn streamed_kernel(
+        &self,
+        engine: &dyn Engine,
+        (m, k, n): (usize, usize, usize),
+        stats: &Stats,
+    ) -> Result<(KernelOrWhy, Loaded), FallbackReason> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let none = Default::default();
         let forms = entries.entry((m, k, n)).or_default();
+        let single = Loaded::Streamed((m, k, n), false);
+        let two = Loaded::Streamed((m, k, n), true);
         let mut compiled_now = false;
         if self.policy == KernelPolicy::TwoInput && !self.two_input_gave_up.load(Ordering::Relaxed)
         {
             if forms.two_input.is_none() {
                 let p = two_input_matmul_program(m, k, n);
                 let flag = Some(self.two_input_gave_up.clone());
-                forms.two_input = Some(self.compile(engine, &p, &none, flag, stats)?);
+                let reload = self.residency.was_evicted(&two);
+                forms.two_input = Some(self.compile(engine, &p, &none, flag, reload, stats)?);
                 compiled_now = true;
             }
             match forms.two_input.as_ref() {
@@ -232,11 +324,11 @@ impl KernelCache {
                     if !compiled_now {
                         stats.add_cache_hit();
                     }
-                    return entry(form);
+                    return Ok((entry(form), two));
                 }
             }
         }
-        match &forms.single {
+        let kernel = match &forms.single {
             Some(form) => {
                 if !compiled_now {
                     stats.add_cache_hit();
@@ -245,12 +337,14 @@ impl KernelCache {
             }
             None => {
                 let p = matmul_program(m, k, n);
-                let form = self.compile(engine, &p, &none, None, stats)?;
+                let reload = self.residency.was_evicted(&single);
+                let form = self.compile(engine, &p, &none, None, reload, stats)?;
                 let kernel = entry(&form);
                 forms.single = Some(form);
                 kernel
             }
-        }
+        };
+        Ok((kernel, single))
     }
 }
 

@@ -13,18 +13,20 @@ mod pipeline;
 pub mod policy;
 mod precision;
 mod program;
+mod residency;
 mod staged;
 mod staging;
 mod stats;
 
 pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
-pub use policy::{KernelKind, KernelPolicy, WeightId};
+pub use policy::{KernelKind, KernelPolicy, LoadedRoom, WeightId};
 pub use precision::MAX_PREDICTED_NMSE;
 pub use program::{
     baked_matmul_program, baked_tiles, baked_weights, input_width, kernel_shapes, matmul_program,
     min_bucket, streamed_tile_sizes, tile_sizes, token_bucket, token_chunks,
     two_input_matmul_program, BakedTile, MAX_TOKENS_PER_KERNEL,
 };
+pub use residency::DEFAULT_MAX_LOADED;
 pub use staged::DEFAULT_STAGED_WEIGHTS_BYTES;
 pub use staging::{stage_columns, stage_rows};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
@@ -367,7 +369,11 @@ pub fn engine_matmul(
     if let Some(id) = job.weight_id.filter(|_| shape.weight_batch == [1, 1]) {
         let limits = engine.limits();
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
-        if policy::should_bake(policy, &limits, || cache.baked_missing(&id, &tiles)) {
+        let room = policy::LoadedRoom {
+            baked_loaded: cache.loaded().1 as u32,
+            max_loaded: cache.max_loaded().map(|c| c as u32),
+        };
+        if policy::should_bake(policy, &limits, room, || cache.baked_missing(&id, &tiles)) {
             let ran = pipeline::plan_baked(engine, cache, job, &id, &tiles, stats)
                 .and_then(|plan| pipeline::run_plan(&plan, cache, job, &guard, scratch, stats));
             match ran {

@@ -281,7 +281,7 @@ impl BatchRun<'_, '_> {
     ) -> (Surface, Option<StagedKey>) {
         let key = self
             .weight_id
-            .map(|id| StagedKey::new(id, self.weight_batch, t.m0, t.k0, layout));
+            .map(|id| StagedKey::new(id, self.weight_batch, (t.m0, t.k0), col0, layout));
         if let Some(s) = key.as_ref().and_then(|k| self.cache.staged.take(k)) {
             return (s, key);
         }

@@ -46,9 +46,9 @@ pub enum KernelPolicy {
     /// Never bake.
     Streamed,
     /// Never bake, and stream weights as a second input: an opt-in to measure the two-input
-    /// form on hardware (reported both to work and to fail with 0x1d). Once a two-input
-    /// kernel fails to compile or gives up at evaluation, every shape uses the single-input
-    /// form.
+    /// form on hardware (reported both to work and to fail with 0x1d). A shape whose
+    /// two-input kernel fails to compile uses the single-input form; once any two-input
+    /// kernel gives up at evaluation, every shape does.
     TwoInput,
 }
 
@@ -112,16 +112,43 @@ pub struct WeightId {
     pub fingerprint: u64,
 }
 
+/// The loaded kernels a bake decision must leave room beside: how many baked kernels are
+/// loaded, and the cap on loaded kernels (`KernelCache::with_max_loaded`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadedRoom {
+    /// Baked kernels loaded now.
+    pub baked_loaded: u32,
+    /// The cap on loaded kernels, `None` without one.
+    pub max_loaded: Option<u32>,
+}
+
 /// Whether to bake the weights of a job that has a [`WeightId`] and one weight matrix (not
 /// broadcast); `missing()` counts the baked kernels it would still have to compile, asked
-/// only when the budget matters.
-pub fn should_bake(policy: KernelPolicy, limits: &Limits, missing: impl FnOnce() -> u32) -> bool {
+/// only when the budget or the loaded-kernel cap matters. Under `auto`, baking must leave
+/// [`STREAMED_RESERVE`] compiles of the budget, and as many loaded kernels of the cap, to
+/// streamed kernels — so the kernels a model needs stay loaded instead of being dropped and
+/// compiled again.
+pub fn should_bake(
+    policy: KernelPolicy,
+    limits: &Limits,
+    room: LoadedRoom,
+    missing: impl FnOnce() -> u32,
+) -> bool {
     match policy {
         KernelPolicy::Streamed | KernelPolicy::TwoInput => false,
         KernelPolicy::Baked => true,
-        KernelPolicy::Auto => limits.compiles_left().is_none_or(|left| {
+        KernelPolicy::Auto => {
+            if limits.compiles_left().is_none() && room.max_loaded.is_none() {
+                return true;
+            }
             let missing = missing();
-            missing == 0 || left >= missing + STREAMED_RESERVE
-        }),
+            let budget_ok = limits
+                .compiles_left()
+                .is_none_or(|left| left >= missing + STREAMED_RESERVE);
+            let room_ok = room
+                .max_loaded
+                .is_none_or(|cap| room.baked_loaded + missing + STREAMED_RESERVE <= cap);
+            missing == 0 || (budget_ok && room_ok)
+        }
     }
 }

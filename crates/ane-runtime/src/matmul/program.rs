@@ -147,11 +147,9 @@ pub fn baked_tiles(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<BakedTil
 /// read.
 pub fn input_width(m: usize, n: usize) -> usize {
     let w = (n + m).next_multiple_of(ane_mil::rules::MIN_SPATIAL_FOR_WIDE);
-    if ane_mil::rules::BAD_INPUT_WIDTHS.contains(&w) {
-        *ane_mil::rules::BAD_INPUT_WIDTHS.end() + 1
-    } else {
-        w
-    }
+    // no multiple of 32 lies in 14593..=14622
+    debug_assert!(!ane_mil::rules::BAD_INPUT_WIDTHS.contains(&w));
+    w
 }
 
 /// `y [1, m, 1, n] = conv(x, W)` with `x [1, k, 1, n]` and a `[m, k, 1, 1]` weight: the conv

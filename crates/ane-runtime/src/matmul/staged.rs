@@ -18,8 +18,9 @@ pub const DEFAULT_STAGED_WEIGHTS_BYTES: usize = 512 << 20;
 pub(crate) struct StagedKey {
     /// The weight (`WeightId::key`) and its contents' fingerprint.
     pub(crate) weight: (u64, u64),
-    /// The weight batch, and the tile's first row and column.
-    pub(crate) tile: ((usize, usize), usize, usize),
+    /// The weight batch, the tile's first row and column, and the surface column its
+    /// first row went to (kernels of different token buckets can share an input layout).
+    pub(crate) tile: ((usize, usize), usize, usize, usize),
     /// The surface's layout (the kernel's input it was staged for).
     pub(crate) layout: TensorLayout,
 }
@@ -28,13 +29,13 @@ impl StagedKey {
     pub(crate) fn new(
         id: WeightId,
         batch: (usize, usize),
-        m0: usize,
-        k0: usize,
+        (m0, k0): (usize, usize),
+        col0: usize,
         layout: &TensorLayout,
     ) -> Self {
         StagedKey {
             weight: (id.key, id.fingerprint),
-            tile: (batch, m0, k0),
+            tile: (batch, m0, k0, col0),
             layout: layout.clone(),
         }
     }

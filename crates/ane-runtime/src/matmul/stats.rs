@@ -87,6 +87,7 @@ pub struct Stats {
     cpu_ns: AtomicU64,
     weight_bytes: AtomicU64,
     act_bytes: AtomicU64,
+    reloads: AtomicU64,
     fallbacks: Mutex<Vec<(&'static str, u64)>>,
 }
 
@@ -120,6 +121,9 @@ pub struct StatsSnapshot {
     pub weight_bytes: u64,
     /// Activation bytes staged into surfaces (fp16).
     pub act_bytes: u64,
+    /// Kernels compiled again after being dropped to stay within the loaded-kernel cap
+    /// (counted in `compiles` too).
+    pub reloads: u64,
 }
 
 impl StatsSnapshot {
@@ -157,6 +161,9 @@ impl Stats {
     }
     pub(crate) fn add_act_bytes(&self, n: usize) {
         self.act_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn add_compile(&self) {
         self.compiles.fetch_add(1, Ordering::Relaxed);
@@ -208,6 +215,7 @@ impl Stats {
             cpu: ns(&self.cpu_ns),
             weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
             act_bytes: self.act_bytes.load(Ordering::Relaxed),
+            reloads: self.reloads.load(Ordering::Relaxed),
         }
     }
 }
@@ -228,6 +236,7 @@ impl fmt::Display for StatsSnapshot {
             writeln!(f, "    {label:<20} {n}")?;
         }
         writeln!(f, "  compiles               {}", self.compiles)?;
+        writeln!(f, "    reloads              {}", self.reloads)?;
         writeln!(f, "  kernel cache hits      {}", self.cache_hits)?;
         writeln!(f, "  loaded from disk       {}", self.disk_hits)?;
         writeln!(f, "  staging                {:.1} ms", ms(self.staging))?;
