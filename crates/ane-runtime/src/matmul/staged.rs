@@ -111,7 +111,7 @@ mod tests {
             fingerprint,
         };
         (
-            StagedKey::new(id, (0, 0), m0, 0, &layout),
+            StagedKey::new(id, (0, 0), (m0, 0), 0, &layout),
             Surface::new(layout),
         )
     }
