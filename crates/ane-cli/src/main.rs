@@ -4,6 +4,7 @@
     missing_docs,
     reason = "a binary: its --help text is its documentation"
 )]
+#![forbid(unsafe_code)]
 
 mod bench;
 mod cache;

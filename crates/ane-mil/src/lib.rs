@@ -16,6 +16,8 @@
 //! - [`coreml`]: Core ML model packages (ML Program protobuf + weights) from the same IR, for
 //!   the public Core ML path; [`coreml::Package::write_to`] is the one place that touches files.
 
+#![forbid(unsafe_code)]
+
 pub mod blob;
 pub mod builder;
 pub mod check;

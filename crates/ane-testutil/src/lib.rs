@@ -1,6 +1,8 @@
 //! Helpers for tests across the workspace: deterministic data and f64 references with
 //! stated fp16 tolerances. Not part of any shipped crate.
 
+#![forbid(unsafe_code)]
+
 use half::f16;
 
 /// splitmix64: deterministic, dependency-free test data.

@@ -128,21 +128,17 @@ fn check_model(kind: &str, max_nmse: f64) {
         "{capped_baked} baked under the cap\n{}",
         tail(&capped.log)
     );
-    assert!(
-        ane.logits
-            .iter()
-            .zip(&capped.logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "capped and uncapped runs disagree"
+    assert_same_bits(
+        &ane.logits,
+        &capped.logits,
+        "capped and uncapped runs disagree",
     );
     assert_eq!(stat(&streamed.log, "with baked weights"), 0);
     assert_eq!(stat(&streamed.log, "nodes on engine"), on_engine);
-    assert!(
-        ane.logits
-            .iter()
-            .zip(&streamed.logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "baked and streamed kernels disagree"
+    assert_same_bits(
+        &ane.logits,
+        &streamed.logits,
+        "baked and streamed kernels disagree",
     );
     let two_input_rows = by_node_table(&two_input.log);
     assert_eq!(two_input_rows.len(), 2 * 8, "{}", tail(&two_input.log));
@@ -153,12 +149,10 @@ fn check_model(kind: &str, max_nmse: f64) {
         "{two_input_rows:?}"
     );
     // all three forms end in the same conv: the same bits
-    assert!(
-        ane.logits
-            .iter()
-            .zip(&two_input.logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "baked and two-input kernels disagree"
+    assert_same_bits(
+        &ane.logits,
+        &two_input.logits,
+        "baked and two-input kernels disagree",
     );
     assert_eq!(stat(&prompt_only.log, "nodes on engine"), matmuls_per_token);
     // GGML_ANE_LOG=debug: one line per MUL_MAT, with the node's own name
@@ -281,6 +275,15 @@ impl Tools {
             .collect();
         Run { logits, log }
     }
+}
+
+/// Two runs' logits are the same bits.
+fn assert_same_bits(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    assert!(
+        a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{what}"
+    );
 }
 
 /// The rows of the `by node:` table (`GGML_ANE_STATS=2`), split on whitespace.
