@@ -46,6 +46,8 @@ pub(crate) struct BenchArgs {
 }
 
 struct Row {
+    /// Tile planning and kernel lookup per call.
+    planning: Duration,
     /// Weight and activation bytes staged per call (timed reps).
     weight_bytes: u64,
     act_bytes: u64,
@@ -121,6 +123,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let t = Instant::now();
         engine_matmul(engine.as_ref(), &cache, &job, &mut scratch, &warm)
             .map_err(|e| anyhow::anyhow!("{m}x{k}x{n}: {e}"))?;
+        // the warm-up's planning is mostly compiling
         let compile = t.elapsed().saturating_sub(
             warm.snapshot().staging + warm.snapshot().engine + warm.snapshot().writeback,
         );
@@ -143,6 +146,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             engine: engine_t,
             cpu: cpu_t,
             compile,
+            planning: s.planning / reps as u32,
             staging: s.staging / reps as u32,
             eval: s.engine / reps as u32,
             writeback: s.writeback / reps as u32,
@@ -177,11 +181,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         2.0 * (r.shape.0 * r.shape.1 * r.shape.2) as f64 / d.as_secs_f64().max(1e-12) / 1e9
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    // what is neither data movement (staging, write-back) nor the engine: kernel lookup,
-    // surface pool, bookkeeping
+    // what is none of the timed phases (planning and kernel lookup, staging, the engine,
+    // write-back): surface pool, bookkeeping
     let host_us = |r: &Row| {
         r.engine
-            .saturating_sub(r.staging + r.eval + r.writeback)
+            .saturating_sub(r.planning + r.staging + r.eval + r.writeback)
             .as_secs_f64()
             * 1e6
     };
@@ -190,9 +194,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}}}",
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"plan_us\": {:.1}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}}}",
                     r.shape.0, r.shape.1, r.shape.2, kind_of(r), ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
-                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), host_us(r), r.weight_bytes, r.act_bytes
+                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), r.planning.as_secs_f64() * 1e6, host_us(r), r.weight_bytes, r.act_bytes
                 )
             })
             .collect();
@@ -207,7 +211,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         engine.info().description
     );
     println!(
-        "{:>20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:>20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "M x K x N",
         "kernel",
         "GFLOPS",
@@ -218,6 +222,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "total ms",
         "compile ms",
         "CPU ms",
+        "plan µs",
         "host µs",
         "w MiB",
         "a MiB"
@@ -225,7 +230,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for r in &rows {
         let (m, k, n) = r.shape;
         println!(
-            "{:>20} {:>9} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1} {:>9.2} {:>9.2}",
+            "{:>20} {:>9} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
             format!("{m}x{k}x{n}"),
             kind_of(r),
             gflops(r, r.engine),
@@ -236,6 +241,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ms(r.engine),
             ms(r.compile),
             ms(r.cpu),
+            r.planning.as_secs_f64() * 1e6,
             host_us(r),
             r.weight_bytes as f64 / (1 << 20) as f64,
             r.act_bytes as f64 / (1 << 20) as f64

@@ -366,6 +366,9 @@ pub fn engine_matmul(
     let clock = Instant::now();
     let guard = precision::Guard::new(cache, job);
     stats.add_staging(clock.elapsed());
+    // planning: the tiles, and every kernel fetched (or compiled: compiles are counted, and
+    // the bench reports their time apart)
+    let clock = Instant::now();
     if let Some(id) = job.weight_id.filter(|_| shape.weight_batch == [1, 1]) {
         let limits = engine.limits();
         let tiles = baked_tiles(shape.m, shape.k, shape.n, limits.max_dim);
@@ -374,9 +377,11 @@ pub fn engine_matmul(
             max_loaded: cache.max_loaded().map(|c| c as u32),
         };
         if policy::should_bake(policy, &limits, room, || cache.baked_missing(&id, &tiles)) {
-            let ran = pipeline::plan_baked(engine, cache, job, &id, &tiles, stats)
-                .and_then(|plan| pipeline::run_plan(&plan, cache, job, &guard, scratch, stats));
-            match ran {
+            let plan = pipeline::plan_baked(engine, cache, job, &id, &tiles, stats);
+            stats.add_planning(clock.elapsed());
+            match plan
+                .and_then(|plan| pipeline::run_plan(&plan, cache, job, &guard, scratch, stats))
+            {
                 Ok(kind) => return Ok(kind),
                 // auto: a baked kernel the budget refuses is served streamed, not by the CPU
                 Err(FallbackReason::Budget) if policy == KernelPolicy::Auto => {}
@@ -384,8 +389,10 @@ pub fn engine_matmul(
             }
         }
     }
-    let plan = pipeline::plan_streamed(engine, cache, job, stats)?;
-    pipeline::run_plan(&plan, cache, job, &guard, scratch, stats)
+    let clock = Instant::now();
+    let plan = pipeline::plan_streamed(engine, cache, job, stats);
+    stats.add_planning(clock.elapsed());
+    pipeline::run_plan(&plan?, cache, job, &guard, scratch, stats)
 }
 
 /// The job in f32 on the CPU (multi-threaded GEMM); the path of last resort.

@@ -81,6 +81,7 @@ pub struct Stats {
     cache_hits: AtomicU64,
     disk_hits: AtomicU64,
     baked_nodes: AtomicU64,
+    planning_ns: AtomicU64,
     staging_ns: AtomicU64,
     engine_ns: AtomicU64,
     writeback_ns: AtomicU64,
@@ -108,6 +109,8 @@ pub struct StatsSnapshot {
     pub disk_hits: u64,
     /// Nodes (of `offloaded`) served by kernels with their weights baked in.
     pub baked_nodes: u64,
+    /// Time planning tiles and fetching (or compiling) their kernels.
+    pub planning: Duration,
     /// Time converting inputs into surfaces.
     pub staging: Duration,
     /// Time in engine evaluation.
@@ -147,6 +150,9 @@ fn add(a: &AtomicU64, d: Duration) {
 }
 
 impl Stats {
+    pub(crate) fn add_planning(&self, d: Duration) {
+        add(&self.planning_ns, d);
+    }
     pub(crate) fn add_staging(&self, d: Duration) {
         add(&self.staging_ns, d);
     }
@@ -209,6 +215,7 @@ impl Stats {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             baked_nodes: self.baked_nodes.load(Ordering::Relaxed),
+            planning: ns(&self.planning_ns),
             staging: ns(&self.staging_ns),
             engine: ns(&self.engine_ns),
             writeback: ns(&self.writeback_ns),
@@ -239,6 +246,7 @@ impl fmt::Display for StatsSnapshot {
         writeln!(f, "    reloads              {}", self.reloads)?;
         writeln!(f, "  kernel cache hits      {}", self.cache_hits)?;
         writeln!(f, "  loaded from disk       {}", self.disk_hits)?;
+        writeln!(f, "  planning               {:.1} ms", ms(self.planning))?;
         writeln!(f, "  staging                {:.1} ms", ms(self.staging))?;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         writeln!(
