@@ -133,6 +133,9 @@ fn supports_mul_mat(n: &NodeDesc) -> bool {
     };
     let d = &n.node;
     d.ty == ggml_type::F32
+        && s0.readable()
+        && s1.readable()
+        && d.readable()
         && matches!(s1.ty, ggml_type::F32 | ggml_type::F16 | ggml_type::BF16)
         && src0_readable(&s0)
         && s0.ne[0] == s1.ne[0]

@@ -28,12 +28,18 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_REFERENCE_FAULTS",
     "GGML_ANE_SURFACE_CACHE_MB",
     "GGML_ANE_MAX_LOADED",
+    "GGML_ANE_DISABLE",
+    "GGML_ANE_ANY_GGML",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
 /// otherwise. With ~0.1–0.3 ms per ANE dispatch and ~5 TFLOPS per kernel, a matmul needs
 /// ≳1 GFLOP to be worth it: 4096×4096 at N = 64 is 2.1 GFLOP (docs/ane-notes.md#offload-threshold).
 pub(crate) const DEFAULT_MIN_BATCH: usize = 64;
+
+/// MUL_MATs with fewer tokens are declined unless `GGML_ANE_MIN_TOKENS` says otherwise: 32,
+/// Metal's own offload threshold (`GGML_OP_OFFLOAD_MIN_BATCH`), so decode stays where it was.
+pub(crate) const DEFAULT_MIN_TOKENS: usize = 32;
 
 /// How much the log says: ggml's levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +66,10 @@ pub(crate) struct Config {
     pub(crate) staged_weights_bytes: usize,
     /// `GGML_ANE_MAX_LOADED`: kernels kept loaded at once (0: no cap).
     pub(crate) max_loaded: Option<usize>,
+    /// `GGML_ANE_DISABLE=1`: register no device.
+    pub(crate) disable: bool,
+    /// `GGML_ANE_ANY_GGML=1`: offer the device in a ggml the version table does not cover.
+    pub(crate) any_ggml: bool,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -151,8 +161,18 @@ impl Config {
             Some(n) => Some(to_usize(n)),
         };
         let min_batch = number("GGML_ANE_MIN_BATCH")?.map_or(DEFAULT_MIN_BATCH, to_usize);
-        // 1: every MUL_MAT, decode included, until Mac numbers say where the ANE stops paying
-        let min_tokens = number("GGML_ANE_MIN_TOKENS")?.map_or(1, to_usize).max(1);
+        // Metal's own offload threshold: decode steps stay on the backend they were on
+        let min_tokens = number("GGML_ANE_MIN_TOKENS")?
+            .map_or(DEFAULT_MIN_TOKENS, to_usize)
+            .max(1);
+        let flag = |name: &str| -> Result<bool, String> {
+            match var(name).as_deref() {
+                None | Some("0") => Ok(false),
+                Some("1") => Ok(true),
+                Some(other) => Err(format!("{name}={other}: expected 0 or 1")),
+            }
+        };
+        let (disable, any_ggml) = (flag("GGML_ANE_DISABLE")?, flag("GGML_ANE_ANY_GGML")?);
         let stats_level = stats_level(var("GGML_ANE_STATS").as_deref());
         let log_level = match var("GGML_ANE_LOG")
             .map(|v| v.to_ascii_lowercase())
@@ -175,6 +195,8 @@ impl Config {
             disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
             staged_weights_bytes,
             max_loaded,
+            disable,
+            any_ggml,
             min_batch,
             min_tokens,
             stats_level,
@@ -289,7 +311,8 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.engine, EngineChoice::Auto);
         assert_eq!(c.kernels, KernelPolicy::Auto);
-        assert_eq!((c.min_batch, c.min_tokens, c.stats_level), (64, 1, 0));
+        assert_eq!((c.min_batch, c.min_tokens, c.stats_level), (64, 32, 0));
+        assert!(!c.disable && !c.any_ggml);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert!(
             c.disk_cache.is_none(),
@@ -336,6 +359,7 @@ mod tests {
             ("GGML_ANE_COMPILE_BUDGET", "-1"),
             ("GGML_ANE_REFERENCE_FAULTS", "crash"),
             ("GGML_ANE_LOG", "loud"),
+            ("GGML_ANE_DISABLE", "yes"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");

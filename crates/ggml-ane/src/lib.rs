@@ -18,6 +18,7 @@
 
 mod backend;
 mod config;
+mod hosts;
 mod placement;
 #[allow(
     unsafe_code,

@@ -258,6 +258,8 @@ impl Tools {
         if let Some(cache) = cache {
             cmd.env("GGML_BACKEND_PATH", support::cdylib())
                 .env("GGML_ANE_STATS", "1")
+                // decode steps too, unless a run says otherwise (the default keeps them off)
+                .env("GGML_ANE_MIN_TOKENS", "1")
                 .env("GGML_ANE_CACHE_DIR", cache);
         }
         cmd.envs(env.iter().copied());

@@ -23,6 +23,8 @@ fn run_in(lib_dir: &std::path::Path, filter: Option<&str>, env: &[(&str, &str)])
         // this host's own ggml libraries, not whichever the environment points at
         .env("LD_LIBRARY_PATH", lib_dir)
         .env("GGML_ANE_STATS", "1")
+        // every case, small ones included (the default keeps MUL_MATs under 32 tokens off)
+        .env("GGML_ANE_MIN_TOKENS", "1")
         .env_remove("GGML_ANE_ENGINE")
         .env_remove("GGML_ANE_REFERENCE_FAULTS")
         .env_remove("GGML_ANE_COMPILE_BUDGET");
@@ -147,4 +149,50 @@ fn a_spent_budget_falls_back_to_the_cpu() {
         on_engine > 0 && spent > 0 && on_engine + spent == total as u64,
         "{on_engine} + {spent} != {total}"
     );
+}
+
+/// `GGML_ANE_DISABLE=1`: the library loads and offers no device.
+#[test]
+fn a_disabled_library_offers_no_device() {
+    let text = run(
+        Some("type_a=f32,type_b=f32,m=16,n=1,k=256"),
+        &[("GGML_ANE_DISABLE", "1")],
+    );
+    assert!(text.contains("loaded ANE backend"), "{}", tail(&text));
+    assert!(text.contains("Testing 1 devices"), "{}", tail(&text));
+    assert!(!text.contains(": ANE"), "{}", tail(&text));
+}
+
+/// A ggml newer or older than the version table gets one line naming its version and no ANE
+/// device; `GGML_ANE_ANY_GGML=1` tries anyway. The host's `ggml_version` is replaced by a
+/// preloaded stand-in.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_untested_ggml_version_gets_the_refusal_line() {
+    let case = "type_a=f32,type_b=f32,m=16,n=1,k=256";
+    for (version, why) in [("0.99.0", "newer than"), ("0.9.1", "older than")] {
+        let lib = support::compile_c(
+            "fake_version.c",
+            &format!("libfake-{version}.so"),
+            &[
+                "-shared".into(),
+                "-fPIC".into(),
+                format!("-DFAKE_VERSION=\"{version}\""),
+            ],
+        );
+        let preload = [("LD_PRELOAD", lib.to_str().unwrap())];
+        let text = run(Some(case), &preload);
+        let line =
+            format!("ggml-ane: ggml {version} is {why} the versions this build is tested with");
+        assert!(text.contains(&line), "{}", tail(&text));
+        assert!(text.contains("no ANE device"), "{}", tail(&text));
+        assert!(text.contains("Testing 1 devices"), "{}", tail(&text));
+        if version == "0.9.1" {
+            // the host really is 0.25: trying anyway works
+            let text = run(Some(case), &[preload[0], ("GGML_ANE_ANY_GGML", "1")]);
+            assert!(text.contains("trying anyway"), "{}", tail(&text));
+            let (ok, total) = passed(&text);
+            assert!(total > 0 && ok == total, "{}", tail(&text));
+        }
+    }
 }

@@ -227,32 +227,56 @@ unsafe extern "C" {
     pub fn ggml_graph_node(cgraph: *mut ggml_cgraph, i: c_int) -> *mut ggml_tensor;
     pub fn ggml_log_internal(level: c_int, format: *const c_char, ...);
     pub fn ggml_version() -> *const c_char;
+    pub fn ggml_backend_buft_name(buft: ggml_backend_buffer_type_t) -> *const c_char;
+    pub fn ggml_backend_buft_get_device(buft: ggml_backend_buffer_type_t) -> Dev;
+    pub fn ggml_backend_dev_name(dev: Dev) -> *const c_char;
+    pub fn ggml_backend_buffer_get_type(buffer: *mut c_void) -> ggml_backend_buffer_type_t;
 }
 
-/// The backend API version of the ggml we are loaded into.
+/// A C string as Rust text ("" for NULL).
 ///
-/// The vtables we implement are identical in API v2 (ggml 0.9.1 – 0.25.x) and v3 (0.26.0 on,
-/// which changed only the buffer-type vtable we do not implement), but the loader demands an
-/// exact match. `ggml_version()` (exported by ggml-base in both) tells which one the host is.
-pub(crate) fn host_api_version() -> c_int {
-    // SAFETY: ggml_version returns a static NUL-terminated string.
-    let v = unsafe { std::ffi::CStr::from_ptr(ggml_version()) }
+/// # Safety
+/// `p` is NULL or a NUL-terminated string that outlives the call.
+unsafe fn text(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller guarantees a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(p) }
         .to_string_lossy()
-        .into_owned();
-    api_version_for(&v)
+        .into_owned()
 }
 
-/// API version for a ggml version string such as "0.26.0".
-pub(crate) fn api_version_for(version: &str) -> c_int {
-    let mut parts = version
-        .split('.')
-        .map(|p| p.trim().parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) >= (0, 26) {
-        3
-    } else {
-        GGML_BACKEND_API_VERSION
+/// Whether the backend may read and write tensors in buffers of type `buft`
+/// ([`crate::hosts::readable_buffer_type`]).
+///
+/// # Safety
+/// `buft` is NULL or a live ggml buffer type.
+pub(crate) unsafe fn readable_buft(buft: ggml_backend_buffer_type_t) -> bool {
+    if buft.is_null() {
+        return false;
     }
+    // SAFETY: a live buffer type; its name and device name are static strings of ggml's.
+    let (is_host, device, name) = unsafe {
+        let dev = ggml_backend_buft_get_device(buft);
+        let device = if dev.is_null() {
+            String::new()
+        } else {
+            text(ggml_backend_dev_name(dev))
+        };
+        (
+            ggml_backend_buft_is_host(buft),
+            device,
+            text(ggml_backend_buft_name(buft)),
+        )
+    };
+    crate::hosts::readable_buffer_type(is_host, &device, &name)
+}
+
+/// The ggml version of the host, as it reports it.
+pub(crate) fn host_ggml_version() -> String {
+    // SAFETY: ggml_version returns a static NUL-terminated string.
+    unsafe { text(ggml_version()) }
 }
 
 /// `(name, size)` and `(name.field, offset)` of every mirrored struct, and the enum values

@@ -78,6 +78,15 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
 }
 
 impl TensorDesc {
+    /// Whether its data may be read here: not allocated yet (the scheduler then places it by
+    /// `supports_buft`), or in a buffer type the backend recognises.
+    pub(crate) fn readable(&self) -> bool {
+        self.buffer.is_null()
+            // SAFETY: the buffer pointer was read from a live tensor during the call that is
+            // asking (supports_op or graph_compute), so the buffer is live.
+            || unsafe { crate::sys::readable_buft(crate::sys::ggml_backend_buffer_get_type(self.buffer)) }
+    }
+
     /// In a buffer ggml marks as holding model weights (never written while graphs run).
     /// Asked only of a MUL_MAT's weights when it runs, not for every tensor described.
     pub(crate) fn in_weights_buffer(&self) -> bool {

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use super::tensor::{describe_node, TensorRows, TensorRowsMut};
 use super::*;
 use crate::backend::{self, BackendContext, NodeAction};
+use crate::sys::{host_ggml_version, readable_buft};
 use ane_runtime::matmul::MatmulJob;
 
 /// Runs `f`, turning a panic into `default` (after logging it).
@@ -262,7 +263,8 @@ unsafe extern "C" fn ggml_backend_ane_device_get_props(
             host_buffer: false,
             buffer_from_host_ptr: true,
             events: false,
-            mmap_support: false,
+            // true: llama.cpp turns mmap off for the whole model when a listed device lacks it
+            mmap_support: true,
         };
     })
 }
@@ -312,8 +314,8 @@ unsafe extern "C" fn ggml_backend_ane_device_supports_buft(
     buft: ggml_backend_buffer_type_t,
 ) -> bool {
     guard("supports_buft", false, || {
-        // SAFETY: ggml passes a live buffer type.
-        !buft.is_null() && unsafe { ggml_backend_buft_is_host(buft) }
+        // SAFETY: ggml passes a live buffer type (or NULL).
+        unsafe { readable_buft(buft) }
     })
 }
 
@@ -374,7 +376,7 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_name(_reg: *mut ggml_backend_reg) 
 }
 
 unsafe extern "C" fn ggml_backend_ane_reg_get_device_count(_reg: *mut ggml_backend_reg) -> usize {
-    guard("get_device_count", 0, || 1)
+    guard("get_device_count", 0, || usize::from(offered()))
 }
 
 unsafe extern "C" fn ggml_backend_ane_reg_get_device(
@@ -382,7 +384,7 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_device(
     index: usize,
 ) -> *mut ggml_backend_device {
     guard("get_device", std::ptr::null_mut(), || {
-        if index == 0 {
+        if index == 0 && offered() {
             device()
         } else {
             std::ptr::null_mut()
@@ -475,7 +477,8 @@ pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
 fn registry() -> *mut ggml_backend_reg {
     static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
     REG.get_or_init(|| {
-        let api_version = host_api_version();
+        let (api_version, offered) = host_decision();
+        OFFERED.get_or_init(|| offered);
         if api_version != GGML_BACKEND_API_VERSION {
             log(
                 GGML_LOG_LEVEL_INFO,
@@ -489,6 +492,55 @@ fn registry() -> *mut ggml_backend_reg {
         })))
     })
     .0
+}
+
+/// Whether the registry offers its device: not with `GGML_ANE_DISABLE=1`, nor in a ggml the
+/// version table does not cover (unless `GGML_ANE_ANY_GGML=1`).
+static OFFERED: OnceLock<bool> = OnceLock::new();
+
+fn offered() -> bool {
+    OFFERED.get().copied().unwrap_or(false)
+}
+
+/// The backend API version to announce, and whether to offer the device; logs why not.
+fn host_decision() -> (c_int, bool) {
+    let version = host_ggml_version();
+    let (disable, any) = match crate::config::get() {
+        Ok(c) => (c.disable, c.any_ggml),
+        Err(_) => (false, false),
+    };
+    match crate::hosts::host_support(&version) {
+        crate::hosts::HostSupport::Supported(api) => {
+            if disable {
+                log(
+                    GGML_LOG_LEVEL_INFO,
+                    "ggml-ane: GGML_ANE_DISABLE is set: no ANE device",
+                );
+            }
+            (api, !disable)
+        }
+        other => {
+            let api = crate::hosts::guessed_api(&version);
+            let why = if matches!(other, crate::hosts::HostSupport::TooNew) {
+                "newer than"
+            } else {
+                "older than"
+            };
+            if any && !disable {
+                log(
+                    GGML_LOG_LEVEL_WARN,
+                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with (0.25, 0.26); trying anyway with backend API v{api} (GGML_ANE_ANY_GGML)"),
+                );
+                (api, true)
+            } else {
+                log(
+                    GGML_LOG_LEVEL_ERROR,
+                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with (0.25, 0.26): staying out, no ANE device (GGML_ANE_ANY_GGML=1 tries anyway)"),
+                );
+                (api, false)
+            }
+        }
+    }
 }
 
 // ---- exports for ggml_backend_load ----

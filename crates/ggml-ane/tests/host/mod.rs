@@ -89,6 +89,11 @@ unsafe impl Send for Reg {}
 fn ane_reg() -> Ptr {
     static REG: OnceLock<Reg> = OnceLock::new();
     REG.get_or_init(|| {
+        // these tests put every matmul, one-token ones included, on the engine; the library
+        // reads its settings once, when first asked, in this process
+        if std::env::var_os("GGML_ANE_MIN_TOKENS").is_none() {
+            std::env::set_var("GGML_ANE_MIN_TOKENS", "1");
+        }
         let dir = CString::new(super::support::lib_dir().to_str().unwrap()).unwrap();
         let lib = CString::new(super::support::cdylib().to_str().unwrap()).unwrap();
         // SAFETY: NUL-terminated paths; ggml's loader has no other preconditions.

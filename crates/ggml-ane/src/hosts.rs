@@ -1,0 +1,105 @@
+//! Which ggml hosts and which buffers the backend works with — pure decisions, no ggml symbols
+//! (the C glue in `sys` asks them).
+
+/// What the backend does in a ggml of some version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HostSupport {
+    /// A version the tests check: register, speaking this backend API version.
+    Supported(i32),
+    /// Newer than the table: stay out (a layout or API change would be a silent mismatch).
+    TooNew,
+    /// Older than the table: stay out (ggml before 0.10.0 has no `GGML_TENSOR_FLAG_COMPUTE`,
+    /// which `graph_compute` needs to tell nodes to compute from the rest).
+    TooOld,
+}
+
+/// A ggml version without its patch number.
+type MajorMinor = (u32, u32);
+
+/// ggml versions (major, minor) the backend is tested against, with their backend API version:
+/// 0.25.x is the pinned v2 host (layouts checked against its headers, test-backend-ops, the
+/// tiny llama), 0.26.x the v3 host (test-backend-ops). Others are refused with their version
+/// named; `GGML_ANE_ANY_GGML=1` tries anyway.
+pub(crate) const TESTED_GGML: &[(MajorMinor, MajorMinor, i32)] =
+    &[((0, 25), (0, 25), 2), ((0, 26), (0, 26), 3)];
+
+/// `major.minor` of a version string such as `0.26.0`.
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version
+        .trim()
+        .split('.')
+        .map(|p| p.trim().parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Whether the backend registers in a ggml reporting `version`.
+pub(crate) fn host_support(version: &str) -> HostSupport {
+    let Some(v) = major_minor(version) else {
+        return HostSupport::TooOld;
+    };
+    for &(from, to, api) in TESTED_GGML {
+        if (from..=to).contains(&v) {
+            return HostSupport::Supported(api);
+        }
+    }
+    if v > TESTED_GGML.last().map_or((0, 0), |t| t.1) {
+        HostSupport::TooNew
+    } else {
+        HostSupport::TooOld
+    }
+}
+
+/// The API version to try with `GGML_ANE_ANY_GGML=1` in a ggml the table does not cover: 3 from
+/// 0.26 on (the last version we know), 2 before.
+pub(crate) fn guessed_api(version: &str) -> i32 {
+    match major_minor(version) {
+        Some(v) if v >= (0, 26) => 3,
+        _ => 2,
+    }
+}
+
+/// Whether tensors in a buffer of this type may be read and written by the backend: host
+/// buffer types, and Metal's mapped type (`MTL<n>_Mapped` on device `MTL<n>`: the mmapped
+/// model file, plain host memory on Apple silicon). Never `MTL<n>_Private` (GPU addresses, not
+/// host pointers), nor Metal's plain shared type (`MTL<n>`: written by the GPU asynchronously;
+/// not accepted until its synchronisation is shown).
+pub(crate) fn readable_buffer_type(is_host: bool, device: &str, buffer_type: &str) -> bool {
+    if is_host {
+        return true;
+    }
+    let metal_device = device
+        .strip_prefix("MTL")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    metal_device && buffer_type.strip_suffix("_Mapped") == Some(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_table_decides() {
+        assert_eq!(host_support("0.25.3"), HostSupport::Supported(2));
+        assert_eq!(host_support("0.25.0"), HostSupport::Supported(2));
+        assert_eq!(host_support("0.26.0"), HostSupport::Supported(3));
+        assert_eq!(host_support("0.26.7"), HostSupport::Supported(3));
+        assert_eq!(host_support("0.27.0"), HostSupport::TooNew);
+        assert_eq!(host_support("1.0.0"), HostSupport::TooNew);
+        assert_eq!(host_support("0.9.1"), HostSupport::TooOld);
+        assert_eq!(host_support("0.24.9"), HostSupport::TooOld);
+        assert_eq!(host_support("garbage"), HostSupport::TooOld);
+        assert_eq!((guessed_api("0.28.1"), guessed_api("0.12.0")), (3, 2));
+    }
+
+    #[test]
+    fn metal_mapped_buffers_are_readable_private_ones_never() {
+        assert!(readable_buffer_type(true, "CPU", "CPU"));
+        assert!(readable_buffer_type(false, "MTL0", "MTL0_Mapped"));
+        assert!(readable_buffer_type(false, "MTL12", "MTL12_Mapped"));
+        assert!(!readable_buffer_type(false, "MTL0", "MTL0_Private"));
+        assert!(!readable_buffer_type(false, "MTL0", "MTL0"));
+        assert!(!readable_buffer_type(false, "MTL0", "MTL1_Mapped"));
+        assert!(!readable_buffer_type(false, "CUDA0", "CUDA0_Mapped"));
+        assert!(!readable_buffer_type(false, "MTL", "MTL_Mapped"));
+    }
+}
