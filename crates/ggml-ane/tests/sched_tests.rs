@@ -122,3 +122,31 @@ fn features_name_the_engine_and_its_limits() {
     assert_eq!(get("MIN_TOKENS"), Some("1"), "{f:?}");
     assert_eq!(get("MIN_BATCH"), Some("64"), "{f:?}");
 }
+
+/// Of Metal's three buffer types (here the stand-in's), only the mapped one — the mmapped model,
+/// host memory on Apple silicon — is accepted; never the private one (GPU addresses), nor the
+/// plain shared one while its synchronisation is not shown.
+#[test]
+fn only_metals_mapped_buffer_type_is_accepted() {
+    let src = support::src_dir();
+    let lib_dir = support::lib_dir();
+    let standin = support::compile_c(
+        "metal_standin.c",
+        "libstandin-metal-sched.so",
+        &[
+            "-shared".into(),
+            "-fPIC".into(),
+            format!("-I{}", src.join("include").display()),
+            format!("-I{}", src.join("src").display()),
+            format!("-L{}", lib_dir.display()),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+            "-lggml".into(),
+            "-lggml-base".into(),
+        ],
+    );
+    assert_eq!(
+        host::accepts_standin_metal_buffer_types(&standin),
+        [false, true, false],
+        "MTL0, MTL0_Mapped, MTL0_Private"
+    );
+}

@@ -6,9 +6,15 @@
  * (the CPU's repacked layouts are private to it), evaluates N_PROMPT deterministic token ids in
  * one batch with logits for every position, then one more token as a decode step. Writes
  * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" on stdout.
+ *
+ * For the beside-Metal test, as llama.cpp's `--device` / `--tensor-split` / `-ngl 99` would:
+ * LOGITS_EXTRA_BACKEND=path loads one more backend module, LOGITS_DEVICES=ANE,MTL0 names the
+ * model devices in order, LOGITS_TENSOR_SPLIT=0,1 gives their shares of the layers (all layers
+ * offloaded). The model is mmapped as llama.cpp's default load mode does.
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ggml-backend.h"
 #include "llama.h"
@@ -38,10 +44,41 @@ int main(int argc, char **argv) {
     }
 
     ggml_backend_load_all();
+    const char *extra = getenv("LOGITS_EXTRA_BACKEND");
+    if (extra && *extra && !ggml_backend_load(extra)) {
+        return fail("cannot load LOGITS_EXTRA_BACKEND");
+    }
     llama_backend_init();
 
     struct llama_model_params mp = llama_model_default_params();
     mp.use_extra_bufts = false; /* the --no-repack of llama.cpp's tools */
+    ggml_backend_dev_t devices[8] = {0};
+    float split[128] = {0};
+    const char *names = getenv("LOGITS_DEVICES");
+    if (names && *names) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", names);
+        int n = 0;
+        for (char *name = strtok(buf, ","); name && n < 7; name = strtok(NULL, ",")) {
+            devices[n] = ggml_backend_dev_by_name(name);
+            if (!devices[n]) {
+                fprintf(stderr, "logits: no device %s\n", name);
+                return 1;
+            }
+            n++;
+        }
+        mp.devices = devices;
+        mp.n_gpu_layers = 99;
+        const char *shares = getenv("LOGITS_TENSOR_SPLIT");
+        if (shares && *shares) {
+            snprintf(buf, sizeof buf, "%s", shares);
+            int i = 0;
+            for (char *v = strtok(buf, ","); v && i < 128; v = strtok(NULL, ",")) {
+                split[i++] = (float)atof(v);
+            }
+            mp.tensor_split = split;
+        }
+    }
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);
     if (!model) {
         return fail("cannot load the model");

@@ -25,6 +25,7 @@ unsafe extern "C" {
     fn ggml_backend_reg_dev_get(reg: Ptr, i: usize) -> Ptr;
     fn ggml_backend_init_by_type(t: c_int, params: *const c_char) -> Ptr;
     fn ggml_backend_reg_get_proc_address(reg: Ptr, name: *const c_char) -> Ptr;
+    fn ggml_backend_dev_supports_buft(dev: Ptr, buft: Ptr) -> bool;
 }
 
 #[link(name = "ggml-base")]
@@ -112,6 +113,26 @@ fn ane_reg() -> Ptr {
 }
 
 /// What our registry's `ggml_backend_get_features` reports.
+/// Whether our device accepts each buffer type of the stand-in Metal backend at `standin`
+/// (`MTL0`, `MTL0_Mapped`, `MTL0_Private`, in that order).
+pub fn accepts_standin_metal_buffer_types(standin: &std::path::Path) -> Vec<bool> {
+    let path = CString::new(standin.to_str().unwrap()).unwrap();
+    let ane = ane_reg();
+    // SAFETY: a NUL-terminated path; the stand-in exports `standin_buffer_type(int)` through
+    // its registry, returning its static buffer types; our device pointer is live.
+    unsafe {
+        let reg = ggml_backend_load(path.as_ptr());
+        assert!(!reg.is_null(), "the stand-in did not load");
+        let f = ggml_backend_reg_get_proc_address(reg, c"standin_buffer_type".as_ptr());
+        assert!(!f.is_null(), "the stand-in exports standin_buffer_type");
+        let buffer_type: unsafe extern "C" fn(c_int) -> Ptr = std::mem::transmute(f);
+        let dev = ggml_backend_reg_dev_get(ane, 0);
+        (0..3)
+            .map(|i| ggml_backend_dev_supports_buft(dev, buffer_type(i)))
+            .collect()
+    }
+}
+
 pub fn features() -> Vec<(String, String)> {
     #[repr(C)]
     struct Feature {

@@ -1,0 +1,213 @@
+//! Beside Metal: a llama.cpp run with Metal's buffer types and device, and ours listed first
+//! (`-ngl 99 -dev ANE,MTL0 -ts 0,1`), puts the prompt's MUL_MATs on the ANE and leaves decode
+//! and every other op on the GPU, without copying a weight. No Mac here, so `MTL0` is a test-only
+//! stand-in (`tests/c/metal_standin.c`) that shows the scheduler what ggml-metal shows it (its
+//! three buffer types with `is_host = false`, its capabilities and offload threshold) while
+//! ggml's CPU backend does its arithmetic. The model is the tiny random llama of `llama_e2e`,
+//! or any llama-architecture GGUF named by `ANE_E2E_MODEL`.
+#![cfg(ggml_linked)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::tail;
+
+/// Tokens in the prompt: past Metal's and our threshold of 32, so the prompt reaches us.
+const PROMPT: usize = 100;
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// One run of the logits dumper: its log, and its logits.
+fn run(exe: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, Vec<f32>) {
+    let lib_dir = support::lib_dir();
+    let output = Command::new(exe)
+        .arg(model)
+        .arg(PROMPT.to_string())
+        .arg(out)
+        .current_dir(&lib_dir)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .env_remove("GGML_BACKEND_PATH")
+        .env_remove("GGML_ANE_ENGINE")
+        .env_remove("GGML_ANE_MIN_TOKENS")
+        .env_remove("GGML_ANE_KERNELS")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the logits dumper");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{}", tail(&log));
+    let bytes = std::fs::read(out).unwrap();
+    let logits = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (log, logits)
+}
+
+fn nmse(want: &[f32], got: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0.0, 0.0);
+    for (&w, &g) in want.iter().zip(got) {
+        err += (f64::from(w) - f64::from(g)).powi(2);
+        norm += f64::from(w).powi(2);
+    }
+    err / norm
+}
+
+/// The model: `ANE_E2E_MODEL`, or a tiny random F16 llama made here.
+fn model(dir: &Path) -> Option<PathBuf> {
+    if let Some(m) = std::env::var_os("ANE_E2E_MODEL") {
+        return Some(PathBuf::from(m));
+    }
+    let model = dir.join("tiny-f16.gguf");
+    let made = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/tiny_llama.py"
+        ))
+        .arg(&model)
+        .arg("f16")
+        .output()
+        .ok()?;
+    if !made.status.success() {
+        assert!(
+            std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+            "python gguf missing: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        eprintln!("SKIP: python gguf missing (scripts/test.sh installs it)");
+        return None;
+    }
+    Some(model)
+}
+
+#[test]
+fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
+    let lib_dir = support::lib_dir();
+    if !lib_dir.join("libllama.so").exists() && !lib_dir.join("libllama.dylib").exists() {
+        assert!(
+            std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+            "libllama missing in {}",
+            lib_dir.display()
+        );
+        eprintln!("SKIP: libllama missing (scripts/test.sh builds it)");
+        return;
+    }
+    let dir = support::scratch_dir("metal");
+    let Some(model) = model(&dir) else { return };
+    let src = support::src_dir();
+    let include = |p: PathBuf| format!("-I{}", p.display());
+    let link = [
+        format!("-L{}", lib_dir.display()),
+        format!("-Wl,-rpath,{}", lib_dir.display()),
+    ];
+    let exe = support::compile_c(
+        "logits.c",
+        "logits-metal",
+        &[
+            vec![
+                include(src.join("include")),
+                include(src.join("../include")),
+            ],
+            link.to_vec(),
+            vec!["-lllama".into(), "-lggml".into(), "-lggml-base".into()],
+        ]
+        .concat(),
+    );
+    let standin = support::compile_c(
+        "metal_standin.c",
+        "libstandin-metal.so",
+        &[
+            vec!["-shared".into(), "-fPIC".into()],
+            vec![include(src.join("include")), include(src.join("src"))],
+            link.to_vec(),
+            vec!["-lggml".into(), "-lggml-base".into()],
+        ]
+        .concat(),
+    );
+
+    let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
+    let cache = dir.join("cache");
+    let (log, logits) = run(
+        &exe,
+        &model,
+        &dir.join("metal.f32"),
+        &[
+            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
+            ("LOGITS_DEVICES", "ANE,MTL0"),
+            ("LOGITS_TENSOR_SPLIT", "0,1"),
+            ("GGML_BACKEND_PATH", support::cdylib().to_str().unwrap()),
+            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
+            ("GGML_ANE_STATS", "2"),
+            ("GGML_SCHED_DEBUG", "2"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // mmap stays on (our device says mmap_support): the weights sit in Metal's mapped buffers,
+    // not copied into plain MTL0 buffers
+    assert!(log.contains("load_mode = mmap"), "{}", tail(&log));
+    assert!(
+        log.contains("MTL0_Mapped model buffer size"),
+        "{}",
+        tail(&log)
+    );
+    assert!(
+        !log.contains("MTL0 model buffer size"),
+        "a weight was copied\n{}",
+        tail(&log)
+    );
+    // every MUL_MAT of the prompt ran on our engine, none on the CPU; decode (one token) was
+    // declined, so it stayed on MTL0
+    let layers = log
+        .lines()
+        .filter(|l| l.contains("assigned to device MTL0"))
+        .count();
+    assert!(layers > 0, "{}", tail(&log));
+    // summed over our backend instances (llama.cpp creates one per listed device and again as
+    // an ACCEL device; each prints its table)
+    let total = |label: &str| -> u64 {
+        log.lines()
+            .filter_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    let on_engine = total("nodes on engine");
+    assert_eq!(total("nodes on CPU"), 0, "{}", tail(&log));
+    let matmuls_per_prompt = 7 * (layers as u64 - 1) + 1; // (q, k, v, o, gate, up, down) per layer, the head
+    if std::env::var_os("ANE_E2E_MODEL").is_none() {
+        assert_eq!(on_engine, matmuls_per_prompt, "{}", tail(&log));
+    } else {
+        assert!(on_engine > 0, "{}", tail(&log));
+    }
+    // the scheduler's own account: MUL_MATs on ANE (the prompt) and on MTL0 (decode)
+    let placed = |backend: &str| {
+        log.lines()
+            .filter(|l| l.contains("(   MUL_MAT):") || l.contains("( MUL_MAT):"))
+            .filter(|l| {
+                l.split('[')
+                    .nth(1)
+                    .is_some_and(|b| b.trim_start().starts_with(backend))
+            })
+            .count()
+    };
+    assert!(placed("ANE") > 0 && placed("MTL0") > 0, "{}", tail(&log));
+    let err = nmse(&cpu, &logits);
+    eprintln!(
+        "beside MTL0: {on_engine} prompt matmuls on the engine; MUL_MATs placed ANE {} / MTL0 {}; NMSE vs the CPU {err:.1e}",
+        placed("ANE"),
+        placed("MTL0")
+    );
+    let max = if std::env::var_os("ANE_E2E_MODEL").is_some() {
+        2e-3
+    } else {
+        1e-5
+    };
+    assert!(err <= max, "NMSE {err:e}");
+}
