@@ -219,17 +219,64 @@ fn warn_once(reason: &FallbackReason) {
     }
 }
 
-/// The GGML_ANE_STATS table.
-pub(crate) fn stats_report(ctx: &BackendContext, rt: &Runtime) -> String {
-    let mut text = format!(
-        "ggml-ane stats ({} engine):\n{}\n",
-        rt.engine.info().kind,
-        ctx.stats.snapshot()
-    );
-    if rt.config.stats_level >= 2 {
-        text.push_str(&ctx.placements.report());
+/// What every backend instance of the process did, summed as instances end: llama.cpp creates
+/// one per listed device and again for every ACCEL device, all sharing one engine, kernel
+/// cache and budget.
+#[derive(Default)]
+struct ProcessTotals {
+    live: usize,
+    stats: ane_runtime::matmul::StatsSnapshot,
+    placements: Placements,
+}
+
+fn totals() -> std::sync::MutexGuard<'static, ProcessTotals> {
+    static TOTALS: OnceLock<Mutex<ProcessTotals>> = OnceLock::new();
+    TOTALS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A backend instance starts.
+pub(crate) fn instance_started() {
+    totals().live += 1;
+}
+
+/// A backend instance ends: its counts join the process totals; when it was the last, the
+/// `GGML_ANE_STATS` table is printed for all of them (and a hint when no MUL_MAT reached us).
+pub(crate) fn instance_ended(ctx: &BackendContext, rt: &Runtime) {
+    let mut t = totals();
+    t.stats.accumulate(&ctx.stats.snapshot());
+    t.placements.merge_from(&ctx.placements);
+    t.live = t.live.saturating_sub(1);
+    if t.live > 0 {
+        return;
     }
-    text
+    if t.stats.offloaded + t.stats.cpu_nodes() == 0 {
+        log(
+            GGML_LOG_LEVEL_WARN,
+            &format!(
+                "ggml-ane: no MUL_MAT reached the ANE in this process. Beside Metal (-ngl 99), \
+                 list the ANE first and keep mmap on: -dev ANE,MTL0 -ts 0,1; MUL_MATs with fewer \
+                 than {} tokens (GGML_ANE_MIN_TOKENS) stay where they are; GGML_ANE_STATS=2 and \
+                 GGML_SCHED_DEBUG=2 show where ops ran (README: Beside Metal)",
+                rt.config.min_tokens
+            ),
+        );
+    }
+    if rt.config.stats_level > 0 {
+        let mut text = format!(
+            "ggml-ane stats ({} engine):\n{}\n",
+            rt.engine.info().kind,
+            t.stats
+        );
+        if rt.config.stats_level >= 2 {
+            text.push_str(&t.placements.report());
+        }
+        eprint!("{text}");
+    }
+    // a later instance starts a new account
+    *t = ProcessTotals::default();
 }
 
 /// `ggml_backend_get_features`: the engine and its limits.

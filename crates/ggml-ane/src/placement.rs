@@ -73,6 +73,15 @@ impl Placements {
             .or_default() += 1;
     }
 
+    /// Adds `other`'s counts into these.
+    pub(crate) fn merge_from(&self, other: &Placements) {
+        let theirs = other.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut ours = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, n) in theirs {
+            *ours.entry(p).or_default() += n;
+        }
+    }
+
     /// The table, widest columns sized to their content.
     pub(crate) fn report(&self) -> String {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());

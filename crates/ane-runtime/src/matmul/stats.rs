@@ -130,6 +130,31 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
+    /// Adds `other`'s counts and times into these (several backend instances in one process
+    /// reported as one).
+    pub fn accumulate(&mut self, other: &StatsSnapshot) {
+        self.offloaded += other.offloaded;
+        for &(label, n) in &other.fallbacks {
+            match self.fallbacks.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, m)) => *m += n,
+                None => self.fallbacks.push((label, n)),
+            }
+        }
+        self.flops += other.flops;
+        self.compiles += other.compiles;
+        self.cache_hits += other.cache_hits;
+        self.disk_hits += other.disk_hits;
+        self.baked_nodes += other.baked_nodes;
+        self.planning += other.planning;
+        self.staging += other.staging;
+        self.engine += other.engine;
+        self.writeback += other.writeback;
+        self.cpu += other.cpu;
+        self.weight_bytes += other.weight_bytes;
+        self.act_bytes += other.act_bytes;
+        self.reloads += other.reloads;
+    }
+
     /// Nodes computed on the CPU.
     pub fn cpu_nodes(&self) -> u64 {
         self.fallbacks.iter().map(|(_, n)| n).sum()

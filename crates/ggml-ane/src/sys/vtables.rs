@@ -69,9 +69,7 @@ unsafe extern "C" fn ggml_backend_ane_free(backend: *mut ggml_backend) {
             (b, ctx)
         };
         if let Ok(rt) = backend::runtime() {
-            if rt.config.stats_level > 0 {
-                eprint!("{}", backend::stats_report(&ctx, rt));
-            }
+            backend::instance_ended(&ctx, rt);
         }
         drop((b, ctx));
     })
@@ -178,6 +176,7 @@ pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
             return std::ptr::null_mut();
         }
         let ctx = Box::into_raw(Box::new(BackendContext::default()));
+        backend::instance_started();
         Box::into_raw(Box::new(ggml_backend {
             guid: guid(),
             iface: BACKEND_I,
