@@ -24,8 +24,11 @@ export LD_LIBRARY_PATH=$GGML_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "GGML_LIB_DIR=$GGML_LIB_DIR"
 step "ggml 0.26.0 (backend API v3) host"
 GGML_V3_LIB_DIR=$(bash scripts/build-ggml-v3.sh | tail -n 1)/bin
-export GGML_V3_LIB_DIR GGML_ANE_REQUIRE_HOSTS=1
+step "ggml 0.28 (backend API v3, the newest a registry offers) host"
+GGML_V3_NEWEST_LIB_DIR=$(bash scripts/build-ggml-v3.sh llama-cpp-sys-4 0.11.0 28 | tail -n 1)/bin
+export GGML_V3_LIB_DIR GGML_V3_NEWEST_LIB_DIR GGML_ANE_REQUIRE_HOSTS=1
 echo "GGML_V3_LIB_DIR=$GGML_V3_LIB_DIR"
+echo "GGML_V3_NEWEST_LIB_DIR=$GGML_V3_NEWEST_LIB_DIR"
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"

@@ -11,17 +11,42 @@ pub(crate) enum HostSupport {
     /// Older than the table: stay out (ggml before 0.10.0 has no `GGML_TENSOR_FLAG_COMPUTE`,
     /// which `graph_compute` needs to tell nodes to compute from the rest).
     TooOld,
+    /// Between tested versions, but not one of them (no host checks its headers).
+    Between,
+}
+
+impl HostSupport {
+    /// How an untested version relates to the table, for the log line.
+    pub(crate) fn relation(self) -> &'static str {
+        match self {
+            HostSupport::TooNew => "newer than",
+            HostSupport::TooOld => "older than",
+            HostSupport::Between | HostSupport::Supported(_) => "not one of",
+        }
+    }
+}
+
+/// The tested versions, for messages: `0.25, 0.26, 0.28`.
+pub(crate) fn tested_versions() -> String {
+    TESTED_GGML
+        .iter()
+        .map(|((a, b), _, _)| format!("{a}.{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A ggml version without its patch number.
 type MajorMinor = (u32, u32);
 
 /// ggml versions (major, minor) the backend is tested against, with their backend API version:
-/// 0.25.x is the pinned v2 host (layouts checked against its headers, test-backend-ops, the
-/// tiny llama), 0.26.x the v3 host (test-backend-ops). Others are refused with their version
-/// named; `GGML_ANE_ANY_GGML=1` tries anyway.
-pub(crate) const TESTED_GGML: &[(MajorMinor, MajorMinor, i32)] =
-    &[((0, 25), (0, 25), 2), ((0, 26), (0, 26), 3)];
+/// each has a test host whose headers the layout test checks and in which test-backend-ops
+/// passes — 0.25.x (the pinned v2 host; the tiny llama too), 0.26.x and 0.28.x (v3 hosts).
+/// Others are refused with their version named; `GGML_ANE_ANY_GGML=1` tries anyway.
+pub(crate) const TESTED_GGML: &[(MajorMinor, MajorMinor, i32)] = &[
+    ((0, 25), (0, 25), 2),
+    ((0, 26), (0, 26), 3),
+    ((0, 28), (0, 28), 3),
+];
 
 /// `major.minor` of a version string such as `0.26.0`.
 fn major_minor(version: &str) -> Option<(u32, u32)> {
@@ -44,8 +69,10 @@ pub(crate) fn host_support(version: &str) -> HostSupport {
     }
     if v > TESTED_GGML.last().map_or((0, 0), |t| t.1) {
         HostSupport::TooNew
-    } else {
+    } else if v < TESTED_GGML.first().map_or((0, 0), |t| t.0) {
         HostSupport::TooOld
+    } else {
+        HostSupport::Between
     }
 }
 
@@ -83,10 +110,14 @@ mod tests {
         assert_eq!(host_support("0.25.0"), HostSupport::Supported(2));
         assert_eq!(host_support("0.26.0"), HostSupport::Supported(3));
         assert_eq!(host_support("0.26.7"), HostSupport::Supported(3));
-        assert_eq!(host_support("0.27.0"), HostSupport::TooNew);
+        assert_eq!(host_support("0.28.0"), HostSupport::Supported(3));
+        assert_eq!(host_support("0.29.0"), HostSupport::TooNew);
         assert_eq!(host_support("1.0.0"), HostSupport::TooNew);
         assert_eq!(host_support("0.9.1"), HostSupport::TooOld);
         assert_eq!(host_support("0.24.9"), HostSupport::TooOld);
+        // between two tested versions, but no host checks its headers
+        assert_eq!(host_support("0.27.0"), HostSupport::Between);
+        assert_eq!(tested_versions(), "0.25, 0.26, 0.28");
         assert_eq!(host_support("garbage"), HostSupport::TooOld);
         assert_eq!((guessed_api("0.28.1"), guessed_api("0.12.0")), (3, 2));
     }

@@ -520,21 +520,18 @@ fn host_decision() -> (c_int, bool) {
         }
         other => {
             let api = crate::hosts::guessed_api(&version);
-            let why = if matches!(other, crate::hosts::HostSupport::TooNew) {
-                "newer than"
-            } else {
-                "older than"
-            };
+            let why = other.relation();
+            let tested = crate::hosts::tested_versions();
             if any && !disable {
                 log(
                     GGML_LOG_LEVEL_WARN,
-                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with (0.25, 0.26); trying anyway with backend API v{api} (GGML_ANE_ANY_GGML)"),
+                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with ({tested}); trying anyway with backend API v{api} (GGML_ANE_ANY_GGML)"),
                 );
                 (api, true)
             } else {
                 log(
                     GGML_LOG_LEVEL_ERROR,
-                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with (0.25, 0.26): staying out, no ANE device (GGML_ANE_ANY_GGML=1 tries anyway)"),
+                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with ({tested}): staying out, no ANE device (GGML_ANE_ANY_GGML=1 tries anyway)"),
                 );
                 (api, false)
             }
