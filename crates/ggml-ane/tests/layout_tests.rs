@@ -69,16 +69,8 @@ fn host_sources(lib_dir: &std::path::Path) -> Option<std::path::PathBuf> {
 #[test]
 fn the_v3_hosts_headers_have_the_same_layouts() {
     let pinned = c_layout(&support::src_dir(), "layout-pinned");
-    for var in ["GGML_V3_LIB_DIR", "GGML_V3_NEWEST_LIB_DIR"] {
-        let Some(dir) = std::env::var_os(var) else {
-            assert!(
-                std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
-                "{var} is not set"
-            );
-            eprintln!("SKIP: {var} not set (scripts/build-ggml-v3.sh builds it)");
-            continue;
-        };
-        let src = host_sources(std::path::Path::new(&dir))
+    for (var, dir) in support::v3_hosts() {
+        let src = host_sources(&dir)
             .unwrap_or_else(|| panic!("{var}: no GGML_SRC in the host's CMake cache"));
         let host = c_layout(&src, &format!("layout-{var}"));
         for (name, value) in &pinned {

@@ -31,6 +31,26 @@ fn tiny_llama_q8_0_matches_the_cpu() {
     check_model("q8_0", 2e-3);
 }
 
+/// Any llama-architecture GGUF named by `ANE_E2E_MODEL` (a model a user already has): its
+/// logits with our library equal the CPU-only run's, and its matmuls ran on our engine.
+#[test]
+fn a_given_model_matches_the_cpu() {
+    let Some(model) = std::env::var_os("ANE_E2E_MODEL").map(PathBuf::from) else {
+        eprintln!("SKIP: ANE_E2E_MODEL not set (a GGUF of your own to run end to end)");
+        return;
+    };
+    let Some(tools) = Tools::find() else { return };
+    let dir = support::scratch_dir("e2e-given");
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")), &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stat(&ane.log, "nodes on engine") > 0, "{}", tail(&ane.log));
+    let (err, _) = nmse(&cpu.logits, &ane.logits);
+    eprintln!("{}: NMSE {err:.1e} vs the CPU", model.display());
+    // quantized weights: the CPU quantizes activations too, the engine keeps them in fp16
+    assert!(err <= 2e-3, "NMSE {err:e}");
+}
+
 fn check_model(kind: &str, max_nmse: f64) {
     let Some(tools) = Tools::find() else { return };
     let dir = support::scratch_dir(&format!("e2e-{kind}"));

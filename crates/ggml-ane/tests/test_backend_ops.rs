@@ -79,16 +79,8 @@ fn every_mul_mat_case_passes_on_the_engine() {
 /// registry offers): it must load and pass.
 #[test]
 fn the_same_library_passes_in_the_api_v3_hosts() {
-    for var in ["GGML_V3_LIB_DIR", "GGML_V3_NEWEST_LIB_DIR"] {
-        let Some(dir) = std::env::var_os(var) else {
-            assert!(
-                std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
-                "{var} is not set"
-            );
-            eprintln!("SKIP: {var} not set (scripts/build-ggml-v3.sh builds it)");
-            continue;
-        };
-        let text = run_in(std::path::Path::new(&dir), None, &[]);
+    for (var, dir) in support::v3_hosts() {
+        let text = run_in(&dir, None, &[]);
         assert!(
             text.contains("loaded ANE backend"),
             "{var}: {}",

@@ -13,6 +13,26 @@ pub fn lib_dir() -> PathBuf {
     PathBuf::from(std::env::var("GGML_LIB_DIR").expect("GGML_LIB_DIR is set when ggml_linked is"))
 }
 
+/// The backend-API-v3 test hosts (`GGML_V3_LIB_DIR`: ggml 0.26; `GGML_V3_NEWEST_LIB_DIR`:
+/// 0.28) that are built, by variable name; a SKIP line for each that is not (a failure when
+/// `GGML_ANE_REQUIRE_HOSTS` says they must be).
+pub fn v3_hosts() -> Vec<(&'static str, PathBuf)> {
+    let mut hosts = Vec::new();
+    for var in ["GGML_V3_LIB_DIR", "GGML_V3_NEWEST_LIB_DIR"] {
+        match std::env::var_os(var) {
+            Some(dir) => hosts.push((var, PathBuf::from(dir))),
+            None => {
+                assert!(
+                    std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+                    "{var} is not set"
+                );
+                eprintln!("SKIP: {var} not set (scripts/build-ggml-v3.sh builds it)");
+            }
+        }
+    }
+    hosts
+}
+
 /// The pinned ggml source folder (`include/`, `src/`).
 pub fn src_dir() -> PathBuf {
     std::env::var("GGML_SRC_DIR")
