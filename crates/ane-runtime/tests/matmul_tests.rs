@@ -586,3 +586,67 @@ fn streamed_weights_are_staged_once_per_weight_version() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// The self-probe runs each kernel form once against f64; a form made to fail (a fault per
+/// form on the reference engine) is reported with its reason and left out of the policy.
+#[test]
+fn a_form_failing_its_self_probe_is_not_used() {
+    use ane_runtime::matmul::probe::{forms_for, probe, usable_policy};
+    use ane_runtime::matmul::KernelKind;
+    let engine = |faults: &str, two_inputs: bool| {
+        let mut rules = RuleOptions::default();
+        rules.allow_two_inputs = two_inputs;
+        ReferenceEngine::with_config(
+            ReferenceConfig::default()
+                .with_faults(Faults::parse(faults).unwrap())
+                .with_counter(CompileCounter::new(None))
+                .with_rules(Some(rules)),
+        )
+    };
+    let clean = probe(&engine("", false), &forms_for(KernelPolicy::Auto));
+    assert!(clean.iter().all(|r| r.passed()), "{clean:?}");
+    assert!(clean.iter().all(|r| r.compiles >= 1), "{clean:?}");
+    assert_eq!(
+        usable_policy(KernelPolicy::Auto, &clean),
+        Ok(KernelPolicy::Auto)
+    );
+
+    for (fault, failing, left) in [
+        ("baked", KernelKind::Baked, KernelPolicy::Streamed),
+        ("streamed", KernelKind::Streamed, KernelPolicy::Baked),
+    ] {
+        let found = probe(&engine(fault, false), &forms_for(KernelPolicy::Auto));
+        let bad = found.iter().find(|r| r.form == failing).unwrap();
+        let why = bad.outcome.clone().unwrap_err();
+        assert!(why.contains("injected"), "{fault}: {why}");
+        assert!(bad.to_string().starts_with(&format!("{failing} failed")));
+        assert_eq!(
+            usable_policy(KernelPolicy::Auto, &found),
+            Ok(left),
+            "{fault}"
+        );
+    }
+    // the two-input opt-in falls back to the single-input form when its probe fails
+    let found = probe(
+        &engine("two-input", true),
+        &forms_for(KernelPolicy::TwoInput),
+    );
+    assert!(!found[0].passed() && found[1].passed(), "{found:?}");
+    assert_eq!(
+        usable_policy(KernelPolicy::TwoInput, &found),
+        Ok(KernelPolicy::Streamed)
+    );
+    // and without the rulebook's opt-in it cannot run at all: the probe says so
+    let found = probe(&engine("", false), &[KernelKind::TwoInput]);
+    assert!(
+        found[0].outcome.clone().unwrap_err().contains("instead"),
+        "{found:?}"
+    );
+    // nothing works: an error naming every finding
+    let found = probe(&engine("eval", false), &forms_for(KernelPolicy::Auto));
+    let err = usable_policy(KernelPolicy::Auto, &found).unwrap_err();
+    assert!(
+        err.contains("baked failed") && err.contains("streamed failed"),
+        "{err}"
+    );
+}

@@ -6,10 +6,12 @@ use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use ane_runtime::matmul::probe::{forms_for, probe, usable_policy, ProbeResult};
+use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::matmul::{
     cpu_matmul, engine_matmul, FallbackReason, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
 };
-use ane_runtime::Engine;
+use ane_runtime::{Engine, EngineChoice, EngineKind};
 
 use crate::config::{self, Config};
 use crate::placement::{Placement, Placements};
@@ -24,41 +26,109 @@ pub(crate) struct Runtime {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) cache: KernelCache,
     pub(crate) description: CString,
+    /// What the self-probe found (empty when the engine was not probed).
+    pub(crate) probe: Vec<ProbeResult>,
     pub(crate) config: &'static Config,
 }
 
 /// The runtime, created on first use from the configuration (`GGML_ANE_ENGINE`: auto by
-/// default).
+/// default): the first engine that can be created and passes its self-probe.
 pub(crate) fn runtime() -> Result<&'static Runtime, String> {
     static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         let config = config::get().as_ref().map_err(Clone::clone)?;
-        let (engine, passed_over) =
-            ane_runtime::engine::create_explained(config.engine, &config.engines)
-                .map_err(|e| e.to_string())?;
-        let info = engine.info();
+        let chosen = choose_engine(config)?;
+        let info = chosen.engine.info();
         // one line: which engine, and why auto passed over the ones before it
-        let why = if passed_over.is_empty() {
+        let why = if chosen.passed_over.is_empty() {
             String::new()
         } else {
-            format!(" ({})", passed_over.join("; "))
+            format!(" ({})", chosen.passed_over.join("; "))
         };
         log(
             GGML_LOG_LEVEL_INFO,
             &format!("ggml-ane: using the {} engine{why}", info.kind),
         );
         Ok(Runtime {
-            engine,
+            engine: chosen.engine,
             cache: KernelCache::with_disk(config.disk_cache.clone())
-                .with_policy(config.kernels)
+                .with_policy(chosen.policy)
                 .with_staged_weights_cap(config.staged_weights_bytes)
                 .with_max_loaded(config.max_loaded),
             description: CString::new(info.description).unwrap_or_default(),
+            probe: chosen.probe,
             config,
         })
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// An engine, the kernel policy it can serve, and what its probe found.
+struct Chosen {
+    engine: Arc<dyn Engine>,
+    passed_over: Vec<String>,
+    policy: KernelPolicy,
+    probe: Vec<ProbeResult>,
+}
+
+/// The engine `GGML_ANE_ENGINE` names, or under `auto` the first of apple, coreml, reference
+/// that can be created and whose self-probe leaves a kernel form to use. The apple and coreml
+/// engines are always probed; the reference engine with `GGML_ANE_PROBE=1`.
+fn choose_engine(config: &Config) -> Result<Chosen, String> {
+    let kinds = match config.engine {
+        EngineChoice::Only(kind) => vec![kind],
+        EngineChoice::Auto => vec![EngineKind::Apple, EngineKind::CoreMl, EngineKind::Reference],
+    };
+    let mut passed_over = Vec::new();
+    for kind in kinds {
+        let engine = match ane_runtime::create(EngineChoice::Only(kind), &config.engines) {
+            Ok(engine) => engine,
+            Err(e) => {
+                passed_over.push(e.to_string());
+                continue;
+            }
+        };
+        if kind == EngineKind::Reference && !config.probe {
+            return Ok(Chosen {
+                engine,
+                passed_over,
+                policy: config.kernels,
+                probe: Vec::new(),
+            });
+        }
+        let found = probe(engine.as_ref(), &forms_for(config.kernels));
+        let compiles: u64 = found.iter().map(|r| r.compiles).sum();
+        for r in &found {
+            let level = if r.passed() {
+                GGML_LOG_LEVEL_INFO
+            } else {
+                GGML_LOG_LEVEL_WARN
+            };
+            log(level, &format!("ggml-ane: {kind} engine self-probe: {r}"));
+        }
+        match usable_policy(config.kernels, &found) {
+            Ok(policy) => {
+                if policy != config.kernels {
+                    log(
+                        GGML_LOG_LEVEL_WARN,
+                        &format!(
+                            "ggml-ane: kernels {} instead of {} (self-probe; {compiles} compiles)",
+                            policy, config.kernels
+                        ),
+                    );
+                }
+                return Ok(Chosen {
+                    engine,
+                    passed_over,
+                    policy,
+                    probe: found,
+                });
+            }
+            Err(why) => passed_over.push(format!("the {kind} engine: {why}")),
+        }
+    }
+    Err(passed_over.join("; "))
 }
 
 /// Per backend instance: scratch buffers and counters.
@@ -265,11 +335,11 @@ pub(crate) fn instance_ended(ctx: &BackendContext, rt: &Runtime) {
         );
     }
     if rt.config.stats_level > 0 {
-        let mut text = format!(
-            "ggml-ane stats ({} engine):\n{}\n",
-            rt.engine.info().kind,
-            t.stats
-        );
+        let mut text = format!("ggml-ane stats ({} engine):\n", rt.engine.info().kind);
+        for r in &rt.probe {
+            text.push_str(&format!("  self-probe             {r}\n"));
+        }
+        text.push_str(&format!("{}\n", t.stats));
         if rt.config.stats_level >= 2 {
             text.push_str(&t.placements.report());
         }
@@ -296,6 +366,10 @@ pub(crate) fn features() -> Vec<(String, String)> {
             ];
             if let Some(b) = limits.compile_budget {
                 f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
+            }
+            if !rt.probe.is_empty() {
+                let found: Vec<String> = rt.probe.iter().map(ToString::to_string).collect();
+                f.push(("SELF_PROBE".to_string(), found.join("; ")));
             }
             f
         }

@@ -30,6 +30,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_MAX_LOADED",
     "GGML_ANE_DISABLE",
     "GGML_ANE_ANY_GGML",
+    "GGML_ANE_PROBE",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -70,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) disable: bool,
     /// `GGML_ANE_ANY_GGML=1`: offer the device in a ggml the version table does not cover.
     pub(crate) any_ggml: bool,
+    /// `GGML_ANE_PROBE=1`: self-probe the reference engine too (apple and coreml always are).
+    pub(crate) probe: bool,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -173,6 +176,7 @@ impl Config {
             }
         };
         let (disable, any_ggml) = (flag("GGML_ANE_DISABLE")?, flag("GGML_ANE_ANY_GGML")?);
+        let probe = flag("GGML_ANE_PROBE")?;
         let stats_level = stats_level(var("GGML_ANE_STATS").as_deref());
         let log_level = match var("GGML_ANE_LOG")
             .map(|v| v.to_ascii_lowercase())
@@ -197,6 +201,7 @@ impl Config {
             max_loaded,
             disable,
             any_ggml,
+            probe,
             min_batch,
             min_tokens,
             stats_level,

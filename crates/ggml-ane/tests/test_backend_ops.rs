@@ -195,3 +195,51 @@ fn an_untested_ggml_version_gets_the_refusal_line() {
         }
     }
 }
+
+/// The self-probe (forced on the reference engine with `GGML_ANE_PROBE=1`): a kernel form made
+/// to fail is left out and the rest serves every case, the log and the stats say which; when no
+/// form works the library says in one line why it does not register.
+#[test]
+fn a_form_failing_the_self_probe_is_left_out_and_said() {
+    let case = "type_a=f32,type_b=f32,m=16,n=1,k=256";
+    let text = run(
+        Some(case),
+        &[
+            ("GGML_ANE_PROBE", "1"),
+            ("GGML_ANE_REFERENCE_FAULTS", "baked"),
+            ("GGML_ANE_LOG", "info"),
+        ],
+    );
+    assert!(
+        text.contains("reference engine self-probe: baked failed: compile failed: injected"),
+        "{}",
+        tail(&text)
+    );
+    assert!(
+        text.contains("kernels streamed instead of auto"),
+        "{}",
+        tail(&text)
+    );
+    assert!(
+        text.contains("self-probe             streamed ok"),
+        "{}",
+        tail(&text)
+    );
+    let (ok, total) = passed(&text);
+    assert!(total > 0 && ok == total, "{}", tail(&text));
+    assert_eq!(stat(&text, "with baked weights"), 0);
+
+    let text = run(
+        Some(case),
+        &[
+            ("GGML_ANE_ENGINE", "reference"),
+            ("GGML_ANE_PROBE", "1"),
+            ("GGML_ANE_REFERENCE_FAULTS", "eval"),
+        ],
+    );
+    assert!(
+        text.contains("ggml-ane: not registering, no usable engine: the reference engine: no kernel form works"),
+        "{}",
+        tail(&text)
+    );
+}

@@ -259,6 +259,7 @@ impl KernelCache {
             Err(Error::BudgetExhausted { .. }) => return Err(FallbackReason::Budget),
             Err(Error::Unsupported { reason, .. }) => Err(FallbackReason::Unsupported(reason)),
             Err(e @ Error::RuleBroken { .. }) => Err(FallbackReason::Rules(e.to_string())),
+            Err(Error::Compile(why)) => Err(FallbackReason::Compile(why)),
             Err(e) => Err(FallbackReason::Compile(e.to_string())),
         })
     }

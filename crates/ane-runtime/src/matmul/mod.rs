@@ -12,6 +12,7 @@ mod cache;
 mod pipeline;
 pub mod policy;
 mod precision;
+pub mod probe;
 mod program;
 mod residency;
 mod staged;

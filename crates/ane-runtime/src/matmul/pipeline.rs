@@ -373,7 +373,10 @@ impl BatchRun<'_, '_> {
             self.scratch.give_back(acts);
         }
         self.scratch.give_back(y);
-        evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+        evaluated.map_err(|e| match e {
+            crate::error::Error::Eval(why) => FallbackReason::Eval(why),
+            other => FallbackReason::Eval(other.to_string()),
+        })?;
         let tile_sum_sq = tile_sum_sq.ok_or(FallbackReason::NonFinite)?;
         self.output_err += precision::output_error(tile_sum_sq, c.bn * t.bm);
         Ok(())

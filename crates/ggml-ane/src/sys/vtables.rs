@@ -553,6 +553,13 @@ pub extern "C" fn ggml_backend_score() -> c_int {
     guard("score", 0, || match backend::runtime() {
         Ok(rt) if rt.engine.info().kind == ane_runtime::EngineKind::Reference => 1,
         Ok(_) => 10,
-        Err(_) => 0,
+        Err(why) => {
+            // ggml itself only says the backend "is not supported on this system"
+            log(
+                GGML_LOG_LEVEL_ERROR,
+                &format!("ggml-ane: not registering, no usable engine: {why}"),
+            );
+            0
+        }
     })
 }

@@ -40,11 +40,18 @@ pub struct Faults {
     pub eval: bool,
     /// Every evaluation writes +inf into the first element of each output.
     pub inf: bool,
+    /// Programs with BLOBFILE weights (the baked kernel form) fail to compile.
+    pub baked: bool,
+    /// Single-input programs without BLOBFILE weights (the streamed form) fail at evaluation.
+    pub streamed: bool,
+    /// Two-input programs (the two-input form) fail at evaluation.
+    pub two_input: bool,
 }
 
 impl Faults {
-    /// Parses a comma-separated list of `compile`, `eval`, `inf` (what `ggml-ane` reads from
-    /// `GGML_ANE_REFERENCE_FAULTS`); anything else is an error naming it.
+    /// Parses a comma-separated list of `compile`, `eval`, `inf`, `baked`, `streamed`,
+    /// `two-input` (what `ggml-ane` reads from `GGML_ANE_REFERENCE_FAULTS`); anything else is an
+    /// error naming it.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for a word that is not one of the three.
@@ -55,9 +62,12 @@ impl Faults {
                 "compile" => faults.compile = true,
                 "eval" => faults.eval = true,
                 "inf" => faults.inf = true,
+                "baked" => faults.baked = true,
+                "streamed" => faults.streamed = true,
+                "two-input" => faults.two_input = true,
                 other => {
                     return Err(Error::InvalidSetting(format!(
-                        "reference fault `{other}`: expected compile, eval or inf"
+                        "reference fault `{other}`: expected compile, eval, inf, baked, streamed or two-input"
                     )))
                 }
             }
@@ -193,7 +203,8 @@ impl Engine for ReferenceEngine {
             crate::engine::enforce_rules(program, options)?;
         }
         self.config.counter.take()?;
-        if self.config.faults.compile {
+        let baked = program.blob_refs().next().is_some();
+        if self.config.faults.compile || (self.config.faults.baked && baked) {
             return Err(Error::Compile(
                 "injected compile failure (reference engine faults)".into(),
             ));
@@ -243,6 +254,7 @@ impl ReferenceEngine {
             plans,
             procedures,
             faults: self.config.faults,
+            baked: program.blob_refs().next().is_some(),
         }))
     }
 }
@@ -253,6 +265,8 @@ struct ReferenceKernel {
     plans: Vec<ProcPlan>,
     procedures: Vec<ProcedureInfo>,
     faults: Faults,
+    /// Whether the program has BLOBFILE weights (for the per-form faults).
+    baked: bool,
 }
 
 impl Kernel for ReferenceKernel {
@@ -265,7 +279,12 @@ impl Kernel for ReferenceKernel {
             .plans
             .get(index)
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
-        if self.faults.eval {
+        let form_fails = match inputs.len() {
+            1 => self.faults.streamed && !self.baked,
+            2 => self.faults.two_input,
+            _ => false,
+        };
+        if self.faults.eval || form_fails {
             return Err(Error::Eval(
                 "injected eval failure (reference engine faults)".into(),
             ));
