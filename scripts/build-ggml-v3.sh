@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shared-library suffix and core count, on Linux and macOS
+case "$(uname -s)" in
+  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu) ;;
+  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2) ;;
+esac
+
 crate=${1:-llama-cpp-sys-2}
 crate_version=${2:-0.1.161}
 minor=${3:-26}
@@ -15,7 +21,7 @@ root=$PWD/target/ggml/0.$minor.x
 [ "$minor" = 26 ] && root=$PWD/target/ggml/0.26.0
 build=$root/build
 tbo=$PWD/target/ggml/0.25.3/src/tests/test-backend-ops.cpp
-if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.so" ]; then
+if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.$so" ]; then
   echo "$build"
   exit 0
 fi
@@ -43,5 +49,5 @@ grep -q "GGML_VERSION_MINOR $minor)" "$src/CMakeLists.txt" || { echo "unexpected
 
 cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
   -DGGML_SRC="$src" -DTBO_SRC="$tbo" >&2
-ninja -C "$build" -j"$(nproc)" >&2
+ninja -C "$build" -j"$cores" >&2
 echo "$build"

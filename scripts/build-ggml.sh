@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shared-library suffix and core count, on Linux and macOS
+case "$(uname -s)" in
+  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu) ;;
+  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2) ;;
+esac
+
 PIN_PKG=llama-cpp-python==0.3.36
 PIN_VER=0.25.3
 root=$PWD/target/ggml/$PIN_VER
@@ -12,7 +18,7 @@ src=$root/src
 build=$root/build
 PYTHON=${PYTHON:-python3}
 
-if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.so" ] && [ -e "$build/bin/libllama.so" ]; then
+if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.$so" ] && [ -e "$build/bin/libllama.$so" ]; then
   echo "$build"
   exit 0
 fi
@@ -23,7 +29,11 @@ command -v ninja >/dev/null 2>&1 || need+=(ninja-build)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
+  if [ "$(uname -s)" = Darwin ]; then
+    # Homebrew's names; g++ comes with the Xcode command-line tools
+    command -v brew >/dev/null 2>&1 || { echo "install Homebrew, or cmake and ninja, first" >&2; exit 1; }
+    brew install cmake ninja >&2
+  elif [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
   else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq "${need[@]}" >&2; fi
 fi
 
@@ -45,5 +55,5 @@ grep -q "GGML_VERSION_MINOR 25" "$src/ggml/CMakeLists.txt" || { echo "unexpected
 
 cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
   -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" -DLLAMA_SRC="$src" >&2
-ninja -C "$build" -j"$(nproc)" >&2
+ninja -C "$build" -j"$cores" >&2
 echo "$build"

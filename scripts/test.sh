@@ -33,6 +33,17 @@ echo "GGML_V3_NEWEST_LIB_DIR=$GGML_V3_NEWEST_LIB_DIR"
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"
 
+step "shellcheck (the scripts CI and a Mac run)"
+if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -qq shellcheck >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null 2>&1 || true
+fi
+if command -v shellcheck >/dev/null 2>&1; then
+  shellcheck scripts/*.sh .ci/run
+  echo "shellcheck: clean"
+else
+  echo "SKIP: shellcheck is not installed and could not be; the scripts were not checked"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

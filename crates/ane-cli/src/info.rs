@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use ane_runtime::matmul::probe::{forms_for, probe};
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{EngineChoice, EngineKind};
 
@@ -50,6 +51,10 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         None => println!("  compile budget  unlimited"),
     }
     println!("  kernels         {} (GGML_ANE_KERNELS)", args.kernels);
+    // what the backend would find before taking work (ane doctor says more)
+    for r in probe(e.as_ref(), &forms_for(args.kernels)) {
+        println!("  self-probe      {r}");
+    }
     println!(
         "  ops             {}",
         ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", ")

@@ -8,6 +8,7 @@
 
 mod bench;
 mod cache;
+mod doctor;
 mod info;
 mod mil;
 mod npy;
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Engines available here, the one `auto` picks, and its limits.
     Info(info::InfoArgs),
+    /// Everything a first run should establish: engines, each kernel form against f64, the
+    /// rulebook, and what only hardware answers; a summary, a verdict, a report to paste.
+    Doctor(doctor::DoctorArgs),
     /// Check and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Doctor(a) => doctor::run(a),
         Command::Mil(c) => mil::run(c),
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),

@@ -14,11 +14,22 @@ fn ane(args: &[&str]) -> Output {
 }
 
 fn ane_with_cache(dir: &Path, args: &[&str]) -> Output {
+    ane_in(dir, args, &[])
+}
+
+/// `ane` with these variables set (the cache off).
+fn ane_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    ane_in(Path::new("off"), args, env)
+}
+
+fn ane_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ane"))
         .args(args)
         .env_remove("GGML_ANE_ENGINE")
         .env_remove("GGML_ANE_KERNELS")
+        .env_remove("GGML_ANE_REFERENCE_FAULTS")
         .env("GGML_ANE_CACHE_DIR", dir)
+        .envs(env.iter().copied())
         .output()
         .expect("run ane")
 }
@@ -521,4 +532,67 @@ fn every_emitted_plan_kernel_passes_the_rulebook() {
             k.display()
         );
     }
+}
+
+/// `ane doctor` on Linux: every probe the reference engine can answer passes, the rest are
+/// skipped with the reason, and the JSON lists them all; a kernel form made to fail makes it
+/// fail, naming the form.
+#[test]
+fn doctor_reports_every_probe_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("doctor.json");
+    let md = dir.path().join("doctor.md");
+    let out = ane(&[
+        "doctor",
+        "--json",
+        json.to_str().unwrap(),
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("verdict: no ANE here"), "{shown}");
+    // the JSON, read by Python's parser: name → (status, reason, figures)
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let read = std::process::Command::new(python)
+        .arg("-c")
+        .arg(
+            "import json,sys; d=json.load(open(sys.argv[1])); \
+             print(d['summary']['fail']); \
+             [print(p['name'] + '|' + p['status'] + '|' + p['reason'] + '|' + p['figures'].get('nmse', '')) for p in d['probes']]",
+        )
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let lines = text(&read.stdout);
+    let mut it = lines.lines();
+    assert_eq!(it.next(), Some("0"), "{lines}");
+    let probes: Vec<Vec<&str>> = it.map(|l| l.split('|').collect()).collect();
+    let find = |name: &str| {
+        probes
+            .iter()
+            .find(|p| p[0] == name)
+            .unwrap_or_else(|| panic!("no probe {name}: {lines}"))
+    };
+    for form in ["form baked", "form streamed", "form two-input"] {
+        let p = find(form);
+        assert_eq!(p[1], "pass", "{p:?}");
+        let nmse: f64 = p[3].parse().unwrap();
+        assert!(nmse < 1e-6, "{p:?}");
+    }
+    assert_eq!(find("engine reference")[1], "pass");
+    assert_eq!(find("rulebook")[1], "pass");
+    let power = find("power");
+    assert_eq!(power[1], "skipped");
+    assert!(power[2].contains("not available on this OS"), "{power:?}");
+    #[cfg(not(target_os = "macos"))]
+    assert!(find("engine apple")[2].contains("needs macOS"));
+    assert!(std::fs::read_to_string(&md).unwrap().contains("verdict:"));
+
+    let failing = ane_with_env(&["doctor"], &[("GGML_ANE_REFERENCE_FAULTS", "baked")]);
+    assert_eq!(failing.status.code(), Some(1));
+    let shown = text(&failing.stdout);
+    assert!(shown.contains("form baked             fail"), "{shown}");
+    assert!(shown.contains("1 probe(s) failed"), "{shown}");
 }

@@ -1,0 +1,278 @@
+//! `ane doctor`: everything a first run on a machine should establish, in one command — the
+//! engines and why one is unavailable, each kernel form compiled and evaluated against f64
+//! (the self-probe) with its layouts and times, the rulebook on the bundled program, and the
+//! questions only hardware answers, marked skipped with the reason where this engine cannot
+//! answer them. Ends with a summary and a verdict; `--json` and `--markdown` write the report.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ane_mil::rules::{check_rules, RuleOptions};
+use ane_runtime::matmul::probe::{probe, PROBE_SHAPE};
+use ane_runtime::matmul::{
+    baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program, KernelKind,
+    KernelPolicy,
+};
+use ane_runtime::{EngineChoice, EngineKind, Kernel};
+use anyhow::Context;
+
+use crate::settings::EngineArgs;
+
+#[derive(clap::Args)]
+pub(crate) struct DoctorArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Write the report as JSON (a `probes` list: name, status, reason, figures).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the report as Markdown, to paste into an issue.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+/// What one probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+struct Probe {
+    name: String,
+    status: Status,
+    /// Why it failed or was skipped; what it measured otherwise.
+    detail: String,
+    figures: Vec<(String, String)>,
+}
+
+impl Probe {
+    fn new(name: &str, status: Status, detail: impl Into<String>) -> Self {
+        Probe {
+            name: name.to_string(),
+            status,
+            detail: detail.into(),
+            figures: Vec::new(),
+        }
+    }
+
+    fn figure(mut self, key: &str, value: impl ToString) -> Self {
+        self.figures.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Status {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut probes = Vec::new();
+    probes.push(Probe::new(
+        "machine",
+        Status::Pass,
+        format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    ));
+
+    // engines: available or why not
+    let two_input_config = args.engine.config(KernelPolicy::TwoInput);
+    for kind in [EngineKind::Apple, EngineKind::CoreMl, EngineKind::Reference] {
+        let name = format!("engine {kind}");
+        probes.push(
+            match ane_runtime::create(EngineChoice::Only(kind), &two_input_config) {
+                Ok(e) => {
+                    let mut p = Probe::new(&name, Status::Pass, e.info().description);
+                    for (k, v) in e.info().details {
+                        p = p.figure(&k, v);
+                    }
+                    p
+                }
+                Err(err) => Probe::new(&name, Status::Skipped, err.to_string()),
+            },
+        );
+    }
+
+    // the engine under test, with the two-input opt-in so that form can be probed too
+    let engine = ane_runtime::create(args.engine.engine, &two_input_config)?;
+    let kind = engine.info().kind;
+
+    // each kernel form: the self-probe job against f64, and its layouts and compile time
+    let forms = [
+        KernelKind::Baked,
+        KernelKind::Streamed,
+        KernelKind::TwoInput,
+    ];
+    let (m, k, n) = PROBE_SHAPE;
+    for (form, result) in forms.iter().zip(probe(engine.as_ref(), &forms)) {
+        let name = format!("form {form}");
+        let mut p = match &result.outcome {
+            Ok(nmse) => Probe::new(&name, Status::Pass, format!("{m}x{k}x{n} against f64"))
+                .figure("nmse", format!("{nmse:.2e}")),
+            Err(why) => Probe::new(&name, Status::Fail, why.clone()),
+        };
+        p = p.figure("compiles", result.compiles);
+        let (program, weights) = match form {
+            KernelKind::Baked => (
+                baked_matmul_program(m, k, 64),
+                baked_weights(&vec![half::f16::ZERO; m * k]),
+            ),
+            KernelKind::TwoInput => (two_input_matmul_program(m, k, 64), Default::default()),
+            _ => (matmul_program(m, k, 64), Default::default()),
+        };
+        let t = Instant::now();
+        match engine.compile(&program, &weights) {
+            Ok(kernel) => {
+                p = p.figure(
+                    "compile_ms",
+                    format!("{:.2}", t.elapsed().as_secs_f64() * 1e3),
+                );
+                let kernel: &dyn Kernel = kernel.as_ref();
+                for l in kernel.procedures()[0]
+                    .inputs
+                    .iter()
+                    .chain(&kernel.procedures()[0].outputs)
+                {
+                    p = p.figure(&format!("layout {}", l.name), l);
+                }
+            }
+            Err(e) => p = p.figure("compile", e),
+        }
+        probes.push(p);
+    }
+
+    // the rulebook on the bundled program arozanov/ggml-ane generates
+    let seed = ane_mil::parse(&seed_text()).context("the bundled seed program")?;
+    let refused = check_rules(&seed, &RuleOptions::default())
+        .iter()
+        .filter(|v| v.refuses())
+        .count();
+    probes.push(if refused == 0 {
+        Probe::new(
+            "rulebook",
+            Status::Pass,
+            "the seed program passes the ANE rulebook",
+        )
+    } else {
+        Probe::new(
+            "rulebook",
+            Status::Fail,
+            format!("{refused} refusals on the seed program"),
+        )
+    });
+
+    // what only hardware answers
+    let on_hardware = matches!(kind, EngineKind::Apple | EngineKind::CoreMl);
+    for (name, what) in [
+        ("daemon cache", "whether compiling a program twice hits the daemon's cache, and whether that spends budget"),
+        ("two-input requests", "whether two-input requests evaluate or fail with 0x1d (the two-input form probe above, on hardware)"),
+        ("largest baked weight", "the largest baked weight one program compiles (~8 MB per ironmill, ~2 GB per ANEForge), by bisection"),
+        ("loaded kernels", "how many kernels stay loaded at once (~55 per ironmill) and whether a reload spends budget"),
+        ("smallest wide width", "the smallest S a [1, C > 768, 1, S] input may have (32 per ironmill), by bisection"),
+        ("power", "ANE, CPU and GPU energy from IOReport"),
+    ] {
+        probes.push(if on_hardware {
+            Probe::new(name, Status::Skipped, format!("{what}: not measured by this build yet"))
+        } else {
+            Probe::new(
+                name,
+                Status::Skipped,
+                format!("{what}: needs an ANE (the {kind} engine cannot answer){}", if name == "power" { "; power: not available on this OS" } else { "" }),
+            )
+        });
+    }
+
+    // summary and verdict
+    let count = |s: Status| probes.iter().filter(|p| p.status == s).count();
+    let (pass, fail, skipped) = (
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skipped),
+    );
+    let verdict = if fail > 0 {
+        format!("{fail} probe(s) failed: the backend leaves those forms out (see above)")
+    } else if on_hardware {
+        "the ANE runs every kernel form the backend uses".to_string()
+    } else {
+        format!("no ANE here: the {kind} engine passes every probe it can answer")
+    };
+    let mut text = String::new();
+    for p in &probes {
+        let _ = writeln!(text, "{:<22} {:<8} {}", p.name, p.status.as_str(), p.detail);
+        for (k, v) in &p.figures {
+            let _ = writeln!(text, "{:<22} {:<8}   {k}: {v}", "", "");
+        }
+    }
+    let _ = writeln!(
+        text,
+        "summary: {pass} pass, {fail} fail, {skipped} skipped ({kind} engine)"
+    );
+    let _ = writeln!(text, "verdict: {verdict}");
+    print!("{text}");
+
+    if let Some(path) = &args.json {
+        let items: Vec<String> = probes
+            .iter()
+            .map(|p| {
+                let figures: Vec<String> = p
+                    .figures
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", json_string(k), json_string(v)))
+                    .collect();
+                format!(
+                    "{{\"name\": {}, \"status\": {}, \"reason\": {}, \"figures\": {{{}}}}}",
+                    json_string(&p.name),
+                    json_string(p.status.as_str()),
+                    json_string(&p.detail),
+                    figures.join(", ")
+                )
+            })
+            .collect();
+        let json = format!(
+            "{{\"engine\": {}, \"verdict\": {}, \"summary\": {{\"pass\": {pass}, \"fail\": {fail}, \"skipped\": {skipped}}}, \"probes\": [{}]}}\n",
+            json_string(kind.as_str()),
+            json_string(&verdict),
+            items.join(", ")
+        );
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.markdown {
+        let md = format!("### ane doctor ({kind} engine)\n\n```\n{text}```\n");
+        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if fail > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The program arozanov/ggml-ane generates for a 96×80 weight and 50 tokens (as bundled in
+/// `examples/seed-matmul`).
+fn seed_text() -> String {
+    include_str!("../../../examples/seed-matmul/model.mil").to_string()
+}
