@@ -145,6 +145,18 @@ fn package_bytes_are_deterministic_and_decode_back() {
         ops,
         ["const", "const", "const", "const", "const", "const", "conv"]
     );
+    // a function of another name is stored as `main`, the only name Core ML looks up in a
+    // model that is not multifunction; its own name stays in the description
+    let mm = coreml::model_proto(&p, Some("mm")).unwrap();
+    let functions: Vec<&String> = mm.ml_program.as_ref().unwrap().functions.keys().collect();
+    assert_eq!(functions, ["main"]);
+    assert!(mm
+        .description
+        .unwrap()
+        .metadata
+        .unwrap()
+        .short_description
+        .contains("`mm`"));
     // another program gives other identifiers in the manifest
     let other = coreml::package(&layout_program(), None, &WeightFiles::new()).unwrap();
     assert_ne!(a.files[0].1, other.files[0].1);
@@ -208,7 +220,10 @@ fn compare(
     };
     assert_eq!(got.functions.len(), 1, "{name}");
     let (fname, ops) = &got.functions[0];
-    assert_eq!(fname, &f.name, "{name}");
+    assert_eq!(
+        fname, "main",
+        "{name}: packages name their one function `main`"
+    );
     for s in &f.body {
         let op = ops
             .iter()

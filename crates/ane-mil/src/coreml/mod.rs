@@ -145,7 +145,10 @@ fn checked_model_proto(
         }),
         ml_program: Some(proto::Program {
             version: 1,
-            functions: BTreeMap::from([(f.name.clone(), function)]),
+            // a model that is not multifunction must call its function `main` (coremltools
+            // `models/model.py` and `mlmodel/src/Utils.cpp` look it up by that name); the
+            // original name stays in the description
+            functions: BTreeMap::from([("main".to_string(), function)]),
             attributes,
         }),
     })

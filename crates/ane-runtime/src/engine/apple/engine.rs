@@ -17,12 +17,15 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::surface::Surface;
 
-const LOAD_ATTEMPTS: u32 = 3;
+/// One retry after 100 ms, as the seed, prefill-bench and tmc do: more only delays the CPU
+/// fallback for deterministic failures such as 0x20004 "program too large".
+const LOAD_ATTEMPTS: u32 = 2;
 const LOAD_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The private-API engine.
 pub struct AppleEngine {
     fw: &'static Framework,
+    device: ane::DeviceInfo,
     counter: CompileCounter,
     rules: Option<ane_mil::rules::RuleOptions>,
 }
@@ -34,8 +37,20 @@ impl AppleEngine {
             kind: EngineKind::Apple,
             reason,
         })?;
+        let device = ane::device_info(fw);
+        // the framework also loads in macOS VMs and perhaps on Intel Macs; there `auto` must
+        // move on to coreml instead of failing every compile (apple-audit.md finding 14)
+        if device.has_ane == Some(false) {
+            return Err(Error::EngineUnavailable {
+                kind: EngineKind::Apple,
+                reason: "+[_ANEDeviceInfo hasANE] is NO (a virtual machine, or a Mac without \
+                         a Neural Engine)"
+                    .into(),
+            });
+        }
         Ok(AppleEngine {
             fw,
+            device,
             counter: CompileCounter::process(EngineKind::Apple, Some(config.compile_budget)),
             rules: config.rules,
         })
@@ -47,7 +62,7 @@ impl Engine for AppleEngine {
         EngineInfo {
             kind: EngineKind::Apple,
             description: "Apple Neural Engine (private _ANEInMemoryModel path)".to_string(),
-            details: ane::device_info(self.fw),
+            details: self.device.facts.clone(),
         }
     }
 
@@ -71,13 +86,25 @@ impl Engine for AppleEngine {
             crate::engine::enforce_rules(program, options)?;
         }
         let checked = check_program(program, Some(weights))?;
+        if checked.len() > 1 {
+            // a second procedure's request indices are global symbol indices read from
+            // ANEFModelProcedures, which no run here has seen (apple-audit.md finding 5)
+            return Err(Error::Unsupported {
+                engine: EngineKind::Apple,
+                reason: format!(
+                    "{} functions in one program; the apple engine binds one procedure",
+                    checked.len()
+                ),
+            });
+        }
+        // the budget first: with it spent, nothing is copied or written (finding 18)
+        self.counter.take()?;
         let text = print_program(program);
         let files: Vec<(&str, &[u8])> = weights.iter().map(|(p, f)| (p, f.bytes())).collect();
         let model = InMemoryModel::new(self.fw, &text, &files).map_err(Error::Compile)?;
         let hex = model.hex_id().map_err(Error::Compile)?;
         let dir = ModelDir::acquire(ane::temporary_directory().join(&hex), &text, weights)
             .map_err(|e| Error::Compile(format!("preparing the model folder: {e}")))?;
-        self.counter.take()?;
         if !model.compiled_exists() {
             model.compile().map_err(Error::Compile)?;
         }

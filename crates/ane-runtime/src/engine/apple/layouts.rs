@@ -35,6 +35,11 @@ pub(crate) struct LiveTensor {
     pub(crate) plane_stride: usize,
     /// Bytes between batches (also the bytes one batch needs).
     pub(crate) batch_stride: usize,
+    /// `Interleave` (channel interleave factor; absent = 1). Anything but 1 maps `(c, h)` to
+    /// rows differently, and no working client stages such a layout, so it is refused.
+    pub(crate) interleave: usize,
+    /// `PlaneCount` (absent = 1); refused unless 1, for the same reason.
+    pub(crate) plane_count: usize,
 }
 
 fn bad(what: String) -> Error {
@@ -49,16 +54,23 @@ fn field(d: &AttrValue, key: &str, ctx: &str) -> Result<usize> {
     usize::try_from(v).map_err(|_| bad(format!("{ctx}: `{key}` = {v}")))
 }
 
+/// An optional count that defaults to 1 when the daemon leaves it out.
+fn count_or_one(d: &AttrValue, key: &str) -> usize {
+    d.get(key)
+        .and_then(AttrValue::as_int)
+        .map_or(1, |v| usize::try_from(v).unwrap_or(0))
+}
+
 fn live_tensor(d: &AttrValue, ctx: &str) -> Result<LiveTensor> {
+    // `Symbol` first: tmc binds by it, and `Name` may carry the producing op's name
+    // (the seed's output `y` comes from an op named `yT`); apple-audit.md finding 7
     let raw_name = d
-        .get("Name")
-        .or_else(|| d.get("Symbol"))
+        .get("Symbol")
         .and_then(AttrValue::as_str)
-        .ok_or_else(|| bad(format!("{ctx}: no `Name` or `Symbol`")))?;
-    let name = raw_name
-        .strip_suffix("@output")
-        .unwrap_or(raw_name)
-        .to_string();
+        .or_else(|| d.get("Name").and_then(AttrValue::as_str))
+        .ok_or_else(|| bad(format!("{ctx}: no `Symbol` or `Name` in {d:?}")))?;
+    // the framework suffixes symbols (`y@output`, `y0@output`); the MIL name is before `@`
+    let name = raw_name.split('@').next().unwrap_or(raw_name).to_string();
     let ctx = format!("{ctx} `{name}`");
     let ty = d.get("Type").map(|t| match t {
         AttrValue::Str(s) => s.to_ascii_lowercase(),
@@ -84,7 +96,13 @@ fn live_tensor(d: &AttrValue, ctx: &str) -> Result<LiveTensor> {
         depth: usize::try_from(depth).unwrap_or(0),
         row_stride: field(d, "RowStride", &ctx)?,
         plane_stride: field(d, "PlaneStride", &ctx)?,
-        batch_stride: field(d, "BatchStride", &ctx)?,
+        // unused when there is one batch; tmc never reads it (finding 9)
+        batch_stride: match d.get("BatchStride") {
+            None => 0,
+            Some(_) => field(d, "BatchStride", &ctx)?,
+        },
+        interleave: count_or_one(d, "Interleave"),
+        plane_count: count_or_one(d, "PlaneCount"),
     })
 }
 
@@ -136,16 +154,31 @@ pub(crate) fn layout_from_live(
     if live.depth != 1 {
         return Err(refuse("has depth > 1"));
     }
+    if live.interleave != 1 || live.plane_count != 1 {
+        return Err(refuse(
+            "is interleaved or multi-plane (no working client stages that)",
+        ));
+    }
+    // the daemon's numbers are multiplied; garbage must become an error, not a wrap
+    let product = |xs: &[usize]| xs.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    let overflow = || refuse("has sizes whose product overflows");
     let numel: usize = shape.iter().product();
     let [b, c, h, w] = live.dims;
-    if b * c * h * w != numel || shape.last().copied().unwrap_or(1) != w {
+    if product(&live.dims).ok_or_else(overflow)? != numel || shape.last().copied().unwrap_or(1) != w
+    {
         return Err(refuse("does not keep the tensor's rows"));
     }
     let elem = dtype.size();
+    let plane_rows = product(&[h, live.row_stride]).ok_or_else(overflow)?;
+    // a single-plane tensor may report 0 for the unused stride
+    let plane_stride = live.plane_stride.max(plane_rows);
+    let one_batch = product(&[c, plane_stride]).ok_or_else(overflow)?;
+    // with one batch the batch stride is unused: the daemon may report anything there
+    let batch_stride = if b == 1 { one_batch } else { live.batch_stride };
     if live.row_stride < w * elem
         || !live.row_stride.is_multiple_of(row_alignment)
-        || (c > 1 || h > 1) && live.plane_stride < h * live.row_stride
-        || live.batch_stride < c * live.plane_stride.max(h * live.row_stride)
+        || (c > 1 || h > 1) && live.plane_stride < plane_rows
+        || batch_stride < one_batch
     {
         return Err(refuse("has strides that overlap or misalign rows"));
     }
@@ -155,9 +188,8 @@ pub(crate) fn layout_from_live(
         shape,
         dims: live.dims,
         row_stride: live.row_stride,
-        // a single-plane tensor may report 0 for the unused stride
-        plane_stride: live.plane_stride.max(h * live.row_stride),
-        batch_stride: live.batch_stride,
+        plane_stride,
+        batch_stride,
     })
 }
 

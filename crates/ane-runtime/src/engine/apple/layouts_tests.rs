@@ -102,6 +102,8 @@ fn layouts_that_would_be_staged_wrongly_are_refused() {
         row_stride,
         plane_stride: row_stride,
         batch_stride: 96 * row_stride,
+        interleave: 1,
+        plane_count: 1,
     };
     assert!(layout_from_live(&live(128), &ty, 64).is_ok());
     assert!(
@@ -122,6 +124,100 @@ fn layouts_that_would_be_staged_wrongly_are_refused() {
     let err = procedure_layouts(&matmul_attrs(), 1, f, 64).unwrap_err();
     assert!(err.to_string().contains("1 procedures"), "{err}");
     assert!(live_tensors(&dict(&[]), 0).is_err());
+}
+
+/// `tensor` with some keys replaced or added.
+fn tensor_with(base: AttrValue, extra: &[(&str, AttrValue)]) -> AttrValue {
+    let AttrValue::Dict(mut d) = base else {
+        unreachable!("tensor() builds a dictionary")
+    };
+    for (k, v) in extra {
+        d.insert(k.to_string(), v.clone());
+    }
+    AttrValue::Dict(d)
+}
+
+#[test]
+fn symbols_win_over_names_and_lose_their_suffix() {
+    let program = two_input_matmul_program(40, 96, 64);
+    let checked = check_program(&program, None).unwrap();
+    // `Name` carries the producing op (the seed's `yT`), `Symbol` the MIL value
+    let y = tensor_with(
+        tensor("yT", 40, 1, 64, 128),
+        &[("Symbol", AttrValue::Str("y@output".into()))],
+    );
+    let a = tensor_with(
+        tensor("x_op", 96, 1, 64, 128),
+        &[("Symbol", AttrValue::Str("a".into()))],
+    );
+    let tree = attrs(vec![tensor("b", 96, 1, 40, 128), a], vec![y]);
+    let (info, in_idx, _) = procedure_layouts(&tree, 0, &checked[0], 64).unwrap();
+    assert_eq!(in_idx, [1, 0]);
+    assert_eq!(info.outputs[0].name, "y");
+    // with neither key the error shows the whole entry
+    let AttrValue::Dict(mut bare) = tensor("a", 96, 1, 64, 128) else {
+        unreachable!()
+    };
+    bare.remove("Name");
+    let err = live_tensors(&attrs(vec![AttrValue::Dict(bare)], vec![]), 0).unwrap_err();
+    assert!(err.to_string().contains("RowStride"), "{err}");
+}
+
+#[test]
+fn interleaved_or_multi_plane_layouts_are_refused() {
+    let program = two_input_matmul_program(40, 96, 64);
+    let checked = check_program(&program, None).unwrap();
+    for (key, value) in [("Interleave", 2), ("PlaneCount", 2)] {
+        let a = tensor_with(tensor("a", 96, 1, 64, 128), &[(key, AttrValue::Int(value))]);
+        let tree = attrs(
+            vec![a, tensor("b", 96, 1, 40, 128)],
+            vec![tensor("y", 40, 1, 64, 128)],
+        );
+        let err = procedure_layouts(&tree, 0, &checked[0], 64).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{key}: {err}");
+        // the same key at 1 is the plain layout
+        let a = tensor_with(tensor("a", 96, 1, 64, 128), &[(key, AttrValue::Int(1))]);
+        let tree = attrs(
+            vec![a, tensor("b", 96, 1, 40, 128)],
+            vec![tensor("y", 40, 1, 64, 128)],
+        );
+        assert!(
+            procedure_layouts(&tree, 0, &checked[0], 64).is_ok(),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn one_batch_ignores_the_batch_stride_and_garbage_sizes_are_errors() {
+    let ty = ane_mil::ValueType::tensor(ane_mil::DType::Fp16, [1, 96, 1, 64]);
+    let live = LiveTensor {
+        name: "a".into(),
+        dtype: SurfaceDType::F16,
+        dims: [1, 96, 1, 64],
+        depth: 1,
+        row_stride: 128,
+        plane_stride: 128,
+        batch_stride: 0,
+        interleave: 1,
+        plane_count: 1,
+    };
+    let l = layout_from_live(&live, &ty, 64).unwrap();
+    assert_eq!(l.batch_stride, 96 * 128, "sized from channels and planes");
+    assert_eq!(l.byte_len(), 96 * 128);
+    // two batches need a real stride
+    let ty2 = ane_mil::ValueType::tensor(ane_mil::DType::Fp16, [2, 96, 1, 64]);
+    let two = LiveTensor {
+        dims: [2, 96, 1, 64],
+        ..live.clone()
+    };
+    assert!(layout_from_live(&two, &ty2, 64).is_err());
+    let huge = LiveTensor {
+        dims: [usize::MAX / 2, 96, 1, 64],
+        ..live
+    };
+    let err = layout_from_live(&huge, &ty, 64).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
 }
 
 #[test]

@@ -5,7 +5,10 @@
 //! same program — in this process or another — shares it. arozanov/ggml-ane deletes it when any of
 //! them is freed, breaking the others. Here each holder keeps a shared lock on
 //! `<hex id>.lock` beside the folder; the holder that drops it and then gets the lock
-//! exclusively is the last one anywhere, and only it removes the folder. (A process spawned
+//! exclusively is the last one anywhere, and only it removes the folder and then the lock
+//! file (so lock files do not pile up, one per program ever compiled). A holder that opened
+//! the lock file just before it was removed notices, once its lock is granted, that the
+//! path no longer names its file, and starts over on a fresh one. (A process spawned
 //! at that moment briefly shares our descriptors until it execs; then the folder is simply
 //! left for the next last holder — disk space, never correctness.)
 
@@ -48,6 +51,22 @@ fn open_lock(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Whether `path` still names the file `lock` has open (not removed and re-created since).
+#[cfg(unix)]
+fn still_named_by(lock: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (lock.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Without inode numbers the check is skipped (the Apple engines only run on Unix).
+#[cfg(not(unix))]
+fn still_named_by(_lock: &File, path: &Path) -> bool {
+    path.exists()
+}
+
 impl ModelDir {
     /// Holds `path` (a folder named after the program's hash), writing `model.mil` and the
     /// weight files where they are missing or differ.
@@ -67,9 +86,15 @@ impl ModelDir {
         if let Some(parent) = lock_path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let lock = open_lock(&lock_path)?;
-        // waits while a last holder elsewhere is removing the folder
-        lock.lock_shared()?;
+        let lock = loop {
+            let lock = open_lock(&lock_path)?;
+            // waits while a last holder elsewhere is removing the folder
+            lock.lock_shared()?;
+            if still_named_by(&lock, &lock_path) {
+                break lock;
+            }
+            // the last holder removed this lock file while we waited: take the new one
+        };
         let held = ModelDir {
             path,
             lock_path,
@@ -95,6 +120,8 @@ impl Drop for ModelDir {
             // disk space, never correctness
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(&self.path);
+                // still under the exclusive lock: waiters see the file gone and start over
+                let _ = std::fs::remove_file(&self.lock_path);
             }
             Err(TryLockError::WouldBlock) | Err(TryLockError::Error(_)) => {}
         }

@@ -41,6 +41,36 @@ fn the_folder_outlives_every_holder_but_the_last() {
     );
     drop(second);
     assert!(!path.exists(), "the last holder removes it");
+    assert!(
+        !root.path().join("ABC123.lock").exists(),
+        "and its lock file, so they do not pile up"
+    );
+}
+
+/// A holder whose lock file was removed under it (the last holder elsewhere finishing)
+/// starts over on a fresh lock file instead of holding a lock nobody else can see.
+#[test]
+fn a_lock_file_removed_under_a_waiter_is_replaced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("BEEF");
+    let lock_path = root.path().join("BEEF.lock");
+    let stale = super::open_lock(&{
+        std::fs::write(&lock_path, b"").unwrap();
+        lock_path.clone()
+    })
+    .unwrap();
+    std::fs::remove_file(&lock_path).unwrap();
+    assert!(!super::still_named_by(&stale, &lock_path));
+    let held = ModelDir::acquire(path.clone(), "p", &weights()).unwrap();
+    assert!(super::still_named_by(
+        held.lock.as_ref().unwrap(),
+        &lock_path
+    ));
+    // the stale descriptor's lock is not the one that counts: the folder goes with `held`
+    drop(held);
+    assert!(!path.exists());
+    drop(stale);
 }
 
 #[test]
@@ -96,4 +126,5 @@ fn a_holder_in_another_process_keeps_the_folder() {
     // now the next holder that lets go is the last
     drop(ModelDir::acquire(path.clone(), "program(1.3)\n", &weights()).unwrap());
     assert!(!path.exists());
+    assert!(!root.path().join("F00D.lock").exists());
 }

@@ -1,14 +1,18 @@
 //! The private `_ANE*` classes of AppleNeuralEngine.framework, declared with typed objc2
 //! wrappers. Selector names and argument types follow the call sequence every working
-//! project uses (docs/ane-notes.md#call-sequence); they are reverse-engineered, so each one is checked with
-//! `respondsToSelector:` when the framework is opened and a missing one is an error there,
-//! never an Objective-C exception later.
+//! project uses (docs/ane-notes.md#call-sequence); they are reverse-engineered, so each one is
+//! checked, with its argument and return encodings, when the framework is opened: a missing
+//! or retyped one is an error there, never an Objective-C exception or undefined behaviour
+//! later. (Objective-C exceptions raised inside the framework are not caught yet: objc2's
+//! `exception` feature compiles a C helper the Linux type-check cannot build; see
+//! docs/hardware-validation.md.)
 
 use std::ffi::CStr;
 use std::sync::OnceLock;
 
+use objc2::encode::{EncodeArguments, EncodeReturn};
 use objc2::rc::{autoreleasepool, Retained};
-use objc2::runtime::{AnyClass, AnyObject, NSObject, Sel};
+use objc2::runtime::{AnyClass, AnyObject, Bool, NSObject, Sel};
 use objc2::{extern_class, extern_methods, msg_send, sel};
 use objc2_foundation::{NSArray, NSData, NSDictionary, NSNumber, NSString};
 
@@ -145,14 +149,39 @@ impl AneRequest {
     );
 }
 
-/// Proof that the framework is open and every class and selector we call exists.
+/// Proof that the framework is open and every class and selector we call exists with the
+/// argument and return types we send.
 #[derive(Debug)]
-pub(crate) struct Framework(());
+pub(crate) struct Framework {
+    /// `-compiledModelExists` is an optimisation: without it every program is compiled.
+    has_compiled_model_exists: bool,
+}
 
 /// Opens the framework once per process and checks every class and selector.
 pub(crate) fn framework() -> Result<&'static Framework, String> {
     static OPENED: OnceLock<Result<Framework, String>> = OnceLock::new();
     OPENED.get_or_init(open).as_ref().map_err(Clone::clone)
+}
+
+/// An object argument or result: every `id` encodes as `@`, whatever its class.
+type Id = *mut AnyObject;
+/// An `NSError **` out-parameter.
+type ErrorOut = *mut *mut AnyObject;
+
+/// Checks that `cls` (its metaclass when `class_method`) implements `sel` with exactly the
+/// argument and return encodings `A` and `R`: what objc2 checks on every send in debug
+/// builds, done once here so a changed private signature is an error in every build
+/// instead of a debug panic or release undefined behaviour (apple-audit.md finding 11).
+fn verify<A: EncodeArguments, R: EncodeReturn>(
+    cls: &AnyClass,
+    sel: Sel,
+    class_method: bool,
+) -> Result<(), String> {
+    let target = if class_method { cls.metaclass() } else { cls };
+    target.verify_sel::<A, R>(sel).map_err(|e| {
+        let kind = if class_method { '+' } else { '-' };
+        format!("{kind}[{} {sel}]: {e}", cls.name().to_string_lossy())
+    })
 }
 
 fn open() -> Result<Framework, String> {
@@ -168,78 +197,95 @@ fn open() -> Result<Framework, String> {
     let class = |name: &CStr| {
         AnyClass::get(name).ok_or_else(|| format!("class {} missing", name.to_string_lossy()))
     };
-    let need = |cls: &AnyClass, sel: Sel, class_method: bool| {
-        let ok = if class_method {
-            cls.metaclass().responds_to(sel)
-        } else {
-            cls.responds_to(sel)
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} does not respond to {sel}",
-                cls.name().to_string_lossy()
-            ))
-        }
-    };
     let desc = class(c"_ANEInMemoryModelDescriptor")?;
-    need(desc, sel!(modelWithMILText:weights:optionsPlist:), true)?;
+    verify::<(Id, Id, Id), Id>(desc, sel!(modelWithMILText:weights:optionsPlist:), true)?;
     let model = class(c"_ANEInMemoryModel")?;
-    need(model, sel!(inMemoryModelWithDescriptor:), true)?;
-    for s in [
-        sel!(hexStringIdentifier),
-        sel!(compiledModelExists),
-        sel!(compileWithQoS:options:error:),
-        sel!(loadWithQoS:options:error:),
+    verify::<(Id,), Id>(model, sel!(inMemoryModelWithDescriptor:), true)?;
+    verify::<(), Id>(model, sel!(hexStringIdentifier), false)?;
+    verify::<(u32, Id, ErrorOut), Bool>(model, sel!(compileWithQoS:options:error:), false)?;
+    verify::<(u32, Id, ErrorOut), Bool>(model, sel!(loadWithQoS:options:error:), false)?;
+    verify::<(u32, Id, Id, ErrorOut), Bool>(
+        model,
         sel!(evaluateWithQoS:options:request:error:),
-        sel!(unloadWithQoS:error:),
-        sel!(model),
-    ] {
-        need(model, s, false)?;
-    }
-    need(
+        false,
+    )?;
+    verify::<(u32, ErrorOut), Bool>(model, sel!(unloadWithQoS:error:), false)?;
+    verify::<(), Id>(model, sel!(model), false)?;
+    // optional, as prefill-bench treats it (apple-audit.md finding 15)
+    let has_compiled_model_exists =
+        verify::<(), Bool>(model, sel!(compiledModelExists), false).is_ok();
+    verify::<(&objc2_io_surface::IOSurfaceRef,), Id>(
         class(c"_ANEIOSurfaceObject")?,
         sel!(objectWithIOSurface:),
         true,
     )?;
-    need(
+    verify::<(Id, Id, Id, Id, Id, Id, Id), Id>(
         class(c"_ANERequest")?,
         sel!(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:),
         true,
     )?;
-    Ok(Framework(()))
+    Ok(Framework {
+        has_compiled_model_exists,
+    })
 }
 
-/// `_ANEDeviceInfo` facts as strings, through key-value coding so each value arrives boxed
-/// whatever its primitive type (a wrong guess at a return type would be undefined behaviour).
-pub(crate) fn device_info(_fw: &Framework) -> Vec<(String, String)> {
+/// What `_ANEDeviceInfo` says about this machine, read once when the engine opens.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeviceInfo {
+    /// `+hasANE`, when the class answers it with the expected type.
+    pub(crate) has_ane: Option<bool>,
+    /// Every fact that could be read, as text, for `ane info` and the doctor.
+    pub(crate) facts: Vec<(String, String)>,
+}
+
+/// Calls the `_ANEDeviceInfo` class methods directly with their known types (tmc's generated
+/// bindings: `hasANE` BOOL, `numANECores`/`numANEs` uint32, `aneBoardType` int64,
+/// `aneArchitectureType`/`aneSubType` id). Each is verified first; one that is missing or
+/// typed otherwise is skipped, never called.
+pub(crate) fn device_info(_fw: &Framework) -> DeviceInfo {
     let Some(cls) = AnyClass::get(c"_ANEDeviceInfo") else {
-        return vec![("device".into(), "_ANEDeviceInfo missing".into())];
+        return DeviceInfo {
+            has_ane: None,
+            facts: vec![("device".into(), "_ANEDeviceInfo missing".into())],
+        };
     };
-    let mut out = Vec::new();
+    let mut info = DeviceInfo::default();
     autoreleasepool(|_| {
-        for key in [
-            "hasANE",
-            "numANECores",
-            "numANEs",
-            "aneArchitectureType",
-            "aneSubType",
-            "aneBoardType",
-        ] {
-            let sel = Sel::register(&std::ffi::CString::new(key).expect("no NUL in key"));
-            if !cls.metaclass().responds_to(sel) {
-                continue;
-            }
-            let k = NSString::from_str(key);
-            // SAFETY: `valueForKey:` on the class object calls the class method `key` (checked
-            // above to exist) and boxes its result; the receiver is a valid class.
-            let v: Option<Retained<AnyObject>> = unsafe { msg_send![cls, valueForKey: &*k] };
+        if verify::<(), Bool>(cls, sel!(hasANE), true).is_ok() {
+            // SAFETY: class method verified above to take no arguments and return BOOL.
+            let v: Bool = unsafe { msg_send![cls, hasANE] };
+            info.has_ane = Some(v.as_bool());
+            info.facts.push(("hasANE".into(), v.as_bool().to_string()));
+        }
+        if verify::<(), u32>(cls, sel!(numANECores), true).is_ok() {
+            // SAFETY: verified above: no arguments, returns uint32.
+            let v: u32 = unsafe { msg_send![cls, numANECores] };
+            info.facts.push(("numANECores".into(), v.to_string()));
+        }
+        if verify::<(), u32>(cls, sel!(numANEs), true).is_ok() {
+            // SAFETY: verified above: no arguments, returns uint32.
+            let v: u32 = unsafe { msg_send![cls, numANEs] };
+            info.facts.push(("numANEs".into(), v.to_string()));
+        }
+        if verify::<(), i64>(cls, sel!(aneBoardType), true).is_ok() {
+            // SAFETY: verified above: no arguments, returns int64.
+            let v: i64 = unsafe { msg_send![cls, aneBoardType] };
+            info.facts.push(("aneBoardType".into(), v.to_string()));
+        }
+        if verify::<(), Id>(cls, sel!(aneArchitectureType), true).is_ok() {
+            // SAFETY: verified above: no arguments, returns an object or nil.
+            let v: Option<Retained<AnyObject>> = unsafe { msg_send![cls, aneArchitectureType] };
             let text = v.map_or_else(|| "nil".to_string(), |v| describe(&v));
-            out.push((key.to_string(), text));
+            info.facts.push(("aneArchitectureType".into(), text));
+        }
+        if verify::<(), Id>(cls, sel!(aneSubType), true).is_ok() {
+            // SAFETY: verified above: no arguments, returns an object or nil.
+            let v: Option<Retained<AnyObject>> = unsafe { msg_send![cls, aneSubType] };
+            let text = v.map_or_else(|| "nil".to_string(), |v| describe(&v));
+            info.facts.push(("aneSubType".into(), text));
         }
     });
-    out
+    info
 }
 
 fn describe(obj: &AnyObject) -> String {
@@ -251,6 +297,8 @@ fn describe(obj: &AnyObject) -> String {
 /// A program handed to the framework: descriptor built, not yet compiled.
 pub(crate) struct InMemoryModel {
     model: Retained<AneModel>,
+    /// Whether `-compiledModelExists` may be asked (see [`Framework`]).
+    can_ask_compiled: bool,
 }
 
 // SAFETY: the framework's model objects are used from ggml's worker threads in every known
@@ -268,7 +316,7 @@ impl InMemoryModel {
     /// Builds the descriptor and model. `weights`: (path as written in the MIL BLOBFILE,
     /// file bytes); an empty list becomes an empty dictionary, never nil.
     pub(crate) fn new(
-        _fw: &Framework,
+        fw: &Framework,
         mil_text: &str,
         weights: &[(&str, &[u8])],
     ) -> Result<Self, String> {
@@ -299,7 +347,10 @@ impl InMemoryModel {
             // SAFETY: as above.
             let model = unsafe { AneModel::with_descriptor(&desc) }
                 .ok_or("inMemoryModelWithDescriptor: returned nil")?;
-            Ok(InMemoryModel { model })
+            Ok(InMemoryModel {
+                model,
+                can_ask_compiled: fw.has_compiled_model_exists,
+            })
         })
     }
 
@@ -311,10 +362,11 @@ impl InMemoryModel {
             .ok_or_else(|| "hexStringIdentifier returned nil".to_string())
     }
 
-    /// Whether the daemon already holds a compiled artifact for this program.
+    /// Whether the daemon already holds a compiled artifact for this program (false when
+    /// the framework cannot say: then the program is compiled).
     pub(crate) fn compiled_exists(&self) -> bool {
-        // SAFETY: checked selector on a live model object.
-        autoreleasepool(|_| unsafe { self.model.compiled_model_exists() })
+        // SAFETY: only sent when `open` verified the selector and its BOOL result.
+        self.can_ask_compiled && autoreleasepool(|_| unsafe { self.model.compiled_model_exists() })
     }
 
     /// `compileWithQoS:options:error:`.

@@ -50,7 +50,11 @@ impl IoSurface {
             ));
         }
         let s = IoSurface { surface, len };
-        s.with_bytes(false, |b| b.fill(0))?;
+        s.while_locked(false, |base| {
+            // SAFETY: locked for writing; `len` bytes at the base belong to the new surface,
+            // which nothing else references yet.
+            unsafe { std::ptr::write_bytes(base, 0, len) }
+        })?;
         Ok(s)
     }
 
@@ -59,9 +63,9 @@ impl IoSurface {
         &self.surface
     }
 
-    /// Runs `f` on the surface's bytes while it is locked (read-only locks skip the
+    /// Runs `f` on the surface's base address while it is locked (read-only locks skip the
     /// write-back of CPU caches the hardware would otherwise wait for).
-    fn with_bytes<T>(&self, read_only: bool, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, String> {
+    fn while_locked<T>(&self, read_only: bool, f: impl FnOnce(*mut u8) -> T) -> Result<T, String> {
         let opts = if read_only {
             IOSurfaceLockOptions::ReadOnly
         } else {
@@ -72,12 +76,7 @@ impl IoSurface {
         if rc != 0 {
             return Err(format!("IOSurfaceLock failed ({rc})"));
         }
-        let base = self.surface.base_address().cast::<u8>();
-        // SAFETY: while locked, the base address points at alloc_size() >= len bytes owned by
-        // the surface; no other reference to them exists during `f` (we hold the lock and the
-        // caller holds the kernel's Mutex).
-        let bytes = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), self.len) };
-        let out = f(bytes);
+        let out = f(self.surface.base_address().cast::<u8>().as_ptr());
         // SAFETY: unlocking what we locked, with the same options.
         unsafe { self.surface.unlock(opts, std::ptr::null_mut()) };
         Ok(out)
@@ -92,7 +91,13 @@ impl IoSurface {
                 self.len
             ));
         }
-        self.with_bytes(false, |b| b[..src.len()].copy_from_slice(src))
+        self.while_locked(false, |base| {
+            // SAFETY: locked for writing; the base address points at alloc_size() >= len
+            // bytes owned by the surface, and no other reference to them exists (we hold
+            // the lock and the caller holds the kernel's Mutex).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(base, src.len()) };
+            bytes.copy_from_slice(src);
+        })
     }
 
     /// Copies the start of the surface into `dst`.
@@ -104,6 +109,11 @@ impl IoSurface {
                 self.len
             ));
         }
-        self.with_bytes(true, |b| dst.copy_from_slice(&b[..dst.len()]))
+        self.while_locked(true, |base| {
+            // SAFETY: locked read-only, so only a shared view (apple-audit.md finding 24);
+            // the bytes are the surface's own, as above.
+            let bytes = unsafe { std::slice::from_raw_parts(base.cast_const(), dst.len()) };
+            dst.copy_from_slice(bytes);
+        })
     }
 }
