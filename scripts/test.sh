@@ -52,10 +52,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "type check for aarch64-apple-darwin (the apple and coreml engines, objc2)"
 if rustup target add aarch64-apple-darwin >/dev/null 2>&1; then
-  # ane-cli is left out: npyz pulls in psm, whose build script assembles with a macOS cc.
+  # every crate, ane-cli included (pest is pinned below 2.8 for this; see Cargo.toml).
   # --all-targets: the tests' apple/coreml arms (engine_test!) are type-checked too.
-  cargo clippy --target aarch64-apple-darwin --all-features --all-targets \
-    -p ane-mil -p ane-runtime -p ggml-ane -- -D warnings
+  cargo clippy --target aarch64-apple-darwin --all-features --all-targets --workspace \
+    -- -D warnings
 else
   echo "SKIP: rustup could not add aarch64-apple-darwin; the macOS type check did not run"
 fi
