@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 # shared-library suffix and core count, on Linux and macOS
 case "$(uname -s)" in
-  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu) ;;
-  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2) ;;
+  # Metal on a Mac (ggml's default there, said explicitly), so coexistence can be tried
+  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu); metal=ON ;;
+  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2); metal=OFF ;;
 esac
 
 crate=${1:-llama-cpp-sys-2}
@@ -47,7 +48,7 @@ manifest=$(cargo metadata --format-version 1 --manifest-path "$root/fetch/Cargo.
 src=$(dirname "$manifest")/llama.cpp/ggml
 grep -q "GGML_VERSION_MINOR $minor)" "$src/CMakeLists.txt" || { echo "unexpected ggml version in $src" >&2; exit 1; }
 
-cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_METAL=$metal \
   -DGGML_SRC="$src" -DTBO_SRC="$tbo" >&2
 ninja -C "$build" -j"$cores" >&2
 echo "$build"

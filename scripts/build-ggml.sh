@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # shared-library suffix and core count, on Linux and macOS
 case "$(uname -s)" in
-  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu) ;;
-  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2) ;;
+  # Metal on a Mac (ggml's default there, said explicitly), so coexistence can be tried
+  Darwin) so=dylib; cores=$(sysctl -n hw.ncpu); metal=ON ;;
+  *) so=so; cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2); metal=OFF ;;
 esac
 
 PIN_PKG=llama-cpp-python==0.3.36
@@ -53,7 +54,7 @@ if [ ! -f "$src/src/llama.cpp" ]; then
 fi
 grep -q "GGML_VERSION_MINOR 25" "$src/ggml/CMakeLists.txt" || { echo "unexpected ggml version in $src" >&2; exit 1; }
 
-cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_METAL=$metal \
   -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" -DLLAMA_SRC="$src" >&2
 ninja -C "$build" -j"$cores" >&2
 echo "$build"

@@ -21,6 +21,8 @@ GGML_BUILD=$(bash scripts/build-ggml.sh | tail -n 1)
 export GGML_LIB_DIR=$GGML_BUILD/bin
 export GGML_SRC_DIR=$GGML_BUILD/../src/ggml
 export LD_LIBRARY_PATH=$GGML_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# macOS's loader reads its own variable
+export DYLD_LIBRARY_PATH=$GGML_LIB_DIR${DYLD_LIBRARY_PATH:+:$DYLD_LIBRARY_PATH}
 echo "GGML_LIB_DIR=$GGML_LIB_DIR"
 step "ggml 0.26.0 (backend API v3) host"
 GGML_V3_LIB_DIR=$(bash scripts/build-ggml-v3.sh | tail -n 1)/bin
