@@ -40,6 +40,15 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure energy per call on the ANE, CPU and GPU above an idle baseline, and
+    /// GFLOP per joule (macOS: IOReport's Energy Model, no sudo; elsewhere a note that it is
+    /// not available).
+    #[arg(long)]
+    power: bool,
+    /// The idle baseline's and each shape's power window, in seconds (under 2.5 is flagged:
+    /// the counters publish in batches about 2.2 s apart on recent macOS).
+    #[arg(long, default_value_t = 3.0)]
+    power_seconds: f64,
     /// Also draw GFLOPS per shape (engine and CPU) into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
@@ -59,6 +68,8 @@ struct Row {
     eval: Duration,
     writeback: Duration,
     kind: KernelKind,
+    /// Energy figures (`--power`), or why there are none.
+    power: Option<Result<Vec<(String, String)>, String>>,
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
@@ -141,6 +152,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let cpu_t = t.elapsed() / reps as u32;
         let s = stats.snapshot();
+        let power = args.power.then(|| {
+            let flops = 2.0 * (m * k * n) as f64;
+            crate::power::matmul_power(engine.as_ref(), &cache, (m, k, n), args.power_seconds)
+                .map(|r| crate::power::figures(&r, flops))
+        });
         rows.push(Row {
             shape: (m, k, n),
             engine: engine_t,
@@ -153,6 +169,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             weight_bytes: s.weight_bytes / reps as u64,
             act_bytes: s.act_bytes / reps as u64,
             kind: ran,
+            power,
         });
         bar.inc(1);
     }
@@ -194,9 +211,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"plan_us\": {:.1}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}}}",
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"plan_us\": {:.1}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}{}}}",
                     r.shape.0, r.shape.1, r.shape.2, kind_of(r), ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
-                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), r.planning.as_secs_f64() * 1e6, host_us(r), r.weight_bytes, r.act_bytes
+                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), r.planning.as_secs_f64() * 1e6, host_us(r), r.weight_bytes, r.act_bytes, power_json(r)
                 )
             })
             .collect();
@@ -247,7 +264,41 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             r.act_bytes as f64 / (1 << 20) as f64
         );
     }
+    for r in rows.iter().filter(|r| r.power.is_some()) {
+        let (m, k, n) = r.shape;
+        match &r.power {
+            Some(Ok(figures)) => {
+                let line: Vec<String> = figures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!("power {m}x{k}x{n}: {}", line.join("; "));
+            }
+            Some(Err(why)) => println!("power {m}x{k}x{n}: {why}"),
+            None => {}
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `, "power": {...}` for a row measured with `--power` (flags as a list), else nothing.
+fn power_json(r: &Row) -> String {
+    use crate::doctor::json_string as js;
+    match &r.power {
+        None => String::new(),
+        Some(Err(why)) => format!(", \"power\": {{\"error\": {}}}", js(why)),
+        Some(Ok(figures)) => {
+            let mut items: Vec<String> = figures
+                .iter()
+                .filter(|(k, _)| k != "flag")
+                .map(|(k, v)| format!("{}: {}", js(k), js(v)))
+                .collect();
+            let flags: Vec<String> = figures
+                .iter()
+                .filter(|(k, _)| k == "flag")
+                .map(|(_, v)| js(v))
+                .collect();
+            items.push(format!("\"flags\": [{}]", flags.join(", ")));
+            format!(", \"power\": {{{}}}", items.join(", "))
+        }
+    }
 }
 
 fn kind_of(r: &Row) -> &'static str {

@@ -74,7 +74,8 @@ impl Status {
     }
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::from('"');
     for c in s.chars() {
         match c {
@@ -193,7 +194,6 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         ("largest baked weight", "the largest baked weight one program compiles (~8 MB per ironmill, ~2 GB per ANEForge), by bisection"),
         ("loaded kernels", "how many kernels stay loaded at once (~55 per ironmill) and whether a reload spends budget"),
         ("smallest wide width", "the smallest S a [1, C > 768, 1, S] input may have (32 per ironmill), by bisection"),
-        ("power", "ANE, CPU and GPU energy from IOReport"),
     ] {
         probes.push(if on_hardware {
             Probe::new(name, Status::Skipped, format!("{what}: not measured by this build yet"))
@@ -201,10 +201,39 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Probe::new(
                 name,
                 Status::Skipped,
-                format!("{what}: needs an ANE (the {kind} engine cannot answer){}", if name == "power" { "; power: not available on this OS" } else { "" }),
+                format!("{what}: needs an ANE (the {kind} engine cannot answer)"),
             )
         });
     }
+
+    // power: a streamed matmul for a window after an idle baseline (macOS: IOReport)
+    let (pm, pk, pn) = (2048, 2048, 256);
+    let cache = ane_runtime::matmul::KernelCache::new().with_policy(KernelPolicy::Streamed);
+    probes.push(
+        match crate::power::matmul_power(engine.as_ref(), &cache, (pm, pk, pn), 3.0) {
+            Ok(r) => {
+                // flags (a short window, an ANE counter reading zero) qualify the figures;
+                // they are no failure of the backend
+                let flagged = if r.flags.is_empty() {
+                    ""
+                } else {
+                    "; flagged, see below"
+                };
+                let mut p = Probe::new(
+                    "power",
+                    Status::Pass,
+                    format!(
+                        "{pm}x{pk}x{pn} streamed, energy per call above idle (IOReport){flagged}"
+                    ),
+                );
+                for (k, v) in crate::power::figures(&r, 2.0 * (pm * pk * pn) as f64) {
+                    p = p.figure(&k, v);
+                }
+                p
+            }
+            Err(why) => Probe::new("power", Status::Skipped, why),
+        },
+    );
 
     // summary and verdict
     let count = |s: Status| probes.iter().filter(|p| p.status == s).count();

@@ -13,6 +13,7 @@ mod info;
 mod mil;
 mod npy;
 mod plan;
+mod power;
 mod prefill;
 mod settings;
 

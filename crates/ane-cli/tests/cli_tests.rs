@@ -383,6 +383,30 @@ fn bench_times_shapes_against_the_cpu() {
     assert_eq!(bad.status.code(), Some(1));
 }
 
+/// `--power` off a Mac: every row says why there are no figures, and the timings still come.
+#[cfg(not(target_os = "macos"))]
+#[test]
+fn bench_power_says_it_is_not_available_here() {
+    let out = ane(&[
+        "bench", "--shape", "64,48,32", "--shape", "32,32,8", "--reps", "1", "--json", "--power",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    assert_eq!(
+        json.matches("\"power\": {\"error\": \"power: not available on this OS\"}")
+            .count(),
+        2,
+        "{json}"
+    );
+    assert_eq!(json.matches("\"engine_gflops\"").count(), 2, "{json}");
+    let out = ane(&["bench", "--shape", "64,48,32", "--reps", "1", "--power"]);
+    assert!(
+        text(&out.stdout).contains("power 64x48x32: power: not available on this OS"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// A second process finds every kernel the first compiled: zero compiles on a warm cache.
 #[test]
 fn a_warm_kernel_cache_compiles_nothing() {

@@ -13,7 +13,8 @@
 //!   documented defaults. This crate reads no environment variable; `ggml-ane` and the `ane`
 //!   command read `GGML_ANE_*` and pass the values in.
 //! - Engine methods are safe; `unsafe` lives only in the bindings modules (`sys`, one per
-//!   Apple engine and one shared), enforced by `#![deny(unsafe_code)]` here.
+//!   Apple engine, one for the power readout and one shared), enforced by
+//!   `#![deny(unsafe_code)]` here.
 //! - Engines report only the unforeseeable (compile refused, budget spent, eval failed);
 //!   shape validation against [`Limits`] belongs to the caller. Every evaluation checks its
 //!   surfaces against the kernel's layouts before an engine sees them.
@@ -69,6 +70,7 @@ pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod matmul;
+pub mod power;
 pub mod surface;
 #[allow(
     unsafe_code,
