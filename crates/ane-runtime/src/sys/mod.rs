@@ -7,3 +7,5 @@ pub(crate) mod fp16;
 pub(crate) mod gemm;
 #[cfg(target_os = "macos")]
 pub(crate) mod objc;
+#[cfg(target_os = "macos")]
+pub(crate) mod qos;

@@ -162,6 +162,8 @@ impl Kernel for AppleKernel {
     }
 
     fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+        // the thread's QoS matters as well as the one passed (apple-audit.md finding 21)
+        crate::sys::qos::raise_to_user_initiated();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let p = &state[index];
         // one copy each way; our surfaces already have the hardware's strides

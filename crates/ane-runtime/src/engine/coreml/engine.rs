@@ -164,6 +164,8 @@ impl Kernel for CoreMlKernel {
     }
 
     fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+        // Core ML schedules the ANE from the calling thread's QoS too
+        crate::sys::qos::raise_to_user_initiated();
         let model = self.models[index].lock().unwrap_or_else(|e| e.into_inner());
         model.predict(inputs, outputs).map_err(Error::Eval)
     }

@@ -161,27 +161,60 @@ impl LoadedModel {
                 // SAFETY: a feature value; nil unless it holds a multi-array.
                 let arr = unsafe { value.multiArrayValue() }
                     .ok_or_else(|| format!("output `{}` is not a multi-array", s.layout().name))?;
-                #[allow(
-                    deprecated,
-                    reason = "dataPointer is the one pointer MLMultiArray gives on every macOS we support"
-                )]
-                // SAFETY: reading the array's own pointer; not dereferenced here.
-                let p = unsafe { arr.dataPointer() }.as_ptr().cast::<u8>();
-                if p != pointers[i] {
-                    // SAFETY: the array is alive for this scope and holds its shape at its strides.
-                    unsafe { copy_out(&arr, p, s)? };
+                // SAFETY: a property getter on a live array.
+                let shape: Vec<usize> = unsafe { arr.shape() }
+                    .iter()
+                    .map(|n| n.as_usize())
+                    .collect();
+                if shape != s.layout().shape {
+                    return Err(format!(
+                        "output `{}` came back with shape {shape:?}, not {:?}",
+                        s.layout().name,
+                        s.layout().shape
+                    ));
                 }
+                // Core ML hands out the bytes inside a handler (locking a pixel buffer that
+                // backs an ANE output); where they are not our backing, copy them in. A
+                // panic must not unwind into Core ML's frames, so it becomes an error.
+                let backing = pointers[i].cast_const();
+                let target = std::cell::RefCell::new((&mut **s, Ok(())));
+                let handler = block2::StackBlock::new(|bytes: NonNull<c_void>, size: isize| {
+                    let mut t = target.borrow_mut();
+                    let (dst, result) = &mut *t;
+                    let p = bytes.as_ptr().cast::<u8>().cast_const();
+                    if p == backing {
+                        return;
+                    }
+                    let len = usize::try_from(size).unwrap_or(0);
+                    *result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        // SAFETY: Core ML gives `len` readable bytes at `p` for the handler's
+                        // duration; the array is alive for this scope.
+                        unsafe { copy_out(&arr, p, len, dst) }
+                    }))
+                    .unwrap_or_else(|_| Err("a panic while copying an output".to_string()));
+                });
+                // SAFETY: a live array; the handler runs synchronously, before this returns,
+                // and only borrows locals of this scope.
+                unsafe { arr.getBytesWithHandler(&handler) };
+                let (_, result) = target.into_inner();
+                result?;
             }
             Ok(())
         })
     }
 }
 
-/// Copies a Core ML output array (its own strides) into our surface row by row.
+/// Copies a Core ML output array (its own strides) into our surface row by row; an array
+/// whose strides reach past its `len` bytes is an error, not a read out of bounds.
 ///
 /// # Safety
-/// `p` is `arr`'s data pointer and `arr` is alive.
-unsafe fn copy_out(arr: &MLMultiArray, p: *const u8, dst: &mut Surface) -> Result<(), String> {
+/// `p` points at `len` readable bytes of `arr`'s data and `arr` is alive.
+unsafe fn copy_out(
+    arr: &MLMultiArray,
+    p: *const u8,
+    len: usize,
+    dst: &mut Surface,
+) -> Result<(), String> {
     let layout = dst.layout().clone();
     let e = layout.dtype.size();
     // SAFETY: property getters on a live array.
@@ -203,7 +236,24 @@ unsafe fn copy_out(arr: &MLMultiArray, p: *const u8, dst: &mut Surface) -> Resul
     }
     let mut full = [0usize; 4];
     full[4 - r..].copy_from_slice(&strides);
-    let [_, c, h, w] = layout.dims;
+    let [b, c, h, w] = layout.dims;
+    // the last element's offset, checked against the bytes Core ML handed over
+    let last = [b, c, h, w]
+        .iter()
+        .zip(full)
+        .try_fold(0usize, |acc, (&d, st)| {
+            d.checked_sub(1)
+                .and_then(|i| i.checked_mul(st))
+                .and_then(|x| acc.checked_add(x))
+        })
+        .and_then(|x| x.checked_add(1))
+        .and_then(|x| x.checked_mul(e));
+    if last.is_none_or(|end| end > len) {
+        return Err(format!(
+            "output `{}` came back with strides {strides:?} past its {len} bytes",
+            layout.name
+        ));
+    }
     let bytes = dst.as_bytes_mut();
     for row in 0..layout.rows() {
         let (b, ci, hi) = (row / (c * h), (row / h) % c, row % h);
