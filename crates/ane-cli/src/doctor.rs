@@ -30,6 +30,26 @@ pub(crate) struct DoctorArgs {
     /// Write the report as Markdown, to paste into an issue.
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// The limit probes (largest baked weight, kernels loaded at once, smallest wide width),
+    /// about 80 compiles: `auto` runs them on an ANE engine only.
+    #[arg(long, value_enum, default_value = "auto")]
+    limits: LimitsChoice,
+    /// Ceiling of the largest-baked-weight bisection, in rows of 2048 fp16 (16384: 64 MiB).
+    #[arg(long, default_value_t = 16384)]
+    max_baked_rows: usize,
+    /// Ceiling of the loaded-kernels probe.
+    #[arg(long, default_value_t = 60)]
+    max_loaded: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LimitsChoice {
+    /// On an ANE engine (apple, coreml) only.
+    Auto,
+    /// On any engine.
+    On,
+    /// Never.
+    Off,
 }
 
 /// What one probe found.
@@ -191,9 +211,6 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     for (name, what) in [
         ("daemon cache", "whether compiling a program twice hits the daemon's cache, and whether that spends budget"),
         ("two-input requests", "whether two-input requests evaluate or fail with 0x1d (the two-input form probe above, on hardware)"),
-        ("largest baked weight", "the largest baked weight one program compiles (~8 MB per ironmill, ~2 GB per ANEForge), by bisection"),
-        ("loaded kernels", "how many kernels stay loaded at once (~55 per ironmill) and whether a reload spends budget"),
-        ("smallest wide width", "the smallest S a [1, C > 768, 1, S] input may have (32 per ironmill), by bisection"),
     ] {
         probes.push(if on_hardware {
             Probe::new(name, Status::Skipped, format!("{what}: not measured by this build yet"))
@@ -234,6 +251,39 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Err(why) => Probe::new("power", Status::Skipped, why),
         },
     );
+
+    // the limits the sources disagree on, by bisection, last (they spend ~80 compiles)
+    let run_limits = match args.limits {
+        LimitsChoice::On => true,
+        LimitsChoice::Off => false,
+        LimitsChoice::Auto => on_hardware,
+    };
+    if run_limits {
+        // the loaded-kernels probe last: it may use the budget up
+        for limit in [
+            crate::limits::smallest_wide_width(engine.as_ref()),
+            crate::limits::largest_baked_weight(engine.as_ref(), args.max_baked_rows.max(16)),
+            crate::limits::loaded_kernels(engine.as_ref(), args.max_loaded),
+        ] {
+            let mut p = Probe::new(limit.name, Status::Pass, limit.detail);
+            for (k, v) in limit.figures {
+                p = p.figure(&k, v);
+            }
+            probes.push(p);
+        }
+    } else {
+        for (name, what) in [
+            ("largest baked weight", "the largest baked weight one program compiles (~8 MB per ironmill, ~2 GB per ANEForge), by bisection"),
+            ("loaded kernels", "how many kernels stay loaded at once (~55 per ironmill)"),
+            ("smallest wide width", "the smallest S a [1, C > 768, 1, S] input may have (32 per ironmill), by bisection"),
+        ] {
+            probes.push(Probe::new(
+                name,
+                Status::Skipped,
+                format!("{what}: not run on the {kind} engine (`--limits on` runs it; ~80 compiles)"),
+            ));
+        }
+    }
 
     // summary and verdict
     let count = |s: Status| probes.iter().filter(|p| p.status == s).count();

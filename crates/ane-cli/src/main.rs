@@ -10,6 +10,7 @@ mod bench;
 mod cache;
 mod doctor;
 mod info;
+mod limits;
 mod mil;
 mod npy;
 mod plan;

@@ -619,4 +619,52 @@ fn doctor_reports_every_probe_as_json() {
     let shown = text(&failing.stdout);
     assert!(shown.contains("form baked             fail"), "{shown}");
     assert!(shown.contains("1 probe(s) failed"), "{shown}");
+    // the limit probes are not run off an ANE unless asked
+    assert!(lines.contains("loaded kernels|skipped|"), "{lines}");
+}
+
+/// `--limits on` measures the limits on any engine by bisection: on the reference engine with
+/// its rulebook, the smallest wide width is the rule's 32; the loaded-kernels probe stops
+/// where the compile budget does and says so; a small baked-weight ceiling is reached.
+#[test]
+fn doctor_limits_find_the_edges_the_engine_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("doctor.json");
+    let out = ane(&[
+        "doctor",
+        "--limits",
+        "on",
+        "--max-baked-rows",
+        "256",
+        "--max-loaded",
+        "64",
+        "--compile-budget",
+        "40",
+        "--cache-dir",
+        "off",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let read = std::process::Command::new(python)
+        .arg("-c")
+        .arg(
+            "import json,sys; d={p['name']: p for p in json.load(open(sys.argv[1]))['probes']}; \
+             print(d['smallest wide width']['figures']['smallest_width']); \
+             print(d['largest baked weight']['figures']['largest_mib']); \
+             print(d['loaded kernels']['figures']['loaded']); \
+             print(d['loaded kernels']['figures']['refused'])",
+        )
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let got = text(&read.stdout);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "32", "{got}");
+    assert_eq!(lines[1], "1.00", "256 rows of 2048 fp16: {got}");
+    let loaded: usize = lines[2].parse().unwrap();
+    assert!(loaded > 0 && loaded < 40, "{got}");
+    assert!(lines[3].contains("compile budget"), "{got}");
 }
