@@ -13,20 +13,30 @@ use objc2_core_ml::{
     MLComputeUnits, MLDictionaryFeatureProvider, MLFeatureProvider, MLFeatureValue, MLModel,
     MLModelConfiguration, MLMultiArray, MLMultiArrayDataType, MLPredictionOptions,
 };
-use objc2_foundation::{NSArray, NSDictionary, NSNumber, NSString, NSURL};
+use objc2_foundation::{NSArray, NSDictionary, NSError, NSNumber, NSString, NSURL};
 
 use crate::layout::{SurfaceDType, TensorLayout};
 use crate::surface::Surface;
-use crate::sys::objc::ns_result;
+use crate::sys::objc::{describe_error, ns_result};
 
-/// Compiles a package with `+[MLModel compileModelAtURL:error:]`; returns the `.mlmodelc`
-/// folder Core ML wrote (in a temporary location the caller moves into its cache).
+/// Compiles a package with `+[MLModel compileModelAtURL:error:]`, and where that fails (it is
+/// reported failing on macOS 26: maderix/ANE `d3d0030`) with the completion-handler form
+/// (macOS 14.4+); returns the `.mlmodelc` folder Core ML wrote (in a temporary location the
+/// caller moves into its cache).
 pub(crate) fn compile_package(package: &Path) -> Result<PathBuf, String> {
+    let sync = compile_sync(package);
+    match sync {
+        Ok(path) => Ok(path),
+        Err(first) => compile_async(package).map_err(|second| format!("{first}; then {second}")),
+    }
+}
+
+fn compile_sync(package: &Path) -> Result<PathBuf, String> {
     autoreleasepool(|_| {
         let url = NSURL::fileURLWithPath(&NSString::from_str(&package.to_string_lossy()));
         #[allow(
             deprecated,
-            reason = "compileModelAtURL:error: is the synchronous form; its async successor needs macOS 14"
+            reason = "compileModelAtURL:error: is the synchronous form; its async successor needs macOS 14.4"
         )]
         // SAFETY: a file URL to a package folder; the call is synchronous.
         let compiled = ns_result("compileModelAtURL", unsafe {
@@ -37,6 +47,56 @@ pub(crate) fn compile_package(package: &Path) -> Result<PathBuf, String> {
             .map(|p| PathBuf::from(p.to_string()))
             .ok_or_else(|| "compileModelAtURL returned a URL without a path".to_string())
     })
+}
+
+/// How long the completion-handler compile may take before we give up on it.
+const ASYNC_COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn compile_async(package: &Path) -> Result<PathBuf, String> {
+    let selector = objc2::sel!(compileModelAtURL:completionHandler:);
+    if !<MLModel as objc2::ClassType>::class()
+        .metaclass()
+        .responds_to(selector)
+    {
+        return Err("compileModelAtURL:completionHandler: is not available (macOS < 14.4)".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Result<PathBuf, String>>();
+    // the compiled folder may be Core ML's to remove once the handler returns: it is renamed
+    // to a name of ours beside it, inside the handler
+    let handler = block2::RcBlock::new(move |url: *mut NSURL, error: *mut NSError| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: Core ML passes a valid NSURL or nil, and a valid NSError or nil, alive
+            // for the handler's duration.
+            let (url, error) = unsafe { (url.as_ref(), error.as_ref()) };
+            let Some(url) = url else {
+                return Err(error.map_or_else(
+                    || "compileModelAtURL:completionHandler: gave no URL".to_string(),
+                    |e| format!("compileModelAtURL:completionHandler: {}", describe_error(e)),
+                ));
+            };
+            let from = url
+                .path()
+                .map(|p| PathBuf::from(p.to_string()))
+                .ok_or("the compiled model URL has no path")?;
+            let mut name = from.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".ggml-ane-{}", std::process::id()));
+            let to = from.with_file_name(name);
+            std::fs::rename(&from, &to)
+                .map_err(|e| format!("keeping the compiled model {}: {e}", from.display()))?;
+            Ok(to)
+        }))
+        .unwrap_or_else(|_| Err("a panic in the compile handler".to_string()));
+        let _ = tx.send(result);
+    });
+    autoreleasepool(|_| {
+        let url = NSURL::fileURLWithPath(&NSString::from_str(&package.to_string_lossy()));
+        // SAFETY: the selector exists (checked above); a file URL and a heap block Core ML
+        // retains until it has called it.
+        unsafe { MLModel::compileModelAtURL_completionHandler(&url, &handler) };
+    });
+    rx.recv_timeout(ASYNC_COMPILE_TIMEOUT).map_err(|_| {
+        "compileModelAtURL:completionHandler: did not answer in 10 minutes".to_string()
+    })?
 }
 
 /// A compiled model loaded for CPU + Neural Engine.
