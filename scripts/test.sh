@@ -9,9 +9,17 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Python: coremltools 9.0 (blob and package cross-checks), gguf (end-to-end models)"
+if [ -z "${PYTHON:-}" ] && [ -x target/py-venv/bin/python ]; then PYTHON=$PWD/target/py-venv/bin/python; fi
 PYTHON=${PYTHON:-python3}
+PY_PACKAGES=("coremltools==9.0" numpy "gguf==0.19.0")
 if ! "$PYTHON" -c "import coremltools.libmilstoragepython, numpy, gguf" 2>/dev/null; then
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check "coremltools==9.0" numpy "gguf==0.19.0"
+  # a Python that refuses installs (PEP 668, e.g. Homebrew's on a Mac) gets a venv of ours
+  if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"; then
+    echo "pip install refused; using a virtual environment in target/py-venv"
+    "$PYTHON" -m venv target/py-venv
+    PYTHON=$PWD/target/py-venv/bin/python
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+  fi
 fi
 "$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
 export PYTHON ANE_REQUIRE_COREMLTOOLS=1
