@@ -208,20 +208,31 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
     // what only hardware answers
     let on_hardware = matches!(kind, EngineKind::Apple | EngineKind::CoreMl);
-    for (name, what) in [
-        ("daemon cache", "whether compiling a program twice hits the daemon's cache, and whether that spends budget"),
-        ("two-input requests", "whether two-input requests evaluate or fail with 0x1d (the two-input form probe above, on hardware)"),
-    ] {
-        probes.push(if on_hardware {
-            Probe::new(name, Status::Skipped, format!("{what}: not measured by this build yet"))
-        } else {
-            Probe::new(
-                name,
-                Status::Skipped,
-                format!("{what}: needs an ANE (the {kind} engine cannot answer)"),
-            )
-        });
-    }
+    // two-input requests: the `form two-input` probe above evaluates one (0x1d is reported
+    // for them); on an ANE engine its line is the answer
+    let two_input = probes
+        .iter()
+        .find(|p| p.name == "form two-input")
+        .map(|p| (p.status, p.detail.clone()));
+    probes.push(match (on_hardware, two_input) {
+        (true, Some((Status::Pass, _))) => Probe::new(
+            "two-input requests",
+            Status::Pass,
+            "a two-input request evaluates correctly (the `form two-input` probe)",
+        ),
+        (true, Some((_, why))) => Probe::new(
+            "two-input requests",
+            Status::Pass,
+            format!("two-input requests fail here, as reported (0x1d): {why}"),
+        ),
+        _ => Probe::new(
+            "two-input requests",
+            Status::Skipped,
+            format!(
+                "whether two-input requests evaluate or fail with 0x1d: needs an ANE (the {kind} engine cannot answer)"
+            ),
+        ),
+    });
 
     // power: a streamed matmul for a window after an idle baseline (macOS: IOReport)
     let (pm, pk, pn) = (2048, 2048, 256);
@@ -261,6 +272,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     if run_limits {
         // the loaded-kernels probe last: it may use the budget up
         for limit in [
+            crate::limits::daemon_cache(engine.as_ref()),
             crate::limits::smallest_wide_width(engine.as_ref()),
             crate::limits::largest_baked_weight(engine.as_ref(), args.max_baked_rows.max(16)),
             crate::limits::loaded_kernels(engine.as_ref(), args.max_loaded),
@@ -273,6 +285,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         for (name, what) in [
+            ("daemon cache", "whether compiling a program twice hits the daemon's cache (the second compile's time)"),
             ("largest baked weight", "the largest baked weight one program compiles (~8 MB per ironmill, ~2 GB per ANEForge), by bisection"),
             ("loaded kernels", "how many kernels stay loaded at once (~55 per ironmill)"),
             ("smallest wide width", "the smallest S a [1, C > 768, 1, S] input may have (32 per ironmill), by bisection"),

@@ -654,7 +654,8 @@ fn doctor_limits_find_the_edges_the_engine_has() {
              print(d['smallest wide width']['figures']['smallest_width']); \
              print(d['largest baked weight']['figures']['largest_mib']); \
              print(d['loaded kernels']['figures']['loaded']); \
-             print(d['loaded kernels']['figures']['refused'])",
+             print(d['loaded kernels']['figures']['refused']); \
+             print(d['daemon cache']['status'], sorted(d['daemon cache']['figures']))",
         )
         .arg(&json)
         .output()
@@ -667,4 +668,8 @@ fn doctor_limits_find_the_edges_the_engine_has() {
     let loaded: usize = lines[2].parse().unwrap();
     assert!(loaded > 0 && loaded < 40, "{got}");
     assert!(lines[3].contains("compile budget"), "{got}");
+    assert_eq!(
+        lines[4], "pass ['first_compile_ms', 'second_compile_ms']",
+        "{got}"
+    );
 }
