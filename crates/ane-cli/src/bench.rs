@@ -154,8 +154,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let s = stats.snapshot();
         let power = args.power.then(|| {
             let flops = 2.0 * (m * k * n) as f64;
-            crate::power::matmul_power(engine.as_ref(), &cache, (m, k, n), args.power_seconds)
-                .map(|r| crate::power::figures(&r, flops))
+            // the shape's own job: its kernel is warm, nothing is compiled again
+            crate::power::job_power(
+                engine.as_ref(),
+                &cache,
+                &job,
+                &mut scratch,
+                args.power_seconds,
+            )
+            .map(|r| crate::power::figures(&r, flops))
         });
         rows.push(Row {
             shape: (m, k, n),

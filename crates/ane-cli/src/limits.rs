@@ -4,22 +4,10 @@
 //! smallest width a wide-channel input evaluates with. Each spends compile budget; the doctor
 //! runs them only where asked (`--limits`) or on an ANE, last, in its own process.
 
+use ane_runtime::matmul::probe::grid_values as values;
 use ane_runtime::matmul::{baked_matmul_program, baked_weights};
 use ane_runtime::{Engine, Kernel, Surface};
 use half::f16;
-
-/// Values on an fp16-exact grid, so the only error left is the engine's accumulation.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) % 64) as f32 / 64.0 - 0.5
-        })
-        .collect()
-}
 
 /// A compiled baked kernel `y [1, m, 1, s] = W [m, k] · x [1, k, 1, s]` with its weights.
 pub(crate) struct BakedKernel {

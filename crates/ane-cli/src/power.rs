@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ane_runtime::matmul::probe::grid_values;
 use ane_runtime::matmul::{
     engine_matmul, DenseRows, DenseSink, KernelCache, MatmulJob, MatmulShape, Scratch, Stats,
     WeightId,
@@ -11,18 +12,43 @@ use ane_runtime::matmul::{
 use ane_runtime::power::{measure, open_meter, PowerReading};
 use ane_runtime::{Engine, EngineKind};
 
-/// Energy of `engine` running the MUL_MAT `m x k x n` (weights kept like a model's) for
-/// `seconds` after an idle baseline of as long. Err: no meter here, or the engine failed.
+/// Energy of `engine` running `job` (its weights kept like a model's) for `seconds` after
+/// an idle baseline of as long. The job is run once first, outside the window, so a kernel
+/// not yet compiled is compiled there. Err: no meter here, or the engine failed.
+pub(crate) fn job_power(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &MatmulJob<'_>,
+    scratch: &mut Scratch,
+    seconds: f64,
+) -> Result<PowerReading, String> {
+    let mut meter = open_meter()?;
+    let stats = Stats::default();
+    engine_matmul(engine, cache, job, scratch, &stats).map_err(|e| e.to_string())?;
+    let mut failed = None;
+    let window = Duration::from_secs_f64(seconds.max(0.0));
+    let expect_ane = matches!(engine.info().kind, EngineKind::Apple | EngineKind::CoreMl);
+    let reading = measure(meter.as_mut(), window, window, expect_ane, || {
+        if let Err(e) = engine_matmul(engine, cache, job, scratch, &stats) {
+            failed.get_or_insert(e.to_string());
+        }
+    })?;
+    match failed {
+        Some(e) => Err(format!("the workload failed during the window: {e}")),
+        None => Ok(reading),
+    }
+}
+
+/// [`job_power`] on a MUL_MAT `m x k x n` of its own (the doctor's workload).
 pub(crate) fn matmul_power(
     engine: &dyn Engine,
     cache: &KernelCache,
     (m, k, n): (usize, usize, usize),
     seconds: f64,
 ) -> Result<PowerReading, String> {
-    let mut meter = open_meter()?;
     let shape = MatmulShape::new(m, k, n);
-    let w = DenseRows::new(m, k, values(m * k, 7));
-    let a = DenseRows::new(n, k, values(n * k, 8));
+    let w = DenseRows::new(m, k, grid_values(m * k, 7));
+    let a = DenseRows::new(n, k, grid_values(n * k, 8));
     let dst = DenseSink::for_shape(shape);
     let job = MatmulJob {
         shape,
@@ -34,22 +60,7 @@ pub(crate) fn matmul_power(
             fingerprint: 0,
         }),
     };
-    let mut scratch = Scratch::default();
-    let stats = Stats::default();
-    // compile outside the window
-    engine_matmul(engine, cache, &job, &mut scratch, &stats).map_err(|e| e.to_string())?;
-    let mut failed = None;
-    let window = Duration::from_secs_f64(seconds.max(0.0));
-    let expect_ane = matches!(engine.info().kind, EngineKind::Apple | EngineKind::CoreMl);
-    let reading = measure(meter.as_mut(), window, window, expect_ane, || {
-        if let Err(e) = engine_matmul(engine, cache, &job, &mut scratch, &stats) {
-            failed.get_or_insert(e.to_string());
-        }
-    })?;
-    match failed {
-        Some(e) => Err(format!("the workload failed during the window: {e}")),
-        None => Ok(reading),
-    }
+    job_power(engine, cache, &job, &mut Scratch::default(), seconds)
 }
 
 /// The reading as figures: joules per call above idle, idle watts, GFLOP/J, flags.
@@ -78,12 +89,4 @@ pub(crate) fn figures(r: &PowerReading, flops: f64) -> Vec<(String, String)> {
         out.push(("flag".into(), f.clone()));
     }
     out
-}
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            ((i as u32).wrapping_mul(2246822519).wrapping_add(seed) >> 16) as f32 / 65536.0 - 0.5
-        })
-        .collect()
 }

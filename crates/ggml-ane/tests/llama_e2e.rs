@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{stat, tail};
+use support::{python, stat, tail};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -284,17 +284,7 @@ impl Tools {
         }
         cmd.envs(env.iter().copied());
         let res = cmd.output().expect("run the logits program");
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
-        );
-        assert!(res.status.success(), "logits failed:\n{}", tail(&log));
-        let bytes = std::fs::read(out).unwrap();
-        let logits = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let (log, logits) = support::logits_run(res, out);
         Run { logits, log }
     }
 }
@@ -343,8 +333,4 @@ fn argmax_agreement(want: &[f32], got: &[f32], n_vocab: usize) -> usize {
         .zip(got.chunks(n_vocab))
         .filter(|(a, b)| argmax(a) == argmax(b))
         .count()
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }

@@ -12,14 +12,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::tail;
+use support::{python, tail};
 
 /// Tokens in the prompt: past Metal's and our threshold of 32, so the prompt reaches us.
 const PROMPT: usize = 100;
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// One run of the logits dumper: its log, and its logits.
 fn run(exe: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, Vec<f32>) {
@@ -37,18 +33,7 @@ fn run(exe: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, V
         .envs(env.iter().copied())
         .output()
         .expect("run the logits dumper");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{}", tail(&log));
-    let bytes = std::fs::read(out).unwrap();
-    let logits = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (log, logits)
+    support::logits_run(output, out)
 }
 
 fn nmse(want: &[f32], got: &[f32]) -> f64 {

@@ -62,7 +62,9 @@ pub fn probe(engine: &dyn Engine, forms: &[KernelKind]) -> Vec<ProbeResult> {
     forms.iter().map(|&form| probe_form(engine, form)).collect()
 }
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
+/// `n` values in [-1, 1) on an fp16-exact grid of 1/64, from `seed`: inputs whose only
+/// rounding is the engine's accumulation, for probes that compare with f64.
+pub fn grid_values(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed;
     (0..n)
         .map(|_| {
@@ -79,8 +81,8 @@ fn probe_form(engine: &dyn Engine, form: KernelKind) -> ProbeResult {
     let (m, k, n) = PROBE_SHAPE;
     let shape = MatmulShape::new(m, k, n);
     let (w, a) = (
-        DenseRows::new(m, k, values(m * k, 1)),
-        DenseRows::new(n, k, values(n * k, 2)),
+        DenseRows::new(m, k, grid_values(m * k, 1)),
+        DenseRows::new(n, k, grid_values(n * k, 2)),
     );
     let policy = match form {
         KernelKind::Baked => KernelPolicy::Baked,

@@ -58,6 +58,28 @@ pub fn cdylib() -> PathBuf {
     p
 }
 
+/// The Python the tests run (`PYTHON`, as scripts/test.sh sets it; else `python3`).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A finished logits-dumper run (`tests/c/logits.c`): asserts it succeeded, and returns its
+/// log (stdout then stderr) and the little-endian f32 logits it wrote to `out`.
+pub fn logits_run(output: std::process::Output, out: &Path) -> (String, Vec<f32>) {
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "logits failed:\n{}", tail(&log));
+    let bytes = std::fs::read(out).unwrap();
+    let logits = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (log, logits)
+}
+
 /// The last 40 lines, for assertion messages.
 pub fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -55,22 +55,25 @@ fn a_lock_file_removed_under_a_waiter_is_replaced() {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("BEEF");
     let lock_path = root.path().join("BEEF.lock");
-    let stale = super::open_lock(&{
-        std::fs::write(&lock_path, b"").unwrap();
-        lock_path.clone()
-    })
-    .unwrap();
+    // a last holder elsewhere: the exclusive lock it takes before removing everything
+    std::fs::write(&lock_path, b"").unwrap();
+    let last = super::open_lock(&lock_path).unwrap();
+    last.lock().unwrap();
+    let waiter = {
+        let path = path.clone();
+        std::thread::spawn(move || ModelDir::acquire(path, "p", &weights()).unwrap())
+    };
+    // the waiter has opened the old lock file and waits for its shared lock
+    std::thread::sleep(std::time::Duration::from_millis(300));
     std::fs::remove_file(&lock_path).unwrap();
-    assert!(!super::still_named_by(&stale, &lock_path));
-    let held = ModelDir::acquire(path.clone(), "p", &weights()).unwrap();
-    assert!(super::still_named_by(
-        held.lock.as_ref().unwrap(),
-        &lock_path
-    ));
-    // the stale descriptor's lock is not the one that counts: the folder goes with `held`
+    drop(last);
+    let held = waiter.join().unwrap();
+    assert!(
+        super::still_named_by(held.lock.as_ref().unwrap(), &lock_path),
+        "the waiter holds the lock file the path names, not the removed one"
+    );
     drop(held);
-    assert!(!path.exists());
-    drop(stale);
+    assert!(!path.exists() && !lock_path.exists());
 }
 
 #[test]

@@ -24,11 +24,8 @@ use crate::sys::objc::{describe_error, ns_result};
 /// (macOS 14.4+); returns the `.mlmodelc` folder Core ML wrote (in a temporary location the
 /// caller moves into its cache).
 pub(crate) fn compile_package(package: &Path) -> Result<PathBuf, String> {
-    let sync = compile_sync(package);
-    match sync {
-        Ok(path) => Ok(path),
-        Err(first) => compile_async(package).map_err(|second| format!("{first}; then {second}")),
-    }
+    compile_sync(package)
+        .or_else(|first| compile_async(package).map_err(|second| format!("{first}; then {second}")))
 }
 
 fn compile_sync(package: &Path) -> Result<PathBuf, String> {
