@@ -216,6 +216,26 @@ pub const OPSET: Rule = Rule {
     source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md; arozanov/ggml-ane",
 };
 
+/// Several outputs arrive in the alphabetical order of their names.
+pub const OUTPUTS_IN_NAME_ORDER: Rule = Rule {
+    id: "outputs-in-name-order",
+    severity: Severity::Refuse,
+    summary: "a function's outputs arrive sorted by name, not in return order: several outputs \
+              must be named so that both orders agree",
+    source: "mechramc/Orion docs/ane_constraints.md L21-37 ((q32, k32, v32) arrives as k32, q32, \
+             v32); jafreck/ironmill docs/design/ane/ane-inference.md L77",
+};
+
+/// Reductions along the channel or the last axis only.
+pub const REDUCE_AXES: Rule = Rule {
+    id: "reduce-axes",
+    severity: Severity::Refuse,
+    summary: "reductions are shown on hardware along axis 1 (channels) and the last axis only",
+    source: "jafreck/ironmill docs/design/ane/ane-op-support-matrix.md (reduce_sum, reduce_mean, \
+             reduce_max, reduce_min: axis -1 and 1); maderix/ANE training/ane_classifier.h \
+             (reduce_sum over axis 1 in RMSNorm)",
+};
+
 /// Every rule, for listing.
 pub const RULES: &[Rule] = &[
     IO_RANK4,
@@ -236,6 +256,8 @@ pub const RULES: &[Rule] = &[
     OPSET,
     SPATIAL_MULTIPLE_OF_32,
     CONCAT_M3_ULTRA,
+    OUTPUTS_IN_NAME_ORDER,
+    REDUCE_AXES,
 ];
 
 /// Largest tensor dimension.
@@ -486,6 +508,19 @@ pub fn check_rules(program: &Program, options: &RuleOptions) -> Vec<Violation> {
                 }
             }
         }
+        let mut sorted = f.outputs.clone();
+        sorted.sort();
+        if sorted != f.outputs {
+            push(
+                OUTPUTS_IN_NAME_ORDER,
+                Location::Outputs,
+                format!(
+                    "outputs ({}) would arrive as ({})",
+                    f.outputs.join(", "),
+                    sorted.join(", ")
+                ),
+            );
+        }
         for o in &f.outputs {
             let Some(ty) = f.body.iter().find(|s| &s.name == o).map(|s| &s.ty) else {
                 continue;
@@ -604,6 +639,30 @@ fn op_rules(
     }
     if s.op == "concat" {
         push(CONCAT_M3_ULTRA, at, format!("`{}` concatenates", s.name));
+    }
+    if s.op.starts_with("reduce_") {
+        let rank = s
+            .args
+            .iter()
+            .find(|(k, _)| k == "x")
+            .and_then(|(_, a)| match a {
+                Arg::Var(v) => type_of(v, params, body).map(|t| t.shape().len() as i64),
+                _ => None,
+            });
+        let axes = match s.args.iter().find(|(k, _)| k == "axes").map(|(_, a)| a) {
+            Some(Arg::Var(v)) => const_ints(v, body),
+            Some(Arg::Literal(Literal::Tensor(t))) => t.as_i64s(),
+            _ => None,
+        };
+        let allowed = |a: i64| a == 1 || a == -1 || Some(a + 1) == rank;
+        match (axes, rank) {
+            (Some(axes), Some(_)) if axes.iter().all(|&a| allowed(a)) => {}
+            (axes, _) => push(
+                REDUCE_AXES,
+                at,
+                format!("`{}` reduces axes {axes:?}", s.name),
+            ),
+        }
     }
     if matches!(s.op.as_str(), "rsqrt" | "log" | "inverse") && s.input("epsilon").is_none() {
         push(

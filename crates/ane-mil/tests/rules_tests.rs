@@ -166,3 +166,42 @@ fn the_book_is_consistent() {
     }
     assert!(RULES.iter().any(|r| r.severity == Severity::Warn));
 }
+
+#[test]
+fn fused_forms_name_their_outputs_in_order_and_reduce_proven_axes() {
+    let none = RuleOptions::default();
+    // two outputs named so that they arrive in another order than returned
+    let body = "        tensor<fp16, [1, 32, 1, 32]> q = sigmoid(x = x)[name = string(\"q\")];\n\
+                \x20       tensor<fp16, [1, 32, 1, 32]> k = sigmoid(x = x)[name = string(\"k\")];\n";
+    let p = program("tensor<fp16, [1, 32, 1, 32]> x", body, "q, k");
+    let v = check_rules(&p, &none);
+    let broken = v
+        .iter()
+        .find(|v| v.rule.id == "outputs-in-name-order")
+        .expect("refused");
+    assert!(
+        broken.message.contains("(q, k) would arrive as (k, q)"),
+        "{broken}"
+    );
+    let p = program("tensor<fp16, [1, 32, 1, 32]> x", body, "k, q");
+    assert!(refused_rules(&p, &none).is_empty());
+
+    // reduce_sum over the channels (RMSNorm) passes; over the batch axis it is refused
+    let reduce = |axis: i32| {
+        program(
+            "tensor<fp16, [1, 32, 1, 32]> x",
+            &format!(
+                "        tensor<int32, [1]> ax = const()[name = string(\"ax\"), val = tensor<int32, [1]>([{axis}])];\n\
+                 \x20       bool kd = const()[name = string(\"kd\"), val = bool(true)];\n\
+                 \x20       tensor<fp16, [1, 32, 1, 32]> y = reduce_sum(x = x, axes = ax, keep_dims = kd)[name = string(\"y\")];\n"
+            ),
+            "y",
+        )
+    };
+    // (the output shape is not what the op gives for every axis: the rules do not type-check)
+    assert!(!refused_rules(&reduce(1), &none).contains("reduce-axes"));
+    assert!(!refused_rules(&reduce(-1), &none).contains("reduce-axes"));
+    assert!(!refused_rules(&reduce(3), &none).contains("reduce-axes"));
+    assert!(refused_rules(&reduce(0), &none).contains("reduce-axes"));
+    assert!(refused_rules(&reduce(2), &none).contains("reduce-axes"));
+}

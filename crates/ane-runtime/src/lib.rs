@@ -68,6 +68,7 @@
 pub mod disk_cache;
 pub mod engine;
 pub mod error;
+pub mod fused;
 pub mod layout;
 pub mod matmul;
 pub mod power;

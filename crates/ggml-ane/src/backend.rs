@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -15,11 +16,13 @@ use ane_runtime::{Engine, EngineChoice, EngineKind};
 
 use crate::config::{self, Config};
 use crate::placement::{Placement, Placements};
+use crate::sys::cpu::CpuBackend;
 use crate::sys::tensor::{NodeDesc, TensorDesc};
 use crate::sys::{
     ggml_op, ggml_type, log, log_enabled, GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_ERROR,
-    GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN, GGML_TENSOR_FLAG_COMPUTE,
+    GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN,
 };
+use crate::walker::{Chain, OpKind};
 
 /// Process-wide state: the engine, its compiled kernels, and the settings.
 pub(crate) struct Runtime {
@@ -131,50 +134,95 @@ fn choose_engine(config: &Config) -> Result<Chosen, String> {
     Err(passed_over.join("; "))
 }
 
-/// Per backend instance: scratch buffers and counters.
+/// Per backend instance: scratch buffers, counters, and ggml's CPU backend for the nodes
+/// the engine does not compute.
 #[derive(Default)]
 pub(crate) struct BackendContext {
     pub(crate) scratch: Mutex<Scratch>,
     pub(crate) stats: Stats,
     /// What ran where, kept with `GGML_ANE_STATS=2`.
     pub(crate) placements: Placements,
+    /// Created on first use.
+    pub(crate) cpu: Mutex<Option<CpuBackend>>,
+    /// The thread count ggml set (0: never set, the CPU backend's default).
+    pub(crate) n_threads: AtomicI32,
 }
 
-/// What graph_compute does with a node.
-pub(crate) enum NodeAction {
-    /// Views and no-ops, or nodes without the COMPUTE flag.
-    Skip,
-    /// A MUL_MAT we compute.
-    MulMat,
-    /// Anything else (supports_op said no; the scheduler should never send it).
-    Unknown,
-}
+impl BackendContext {
+    /// Computes `nodes` (in order, as one graph) on ggml's CPU backend through `compute`
+    /// (the unsafe call, made by `sys`), creating the backend on first use; counts them.
+    pub(crate) fn run_on_cpu(
+        &self,
+        nodes: &[*mut crate::sys::ggml_tensor],
+        compute: impl FnOnce(&CpuBackend, &[*mut crate::sys::ggml_tensor]) -> Result<(), i32>,
+    ) -> Result<(), String> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        if cpu.is_none() {
+            let n = self.n_threads.load(Ordering::Relaxed);
+            *cpu = Some(CpuBackend::new((n > 0).then_some(n))?);
+            log(
+                GGML_LOG_LEVEL_INFO,
+                &format!(
+                    "ggml-ane: other nodes go to ggml's CPU backend (registry found in {})",
+                    crate::sys::cpu::registry_source().unwrap_or_default()
+                ),
+            );
+        }
+        let backend = cpu.as_ref().expect("created above");
+        let t = Instant::now();
+        compute(backend, nodes)
+            .map_err(|status| format!("ggml's CPU backend returned status {status}"))?;
+        self.stats.record_glue(nodes.len(), t.elapsed());
+        Ok(())
+    }
 
-fn is_view_op(op: ggml_op) -> bool {
-    matches!(
-        op,
-        ggml_op::NONE | ggml_op::RESHAPE | ggml_op::VIEW | ggml_op::PERMUTE | ggml_op::TRANSPOSE
-    )
-}
-
-pub(crate) fn classify(n: &NodeDesc) -> NodeAction {
-    if n.node.flags & GGML_TENSOR_FLAG_COMPUTE == 0 || is_view_op(n.node.op) {
-        NodeAction::Skip
-    } else if n.node.op == ggml_op::MUL_MAT && supports_mul_mat(n) {
-        NodeAction::MulMat
-    } else {
-        NodeAction::Unknown
+    /// Sets the thread count of the CPU backend (now, or when it is created).
+    pub(crate) fn set_n_threads(&self, n: i32) {
+        self.n_threads.store(n, Ordering::Relaxed);
+        if let Some(cpu) = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            cpu.set_n_threads(n);
+        }
     }
 }
 
-/// `supports_op`: views, and MUL_MATs we can read with at least `GGML_ANE_MIN_TOKENS` tokens.
-/// Reads the configuration only: asking does not create the engine.
-pub(crate) fn supports_op(n: &NodeDesc) -> bool {
+/// The ops besides MUL_MAT the device takes: computed inside a fused program when they are
+/// part of a chain, else by ggml's own CPU backend.
+pub(crate) fn is_glue(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::RmsNorm
+            | OpKind::Mul
+            | OpKind::Add
+            | OpKind::Scale
+            | OpKind::Silu
+            | OpKind::SwiGlu
+            | OpKind::GeGlu
+            | OpKind::Rope
+    )
+}
+
+/// `supports_op`: views; MUL_MATs we can read; and the ops around them a layer needs
+/// ([`is_glue`]) when ggml's CPU backend can compute them — each with at least
+/// `GGML_ANE_MIN_TOKENS` tokens, so a decode step stays whole on the other backend. Reads
+/// the configuration only: asking does not create the engine.
+pub(crate) fn supports_op(
+    n: &NodeDesc,
+    kind: OpKind,
+    tokens: i64,
+    readable: bool,
+    cpu_can: impl FnOnce() -> bool,
+) -> bool {
     let min_tokens = config::get().as_ref().map_or(1, |c| c.min_tokens);
-    is_view_op(n.node.op)
-        || (n.node.op == ggml_op::MUL_MAT
-            && supports_mul_mat(n)
-            && n.node.ne[1] as usize >= min_tokens)
+    let enough = tokens >= min_tokens as i64;
+    match kind {
+        OpKind::View => true,
+        OpKind::MulMat => supports_mul_mat(n) && n.node.ne[1] as usize >= min_tokens,
+        k if is_glue(k) => enough && readable && cpu_can(),
+        _ => false,
+    }
 }
 
 pub(crate) fn offload_op(n: &NodeDesc, rt: &Runtime) -> bool {
@@ -197,7 +245,7 @@ fn src0_readable(t: &TensorDesc) -> bool {
     }
 }
 
-fn supports_mul_mat(n: &NodeDesc) -> bool {
+pub(crate) fn supports_mul_mat(n: &NodeDesc) -> bool {
     let (Some(s0), Some(s1)) = (n.src[0], n.src[1]) else {
         return false;
     };
@@ -269,6 +317,77 @@ pub(crate) fn mul_mat(ctx: &BackendContext, rt: &Runtime, node: &NodeDesc, job: 
             cpu_matmul(job, &mut scratch);
             ctx.stats.record_fallback(&reason, t.elapsed());
         }
+    }
+}
+
+/// Counts a fused chain, and with `GGML_ANE_STATS=2` (or debug logging) says where it ran:
+/// one table row named after its MUL_MATs (`ffn_gate+ffn_up+ffn_out`).
+pub(crate) fn record_fused_placement(
+    ctx: &BackendContext,
+    rt: &Runtime,
+    chain: &Chain,
+    descs: &[Option<NodeDesc>],
+    _took: std::time::Duration,
+) {
+    let debug = log_enabled(GGML_LOG_LEVEL_DEBUG);
+    if rt.config.stats_level < 2 && !debug {
+        return;
+    }
+    let mut matmuls: Vec<usize> = chain.matmuls.clone();
+    matmuls.extend(chain.down);
+    let names: Vec<String> = matmuls
+        .iter()
+        .filter_map(|&i| descs[i].as_ref())
+        .map(|d| crate::placement::op_name(&d.name()).to_string())
+        .collect();
+    let first = descs[matmuls[0]].as_ref();
+    let (rows, k, tokens, weight_type) = first
+        .and_then(|d| Some((d.src[0]?, d.node.ne[1])))
+        .map_or((0, 0, 0, "?"), |(w, t)| {
+            let rows: i64 = chain
+                .matmuls
+                .iter()
+                .filter_map(|&i| descs[i].as_ref()?.src[0])
+                .map(|w| w.ne[1])
+                .sum();
+            (rows, w.ne[0], t, w.type_name)
+        });
+    let p = Placement {
+        op: names.join("+"),
+        shape: format!("{rows}x{k}x{tokens}"),
+        weight_type,
+        place: format!("engine (fused {})", chain.kind.as_str()),
+    };
+    if debug {
+        log(
+            GGML_LOG_LEVEL_DEBUG,
+            &format!(
+                "ggml-ane: FUSED {} {} {} -> {}",
+                p.op, p.shape, p.weight_type, p.place
+            ),
+        );
+    }
+    if rt.config.stats_level >= 2 {
+        ctx.placements.record(p);
+    }
+}
+
+/// A chain that runs node by node: counted, and the first of each reason logged.
+pub(crate) fn fused_declined(ctx: &BackendContext, chain: &Chain, reason: &FallbackReason) {
+    ctx.stats.record_fused_declined(reason);
+    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen
+        .get_or_insert_with(HashSet::new)
+        .insert(reason.as_str())
+    {
+        log(
+            GGML_LOG_LEVEL_INFO,
+            &format!(
+                "ggml-ane: a fused {} block ran node by node ({reason}); further cases are counted, not logged",
+                chain.kind.as_str()
+            ),
+        );
     }
 }
 

@@ -31,6 +31,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_DISABLE",
     "GGML_ANE_ANY_GGML",
     "GGML_ANE_PROBE",
+    "GGML_ANE_FUSE",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -73,6 +74,8 @@ pub(crate) struct Config {
     pub(crate) any_ggml: bool,
     /// `GGML_ANE_PROBE=1`: self-probe the reference engine too (apple and coreml always are).
     pub(crate) probe: bool,
+    /// `GGML_ANE_FUSE=0` turns fused programs off (on by default).
+    pub(crate) fuse: bool,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -177,6 +180,7 @@ impl Config {
         };
         let (disable, any_ggml) = (flag("GGML_ANE_DISABLE")?, flag("GGML_ANE_ANY_GGML")?);
         let probe = flag("GGML_ANE_PROBE")?;
+        let fuse = var("GGML_ANE_FUSE").is_none() || flag("GGML_ANE_FUSE")?;
         let stats_level = stats_level(var("GGML_ANE_STATS").as_deref());
         let log_level = match var("GGML_ANE_LOG")
             .map(|v| v.to_ascii_lowercase())
@@ -202,6 +206,7 @@ impl Config {
             disable,
             any_ggml,
             probe,
+            fuse,
             min_batch,
             min_tokens,
             stats_level,

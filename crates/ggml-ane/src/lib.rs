@@ -25,6 +25,7 @@ mod placement;
     reason = "the ggml ABI: C structs, vtables, exported entry points"
 )]
 pub mod sys;
+mod walker;
 
 pub use sys::vtables::{
     ggml_backend_ane_init, ggml_backend_ane_reg, ggml_backend_init, ggml_backend_is_ane,

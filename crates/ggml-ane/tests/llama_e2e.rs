@@ -2,7 +2,7 @@
 //! `gguf` Python package) run by libllama from the pinned source, once on the CPU alone and once
 //! with our library loaded through `GGML_BACKEND_PATH`. The logits must agree and the stats must
 //! show the matmuls ran on our engine, with baked, streamed and two-input kernels giving the
-//! same bits.
+//! same bits, and fused FFN and Q/K/V blocks taking a layer to three engine dispatches.
 #![cfg(ggml_linked)]
 
 mod support;
@@ -51,6 +51,9 @@ fn a_given_model_matches_the_cpu() {
     assert!(err <= 2e-3, "NMSE {err:e}");
 }
 
+/// Layers of the tiny model (tests/py/tiny_llama.py).
+const LAYERS: u64 = 4;
+
 fn check_model(kind: &str, max_nmse: f64) {
     let Some(tools) = Tools::find() else { return };
     let dir = support::scratch_dir(&format!("e2e-{kind}"));
@@ -71,20 +74,34 @@ fn check_model(kind: &str, max_nmse: f64) {
     );
 
     let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
-    // no cap on loaded kernels: every weight baked (the capped default is checked below)
+    // the default: fused FFN and Q/K/V blocks (no cap on loaded kernels: every weight baked)
+    let fused = tools.run(
+        &model,
+        &dir.join("fused.f32"),
+        Some(&dir.join("cache-fused")),
+        &[("GGML_ANE_STATS", "2"), ("GGML_ANE_MAX_LOADED", "0")],
+    );
+    // the same without fusion: one kernel per MUL_MAT
+    let unfused_env = [
+        ("GGML_ANE_STATS", "2"),
+        ("GGML_ANE_MAX_LOADED", "0"),
+        ("GGML_ANE_FUSE", "0"),
+    ];
     let ane = tools.run(
         &model,
         &dir.join("ane.f32"),
         Some(&dir.join("cache")),
-        &[("GGML_ANE_STATS", "2"), ("GGML_ANE_MAX_LOADED", "0")],
+        &unfused_env,
     );
     // the default cap of 48 loaded kernels: `auto` bakes only while 32 stay for streamed ones
     let capped = tools.run(
         &model,
         &dir.join("capped.f32"),
         Some(&dir.join("cache-capped")),
-        &[],
+        &[("GGML_ANE_FUSE", "0")],
     );
+    // streamed kernels: fused blocks bake their weights, so every chain is declined and runs
+    // node by node, as without fusion
     let streamed = tools.run(
         &model,
         &dir.join("streamed.f32"),
@@ -96,9 +113,13 @@ fn check_model(kind: &str, max_nmse: f64) {
         &model,
         &dir.join("two-input.f32"),
         Some(&dir.join("cache-two-input")),
-        &[("GGML_ANE_KERNELS", "two-input"), ("GGML_ANE_STATS", "2")],
+        &[
+            ("GGML_ANE_KERNELS", "two-input"),
+            ("GGML_ANE_STATS", "2"),
+            ("GGML_ANE_FUSE", "0"),
+        ],
     );
-    // decode (one token) left to the CPU: the prompt's matmuls alone reach us
+    // decode (one token) left to the CPU: the prompt alone reaches us
     let prompt_only = tools.run(
         &model,
         &dir.join("prompt-only.f32"),
@@ -111,9 +132,10 @@ fn check_model(kind: &str, max_nmse: f64) {
         !cpu.log.contains("ggml-ane stats"),
         "the CPU-only run loaded our library"
     );
-    let matmuls_per_token = 4 * 7 + 1; // 4 layers x (q, k, v, o, gate, up, down) + output
-                                       // GGML_ANE_STATS=2: every kind of node, at both token counts, on the engine with baked
-                                       // weights, once per layer
+    let matmuls_per_token = LAYERS * 7 + 1; // (q, k, v, o, gate, up, down) + output
+
+    // without fusion: every kind of node, at both token counts, on the engine with baked
+    // weights, once per layer; 7 dispatches per layer
     let by_node = by_node_table(&ane.log);
     for op in [
         "Qcur", "Kcur", "Vcur", "attn_out", "ffn_gate", "ffn_up", "ffn_out",
@@ -130,12 +152,9 @@ fn check_model(kind: &str, max_nmse: f64) {
     }
     assert_eq!(by_node.len(), 2 * 8, "{by_node:?}");
     let on_engine = stat(&ane.log, "nodes on engine");
-    assert!(
-        on_engine >= 2 * matmuls_per_token,
-        "{on_engine} nodes on the engine; the prompt and the decode step have {} matmuls\n{}",
-        2 * matmuls_per_token,
-        tail(&ane.log)
-    );
+    assert_eq!(on_engine, 2 * matmuls_per_token, "{}", tail(&ane.log));
+    assert_eq!(stat(&ane.log, "engine dispatches"), 2 * matmuls_per_token);
+    assert_eq!(stat(&ane.log, "fused blocks"), 0);
     assert_eq!(stat(&ane.log, "nodes on CPU"), 0, "{}", tail(&ane.log));
     // llama.cpp keeps weights in a buffer marked as model weights: under `auto` they are
     // baked into kernels (the budget allows all 58 here); streamed kernels give the same bits
@@ -155,6 +174,13 @@ fn check_model(kind: &str, max_nmse: f64) {
     );
     assert_eq!(stat(&streamed.log, "with baked weights"), 0);
     assert_eq!(stat(&streamed.log, "nodes on engine"), on_engine);
+    assert_eq!(stat(&streamed.log, "fused blocks"), 0);
+    assert_eq!(
+        stat(&streamed.log, "not fused: unsupported"),
+        2 * 2 * LAYERS,
+        "every chain declined and counted: {}",
+        tail(&streamed.log)
+    );
     assert_same_bits(
         &ane.logits,
         &streamed.logits,
@@ -174,48 +200,99 @@ fn check_model(kind: &str, max_nmse: f64) {
         &two_input.logits,
         "baked and two-input kernels disagree",
     );
-    assert_eq!(stat(&prompt_only.log, "nodes on engine"), matmuls_per_token);
-    // GGML_ANE_LOG=debug: one line per MUL_MAT, with the node's own name
+
+    // with fusion: per layer one Q/K/V program, the attention output, one FFN program
+    let by_node = by_node_table(&fused.log);
+    for (op, place) in [
+        ("Qcur+Vcur+Kcur", ["engine", "(fused", "qkv)"]),
+        ("ffn_gate+ffn_up+ffn_out", ["engine", "(fused", "ffn)"]),
+    ] {
+        for n in [PROMPT, 1] {
+            let line = by_node
+                .iter()
+                .find(|l| l[0] == op && l[1].ends_with(&format!("x{n}")))
+                .unwrap_or_else(|| panic!("no {op} line for {n} tokens:\n{}", tail(&fused.log)));
+            assert_eq!(line[2], kind, "{line:?}");
+            assert_eq!(line[3..6], place, "{line:?}");
+            assert_eq!(line[6], LAYERS.to_string(), "{line:?}");
+        }
+    }
+    let per_graph = 3 * LAYERS + 1;
+    assert_eq!(
+        stat(&fused.log, "engine dispatches"),
+        2 * per_graph,
+        "at most 3 dispatches per layer (and the output head), prompt and decode step:\n{}",
+        tail(&fused.log)
+    );
+    assert_eq!(stat(&fused.log, "fused blocks"), 2 * 2 * LAYERS);
+    // Q/K/V: norm, scale, 3 MUL_MATs; FFN: norm, scale, gate, up, SWIGLU, down, ADD
+    assert_eq!(stat(&fused.log, "nodes fused"), 2 * LAYERS * (5 + 7));
+    assert_eq!(stat(&fused.log, "nodes on engine"), on_engine);
+    assert_eq!(stat(&fused.log, "nodes on CPU"), 0, "{}", tail(&fused.log));
+    // llama.cpp's graph splits: one CPU-only graph; with MUL_MAT alone on the device (before
+    // the walker) ten per layer; now one for Q/K/V, one for the attention output and the FFN
+    let splits = graph_splits(&fused.log);
+    assert_eq!(graph_splits(&cpu.log), 1);
+    assert!(
+        splits <= 3 * LAYERS as usize,
+        "{splits} graph splits for {LAYERS} layers"
+    );
+
+    assert_eq!(
+        stat(&prompt_only.log, "engine dispatches"),
+        per_graph,
+        "the prompt alone reached us"
+    );
+    // GGML_ANE_LOG=debug: one line per MUL_MAT or fused block, with its nodes' names
     let logged: Vec<&str> = prompt_only
         .log
         .lines()
-        .filter(|l| l.starts_with("ggml-ane: MUL_MAT "))
+        .filter(|l| l.starts_with("ggml-ane: MUL_MAT ") || l.starts_with("ggml-ane: FUSED "))
         .collect();
-    assert_eq!(
-        logged.len() as u64,
-        matmuls_per_token,
-        "{}",
-        tail(&prompt_only.log)
-    );
+    assert_eq!(logged.len() as u64, per_graph, "{}", tail(&prompt_only.log));
     assert!(
         logged.iter().any(|l| l.starts_with(&format!(
-            "ggml-ane: MUL_MAT ffn_up-3 1376x512x{PROMPT} {kind} -> engine"
+            "ggml-ane: FUSED ffn_gate+ffn_up+ffn_out 2752x512x{PROMPT} {kind} -> engine (fused ffn)"
         ))),
         "{logged:?}"
     );
     let row = cpu.logits.len() / (PROMPT + 1);
     assert_eq!(
         prompt_only.logits[..PROMPT * row],
-        ane.logits[..PROMPT * row],
+        fused.logits[..PROMPT * row],
         "the prompt ran the same way"
     );
 
     assert_eq!(cpu.logits.len(), ane.logits.len());
     let n_vocab = cpu.logits.len() / (PROMPT + 1);
-    let (nmse, spread) = nmse(&cpu.logits, &ane.logits);
-    let agree = argmax_agreement(&cpu.logits, &ane.logits, n_vocab);
-    eprintln!(
-        "{kind}: logits NMSE {nmse:.2e} (logit std {spread:.2}), top-1 agreement {agree}/{} rows, {on_engine} nodes on the engine",
-        PROMPT + 1
-    );
-    assert!(spread > 0.5, "logits too flat to compare: std {spread}");
-    assert!(nmse <= max_nmse, "NMSE {nmse:e} > {max_nmse:e}");
-    assert!(
-        agree * 10 >= (PROMPT + 1) * 9,
-        "top-1 token differs in {} of {} rows",
-        PROMPT + 1 - agree,
-        PROMPT + 1
-    );
+    for (what, run) in [("unfused", &ane), ("fused", &fused)] {
+        let (nmse, spread) = nmse(&cpu.logits, &run.logits);
+        let agree = argmax_agreement(&cpu.logits, &run.logits, n_vocab);
+        eprintln!(
+            "{kind} {what}: logits NMSE {nmse:.2e} (logit std {spread:.2}), top-1 agreement {agree}/{} rows, {} dispatches, {} graph splits",
+            PROMPT + 1,
+            stat(&run.log, "engine dispatches"),
+            graph_splits(&run.log),
+        );
+        assert!(spread > 0.5, "logits too flat to compare: std {spread}");
+        assert!(nmse <= max_nmse, "{what}: NMSE {nmse:e} > {max_nmse:e}");
+        assert!(
+            agree * 10 >= (PROMPT + 1) * 9,
+            "{what}: top-1 token differs in {} of {} rows",
+            PROMPT + 1 - agree,
+            PROMPT + 1
+        );
+    }
+}
+
+/// llama.cpp's `sched_reserve: graph: nodes = N, splits = S` figure.
+fn graph_splits(log: &str) -> usize {
+    log.lines()
+        .find_map(|l| {
+            let rest = l.split("splits = ").nth(1)?;
+            rest.split(',').next()?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no graph splits line:\n{}", tail(log)))
 }
 
 /// The compiled logits dumper and where libllama lives.

@@ -36,6 +36,16 @@ fn run(exe: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, V
     support::logits_run(output, out)
 }
 
+/// The prompt graph's splits from llama.cpp's `sched_reserve: ... splits = P / D` line.
+fn prompt_splits(log: &str) -> usize {
+    log.lines()
+        .find_map(|l| {
+            let rest = l.split("splits = ").nth(1)?;
+            rest.split(['/', ',']).next()?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no graph splits line:\n{}", tail(log)))
+}
+
 fn nmse(want: &[f32], got: &[f32]) -> f64 {
     let (mut err, mut norm) = (0.0, 0.0);
     for (&w, &g) in want.iter().zip(got) {
@@ -184,6 +194,18 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
     };
     assert!(placed("ANE") > 0 && placed("MTL0") > 0, "{}", tail(&log));
     let err = nmse(&cpu, &logits);
+    // fused blocks beside Metal: llama.cpp pins each `norm` to the layer's device (MTL0) under
+    // full offload, so each chain starts at its norm-weight MUL; a layer is three dispatches
+    let (dispatches, fused) = (total("engine dispatches"), total("fused blocks"));
+    let splits = prompt_splits(&log);
+    if std::env::var_os("ANE_E2E_MODEL").is_none() {
+        let layers = layers as u64 - 1;
+        assert_eq!(fused, 2 * layers, "{}", tail(&log));
+        assert_eq!(dispatches, 3 * layers + 1, "{}", tail(&log));
+        // ten splits per layer when the device took MUL_MAT alone (43 for these 4 layers)
+        assert!(splits <= 7 * layers as usize, "{splits} splits");
+    }
+    eprintln!("beside MTL0: {dispatches} dispatches, {fused} fused blocks, {splits} graph splits (prompt)");
     eprintln!(
         "beside MTL0: {on_engine} prompt matmuls on the engine; MUL_MATs placed ANE {} / MTL0 {}; NMSE vs the CPU {err:.1e}",
         placed("ANE"),

@@ -4,9 +4,11 @@
 //! Adding an op is one entry in `OP_DEFS`, one function that checks its inputs and builds an
 //! [`Op`] variant, and one arm in each engine that runs it.
 
+mod elementwise;
 mod layout;
 mod linear;
 
+pub use elementwise::{BinaryOp, UnaryOp};
 pub use linear::broadcast;
 
 use crate::ir::{Literal, TensorLiteral};
@@ -133,6 +135,31 @@ pub enum Op {
         axis: usize,
         /// Interleave instead of appending.
         interleave: bool,
+    },
+    /// `add`, `sub`, `mul`, `real_div`, `pow`: numpy broadcasting.
+    Binary {
+        /// Which.
+        op: BinaryOp,
+        /// Left operand.
+        x: Operand,
+        /// Right operand (a constant for `pow`).
+        y: Operand,
+    },
+    /// `sigmoid`.
+    Unary {
+        /// Which.
+        op: UnaryOp,
+        /// Input.
+        x: Operand,
+    },
+    /// `reduce_sum` over `axes` (normalised, sorted).
+    ReduceSum {
+        /// Input.
+        x: Operand,
+        /// Axes summed.
+        axes: Vec<usize>,
+        /// Keep them as size 1.
+        keep_dims: bool,
     },
     /// `constexpr_affine_dequantize`: `(data - zero_point) * scale` along `axis`.
     AffineDequantize {
@@ -366,6 +393,41 @@ pub(crate) const OP_DEFS: &[OpDef] = &[
             ("transpose_y", false),
         ],
         resolve: linear::matmul,
+    },
+    OpDef {
+        name: "add",
+        inputs: &[("x", true), ("y", true)],
+        resolve: elementwise::add,
+    },
+    OpDef {
+        name: "sub",
+        inputs: &[("x", true), ("y", true)],
+        resolve: elementwise::sub,
+    },
+    OpDef {
+        name: "mul",
+        inputs: &[("x", true), ("y", true)],
+        resolve: elementwise::mul,
+    },
+    OpDef {
+        name: "real_div",
+        inputs: &[("x", true), ("y", true)],
+        resolve: elementwise::real_div,
+    },
+    OpDef {
+        name: "pow",
+        inputs: &[("x", true), ("y", true)],
+        resolve: elementwise::pow,
+    },
+    OpDef {
+        name: "sigmoid",
+        inputs: &[("x", true)],
+        resolve: elementwise::sigmoid,
+    },
+    OpDef {
+        name: "reduce_sum",
+        inputs: &[("x", true), ("axes", false), ("keep_dims", false)],
+        resolve: elementwise::reduce_sum,
     },
     OpDef {
         name: "constexpr_affine_dequantize",

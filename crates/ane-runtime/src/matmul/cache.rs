@@ -41,6 +41,8 @@ pub struct KernelCache {
     entries: Mutex<HashMap<(usize, usize, usize), StreamedForms>>,
     /// Baked kernels with the fingerprint of the weights they hold.
     baked: Mutex<HashMap<(u64, BakedTile), (u64, KernelOrWhy)>>,
+    /// Fused-block kernels by (weights' key, token bucket), with the weights' fingerprint.
+    fused: Mutex<HashMap<(u64, usize), (u64, KernelOrWhy)>>,
     /// Column sums of squares of identified weights, with their fingerprint.
     sums_of_squares: Mutex<HashMap<u64, (u64, Arc<ColumnSumSq>)>>,
     disk: Option<DiskCache>,
@@ -130,6 +132,10 @@ impl KernelCache {
                     let mut baked = self.baked.lock().unwrap_or_else(|e| e.into_inner());
                     baked.remove(&(weight, tile));
                 }
+                Loaded::Fused(weight, bucket) => {
+                    let mut fused = self.fused.lock().unwrap_or_else(|e| e.into_inner());
+                    fused.remove(&(weight, bucket));
+                }
             }
         }
     }
@@ -195,6 +201,42 @@ impl KernelCache {
                 result
             }
         };
+        if result.is_ok() {
+            self.touch(loaded);
+        }
+        result
+    }
+
+    /// The kernel of a fused block (weights `id`, `bucket` tokens), compiling the program and
+    /// weight files `build` makes on first use or when the weights' fingerprint changed. A
+    /// failure to compile is remembered like a baked tile's.
+    pub fn get_or_bake_fused(
+        &self,
+        engine: &dyn Engine,
+        id: &WeightId,
+        bucket: usize,
+        build: impl FnOnce() -> (ane_mil::Program, ane_mil::WeightFiles),
+        stats: &Stats,
+    ) -> Result<Arc<dyn Kernel>, FallbackReason> {
+        let key = (id.key, bucket);
+        let loaded = Loaded::Fused(id.key, bucket);
+        let mut fused = self.fused.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match fused.get(&key) {
+            Some((f, e)) if *f == id.fingerprint => {
+                stats.add_cache_hit();
+                e.clone()
+            }
+            _ => {
+                // new, or the weights at this address changed
+                self.residency.forget(&loaded);
+                let (program, files) = build();
+                let reload = self.residency.was_evicted(&loaded);
+                let result = entry(&self.compile(engine, &program, &files, None, reload, stats)?);
+                fused.insert(key, (id.fingerprint, result.clone()));
+                result
+            }
+        };
+        drop(fused);
         if result.is_ok() {
             self.touch(loaded);
         }

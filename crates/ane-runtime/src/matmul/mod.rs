@@ -16,7 +16,7 @@ pub mod probe;
 mod program;
 mod residency;
 mod staged;
-mod staging;
+pub(crate) mod staging;
 mod stats;
 
 pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};

@@ -356,6 +356,7 @@ impl BatchRun<'_, '_> {
             Some(w) => c.kernel.eval(0, &[&acts, w], &mut [&mut y]),
             None => c.kernel.eval(0, &[&acts], &mut [&mut y]),
         };
+        self.stats.add_dispatch();
         self.stats.add_engine(clock.elapsed());
 
         let clock = Instant::now();

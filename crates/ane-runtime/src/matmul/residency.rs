@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_LOADED: usize = 48;
 pub(crate) enum Loaded {
     Streamed((usize, usize, usize), bool),
     Baked(u64, BakedTile),
+    /// A fused block's kernel: its weights' key and token bucket.
+    Fused(u64, usize),
 }
 
 /// Loaded kernels by last use, and those dropped to make room.
@@ -96,7 +98,7 @@ impl Residency {
         self.state()
             .order
             .iter()
-            .filter(|k| matches!(k, Loaded::Baked(..)))
+            .filter(|k| matches!(k, Loaded::Baked(..) | Loaded::Fused(..)))
             .count()
     }
 

@@ -157,7 +157,7 @@ pub fn stage_columns(
 }
 
 /// Zeroes columns `c0..c1` of the first `rows` rows (the token columns a bucket pads).
-pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize)) {
+pub(crate) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize)) {
     let layout = s.layout().clone();
     let bytes = s.as_bytes_mut();
     for r in 0..rows {
@@ -170,7 +170,7 @@ pub(super) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
 /// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing (with
 /// `first`, assigns instead: the first K tile, so `out` needs no clearing); returns the sum
 /// of the tile's squares, or `None` if any value is not finite.
-pub(super) fn accumulate_columns(
+pub(crate) fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
     m: usize,

@@ -89,7 +89,14 @@ pub struct Stats {
     weight_bytes: AtomicU64,
     act_bytes: AtomicU64,
     reloads: AtomicU64,
+    dispatches: AtomicU64,
+    fused_blocks: AtomicU64,
+    fused_nodes: AtomicU64,
+    glue_nodes: AtomicU64,
+    glue_graphs: AtomicU64,
+    glue_ns: AtomicU64,
     fallbacks: Mutex<Vec<(&'static str, u64)>>,
+    fused_declined: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// A copy of the counters at one moment.
@@ -127,6 +134,21 @@ pub struct StatsSnapshot {
     /// Kernels compiled again after being dropped to stay within the loaded-kernel cap
     /// (counted in `compiles` too).
     pub reloads: u64,
+    /// Kernel evaluations (one per tile and token chunk of a MUL_MAT, one per fused block
+    /// and chunk).
+    pub dispatches: u64,
+    /// Chains of ggml nodes computed as one fused program.
+    pub fused_blocks: u64,
+    /// ggml nodes inside those chains.
+    pub fused_nodes: u64,
+    /// Nodes other than MUL_MAT that the device took and ggml's own CPU backend computed.
+    pub glue_nodes: u64,
+    /// Graphs those nodes were sent to the CPU backend in.
+    pub glue_graphs: u64,
+    /// Time the CPU backend spent on them.
+    pub glue: Duration,
+    /// Chains found but computed node by node, by reason label.
+    pub fused_declined: Vec<(&'static str, u64)>,
 }
 
 impl StatsSnapshot {
@@ -153,6 +175,18 @@ impl StatsSnapshot {
         self.weight_bytes += other.weight_bytes;
         self.act_bytes += other.act_bytes;
         self.reloads += other.reloads;
+        self.dispatches += other.dispatches;
+        self.fused_blocks += other.fused_blocks;
+        self.fused_nodes += other.fused_nodes;
+        self.glue_nodes += other.glue_nodes;
+        self.glue_graphs += other.glue_graphs;
+        self.glue += other.glue;
+        for &(label, n) in &other.fused_declined {
+            match self.fused_declined.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, m)) => *m += n,
+                None => self.fused_declined.push((label, n)),
+            }
+        }
     }
 
     /// Nodes computed on the CPU.
@@ -205,6 +239,34 @@ impl Stats {
     pub(crate) fn add_disk_hit(&self) {
         self.disk_hits.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn add_dispatch(&self) {
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a chain of `nodes` ggml nodes computed as one fused program.
+    pub fn record_fused(&self, nodes: usize) {
+        self.fused_blocks.fetch_add(1, Ordering::Relaxed);
+        self.fused_nodes.fetch_add(nodes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a chain computed node by node instead of fused, and why.
+    pub fn record_fused_declined(&self, reason: &FallbackReason) {
+        let mut f = self
+            .fused_declined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match f.iter_mut().find(|(l, _)| *l == reason.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => f.push((reason.as_str(), 1)),
+        }
+    }
+
+    /// Counts `nodes` nodes computed by ggml's CPU backend as one graph, and the time.
+    pub fn record_glue(&self, nodes: usize, time: Duration) {
+        self.glue_graphs.fetch_add(1, Ordering::Relaxed);
+        self.glue_nodes.fetch_add(nodes as u64, Ordering::Relaxed);
+        add(&self.glue_ns, time);
+    }
     pub(crate) fn add_baked_node(&self) {
         self.baked_nodes.fetch_add(1, Ordering::Relaxed);
     }
@@ -248,6 +310,17 @@ impl Stats {
             weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
             act_bytes: self.act_bytes.load(Ordering::Relaxed),
             reloads: self.reloads.load(Ordering::Relaxed),
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            fused_blocks: self.fused_blocks.load(Ordering::Relaxed),
+            fused_nodes: self.fused_nodes.load(Ordering::Relaxed),
+            glue_nodes: self.glue_nodes.load(Ordering::Relaxed),
+            glue_graphs: self.glue_graphs.load(Ordering::Relaxed),
+            glue: ns(&self.glue_ns),
+            fused_declined: self
+                .fused_declined
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -263,6 +336,12 @@ impl fmt::Display for StatsSnapshot {
         };
         writeln!(f, "  nodes on engine        {}", self.offloaded)?;
         writeln!(f, "    with baked weights   {}", self.baked_nodes)?;
+        writeln!(f, "  engine dispatches      {}", self.dispatches)?;
+        writeln!(f, "  fused blocks           {}", self.fused_blocks)?;
+        writeln!(f, "    nodes fused          {}", self.fused_nodes)?;
+        for (label, n) in &self.fused_declined {
+            writeln!(f, "    not fused: {label:<9} {n}")?;
+        }
         writeln!(f, "  nodes on CPU           {}", self.cpu_nodes())?;
         for (label, n) in &self.fallbacks {
             writeln!(f, "    {label:<20} {n}")?;
@@ -283,6 +362,9 @@ impl fmt::Display for StatsSnapshot {
         writeln!(f, "  engine                 {:.1} ms", ms(self.engine))?;
         writeln!(f, "  write-back             {:.1} ms", ms(self.writeback))?;
         writeln!(f, "  CPU fallback           {:.1} ms", ms(self.cpu))?;
+        writeln!(f, "  other nodes (ggml CPU) {}", self.glue_nodes)?;
+        writeln!(f, "    in CPU graphs        {}", self.glue_graphs)?;
+        writeln!(f, "    time                 {:.1} ms", ms(self.glue))?;
         write!(f, "  engine GFLOPS          {gflops:.1}")
     }
 }

@@ -13,6 +13,9 @@
     reason = "C names, documented in the ggml headers"
 )]
 
+pub(crate) mod chain;
+pub(crate) mod cpu;
+pub(crate) mod graph;
 pub(crate) mod tensor;
 pub mod vtables;
 
@@ -50,6 +53,7 @@ impl ggml_op {
     pub const TRANSPOSE: ggml_op = ggml_op(39);
 }
 
+pub const GGML_TENSOR_FLAG_OUTPUT: i32 = 2;
 pub const GGML_TENSOR_FLAG_COMPUTE: i32 = 16;
 
 pub const GGML_STATUS_FAILED: c_int = -1;
@@ -60,6 +64,7 @@ pub const GGML_LOG_LEVEL_INFO: c_int = 2;
 pub const GGML_LOG_LEVEL_WARN: c_int = 3;
 pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
 
+pub const GGML_BACKEND_DEVICE_TYPE_CPU: c_int = 0;
 pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
 /// `GGML_BACKEND_BUFFER_USAGE_WEIGHTS`: a buffer holding model weights.
 pub const GGML_BACKEND_BUFFER_USAGE_WEIGHTS: c_int = 1;
@@ -231,13 +236,52 @@ unsafe extern "C" {
     pub fn ggml_backend_buft_get_device(buft: ggml_backend_buffer_type_t) -> Dev;
     pub fn ggml_backend_dev_name(dev: Dev) -> *const c_char;
     pub fn ggml_backend_buffer_get_type(buffer: *mut c_void) -> ggml_backend_buffer_type_t;
+    // op names: enum values past MUL_MAT move between ggml versions, names do not
+    pub fn ggml_op_name(op: ggml_op) -> *const c_char;
+    pub fn ggml_get_unary_op(tensor: *const ggml_tensor) -> c_int;
+    pub fn ggml_unary_op_name(op: c_int) -> *const c_char;
+    pub fn ggml_get_glu_op(tensor: *const ggml_tensor) -> c_int;
+    pub fn ggml_glu_op_name(op: c_int) -> *const c_char;
+    // graphs handed to ggml's CPU backend
+    pub fn ggml_init(params: ggml_init_params) -> *mut ggml_context;
+    pub fn ggml_free(ctx: *mut ggml_context);
+    pub fn ggml_graph_overhead_custom(size: usize, grads: bool) -> usize;
+    pub fn ggml_new_graph_custom(
+        ctx: *mut ggml_context,
+        size: usize,
+        grads: bool,
+    ) -> *mut ggml_cgraph;
+    pub fn ggml_graph_add_node(cgraph: *mut ggml_cgraph, tensor: *mut ggml_tensor);
+    pub fn ggml_backend_graph_compute(
+        backend: *mut ggml_backend,
+        cgraph: *mut ggml_cgraph,
+    ) -> c_int;
+    pub fn ggml_backend_dev_init(dev: Dev, params: *const c_char) -> *mut ggml_backend;
+    pub fn ggml_backend_dev_backend_reg(dev: Dev) -> *mut ggml_backend_reg;
+    pub fn ggml_backend_dev_supports_op(dev: Dev, op: *const ggml_tensor) -> bool;
+    pub fn ggml_backend_reg_get_proc_address(
+        reg: *mut ggml_backend_reg,
+        name: *const c_char,
+    ) -> *mut c_void;
+    pub fn ggml_backend_free(backend: *mut ggml_backend);
 }
+
+/// `struct ggml_init_params`.
+#[repr(C)]
+pub struct ggml_init_params {
+    pub mem_size: usize,
+    pub mem_buffer: *mut c_void,
+    pub no_alloc: bool,
+}
+
+/// `struct ggml_context` (opaque).
+pub type ggml_context = c_void;
 
 /// A C string as Rust text ("" for NULL).
 ///
 /// # Safety
 /// `p` is NULL or a NUL-terminated string that outlives the call.
-unsafe fn text(p: *const c_char) -> String {
+pub(crate) unsafe fn text(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }

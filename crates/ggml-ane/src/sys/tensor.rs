@@ -15,7 +15,6 @@ use ane_runtime::matmul::{MatrixSink, MatrixSource, WeightId};
 pub(crate) struct TensorDesc {
     pub(crate) ty: ggml_type,
     pub(crate) op: ggml_op,
-    pub(crate) flags: i32,
     pub(crate) ne: [i64; 4],
     pub(crate) nb: [usize; 4],
     pub(crate) data: *mut c_void,
@@ -34,6 +33,8 @@ pub(crate) struct TensorDesc {
 pub(crate) struct NodeDesc {
     pub(crate) node: TensorDesc,
     pub(crate) src: [Option<TensorDesc>; 2],
+    /// ggml's op parameters (RMS_NORM: eps as f32 bits; GLU: op, swapped).
+    pub(crate) op_params: [i32; 16],
     name: [c_char; GGML_MAX_NAME],
 }
 
@@ -57,7 +58,6 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
     TensorDesc {
         ty: t.type_,
         op: t.op,
-        flags: t.flags,
         ne: t.ne,
         nb: t.nb,
         data: t.data,
@@ -98,6 +98,21 @@ impl TensorDesc {
     }
 }
 
+/// Whether `t` and every one of its sources may be read and written here
+/// ([`TensorDesc::readable`]).
+///
+/// # Safety
+/// `t` is a live tensor whose sources are NULL or live.
+pub(crate) unsafe fn all_readable(t: *const ggml_tensor) -> bool {
+    // SAFETY: the caller promises `t` is live.
+    let t = unsafe { &*t };
+    describe(t).readable()
+        && t.src.iter().all(|&s| {
+            // SAFETY: sources of a live tensor are NULL or live.
+            unsafe { s.as_ref() }.is_none_or(|s| describe(s).readable())
+        })
+}
+
 /// Copies the metadata of `t` and its first two sources.
 ///
 /// # Safety
@@ -113,6 +128,7 @@ pub(crate) unsafe fn describe_node(t: *const ggml_tensor) -> Option<NodeDesc> {
     Some(NodeDesc {
         node: describe(t),
         src,
+        op_params: t.op_params,
         name: t.name,
     })
 }

@@ -9,10 +9,13 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-use super::tensor::{describe_node, TensorRows, TensorRowsMut};
+use super::tensor::{describe_node, NodeDesc, TensorRows, TensorRowsMut};
 use super::*;
-use crate::backend::{self, BackendContext, NodeAction};
+use super::{cpu, graph, tensor};
+use crate::backend::{self, BackendContext};
 use crate::sys::{host_ggml_version, readable_buft};
+use crate::walker::{self, Chain, OpKind, Step};
+use ane_runtime::fused::FusedOutputs;
 use ane_runtime::matmul::MatmulJob;
 
 /// Runs `f`, turning a panic into `default` (after logging it).
@@ -90,59 +93,142 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         // SAFETY: ggml passes the backend it created through init_backend; its context is ours.
         let ctx = unsafe { &*((*backend).context as *const BackendContext) };
         // SAFETY: `cgraph` is a live graph for the duration of this call.
-        let n_nodes = unsafe { ggml_graph_n_nodes(cgraph) };
-        for i in 0..n_nodes {
-            // SAFETY: 0 <= i < n_nodes, so ggml_graph_node returns a live node whose sources are live.
-            let Some(desc) = (unsafe { describe_node(ggml_graph_node(cgraph, i)) }) else {
-                continue;
+        let (ptrs, mut nodes) = unsafe { graph::collect(cgraph) };
+        // SAFETY: live nodes of that graph.
+        let descs: Vec<Option<NodeDesc>> =
+            ptrs.iter().map(|&p| unsafe { describe_node(p) }).collect();
+        for (n, d) in nodes.iter_mut().zip(&descs) {
+            n.engine =
+                n.kind == OpKind::MulMat && d.as_ref().is_some_and(backend::supports_mul_mat);
+        }
+        let walk = Walk {
+            ctx,
+            rt,
+            ptrs: &ptrs,
+            descs: &descs,
+        };
+        let plan = walker::plan(&nodes, rt.config.fuse);
+        let mut chains: Vec<Option<FusedOutputs>> = vec![None; plan.chains.len()];
+        for step in &plan.steps {
+            let done = match step {
+                Step::Cpu(ix) => walk.on_cpu(ix),
+                Step::Engine(i) => walk.mul_mat(*i),
+                Step::Fused(c) => {
+                    chains[*c] = walk.fused(&plan.chains[*c]);
+                    Ok(())
+                }
+                Step::Member { chain, node } => {
+                    walk.member(&plan.chains[*chain], chains[*chain].as_ref(), *node)
+                }
             };
-            match backend::classify(&desc) {
-                NodeAction::Skip => {}
-                NodeAction::MulMat => {
-                    let (Some(s0), Some(s1), Some(shape)) =
-                        (desc.src[0], desc.src[1], backend::mul_mat_shape(&desc))
-                    else {
-                        return GGML_STATUS_FAILED;
-                    };
-                    // SAFETY: the node's tensors live in host buffers (supports_buft admits only
-                    // host buffer types) and stay valid and unshared for this call; the shape
-                    // comes from their ne, so every row read or written is inside them.
-                    let (w, a, d) = unsafe {
-                        (
-                            TensorRows::new(s0),
-                            TensorRows::new(s1),
-                            TensorRowsMut::new(desc.node),
-                        )
-                    };
-                    // the fingerprint is read on every call: only when baking is possible
-                    let weight_id = backend::may_bake(rt, &s0).then(|| w.weight_id());
-                    backend::mul_mat(
-                        ctx,
-                        rt,
-                        &desc,
-                        &MatmulJob {
-                            shape,
-                            weights: &w,
-                            acts: &a,
-                            dst: &d,
-                            weight_id,
-                        },
-                    );
-                }
-                NodeAction::Unknown => {
-                    log(
-                        GGML_LOG_LEVEL_ERROR,
-                        &format!(
-                            "ggml-ane: graph_compute got an op it does not support ({})",
-                            desc.node.op.0
-                        ),
-                    );
-                    return GGML_STATUS_FAILED;
-                }
+            if let Err(why) = done {
+                log(
+                    GGML_LOG_LEVEL_ERROR,
+                    &format!("ggml-ane: graph_compute: {why}"),
+                );
+                return GGML_STATUS_FAILED;
             }
         }
         GGML_STATUS_SUCCESS
     })
+}
+
+/// One graph computation: its nodes, and where each step goes.
+struct Walk<'a> {
+    ctx: &'a BackendContext,
+    rt: &'a backend::Runtime,
+    ptrs: &'a [*mut ggml_tensor],
+    descs: &'a [Option<NodeDesc>],
+}
+
+impl Walk<'_> {
+    /// Nodes `ix` on ggml's CPU backend, as one graph.
+    fn on_cpu(&self, ix: &[usize]) -> Result<(), String> {
+        let nodes: Vec<*mut ggml_tensor> = ix.iter().map(|&i| self.ptrs[i]).collect();
+        self.ctx.run_on_cpu(&nodes, |cpu, nodes| {
+            // SAFETY: live nodes of the graph being computed, data allocated by ggml.
+            unsafe { cpu.compute(nodes) }
+        })
+    }
+
+    /// A MUL_MAT on the engine (or, failing that, on the CPU with the reason counted).
+    fn mul_mat(&self, i: usize) -> Result<(), String> {
+        let desc = self.descs[i].as_ref().ok_or("a node vanished")?;
+        let (Some(s0), Some(s1), Some(shape)) =
+            (desc.src[0], desc.src[1], backend::mul_mat_shape(desc))
+        else {
+            return Err("a MUL_MAT without sources".into());
+        };
+        // SAFETY: the node's tensors live in host buffers (supports_buft admits only host
+        // buffer types) and stay valid and unshared for this call; the shape comes from
+        // their ne, so every row read or written is inside them.
+        let (w, a, d) = unsafe {
+            (
+                TensorRows::new(s0),
+                TensorRows::new(s1),
+                TensorRowsMut::new(desc.node),
+            )
+        };
+        // the fingerprint is read on every call: only when baking is possible
+        let weight_id = backend::may_bake(self.rt, &s0).then(|| w.weight_id());
+        backend::mul_mat(
+            self.ctx,
+            self.rt,
+            desc,
+            &MatmulJob {
+                shape,
+                weights: &w,
+                acts: &a,
+                dst: &d,
+                weight_id,
+            },
+        );
+        Ok(())
+    }
+
+    /// Evaluates a chain as one fused program: its results, or `None` (counted, the first of
+    /// each reason logged) when the engine declines it and its nodes run one by one.
+    fn fused(&self, chain: &Chain) -> Option<FusedOutputs> {
+        let t = std::time::Instant::now();
+        match super::chain::run(self.rt, self.ctx, chain, self.descs) {
+            Ok(out) => {
+                self.ctx.stats.record_fused(chain.members().len());
+                backend::record_fused_placement(self.ctx, self.rt, chain, self.descs, t.elapsed());
+                Some(out)
+            }
+            Err(reason) => {
+                backend::fused_declined(self.ctx, chain, &reason);
+                None
+            }
+        }
+    }
+
+    /// A chain's node at its own place: its result written (when it is one of the chain's
+    /// outputs), or, for a declined chain, the node computed as without fusion.
+    fn member(
+        &self,
+        chain: &Chain,
+        done: Option<&FusedOutputs>,
+        node: usize,
+    ) -> Result<(), String> {
+        let Some(out) = done else {
+            let is_matmul = chain.matmuls.contains(&node) || chain.down == Some(node);
+            return if is_matmul {
+                self.mul_mat(node)
+            } else {
+                self.on_cpu(&[node])
+            };
+        };
+        let Some(k) = chain.outputs().iter().position(|&o| o == node) else {
+            return Ok(());
+        };
+        let desc = self.descs[node].as_ref().ok_or("a node vanished")?;
+        // SAFETY: the output node is a live F32 host tensor of `tokens` rows of the output's
+        // width (checked when the chain's job was built), written by nobody else now.
+        let sink = unsafe { TensorRowsMut::new(desc.node) };
+        out.write(k, &sink);
+        Ok(())
+    }
 }
 
 const BACKEND_I: ggml_backend_i = ggml_backend_i {
@@ -302,9 +388,22 @@ unsafe extern "C" fn ggml_backend_ane_device_supports_op(
     op: *const ggml_tensor,
 ) -> bool {
     guard("supports_op", false, || {
-        // SAFETY: ggml passes a live tensor (or NULL).
-        let desc = unsafe { describe_node(op) };
-        desc.is_some_and(|d| backend::supports_op(&d))
+        // SAFETY: ggml passes a live tensor (or NULL) whose sources are live.
+        let Some(desc) = (unsafe { describe_node(op) }) else {
+            return false;
+        };
+        // SAFETY: as above.
+        let (kind, tokens, readable) = unsafe {
+            (
+                graph::op_kind(&*op),
+                graph::token_count(op),
+                tensor::all_readable(op),
+            )
+        };
+        backend::supports_op(&desc, kind, tokens, readable, || {
+            // SAFETY: as above.
+            cpu::cpu_device().is_ok_and(|cpu| unsafe { cpu.supports(op) })
+        })
     })
 }
 
@@ -455,7 +554,21 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_proc_address(
         // SAFETY: ggml passes a NUL-terminated name.
         match unsafe { CStr::from_ptr(name) }.to_bytes() {
             b"ggml_backend_get_features" => ggml_backend_ane_reg_get_features as *mut c_void,
+            b"ggml_backend_set_n_threads" => ggml_backend_ane_set_n_threads as *mut c_void,
             _ => std::ptr::null_mut(),
+        }
+    })
+}
+
+/// `ggml_backend_set_n_threads` (what llama.cpp and rpc-server call on every registry that
+/// has it): the thread count of the CPU backend that computes our other nodes.
+unsafe extern "C" fn ggml_backend_ane_set_n_threads(backend: *mut ggml_backend, n_threads: c_int) {
+    guard("set_n_threads", (), || {
+        // SAFETY: the caller passes one of our backends (checked by its GUID).
+        if unsafe { ggml_backend_is_ane(backend) } {
+            // SAFETY: our backend's context is a BackendContext.
+            let ctx = unsafe { &*((*backend).context as *const BackendContext) };
+            ctx.set_n_threads(n_threads);
         }
     })
 }

@@ -8,6 +8,7 @@
 //!   surfaces' rows (padding untouched). Every float tensor is stored as fp16 (round to
 //!   nearest even, overflow to ±inf); conv and matmul accumulate in f32 (multi-threaded GEMM).
 
+mod elementwise;
 mod linalg;
 mod plan;
 mod tensor;
@@ -314,6 +315,9 @@ impl Kernel for ReferenceKernel {
                 StepOp::Matmul { tx, ty } => {
                     linalg::matmul(arg(0)?, arg(1)?, *tx, *ty, &step.out_shape)
                 }
+                StepOp::Binary(op) => elementwise::binary(*op, arg(0)?, arg(1)?, &step.out_shape),
+                StepOp::Unary(op) => elementwise::unary(*op, arg(0)?),
+                StepOp::ReduceSum(axes) => elementwise::reduce_sum(arg(0)?, axes, &step.out_shape),
                 StepOp::Transpose(perm) => arg(0)?.transpose(perm),
                 StepOp::Reshape => arg(0)?.reshape(&step.out_shape),
                 StepOp::Slice(axes) => arg(0)?.slice(axes, &step.out_shape),

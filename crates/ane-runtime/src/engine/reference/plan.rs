@@ -26,6 +26,9 @@ pub(crate) enum StepOp {
     Cast(DType),
     Slice(Vec<AxisSlice>),
     Concat { axis: usize, interleave: bool },
+    Binary(ane_mil::ops::BinaryOp),
+    Unary(ane_mil::ops::UnaryOp),
+    ReduceSum(Vec<usize>),
 }
 
 /// One step: `slots[out] = op(slots[args...])`.
@@ -180,6 +183,9 @@ pub(crate) fn plan_function(
                 },
                 vec![b.operand(x)?, b.operand(y)?],
             ),
+            Op::Binary { op, x, y } => (StepOp::Binary(*op), vec![b.operand(x)?, b.operand(y)?]),
+            Op::Unary { op, x } => (StepOp::Unary(*op), vec![b.operand(x)?]),
+            Op::ReduceSum { x, axes, .. } => (StepOp::ReduceSum(axes.clone()), vec![b.operand(x)?]),
             Op::Transpose { x, perm } => (StepOp::Transpose(perm.clone()), vec![b.operand(x)?]),
             Op::Reshape { x } => (StepOp::Reshape, vec![b.operand(x)?]),
             Op::Cast { x, dtype } => (StepOp::Cast(*dtype), vec![b.operand(x)?]),

@@ -1,0 +1,517 @@
+//! Fused blocks: a whole transformer FFN, or the attention projections of one normed input,
+//! as one engine program — one dispatch per token chunk instead of one per matmul, and the
+//! intermediates (the normed input, gate, up, their product) never cross to the host.
+//!
+//! A block is `y = block(rms_norm(x) ⊙ w)` over `tokens` rows of `channels` features (or
+//! `block(x ⊙ w)` when the norm ran elsewhere):
+//! - [`Block::Ffn`]: `r + W2 · (silu(W1 · n) ⊙ (W3 · n))` (llama's FFN with its residual `r`);
+//! - [`Block::Projections`]: `W_i · n` for each matrix (Q, K and V).
+//!
+//! The programs ([`program`]) bake every weight in (one compile per block and token bucket,
+//! kept on disk like any kernel), so a block needs identified weights. Before any work the
+//! host predicts fp16 overflow of the norm's sum of squares; after it, any non-finite value
+//! rejects the whole block. Results come back in memory ([`FusedOutputs`]) and the caller
+//! writes each where and when it belongs: ggml reuses memory, so an output may only be
+//! written once the nodes before it in the graph are done with those bytes.
+
+pub mod program;
+
+use std::time::Instant;
+
+use half::f16;
+
+use crate::engine::Engine;
+use crate::matmul::staging::{accumulate_columns, stage_columns, zero_columns};
+use crate::matmul::{
+    min_bucket, token_chunks, FallbackReason, KernelCache, MatrixSink, MatrixSource, Stats,
+    WeightId,
+};
+use crate::surface::Surface;
+
+pub use program::{ffn_program, fused_weights, projections_program};
+
+/// Baked weights per fused program at most: 64 MiB ran in one program on hardware (maderix/ANE
+/// `inmem_peak.m`); past that the block runs node by node (docs/fused-forms.md).
+pub const MAX_FUSED_WEIGHT_BYTES: usize = 64 << 20;
+
+/// What the block computes after the norm.
+pub enum Block<'a> {
+    /// Gate `[hidden, channels]`, up `[hidden, channels]`, down `[channels, hidden]`, rows
+    /// as ggml stores a MUL_MAT's weights (row `r`: output feature `r`); the result is added
+    /// to `residual` (`tokens` rows of `channels`).
+    Ffn {
+        /// Hidden features.
+        hidden: usize,
+        /// W1.
+        gate: &'a dyn MatrixSource,
+        /// W3.
+        up: &'a dyn MatrixSource,
+        /// W2.
+        down: &'a dyn MatrixSource,
+        /// Added to the result.
+        residual: &'a dyn MatrixSource,
+    },
+    /// Each matrix `[rows, channels]`, with its row count.
+    Projections(Vec<(&'a dyn MatrixSource, usize)>),
+}
+
+/// One fused block over `tokens` rows.
+pub struct FusedJob<'a> {
+    /// Features per token.
+    pub channels: usize,
+    /// Rows of `x`.
+    pub tokens: usize,
+    /// The RMS norm's epsilon; `None` when `x` comes normalised already (only the norm
+    /// weight is applied).
+    pub eps: Option<f32>,
+    /// The block input, `tokens` rows of `channels`.
+    pub x: &'a dyn MatrixSource,
+    /// The norm weight, `channels` values.
+    pub norm_weight: &'a [f32],
+    /// After the norm.
+    pub block: Block<'a>,
+    /// All of the block's weights' identity; `None` means they may change between calls,
+    /// and a block with baked weights cannot run.
+    pub weight_id: Option<WeightId>,
+}
+
+/// A block's results: FFN, one output of `tokens` rows of `channels` (residual added);
+/// projections, one per matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedOutputs {
+    rows: Vec<usize>,
+    values: Vec<Vec<f32>>,
+}
+
+impl FusedOutputs {
+    /// How many outputs.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Output `i`, token-major (`tokens × rows`).
+    pub fn values(&self, i: usize) -> &[f32] {
+        &self.values[i]
+    }
+
+    /// Writes output `i` into `sink`, row by row (one row per token).
+    pub fn write(&self, i: usize, sink: &dyn MatrixSink) {
+        for (n, row) in self.values[i].chunks(self.rows[i].max(1)).enumerate() {
+            sink.write_row(0, 0, n, row);
+        }
+    }
+}
+
+impl FusedJob<'_> {
+    /// Output rows of each program output.
+    fn output_rows(&self) -> Vec<usize> {
+        match &self.block {
+            Block::Ffn { .. } => vec![self.channels],
+            Block::Projections(m) => m.iter().map(|(_, r)| *r).collect(),
+        }
+    }
+
+    /// Multiply-adds of the block's matmuls, times two.
+    pub fn flops(&self) -> f64 {
+        let per_token: usize = match &self.block {
+            Block::Ffn { hidden, .. } => 3 * hidden * self.channels,
+            Block::Projections(m) => m.iter().map(|(_, r)| r * self.channels).sum(),
+        };
+        2.0 * (per_token * self.tokens) as f64
+    }
+
+    /// The matmuls inside.
+    pub fn matmuls(&self) -> usize {
+        match &self.block {
+            Block::Ffn { .. } => 3,
+            Block::Projections(m) => m.len(),
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let values: usize = match &self.block {
+            Block::Ffn { hidden, .. } => 3 * hidden * self.channels,
+            Block::Projections(m) => m.iter().map(|(_, r)| r * self.channels).sum(),
+        };
+        2 * (values + self.channels)
+    }
+
+    /// The program and weight files for `bucket` tokens.
+    fn build(&self, bucket: usize) -> (ane_mil::Program, ane_mil::WeightFiles) {
+        let c = self.channels;
+        let norm: Vec<f16> = self.norm_weight.iter().map(|&v| f16::from_f32(v)).collect();
+        let matrix = |src: &dyn MatrixSource, rows: usize, k: usize| -> Vec<f16> {
+            let mut tmp = vec![0f32; k];
+            let mut out = Vec::with_capacity(rows * k);
+            for r in 0..rows {
+                out.extend(
+                    src.row_as_f32(0, 0, r, &mut tmp)
+                        .iter()
+                        .map(|&v| f16::from_f32(v)),
+                );
+            }
+            out
+        };
+        match &self.block {
+            Block::Ffn {
+                hidden,
+                gate,
+                up,
+                down,
+                ..
+            } => (
+                ffn_program(c, *hidden, bucket, self.eps),
+                fused_weights(
+                    &norm,
+                    &[
+                        (1, matrix(*gate, *hidden, c)),
+                        (3, matrix(*up, *hidden, c)),
+                        (2, matrix(*down, c, *hidden)),
+                    ],
+                ),
+            ),
+            Block::Projections(m) => {
+                let rows: Vec<usize> = m.iter().map(|(_, r)| *r).collect();
+                let mats: Vec<(usize, Vec<f16>)> = m
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (src, r))| (i, matrix(*src, *r, c)))
+                    .collect();
+                (
+                    projections_program(c, &rows, bucket, self.eps),
+                    fused_weights(&norm, &mats),
+                )
+            }
+        }
+    }
+}
+
+/// fp16's largest finite value, less a margin for the rounding of a sum's partial results.
+const NORM_SUM_LIMIT: f64 = 32768.0;
+
+/// Computes `job` on the engine: every output, or the reason.
+///
+/// # Errors
+/// Why the engine could not: shapes past its limits, weights too large to bake or not
+/// identified, a predicted or seen fp16 overflow, a compile or evaluation failure.
+pub fn engine_fused(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &FusedJob<'_>,
+    stats: &Stats,
+) -> Result<FusedOutputs, FallbackReason> {
+    let clock = Instant::now();
+    let c = job.channels;
+    let rows = job.output_rows();
+    let widest = rows.iter().copied().chain([c]).max().unwrap_or(c);
+    let hidden = match &job.block {
+        Block::Ffn { hidden, .. } => *hidden,
+        Block::Projections(_) => 0,
+    };
+    let max_dim = engine.limits().max_dim;
+    if widest.max(hidden) > max_dim || job.tokens == 0 || c == 0 {
+        return Err(FallbackReason::Unsupported(format!(
+            "fused block with {c} channels, {hidden} hidden, outputs {rows:?}: past {max_dim}"
+        )));
+    }
+    if job.norm_weight.len() != c {
+        return Err(FallbackReason::Internal("fused job misassembled".into()));
+    }
+    if !cache.policy().may_bake() {
+        return Err(FallbackReason::Unsupported(
+            "fused blocks bake their weights; the kernel policy streams".into(),
+        ));
+    }
+    let id = job.weight_id.ok_or_else(|| {
+        FallbackReason::Unsupported("fused block weights not identified as model weights".into())
+    })?;
+    // one kernel per program: the same weights under another form are another kernel
+    let id = WeightId {
+        key: {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (id.key, c, hidden, &rows, job.eps.map(f32::to_bits)).hash(&mut h);
+            h.finish()
+        },
+        ..id
+    };
+    if job.weight_bytes() > MAX_FUSED_WEIGHT_BYTES {
+        return Err(FallbackReason::Unsupported(format!(
+            "fused block weights {} MiB > {} MiB",
+            job.weight_bytes() >> 20,
+            MAX_FUSED_WEIGHT_BYTES >> 20
+        )));
+    }
+    // the norm squares and sums x in fp16: predict overflow before spending anything
+    let mut tmp = vec![0f32; c];
+    if job.eps.is_some() {
+        for n in 0..job.tokens {
+            let row = job.x.row_as_f32(0, 0, n, &mut tmp);
+            let sum: f64 = row
+                .iter()
+                .map(|&v| f64::from(f16::from_f32(v).to_f32()).powi(2))
+                .sum();
+            if sum > NORM_SUM_LIMIT {
+                return Err(FallbackReason::NonFinite);
+            }
+        }
+    }
+    let min = min_bucket(widest.max(hidden), c);
+    let chunks = token_chunks(job.tokens, max_dim, min);
+    let mut kernels = Vec::with_capacity(chunks.len());
+    for &(_, _, bucket) in &chunks {
+        kernels.push(cache.get_or_bake_fused(engine, &id, bucket, || job.build(bucket), stats)?);
+    }
+    stats.add_planning(clock.elapsed());
+
+    let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
+    for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
+        let clock = Instant::now();
+        let procedure = &kernel.procedures()[0];
+        let mut input = Surface::new(procedure.inputs[0].clone());
+        stage_columns(&mut input, job.x, (0, 0), (n0, bn), (0, c), c, 0, None);
+        zero_columns(&mut input, c, (bn, bucket));
+        stats.add_act_bytes(2 * c * bn);
+        let mut outs: Vec<Surface> = procedure
+            .outputs
+            .iter()
+            .map(|l| Surface::new(l.clone()))
+            .collect();
+        stats.add_staging(clock.elapsed());
+        let clock = Instant::now();
+        let mut out_refs: Vec<&mut Surface> = outs.iter_mut().collect();
+        let evaluated = kernel.eval(0, &[&input], &mut out_refs);
+        stats.add_dispatch();
+        stats.add_engine(clock.elapsed());
+        evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+        let clock = Instant::now();
+        for ((s, res), &m) in outs.iter().zip(&mut results).zip(&rows) {
+            accumulate_columns(s, res, m, (n0, bn), (0, m), true)
+                .ok_or(FallbackReason::NonFinite)?;
+        }
+        stats.add_writeback(clock.elapsed());
+    }
+    // the FFN adds its residual in f32, as ggml's ADD does
+    if let Block::Ffn { residual, .. } = job.block {
+        for (n, out) in results[0].chunks_mut(c).enumerate() {
+            for (o, r) in out.iter_mut().zip(residual.row_as_f32(0, 0, n, &mut tmp)) {
+                *o += r;
+            }
+        }
+    }
+    for _ in 0..job.matmuls() {
+        stats.record_offload(job.flops() / job.matmuls() as f64);
+    }
+    Ok(FusedOutputs {
+        rows,
+        values: results,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::reference::ReferenceConfig;
+    use crate::matmul::{probe::grid_values, DenseRows, DenseSink, MatmulShape};
+    use crate::{create, EngineChoice, EngineConfig, EngineKind};
+
+    fn engine() -> std::sync::Arc<dyn Engine> {
+        let config = EngineConfig {
+            reference: ReferenceConfig::default(),
+            ..EngineConfig::default()
+        };
+        create(EngineChoice::Only(EngineKind::Reference), &config).unwrap()
+    }
+
+    fn mat(rows: usize, k: usize, seed: u64, scale: f32) -> (DenseRows, Vec<f64>) {
+        let v: Vec<f32> = grid_values(rows * k, seed)
+            .into_iter()
+            .map(|x| x * scale)
+            .collect();
+        let f = v.iter().map(|&x| f64::from(x)).collect();
+        (DenseRows::new(rows, k, v), f)
+    }
+
+    /// `[n, m]` = `[n, k]` · `[m, k]`ᵀ in f64.
+    fn matmul(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n * m];
+        for i in 0..n {
+            for j in 0..m {
+                out[i * m + j] = (0..k).map(|d| a[i * k + d] * w[j * k + d]).sum();
+            }
+        }
+        out
+    }
+
+    fn rms_norm(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
+        x.chunks(c)
+            .flat_map(|row| {
+                let ms = row.iter().map(|v| v * v).sum::<f64>() / c as f64;
+                let r = 1.0 / (ms + eps).sqrt();
+                row.iter().zip(w).map(move |(v, g)| v * r * g)
+            })
+            .collect()
+    }
+
+    fn nmse(want: &[f64], got: &[f32]) -> f64 {
+        let err: f64 = want
+            .iter()
+            .zip(got)
+            .map(|(a, &b)| (a - f64::from(b)).powi(2))
+            .sum();
+        err / want.iter().map(|a| a * a).sum::<f64>()
+    }
+
+    const ID: WeightId = WeightId {
+        key: 42,
+        fingerprint: 7,
+    };
+
+    #[test]
+    fn a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk() {
+        let (c, h, n) = (64, 96, 40);
+        let (x, xf) = mat(n, c, 1, 1.0);
+        let (g, gf) = mat(h, c, 2, 0.2);
+        let (u, uf) = mat(h, c, 3, 0.2);
+        let (d, df) = mat(c, h, 4, 0.2);
+        let norm: Vec<f32> = grid_values(c, 5).iter().map(|v| 1.0 + v / 4.0).collect();
+        let nf: Vec<f64> = norm.iter().map(|&v| f64::from(v)).collect();
+        let sink = DenseSink::for_shape(MatmulShape::new(c, c, n));
+        let job = FusedJob {
+            channels: c,
+            tokens: n,
+            eps: Some(1e-5),
+            x: &x,
+            norm_weight: &norm,
+            block: Block::Ffn {
+                hidden: h,
+                gate: &g,
+                up: &u,
+                down: &d,
+                residual: &x,
+            },
+            weight_id: Some(ID),
+        };
+        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
+        engine_fused(e.as_ref(), &cache, &job, &stats)
+            .unwrap()
+            .write(0, &sink);
+        let xn = rms_norm(&xf, &nf, c, 1e-5);
+        let (a, b) = (matmul(&xn, &gf, n, c, h), matmul(&xn, &uf, n, c, h));
+        let hm: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        let want: Vec<f64> = matmul(&hm, &df, n, h, c)
+            .iter()
+            .zip(&xf)
+            .map(|(y, x)| y + x)
+            .collect();
+        let got = sink.values();
+        assert!(nmse(&want, &got) < 1e-5, "NMSE {}", nmse(&want, &got));
+        let s = stats.snapshot();
+        assert_eq!((s.dispatches, s.compiles, s.offloaded), (1, 1, 3));
+        // a second call reuses the kernel
+        engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        assert_eq!(stats.snapshot().compiles, 1);
+    }
+
+    #[test]
+    fn fused_projections_match_f64_each_output() {
+        let (c, n) = (64, 33);
+        let (x, xf) = mat(n, c, 11, 2.0);
+        let rows = [64, 32, 32];
+        let mats: Vec<(DenseRows, Vec<f64>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.3))
+            .collect();
+        let norm = vec![1.0f32; c];
+        let sinks: Vec<DenseSink> = rows
+            .iter()
+            .map(|&r| DenseSink::for_shape(MatmulShape::new(r, c, n)))
+            .collect();
+        let outs: Vec<&dyn MatrixSink> = sinks.iter().map(|s| s as &dyn MatrixSink).collect();
+        let job = FusedJob {
+            channels: c,
+            tokens: n,
+            eps: Some(1e-6),
+            x: &x,
+            norm_weight: &norm,
+            block: Block::Projections(
+                mats.iter()
+                    .zip(rows)
+                    .map(|((m, _), r)| (m as &dyn MatrixSource, r))
+                    .collect(),
+            ),
+            weight_id: Some(ID),
+        };
+        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
+        let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        for (i, s) in outs.iter().enumerate() {
+            out.write(i, *s);
+        }
+        let xn = rms_norm(&xf, &vec![1.0; c], c, 1e-6);
+        for (((_, wf), &r), sink) in mats.iter().zip(&rows).zip(&sinks) {
+            let want = matmul(&xn, wf, n, c, r);
+            let e = nmse(&want, &sink.values());
+            assert!(e < 1e-5, "output of {r} rows: NMSE {e}");
+        }
+        assert_eq!(stats.snapshot().dispatches, 1);
+        // normalised elsewhere: the same block over the normed input, without the norm
+        let xn32: Vec<f32> = xn.iter().map(|&v| v as f32).collect();
+        let normed = DenseRows::new(n, c, xn32);
+        let job = FusedJob {
+            eps: None,
+            x: &normed,
+            ..job
+        };
+        // (the same weights with another program: a kernel of its own)
+        let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        assert_eq!(stats.snapshot().compiles, 2);
+        for (i, ((_, wf), &r)) in mats.iter().zip(&rows).enumerate() {
+            let want = matmul(&xn, wf, n, c, r);
+            let got = out.values(i);
+            assert!(nmse(&want, got) < 1e-5, "prenormed output {i}");
+        }
+    }
+
+    #[test]
+    fn blocks_the_engine_cannot_take_say_why() {
+        let (c, h, n) = (64, 96, 8);
+        let (x, _) = mat(n, c, 1, 1.0);
+        let (g, _) = mat(h, c, 2, 0.2);
+        let norm = vec![1.0f32; c];
+        let mut job = FusedJob {
+            channels: c,
+            tokens: n,
+            eps: Some(1e-5),
+            x: &x,
+            norm_weight: &norm,
+            block: Block::Ffn {
+                hidden: h,
+                gate: &g,
+                up: &g,
+                down: &g,
+                residual: &x,
+            },
+            weight_id: None,
+        };
+        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
+        let r = engine_fused(e.as_ref(), &cache, &job, &stats);
+        assert!(matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("identified")));
+        // |x| of 300 overflows x² in fp16: predicted before any compile
+        let big = DenseRows::new(n, c, vec![300.0; n * c]);
+        job.x = &big;
+        job.weight_id = Some(ID);
+        let r = engine_fused(e.as_ref(), &cache, &job, &stats);
+        assert_eq!(r, Err(FallbackReason::NonFinite));
+        assert_eq!(stats.snapshot().compiles, 0);
+    }
+}

@@ -1,0 +1,237 @@
+//! The MIL programs of fused blocks, each op sequence one that public code has run on ANE
+//! hardware (docs/fused-forms.md):
+//! - the channel-axis RMSNorm of maderix/ANE `training/ane_classifier.h` L82-102 (checked
+//!   against a CPU result in `training/test_classifier.m`): `mul(x, x)`,
+//!   `reduce_sum(axes = [1], keep_dims)`, `mul(1/C)`, `add(eps)`, `pow(-0.5)`, `mul(x)`,
+//!   `mul(w [1, C, 1, 1])`;
+//! - followed by convs, as in maderix/ANE `training/stories_mil.h` L21-43 and L79-97;
+//! - the SwiGLU FFN of `gen_ffn_fwd_taps` (stories_mil.h L75-109): `conv(W1)`, `conv(W3)`,
+//!   `sigmoid`, `mul` (silu), `mul` (gate), `conv(W2)`;
+//! - several projections of one normed input as several outputs, as Orion's
+//!   `compiler/frontends/gpt2_prefill.c` L32-69 (checked in `tests/test_ane_prefill.m`),
+//!   named so that their alphabetical order is their return order (Orion
+//!   `docs/ane_constraints.md` L21-37: outputs arrive sorted by name).
+//!
+//! Every weight is a baked fp16 BLOBFILE in a file of its own (one per matrix, as maderix
+//! does; ane-infer's single shared file is reported failing on M1). The residual add of an
+//! FFN is done by the host in f32 while writing back, as ggml does it.
+
+use ane_mil::builder::FunctionBuilder;
+use ane_mil::ir::{Arg, BlobRef, Literal, Program};
+use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
+use half::f16;
+
+const NORM_PATH: &str = "@model_path/weights/norm.bin";
+
+fn weight_path(i: usize) -> String {
+    format!("@model_path/weights/w{i}.bin")
+}
+
+fn blob(path: &str, shape: Vec<usize>) -> Literal {
+    Literal::Blob(BlobRef {
+        dtype: DType::Fp16,
+        shape,
+        path: path.to_string(),
+        offset: 64,
+    })
+}
+
+fn op(f: &mut FunctionBuilder, name: &str, kind: &str, args: &[(&str, &str)]) -> String {
+    let args: Vec<(&str, Arg)> = args
+        .iter()
+        .map(|(k, v)| (*k, Arg::Var((*v).to_string())))
+        .collect();
+    f.op(name, kind, &args)
+        .expect("the fused program is well-typed")
+}
+
+/// `xn [1, C, 1, S]`: x normalised over its channels (with `eps`; `None`: x comes normalised
+/// already), times the norm weight.
+fn rms_norm(f: &mut FunctionBuilder, x: &str, c: usize, eps: Option<f32>) -> String {
+    let Some(eps) = eps else {
+        // the tail of the RMSNorm form alone: the norm ran elsewhere (llama.cpp pins it to
+        // the layer's device under full offload)
+        let w = f.constant("rw", blob(NORM_PATH, vec![1, c, 1, 1]));
+        return op(f, "xn", "mul", &[("x", x), ("y", &w)]);
+    };
+    let ax = f.constant("rax", Literal::int32s(&[1]));
+    let kd = f.constant("rkd", Literal::bool(true));
+    let invd = f.constant("rinvd", Literal::fp16(1.0 / c as f32));
+    let e = f.constant("reps", Literal::fp16(eps));
+    let nhalf = f.constant("rnhalf", Literal::fp16(-0.5));
+    let w = f.constant("rw", blob(NORM_PATH, vec![1, c, 1, 1]));
+    let sq = op(f, "rsq", "mul", &[("x", x), ("y", x)]);
+    let ss = op(
+        f,
+        "rss",
+        "reduce_sum",
+        &[("axes", &ax), ("keep_dims", &kd), ("x", &sq)],
+    );
+    let ms = op(f, "rms", "mul", &[("x", &ss), ("y", &invd)]);
+    let me = op(f, "rme", "add", &[("x", &ms), ("y", &e)]);
+    let r = op(f, "rr", "pow", &[("x", &me), ("y", &nhalf)]);
+    let xr = op(f, "rxr", "mul", &[("x", x), ("y", &r)]);
+    op(f, "xn", "mul", &[("x", &xr), ("y", &w)])
+}
+
+/// The conv argument set every source uses (strides, pad, dilations 1, one group, valid).
+struct ConvArgs {
+    dl: String,
+    gr: String,
+    pd: String,
+    pt: String,
+    st: String,
+}
+
+impl ConvArgs {
+    fn new(f: &mut FunctionBuilder) -> Self {
+        ConvArgs {
+            dl: f.constant("dl", Literal::int32s(&[1, 1])),
+            gr: f.constant("gr", Literal::int32(1)),
+            pd: f.constant("pd", Literal::int32s(&[0, 0, 0, 0])),
+            pt: f.constant("pt", Literal::string("valid")),
+            st: f.constant("st", Literal::int32s(&[1, 1])),
+        }
+    }
+
+    fn conv(&self, f: &mut FunctionBuilder, name: &str, x: &str, w: &str) -> String {
+        op(
+            f,
+            name,
+            "conv",
+            &[
+                ("dilations", &self.dl),
+                ("groups", &self.gr),
+                ("pad", &self.pd),
+                ("pad_type", &self.pt),
+                ("strides", &self.st),
+                ("weight", w),
+                ("x", x),
+            ],
+        )
+    }
+}
+
+fn finish(f: FunctionBuilder) -> Program {
+    let mut p = Program::new();
+    p.functions.push(f.finish());
+    p
+}
+
+/// The fused FFN for `c` channels, `h` hidden features and `s` tokens: input
+/// `x [1, c, 1, s]`, output `y [1, c, 1, s] = W2 · (silu(W1 · n) ⊙ (W3 · n))` with
+/// `n = rms_norm(x) ⊙ w`. Weights: norm `[1, c, 1, 1]`, W1 and W3 `[h, c, 1, 1]`, W2
+/// `[c, h, 1, 1]` (see [`fused_weights`]). With `eps` `None` the input is taken as normalised
+/// already and only scaled by the norm weight.
+pub fn ffn_program(c: usize, h: usize, s: usize, eps: Option<f32>) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
+    let xn = rms_norm(&mut f, &x, c, eps);
+    let conv = ConvArgs::new(&mut f);
+    let w1 = f.constant("W1", blob(&weight_path(1), vec![h, c, 1, 1]));
+    let w3 = f.constant("W3", blob(&weight_path(3), vec![h, c, 1, 1]));
+    let w2 = f.constant("W2", blob(&weight_path(2), vec![c, h, 1, 1]));
+    let g = conv.conv(&mut f, "g", &xn, &w1);
+    let u = conv.conv(&mut f, "u", &xn, &w3);
+    let sg = op(&mut f, "sg", "sigmoid", &[("x", &g)]);
+    let sl = op(&mut f, "sl", "mul", &[("x", &g), ("y", &sg)]);
+    let hm = op(&mut f, "hm", "mul", &[("x", &sl), ("y", &u)]);
+    let y = conv.conv(&mut f, "y", &hm, &w2);
+    f.output(&y).expect("y is defined");
+    finish(f)
+}
+
+/// The fused projections for `c` channels and `s` tokens: input `x [1, c, 1, s]`, one output
+/// `y<i> [1, rows[i], 1, s] = W<i> · n` per matrix, `n = rms_norm(x) ⊙ w`.
+pub fn projections_program(c: usize, rows: &[usize], s: usize, eps: Option<f32>) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
+    let xn = rms_norm(&mut f, &x, c, eps);
+    let conv = ConvArgs::new(&mut f);
+    let mut outputs = Vec::new();
+    for (i, &m) in rows.iter().enumerate() {
+        let w = f.constant(&format!("W{i}"), blob(&weight_path(i), vec![m, c, 1, 1]));
+        // y0, y1, ...: fewer than ten outputs keep name order and return order equal
+        outputs.push(conv.conv(&mut f, &format!("y{i}"), &xn, &w));
+    }
+    for y in &outputs {
+        f.output(y).expect("outputs are defined");
+    }
+    finish(f)
+}
+
+fn file_of(values: &[f16]) -> Vec<u8> {
+    let mut w = BlobWriter::new();
+    let offset = w.add_fp16(values);
+    debug_assert_eq!(offset, 64);
+    w.finish()
+}
+
+/// The weight files of a fused program: the norm weight (`c` values) and each matrix
+/// row-major (`[rows, in]`), in the program's numbering (FFN: 1 = gate, 3 = up, 2 = down;
+/// projections: 0, 1, ...).
+pub fn fused_weights(norm: &[f16], matrices: &[(usize, Vec<f16>)]) -> WeightFiles {
+    let mut files = WeightFiles::new();
+    files
+        .insert(NORM_PATH, file_of(norm))
+        .expect("a file we just wrote parses");
+    for (i, m) in matrices {
+        files
+            .insert(weight_path(*i), file_of(m))
+            .expect("a file we just wrote parses");
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ane_mil::rules::{check_rules, RuleOptions, Severity};
+
+    fn refusals(p: &Program) -> Vec<String> {
+        check_rules(p, &RuleOptions::default())
+            .into_iter()
+            .filter(|v| v.rule.severity == Severity::Refuse)
+            .map(|v| v.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_fused_programs_check_and_pass_the_rulebook() {
+        let ffn = ffn_program(64, 96, 32, Some(1e-5));
+        let w = fused_weights(
+            &[f16::ONE; 64],
+            &[
+                (1, vec![f16::ONE; 96 * 64]),
+                (3, vec![f16::ONE; 96 * 64]),
+                (2, vec![f16::ONE; 64 * 96]),
+            ],
+        );
+        let f = ane_mil::check_program(&ffn, Some(&w)).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(x: tensor<fp16, [1, 64, 1, 32]>) -> (y: tensor<fp16, [1, 64, 1, 32]>)"
+        );
+        assert_eq!(refusals(&ffn), Vec::<String>::new());
+        let p = projections_program(64, &[64, 32, 32], 32, Some(1e-6));
+        let w = fused_weights(
+            &[f16::ONE; 64],
+            &[
+                (0, vec![f16::ONE; 64 * 64]),
+                (1, vec![f16::ONE; 32 * 64]),
+                (2, vec![f16::ONE; 32 * 64]),
+            ],
+        );
+        let f = ane_mil::check_program(&p, Some(&w)).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(x: tensor<fp16, [1, 64, 1, 32]>) -> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 32, 1, 32]>, y2: tensor<fp16, [1, 32, 1, 32]>)"
+        );
+        assert_eq!(refusals(&p), Vec::<String>::new());
+        // normalised elsewhere: the scale and the convs only
+        let p = projections_program(64, &[64, 32, 32], 32, None);
+        assert!(ane_mil::check_program(&p, Some(&w)).is_ok());
+        assert_eq!(refusals(&p), Vec::<String>::new());
+        assert!(!ane_mil::print_program(&p).contains("reduce_sum"));
+    }
+}

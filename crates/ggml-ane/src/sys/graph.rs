@@ -1,0 +1,110 @@
+//! Reading a ggml graph into the walker's plain description of it, and op kinds by name.
+
+use std::ffi::CStr;
+
+use super::{
+    ggml_cgraph, ggml_get_glu_op, ggml_get_unary_op, ggml_glu_op_name, ggml_graph_n_nodes,
+    ggml_graph_node, ggml_op_name, ggml_tensor, ggml_unary_op_name, GGML_MAX_SRC,
+    GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_OUTPUT,
+};
+use crate::walker::{OpKind, WalkNode};
+
+/// What kind of op `t` is, by ggml's names for it: enum values past MUL_MAT move between
+/// ggml versions, names do not (full-layer-device.md §4).
+pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
+    let name = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            ""
+        } else {
+            // SAFETY: ggml's name tables hold static NUL-terminated literals.
+            unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("")
+        }
+    };
+    // SAFETY: `t.op` comes from a live tensor, so it indexes ggml's own table.
+    match name(unsafe { ggml_op_name(t.op) }) {
+        "NONE" | "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" => OpKind::View,
+        "MUL_MAT" => OpKind::MulMat,
+        "RMS_NORM" => OpKind::RmsNorm,
+        "MUL" => OpKind::Mul,
+        "ADD" => OpKind::Add,
+        "SCALE" => OpKind::Scale,
+        "ROPE" => OpKind::Rope,
+        // SAFETY: a live UNARY tensor; the getter reads its op params and the name function
+        // indexes ggml's table with the value it returns.
+        "UNARY" => match name(unsafe { ggml_unary_op_name(ggml_get_unary_op(t)) }) {
+            "SILU" => OpKind::Silu,
+            _ => OpKind::Other,
+        },
+        // SAFETY: as above, for a GLU tensor.
+        "GLU" => match name(unsafe { ggml_glu_op_name(ggml_get_glu_op(t)) }) {
+            "SWIGLU" => OpKind::SwiGlu,
+            "GEGLU" => OpKind::GeGlu,
+            _ => OpKind::Other,
+        },
+        _ => OpKind::Other,
+    }
+}
+
+/// How many tokens a tensor carries: rows (`ne[1]`; `ne[2]` for ROPE, whose rows are heads),
+/// never more than its first source carries, so a decode step's `[head_dim, heads, 1]`
+/// reshape of a one-token projection counts one token, not `heads`. Views count what they
+/// view. Follows at most 8 sources back.
+///
+/// # Safety
+/// `t` is NULL or a live tensor whose sources are live.
+pub(crate) unsafe fn token_count(t: *const ggml_tensor) -> i64 {
+    let mut t = t;
+    let mut tokens = i64::MAX;
+    for _ in 0..8 {
+        // SAFETY: NULL or live, by the caller (sources of live tensors are live).
+        let Some(r) = (unsafe { t.as_ref() }) else {
+            break;
+        };
+        let kind = op_kind(r);
+        let src0 = r.src[0];
+        match kind {
+            OpKind::View if !src0.is_null() => {}
+            OpKind::Rope => tokens = tokens.min(r.ne[2]),
+            // a MUL_MAT's first source is its weights
+            OpKind::MulMat => return tokens.min(r.ne[1]),
+            _ => tokens = tokens.min(r.ne[1]),
+        }
+        t = src0;
+    }
+    if tokens == i64::MAX {
+        0
+    } else {
+        tokens
+    }
+}
+
+/// The nodes of `cgraph`, as pointers and as the walker sees them.
+///
+/// # Safety
+/// `cgraph` is a live graph whose nodes and their sources are live for the returned
+/// pointers' use.
+pub(crate) unsafe fn collect(cgraph: *mut ggml_cgraph) -> (Vec<*mut ggml_tensor>, Vec<WalkNode>) {
+    // SAFETY: a live graph, by the caller.
+    let n = unsafe { ggml_graph_n_nodes(cgraph) }.max(0);
+    let mut ptrs = Vec::with_capacity(n as usize);
+    let mut nodes = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        // SAFETY: 0 <= i < n_nodes.
+        let p = unsafe { ggml_graph_node(cgraph, i) };
+        // SAFETY: ggml returns live nodes.
+        let Some(t) = (unsafe { p.as_ref() }) else {
+            continue;
+        };
+        let srcs: Vec<usize> = t.src[..GGML_MAX_SRC].iter().map(|&s| s as usize).collect();
+        nodes.push(WalkNode {
+            id: p as usize,
+            kind: op_kind(t),
+            srcs,
+            is_output: t.flags & GGML_TENSOR_FLAG_OUTPUT != 0,
+            compute: t.flags & GGML_TENSOR_FLAG_COMPUTE != 0,
+            engine: false,
+        });
+        ptrs.push(p);
+    }
+    (ptrs, nodes)
+}
