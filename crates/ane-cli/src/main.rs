@@ -9,6 +9,7 @@
 mod bench;
 mod cache;
 mod doctor;
+mod fused_plan;
 mod info;
 mod limits;
 mod mil;

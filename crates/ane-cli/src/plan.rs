@@ -8,6 +8,7 @@ use ane_runtime::matmul::DEFAULT_MAX_LOADED;
 use ane_runtime::{CompileCounter, Engine};
 use anyhow::{bail, Context};
 
+use crate::fused_plan::plan_fused;
 use crate::prefill::{plan_auto, plan_prefill, ModelDims};
 use crate::settings::CacheArgs;
 
@@ -36,6 +37,10 @@ pub(crate) struct PlanArgs {
     /// the engine compiles (for `ane mil check --target ane`, coremltools or a Mac).
     #[arg(long, value_name = "DIR")]
     emit: Option<std::path::PathBuf>,
+    /// Also plan the fused FFN and Q/K/V programs: which blocks fuse within the apple
+    /// engine's budget and loaded-kernel cap, and the dispatches per layer.
+    #[arg(long)]
+    fused: bool,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -90,8 +95,22 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         Some(DEFAULT_MAX_LOADED as u32),
         engine.limits().max_dim,
     );
+    let fused = args.fused.then(|| {
+        plan_fused(
+            &model,
+            &args.prompt_lengths,
+            Some(APPLE_COMPILE_BUDGET),
+            Some(DEFAULT_MAX_LOADED as u32),
+            engine.limits().max_dim,
+        )
+    });
     if args.json {
-        println!("{}", plan.to_json_with(Some(&auto)));
+        let mut json = plan.to_json_with(Some(&auto));
+        if let Some(f) = &fused {
+            json.pop();
+            json.push_str(&format!(", \"fused\": {}}}", f.to_json()));
+        }
+        println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
     let m = &plan.model;
@@ -142,6 +161,30 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         "surface bytes (inputs + outputs of every kernel): {:.1} MiB",
         plan.surface_bytes as f64 / (1 << 20) as f64
     );
+    if let Some(f) = &fused {
+        println!(
+            "fused blocks within the budget of {APPLE_COMPILE_BUDGET} and the cap of {DEFAULT_MAX_LOADED}: \
+             {} compiles, {} fused kernels serving {} blocks; {} blocks too large to bake in one \
+             program (> {} MiB), {} left unfused to keep room for streamed kernels; {} kernels loaded",
+            f.compiles,
+            f.fused_kernels,
+            f.fused_blocks,
+            f.too_large,
+            ane_runtime::fused::MAX_FUSED_WEIGHT_BYTES >> 20,
+            f.no_room,
+            f.loaded
+        );
+        let per_layer: Vec<String> = f
+            .dispatches_per_layer
+            .iter()
+            .zip(&f.unfused_dispatches_per_layer)
+            .map(|((n, d), (_, u))| format!("{n}: {d} (unfused {u})"))
+            .collect();
+        println!(
+            "engine dispatches per layer, by prompt length: {}",
+            per_layer.join(", ")
+        );
+    }
     match &disk {
         Some(d) => println!("kernel cache: {}", d.dir().display()),
         None => println!("kernel cache: off"),

@@ -137,3 +137,88 @@ fn baked_kernels_package_with_their_weights() {
         cases.len()
     );
 }
+
+/// The fused FFN and Q/K/V programs (with the norm, and normed elsewhere) of the tiny llama's
+/// shapes: each passes the rulebook, and coremltools loads its package — reading every weight
+/// file — with the types we declare.
+#[test]
+fn fused_programs_package_and_coremltools_agrees() {
+    use ane_runtime::fused::{ffn_program, fused_weights, projections_program};
+    let Some(py) = coremltools::python() else {
+        return;
+    };
+    let (c, h) = (512, 1376);
+    let fill = |n: usize, seed: usize| -> Vec<half::f16> {
+        (0..n)
+            .map(|j| half::f16::from_f32(((j * 31 + seed) % 17) as f32 / 16.0 - 0.5))
+            .collect()
+    };
+    let norm = fill(c, 1);
+    let ffn_w = fused_weights(
+        &norm,
+        &[
+            (1, fill(h * c, 2)),
+            (3, fill(h * c, 3)),
+            (2, fill(c * h, 4)),
+        ],
+    );
+    let rows = [512, 256, 256];
+    let qkv_w = fused_weights(
+        &norm,
+        &rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (i, fill(r * c, 5 + i)))
+            .collect::<Vec<_>>(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for n in [1, 64, 128] {
+        for eps in [Some(1e-5), None] {
+            let tag = if eps.is_some() { "norm" } else { "normed" };
+            for (kind, program, weights) in [
+                ("ffn", ffn_program(c, h, n, eps), &ffn_w),
+                ("qkv", projections_program(c, &rows, n, eps), &qkv_w),
+            ] {
+                if let Some(v) = first_refusal(&program, &RuleOptions::default()) {
+                    panic!("{kind} {tag} {n}: {v}");
+                }
+                let path = dir.path().join(format!("{kind}_{tag}_{n}.mlpackage"));
+                coreml::package(&program, None, weights)
+                    .unwrap()
+                    .write_to(&path)
+                    .unwrap();
+                cases.push((path, program));
+            }
+        }
+    }
+    let paths: Vec<&Path> = cases.iter().map(|(p, _)| p.as_path()).collect();
+    let inferred = coremltools::check_packages(&py, &paths).unwrap_or_else(|e| panic!("{e}"));
+    for ((path, program), got) in cases.iter().zip(&inferred) {
+        let ops = &got.functions[0].1;
+        for s in &program.functions[0].body {
+            let op = ops
+                .iter()
+                .find(|o| o.name == s.name)
+                .unwrap_or_else(|| panic!("{}: no `{}`", path.display(), s.name));
+            assert_eq!(
+                (op.dtype.as_str(), op.shape.as_slice()),
+                (s.ty.dtype().as_str(), s.ty.shape()),
+                "{}: {}",
+                path.display(),
+                s.name
+            );
+        }
+        // the weights came through their own files
+        let w1 = ops.iter().find(|o| o.name == "W1" || o.name == "W0");
+        assert!(
+            w1.and_then(|o| o.checksum).is_some(),
+            "{}: first weight not read",
+            path.display()
+        );
+    }
+    eprintln!(
+        "coremltools accepted {} fused program packages",
+        cases.len()
+    );
+}

@@ -21,6 +21,7 @@ use std::time::Instant;
 use half::f16;
 
 use crate::engine::Engine;
+use crate::matmul::policy::{should_bake, LoadedRoom};
 use crate::matmul::staging::{accumulate_columns, stage_columns, zero_columns};
 use crate::matmul::{
     min_bucket, token_chunks, FallbackReason, KernelCache, MatrixSink, MatrixSource, Stats,
@@ -263,6 +264,20 @@ pub fn engine_fused(
     }
     let min = min_bucket(widest.max(hidden), c);
     let chunks = token_chunks(job.tokens, max_dim, min);
+    // baked like a MUL_MAT's weights: under `auto` only while the budget and the loaded-kernel
+    // cap keep room for the streamed kernels the rest of the model needs
+    let buckets: Vec<usize> = chunks.iter().map(|&(_, _, b)| b).collect();
+    let room = LoadedRoom {
+        baked_loaded: cache.loaded().1 as u32,
+        max_loaded: cache.max_loaded().map(|m| m as u32),
+    };
+    if !should_bake(cache.policy(), &engine.limits(), room, || {
+        cache.fused_missing(&id, &buckets)
+    }) {
+        return Err(FallbackReason::Unsupported(
+            "baking the block would leave too little compile budget or loaded-kernel room for streamed kernels".into(),
+        ));
+    }
     let mut kernels = Vec::with_capacity(chunks.len());
     for &(_, _, bucket) in &chunks {
         kernels.push(cache.get_or_bake_fused(engine, &id, bucket, || job.build(bucket), stats)?);

@@ -207,6 +207,17 @@ impl KernelCache {
         result
     }
 
+    /// How many of these fused-block kernels (weights `id`, token `buckets`) are not compiled
+    /// yet for the current weights.
+    pub fn fused_missing(&self, id: &WeightId, buckets: &[usize]) -> u32 {
+        let fused = self.fused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = buckets.to_vec();
+        b.dedup();
+        b.iter()
+            .filter(|&&k| !matches!(fused.get(&(id.key, k)), Some((f, _)) if *f == id.fingerprint))
+            .count() as u32
+    }
+
     /// The kernel of a fused block (weights `id`, `bucket` tokens), compiling the program and
     /// weight files `build` makes on first use or when the weights' fingerprint changed. A
     /// failure to compile is remembered like a baked tile's.

@@ -1,0 +1,256 @@
+//! `ane plan --fused`: what the fused FFN and Q/K/V programs (issue #13) would compile and
+//! dispatch for a model's prefill, replaying the backend's decisions in graph order without
+//! compiling: a block is fused when its baked weights fit one program
+//! ([`MAX_FUSED_WEIGHT_BYTES`]) and `auto` leaves the budget and the loaded-kernel cap room
+//! for streamed kernels ([`should_bake`]); every other matmul goes the single-kernel way.
+
+use std::collections::BTreeSet;
+
+use ane_runtime::fused::MAX_FUSED_WEIGHT_BYTES;
+use ane_runtime::matmul::policy::{should_bake, KernelPolicy, LoadedRoom};
+use ane_runtime::matmul::{
+    baked_tiles, kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile,
+};
+use ane_runtime::Limits;
+
+use crate::prefill::ModelDims;
+
+/// The plan's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FusedPlan {
+    /// Compiles in total (fused, baked and streamed kernels).
+    pub(crate) compiles: u32,
+    /// Fused kernels (layer block × token bucket).
+    pub(crate) fused_kernels: u32,
+    /// Blocks (over all lengths) run as one program.
+    pub(crate) fused_blocks: u32,
+    /// Blocks whose weights are too large to bake into one program.
+    pub(crate) too_large: u32,
+    /// Blocks declined to keep budget or loaded-kernel room for streamed kernels.
+    pub(crate) no_room: u32,
+    /// Kernels loaded at the end (every kernel used stays loaded).
+    pub(crate) loaded: u32,
+    /// Per prompt length: engine dispatches per layer (the most any layer needs).
+    pub(crate) dispatches_per_layer: Vec<(usize, usize)>,
+    /// The same without fusion.
+    pub(crate) unfused_dispatches_per_layer: Vec<(usize, usize)>,
+}
+
+/// Kernels planned so far, and what they cost.
+struct Replay {
+    budget: Option<u32>,
+    max_loaded: Option<u32>,
+    max_dim: usize,
+    used: u32,
+    baked: BTreeSet<(usize, BakedTile)>,
+    streamed: BTreeSet<(usize, usize, usize)>,
+    fused: BTreeSet<(usize, usize)>,
+}
+
+impl Replay {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_dim: self.max_dim,
+            row_alignment: ane_runtime::engine::limits::ROW_ALIGNMENT,
+            compile_budget: self.budget,
+            compiles_used: self.used,
+        }
+    }
+
+    fn room(&self) -> LoadedRoom {
+        LoadedRoom {
+            baked_loaded: (self.baked.len() + self.fused.len()) as u32,
+            max_loaded: self.max_loaded,
+        }
+    }
+
+    /// One MUL_MAT (weight `key`, `m × k`, `n` tokens) the single-kernel way; its dispatches.
+    fn matmul(&mut self, key: usize, m: usize, k: usize, n: usize) -> usize {
+        let tiles: Vec<(usize, BakedTile)> = baked_tiles(m, k, n, self.max_dim)
+            .into_iter()
+            .map(|t| (key, t))
+            .collect();
+        let missing = || tiles.iter().filter(|t| !self.baked.contains(t)).count() as u32;
+        if should_bake(KernelPolicy::Auto, &self.limits(), self.room(), missing) {
+            self.used += missing();
+            let evaluations = tiles.len();
+            self.baked.extend(tiles);
+            return evaluations;
+        }
+        for shape in kernel_shapes(m, k, n, self.max_dim) {
+            if self.budget.is_none_or(|b| self.used < b) && self.streamed.insert(shape) {
+                self.used += 1;
+            }
+        }
+        let (tm, tk) = streamed_tile_sizes(m, k, self.max_dim);
+        m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(n, self.max_dim, 1).len()
+    }
+
+    /// A block (`key`) of `mats` matrices `(m, k)` over a `dim`-wide input, fused when it
+    /// can be: `Ok(dispatches)`, or `Err(true)` too large, `Err(false)` no room.
+    fn block(
+        &mut self,
+        key: usize,
+        dim: usize,
+        mats: &[(usize, usize)],
+        n: usize,
+    ) -> Result<usize, bool> {
+        let values: usize = mats.iter().map(|(m, k)| m * k).sum::<usize>() + dim;
+        if 2 * values > MAX_FUSED_WEIGHT_BYTES {
+            return Err(true);
+        }
+        let widest = mats.iter().map(|&(m, k)| m.max(k)).max().unwrap_or(dim);
+        let buckets: BTreeSet<usize> = token_chunks(n, self.max_dim, min_bucket(widest, dim))
+            .into_iter()
+            .map(|(_, _, b)| b)
+            .collect();
+        let chunks = token_chunks(n, self.max_dim, min_bucket(widest, dim)).len();
+        let missing = || {
+            buckets
+                .iter()
+                .filter(|&&b| !self.fused.contains(&(key, b)))
+                .count() as u32
+        };
+        if !should_bake(KernelPolicy::Auto, &self.limits(), self.room(), missing) {
+            return Err(false);
+        }
+        self.used += missing();
+        self.fused.extend(buckets.iter().map(|&b| (key, b)));
+        Ok(chunks)
+    }
+}
+
+/// Replays a prefill of each length with fused blocks.
+pub(crate) fn plan_fused(
+    model: &ModelDims,
+    lengths: &[usize],
+    budget: Option<u32>,
+    max_loaded: Option<u32>,
+    max_dim: usize,
+) -> FusedPlan {
+    let (d, f) = (model.dim, model.ffn);
+    let mut r = Replay {
+        budget,
+        max_loaded,
+        max_dim,
+        used: 0,
+        baked: BTreeSet::new(),
+        streamed: BTreeSet::new(),
+        fused: BTreeSet::new(),
+    };
+    let mut plan = FusedPlan::default();
+    let qkv = [(d, d), (d, d), (d, d)];
+    let ffn = [(f, d), (f, d), (d, f)];
+    for &n in lengths {
+        let (mut most, mut most_unfused) = (0, 0);
+        for layer in 0..model.layers {
+            let w = layer * 7; // weight keys as ModelDims::weights numbers them
+            let mut dispatches = 0;
+            for (block, mats, first) in [(0, &qkv[..], w), (1, &ffn[..], w + 4)] {
+                match r.block(2 * layer + block, d, mats, n) {
+                    Ok(k) => {
+                        plan.fused_blocks += 1;
+                        dispatches += k;
+                    }
+                    Err(too_large) => {
+                        if too_large {
+                            plan.too_large += 1;
+                        } else {
+                            plan.no_room += 1;
+                        }
+                        for (i, &(m, k)) in mats.iter().enumerate() {
+                            dispatches += r.matmul(first + i, m, k, n);
+                        }
+                    }
+                }
+            }
+            dispatches += r.matmul(w + 3, d, d, n);
+            most = most.max(dispatches);
+            let single = |m: usize, k: usize| {
+                let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
+                m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(n, max_dim, 1).len()
+            };
+            most_unfused = most_unfused.max(
+                qkv.iter()
+                    .chain(&ffn)
+                    .map(|&(m, k)| single(m, k))
+                    .sum::<usize>()
+                    + single(d, d),
+            );
+        }
+        r.matmul(model.layers * 7, model.vocab, d, n);
+        plan.dispatches_per_layer.push((n, most));
+        plan.unfused_dispatches_per_layer.push((n, most_unfused));
+    }
+    plan.compiles = r.used;
+    plan.fused_kernels = r.fused.len() as u32;
+    plan.loaded = (r.fused.len() + r.baked.len() + r.streamed.len()) as u32;
+    plan
+}
+
+impl FusedPlan {
+    /// As a JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        let pairs = |v: &[(usize, usize)]| {
+            v.iter()
+                .map(|(n, d)| format!("[{n}, {d}]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{{\"compiles\": {}, \"fused_kernels\": {}, \"fused_blocks\": {}, \"too_large\": {}, \"no_room\": {}, \"loaded\": {}, \"dispatches_per_layer\": [{}], \"unfused_dispatches_per_layer\": [{}]}}",
+            self.compiles,
+            self.fused_kernels,
+            self.fused_blocks,
+            self.too_large,
+            self.no_room,
+            self.loaded,
+            pairs(&self.dispatches_per_layer),
+            pairs(&self.unfused_dispatches_per_layer)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LENGTHS: [usize; 8] = [17, 64, 100, 128, 333, 512, 1000, 2048];
+
+    #[test]
+    fn a_7b_has_no_block_small_enough_to_bake_and_stays_in_budget() {
+        let p = plan_fused(&ModelDims::llama_7b(), &LENGTHS, Some(100), Some(48), 16384);
+        // Q/K/V: 3 × 4096² fp16 = 96 MiB; FFN: 3 × 4096 × 11008 = 258 MiB; both past 64 MiB
+        assert_eq!((p.fused_blocks, p.too_large), (0, 2 * 32 * 8));
+        assert!(p.compiles <= 100, "{}", p.compiles);
+    }
+
+    #[test]
+    fn a_small_model_fuses_until_the_budget_keeps_room_for_streamed_kernels() {
+        // qwen2-0.5B-shaped: dim 896, ffn 4864, 24 layers
+        let model = ModelDims {
+            name: "small".into(),
+            dim: 896,
+            ffn: 4864,
+            layers: 24,
+            vocab: 151_936,
+        };
+        let p = plan_fused(&model, &LENGTHS, Some(100), Some(48), 16384);
+        assert!(p.fused_blocks > 0 && p.no_room > 0, "{p:?}");
+        assert_eq!(p.too_large, 0);
+        assert!(p.compiles <= 100, "{}", p.compiles);
+        assert!(p.loaded <= 48, "{}", p.loaded);
+        // baked fused kernels are one per layer and bucket: the loaded-kernel cap (48, of
+        // which 32 stay for streamed kernels) lets only the first few blocks fuse
+        assert!(p.fused_kernels <= 16, "{p:?}");
+        assert_eq!(p.unfused_dispatches_per_layer[0], (17, 7));
+        // without budget or cap every block fuses
+        let all = plan_fused(&model, &LENGTHS, None, None, 16384);
+        assert_eq!(all.fused_blocks, 2 * 24 * 8);
+        // then a layer is 3 dispatches (2 blocks + the output projection), not 7
+        assert!(
+            all.dispatches_per_layer.iter().all(|&(_, d)| d == 3),
+            "{all:?}"
+        );
+    }
+}
