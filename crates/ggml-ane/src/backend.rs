@@ -327,7 +327,7 @@ pub(crate) fn record_fused_placement(
     rt: &Runtime,
     chain: &Chain,
     descs: &[Option<NodeDesc>],
-    _took: std::time::Duration,
+    form: ane_runtime::fused::FusedForm,
 ) {
     let debug = log_enabled(GGML_LOG_LEVEL_DEBUG);
     if rt.config.stats_level < 2 && !debug {
@@ -356,7 +356,14 @@ pub(crate) fn record_fused_placement(
         op: names.join("+"),
         shape: format!("{rows}x{k}x{tokens}"),
         weight_type,
-        place: format!("engine (fused {})", chain.kind.as_str()),
+        place: match form {
+            ane_runtime::fused::FusedForm::Baked => {
+                format!("engine (fused {})", chain.kind.as_str())
+            }
+            ane_runtime::fused::FusedForm::Streamed => {
+                format!("engine (fused {}, streamed)", chain.kind.as_str())
+            }
+        },
     };
     if debug {
         log(

@@ -100,13 +100,26 @@ fn check_model(kind: &str, max_nmse: f64) {
         Some(&dir.join("cache-capped")),
         &[("GGML_ANE_FUSE", "0")],
     );
-    // streamed kernels: fused blocks bake their weights, so every chain is declined and runs
-    // node by node, as without fusion
     let streamed = tools.run(
         &model,
         &dir.join("streamed.f32"),
         Some(&dir.join("cache-streamed")),
-        &[("GGML_ANE_KERNELS", "streamed")],
+        &[("GGML_ANE_KERNELS", "streamed"), ("GGML_ANE_FUSE", "0")],
+    );
+    // streamed kernels with fusion: the fused blocks' weights streamed in their input
+    let streamed_fused = tools.run(
+        &model,
+        &dir.join("streamed-fused.f32"),
+        Some(&dir.join("cache-streamed-fused")),
+        &[("GGML_ANE_KERNELS", "streamed"), ("GGML_ANE_STATS", "2")],
+    );
+    // every engine result non-finite: each chain is declined (counted) and runs node by node,
+    // its MUL_MATs then on the CPU too
+    let overflowing = tools.run(
+        &model,
+        &dir.join("overflowing.f32"),
+        Some(&dir.join("cache-overflowing")),
+        &[("GGML_ANE_REFERENCE_FAULTS", "inf")],
     );
     // streamed kernels in the two-input form (the opt-in)
     let two_input = tools.run(
@@ -175,12 +188,6 @@ fn check_model(kind: &str, max_nmse: f64) {
     assert_eq!(stat(&streamed.log, "with baked weights"), 0);
     assert_eq!(stat(&streamed.log, "nodes on engine"), on_engine);
     assert_eq!(stat(&streamed.log, "fused blocks"), 0);
-    assert_eq!(
-        stat(&streamed.log, "not fused: unsupported"),
-        2 * 2 * LAYERS,
-        "every chain declined and counted: {}",
-        tail(&streamed.log)
-    );
     assert_same_bits(
         &ane.logits,
         &streamed.logits,
@@ -238,6 +245,31 @@ fn check_model(kind: &str, max_nmse: f64) {
         "{splits} graph splits for {LAYERS} layers"
     );
 
+    // streamed fused blocks: the same three dispatches per layer, no weight baked
+    assert_eq!(stat(&streamed_fused.log, "fused blocks"), 2 * 2 * LAYERS);
+    assert_eq!(
+        stat(&streamed_fused.log, "engine dispatches"),
+        2 * per_graph
+    );
+    assert_eq!(stat(&streamed_fused.log, "with baked weights"), 0);
+    assert!(
+        by_node_table(&streamed_fused.log)
+            .iter()
+            .any(|l| l[0] == "ffn_gate+ffn_up+ffn_out"
+                && l[3..7] == ["engine", "(fused", "ffn,", "streamed)"]),
+        "{}",
+        tail(&streamed_fused.log)
+    );
+    // declined chains: counted by reason, computed node by node
+    assert_eq!(stat(&overflowing.log, "fused blocks"), 0);
+    assert_eq!(
+        stat(&overflowing.log, "not fused: fp16 overflow"),
+        2 * 2 * LAYERS,
+        "{}",
+        tail(&overflowing.log)
+    );
+    assert_eq!(stat(&overflowing.log, "nodes on engine"), 0);
+
     assert_eq!(
         stat(&prompt_only.log, "engine dispatches"),
         per_graph,
@@ -265,7 +297,12 @@ fn check_model(kind: &str, max_nmse: f64) {
 
     assert_eq!(cpu.logits.len(), ane.logits.len());
     let n_vocab = cpu.logits.len() / (PROMPT + 1);
-    for (what, run) in [("unfused", &ane), ("fused", &fused)] {
+    for (what, run) in [
+        ("unfused", &ane),
+        ("fused", &fused),
+        ("streamed fused", &streamed_fused),
+        ("declined", &overflowing),
+    ] {
         let (nmse, spread) = nmse(&cpu.logits, &run.logits);
         let agree = argmax_agreement(&cpu.logits, &run.logits, n_vocab);
         eprintln!(

@@ -15,6 +15,7 @@
 //! written once the nodes before it in the graph are done with those bytes.
 
 pub mod program;
+pub mod streamed;
 
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use half::f16;
 
 use crate::engine::Engine;
 use crate::matmul::policy::{should_bake, LoadedRoom};
+use crate::matmul::staged::StagedKey;
 use crate::matmul::staging::{accumulate_columns, stage_columns, zero_columns};
 use crate::matmul::{
     min_bucket, token_chunks, FallbackReason, KernelCache, MatrixSink, MatrixSource, Stats,
@@ -82,6 +84,7 @@ pub struct FusedJob<'a> {
 pub struct FusedOutputs {
     rows: Vec<usize>,
     values: Vec<Vec<f32>>,
+    form: FusedForm,
 }
 
 impl FusedOutputs {
@@ -93,6 +96,11 @@ impl FusedOutputs {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    /// How the weights reached the engine.
+    pub fn form(&self) -> FusedForm {
+        self.form
     }
 
     /// Output `i`, token-major (`tokens × rows`).
@@ -195,11 +203,33 @@ impl FusedJob<'_> {
 /// fp16's largest finite value, less a margin for the rounding of a sum's partial results.
 const NORM_SUM_LIMIT: f64 = 32768.0;
 
-/// Computes `job` on the engine: every output, or the reason.
+/// How a block's weights reach the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedForm {
+    /// Compiled into the program ([`program`]): one kernel per block and token bucket.
+    Baked,
+    /// Staged into the input next to the activations ([`streamed`]): one kernel per shape
+    /// and token bucket, every layer.
+    Streamed,
+}
+
+impl FusedForm {
+    /// `baked` or `streamed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FusedForm::Baked => "baked",
+            FusedForm::Streamed => "streamed",
+        }
+    }
+}
+
+/// Computes `job` on the engine: every output, or the reason. Baked when the policy, the
+/// weights' identity and size (at most [`MAX_FUSED_WEIGHT_BYTES`]) and `auto`'s room allow,
+/// streamed otherwise.
 ///
 /// # Errors
-/// Why the engine could not: shapes past its limits, weights too large to bake or not
-/// identified, a predicted or seen fp16 overflow, a compile or evaluation failure.
+/// Why the engine could not: shapes past its limits, a predicted or seen fp16 overflow, a
+/// compile or evaluation failure.
 pub fn engine_fused(
     engine: &dyn Engine,
     cache: &KernelCache,
@@ -223,16 +253,9 @@ pub fn engine_fused(
     if job.norm_weight.len() != c {
         return Err(FallbackReason::Internal("fused job misassembled".into()));
     }
-    if !cache.policy().may_bake() {
-        return Err(FallbackReason::Unsupported(
-            "fused blocks bake their weights; the kernel policy streams".into(),
-        ));
-    }
-    let id = job.weight_id.ok_or_else(|| {
-        FallbackReason::Unsupported("fused block weights not identified as model weights".into())
-    })?;
+    let chunks = token_chunks(job.tokens, max_dim, min_bucket(widest.max(hidden), c));
     // one kernel per program: the same weights under another form are another kernel
-    let id = WeightId {
+    let id = job.weight_id.map(|id| WeightId {
         key: {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -240,14 +263,63 @@ pub fn engine_fused(
             h.finish()
         },
         ..id
+    });
+    let baked = id.filter(|id| {
+        // baked like a MUL_MAT's weights: under `auto` only while the budget and the
+        // loaded-kernel cap keep room for the streamed kernels the rest of the model needs
+        let buckets: Vec<usize> = chunks.iter().map(|&(_, _, b)| b).collect();
+        let room = LoadedRoom {
+            baked_loaded: cache.loaded().1 as u32,
+            max_loaded: cache.max_loaded().map(|m| m as u32),
+        };
+        cache.policy().may_bake()
+            && job.weight_bytes() <= MAX_FUSED_WEIGHT_BYTES
+            && should_bake(cache.policy(), &engine.limits(), room, || {
+                cache.fused_missing(id, &buckets)
+            })
+    });
+    let (values, form) = match baked {
+        Some(id) => (
+            run_baked(engine, cache, job, &id, &chunks, clock, stats)?,
+            FusedForm::Baked,
+        ),
+        None => (
+            run_streamed(engine, cache, job, id, &chunks, clock, stats)?,
+            FusedForm::Streamed,
+        ),
     };
-    if job.weight_bytes() > MAX_FUSED_WEIGHT_BYTES {
-        return Err(FallbackReason::Unsupported(format!(
-            "fused block weights {} MiB > {} MiB",
-            job.weight_bytes() >> 20,
-            MAX_FUSED_WEIGHT_BYTES >> 20
-        )));
+    let mut results = values;
+    // the FFN adds its residual in f32, as ggml's ADD does
+    if let Block::Ffn { residual, .. } = job.block {
+        let mut tmp = vec![0f32; c];
+        for (n, out) in results[0].chunks_mut(c).enumerate() {
+            for (o, r) in out.iter_mut().zip(residual.row_as_f32(0, 0, n, &mut tmp)) {
+                *o += r;
+            }
+        }
     }
+    for _ in 0..job.matmuls() {
+        stats.record_offload(job.flops() / job.matmuls() as f64);
+    }
+    Ok(FusedOutputs {
+        rows,
+        values: results,
+        form,
+    })
+}
+
+/// The baked program of each chunk's bucket, evaluated; the outputs token-major.
+fn run_baked(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &FusedJob<'_>,
+    id: &WeightId,
+    chunks: &[(usize, usize, usize)],
+    clock: Instant,
+    stats: &Stats,
+) -> Result<Vec<Vec<f32>>, FallbackReason> {
+    let c = job.channels;
+    let rows = job.output_rows();
     // the norm squares and sums x in fp16: predict overflow before spending anything
     let mut tmp = vec![0f32; c];
     if job.eps.is_some() {
@@ -262,28 +334,11 @@ pub fn engine_fused(
             }
         }
     }
-    let min = min_bucket(widest.max(hidden), c);
-    let chunks = token_chunks(job.tokens, max_dim, min);
-    // baked like a MUL_MAT's weights: under `auto` only while the budget and the loaded-kernel
-    // cap keep room for the streamed kernels the rest of the model needs
-    let buckets: Vec<usize> = chunks.iter().map(|&(_, _, b)| b).collect();
-    let room = LoadedRoom {
-        baked_loaded: cache.loaded().1 as u32,
-        max_loaded: cache.max_loaded().map(|m| m as u32),
-    };
-    if !should_bake(cache.policy(), &engine.limits(), room, || {
-        cache.fused_missing(&id, &buckets)
-    }) {
-        return Err(FallbackReason::Unsupported(
-            "baking the block would leave too little compile budget or loaded-kernel room for streamed kernels".into(),
-        ));
-    }
     let mut kernels = Vec::with_capacity(chunks.len());
-    for &(_, _, bucket) in &chunks {
-        kernels.push(cache.get_or_bake_fused(engine, &id, bucket, || job.build(bucket), stats)?);
+    for &(_, _, bucket) in chunks {
+        kernels.push(cache.get_or_bake_fused(engine, id, bucket, || job.build(bucket), stats)?);
     }
     stats.add_planning(clock.elapsed());
-
     let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let clock = Instant::now();
@@ -292,40 +347,223 @@ pub fn engine_fused(
         stage_columns(&mut input, job.x, (0, 0), (n0, bn), (0, c), c, 0, None);
         zero_columns(&mut input, c, (bn, bucket));
         stats.add_act_bytes(2 * c * bn);
-        let mut outs: Vec<Surface> = procedure
-            .outputs
-            .iter()
-            .map(|l| Surface::new(l.clone()))
-            .collect();
         stats.add_staging(clock.elapsed());
-        let clock = Instant::now();
-        let mut out_refs: Vec<&mut Surface> = outs.iter_mut().collect();
-        let evaluated = kernel.eval(0, &[&input], &mut out_refs);
-        stats.add_dispatch();
-        stats.add_engine(clock.elapsed());
-        evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
-        let clock = Instant::now();
-        for ((s, res), &m) in outs.iter().zip(&mut results).zip(&rows) {
-            accumulate_columns(s, res, m, (n0, bn), (0, m), true)
-                .ok_or(FallbackReason::NonFinite)?;
-        }
-        stats.add_writeback(clock.elapsed());
+        evaluate(
+            kernel.as_ref(),
+            &input,
+            &mut results,
+            &rows,
+            (n0, bn),
+            true,
+            stats,
+        )?;
     }
-    // the FFN adds its residual in f32, as ggml's ADD does
-    if let Block::Ffn { residual, .. } = job.block {
-        for (n, out) in results[0].chunks_mut(c).enumerate() {
-            for (o, r) in out.iter_mut().zip(residual.row_as_f32(0, 0, n, &mut tmp)) {
-                *o += r;
+    Ok(results)
+}
+
+/// One evaluation: `input` in, each output added into (or, `first`, assigned to) `results`
+/// at tokens `n0..n0 + bn`.
+fn evaluate(
+    kernel: &dyn crate::engine::Kernel,
+    input: &Surface,
+    results: &mut [Vec<f32>],
+    rows: &[usize],
+    (n0, bn): (usize, usize),
+    first: bool,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
+    let procedure = &kernel.procedures()[0];
+    let mut outs: Vec<Surface> = procedure
+        .outputs
+        .iter()
+        .map(|l| Surface::new(l.clone()))
+        .collect();
+    let clock = Instant::now();
+    let mut out_refs: Vec<&mut Surface> = outs.iter_mut().collect();
+    let evaluated = kernel.eval(0, &[input], &mut out_refs);
+    stats.add_dispatch();
+    stats.add_engine(clock.elapsed());
+    evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+    let clock = Instant::now();
+    for ((s, res), &m) in outs.iter().zip(results.iter_mut()).zip(rows) {
+        accumulate_columns(s, res, m, (n0, bn), (0, m), first).ok_or(FallbackReason::NonFinite)?;
+    }
+    stats.add_writeback(clock.elapsed());
+    Ok(())
+}
+
+/// The block with its weights streamed: the host norms the input (f32, as ggml's RMS_NORM
+/// and MUL compute it) and stages it beside the weights; an FFN runs hidden tile by hidden
+/// tile, its partial results summed here.
+fn run_streamed(
+    engine: &dyn Engine,
+    cache: &KernelCache,
+    job: &FusedJob<'_>,
+    id: Option<WeightId>,
+    chunks: &[(usize, usize, usize)],
+    clock: Instant,
+    stats: &Stats,
+) -> Result<Vec<Vec<f32>>, FallbackReason> {
+    use std::hash::{Hash, Hasher};
+    let c = job.channels;
+    let rows = job.output_rows();
+    let max_dim = engine.limits().max_dim;
+    let unsupported = |why: String| FallbackReason::Unsupported(why);
+    // (hidden tile width, tiles) for an FFN; one "tile" of every matrix for projections
+    let (ht, tiles) = match &job.block {
+        Block::Ffn { hidden, .. } => {
+            let ht = streamed::ffn_hidden_tile(*hidden, max_dim)
+                .ok_or_else(|| unsupported(format!("{c} channels leave no width for weights")))?;
+            (ht, hidden.div_ceil(ht))
+        }
+        Block::Projections(_) => {
+            if !streamed::projections_fit(&rows, max_dim) {
+                return Err(unsupported(format!(
+                    "projections of {rows:?} rows past the input width {max_dim}"
+                )));
+            }
+            (0, 1)
+        }
+    };
+    let acts = normed_input(job);
+    let mut kernels = Vec::with_capacity(chunks.len());
+    for &(_, _, bucket) in chunks {
+        let mut key = std::collections::hash_map::DefaultHasher::new();
+        let kernel = match &job.block {
+            Block::Ffn { .. } => {
+                ("ffn", c, ht, bucket).hash(&mut key);
+                cache.get_or_compile_fused(
+                    engine,
+                    key.finish(),
+                    || streamed::streamed_ffn_program(c, ht, bucket),
+                    stats,
+                )?
+            }
+            Block::Projections(_) => {
+                ("projections", c, &rows, bucket).hash(&mut key);
+                cache.get_or_compile_fused(
+                    engine,
+                    key.finish(),
+                    || streamed::streamed_projections_program(c, &rows, bucket),
+                    stats,
+                )?
+            }
+        };
+        kernels.push(kernel);
+    }
+    stats.add_planning(clock.elapsed());
+    let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
+    for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
+        let layout = kernel.procedures()[0].inputs[0].clone();
+        for tile in 0..tiles {
+            let clock = Instant::now();
+            let key = id.map(|id| StagedKey::new(id, (0, 0), (tile, 0), bucket, &layout));
+            let mut input = match key.as_ref().and_then(|k| cache.staged.take(k)) {
+                Some(s) => s,
+                None => {
+                    let mut s = Surface::new(layout.clone());
+                    stage_streamed_weights(&mut s, job, bucket, (tile * ht, ht), stats);
+                    s
+                }
+            };
+            stage_acts(&mut input, &acts, c, (n0, bn), bucket);
+            stats.add_act_bytes(2 * c * bn);
+            stats.add_staging(clock.elapsed());
+            let done = evaluate(
+                kernel.as_ref(),
+                &input,
+                &mut results,
+                &rows,
+                (n0, bn),
+                tile == 0,
+                stats,
+            );
+            if let Some(k) = key {
+                cache.staged.keep(k, input);
+            }
+            done?;
+        }
+    }
+    Ok(results)
+}
+
+/// The input the block's matmuls read, `tokens × channels` f32: `rms_norm(x) ⊙ w` computed as
+/// ggml does (the sum of squares in f64, the scale in f32), or `x ⊙ w` normed elsewhere.
+fn normed_input(job: &FusedJob<'_>) -> Vec<f32> {
+    let c = job.channels;
+    let mut tmp = vec![0f32; c];
+    let mut out = vec![0f32; job.tokens * c];
+    for (n, dst) in out.chunks_mut(c).enumerate() {
+        let row = job.x.row_as_f32(0, 0, n, &mut tmp);
+        let scale = job.eps.map_or(1.0, |eps| {
+            let mean = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / c as f64;
+            1.0 / (mean as f32 + eps).sqrt()
+        });
+        for ((o, &v), &w) in dst.iter_mut().zip(row).zip(job.norm_weight) {
+            *o = v * scale * w;
+        }
+    }
+    out
+}
+
+/// Columns `0..bucket` of every row: tokens `n0..n0 + bn` of `acts`, zeros after.
+fn stage_acts(s: &mut Surface, acts: &[f32], c: usize, (n0, bn): (usize, usize), bucket: usize) {
+    for d in 0..c {
+        let row = s.row_f16_mut(d).expect("an fp16 input");
+        for (t, o) in row[..bucket].iter_mut().enumerate() {
+            *o = if t < bn {
+                f16::from_f32(acts[(n0 + t) * c + d])
+            } else {
+                f16::ZERO
+            };
+        }
+    }
+}
+
+/// The weight columns after the `bucket` activation columns: an FFN's hidden tile
+/// `h0..h0 + ht` of W1, W3 and W2 (zeros past the hidden size), or every projection matrix.
+fn stage_streamed_weights(
+    s: &mut Surface,
+    job: &FusedJob<'_>,
+    bucket: usize,
+    (h0, ht): (usize, usize),
+    stats: &Stats,
+) {
+    let c = job.channels;
+    match &job.block {
+        Block::Ffn {
+            hidden,
+            gate,
+            up,
+            down,
+            ..
+        } => {
+            let real = ht.min(hidden - h0);
+            stage_columns(s, *gate, (0, 0), (h0, real), (0, c), c, bucket, None);
+            stage_columns(s, *up, (0, 0), (h0, real), (0, c), c, bucket + ht, None);
+            let mut tmp = vec![0f32; *hidden];
+            for d in 0..c {
+                let src = down.row_as_f32(0, 0, d, &mut tmp)[h0..h0 + real].to_vec();
+                let row = s.row_f16_mut(d).expect("an fp16 input");
+                for (o, v) in row[bucket + 2 * ht..][..real].iter_mut().zip(src) {
+                    *o = f16::from_f32(v);
+                }
+            }
+            stats.add_weight_bytes(2 * 3 * real * c);
+        }
+        Block::Projections(m) => {
+            let mut at = bucket;
+            for (src, r) in m {
+                stage_columns(s, *src, (0, 0), (0, *r), (0, c), c, at, None);
+                at += r;
+                stats.add_weight_bytes(2 * r * c);
             }
         }
     }
-    for _ in 0..job.matmuls() {
-        stats.record_offload(job.flops() / job.matmuls() as f64);
-    }
-    Ok(FusedOutputs {
-        rows,
-        values: results,
-    })
 }
 
 #[cfg(test)]
@@ -497,13 +735,73 @@ mod tests {
         }
     }
 
+    /// An FFN job over `x` with every matrix `w` (the residual `x`).
+    fn ffn_job<'a>(
+        x: &'a DenseRows,
+        w: &'a DenseRows,
+        norm: &'a [f32],
+        channels: usize,
+        hidden: usize,
+    ) -> FusedJob<'a> {
+        FusedJob {
+            channels,
+            tokens: x.rows,
+            eps: Some(1e-5),
+            x,
+            norm_weight: norm,
+            block: Block::Ffn {
+                hidden,
+                gate: w,
+                up: w,
+                down: w,
+                residual: x,
+            },
+            weight_id: Some(ID),
+        }
+    }
+
     #[test]
     fn blocks_the_engine_cannot_take_say_why() {
         let (c, h, n) = (64, 96, 8);
         let (x, _) = mat(n, c, 1, 1.0);
         let (g, _) = mat(h, c, 2, 0.2);
         let norm = vec![1.0f32; c];
-        let mut job = FusedJob {
+        let big = DenseRows::new(n, c, vec![300.0; n * c]);
+        let ones = vec![1.0f32; c];
+        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
+        // |x| of 300 overflows x² in fp16: predicted before any compile
+        let r = engine_fused(e.as_ref(), &cache, &ffn_job(&big, &g, &ones, c, h), &stats);
+        assert_eq!(r, Err(FallbackReason::NonFinite));
+        assert_eq!(stats.snapshot().compiles, 0);
+        // 40 000 channels are past the engine's 16384
+        let _ = (&x, &norm);
+        let r = engine_fused(
+            e.as_ref(),
+            &cache,
+            &ffn_job(&big, &g, &[], 40_000, h),
+            &stats,
+        );
+        assert!(matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("past")));
+    }
+
+    #[test]
+    fn streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket() {
+        // a 512-wide engine: an FFN of 301 hidden features runs in 5 tiles of 61 (padded)
+        let config = EngineConfig {
+            reference: ReferenceConfig::default().with_max_dim(512),
+            ..EngineConfig::default()
+        };
+        let e = create(EngineChoice::Only(EngineKind::Reference), &config).unwrap();
+        let (c, h, n) = (64, 301, 40);
+        assert_eq!(streamed::ffn_hidden_tile(h, 512), Some(61));
+        let (x, xf) = mat(n, c, 1, 1.0);
+        let (g, gf) = mat(h, c, 2, 0.2);
+        let (u, uf) = mat(h, c, 3, 0.2);
+        let (d, df) = mat(c, h, 4, 0.2);
+        let (r, rf) = mat(n, c, 5, 1.0);
+        let norm: Vec<f32> = grid_values(c, 6).iter().map(|v| 1.0 + v / 4.0).collect();
+        let nf: Vec<f64> = norm.iter().map(|&v| f64::from(v)).collect();
+        let job = FusedJob {
             channels: c,
             tokens: n,
             eps: Some(1e-5),
@@ -512,21 +810,62 @@ mod tests {
             block: Block::Ffn {
                 hidden: h,
                 gate: &g,
-                up: &g,
-                down: &g,
-                residual: &x,
+                up: &u,
+                down: &d,
+                residual: &r,
             },
-            weight_id: None,
+            weight_id: Some(ID),
         };
-        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
-        let r = engine_fused(e.as_ref(), &cache, &job, &stats);
-        assert!(matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("identified")));
-        // |x| of 300 overflows x² in fp16: predicted before any compile
-        let big = DenseRows::new(n, c, vec![300.0; n * c]);
-        job.x = &big;
-        job.weight_id = Some(ID);
-        let r = engine_fused(e.as_ref(), &cache, &job, &stats);
-        assert_eq!(r, Err(FallbackReason::NonFinite));
-        assert_eq!(stats.snapshot().compiles, 0);
+        let cache = KernelCache::new().with_policy(crate::matmul::KernelPolicy::Streamed);
+        let stats = Stats::default();
+        let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        assert_eq!(out.form(), FusedForm::Streamed);
+        let xn = rms_norm(&xf, &nf, c, 1e-5);
+        let (a, b) = (matmul(&xn, &gf, n, c, h), matmul(&xn, &uf, n, c, h));
+        let hm: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        let want: Vec<f64> = matmul(&hm, &df, n, h, c)
+            .iter()
+            .zip(&rf)
+            .map(|(y, r)| y + r)
+            .collect();
+        let err = nmse(&want, out.values(0));
+        assert!(err < 1e-5, "NMSE {err}");
+        let s = stats.snapshot();
+        // 40 tokens: one 64-token bucket; 5 tiles, one kernel
+        assert_eq!((s.compiles, s.dispatches), (1, 5));
+        assert!(s.weight_bytes > 0);
+        // again: the same kernel, the weights still staged
+        engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        let again = stats.snapshot();
+        assert_eq!((again.compiles, again.dispatches), (1, 10));
+        assert_eq!(again.weight_bytes, s.weight_bytes, "weights staged once");
+
+        // projections, streamed, unidentified weights (staged every call)
+        let rows = [64, 32, 32];
+        let mats: Vec<(DenseRows, Vec<f64>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| mat(m, c, 20 + i as u64, 0.3))
+            .collect();
+        let job = FusedJob {
+            block: Block::Projections(
+                mats.iter()
+                    .zip(rows)
+                    .map(|((m, _), r)| (m as &dyn MatrixSource, r))
+                    .collect(),
+            ),
+            weight_id: None,
+            ..job
+        };
+        let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+        assert_eq!(out.form(), FusedForm::Streamed);
+        for (i, ((_, wf), &m)) in mats.iter().zip(&rows).enumerate() {
+            let err = nmse(&matmul(&xn, wf, n, c, m), out.values(i));
+            assert!(err < 1e-5, "output {i}: NMSE {err}");
+        }
     }
 }

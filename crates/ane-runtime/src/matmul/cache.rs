@@ -43,6 +43,8 @@ pub struct KernelCache {
     baked: Mutex<HashMap<(u64, BakedTile), (u64, KernelOrWhy)>>,
     /// Fused-block kernels by (weights' key, token bucket), with the weights' fingerprint.
     fused: Mutex<HashMap<(u64, usize), (u64, KernelOrWhy)>>,
+    /// Fused-block kernels with streamed weights, by their shape's key.
+    fused_streamed: Mutex<HashMap<u64, KernelOrWhy>>,
     /// Column sums of squares of identified weights, with their fingerprint.
     sums_of_squares: Mutex<HashMap<u64, (u64, Arc<ColumnSumSq>)>>,
     disk: Option<DiskCache>,
@@ -135,6 +137,13 @@ impl KernelCache {
                 Loaded::Fused(weight, bucket) => {
                     let mut fused = self.fused.lock().unwrap_or_else(|e| e.into_inner());
                     fused.remove(&(weight, bucket));
+                }
+                Loaded::FusedStreamed(shape) => {
+                    let mut fused = self
+                        .fused_streamed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    fused.remove(&shape);
                 }
             }
         }
@@ -244,6 +253,40 @@ impl KernelCache {
                 let reload = self.residency.was_evicted(&loaded);
                 let result = entry(&self.compile(engine, &program, &files, None, reload, stats)?);
                 fused.insert(key, (id.fingerprint, result.clone()));
+                result
+            }
+        };
+        drop(fused);
+        if result.is_ok() {
+            self.touch(loaded);
+        }
+        result
+    }
+
+    /// The streamed kernel of a fused block's shape (`shape`: a key of everything that
+    /// shapes the program), compiling the program `build` makes on first use.
+    pub fn get_or_compile_fused(
+        &self,
+        engine: &dyn Engine,
+        shape: u64,
+        build: impl FnOnce() -> ane_mil::Program,
+        stats: &Stats,
+    ) -> Result<Arc<dyn Kernel>, FallbackReason> {
+        let loaded = Loaded::FusedStreamed(shape);
+        let mut fused = self
+            .fused_streamed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let result = match fused.get(&shape) {
+            Some(e) => {
+                stats.add_cache_hit();
+                e.clone()
+            }
+            None => {
+                let reload = self.residency.was_evicted(&loaded);
+                let none = ane_mil::WeightFiles::new();
+                let result = entry(&self.compile(engine, &build(), &none, None, reload, stats)?);
+                fused.insert(shape, result.clone());
                 result
             }
         };

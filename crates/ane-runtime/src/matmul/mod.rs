@@ -13,9 +13,9 @@ mod pipeline;
 pub mod policy;
 mod precision;
 pub mod probe;
-mod program;
+pub(crate) mod program;
 mod residency;
-mod staged;
+pub(crate) mod staged;
 pub(crate) mod staging;
 mod stats;
 

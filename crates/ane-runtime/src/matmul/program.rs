@@ -32,7 +32,7 @@ pub fn token_bucket(n: usize, max_dim: usize, min: usize) -> usize {
 /// The largest token bucket: the chunk length for long prompts. At most half of `max_dim`, so a
 /// streamed kernel's input (tokens and weight rows side by side) keeps half its width for
 /// weight rows.
-fn token_chunk(max_dim: usize) -> usize {
+pub(crate) fn token_chunk(max_dim: usize) -> usize {
     let cap = MAX_TOKENS_PER_KERNEL.min((max_dim / 2).max(1));
     // the largest power of two within the cap
     1 << (usize::BITS - 1 - cap.leading_zeros())

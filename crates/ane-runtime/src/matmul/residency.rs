@@ -19,6 +19,8 @@ pub(crate) enum Loaded {
     Baked(u64, BakedTile),
     /// A fused block's kernel: its weights' key and token bucket.
     Fused(u64, usize),
+    /// A fused block's streamed kernel, by its shape's key.
+    FusedStreamed(u64),
 }
 
 /// Loaded kernels by last use, and those dropped to make room.

@@ -9,7 +9,7 @@ use ane_runtime::matmul::{FallbackReason, MatrixSource, WeightId};
 
 use super::ggml_type;
 use super::tensor::{NodeDesc, TensorDesc, TensorRows};
-use crate::backend::{self, BackendContext, Runtime};
+use crate::backend::{BackendContext, Runtime};
 use crate::walker::{Chain, ChainKind};
 
 fn declined(why: impl Into<String>) -> FallbackReason {
@@ -21,15 +21,18 @@ fn is_activation(t: &TensorDesc, c: i64, tokens: i64) -> bool {
     t.ty == ggml_type::F32 && t.ne == [c, tokens, 1, 1] && t.readable()
 }
 
-/// A MUL_MAT's weights `[k, rows]`: readable rows, no batches, bakeable.
-fn weights_ok(rt: &Runtime, t: &TensorDesc, k: i64) -> Result<(), FallbackReason> {
+/// A MUL_MAT's weights `[k, rows]`: readable rows, no batches.
+fn weights_ok(t: &TensorDesc, k: i64) -> Result<(), FallbackReason> {
     if t.ne[0] != k || t.ne[2] != 1 || t.ne[3] != 1 || !t.readable() {
         return Err(declined(format!("weights {:?} for {k} inputs", t.ne)));
     }
-    if !backend::may_bake(rt, t) {
-        return Err(declined("weights not in a model-weights buffer"));
-    }
     Ok(())
+}
+
+/// Model weights ggml promises not to change while graphs run (contiguous rows in a
+/// weights buffer): their identity may key baked kernels and staged surfaces.
+fn identifiable(t: &TensorDesc) -> bool {
+    t.nb[0] == t.type_size && t.in_weights_buffer()
 }
 
 /// The chain's results computed on the engine (not written: the caller writes each at its
@@ -106,16 +109,18 @@ pub(crate) fn run(
     };
 
     // MUL_MAT `i` of `k` inputs reading `input`: its weights and its output
-    let matmul = |i: usize,
-                  k: i64,
-                  input: &TensorDesc|
+    let mut identified = true;
+    let mut matmul = |i: usize,
+                      k: i64,
+                      input: &TensorDesc|
      -> Result<(TensorDesc, TensorDesc), FallbackReason> {
         let m = d(i)?;
         let s0 = m.src[0].ok_or_else(|| declined("MUL_MAT without weights"))?;
         if m.src[1].map(|s| s.data) != Some(input.data) {
             return Err(declined("MUL_MAT input"));
         }
-        weights_ok(rt, &s0, k)?;
+        weights_ok(&s0, k)?;
+        identified &= identifiable(&s0);
         if !is_activation(&m.node, s0.ne[1], tokens) {
             return Err(declined("MUL_MAT output"));
         }
@@ -182,7 +187,7 @@ pub(crate) fn run(
                     down: &down_w,
                     residual: &residual,
                 },
-                weight_id: Some(WeightId {
+                weight_id: identified.then(|| WeightId {
                     key: id_key.finish(),
                     fingerprint: id_fp.finish(),
                 }),
@@ -213,7 +218,7 @@ pub(crate) fn run(
                         .map(|(r, n)| (r as &dyn MatrixSource, *n))
                         .collect(),
                 ),
-                weight_id: Some(WeightId {
+                weight_id: identified.then(|| WeightId {
                     key: id_key.finish(),
                     fingerprint: id_fp.finish(),
                 }),

@@ -189,11 +189,10 @@ impl Walk<'_> {
     /// Evaluates a chain as one fused program: its results, or `None` (counted, the first of
     /// each reason logged) when the engine declines it and its nodes run one by one.
     fn fused(&self, chain: &Chain) -> Option<FusedOutputs> {
-        let t = std::time::Instant::now();
         match super::chain::run(self.rt, self.ctx, chain, self.descs) {
             Ok(out) => {
                 self.ctx.stats.record_fused(chain.members().len());
-                backend::record_fused_placement(self.ctx, self.rt, chain, self.descs, t.elapsed());
+                backend::record_fused_placement(self.ctx, self.rt, chain, self.descs, out.form());
                 Some(out)
             }
             Err(reason) => {
