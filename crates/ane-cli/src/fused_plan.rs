@@ -1,12 +1,13 @@
 //! `ane plan --fused`: what the fused FFN and Q/K/V programs (issue #13) would compile and
 //! dispatch for a model's prefill, replaying the backend's decisions in graph order without
-//! compiling: a block is fused when its baked weights fit one program
-//! ([`MAX_FUSED_WEIGHT_BYTES`]) and `auto` leaves the budget and the loaded-kernel cap room
-//! for streamed kernels ([`should_bake`]); every other matmul goes the single-kernel way.
+//! compiling: a block is baked when its weights fit one program ([`MAX_FUSED_WEIGHT_BYTES`])
+//! and `auto` leaves the budget and the loaded-kernel cap room for streamed kernels
+//! ([`should_bake`]); else it streams its weights (one kernel per shape and bucket, an FFN in
+//! hidden tiles); the attention output and the head go the single-kernel way.
 
 use std::collections::BTreeSet;
 
-use ane_runtime::fused::MAX_FUSED_WEIGHT_BYTES;
+use ane_runtime::fused::{streamed, MAX_FUSED_WEIGHT_BYTES};
 use ane_runtime::matmul::policy::{should_bake, KernelPolicy, LoadedRoom};
 use ane_runtime::matmul::{
     baked_tiles, kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile,
@@ -20,20 +21,60 @@ use crate::prefill::ModelDims;
 pub(crate) struct FusedPlan {
     /// Compiles in total (fused, baked and streamed kernels).
     pub(crate) compiles: u32,
-    /// Fused kernels (layer block × token bucket).
+    /// Baked fused kernels (layer block × token bucket).
     pub(crate) fused_kernels: u32,
-    /// Blocks (over all lengths) run as one program.
+    /// Streamed fused kernels (block shape × token bucket).
+    pub(crate) streamed_fused_kernels: u32,
+    /// Blocks (over all lengths) run as one baked program.
     pub(crate) fused_blocks: u32,
-    /// Blocks whose weights are too large to bake into one program.
+    /// Blocks run as streamed programs.
+    pub(crate) streamed_blocks: u32,
+    /// Of those, blocks whose weights are too large to bake into one program.
     pub(crate) too_large: u32,
-    /// Blocks declined to keep budget or loaded-kernel room for streamed kernels.
+    /// Of those, blocks not baked to keep budget or loaded-kernel room for streamed kernels.
     pub(crate) no_room: u32,
+    /// Blocks left unfused (no streamed form fits, or no budget).
+    pub(crate) unfused_blocks: u32,
     /// Kernels loaded at the end (every kernel used stays loaded).
     pub(crate) loaded: u32,
     /// Per prompt length: engine dispatches per layer (the most any layer needs).
     pub(crate) dispatches_per_layer: Vec<(usize, usize)>,
     /// The same without fusion.
     pub(crate) unfused_dispatches_per_layer: Vec<(usize, usize)>,
+    /// The streamed fused programs, in the order first needed.
+    pub(crate) streamed_programs: Vec<StreamedProgram>,
+}
+
+/// One streamed fused program of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StreamedProgram {
+    /// An FFN hidden tile: channels, tile width, tokens.
+    Ffn(usize, usize, usize),
+    /// Projections: channels, rows of each matrix, tokens.
+    Projections(usize, Vec<usize>, usize),
+}
+
+impl StreamedProgram {
+    /// A folder name.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            StreamedProgram::Ffn(c, ht, s) => format!("fused_ffn_{c}x{ht}x{s}"),
+            StreamedProgram::Projections(c, rows, s) => {
+                let r: Vec<String> = rows.iter().map(ToString::to_string).collect();
+                format!("fused_proj_{c}x{}x{s}", r.join("+"))
+            }
+        }
+    }
+
+    /// The program.
+    pub(crate) fn program(&self) -> ane_mil::Program {
+        match self {
+            StreamedProgram::Ffn(c, ht, s) => streamed::streamed_ffn_program(*c, *ht, *s),
+            StreamedProgram::Projections(c, rows, s) => {
+                streamed::streamed_projections_program(*c, rows, *s)
+            }
+        }
+    }
 }
 
 /// Kernels planned so far, and what they cost.
@@ -45,6 +86,8 @@ struct Replay {
     baked: BTreeSet<(usize, BakedTile)>,
     streamed: BTreeSet<(usize, usize, usize)>,
     fused: BTreeSet<(usize, usize)>,
+    streamed_fused: BTreeSet<(usize, usize, usize)>,
+    programs: Vec<StreamedProgram>,
 }
 
 impl Replay {
@@ -86,9 +129,9 @@ impl Replay {
         m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(n, self.max_dim, 1).len()
     }
 
-    /// A block (`key`) of `mats` matrices `(m, k)` over a `dim`-wide input, fused when it
+    /// A block (`key`) of `mats` matrices `(m, k)` over a `dim`-wide input, baked when it
     /// can be: `Ok(dispatches)`, or `Err(true)` too large, `Err(false)` no room.
-    fn block(
+    fn baked_block(
         &mut self,
         key: usize,
         dim: usize,
@@ -99,12 +142,8 @@ impl Replay {
         if 2 * values > MAX_FUSED_WEIGHT_BYTES {
             return Err(true);
         }
-        let widest = mats.iter().map(|&(m, k)| m.max(k)).max().unwrap_or(dim);
-        let buckets: BTreeSet<usize> = token_chunks(n, self.max_dim, min_bucket(widest, dim))
-            .into_iter()
-            .map(|(_, _, b)| b)
-            .collect();
-        let chunks = token_chunks(n, self.max_dim, min_bucket(widest, dim)).len();
+        let chunks = self.chunks(dim, mats, n);
+        let buckets: BTreeSet<usize> = chunks.iter().map(|&(_, _, b)| b).collect();
         let missing = || {
             buckets
                 .iter()
@@ -116,7 +155,52 @@ impl Replay {
         }
         self.used += missing();
         self.fused.extend(buckets.iter().map(|&b| (key, b)));
-        Ok(chunks)
+        Ok(chunks.len())
+    }
+
+    fn chunks(&self, dim: usize, mats: &[(usize, usize)], n: usize) -> Vec<(usize, usize, usize)> {
+        let widest = mats.iter().map(|&(m, k)| m.max(k)).max().unwrap_or(dim);
+        token_chunks(n, self.max_dim, min_bucket(widest, dim))
+    }
+
+    /// The block streamed (`ffn`: hidden tiles of its gate's rows; else one program of all
+    /// matrices): its dispatches, or `None` when it does not fit or the budget is spent.
+    fn streamed_block(
+        &mut self,
+        ffn: bool,
+        dim: usize,
+        mats: &[(usize, usize)],
+        n: usize,
+    ) -> Option<usize> {
+        let chunks = self.chunks(dim, mats, n);
+        let rows: Vec<usize> = mats.iter().map(|&(m, _)| m).collect();
+        if !ffn && !streamed::projections_fit(&rows, self.max_dim) {
+            return None;
+        }
+        let mut dispatches = 0;
+        for &(_, _, b) in &chunks {
+            let (shape, tiles) = if ffn {
+                let ht = streamed::ffn_hidden_tile(mats[0].0, b, self.max_dim)?;
+                (ht, mats[0].0.div_ceil(ht))
+            } else {
+                (rows.iter().sum(), 1)
+            };
+            dispatches += tiles;
+            let key = (usize::from(ffn), shape, b);
+            if !self.streamed_fused.contains(&key) {
+                if self.budget.is_some_and(|budget| self.used >= budget) {
+                    return None;
+                }
+                self.streamed_fused.insert(key);
+                self.used += 1;
+                self.programs.push(if ffn {
+                    StreamedProgram::Ffn(dim, shape, b)
+                } else {
+                    StreamedProgram::Projections(dim, rows.clone(), b)
+                });
+            }
+        }
+        Some(dispatches)
     }
 }
 
@@ -137,6 +221,8 @@ pub(crate) fn plan_fused(
         baked: BTreeSet::new(),
         streamed: BTreeSet::new(),
         fused: BTreeSet::new(),
+        streamed_fused: BTreeSet::new(),
+        programs: Vec::new(),
     };
     let mut plan = FusedPlan::default();
     let qkv = [(d, d), (d, d), (d, d)];
@@ -147,17 +233,22 @@ pub(crate) fn plan_fused(
             let w = layer * 7; // weight keys as ModelDims::weights numbers them
             let mut dispatches = 0;
             for (block, mats, first) in [(0, &qkv[..], w), (1, &ffn[..], w + 4)] {
-                match r.block(2 * layer + block, d, mats, n) {
+                match r.baked_block(2 * layer + block, d, mats, n) {
                     Ok(k) => {
                         plan.fused_blocks += 1;
                         dispatches += k;
+                        continue;
                     }
-                    Err(too_large) => {
-                        if too_large {
-                            plan.too_large += 1;
-                        } else {
-                            plan.no_room += 1;
-                        }
+                    Err(true) => plan.too_large += 1,
+                    Err(false) => plan.no_room += 1,
+                }
+                match r.streamed_block(block == 1, d, mats, n) {
+                    Some(k) => {
+                        plan.streamed_blocks += 1;
+                        dispatches += k;
+                    }
+                    None => {
+                        plan.unfused_blocks += 1;
                         for (i, &(m, k)) in mats.iter().enumerate() {
                             dispatches += r.matmul(first + i, m, k, n);
                         }
@@ -184,7 +275,10 @@ pub(crate) fn plan_fused(
     }
     plan.compiles = r.used;
     plan.fused_kernels = r.fused.len() as u32;
-    plan.loaded = (r.fused.len() + r.baked.len() + r.streamed.len()) as u32;
+    plan.streamed_fused_kernels = r.streamed_fused.len() as u32;
+    plan.streamed_programs = r.programs;
+    plan.loaded =
+        (r.fused.len() + r.streamed_fused.len() + r.baked.len() + r.streamed.len()) as u32;
     plan
 }
 
@@ -198,12 +292,15 @@ impl FusedPlan {
                 .join(", ")
         };
         format!(
-            "{{\"compiles\": {}, \"fused_kernels\": {}, \"fused_blocks\": {}, \"too_large\": {}, \"no_room\": {}, \"loaded\": {}, \"dispatches_per_layer\": [{}], \"unfused_dispatches_per_layer\": [{}]}}",
+            "{{\"compiles\": {}, \"fused_kernels\": {}, \"streamed_fused_kernels\": {}, \"fused_blocks\": {}, \"streamed_blocks\": {}, \"too_large\": {}, \"no_room\": {}, \"unfused_blocks\": {}, \"loaded\": {}, \"dispatches_per_layer\": [{}], \"unfused_dispatches_per_layer\": [{}]}}",
             self.compiles,
             self.fused_kernels,
+            self.streamed_fused_kernels,
             self.fused_blocks,
+            self.streamed_blocks,
             self.too_large,
             self.no_room,
+            self.unfused_blocks,
             self.loaded,
             pairs(&self.dispatches_per_layer),
             pairs(&self.unfused_dispatches_per_layer)
@@ -218,15 +315,21 @@ mod tests {
     const LENGTHS: [usize; 8] = [17, 64, 100, 128, 333, 512, 1000, 2048];
 
     #[test]
-    fn a_7b_has_no_block_small_enough_to_bake_and_stays_in_budget() {
+    fn a_7b_streams_every_block_within_the_budget_in_five_dispatches_a_layer() {
         let p = plan_fused(&ModelDims::llama_7b(), &LENGTHS, Some(100), Some(48), 16384);
         // Q/K/V: 3 × 4096² fp16 = 96 MiB; FFN: 3 × 4096 × 11008 = 258 MiB; both past 64 MiB
         assert_eq!((p.fused_blocks, p.too_large), (0, 2 * 32 * 8));
-        assert!(p.compiles <= 100, "{}", p.compiles);
+        assert_eq!((p.streamed_blocks, p.unfused_blocks), (2 * 32 * 8, 0));
+        // six token buckets × (one Q/K/V and one FFN-tile shape)
+        assert_eq!(p.streamed_fused_kernels, 12);
+        assert!(p.compiles <= 100 && p.loaded <= 48, "{p:?}");
+        // Q/K/V 1 + output 1 + FFN in 3 hidden tiles, against 7 single matmuls
+        assert_eq!(p.dispatches_per_layer[0], (17, 5));
+        assert_eq!(p.unfused_dispatches_per_layer[0], (17, 7));
     }
 
     #[test]
-    fn a_small_model_fuses_until_the_budget_keeps_room_for_streamed_kernels() {
+    fn a_small_model_bakes_while_auto_leaves_room_and_streams_the_rest() {
         // qwen2-0.5B-shaped: dim 896, ffn 4864, 24 layers
         let model = ModelDims {
             name: "small".into(),
@@ -238,19 +341,13 @@ mod tests {
         let p = plan_fused(&model, &LENGTHS, Some(100), Some(48), 16384);
         assert!(p.fused_blocks > 0 && p.no_room > 0, "{p:?}");
         assert_eq!(p.too_large, 0);
-        assert!(p.compiles <= 100, "{}", p.compiles);
-        assert!(p.loaded <= 48, "{}", p.loaded);
-        // baked fused kernels are one per layer and bucket: the loaded-kernel cap (48, of
-        // which 32 stay for streamed kernels) lets only the first few blocks fuse
-        assert!(p.fused_kernels <= 16, "{p:?}");
-        assert_eq!(p.unfused_dispatches_per_layer[0], (17, 7));
-        // without budget or cap every block fuses
+        assert_eq!(p.fused_blocks + p.streamed_blocks, 2 * 24 * 8);
+        assert!(p.compiles <= 100 && p.loaded <= 48, "{p:?}");
+        // every layer: Q/K/V, output, FFN (4864 hidden in one tile; two at 2048 tokens)
+        let per_layer: Vec<usize> = p.dispatches_per_layer.iter().map(|&(_, d)| d).collect();
+        assert_eq!(per_layer, [3, 3, 3, 3, 3, 3, 3, 4], "{p:?}");
+        // without budget or cap every block bakes
         let all = plan_fused(&model, &LENGTHS, None, None, 16384);
         assert_eq!(all.fused_blocks, 2 * 24 * 8);
-        // then a layer is 3 dispatches (2 blocks + the output projection), not 7
-        assert!(
-            all.dispatches_per_layer.iter().all(|&(_, d)| d == 3),
-            "{all:?}"
-        );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use ane_runtime::disk_cache::compile_cached;
 use ane_runtime::engine::limits::APPLE_COMPILE_BUDGET;
 use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
 use ane_runtime::matmul::DEFAULT_MAX_LOADED;
@@ -104,11 +105,37 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             engine.limits().max_dim,
         )
     });
+    // the streamed fused programs are compiled (or found on disk) like the streamed kernels
+    let mut fused_built = (0usize, 0usize);
+    if let Some(f) = &fused {
+        for p in &f.streamed_programs {
+            let program = p.program();
+            if let Some(dir) = &args.emit {
+                let kernel = dir.join(p.name());
+                std::fs::create_dir_all(&kernel)
+                    .with_context(|| format!("creating {}", kernel.display()))?;
+                std::fs::write(kernel.join("model.mil"), ane_mil::print_program(&program))
+                    .with_context(|| format!("writing into {}", kernel.display()))?;
+            }
+            let (_, from_disk) =
+                compile_cached(&engine, disk.as_ref(), &program, &Default::default())?;
+            if from_disk {
+                fused_built.1 += 1;
+            } else {
+                fused_built.0 += 1;
+            }
+        }
+    }
     if args.json {
         let mut json = plan.to_json_with(Some(&auto));
         if let Some(f) = &fused {
             json.pop();
-            json.push_str(&format!(", \"fused\": {}}}", f.to_json()));
+            let mut fj = f.to_json();
+            fj.pop();
+            json.push_str(&format!(
+                ", \"fused\": {fj}, \"streamed_compiled\": {}, \"streamed_from_disk\": {}}}}}",
+                fused_built.0, fused_built.1
+            ));
         }
         println!("{json}");
         return Ok(ExitCode::SUCCESS);
@@ -164,15 +191,22 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &fused {
         println!(
             "fused blocks within the budget of {APPLE_COMPILE_BUDGET} and the cap of {DEFAULT_MAX_LOADED}: \
-             {} compiles, {} fused kernels serving {} blocks; {} blocks too large to bake in one \
-             program (> {} MiB), {} left unfused to keep room for streamed kernels; {} kernels loaded",
+             {} compiles, {} kernels loaded; {} blocks baked ({} kernels), {} streamed ({} kernels: \
+             {} too large to bake at {} MiB, {} kept room for streamed kernels), {} unfused",
             f.compiles,
-            f.fused_kernels,
+            f.loaded,
             f.fused_blocks,
+            f.fused_kernels,
+            f.streamed_blocks,
+            f.streamed_fused_kernels,
             f.too_large,
             ane_runtime::fused::MAX_FUSED_WEIGHT_BYTES >> 20,
             f.no_room,
-            f.loaded
+            f.unfused_blocks
+        );
+        println!(
+            "streamed fused programs: {} compiled, {} loaded from the disk cache",
+            fused_built.0, fused_built.1
         );
         let per_layer: Vec<String> = f
             .dispatches_per_layer

@@ -673,3 +673,73 @@ fn doctor_limits_find_the_edges_the_engine_has() {
         "{got}"
     );
 }
+
+/// `ane plan --fused` for a 7B prefill at eight prompt lengths: every Q/K/V and FFN block
+/// streams its weights (too large to bake), the whole plan fits the apple engine's budget,
+/// a layer is 5 dispatches instead of 7, a warm cache compiles none of the fused programs,
+/// and every emitted fused program passes the rulebook.
+#[test]
+fn plan_fused_fits_a_7b_in_the_budget_and_a_warm_cache_compiles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let emit = dir.path().join("kernels");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--fused",
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ane(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let field = |json: &str, key: &str| -> u64 {
+        json.split(&format!("\"{key}\": "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {key}: {json}"))
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let cold = run(&["--emit", emit.to_str().unwrap()]);
+    let fused = cold.split("\"fused\": ").nth(1).unwrap();
+    assert!(field(fused, "compiles") <= 100, "{fused}");
+    assert_eq!(field(fused, "streamed_blocks"), 2 * 32 * 8, "{fused}");
+    assert_eq!(field(fused, "streamed_fused_kernels"), 12, "{fused}");
+    assert!(
+        fused.contains("\"dispatches_per_layer\": [[17, 5]"),
+        "{fused}"
+    );
+    assert_eq!(field(fused, "streamed_compiled"), 12, "{fused}");
+    let warm = run(&[]);
+    let fused = warm.split("\"fused\": ").nth(1).unwrap();
+    assert_eq!(field(fused, "streamed_compiled"), 0, "{fused}");
+    assert_eq!(field(fused, "streamed_from_disk"), 12, "{fused}");
+    let programs: Vec<PathBuf> = std::fs::read_dir(&emit)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("fused_")
+        })
+        .map(|p| p.join("model.mil"))
+        .collect();
+    assert_eq!(programs.len(), 12);
+    for k in &programs {
+        let out = ane(&["mil", "check", "--target", "ane", k.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", k.display());
+        assert!(
+            err.contains("ane rules: 0 refused"),
+            "{}: {err}",
+            k.display()
+        );
+    }
+}

@@ -186,16 +186,16 @@ pub fn streamed_projections_program(c: usize, rows: &[usize], s: usize) -> Progr
     p
 }
 
-/// The hidden tile width for an FFN of `h` hidden features: tiles of equal width whose input
-/// (`input_width(3·ht, bucket)`) stays within `max_dim` at the largest token bucket, so one
-/// kernel per bucket serves every tile. `None` when even one hidden feature does not fit.
-pub fn ffn_hidden_tile(h: usize, max_dim: usize) -> Option<usize> {
-    let room = max_dim.checked_sub(token_chunk(max_dim) + 32)? / 3;
-    if room == 0 || h == 0 {
+/// The hidden tile width for an FFN of `h` hidden features at `bucket` tokens: the fewest
+/// tiles of equal width whose input (`input_width(3·ht, bucket)`) stays within `max_dim`.
+/// `None` when even one hidden feature does not fit.
+pub fn ffn_hidden_tile(h: usize, bucket: usize, max_dim: usize) -> Option<usize> {
+    if h == 0 || input_width(3, bucket) > max_dim {
         return None;
     }
-    let tiles = h.div_ceil(room);
-    Some(h.div_ceil(tiles))
+    (1..=h)
+        .map(|tiles| h.div_ceil(tiles))
+        .find(|&ht| input_width(3 * ht, bucket) <= max_dim)
 }
 
 /// Whether streamed projections of `rows` fit one input at the largest token bucket.
@@ -232,13 +232,18 @@ mod tests {
         ));
         assert_eq!(refusals(&p), Vec::<String>::new());
         // Llama-2-7B: the FFN in three hidden tiles, Q/K/V in one input
-        assert_eq!(ffn_hidden_tile(11008, 16384), Some(3670));
+        assert_eq!(ffn_hidden_tile(11008, 2048, 16384), Some(3670));
+        assert_eq!(ffn_hidden_tile(11008, 32, 16384), Some(3670));
+        // a 0.5B's FFN fits one tile up to 1024 tokens, two at 2048
+        assert_eq!(ffn_hidden_tile(4864, 1024, 16384), Some(4864));
+        assert_eq!(ffn_hidden_tile(4864, 2048, 16384), Some(2432));
         let p = streamed_ffn_program(4096, 3670, 2048);
         assert_eq!(refusals(&p), Vec::<String>::new());
         assert!(projections_fit(&[4096, 4096, 4096], 16384));
         assert!(!projections_fit(&[8192, 8192], 16384));
         let p = streamed_projections_program(4096, &[4096, 4096, 4096], 2048);
         assert_eq!(refusals(&p), Vec::<String>::new());
-        assert_eq!(ffn_hidden_tile(1376, 16384), Some(1376));
+        assert_eq!(ffn_hidden_tile(1376, 2048, 16384), Some(1376));
+        assert_eq!(ffn_hidden_tile(5, 16384, 16384), None);
     }
 }
