@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_block;
 mod cache;
 mod doctor;
 mod fused_plan;

@@ -743,3 +743,51 @@ fn plan_fused_fits_a_7b_in_the_budget_and_a_warm_cache_compiles_nothing() {
         );
     }
 }
+
+/// `ane bench --block ffn`: the fused FFN and the same work as single MUL_MATs on one engine,
+/// in one run: one dispatch against three, the same result.
+#[test]
+fn bench_block_ffn_times_fused_against_single_matmuls() {
+    for (kernels, form, fused_dispatches) in [("auto", "baked", 1), ("streamed", "streamed", 1)] {
+        let out = ane(&[
+            "bench",
+            "--block",
+            "ffn",
+            "--dims",
+            "256,688",
+            "--tokens",
+            "64",
+            "--reps",
+            "2",
+            "--kernels",
+            kernels,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json = text(&out.stdout);
+        assert!(json.contains(&format!("\"form\": \"{form}\"")), "{json}");
+        let dispatches = |path: &str| -> u64 {
+            json.split(&format!("\"{path}\": "))
+                .nth(1)
+                .and_then(|r| r.split("\"dispatches\": ").nth(1))
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{json}"))
+        };
+        assert_eq!(dispatches("fused"), fused_dispatches, "{json}");
+        assert_eq!(dispatches("singles"), 3, "{json}");
+        let nmse: f64 = json
+            .split("\"nmse\": ")
+            .nth(1)
+            .and_then(|r| r.trim_end_matches(['}', '\n']).parse().ok())
+            .unwrap_or_else(|| panic!("{json}"));
+        assert!(nmse < 1e-4, "{json}");
+    }
+    let out = ane(&["bench", "--block", "ffn", "--dims", "256"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("CHANNELS,HIDDEN"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use ane_runtime::fused::probe::{probe_fused, FusedProbe};
+use ane_runtime::fused::FusedForm;
 use ane_runtime::matmul::probe::{forms_for, probe, usable_policy, ProbeResult};
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::matmul::{
@@ -31,6 +33,8 @@ pub(crate) struct Runtime {
     pub(crate) description: CString,
     /// What the self-probe found (empty when the engine was not probed).
     pub(crate) probe: Vec<ProbeResult>,
+    /// What the fused forms' self-probe found (empty when not probed).
+    pub(crate) fused_probe: Vec<FusedProbe>,
     pub(crate) config: &'static Config,
 }
 
@@ -52,14 +56,44 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
             GGML_LOG_LEVEL_INFO,
             &format!("ggml-ane: using the {} engine{why}", info.kind),
         );
+        // the fused forms, probed on the same engines as the matmul forms
+        let fused_probe = if config.fuse && !chosen.probe.is_empty() {
+            let mut forms = vec![FusedForm::Streamed];
+            if chosen.policy.may_bake() {
+                forms.insert(0, FusedForm::Baked);
+            }
+            let found = probe_fused(chosen.engine.as_ref(), &forms);
+            for r in &found {
+                let level = if r.passed() {
+                    GGML_LOG_LEVEL_INFO
+                } else {
+                    GGML_LOG_LEVEL_WARN
+                };
+                log(
+                    level,
+                    &format!("ggml-ane: {} engine self-probe: {r}", info.kind),
+                );
+            }
+            found
+        } else {
+            Vec::new()
+        };
+        let passed = |form: FusedForm| {
+            fused_probe
+                .iter()
+                .find(|r| r.form == form)
+                .is_none_or(FusedProbe::passed)
+        };
         Ok(Runtime {
             engine: chosen.engine,
             cache: KernelCache::with_disk(config.disk_cache.clone())
                 .with_policy(chosen.policy)
                 .with_staged_weights_cap(config.staged_weights_bytes)
-                .with_max_loaded(config.max_loaded),
+                .with_max_loaded(config.max_loaded)
+                .with_fused_forms(passed(FusedForm::Baked), passed(FusedForm::Streamed)),
             description: CString::new(info.description).unwrap_or_default(),
             probe: chosen.probe,
+            fused_probe,
             config,
         })
     })
@@ -465,6 +499,9 @@ pub(crate) fn instance_ended(ctx: &BackendContext, rt: &Runtime) {
         for r in &rt.probe {
             text.push_str(&format!("  self-probe             {r}\n"));
         }
+        for r in &rt.fused_probe {
+            text.push_str(&format!("  self-probe             {r}\n"));
+        }
         text.push_str(&format!("{}\n", t.stats));
         if rt.config.stats_level >= 2 {
             text.push_str(&t.placements.report());
@@ -494,7 +531,12 @@ pub(crate) fn features() -> Vec<(String, String)> {
                 f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
             }
             if !rt.probe.is_empty() {
-                let found: Vec<String> = rt.probe.iter().map(ToString::to_string).collect();
+                let found: Vec<String> = rt
+                    .probe
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(rt.fused_probe.iter().map(ToString::to_string))
+                    .collect();
                 f.push(("SELF_PROBE".to_string(), found.join("; ")));
             }
             f

@@ -288,9 +288,36 @@ fn a_form_failing_the_self_probe_is_left_out_and_said() {
         "{}",
         tail(&text)
     );
+    // the fused forms are probed too: baked is not tried under the narrowed policy
+    assert!(
+        text.contains("self-probe             fused streamed ok (NMSE"),
+        "{}",
+        tail(&text)
+    );
+    assert!(!text.contains("fused baked"), "{}", tail(&text));
     let (ok, total) = passed(&text);
     assert!(total > 0 && ok == total, "{}", tail(&text));
     assert_eq!(stat(&text, "with baked weights"), 0);
+
+    // fused programs failing at evaluation: both fused forms are left out, matmuls stay
+    let text = run(
+        Some(case),
+        &[
+            ("GGML_ANE_PROBE", "1"),
+            ("GGML_ANE_REFERENCE_FAULTS", "streamed"),
+            ("GGML_ANE_LOG", "info"),
+        ],
+    );
+    assert!(
+        text.contains("reference engine self-probe: fused streamed failed: eval failed"),
+        "{}",
+        tail(&text)
+    );
+    assert!(
+        text.contains("self-probe             fused baked ok"),
+        "{}",
+        tail(&text)
+    );
 
     let text = run(
         Some(case),

@@ -14,6 +14,7 @@
 //! writes each where and when it belongs: ggml reuses memory, so an output may only be
 //! written once the nodes before it in the graph are done with those bytes.
 
+pub mod probe;
 pub mod program;
 pub mod streamed;
 
@@ -273,11 +274,18 @@ pub fn engine_fused(
             max_loaded: cache.max_loaded().map(|m| m as u32),
         };
         cache.policy().may_bake()
+            && cache.fused_forms().0
             && job.weight_bytes() <= MAX_FUSED_WEIGHT_BYTES
             && should_bake(cache.policy(), &engine.limits(), room, || {
                 cache.fused_missing(id, &buckets)
             })
     });
+    if baked.is_none() && !cache.fused_forms().1 {
+        return Err(FallbackReason::Unsupported(
+            "the streamed fused form is off (its self-probe failed) and baking is not possible"
+                .into(),
+        ));
+    }
     let (values, form) = match baked {
         Some(id) => (
             run_baked(engine, cache, job, &id, &chunks, clock, stats)?,

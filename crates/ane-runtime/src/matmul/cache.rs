@@ -43,6 +43,8 @@ pub struct KernelCache {
     baked: Mutex<HashMap<(u64, BakedTile), (u64, KernelOrWhy)>>,
     /// Fused-block kernels by (weights' key, token bucket), with the weights' fingerprint.
     fused: Mutex<HashMap<(u64, usize), (u64, KernelOrWhy)>>,
+    /// Fused forms not to use (their self-probe failed): baked, streamed.
+    fused_forms_off: (bool, bool),
     /// Fused-block kernels with streamed weights, by their shape's key.
     fused_streamed: Mutex<HashMap<u64, KernelOrWhy>>,
     /// Column sums of squares of identified weights, with their fingerprint.
@@ -99,6 +101,17 @@ impl KernelCache {
     pub fn with_max_loaded(mut self, max: Option<usize>) -> Self {
         self.residency = Residency::new(max);
         self
+    }
+
+    /// The same cache using fused programs in these forms only (what their self-probe left).
+    pub fn with_fused_forms(mut self, baked: bool, streamed: bool) -> Self {
+        self.fused_forms_off = (!baked, !streamed);
+        self
+    }
+
+    /// Whether fused programs may be baked, and streamed.
+    pub fn fused_forms(&self) -> (bool, bool) {
+        (!self.fused_forms_off.0, !self.fused_forms_off.1)
     }
 
     /// The cap on loaded kernels.

@@ -1,0 +1,210 @@
+//! The fused forms' self-probe: no public source checked a fused FFN or a normed projection
+//! program against a CPU result on hardware (docs/fused-forms.md), so before an engine runs
+//! one, a small FFN and a small Q/K/V block go through each form and are compared with f64.
+//! A form that fails is not used (its blocks run node by node instead).
+
+use std::fmt;
+
+use super::{engine_fused, Block, FusedForm, FusedJob};
+use crate::engine::Engine;
+use crate::matmul::probe::grid_values;
+use crate::matmul::{DenseRows, KernelCache, KernelPolicy, MatrixSource, Stats, WeightId};
+
+/// Largest NMSE against f64 a form may show (fp16 intermediates give ~1e-6 on this data).
+const MAX_FUSED_PROBE_NMSE: f64 = 1e-3;
+
+/// What the probe found for one form.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct FusedProbe {
+    /// The form probed.
+    pub form: FusedForm,
+    /// The worse NMSE of the two blocks against f64, or why they did not run.
+    pub outcome: Result<f64, String>,
+    /// Compiles it spent.
+    pub compiles: u64,
+}
+
+impl FusedProbe {
+    /// Whether the form works.
+    pub fn passed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+impl fmt::Display for FusedProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Ok(nmse) => write!(f, "fused {} ok (NMSE {nmse:.1e})", self.form.as_str()),
+            Err(why) => write!(f, "fused {} failed: {why}", self.form.as_str()),
+        }
+    }
+}
+
+/// Runs the probe blocks once per form on `engine`.
+pub fn probe_fused(engine: &dyn Engine, forms: &[FusedForm]) -> Vec<FusedProbe> {
+    forms.iter().map(|&form| probe_form(engine, form)).collect()
+}
+
+fn dense(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
+    let v = grid_values(rows * k, seed)
+        .iter()
+        .map(|x| x * scale)
+        .collect();
+    DenseRows::new(rows, k, v)
+}
+
+/// `[n, m] = a [n, k] · w [m, k]ᵀ` in f64.
+fn matmul(a: &[f64], w: &DenseRows, n: usize, k: usize) -> Vec<f64> {
+    let m = w.rows;
+    let mut out = vec![0.0; n * m];
+    for t in 0..n {
+        for o in 0..m {
+            out[t * m + o] = (0..k)
+                .map(|i| a[t * k + i] * f64::from(w.data[o * k + i]))
+                .sum();
+        }
+    }
+    out
+}
+
+fn nmse(want: &[f64], got: &[f32]) -> f64 {
+    let err: f64 = want
+        .iter()
+        .zip(got)
+        .map(|(a, &b)| (a - f64::from(b)).powi(2))
+        .sum();
+    err / want
+        .iter()
+        .map(|a| a * a)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE)
+}
+
+fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
+    // 64 channels, 96 hidden features, 33 tokens (a bucket of 64, padded)
+    let (c, h, n) = (64, 96, 33);
+    let x = dense(n, c, 1, 1.0);
+    let norm: Vec<f32> = grid_values(c, 2).iter().map(|v| 1.0 + v / 4.0).collect();
+    let (gate, up, down) = (
+        dense(h, c, 3, 0.25),
+        dense(h, c, 4, 0.25),
+        dense(c, h, 5, 0.25),
+    );
+    let projections = [
+        dense(64, c, 6, 0.25),
+        dense(32, c, 7, 0.25),
+        dense(32, c, 8, 0.25),
+    ];
+    let policy = match form {
+        FusedForm::Baked => KernelPolicy::Baked,
+        FusedForm::Streamed => KernelPolicy::Streamed,
+    };
+    let cache = KernelCache::new().with_policy(policy);
+    let stats = Stats::default();
+    let id = |key| {
+        Some(WeightId {
+            key,
+            fingerprint: 0,
+        })
+    };
+    let ffn = FusedJob {
+        channels: c,
+        tokens: n,
+        eps: Some(1e-5),
+        x: &x,
+        norm_weight: &norm,
+        block: Block::Ffn {
+            hidden: h,
+            gate: &gate,
+            up: &up,
+            down: &down,
+            residual: &x,
+        },
+        weight_id: id(u64::MAX - 1),
+    };
+    let qkv = FusedJob {
+        block: Block::Projections(
+            projections
+                .iter()
+                .map(|p| (p as &dyn MatrixSource, p.rows))
+                .collect(),
+        ),
+        weight_id: id(u64::MAX - 2),
+        ..ffn
+    };
+    // the f64 answers
+    let xf: Vec<f64> = x.data.iter().map(|&v| f64::from(v)).collect();
+    let xn: Vec<f64> = xf
+        .chunks(c)
+        .flat_map(|row| {
+            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + 1e-5).sqrt();
+            row.iter()
+                .zip(&norm)
+                .map(move |(v, &g)| v * r * f64::from(g))
+        })
+        .collect();
+    let (g, u) = (matmul(&xn, &gate, n, c), matmul(&xn, &up, n, c));
+    let hm: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    let ffn_want: Vec<f64> = matmul(&hm, &down, n, h)
+        .iter()
+        .zip(&xf)
+        .map(|(y, x)| y + x)
+        .collect();
+    let outcome = (|| -> Result<f64, String> {
+        let mut worst = 0f64;
+        let out = engine_fused(engine, &cache, &ffn, &stats).map_err(|e| e.to_string())?;
+        if out.form() != form {
+            return Err(format!("ran {} instead", out.form().as_str()));
+        }
+        worst = worst.max(nmse(&ffn_want, out.values(0)));
+        let out = engine_fused(engine, &cache, &qkv, &stats).map_err(|e| e.to_string())?;
+        for (i, p) in projections.iter().enumerate() {
+            worst = worst.max(nmse(&matmul(&xn, p, n, c), out.values(i)));
+        }
+        if worst <= MAX_FUSED_PROBE_NMSE {
+            Ok(worst)
+        } else {
+            Err(format!("wrong result: NMSE {worst:.1e} against f64"))
+        }
+    })();
+    FusedProbe {
+        form,
+        outcome,
+        compiles: stats.snapshot().compiles,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::reference::{Faults, ReferenceConfig};
+    use crate::{create, EngineChoice, EngineConfig, EngineKind};
+
+    #[test]
+    fn both_forms_pass_on_the_reference_engine_and_a_failing_one_says_why() {
+        let e = create(
+            EngineChoice::Only(EngineKind::Reference),
+            &EngineConfig::default(),
+        )
+        .unwrap();
+        let found = probe_fused(e.as_ref(), &[FusedForm::Baked, FusedForm::Streamed]);
+        assert!(found.iter().all(FusedProbe::passed), "{found:?}");
+        assert!(found.iter().all(|p| p.compiles == 2), "{found:?}");
+        assert!(found[0].to_string().starts_with("fused baked ok (NMSE"));
+        // evaluation failing for streamed programs
+        let config = EngineConfig {
+            reference: ReferenceConfig::default().with_faults(Faults::parse("streamed").unwrap()),
+            ..EngineConfig::default()
+        };
+        let e = create(EngineChoice::Only(EngineKind::Reference), &config).unwrap();
+        let found = probe_fused(e.as_ref(), &[FusedForm::Baked, FusedForm::Streamed]);
+        assert!(found[0].passed(), "{found:?}");
+        assert!(!found[1].passed(), "{found:?}");
+        assert!(found[1].to_string().contains("failed"), "{}", found[1]);
+    }
+}
