@@ -603,35 +603,7 @@ mod tests {
         (DenseRows::new(rows, k, v), f)
     }
 
-    /// `[n, m]` = `[n, k]` · `[m, k]`ᵀ in f64.
-    fn matmul(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
-        let mut out = vec![0.0; n * m];
-        for i in 0..n {
-            for j in 0..m {
-                out[i * m + j] = (0..k).map(|d| a[i * k + d] * w[j * k + d]).sum();
-            }
-        }
-        out
-    }
-
-    fn rms_norm(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
-        x.chunks(c)
-            .flat_map(|row| {
-                let ms = row.iter().map(|v| v * v).sum::<f64>() / c as f64;
-                let r = 1.0 / (ms + eps).sqrt();
-                row.iter().zip(w).map(move |(v, g)| v * r * g)
-            })
-            .collect()
-    }
-
-    fn nmse(want: &[f64], got: &[f32]) -> f64 {
-        let err: f64 = want
-            .iter()
-            .zip(got)
-            .map(|(a, &b)| (a - f64::from(b)).powi(2))
-            .sum();
-        err / want.iter().map(|a| a * a).sum::<f64>()
-    }
+    use super::probe::{ffn_f64, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm};
 
     const ID: WeightId = WeightId {
         key: 42,
@@ -668,13 +640,7 @@ mod tests {
             .unwrap()
             .write(0, &sink);
         let xn = rms_norm(&xf, &nf, c, 1e-5);
-        let (a, b) = (matmul(&xn, &gf, n, c, h), matmul(&xn, &uf, n, c, h));
-        let hm: Vec<f64> = a
-            .iter()
-            .zip(&b)
-            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        let want: Vec<f64> = matmul(&hm, &df, n, h, c)
+        let want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
             .iter()
             .zip(&xf)
             .map(|(y, x)| y + x)
@@ -834,13 +800,7 @@ mod tests {
         let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
         assert_eq!(out.form(), FusedForm::Streamed);
         let xn = rms_norm(&xf, &nf, c, 1e-5);
-        let (a, b) = (matmul(&xn, &gf, n, c, h), matmul(&xn, &uf, n, c, h));
-        let hm: Vec<f64> = a
-            .iter()
-            .zip(&b)
-            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        let want: Vec<f64> = matmul(&hm, &df, n, h, c)
+        let want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
             .iter()
             .zip(&rf)
             .map(|(y, r)| y + r)

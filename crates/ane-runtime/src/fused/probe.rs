@@ -55,20 +55,43 @@ fn dense(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
 }
 
 /// `[n, m] = a [n, k] · w [m, k]ᵀ` in f64.
-fn matmul(a: &[f64], w: &DenseRows, n: usize, k: usize) -> Vec<f64> {
-    let m = w.rows;
+pub(super) fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * m];
     for t in 0..n {
         for o in 0..m {
-            out[t * m + o] = (0..k)
-                .map(|i| a[t * k + i] * f64::from(w.data[o * k + i]))
-                .sum();
+            out[t * m + o] = (0..k).map(|i| a[t * k + i] * w[o * k + i]).sum();
         }
     }
     out
 }
 
-fn nmse(want: &[f64], got: &[f32]) -> f64 {
+/// `rms_norm(x) ⊙ w` over rows of `c`, in f64.
+pub(super) fn rms_norm_f64(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
+    x.chunks(c)
+        .flat_map(|row| {
+            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
+            row.iter().zip(w).map(move |(v, g)| v * r * g)
+        })
+        .collect()
+}
+
+/// `W2 · (silu(W1 · xn) ⊙ (W3 · xn))` for `n` rows, in f64 (no residual).
+pub(super) fn ffn_f64(
+    xn: &[f64],
+    (gate, up, down): (&[f64], &[f64], &[f64]),
+    (n, c, h): (usize, usize, usize),
+) -> Vec<f64> {
+    let (g, u) = (matmul_f64(xn, gate, n, c, h), matmul_f64(xn, up, n, c, h));
+    let hm: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    matmul_f64(&hm, down, n, h, c)
+}
+
+/// Normalised squared error of `got` against `want`.
+pub(super) fn nmse(want: &[f64], got: &[f32]) -> f64 {
     let err: f64 = want
         .iter()
         .zip(got)
@@ -79,6 +102,10 @@ fn nmse(want: &[f64], got: &[f32]) -> f64 {
         .map(|a| a * a)
         .sum::<f64>()
         .max(f64::MIN_POSITIVE)
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
 }
 
 fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
@@ -134,23 +161,10 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
         ..ffn
     };
     // the f64 answers
-    let xf: Vec<f64> = x.data.iter().map(|&v| f64::from(v)).collect();
-    let xn: Vec<f64> = xf
-        .chunks(c)
-        .flat_map(|row| {
-            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + 1e-5).sqrt();
-            row.iter()
-                .zip(&norm)
-                .map(move |(v, &g)| v * r * f64::from(g))
-        })
-        .collect();
-    let (g, u) = (matmul(&xn, &gate, n, c), matmul(&xn, &up, n, c));
-    let hm: Vec<f64> = g
-        .iter()
-        .zip(&u)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect();
-    let ffn_want: Vec<f64> = matmul(&hm, &down, n, h)
+    let xf = f64s(&x.data);
+    let xn = rms_norm_f64(&xf, &f64s(&norm), c, 1e-5);
+    let (gf, uf, df) = (f64s(&gate.data), f64s(&up.data), f64s(&down.data));
+    let ffn_want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
         .iter()
         .zip(&xf)
         .map(|(y, x)| y + x)
@@ -164,7 +178,8 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
         worst = worst.max(nmse(&ffn_want, out.values(0)));
         let out = engine_fused(engine, &cache, &qkv, &stats).map_err(|e| e.to_string())?;
         for (i, p) in projections.iter().enumerate() {
-            worst = worst.max(nmse(&matmul(&xn, p, n, c), out.values(i)));
+            let want = matmul_f64(&xn, &f64s(&p.data), n, c, p.rows);
+            worst = worst.max(nmse(&want, out.values(i)));
         }
         if worst <= MAX_FUSED_PROBE_NMSE {
             Ok(worst)

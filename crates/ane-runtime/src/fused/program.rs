@@ -36,7 +36,8 @@ fn blob(path: &str, shape: Vec<usize>) -> Literal {
     })
 }
 
-fn op(f: &mut FunctionBuilder, name: &str, kind: &str, args: &[(&str, &str)]) -> String {
+/// Statement `name = kind(args)`, every argument a named value.
+pub(super) fn op(f: &mut FunctionBuilder, name: &str, kind: &str, args: &[(&str, &str)]) -> String {
     let args: Vec<(&str, Arg)> = args
         .iter()
         .map(|(k, v)| (*k, Arg::Var((*v).to_string())))
@@ -184,11 +185,12 @@ pub fn fused_weights(norm: &[f16], matrices: &[(usize, Vec<f16>)]) -> WeightFile
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ane_mil::rules::{check_rules, RuleOptions, Severity};
 
-    fn refusals(p: &Program) -> Vec<String> {
+    /// The rulebook's refusals of `p` (shared by the fused programs' tests).
+    pub(in crate::fused) fn refusals(p: &Program) -> Vec<String> {
         check_rules(p, &RuleOptions::default())
             .into_iter()
             .filter(|v| v.rule.severity == Severity::Refuse)

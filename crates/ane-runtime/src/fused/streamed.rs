@@ -14,20 +14,13 @@
 //! partial results the host sums in f32.
 
 use ane_mil::builder::FunctionBuilder;
-use ane_mil::ir::{Arg, Literal, Program};
+use ane_mil::ir::{Literal, Program};
 use ane_mil::{DType, ValueType};
 
 use crate::matmul::input_width;
 use crate::matmul::program::token_chunk;
 
-fn op(f: &mut FunctionBuilder, name: &str, kind: &str, args: &[(&str, &str)]) -> String {
-    let args: Vec<(&str, Arg)> = args
-        .iter()
-        .map(|(k, v)| (*k, Arg::Var((*v).to_string())))
-        .collect();
-    f.op(name, kind, &args)
-        .expect("the fused program is well-typed")
-}
+use super::program::op;
 
 fn ints(f: &mut FunctionBuilder, name: &str, v: [usize; 4]) -> String {
     f.constant(name, Literal::int32s(&v.map(|x| x as i32)))
@@ -206,15 +199,7 @@ pub fn projections_fit(rows: &[usize], max_dim: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ane_mil::rules::{check_rules, RuleOptions, Severity};
-
-    fn refusals(p: &Program) -> Vec<String> {
-        check_rules(p, &RuleOptions::default())
-            .into_iter()
-            .filter(|v| v.rule.severity == Severity::Refuse)
-            .map(|v| v.to_string())
-            .collect()
-    }
+    use crate::fused::program::tests::refusals;
 
     #[test]
     fn streamed_programs_check_pass_the_rulebook_and_fit_a_7b() {

@@ -127,7 +127,8 @@ pub(crate) fn run(
         Ok((s0, m.node))
     };
 
-    match chain.kind {
+    // the matrices (FFN: gate, up, down; projections: each), and the FFN's residual
+    let (mats, residual) = match chain.kind {
         ChainKind::Ffn => {
             let (Some(glu), Some(down), Some(add)) = (chain.glu, chain.down, chain.add) else {
                 return Err(FallbackReason::Internal(
@@ -161,69 +162,52 @@ pub(crate) fn run(
             {
                 return Err(declined("down projection or residual shapes"));
             }
-            // SAFETY: a tensor of the chain: live, host memory, shape checked above.
-            let residual = unsafe { TensorRows::new(residual) };
-            // SAFETY: a tensor of the chain: live, host memory, shape checked above.
-            let (gate, up, down_w) = unsafe {
-                (
-                    TensorRows::new(gate),
-                    TensorRows::new(up),
-                    TensorRows::new(down_w),
-                )
-            };
-            for r in [&gate, &up, &down_w] {
-                identify(r);
-            }
-            let job = FusedJob {
-                channels: c as usize,
-                tokens: tokens as usize,
-                eps,
-                x: &x_rows,
-                norm_weight: &norm_weight,
-                block: Block::Ffn {
-                    hidden: h as usize,
-                    gate: &gate,
-                    up: &up,
-                    down: &down_w,
-                    residual: &residual,
-                },
-                weight_id: identified.then(|| WeightId {
-                    key: id_key.finish(),
-                    fingerprint: id_fp.finish(),
-                }),
-            };
-            engine_fused(rt.engine.as_ref(), &rt.cache, &job, &ctx.stats)
+            (vec![gate, up, down_w], Some(residual))
         }
         ChainKind::Qkv => {
-            let mut weights = Vec::new();
+            let mut mats = Vec::new();
             for &i in &chain.matmuls {
-                let (wt, _) = matmul(i, c, &scale.node)?;
-                let rows = wt.ne[1] as usize;
-                // SAFETY: a tensor of the chain: live, host memory, shape checked above.
-                let wt = unsafe { TensorRows::new(wt) };
-                weights.push((wt, rows));
+                mats.push(matmul(i, c, &scale.node)?.0);
             }
-            for (r, _) in &weights {
-                identify(r);
-            }
-            let job = FusedJob {
-                channels: c as usize,
-                tokens: tokens as usize,
-                eps,
-                x: &x_rows,
-                norm_weight: &norm_weight,
-                block: Block::Projections(
-                    weights
-                        .iter()
-                        .map(|(r, n)| (r as &dyn MatrixSource, *n))
-                        .collect(),
-                ),
-                weight_id: identified.then(|| WeightId {
-                    key: id_key.finish(),
-                    fingerprint: id_fp.finish(),
-                }),
-            };
-            engine_fused(rt.engine.as_ref(), &rt.cache, &job, &ctx.stats)
+            (mats, None)
         }
+    };
+    // SAFETY: tensors of the chain: live, host memory, shapes checked above.
+    let rows: Vec<TensorRows> = mats
+        .iter()
+        .map(|&t| unsafe { TensorRows::new(t) })
+        .collect();
+    // SAFETY: as above.
+    let residual = residual.map(|t| unsafe { TensorRows::new(t) });
+    for r in &rows {
+        identify(r);
     }
+    let block = match (&residual, &rows[..]) {
+        (Some(residual), [gate, up, down]) => Block::Ffn {
+            hidden: mats[0].ne[1] as usize,
+            gate,
+            up,
+            down,
+            residual,
+        },
+        _ => Block::Projections(
+            rows.iter()
+                .zip(&mats)
+                .map(|(r, t)| (r as &dyn MatrixSource, t.ne[1] as usize))
+                .collect(),
+        ),
+    };
+    let job = FusedJob {
+        channels: c as usize,
+        tokens: tokens as usize,
+        eps,
+        x: &x_rows,
+        norm_weight: &norm_weight,
+        block,
+        weight_id: identified.then(|| WeightId {
+            key: id_key.finish(),
+            fingerprint: id_fp.finish(),
+        }),
+    };
+    engine_fused(rt.engine.as_ref(), &rt.cache, &job, &ctx.stats)
 }
