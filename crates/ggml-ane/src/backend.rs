@@ -195,8 +195,13 @@ impl BackendContext {
         }
         let mut cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
         if cpu.is_none() {
-            let n = self.n_threads.load(Ordering::Relaxed);
-            *cpu = Some(CpuBackend::new((n > 0).then_some(n))?);
+            // the thread count ggml set, else one per core (ggml's own default of 4 oversubscribes
+            // smaller machines; the meta device of `-sm tensor` never sets one)
+            let n = match self.n_threads.load(Ordering::Relaxed) {
+                0 => std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
+                n => n,
+            };
+            *cpu = Some(CpuBackend::new(Some(n))?);
             log(
                 GGML_LOG_LEVEL_INFO,
                 &format!(
@@ -238,25 +243,40 @@ pub(crate) fn is_glue(kind: OpKind) -> bool {
     )
 }
 
-/// `supports_op`: views; MUL_MATs we can read; and the ops around them a layer needs
-/// ([`is_glue`]) when ggml's CPU backend can compute them — each with at least
-/// `GGML_ANE_MIN_TOKENS` tokens, so a decode step stays whole on the other backend. Reads
-/// the configuration only: asking does not create the engine.
+/// `supports_op`: views; MUL_MATs we can read (with `GGML_ANE_MATMULS=blocks` only those a
+/// fused block holds: `block_input`); and the ops around them a layer needs ([`is_glue`])
+/// when ggml's CPU backend can compute them — each with at least `GGML_ANE_MIN_TOKENS`
+/// tokens, so a decode step stays whole on the other backend. Reads the configuration only:
+/// asking does not create the engine.
 pub(crate) fn supports_op(
     n: &NodeDesc,
     kind: OpKind,
     tokens: i64,
     readable: bool,
+    block_input: impl FnOnce() -> bool,
     cpu_can: impl FnOnce() -> bool,
 ) -> bool {
-    let min_tokens = config::get().as_ref().map_or(1, |c| c.min_tokens);
+    let (min_tokens, blocks_only) = config::get()
+        .as_ref()
+        .map_or((1, false), |c| (c.min_tokens, c.blocks_only));
     let enough = tokens >= min_tokens as i64;
     match kind {
         OpKind::View => true,
-        OpKind::MulMat => supports_mul_mat(n) && n.node.ne[1] as usize >= min_tokens,
+        OpKind::MulMat => {
+            supports_mul_mat(n)
+                && n.node.ne[1] as usize >= min_tokens
+                && (!blocks_only || block_input())
+        }
         k if is_glue(k) => enough && readable && cpu_can(),
         _ => false,
     }
+}
+
+/// Whether `graph_compute` gives a MUL_MAT to the engine: one it can read, with at least
+/// `GGML_ANE_MIN_TOKENS` tokens (the ANE device is handed no others; the ANE-FULL device is
+/// handed every node, and computes small ones on ggml's CPU backend).
+pub(crate) fn engine_mul_mat(rt: &Runtime, n: &NodeDesc) -> bool {
+    supports_mul_mat(n) && n.node.ne[1] as usize >= rt.config.min_tokens
 }
 
 pub(crate) fn offload_op(n: &NodeDesc, rt: &Runtime) -> bool {

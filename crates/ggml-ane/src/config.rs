@@ -32,6 +32,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_ANY_GGML",
     "GGML_ANE_PROBE",
     "GGML_ANE_FUSE",
+    "GGML_ANE_MATMULS",
+    "GGML_ANE_FULL",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -76,6 +78,11 @@ pub(crate) struct Config {
     pub(crate) probe: bool,
     /// `GGML_ANE_FUSE=0` turns fused programs off (on by default).
     pub(crate) fuse: bool,
+    /// `GGML_ANE_MATMULS=blocks`: only the MUL_MATs fused blocks hold (reading a norm's scale
+    /// or a GLU); `all` (default) every MUL_MAT.
+    pub(crate) blocks_only: bool,
+    /// `GGML_ANE_FULL=0` hides the ANE-FULL device (offered by default).
+    pub(crate) full_device: bool,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -181,6 +188,16 @@ impl Config {
         let (disable, any_ggml) = (flag("GGML_ANE_DISABLE")?, flag("GGML_ANE_ANY_GGML")?);
         let probe = flag("GGML_ANE_PROBE")?;
         let fuse = var("GGML_ANE_FUSE").is_none() || flag("GGML_ANE_FUSE")?;
+        let full_device = var("GGML_ANE_FULL").is_none() || flag("GGML_ANE_FULL")?;
+        let blocks_only = match var("GGML_ANE_MATMULS").as_deref() {
+            None | Some("all") => false,
+            Some("blocks") => true,
+            Some(other) => {
+                return Err(format!(
+                    "GGML_ANE_MATMULS={other}: expected `all` or `blocks`"
+                ))
+            }
+        };
         let stats_level = stats_level(var("GGML_ANE_STATS").as_deref());
         let log_level = match var("GGML_ANE_LOG")
             .map(|v| v.to_ascii_lowercase())
@@ -207,6 +224,8 @@ impl Config {
             any_ggml,
             probe,
             fuse,
+            blocks_only,
+            full_device,
             min_batch,
             min_tokens,
             stats_level,
@@ -370,6 +389,7 @@ mod tests {
             ("GGML_ANE_REFERENCE_FAULTS", "crash"),
             ("GGML_ANE_LOG", "loud"),
             ("GGML_ANE_DISABLE", "yes"),
+            ("GGML_ANE_MATMULS", "some"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");

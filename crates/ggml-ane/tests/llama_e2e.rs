@@ -132,6 +132,14 @@ fn check_model(kind: &str, max_nmse: f64) {
             ("GGML_ANE_FUSE", "0"),
         ],
     );
+    // the ANE-FULL device (offered by default; with no GPU here llama.cpp gives it every
+    // layer): the whole graph is one split, the walker computing the rest on ggml's CPU
+    let full = tools.run(
+        &model,
+        &dir.join("full.f32"),
+        Some(&dir.join("cache-full")),
+        &[("GGML_ANE_FULL", "1"), ("GGML_ANE_STATS", "2")],
+    );
     // decode (one token) left to the CPU: the prompt alone reaches us
     let prompt_only = tools.run(
         &model,
@@ -270,6 +278,14 @@ fn check_model(kind: &str, max_nmse: f64) {
     );
     assert_eq!(stat(&overflowing.log, "nodes on engine"), 0);
 
+    // ANE-FULL: llama.cpp's one split per graph, the same blocks fused, every other node on
+    // ggml's CPU backend
+    assert!(full.log.contains("ANE-FULL"), "{}", tail(&full.log));
+    assert_eq!(graph_splits(&full.log), 1, "{}", tail(&full.log));
+    assert_eq!(stat(&full.log, "fused blocks"), 2 * 2 * LAYERS);
+    assert_eq!(stat(&full.log, "engine dispatches"), 2 * per_graph);
+    assert!(stat(&full.log, "other nodes (ggml CPU)") > 0);
+
     assert_eq!(
         stat(&prompt_only.log, "engine dispatches"),
         per_graph,
@@ -302,6 +318,7 @@ fn check_model(kind: &str, max_nmse: f64) {
         ("fused", &fused),
         ("streamed fused", &streamed_fused),
         ("declined", &overflowing),
+        ("ANE-FULL", &full),
     ] {
         let (nmse, spread) = nmse(&cpu.logits, &run.logits);
         let agree = argmax_agreement(&cpu.logits, &run.logits, n_vocab);
@@ -394,6 +411,9 @@ impl Tools {
                 .env("GGML_ANE_STATS", "1")
                 // decode steps too, unless a run says otherwise (the default keeps them off)
                 .env("GGML_ANE_MIN_TOKENS", "1")
+                // the ANE (ACCEL) device beside the CPU, unless a run says otherwise: with no
+                // GPU here llama.cpp would give every layer to the ANE-FULL (IGPU) device
+                .env("GGML_ANE_FULL", "0")
                 .env("GGML_ANE_CACHE_DIR", cache);
         }
         cmd.envs(env.iter().copied());

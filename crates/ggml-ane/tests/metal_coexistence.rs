@@ -129,20 +129,23 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
 
     let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
     let cache = dir.join("cache");
-    let (log, logits) = run(
-        &exe,
-        &model,
-        &dir.join("metal.f32"),
-        &[
+    let cdylib = support::cdylib();
+    let beside = |out: &str, extra: &[(&str, &str)]| {
+        let mut env = vec![
             ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
             ("LOGITS_DEVICES", "ANE,MTL0"),
             ("LOGITS_TENSOR_SPLIT", "0,1"),
-            ("GGML_BACKEND_PATH", support::cdylib().to_str().unwrap()),
+            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
             ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
             ("GGML_ANE_STATS", "2"),
             ("GGML_SCHED_DEBUG", "2"),
-        ],
-    );
+        ];
+        env.extend_from_slice(extra);
+        run(&exe, &model, &dir.join(out), &env)
+    };
+    let (log, logits) = beside("metal.f32", &[]);
+    // only the matmuls fused blocks hold: the attention output stays on MTL0
+    let (blocks_log, blocks_logits) = beside("blocks.f32", &[("GGML_ANE_MATMULS", "blocks")]);
     let _ = std::fs::remove_dir_all(&dir);
 
     // mmap stays on (our device says mmap_support): the weights sit in Metal's mapped buffers,
@@ -204,6 +207,28 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
         assert_eq!(dispatches, 3 * layers + 1, "{}", tail(&log));
         // ten splits per layer when the device took MUL_MAT alone (43 for these 4 layers)
         assert!(splits <= 7 * layers as usize, "{splits} splits");
+        // blocks only: Q/K/V and the FFN, two dispatches and four splits a layer (43 before
+        // the walker: halved)
+        let blocks_total = |label: &str| -> u64 {
+            blocks_log
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(label))
+                .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+                .sum()
+        };
+        assert_eq!(blocks_total("fused blocks"), 2 * layers);
+        assert_eq!(blocks_total("engine dispatches"), 2 * layers + 1);
+        let blocks_splits = prompt_splits(&blocks_log);
+        assert!(
+            blocks_splits <= 43 / 2,
+            "{blocks_splits} splits with GGML_ANE_MATMULS=blocks"
+        );
+        let blocks_err = nmse(&cpu, &blocks_logits);
+        assert!(blocks_err <= 1e-5, "NMSE {blocks_err:e}");
+        eprintln!(
+            "beside MTL0, GGML_ANE_MATMULS=blocks: {} dispatches, {blocks_splits} graph splits, NMSE {blocks_err:.1e}",
+            blocks_total("engine dispatches")
+        );
     }
     eprintln!("beside MTL0: {dispatches} dispatches, {fused} fused blocks, {splits} graph splits (prompt)");
     eprintln!(

@@ -26,9 +26,20 @@ fn run_ops(
     filter: Option<&str>,
     env: &[(&str, &str)],
 ) -> String {
+    run_on("ANE", lib_dir, ops, filter, env)
+}
+
+/// test-backend-ops on device `device` for `ops`.
+fn run_on(
+    device: &str,
+    lib_dir: &std::path::Path,
+    ops: &str,
+    filter: Option<&str>,
+    env: &[(&str, &str)],
+) -> String {
     let bin = lib_dir.join("test-backend-ops");
     let mut cmd = Command::new(&bin);
-    cmd.args(["test", "-b", "ANE", "-o", ops])
+    cmd.args(["test", "-b", device, "-o", ops])
         .env("GGML_BACKEND_PATH", support::cdylib())
         // this host's own ggml libraries, not whichever the environment points at
         .env("LD_LIBRARY_PATH", lib_dir)
@@ -128,6 +139,42 @@ fn the_ops_around_the_matmuls_pass_in_every_host() {
             "{var}: {computed} nodes for {total} cases"
         );
         assert_eq!(stat(&text, "nodes on engine"), 0, "{var}");
+    }
+}
+
+/// The ANE-FULL device takes every op of a llama layer (issue #14): ggml's own CPU backend
+/// computes all but the engine's MUL_MATs. FLASH_ATTN_EXT has 5308 cases (six minutes per host
+/// here, nearly all of it test-backend-ops' own work): a subset of one head size runs in CI.
+#[test]
+fn the_full_device_passes_a_llama_layers_ops_in_every_host() {
+    let mut hosts = vec![("GGML_LIB_DIR", support::lib_dir())];
+    hosts.extend(support::v3_hosts());
+    for (var, dir) in hosts {
+        for (ops, filter, at_least) in [
+            (
+                "RMS_NORM,MUL,ADD,ROPE,SOFT_MAX,SET_ROWS,GET_ROWS,CPY,SWIGLU,SCALE",
+                None,
+                2000,
+            ),
+            ("MUL_MAT", Some("type_a=(f16|q8_0),type_b=f32"), 100),
+            (
+                "FLASH_ATTN_EXT",
+                Some("hsk=64,hsv=64,nh=4,nr23=\\[1,1\\],kv=512"),
+                100,
+            ),
+        ] {
+            let text = run_on("ANE-FULL", &dir, ops, filter, &[]);
+            let (ok, total) = passed(&text);
+            eprintln!("{var}: ANE-FULL {ops}: {ok}/{total} passed");
+            assert_eq!(ok, total, "{var} {ops}: {}", tail(&text));
+            assert!(total >= at_least, "{var} {ops}: only {total} cases ran");
+            assert!(
+                text.contains("Backend ANE-FULL: \u{1b}[1;32mOK")
+                    || text.contains("Backend ANE-FULL: OK"),
+                "{var} {ops}: {}",
+                tail(&text)
+            );
+        }
     }
 }
 

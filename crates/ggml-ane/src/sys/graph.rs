@@ -45,6 +45,27 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
     }
 }
 
+/// Whether a MUL_MAT reads what a fused block's matmuls read: a norm's scale (`MUL` of an
+/// `RMS_NORM`: Q, K, V, gate, up, the output head) or a GLU (down).
+///
+/// # Safety
+/// `t` is NULL or a live tensor whose sources are live.
+pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
+    // SAFETY: NULL or live, by the caller; sources of live tensors are NULL or live.
+    let input = unsafe { t.as_ref().and_then(|t| t.src[1].as_ref()) };
+    let Some(input) = input else {
+        return false;
+    };
+    match op_kind(input) {
+        OpKind::SwiGlu | OpKind::GeGlu => true,
+        // SAFETY: as above.
+        OpKind::Mul => {
+            unsafe { input.src[0].as_ref() }.is_some_and(|n| op_kind(n) == OpKind::RmsNorm)
+        }
+        _ => false,
+    }
+}
+
 /// How many tokens a tensor carries: rows (`ne[1]`; `ne[2]` for ROPE, whose rows are heads),
 /// never more than its first source carries, so a decode step's `[head_dim, heads, 1]`
 /// reshape of a one-token projection counts one token, not `heads`. Views count what they

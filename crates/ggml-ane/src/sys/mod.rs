@@ -15,6 +15,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod cpu;
+pub(crate) mod full_device;
 pub(crate) mod graph;
 pub(crate) mod tensor;
 pub mod vtables;
@@ -65,6 +66,7 @@ pub const GGML_LOG_LEVEL_WARN: c_int = 3;
 pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
 
 pub const GGML_BACKEND_DEVICE_TYPE_CPU: c_int = 0;
+pub const GGML_BACKEND_DEVICE_TYPE_IGPU: c_int = 2;
 pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
 /// `GGML_BACKEND_BUFFER_USAGE_WEIGHTS`: a buffer holding model weights.
 pub const GGML_BACKEND_BUFFER_USAGE_WEIGHTS: c_int = 1;
@@ -423,6 +425,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         (
             "GGML_BACKEND_DEVICE_TYPE_ACCEL",
             GGML_BACKEND_DEVICE_TYPE_ACCEL as usize,
+        ),
+        (
+            "GGML_BACKEND_DEVICE_TYPE_IGPU",
+            GGML_BACKEND_DEVICE_TYPE_IGPU as usize,
         ),
         (
             "GGML_BACKEND_BUFFER_USAGE_WEIGHTS",

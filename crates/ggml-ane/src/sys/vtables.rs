@@ -19,7 +19,7 @@ use ane_runtime::fused::FusedOutputs;
 use ane_runtime::matmul::MatmulJob;
 
 /// Runs `f`, turning a panic into `default` (after logging it).
-fn guard<R>(what: &str, default: R, f: impl FnOnce() -> R) -> R {
+pub(super) fn guard<R>(what: &str, default: R, f: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
@@ -55,8 +55,16 @@ fn guid() -> *mut [u8; 16] {
         .0
 }
 
-unsafe extern "C" fn ggml_backend_ane_get_name(_backend: *mut ggml_backend) -> *const c_char {
-    guard("get_name", NAME.as_ptr(), || NAME.as_ptr())
+unsafe extern "C" fn ggml_backend_ane_get_name(backend: *mut ggml_backend) -> *const c_char {
+    guard("get_name", NAME.as_ptr(), || {
+        // SAFETY: ggml passes one of our live backends (or NULL, checked).
+        let device = unsafe { backend.as_ref() }.map(|b| b.device);
+        if device == Some(super::full_device::full_device()) {
+            super::full_device::NAME.as_ptr()
+        } else {
+            NAME.as_ptr()
+        }
+    })
 }
 
 unsafe extern "C" fn ggml_backend_ane_free(backend: *mut ggml_backend) {
@@ -98,8 +106,8 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         let descs: Vec<Option<NodeDesc>> =
             ptrs.iter().map(|&p| unsafe { describe_node(p) }).collect();
         for (n, d) in nodes.iter_mut().zip(&descs) {
-            n.engine =
-                n.kind == OpKind::MulMat && d.as_ref().is_some_and(backend::supports_mul_mat);
+            n.engine = n.kind == OpKind::MulMat
+                && d.as_ref().is_some_and(|d| backend::engine_mul_mat(rt, d));
         }
         let walk = Walk {
             ctx,
@@ -252,23 +260,27 @@ const BACKEND_I: ggml_backend_i = ggml_backend_i {
 /// A new ANE backend, or NULL when no engine can be created.
 #[unsafe(no_mangle)]
 pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
-    guard("init", std::ptr::null_mut(), || {
-        if let Err(e) = backend::runtime() {
-            log(
-                GGML_LOG_LEVEL_ERROR,
-                &format!("ggml-ane: cannot create an engine: {e}"),
-            );
-            return std::ptr::null_mut();
-        }
-        let ctx = Box::into_raw(Box::new(BackendContext::default()));
-        backend::instance_started();
-        Box::into_raw(Box::new(ggml_backend {
-            guid: guid(),
-            iface: BACKEND_I,
-            device: device(),
-            context: ctx.cast::<c_void>(),
-        }))
-    })
+    guard("init", std::ptr::null_mut(), || new_backend(device()))
+}
+
+/// A backend of `device` (ANE or ANE-FULL: they compute alike, the devices differ in what they
+/// accept), or NULL when no engine can be created.
+pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend {
+    if let Err(e) = backend::runtime() {
+        log(
+            GGML_LOG_LEVEL_ERROR,
+            &format!("ggml-ane: cannot create an engine: {e}"),
+        );
+        return std::ptr::null_mut();
+    }
+    let ctx = Box::into_raw(Box::new(BackendContext::default()));
+    backend::instance_started();
+    Box::into_raw(Box::new(ggml_backend {
+        guid: guid(),
+        iface: BACKEND_I,
+        device,
+        context: ctx.cast::<c_void>(),
+    }))
 }
 
 /// True if `backend` was created by this library.
@@ -399,10 +411,16 @@ unsafe extern "C" fn ggml_backend_ane_device_supports_op(
                 tensor::all_readable(op),
             )
         };
-        backend::supports_op(&desc, kind, tokens, readable, || {
+        backend::supports_op(
+            &desc,
+            kind,
+            tokens,
+            readable,
             // SAFETY: as above.
-            cpu::cpu_device().is_ok_and(|cpu| unsafe { cpu.supports(op) })
-        })
+            || unsafe { graph::reads_block_input(op) },
+            // SAFETY: as above.
+            || cpu::cpu_device().is_ok_and(|cpu| unsafe { cpu.supports(op) }),
+        )
     })
 }
 
@@ -448,7 +466,7 @@ const DEVICE_I: ggml_backend_device_i = ggml_backend_device_i {
 };
 
 /// Leaked, process-lifetime objects handed to ggml by pointer.
-struct Leaked<T>(*mut T);
+pub(super) struct Leaked<T>(pub(super) *mut T);
 // SAFETY: created once, never freed or mutated after construction; ggml reads them from any thread.
 unsafe impl<T> Sync for Leaked<T> {}
 // SAFETY: as above.
@@ -473,19 +491,24 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_name(_reg: *mut ggml_backend_reg) 
 }
 
 unsafe extern "C" fn ggml_backend_ane_reg_get_device_count(_reg: *mut ggml_backend_reg) -> usize {
-    guard("get_device_count", 0, || usize::from(offered()))
+    guard("get_device_count", 0, || {
+        usize::from(offered()) + usize::from(offered() && full_offered())
+    })
+}
+
+/// Whether the ANE-FULL device is offered (`GGML_ANE_FULL=0` hides it).
+fn full_offered() -> bool {
+    crate::config::get().as_ref().is_ok_and(|c| c.full_device)
 }
 
 unsafe extern "C" fn ggml_backend_ane_reg_get_device(
     _reg: *mut ggml_backend_reg,
     index: usize,
 ) -> *mut ggml_backend_device {
-    guard("get_device", std::ptr::null_mut(), || {
-        if index == 0 && offered() {
-            device()
-        } else {
-            std::ptr::null_mut()
-        }
+    guard("get_device", std::ptr::null_mut(), || match index {
+        0 if offered() => device(),
+        1 if offered() && full_offered() => super::full_device::full_device(),
+        _ => std::ptr::null_mut(),
     })
 }
 
@@ -585,7 +608,7 @@ pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
     guard("reg", std::ptr::null_mut(), registry)
 }
 
-fn registry() -> *mut ggml_backend_reg {
+pub(super) fn registry() -> *mut ggml_backend_reg {
     static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
     REG.get_or_init(|| {
         let (api_version, offered) = host_decision();
