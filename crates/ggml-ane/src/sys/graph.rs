@@ -58,9 +58,10 @@ pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
     };
     match op_kind(input) {
         OpKind::SwiGlu | OpKind::GeGlu => true,
-        // SAFETY: as above.
         OpKind::Mul => {
-            unsafe { input.src[0].as_ref() }.is_some_and(|n| op_kind(n) == OpKind::RmsNorm)
+            // SAFETY: as above.
+            let first = unsafe { input.src[0].as_ref() };
+            first.is_some_and(|n| op_kind(n) == OpKind::RmsNorm)
         }
         _ => false,
     }
