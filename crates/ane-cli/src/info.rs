@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use ane_runtime::fused::probe::probe_fused;
+use ane_runtime::fused::FusedForm;
 use ane_runtime::matmul::probe::{forms_for, probe};
 use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{EngineChoice, EngineKind};
@@ -55,9 +57,26 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
     for r in probe(e.as_ref(), &forms_for(args.kernels)) {
         println!("  self-probe      {r}");
     }
+    let fused_forms = [FusedForm::Baked, FusedForm::Streamed];
+    for r in probe_fused(e.as_ref(), &fused_forms) {
+        println!("  self-probe      {r}");
+    }
     println!(
         "  ops             {}",
         ane_mil::ops::supported_ops().collect::<Vec<_>>().join(", ")
+    );
+    println!("ggml devices of libggml_ane (GGML_BACKEND_PATH):");
+    println!(
+        "  ANE             ACCEL: ggml's scheduler offers it every op; it takes MUL_MATs and the \
+         ops around them (RMS_NORM, MUL, ADD, SCALE, SILU, SWIGLU, GEGLU, ROPE) with at least \
+         GGML_ANE_MIN_TOKENS tokens, fusing FFN and Q/K/V blocks: prefill offload beside the \
+         CPU or Metal (-dev ANE,MTL0 -ts 0,1)"
+    );
+    println!(
+        "  ANE-FULL        IGPU: takes every op ggml's CPU backend computes (the same engine \
+         work, the rest on ggml's CPU); for hosts that hand a device whole graphs \
+         (ggml-rpc-server -d ANE-FULL, -sm tensor); llama.cpp uses it by default only where no \
+         GPU exists; GGML_ANE_FULL=0 hides it"
     );
     Ok(ExitCode::SUCCESS)
 }
