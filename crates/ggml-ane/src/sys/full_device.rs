@@ -8,14 +8,16 @@
 //! `mmap_support`, and the machine's RAM as its memory (RPC clients split layers by it).
 //! `GGML_ANE_FULL=0` hides it.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 
 use super::tensor::{all_readable, describe_node};
-use super::vtables::{guard, new_backend, registry, Leaked};
+use super::vtables::{
+    ggml_backend_ane_device_buffer_from_host_ptr, ggml_backend_ane_device_get_buffer_type, guard,
+    new_backend, registry, Leaked,
+};
 use super::{
-    cpu, ggml_backend, ggml_backend_buffer_t, ggml_backend_buffer_type_t,
-    ggml_backend_buft_is_host, ggml_backend_cpu_buffer_from_ptr, ggml_backend_cpu_buffer_type,
+    cpu, ggml_backend, ggml_backend_buffer_type_t, ggml_backend_buft_is_host,
     ggml_backend_dev_caps, ggml_backend_dev_props, ggml_backend_device, ggml_backend_device_i,
     ggml_tensor, graph, log, GGML_BACKEND_DEVICE_TYPE_IGPU, GGML_LOG_LEVEL_ERROR,
 };
@@ -122,27 +124,6 @@ unsafe extern "C" fn ggml_backend_ane_full_device_init_backend(
     })
 }
 
-unsafe extern "C" fn ggml_backend_ane_full_device_get_buffer_type(
-    _dev: *mut ggml_backend_device,
-) -> ggml_backend_buffer_type_t {
-    guard("get_buffer_type", std::ptr::null_mut(), || {
-        // SAFETY: exported by ggml-base, no preconditions.
-        unsafe { ggml_backend_cpu_buffer_type() }
-    })
-}
-
-unsafe extern "C" fn ggml_backend_ane_full_device_buffer_from_host_ptr(
-    _dev: *mut ggml_backend_device,
-    ptr: *mut c_void,
-    size: usize,
-    _max_tensor_size: usize,
-) -> ggml_backend_buffer_t {
-    guard("buffer_from_host_ptr", std::ptr::null_mut(), || {
-        // SAFETY: ggml hands us host memory of `size` bytes that outlives the buffer.
-        unsafe { ggml_backend_cpu_buffer_from_ptr(ptr, size) }
-    })
-}
-
 unsafe extern "C" fn ggml_backend_ane_full_device_supports_op(
     _dev: *mut ggml_backend_device,
     op: *const ggml_tensor,
@@ -187,9 +168,10 @@ const FULL_DEVICE_I: ggml_backend_device_i = ggml_backend_device_i {
     get_type: Some(ggml_backend_ane_full_device_get_type),
     get_props: Some(ggml_backend_ane_full_device_get_props),
     init_backend: Some(ggml_backend_ane_full_device_init_backend),
-    get_buffer_type: Some(ggml_backend_ane_full_device_get_buffer_type),
+    // the same host memory as the ANE device's: ggml's CPU buffer type
+    get_buffer_type: Some(ggml_backend_ane_device_get_buffer_type),
     get_host_buffer_type: None,
-    buffer_from_host_ptr: Some(ggml_backend_ane_full_device_buffer_from_host_ptr),
+    buffer_from_host_ptr: Some(ggml_backend_ane_device_buffer_from_host_ptr),
     supports_op: Some(ggml_backend_ane_full_device_supports_op),
     supports_buft: Some(ggml_backend_ane_full_device_supports_buft),
     offload_op: Some(ggml_backend_ane_full_device_offload_op),

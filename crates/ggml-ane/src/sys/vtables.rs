@@ -373,7 +373,7 @@ unsafe extern "C" fn ggml_backend_ane_device_init_backend(
     ggml_backend_ane_init()
 }
 
-unsafe extern "C" fn ggml_backend_ane_device_get_buffer_type(
+pub(super) unsafe extern "C" fn ggml_backend_ane_device_get_buffer_type(
     _dev: *mut ggml_backend_device,
 ) -> ggml_backend_buffer_type_t {
     guard("get_buffer_type", std::ptr::null_mut(), || {
@@ -382,7 +382,7 @@ unsafe extern "C" fn ggml_backend_ane_device_get_buffer_type(
     })
 }
 
-unsafe extern "C" fn ggml_backend_ane_device_buffer_from_host_ptr(
+pub(super) unsafe extern "C" fn ggml_backend_ane_device_buffer_from_host_ptr(
     _dev: *mut ggml_backend_device,
     ptr: *mut c_void,
     size: usize,
