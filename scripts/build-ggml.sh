@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches and builds the pinned ggml (0.25.3, backend API v2, from the PyPI sdist
-# llama-cpp-python==0.3.36) with test-backend-ops and libllama, into target/ggml/0.25.3/.
+# llama-cpp-python==0.3.36) with test-backend-ops, ggml-rpc-server and libllama, into
+# target/ggml/0.25.3/.
 # Prints the build folder on the last line. Re-running reuses what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ src=$root/src
 build=$root/build
 PYTHON=${PYTHON:-python3}
 
-if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.$so" ] && [ -e "$build/bin/libllama.$so" ]; then
+if [ -x "$build/bin/test-backend-ops" ] && [ -e "$build/bin/libggml-cpu.$so" ] && [ -e "$build/bin/libllama.$so" ] \
+  && [ -x "$build/bin/ggml-rpc-server" ]; then
   echo "$build"
   exit 0
 fi
@@ -47,6 +49,10 @@ if [ ! -f "$src/ggml/CMakeLists.txt" ]; then
     llama_cpp_python-0.3.36/vendor/llama.cpp/ggml \
     llama_cpp_python-0.3.36/vendor/llama.cpp/tests/test-backend-ops.cpp
 fi
+if [ ! -f "$src/tools/rpc/rpc-server.cpp" ]; then
+  tar xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$src" --strip-components=3 \
+    llama_cpp_python-0.3.36/vendor/llama.cpp/tools/rpc/rpc-server.cpp
+fi
 if [ ! -f "$src/src/llama.cpp" ]; then
   tar xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$src" --strip-components=3 \
     llama_cpp_python-0.3.36/vendor/llama.cpp/src \
@@ -55,6 +61,7 @@ fi
 grep -q "GGML_VERSION_MINOR 25" "$src/ggml/CMakeLists.txt" || { echo "unexpected ggml version in $src" >&2; exit 1; }
 
 cmake -S scripts/ggml-host -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_METAL=$metal \
-  -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" -DLLAMA_SRC="$src" >&2
+  -DGGML_SRC="$src/ggml" -DTBO_SRC="$src/tests/test-backend-ops.cpp" -DLLAMA_SRC="$src" \
+  -DRPC_SERVER_SRC="$src/tools/rpc/rpc-server.cpp" >&2
 ninja -C "$build" -j"$cores" >&2
 echo "$build"

@@ -7,6 +7,9 @@
  * one batch with logits for every position, then one more token as a decode step. Writes
  * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" on stdout.
  *
+ * RPC_SERVERS=host:port,... adds ggml-rpc servers as llama.cpp's `--rpc` does (devices RPC0,
+ * RPC1, ... in that order; name them in LOGITS_DEVICES).
+ *
  * For the beside-Metal test, as llama.cpp's `--device` / `--tensor-split` / `-ngl 99` would:
  * LOGITS_EXTRA_BACKEND=path loads one more backend module, LOGITS_DEVICES=ANE,MTL0 names the
  * model devices in order, LOGITS_TENSOR_SPLIT=0,1 gives their shares of the layers (all layers
@@ -49,6 +52,25 @@ int main(int argc, char **argv) {
         return fail("cannot load LOGITS_EXTRA_BACKEND");
     }
     llama_backend_init();
+
+    const char *servers = getenv("RPC_SERVERS");
+    if (servers && *servers) {
+        ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
+        typedef ggml_backend_reg_t (*add_server_t)(const char *);
+        add_server_t add = rpc ? (add_server_t)ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server") : NULL;
+        if (!add) {
+            return fail("no RPC backend with ggml_backend_rpc_add_server");
+        }
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", servers);
+        for (char *ep = strtok(buf, ","); ep; ep = strtok(NULL, ",")) {
+            ggml_backend_reg_t reg = add(ep);
+            if (!reg) {
+                return fail("cannot reach an RPC server");
+            }
+            ggml_backend_register(reg);
+        }
+    }
 
     struct llama_model_params mp = llama_model_default_params();
     mp.use_extra_bufts = false; /* the --no-repack of llama.cpp's tools */
