@@ -82,8 +82,9 @@ fn model(dir: &Path) -> Option<PathBuf> {
     Some(model)
 }
 
-#[test]
-fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
+/// The logits program and the stand-in Metal module, compiled against the pinned ggml; with
+/// the model (None, with a SKIP line, when the host has no libllama).
+fn tools(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let lib_dir = support::lib_dir();
     if !lib_dir.join("libllama.so").exists() && !lib_dir.join("libllama.dylib").exists() {
         assert!(
@@ -92,10 +93,9 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
             lib_dir.display()
         );
         eprintln!("SKIP: libllama missing (scripts/test.sh builds it)");
-        return;
+        return None;
     }
-    let dir = support::scratch_dir("metal");
-    let Some(model) = model(&dir) else { return };
+    let model = model(dir)?;
     let src = support::src_dir();
     let include = |p: PathBuf| format!("-I{}", p.display());
     let link = [
@@ -126,7 +126,15 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
         ]
         .concat(),
     );
+    Some((exe, standin, model))
+}
 
+#[test]
+fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
+    let dir = support::scratch_dir("metal");
+    let Some((exe, standin, model)) = tools(&dir) else {
+        return;
+    };
     let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
     let cache = dir.join("cache");
     let cdylib = support::cdylib();
@@ -242,4 +250,47 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
         1e-5
     };
     assert!(err <= max, "NMSE {err:e}");
+}
+
+/// ANE and GPU at once (issue #14): llama.cpp's `-sm tensor` shards every layer across the
+/// stand-in Metal and ANE-FULL (`-dev MTL0,ANE-FULL -ts 0.7,0.3 -fa on`, Metal first so its
+/// queue runs while the ANE works); the logits equal a CPU-only run.
+#[test]
+fn metal_and_ane_full_split_every_layer_with_sm_tensor() {
+    let dir = support::scratch_dir("sm-tensor");
+    let Some((exe, standin, model)) = tools(&dir) else {
+        return;
+    };
+    let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
+    let cdylib = support::cdylib();
+    let (log, logits) = run(
+        &exe,
+        &model,
+        &dir.join("tensor.f32"),
+        &[
+            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
+            ("LOGITS_DEVICES", "MTL0,ANE-FULL"),
+            ("LOGITS_TENSOR_SPLIT", "0.7,0.3"),
+            ("LOGITS_SPLIT_MODE", "tensor"),
+            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
+            ("GGML_ANE_CACHE_DIR", dir.join("cache").to_str().unwrap()),
+            ("GGML_ANE_STATS", "1"),
+            ("GGML_ANE_MIN_TOKENS", "1"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = nmse(&cpu, &logits);
+    let total = |label: &str| -> u64 {
+        log.lines()
+            .filter_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    eprintln!(
+        "-sm tensor MTL0,ANE-FULL 0.7/0.3: NMSE {err:.1e} vs the CPU, {} nodes on the engine, {} other nodes on ggml's CPU",
+        total("nodes on engine"),
+        total("other nodes (ggml CPU)")
+    );
+    assert!(total("nodes on engine") > 0, "{}", tail(&log));
+    assert!(err <= 1e-5, "NMSE {err:e}");
 }

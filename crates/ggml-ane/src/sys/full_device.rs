@@ -138,8 +138,14 @@ unsafe extern "C" fn ggml_backend_ane_full_device_supports_op(
         }
         // SAFETY: as above.
         let readable = unsafe { describe_node(op).is_some() && all_readable(op) };
+        if !readable {
+            // tensors in another device's buffers: `-sm tensor`'s meta device asks about its
+            // own (meta) tensors and hands us sub-graphs in our buffers; a scheduler copies
+            // split inputs into them. What we compute is always in host memory.
+            return cpu::cpu_device().is_ok();
+        }
         // SAFETY: as above.
-        readable && cpu::cpu_device().is_ok_and(|cpu| unsafe { cpu.supports(op) })
+        cpu::cpu_device().is_ok_and(|cpu| unsafe { cpu.supports(op) })
     })
 }
 

@@ -7,6 +7,9 @@
  * one batch with logits for every position, then one more token as a decode step. Writes
  * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" on stdout.
  *
+ * LOGITS_SPLIT_MODE=tensor splits every layer across the listed devices (llama.cpp's `-sm
+ * tensor`, with flash attention on, which it requires).
+ *
  * RPC_SERVERS=host:port,... adds ggml-rpc servers as llama.cpp's `--rpc` does (devices RPC0,
  * RPC1, ... in that order; name them in LOGITS_DEVICES).
  *
@@ -101,6 +104,11 @@ int main(int argc, char **argv) {
             mp.tensor_split = split;
         }
     }
+    const char *split_mode = getenv("LOGITS_SPLIT_MODE");
+    int tensor_split_mode = split_mode && strcmp(split_mode, "tensor") == 0;
+    if (tensor_split_mode) {
+        mp.split_mode = LLAMA_SPLIT_MODE_TENSOR;
+    }
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);
     if (!model) {
         return fail("cannot load the model");
@@ -113,6 +121,9 @@ int main(int argc, char **argv) {
     cp.n_ubatch = 1024;
     cp.n_threads = 2;
     cp.n_threads_batch = 2;
+    if (tensor_split_mode) {
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    }
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         return fail("cannot create a context");
