@@ -173,9 +173,9 @@ fn choose_engine(config: &Config) -> Result<Chosen, String> {
 #[derive(Default)]
 pub(crate) struct BackendContext {
     pub(crate) scratch: Mutex<Scratch>,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     /// What ran where, kept with `GGML_ANE_STATS=2`.
-    pub(crate) placements: Placements,
+    pub(crate) placements: Arc<Placements>,
     /// Created on first use.
     pub(crate) cpu: Mutex<Option<CpuBackend>>,
     /// The thread count ggml set (0: never set, the CPU backend's default).
@@ -469,12 +469,12 @@ fn warn_once(reason: &FallbackReason) {
     }
 }
 
-/// What every backend instance of the process did, summed as instances end: llama.cpp creates
-/// one per listed device and again for every ACCEL device, all sharing one engine, kernel
-/// cache and budget.
+/// What every backend instance of the process did: the ended ones summed, the live ones
+/// referenced. llama.cpp creates one per listed device and again for every ACCEL device, all
+/// sharing one engine, kernel cache and budget.
 #[derive(Default)]
 struct ProcessTotals {
-    live: usize,
+    live: Vec<(Arc<Stats>, Arc<Placements>)>,
     stats: ane_runtime::matmul::StatsSnapshot,
     placements: Placements,
 }
@@ -487,9 +487,45 @@ fn totals() -> std::sync::MutexGuard<'static, ProcessTotals> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// A backend instance starts.
-pub(crate) fn instance_started() {
-    totals().live += 1;
+/// A backend instance starts: its counters join the process's.
+pub(crate) fn instance_started(ctx: &BackendContext) {
+    totals()
+        .live
+        .push((ctx.stats.clone(), ctx.placements.clone()));
+}
+
+/// The `GGML_ANE_STATS` table over `stats` and `placements`.
+fn stats_table(
+    rt: &Runtime,
+    stats: &ane_runtime::matmul::StatsSnapshot,
+    placements: &Placements,
+) -> String {
+    let mut text = format!("ggml-ane stats ({} engine):\n", rt.engine.info().kind);
+    for r in &rt.probe {
+        text.push_str(&format!("  self-probe             {r}\n"));
+    }
+    for r in &rt.fused_probe {
+        text.push_str(&format!("  self-probe             {r}\n"));
+    }
+    text.push_str(&format!("{stats}\n"));
+    if rt.config.stats_level >= 2 {
+        text.push_str(&placements.report());
+    }
+    text
+}
+
+/// The table now, ended and live instances together (`GGML_ANE_STATS_INTERVAL`, and a
+/// process stopped by a signal: an rpc-server never frees its backends).
+pub(crate) fn stats_now(rt: &Runtime) -> String {
+    let t = totals();
+    let mut stats = t.stats.clone();
+    let placements = Placements::default();
+    placements.merge_from(&t.placements);
+    for (s, p) in &t.live {
+        stats.accumulate(&s.snapshot());
+        placements.merge_from(p);
+    }
+    stats_table(rt, &stats, &placements)
 }
 
 /// A backend instance ends: its counts join the process totals; when it was the last, the
@@ -498,8 +534,8 @@ pub(crate) fn instance_ended(ctx: &BackendContext, rt: &Runtime) {
     let mut t = totals();
     t.stats.accumulate(&ctx.stats.snapshot());
     t.placements.merge_from(&ctx.placements);
-    t.live = t.live.saturating_sub(1);
-    if t.live > 0 {
+    t.live.retain(|(s, _)| !Arc::ptr_eq(s, &ctx.stats));
+    if !t.live.is_empty() {
         return;
     }
     if t.stats.offloaded + t.stats.cpu_nodes() == 0 {
@@ -515,21 +551,22 @@ pub(crate) fn instance_ended(ctx: &BackendContext, rt: &Runtime) {
         );
     }
     if rt.config.stats_level > 0 {
-        let mut text = format!("ggml-ane stats ({} engine):\n", rt.engine.info().kind);
-        for r in &rt.probe {
-            text.push_str(&format!("  self-probe             {r}\n"));
-        }
-        for r in &rt.fused_probe {
-            text.push_str(&format!("  self-probe             {r}\n"));
-        }
-        text.push_str(&format!("{}\n", t.stats));
-        if rt.config.stats_level >= 2 {
-            text.push_str(&t.placements.report());
-        }
-        eprint!("{text}");
+        eprint!("{}", stats_table(rt, &t.stats, &t.placements));
     }
     // a later instance starts a new account
     *t = ProcessTotals::default();
+}
+
+/// Counts a computed graph; with `GGML_ANE_STATS_INTERVAL=N`, prints the table after every
+/// N graphs.
+pub(crate) fn graph_done(rt: &Runtime) {
+    static GRAPHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = GRAPHS.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(every) = rt.config.stats_interval {
+        if n % every == 0 {
+            eprint!("ggml-ane: after {n} graphs\n{}", stats_now(rt));
+        }
+    }
 }
 
 /// `ggml_backend_get_features`: the engine and its limits.

@@ -34,6 +34,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_FUSE",
     "GGML_ANE_MATMULS",
     "GGML_ANE_FULL",
+    "GGML_ANE_STATS_INTERVAL",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -83,6 +84,8 @@ pub(crate) struct Config {
     pub(crate) blocks_only: bool,
     /// `GGML_ANE_FULL=0` hides the ANE-FULL device (offered by default).
     pub(crate) full_device: bool,
+    /// `GGML_ANE_STATS_INTERVAL=N`: print the stats table after every N graphs.
+    pub(crate) stats_interval: Option<u64>,
     /// `GGML_ANE_MIN_BATCH`: `offload_op` pulls MUL_MATs over from this many tokens.
     pub(crate) min_batch: usize,
     /// `GGML_ANE_MIN_TOKENS`: MUL_MATs with fewer tokens are declined (`supports_op`).
@@ -189,6 +192,9 @@ impl Config {
         let probe = flag("GGML_ANE_PROBE")?;
         let fuse = var("GGML_ANE_FUSE").is_none() || flag("GGML_ANE_FUSE")?;
         let full_device = var("GGML_ANE_FULL").is_none() || flag("GGML_ANE_FULL")?;
+        let stats_interval = number("GGML_ANE_STATS_INTERVAL")?
+            .map(|n| n as u64)
+            .filter(|&n| n > 0);
         let blocks_only = match var("GGML_ANE_MATMULS").as_deref() {
             None | Some("all") => false,
             Some("blocks") => true,
@@ -226,6 +232,7 @@ impl Config {
             fuse,
             blocks_only,
             full_device,
+            stats_interval,
             min_batch,
             min_tokens,
             stats_level,

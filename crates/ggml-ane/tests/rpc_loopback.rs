@@ -40,6 +40,7 @@ impl Server {
             .env("GGML_BACKEND_PATH", support::cdylib())
             .env("GGML_ANE_MIN_TOKENS", "1")
             .env("GGML_ANE_LOG", "debug")
+            .env("GGML_ANE_STATS", "1")
             .env("GGML_ANE_CACHE_DIR", dir.join(format!("{name}-cache")))
             .env_remove("GGML_ANE_ENGINE")
             .env_remove("GGML_ANE_KERNELS")
@@ -77,6 +78,22 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the server with SIGINT, as a person would (killed if it outlives the bound).
+    fn interrupt(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -224,8 +241,9 @@ fn two_rpc_servers_serving_ane_full_match_the_cpu() {
     let mut b = Server::start(&s.server, &s.lib_dir, &s.dir, "server-b");
     let servers = format!("{},{}", a.endpoint(), b.endpoint());
     let (ok, log, took) = run_bounded(s.client(&s.dir.join("rpc.f32"), Some(&servers)), RUN_BOUND);
-    a.stop();
-    b.stop();
+    // stopped as a person stops an rpc-server: each prints its stats table on SIGINT
+    a.interrupt();
+    b.interrupt();
     let (log_a, log_b) = (a.log_text(), b.log_text());
     assert!(
         ok,
@@ -250,6 +268,10 @@ fn two_rpc_servers_serving_ane_full_match_the_cpu() {
             .count()
     };
     let (ea, eb) = (engine(&log_a), engine(&log_b));
+    for log in [&log_a, &log_b] {
+        assert!(log.contains("ggml-ane: signal 2"), "{}", tail(log));
+        assert!(support::stat(log, "nodes on engine") > 0, "{}", tail(log));
+    }
     let _ = std::fs::remove_dir_all(&s.dir);
     eprintln!(
         "two rpc-servers (ANE-FULL): NMSE {err:.1e} vs the CPU, engine lines {ea} + {eb}, {took:?}"

@@ -179,6 +179,27 @@ fn the_full_device_passes_a_llama_layers_ops_in_every_host() {
 }
 
 #[test]
+fn stats_interval_prints_the_table_while_running() {
+    let text = run(
+        Some("type_a=f16,type_b=f32,m=16,n=(1|16),k=256"),
+        &[("GGML_ANE_STATS_INTERVAL", "2")],
+    );
+    let (ok, total) = passed(&text);
+    assert_eq!(ok, total);
+    let tables = text.matches("ggml-ane: after ").count();
+    assert!(
+        tables >= 2,
+        "{tables} tables for {total} cases:\n{}",
+        tail(&text)
+    );
+    assert!(
+        text.contains("ggml-ane: after 2 graphs\nggml-ane stats"),
+        "{}",
+        tail(&text)
+    );
+}
+
+#[test]
 fn decode_sized_ops_are_declined() {
     // with the default threshold of 32 tokens, every case with fewer rows is "not
     // supported": none reaches the device

@@ -17,6 +17,7 @@ pub(crate) mod chain;
 pub(crate) mod cpu;
 pub(crate) mod full_device;
 pub(crate) mod graph;
+pub(crate) mod signals;
 pub(crate) mod tensor;
 pub mod vtables;
 

@@ -137,6 +137,7 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
                 return GGML_STATUS_FAILED;
             }
         }
+        backend::graph_done(rt);
         GGML_STATUS_SUCCESS
     })
 }
@@ -273,8 +274,14 @@ pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend
         );
         return std::ptr::null_mut();
     }
-    let ctx = Box::into_raw(Box::new(BackendContext::default()));
-    backend::instance_started();
+    let ctx = Box::new(BackendContext::default());
+    backend::instance_started(&ctx);
+    if let Ok(rt) = backend::runtime() {
+        if rt.config.stats_level > 0 {
+            super::signals::print_stats_on_signal(rt);
+        }
+    }
+    let ctx = Box::into_raw(ctx);
     Box::into_raw(Box::new(ggml_backend {
         guid: guid(),
         iface: BACKEND_I,
