@@ -563,7 +563,7 @@ pub(crate) fn graph_done(rt: &Runtime) {
     static GRAPHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = GRAPHS.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(every) = rt.config.stats_interval {
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             eprint!("ggml-ane: after {n} graphs\n{}", stats_now(rt));
         }
     }

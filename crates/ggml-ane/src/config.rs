@@ -192,9 +192,7 @@ impl Config {
         let probe = flag("GGML_ANE_PROBE")?;
         let fuse = var("GGML_ANE_FUSE").is_none() || flag("GGML_ANE_FUSE")?;
         let full_device = var("GGML_ANE_FULL").is_none() || flag("GGML_ANE_FULL")?;
-        let stats_interval = number("GGML_ANE_STATS_INTERVAL")?
-            .map(|n| n as u64)
-            .filter(|&n| n > 0);
+        let stats_interval = number("GGML_ANE_STATS_INTERVAL")?.filter(|&n| n > 0);
         let blocks_only = match var("GGML_ANE_MATMULS").as_deref() {
             None | Some("all") => false,
             Some("blocks") => true,
