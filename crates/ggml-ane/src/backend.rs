@@ -322,7 +322,7 @@ pub(crate) fn supports_mul_mat(n: &NodeDesc) -> bool {
 /// rows are contiguous, and ggml marks the buffer as holding model weights, which it promises
 /// not to change while graphs run.
 pub(crate) fn may_bake(rt: &Runtime, s0: &TensorDesc) -> bool {
-    rt.cache.policy().may_bake() && s0.nb[0] == s0.type_size && s0.in_weights_buffer()
+    rt.cache.policy().may_bake() && s0.nb[0] == s0.type_size && s0.is_model_weight()
 }
 
 pub(crate) fn mul_mat_shape(n: &NodeDesc) -> Option<MatmulShape> {

@@ -29,10 +29,10 @@ fn weights_ok(t: &TensorDesc, k: i64) -> Result<(), FallbackReason> {
     Ok(())
 }
 
-/// Model weights ggml promises not to change while graphs run (contiguous rows in a
-/// weights buffer): their identity may key baked kernels and staged surfaces.
+/// Model weights with contiguous rows ([`TensorDesc::is_model_weight`]): their identity may
+/// key baked kernels and staged surfaces.
 fn identifiable(t: &TensorDesc) -> bool {
-    t.nb[0] == t.type_size && t.in_weights_buffer()
+    t.nb[0] == t.type_size && t.is_model_weight()
 }
 
 /// The chain's results computed on the engine (not written: the caller writes each at its

@@ -55,6 +55,7 @@ impl ggml_op {
     pub const TRANSPOSE: ggml_op = ggml_op(39);
 }
 
+pub const GGML_TENSOR_FLAG_INPUT: i32 = 1;
 pub const GGML_TENSOR_FLAG_OUTPUT: i32 = 2;
 pub const GGML_TENSOR_FLAG_COMPUTE: i32 = 16;
 

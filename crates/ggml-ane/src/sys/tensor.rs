@@ -7,6 +7,7 @@ use half::{bf16, f16};
 use super::{
     ggml_backend_buffer_get_usage, ggml_get_type_traits, ggml_op, ggml_tensor, ggml_to_float_t,
     ggml_type, GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_NAME, GGML_MAX_SRC,
+    GGML_TENSOR_FLAG_INPUT,
 };
 use ane_runtime::matmul::{MatrixSink, MatrixSource, WeightId};
 
@@ -26,6 +27,8 @@ pub(crate) struct TensorDesc {
     pub(crate) type_name: &'static str,
     /// The ggml buffer holding the data (NULL for views not yet allocated).
     buffer: *mut c_void,
+    /// A leaf of the graph (computed by no node), not a view, not a graph input.
+    leaf: bool,
 }
 
 /// A node and its first two sources.
@@ -74,6 +77,9 @@ fn describe(t: &ggml_tensor) -> TensorDesc {
                 .unwrap_or("?")
         }),
         buffer: t.buffer,
+        leaf: t.op == ggml_op::NONE
+            && t.view_src.is_null()
+            && t.flags & GGML_TENSOR_FLAG_INPUT == 0,
     }
 }
 
@@ -87,9 +93,16 @@ impl TensorDesc {
             || unsafe { crate::sys::readable_buft(crate::sys::ggml_backend_buffer_get_type(self.buffer)) }
     }
 
-    /// In a buffer ggml marks as holding model weights (never written while graphs run).
-    /// Asked only of a MUL_MAT's weights when it runs, not for every tensor described.
-    pub(crate) fn in_weights_buffer(&self) -> bool {
+    /// Model weights: in a buffer ggml marks as holding them (never written while graphs
+    /// run), or — where buffer usage does not travel, as on ggml's rpc-server — a leaf of the
+    /// graph that is neither a view nor a graph input. Either way the sampled fingerprint is
+    /// checked on every call. Asked only of a MUL_MAT's weights when it runs.
+    pub(crate) fn is_model_weight(&self) -> bool {
+        self.leaf || self.in_weights_buffer()
+    }
+
+    /// In a buffer ggml marks as holding model weights.
+    fn in_weights_buffer(&self) -> bool {
         !self.buffer.is_null()
             // SAFETY: the buffer pointer was read from a live tensor during the graph
             // computation that is asking, so the buffer is live.
