@@ -294,6 +294,7 @@ fn two_rpc_servers_serving_ane_full_match_the_cpu() {
 #[test]
 fn a_server_that_is_gone_ends_the_client_within_a_bound() {
     let Some(s) = setup("rpc-dead") else { return };
+    // gone before the client starts: it cannot connect
     let a = Server::start(&s.server, &s.lib_dir, &s.dir, "server-a");
     let mut b = Server::start(&s.server, &s.lib_dir, &s.dir, "server-b");
     let servers = format!("{},{}", a.endpoint(), b.endpoint());
@@ -302,12 +303,56 @@ fn a_server_that_is_gone_ends_the_client_within_a_bound() {
         s.client(&s.dir.join("dead.f32"), Some(&servers)),
         Duration::from_secs(60),
     );
-    drop(a);
-    let _ = std::fs::remove_dir_all(&s.dir);
     assert!(
         !ok,
         "the client succeeded without server b:\n{}",
         tail(&log)
     );
     eprintln!("with one server gone the client ended in {took:?}");
+    drop(a);
+
+    // gone mid-run: stopped once it computed the prompt, before the decode step
+    let a = Server::start(&s.server, &s.lib_dir, &s.dir, "server-c");
+    let mut b = Server::start(&s.server, &s.lib_dir, &s.dir, "server-d");
+    let servers = format!("{},{}", a.endpoint(), b.endpoint());
+    let mut client = s.client(&s.dir.join("dying.f32"), Some(&servers));
+    client.env("LOGITS_PAUSE_MS", "3000");
+    let started = Instant::now();
+    let mut child = client
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the client");
+    let deadline = Instant::now() + RUN_BOUND;
+    while !b.log_text().contains("ggml-ane: FUSED ") {
+        assert!(
+            Instant::now() < deadline,
+            "server d computed nothing:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.stop();
+    let bound = Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the client hung after its server died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(a);
+    let _ = std::fs::remove_dir_all(&s.dir);
+    assert!(
+        !status.success(),
+        "the client succeeded after its server died"
+    );
+    eprintln!(
+        "a server dying mid-run ended the client in {:?} ({status})",
+        started.elapsed()
+    );
 }

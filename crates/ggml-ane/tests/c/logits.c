@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ggml-backend.h"
 #include "llama.h"
@@ -148,6 +149,13 @@ int main(int argc, char **argv) {
     }
     if (!write_rows(out, ctx, 0, n_prompt, n_vocab)) {
         return fail("cannot write the prompt logits");
+    }
+
+    /* LOGITS_PAUSE_MS: a pause between the prompt and the decode step (a test stops a server
+     * meanwhile) */
+    const char *pause = getenv("LOGITS_PAUSE_MS");
+    if (pause && *pause) {
+        usleep((useconds_t)atoi(pause) * 1000);
     }
 
     batch.token[0] = (llama_token)(n_vocab / 3);
