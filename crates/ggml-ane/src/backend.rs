@@ -180,6 +180,8 @@ pub(crate) struct BackendContext {
     pub(crate) cpu: Mutex<Option<CpuBackend>>,
     /// The thread count ggml set (0: never set, the CPU backend's default).
     pub(crate) n_threads: AtomicI32,
+    /// The abort callback ggml set, and its data (an address), for the CPU backend.
+    pub(crate) abort: Mutex<Option<(crate::sys::ggml_abort_callback, usize)>>,
 }
 
 impl BackendContext {
@@ -201,7 +203,11 @@ impl BackendContext {
                 0 => std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
                 n => n,
             };
-            *cpu = Some(CpuBackend::new(Some(n))?);
+            let backend = CpuBackend::new(n)?;
+            if let Some((cb, data)) = *self.abort.lock().unwrap_or_else(|e| e.into_inner()) {
+                backend.set_abort_callback(cb, data as *mut std::ffi::c_void);
+            }
+            *cpu = Some(backend);
             log(
                 GGML_LOG_LEVEL_INFO,
                 &format!(
@@ -221,8 +227,17 @@ impl BackendContext {
     /// Sets the thread count of the CPU backend (now, or when it is created).
     pub(crate) fn set_n_threads(&self, n: i32) {
         self.n_threads.store(n, Ordering::Relaxed);
-        if let Some(cpu) = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(cpu) = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             cpu.set_n_threads(n);
+        }
+    }
+
+    /// Sets the abort callback of the CPU backend (now, or when it is created); the engine's
+    /// work is not interrupted by it.
+    pub(crate) fn set_abort_callback(&self, cb: crate::sys::ggml_abort_callback, data: usize) {
+        *self.abort.lock().unwrap_or_else(|e| e.into_inner()) = Some((cb, data));
+        if let Some(cpu) = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            cpu.set_abort_callback(cb, data as *mut std::ffi::c_void);
         }
     }
 }

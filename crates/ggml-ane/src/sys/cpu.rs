@@ -16,19 +16,28 @@ use std::ffi::{c_int, c_void, CStr, CString};
 use std::sync::OnceLock;
 
 use super::{
-    ggml_backend, ggml_backend_dev_backend_reg, ggml_backend_dev_init, ggml_backend_device,
-    ggml_backend_free, ggml_backend_graph_compute, ggml_backend_reg_get_proc_address, ggml_cgraph,
-    ggml_free, ggml_graph_add_node, ggml_graph_overhead_custom, ggml_init, ggml_init_params,
-    ggml_new_graph_custom, ggml_tensor, GGML_BACKEND_DEVICE_TYPE_CPU, GGML_STATUS_FAILED,
+    ggml_abort_callback, ggml_backend, ggml_backend_dev_backend_reg, ggml_backend_dev_init,
+    ggml_backend_device, ggml_backend_free, ggml_backend_graph_compute,
+    ggml_backend_reg_get_proc_address, ggml_cgraph, ggml_free, ggml_graph_add_node,
+    ggml_graph_overhead_custom, ggml_init, ggml_init_params, ggml_new_graph_custom, ggml_tensor,
+    ggml_threadpool_params, ggml_threadpool_params_init, GGML_BACKEND_DEVICE_TYPE_CPU,
+    GGML_STATUS_FAILED,
 };
 
 type DevByType = unsafe extern "C" fn(c_int) -> *mut ggml_backend_device;
 type SetNThreads = unsafe extern "C" fn(*mut ggml_backend, c_int);
+type SetAbort = unsafe extern "C" fn(*mut ggml_backend, ggml_abort_callback, *mut c_void);
+type ThreadpoolNew = unsafe extern "C" fn(*mut ggml_threadpool_params) -> *mut c_void;
+type ThreadpoolFree = unsafe extern "C" fn(*mut c_void);
+type SetThreadpool = unsafe extern "C" fn(*mut ggml_backend, *mut c_void);
 
 /// The host's CPU device and the extras its registry offers.
+#[derive(Clone, Copy)]
 pub(crate) struct CpuDevice {
     dev: *mut ggml_backend_device,
     set_n_threads: Option<SetNThreads>,
+    set_abort: Option<SetAbort>,
+    threadpool: Option<(ThreadpoolNew, ThreadpoolFree, SetThreadpool)>,
 }
 
 // SAFETY: a device registered with ggml lives for the process and ggml's device functions
@@ -121,17 +130,41 @@ pub(crate) fn cpu_device() -> Result<&'static CpuDevice, String> {
         return Err("the host registered no CPU backend".into());
     }
     // SAFETY: a live device; its registry's proc lookup takes a NUL-terminated name and
-    // returns NULL for names it lacks.
-    let set_n_threads = unsafe {
+    // returns NULL for names it lacks; each name's function has the signature given.
+    let found = unsafe {
         let reg = ggml_backend_dev_backend_reg(dev);
-        let p = if reg.is_null() {
-            std::ptr::null_mut()
-        } else {
-            ggml_backend_reg_get_proc_address(reg, c"ggml_backend_set_n_threads".as_ptr())
+        let proc_ = |name: &CStr| {
+            if reg.is_null() {
+                std::ptr::null_mut()
+            } else {
+                ggml_backend_reg_get_proc_address(reg, name.as_ptr())
+            }
         };
-        (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, SetNThreads>(p))
+        let p = proc_(c"ggml_backend_set_n_threads");
+        let set_n_threads =
+            (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, SetNThreads>(p));
+        let p = proc_(c"ggml_backend_set_abort_callback");
+        let set_abort = (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, SetAbort>(p));
+        let (new, free, set) = (
+            proc_(c"ggml_threadpool_new"),
+            proc_(c"ggml_threadpool_free"),
+            proc_(c"ggml_backend_cpu_set_threadpool"),
+        );
+        let threadpool = (!new.is_null() && !free.is_null() && !set.is_null()).then(|| {
+            (
+                std::mem::transmute::<*mut c_void, ThreadpoolNew>(new),
+                std::mem::transmute::<*mut c_void, ThreadpoolFree>(free),
+                std::mem::transmute::<*mut c_void, SetThreadpool>(set),
+            )
+        });
+        CpuDevice {
+            dev,
+            set_n_threads,
+            set_abort,
+            threadpool,
+        }
     };
-    Ok(FOUND.get_or_init(|| CpuDevice { dev, set_n_threads }))
+    Ok(FOUND.get_or_init(|| found))
 }
 
 impl CpuDevice {
@@ -145,40 +178,70 @@ impl CpuDevice {
     }
 }
 
-/// One CPU backend instance, owned by one of our backend instances.
+/// One CPU backend instance, owned by one of our backend instances, with a thread pool of
+/// its own that sleeps between graphs (`poll = 0`: no spinning while the ANE works).
 pub(crate) struct CpuBackend {
     backend: *mut ggml_backend,
-    set_n_threads: Option<SetNThreads>,
+    device: CpuDevice,
+    pool: *mut c_void,
 }
 
 // SAFETY: the CPU backend is used by one graph computation at a time (our backend instance
-// is, as ggml requires of every backend); it may move between threads.
+// is, as ggml requires of every backend); it and its pool may move between threads.
 unsafe impl Send for CpuBackend {}
 
 impl CpuBackend {
-    /// A new CPU backend with `n_threads` threads (ggml's default when `None`).
-    pub(crate) fn new(n_threads: Option<c_int>) -> Result<Self, String> {
-        let dev = cpu_device()?;
+    /// A new CPU backend with `n_threads` threads.
+    pub(crate) fn new(n_threads: c_int) -> Result<Self, String> {
+        let device = *cpu_device()?;
         // SAFETY: a live device; NULL params as llama.cpp passes.
-        let backend = unsafe { ggml_backend_dev_init(dev.dev, std::ptr::null()) };
+        let backend = unsafe { ggml_backend_dev_init(device.dev, std::ptr::null()) };
         if backend.is_null() {
             return Err("ggml's CPU backend could not be created".into());
         }
-        let cpu = CpuBackend {
+        let mut cpu = CpuBackend {
             backend,
-            set_n_threads: dev.set_n_threads,
+            device,
+            pool: std::ptr::null_mut(),
         };
-        if let Some(n) = n_threads {
-            cpu.set_n_threads(n);
-        }
+        cpu.set_n_threads(n_threads);
         Ok(cpu)
     }
 
-    /// Forwards a thread count (what llama.cpp sets through our registry).
-    pub(crate) fn set_n_threads(&self, n: c_int) {
-        if let Some(f) = self.set_n_threads {
+    /// Sets the thread count (what llama.cpp sets through our registry): the backend's, and
+    /// a new sleeping pool of that size.
+    pub(crate) fn set_n_threads(&mut self, n: c_int) {
+        if let Some(f) = self.device.set_n_threads {
             // SAFETY: the CPU registry's own setter, on the CPU backend it made.
             unsafe { f(self.backend, n) };
+        }
+        let Some((new, free, set)) = self.device.threadpool else {
+            return;
+        };
+        // SAFETY: params filled by ggml's own initialiser, then polling off; the new pool is
+        // attached before the old one is freed, and freed only here or on drop.
+        unsafe {
+            let mut params: ggml_threadpool_params = std::mem::zeroed();
+            ggml_threadpool_params_init(&mut params, n);
+            params.poll = 0;
+            let pool = new(&mut params);
+            if pool.is_null() {
+                return;
+            }
+            set(self.backend, pool);
+            if !self.pool.is_null() {
+                free(self.pool);
+            }
+            self.pool = pool;
+        }
+    }
+
+    /// Forwards ggml's abort callback (llama.cpp sets one through every registry).
+    pub(crate) fn set_abort_callback(&self, cb: ggml_abort_callback, data: *mut c_void) {
+        if let Some(f) = self.device.set_abort {
+            // SAFETY: the CPU registry's own setter, on the CPU backend it made; ggml keeps
+            // the callback and its data as the caller's promise.
+            unsafe { f(self.backend, cb, data) };
         }
     }
 
@@ -219,8 +282,14 @@ impl CpuBackend {
 
 impl Drop for CpuBackend {
     fn drop(&mut self) {
-        // SAFETY: created by ggml_backend_dev_init, freed once.
-        unsafe { ggml_backend_free(self.backend) };
+        // SAFETY: created by ggml_backend_dev_init and freed once; the pool after the backend
+        // that used it.
+        unsafe {
+            ggml_backend_free(self.backend);
+            if let (Some((_, free, _)), false) = (self.device.threadpool, self.pool.is_null()) {
+                free(self.pool);
+            }
+        }
     }
 }
 

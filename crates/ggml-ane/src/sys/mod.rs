@@ -268,7 +268,25 @@ unsafe extern "C" {
         name: *const c_char,
     ) -> *mut c_void;
     pub fn ggml_backend_free(backend: *mut ggml_backend);
+    pub fn ggml_threadpool_params_init(p: *mut ggml_threadpool_params, n_threads: c_int);
 }
+
+/// `GGML_MAX_N_THREADS`.
+pub const GGML_MAX_N_THREADS: usize = 512;
+
+/// `struct ggml_threadpool_params`.
+#[repr(C)]
+pub struct ggml_threadpool_params {
+    pub cpumask: [bool; GGML_MAX_N_THREADS],
+    pub n_threads: c_int,
+    pub prio: c_int,
+    pub poll: u32,
+    pub strict_cpu: bool,
+    pub paused: bool,
+}
+
+/// `ggml_abort_callback`: true aborts the computation.
+pub type ggml_abort_callback = Option<unsafe extern "C" fn(data: *mut c_void) -> bool>;
 
 /// `struct ggml_init_params`.
 #[repr(C)]
@@ -414,6 +432,18 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             offset_of!(ggml_backend_dev_props, caps),
         ),
         ("ggml_backend_dev_caps", size_of::<ggml_backend_dev_caps>()),
+        (
+            "ggml_threadpool_params",
+            size_of::<ggml_threadpool_params>(),
+        ),
+        (
+            "ggml_threadpool_params.n_threads",
+            offset_of!(ggml_threadpool_params, n_threads),
+        ),
+        (
+            "ggml_threadpool_params.poll",
+            offset_of!(ggml_threadpool_params, poll),
+        ),
         ("GGML_OP_MUL_MAT", ggml_op::MUL_MAT.0 as usize),
         ("GGML_OP_RESHAPE", ggml_op::RESHAPE.0 as usize),
         ("GGML_OP_VIEW", ggml_op::VIEW.0 as usize),
@@ -424,6 +454,8 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             "GGML_TENSOR_FLAG_COMPUTE",
             GGML_TENSOR_FLAG_COMPUTE as usize,
         ),
+        ("GGML_TENSOR_FLAG_INPUT", GGML_TENSOR_FLAG_INPUT as usize),
+        ("GGML_TENSOR_FLAG_OUTPUT", GGML_TENSOR_FLAG_OUTPUT as usize),
         (
             "GGML_BACKEND_DEVICE_TYPE_ACCEL",
             GGML_BACKEND_DEVICE_TYPE_ACCEL as usize,
@@ -455,6 +487,7 @@ const _: () = {
     assert!(size_of::<ggml_backend_i>() == 128);
     assert!(size_of::<ggml_backend>() == 152);
     assert!(size_of::<ggml_backend_dev_props>() == 56);
+    assert!(offset_of!(ggml_threadpool_params, poll) == 520);
 };
 
 /// Whether a line at `level` would be logged (to skip formatting it otherwise).

@@ -584,6 +584,9 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_proc_address(
         match unsafe { CStr::from_ptr(name) }.to_bytes() {
             b"ggml_backend_get_features" => ggml_backend_ane_reg_get_features as *mut c_void,
             b"ggml_backend_set_n_threads" => ggml_backend_ane_set_n_threads as *mut c_void,
+            b"ggml_backend_set_abort_callback" => {
+                ggml_backend_ane_set_abort_callback as *mut c_void
+            }
             _ => std::ptr::null_mut(),
         }
     })
@@ -598,6 +601,23 @@ unsafe extern "C" fn ggml_backend_ane_set_n_threads(backend: *mut ggml_backend, 
             // SAFETY: our backend's context is a BackendContext.
             let ctx = unsafe { &*((*backend).context as *const BackendContext) };
             ctx.set_n_threads(n_threads);
+        }
+    })
+}
+
+/// `ggml_backend_set_abort_callback` (llama.cpp sets one on every registry that has it):
+/// forwarded to the CPU backend that computes our other nodes.
+unsafe extern "C" fn ggml_backend_ane_set_abort_callback(
+    backend: *mut ggml_backend,
+    callback: ggml_abort_callback,
+    data: *mut c_void,
+) {
+    guard("set_abort_callback", (), || {
+        // SAFETY: the caller passes one of our backends (checked by its GUID).
+        if unsafe { ggml_backend_is_ane(backend) } {
+            // SAFETY: our backend's context is a BackendContext.
+            let ctx = unsafe { &*((*backend).context as *const BackendContext) };
+            ctx.set_abort_callback(callback, data as usize);
         }
     })
 }

@@ -29,8 +29,9 @@ int main(void) {
     SIZE(ggml_backend_dev_props); OFF(ggml_backend_dev_props, type); OFF(ggml_backend_dev_props, device_id);
     OFF(ggml_backend_dev_props, caps);
     SIZE(ggml_backend_dev_caps);
+    SIZE(ggml_threadpool_params); OFF(ggml_threadpool_params, n_threads); OFF(ggml_threadpool_params, poll);
     VAL(GGML_OP_MUL_MAT); VAL(GGML_OP_RESHAPE); VAL(GGML_OP_VIEW); VAL(GGML_OP_PERMUTE); VAL(GGML_OP_TRANSPOSE);
-    VAL(GGML_TYPE_BF16); VAL(GGML_TENSOR_FLAG_COMPUTE); VAL(GGML_BACKEND_DEVICE_TYPE_ACCEL); VAL(GGML_BACKEND_DEVICE_TYPE_IGPU);
+    VAL(GGML_TYPE_BF16); VAL(GGML_TENSOR_FLAG_COMPUTE); VAL(GGML_TENSOR_FLAG_INPUT); VAL(GGML_TENSOR_FLAG_OUTPUT); VAL(GGML_BACKEND_DEVICE_TYPE_ACCEL); VAL(GGML_BACKEND_DEVICE_TYPE_IGPU);
     VAL(GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     VAL(GGML_BACKEND_API_VERSION);
     return 0;
