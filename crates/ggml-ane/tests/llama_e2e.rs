@@ -57,21 +57,7 @@ const LAYERS: u64 = 4;
 fn check_model(kind: &str, max_nmse: f64) {
     let Some(tools) = Tools::find() else { return };
     let dir = support::scratch_dir(&format!("e2e-{kind}"));
-    let model = dir.join(format!("tiny-{kind}.gguf"));
-    let made = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/tiny_llama.py"
-        ))
-        .arg(&model)
-        .arg(kind)
-        .output()
-        .expect("run python");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let model = support::tiny_llama(&dir, kind);
 
     let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
     // the default: fused FFN and Q/K/V blocks (no cap on loaded kernels: every weight baked)

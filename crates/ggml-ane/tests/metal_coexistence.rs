@@ -12,7 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{python, tail};
+use support::{nmse, python, tail};
 
 /// Tokens in the prompt: past Metal's and our threshold of 32, so the prompt reaches us.
 const PROMPT: usize = 100;
@@ -44,15 +44,6 @@ fn prompt_splits(log: &str) -> usize {
             rest.split(['/', ',']).next()?.trim().parse().ok()
         })
         .unwrap_or_else(|| panic!("no graph splits line:\n{}", tail(log)))
-}
-
-fn nmse(want: &[f32], got: &[f32]) -> f64 {
-    let (mut err, mut norm) = (0.0, 0.0);
-    for (&w, &g) in want.iter().zip(got) {
-        err += (f64::from(w) - f64::from(g)).powi(2);
-        norm += f64::from(w).powi(2);
-    }
-    err / norm
 }
 
 /// The model: `ANE_E2E_MODEL`, or a tiny random F16 llama made here.

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{python, tail};
+use support::{nmse, tail};
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -141,15 +141,6 @@ fn read_f32(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-fn nmse(want: &[f32], got: &[f32]) -> f64 {
-    let (mut err, mut norm) = (0.0, 0.0);
-    for (&w, &g) in want.iter().zip(got) {
-        err += (f64::from(w) - f64::from(g)).powi(2);
-        norm += f64::from(w).powi(2);
-    }
-    err / norm
-}
-
 struct Setup {
     lib_dir: PathBuf,
     server: PathBuf,
@@ -176,21 +167,7 @@ fn setup(tag: &str) -> Option<Setup> {
         return None;
     }
     let dir = support::scratch_dir(tag);
-    let model = dir.join("tiny-f16.gguf");
-    let made = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/tiny_llama.py"
-        ))
-        .arg(&model)
-        .arg("f16")
-        .output()
-        .expect("run python");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let model = support::tiny_llama(&dir, "f16");
     let logits = support::compile_c(
         "logits.c",
         &format!("logits-{tag}"),

@@ -128,3 +128,34 @@ pub fn compile_c(source: &str, name: &str, extra: &[String]) -> PathBuf {
     );
     exe
 }
+
+/// Makes the tiny random llama (`kind`: `f16` or `q8_0`) as `<dir>/tiny-<kind>.gguf` with
+/// `tests/py/tiny_llama.py`.
+pub fn tiny_llama(dir: &Path, kind: &str) -> PathBuf {
+    let model = dir.join(format!("tiny-{kind}.gguf"));
+    let made = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/tiny_llama.py"
+        ))
+        .arg(&model)
+        .arg(kind)
+        .output()
+        .expect("run python");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    model
+}
+
+/// Mean squared error of `got` over the mean square of `want`.
+pub fn nmse(want: &[f32], got: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0.0, 0.0);
+    for (&w, &g) in want.iter().zip(got) {
+        err += (f64::from(w) - f64::from(g)).powi(2);
+        norm += f64::from(w).powi(2);
+    }
+    err / norm
+}
