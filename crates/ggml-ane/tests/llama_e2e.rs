@@ -39,7 +39,9 @@ fn a_given_model_matches_the_cpu() {
         eprintln!("SKIP: ANE_E2E_MODEL not set (a GGUF of your own to run end to end)");
         return;
     };
-    let Some(tools) = Tools::find() else { return };
+    let Some(tools) = Tools::find("given") else {
+        return;
+    };
     let dir = support::scratch_dir("e2e-given");
     let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
     let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")), &[]);
@@ -55,7 +57,9 @@ fn a_given_model_matches_the_cpu() {
 const LAYERS: u64 = 4;
 
 fn check_model(kind: &str, max_nmse: f64) {
-    let Some(tools) = Tools::find() else { return };
+    let Some(tools) = Tools::find(kind) else {
+        return;
+    };
     let dir = support::scratch_dir(&format!("e2e-{kind}"));
     let model = support::tiny_llama(&dir, kind);
 
@@ -343,7 +347,9 @@ struct Tools {
 
 impl Tools {
     /// None (with a SKIP line) when the host build has no libllama, unless hosts are required.
-    fn find() -> Option<Tools> {
+    /// (`tag` names this test's own copy: tests run in parallel, and one must not run the
+    /// program while another writes it.)
+    fn find(tag: &str) -> Option<Tools> {
         let lib_dir = support::lib_dir();
         let llama = lib_dir.join(if cfg!(target_os = "macos") {
             "libllama.dylib"
@@ -365,7 +371,7 @@ impl Tools {
         }
         let exe = support::compile_c(
             "logits.c",
-            "logits",
+            &format!("logits-{tag}"),
             &[
                 format!("-I{}", support::src_dir().join("../include").display()),
                 format!("-L{}", lib_dir.display()),

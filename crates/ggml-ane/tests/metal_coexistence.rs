@@ -73,9 +73,10 @@ fn model(dir: &Path) -> Option<PathBuf> {
     Some(model)
 }
 
-/// The logits program and the stand-in Metal module, compiled against the pinned ggml; with
-/// the model (None, with a SKIP line, when the host has no libllama).
-fn tools(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+/// The logits program and the stand-in Metal module, compiled against the pinned ggml under
+/// names of `tag` (tests run in parallel: each compiles its own); with the model (None, with a
+/// SKIP line, when the host has no libllama).
+fn tools(dir: &Path, tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let lib_dir = support::lib_dir();
     if !lib_dir.join("libllama.so").exists() && !lib_dir.join("libllama.dylib").exists() {
         assert!(
@@ -95,7 +96,7 @@ fn tools(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     ];
     let exe = support::compile_c(
         "logits.c",
-        "logits-metal",
+        &format!("logits-{tag}"),
         &[
             vec![
                 include(src.join("include")),
@@ -108,7 +109,7 @@ fn tools(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     );
     let standin = support::compile_c(
         "metal_standin.c",
-        "libstandin-metal.so",
+        &format!("libstandin-metal-{tag}.so"),
         &[
             vec!["-shared".into(), "-fPIC".into()],
             vec![include(src.join("include")), include(src.join("src"))],
@@ -123,7 +124,7 @@ fn tools(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 #[test]
 fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
     let dir = support::scratch_dir("metal");
-    let Some((exe, standin, model)) = tools(&dir) else {
+    let Some((exe, standin, model)) = tools(&dir, "metal") else {
         return;
     };
     let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
@@ -249,7 +250,7 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
 #[test]
 fn metal_and_ane_full_split_every_layer_with_sm_tensor() {
     let dir = support::scratch_dir("sm-tensor");
-    let Some((exe, standin, model)) = tools(&dir) else {
+    let Some((exe, standin, model)) = tools(&dir, "sm-tensor") else {
         return;
     };
     let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
