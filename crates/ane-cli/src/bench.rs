@@ -103,7 +103,16 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.block.is_some() {
-        return run_block(&args);
+        let dims = crate::bench_block::parse_dims(&args.dims)?;
+        let engine = args.engine.create(args.kernels)?;
+        return crate::bench_block::run(
+            engine.as_ref(),
+            args.kernels,
+            dims,
+            args.tokens,
+            args.reps,
+            args.json,
+        );
     }
     let shapes = if args.shapes.is_empty() {
         SHAPES.to_vec()
@@ -299,80 +308,6 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `, "power": {...}` for a row measured with `--power` (flags as a list), else nothing.
-/// `--block ffn`: the fused FFN and the same work as single MUL_MATs, one engine, one run.
-fn run_block(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    use crate::bench_block::{fused, nmse, singles, FfnInputs};
-    let dims: Vec<usize> = args
-        .dims
-        .split(',')
-        .map(|x| x.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("--dims `{}`: {e}", args.dims))?;
-    let [c, h] = dims[..] else {
-        anyhow::bail!("--dims needs CHANNELS,HIDDEN, not `{}`", args.dims)
-    };
-    if c == 0 || h == 0 || args.tokens == 0 {
-        anyhow::bail!("--dims and --tokens must be positive");
-    }
-    let engine = args.engine.create(args.kernels)?;
-    let cache = KernelCache::new().with_policy(args.kernels);
-    let reps = args.reps.max(1);
-    let inputs = FfnInputs::new(c, h, args.tokens);
-    let (f, form) = fused(engine.as_ref(), &cache, &inputs, reps)?;
-    let s = singles(engine.as_ref(), &cache, &inputs, reps)?;
-    let diff = nmse(&s.out, &f.out);
-    let gflops = |d: Duration| inputs.flops() / d.as_secs_f64().max(1e-12) / 1e9;
-    let ratio = s.per_call.as_secs_f64() / f.per_call.as_secs_f64().max(1e-12);
-    let kind = engine.info().kind;
-    if args.json {
-        let one = |name: &str, t: &crate::bench_block::BlockTiming| {
-            format!(
-                "\"{name}\": {{\"ms\": {:.3}, \"first_ms\": {:.3}, \"gflops\": {:.2}, \"dispatches\": {}, \"staged_bytes\": {}}}",
-                t.per_call.as_secs_f64() * 1e3,
-                t.first.as_secs_f64() * 1e3,
-                gflops(t.per_call),
-                t.dispatches,
-                t.staged
-            )
-        };
-        println!(
-            "{{\"engine\": \"{kind}\", \"block\": \"ffn\", \"channels\": {c}, \"hidden\": {h}, \"tokens\": {}, \"reps\": {reps}, \"form\": \"{}\", {}, {}, \"speedup\": {ratio:.3}, \"nmse\": {diff:.3e}}}",
-            args.tokens,
-            form.as_str(),
-            one("fused", &f),
-            one("singles", &s)
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "FFN block {c}x{h}, {} tokens, {kind} engine, {reps} reps ({:.1} GFLOP per call)",
-        args.tokens,
-        inputs.flops() / 1e9
-    );
-    println!(
-        "{:<26} {:>10} {:>10} {:>9} {:>11} {:>12}",
-        "path", "ms/call", "first ms", "GFLOPS", "dispatches", "staged MiB"
-    );
-    for (name, t) in [
-        (format!("fused ({})", form.as_str()), &f),
-        ("3 single MUL_MATs".to_string(), &s),
-    ] {
-        println!(
-            "{name:<26} {:>10.2} {:>10.1} {:>9.2} {:>11} {:>12.1}",
-            t.per_call.as_secs_f64() * 1e3,
-            t.first.as_secs_f64() * 1e3,
-            gflops(t.per_call),
-            t.dispatches,
-            t.staged as f64 / (1 << 20) as f64
-        );
-    }
-    println!("singles / fused time: {ratio:.2}x; results differ by NMSE {diff:.2e}");
-    if kind == ane_runtime::EngineKind::Reference {
-        println!("(reference engine: CPU arithmetic; only a Mac's ANE shows the dispatch savings)");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn power_json(r: &Row) -> String {
     use crate::doctor::json_string as js;
     match &r.power {

@@ -10,6 +10,8 @@
 //! those same places, exactly as without fusion. The full-layer device of issue #14 walks
 //! with the same plan.
 
+use std::collections::HashMap;
+
 /// The ops the walker tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
@@ -136,6 +138,7 @@ pub(crate) struct Plan {
 
 /// The steps that compute `nodes`; chains are looked for only with `fuse`.
 pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
+    let g = Graph::new(nodes);
     let mut member_of: Vec<Option<usize>> = vec![None; nodes.len()];
     let mut chains = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
@@ -149,9 +152,9 @@ pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
             continue;
         }
         let chain = match n.kind {
-            OpKind::RmsNorm if fuse => find_chain(nodes, i),
-            OpKind::Mul if fuse && is_input(nodes, n.src(0)) && is_input(nodes, n.src(1)) => {
-                chain_from_scale(nodes, None, i)
+            OpKind::RmsNorm if fuse => find_chain(&g, i),
+            OpKind::Mul if fuse && g.is_input(n.src(0)) && g.is_input(n.src(1)) => {
+                chain_from_scale(&g, None, i)
             }
             _ => None,
         };
@@ -178,35 +181,64 @@ pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
     Plan { steps, chains }
 }
 
-/// Indices of the nodes that read node `i`.
-fn consumers(nodes: &[WalkNode], i: usize) -> Vec<usize> {
-    let id = nodes[i].id;
-    (i + 1..nodes.len())
-        .filter(|&j| nodes[j].srcs.contains(&id))
-        .collect()
+/// The nodes, with who reads whom, indexed once.
+struct Graph<'a> {
+    nodes: &'a [WalkNode],
+    /// A tensor's address → its node's index.
+    index: HashMap<usize, usize>,
+    /// For each node, the later nodes that read it.
+    users: Vec<Vec<usize>>,
 }
 
-fn index_of(nodes: &[WalkNode], id: usize) -> Option<usize> {
-    nodes.iter().position(|n| n.id == id)
-}
+impl<'a> Graph<'a> {
+    fn new(nodes: &'a [WalkNode]) -> Self {
+        let index: HashMap<usize, usize> =
+            nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+        let mut users = vec![Vec::new(); nodes.len()];
+        for (j, n) in nodes.iter().enumerate() {
+            for src in &n.srcs {
+                if let Some(&i) = index.get(src) {
+                    if i < j && users[i].last() != Some(&j) {
+                        users[i].push(j);
+                    }
+                }
+            }
+        }
+        Graph {
+            nodes,
+            index,
+            users,
+        }
+    }
 
-/// A tensor no node of this graph computes: a weight, or an input of the split.
-fn is_input(nodes: &[WalkNode], id: usize) -> bool {
-    id != 0 && index_of(nodes, id).is_none()
+    /// Indices of the nodes that read node `i`.
+    fn consumers(&self, i: usize) -> &[usize] {
+        &self.users[i]
+    }
+
+    fn index_of(&self, id: usize) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    /// A tensor no node of this graph computes: a weight, or an input of the split.
+    fn is_input(&self, id: usize) -> bool {
+        id != 0 && self.index_of(id).is_none()
+    }
 }
 
 /// The FFN or QKV chain starting at the RMS_NORM `norm`, if the graph has one that is safe to
 /// compute at `norm`'s place.
-fn find_chain(nodes: &[WalkNode], norm: usize) -> Option<Chain> {
-    let [scale] = consumers(nodes, norm)[..] else {
+fn find_chain(g: &Graph, norm: usize) -> Option<Chain> {
+    let &[scale] = g.consumers(norm) else {
         return None;
     };
-    chain_from_scale(nodes, Some(norm), scale)
+    chain_from_scale(g, Some(norm), scale)
 }
 
 /// The chain whose norm-weight MUL is `scale` (reading `norm`, or with no norm a normed input
 /// from outside the graph as its first operand).
-fn chain_from_scale(nodes: &[WalkNode], norm: Option<usize>, scale: usize) -> Option<Chain> {
+fn chain_from_scale(g: &Graph, norm: Option<usize>, scale: usize) -> Option<Chain> {
+    let nodes = g.nodes;
     let s = &nodes[scale];
     // × a weight that no node of this graph computes
     let weight = match norm {
@@ -214,10 +246,10 @@ fn chain_from_scale(nodes: &[WalkNode], norm: Option<usize>, scale: usize) -> Op
         Some(_) => s.src(0),
         None => s.src(1),
     };
-    if s.kind != OpKind::Mul || !is_input(nodes, weight) {
+    if s.kind != OpKind::Mul || !g.is_input(weight) {
         return None;
     }
-    let users = consumers(nodes, scale);
+    let users = g.consumers(scale);
     let all_matmuls = users.iter().all(|&u| {
         let n = &nodes[u];
         n.kind == OpKind::MulMat && n.engine && n.compute && n.src(1) == s.id
@@ -225,15 +257,15 @@ fn chain_from_scale(nodes: &[WalkNode], norm: Option<usize>, scale: usize) -> Op
     if !all_matmuls {
         return None;
     }
-    let ffn = match users[..] {
-        [a, b] => ffn_tail(nodes, norm, scale, a, b).filter(|c| safe_at(nodes, c)),
+    let ffn = match *users {
+        [a, b] => ffn_tail(g, norm, scale, a, b).filter(|c| safe_at(g, c)),
         _ => None,
     };
     ffn.or_else(|| {
         (2..=3)
             .contains(&users.len())
-            .then(|| qkv(norm, scale, &users))
-            .filter(|c| safe_at(nodes, c))
+            .then(|| qkv(norm, scale, users))
+            .filter(|c| safe_at(g, c))
     })
 }
 
@@ -250,18 +282,13 @@ fn qkv(norm: Option<usize>, scale: usize, users: &[usize]) -> Chain {
 }
 
 /// gate, up → SWIGLU(gate, up) → down → ADD(down, residual): the rest of an FFN.
-fn ffn_tail(
-    nodes: &[WalkNode],
-    norm: Option<usize>,
-    scale: usize,
-    a: usize,
-    b: usize,
-) -> Option<Chain> {
-    let [glu] = consumers(nodes, a)[..] else {
+fn ffn_tail(graph: &Graph, norm: Option<usize>, scale: usize, a: usize, b: usize) -> Option<Chain> {
+    let nodes = graph.nodes;
+    let &[glu] = graph.consumers(a) else {
         return None;
     };
     let g = &nodes[glu];
-    if g.kind != OpKind::SwiGlu || consumers(nodes, b) != [glu] {
+    if g.kind != OpKind::SwiGlu || graph.consumers(b) != [glu] {
         return None;
     }
     // split form: src0 the gate, src1 the up projection
@@ -272,14 +299,14 @@ fn ffn_tail(
     } else {
         return None;
     };
-    let [down] = consumers(nodes, glu)[..] else {
+    let &[down] = graph.consumers(glu) else {
         return None;
     };
     let d = &nodes[down];
     if d.kind != OpKind::MulMat || !d.engine || d.src(1) != g.id {
         return None;
     }
-    let [add] = consumers(nodes, down)[..] else {
+    let &[add] = graph.consumers(down) else {
         return None;
     };
     let ad = &nodes[add];
@@ -308,20 +335,20 @@ fn ffn_tail(
 ///   chain or marked as a graph output (those results never leave the program);
 /// - every member reads only chain members, nodes before the chain, or tensors no node of
 ///   this graph computes (so all inputs are ready at the start).
-fn safe_at(nodes: &[WalkNode], chain: &Chain) -> bool {
+fn safe_at(g: &Graph, chain: &Chain) -> bool {
     let members = chain.members();
     let outputs = chain.outputs();
     let start = chain.start();
     let is_member = |i: usize| members.contains(&i);
     members.iter().all(|&m| {
-        let n = &nodes[m];
-        let private = outputs.contains(&m)
-            || (!n.is_output && consumers(nodes, m).iter().all(|&c| is_member(c)));
+        let n = &g.nodes[m];
+        let private =
+            outputs.contains(&m) || (!n.is_output && g.consumers(m).iter().all(|&c| is_member(c)));
         let inputs_ready = n
             .srcs
             .iter()
             .filter(|&&s| s != 0)
-            .all(|&src| index_of(nodes, src).is_none_or(|j| j < start || is_member(j)));
+            .all(|&src| g.index_of(src).is_none_or(|j| j < start || is_member(j)));
         n.compute && private && inputs_ready
     })
 }

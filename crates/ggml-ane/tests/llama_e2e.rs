@@ -369,18 +369,7 @@ impl Tools {
             eprintln!("SKIP: libllama or python gguf missing (scripts/test.sh provides both)");
             return None;
         }
-        let exe = support::compile_c(
-            "logits.c",
-            &format!("logits-{tag}"),
-            &[
-                format!("-I{}", support::src_dir().join("../include").display()),
-                format!("-L{}", lib_dir.display()),
-                format!("-Wl,-rpath,{}", lib_dir.display()),
-                "-lllama".into(),
-                "-lggml".into(),
-                "-lggml-base".into(),
-            ],
-        );
+        let exe = support::compile_logits(tag);
         Some(Tools { lib_dir, exe })
     }
 

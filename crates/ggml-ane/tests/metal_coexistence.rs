@@ -94,19 +94,7 @@ fn tools(dir: &Path, tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
         format!("-L{}", lib_dir.display()),
         format!("-Wl,-rpath,{}", lib_dir.display()),
     ];
-    let exe = support::compile_c(
-        "logits.c",
-        &format!("logits-{tag}"),
-        &[
-            vec![
-                include(src.join("include")),
-                include(src.join("../include")),
-            ],
-            link.to_vec(),
-            vec!["-lllama".into(), "-lggml".into(), "-lggml-base".into()],
-        ]
-        .concat(),
-    );
+    let exe = support::compile_logits(tag);
     let standin = support::compile_c(
         "metal_standin.c",
         &format!("libstandin-metal-{tag}.so"),

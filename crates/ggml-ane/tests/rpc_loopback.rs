@@ -168,19 +168,7 @@ fn setup(tag: &str) -> Option<Setup> {
     }
     let dir = support::scratch_dir(tag);
     let model = support::tiny_llama(&dir, "f16");
-    let logits = support::compile_c(
-        "logits.c",
-        &format!("logits-{tag}"),
-        &[
-            format!("-I{}", support::src_dir().join("include").display()),
-            format!("-I{}", support::src_dir().join("../include").display()),
-            format!("-L{}", lib_dir.display()),
-            format!("-Wl,-rpath,{}", lib_dir.display()),
-            "-lllama".into(),
-            "-lggml".into(),
-            "-lggml-base".into(),
-        ],
-    );
+    let logits = support::compile_logits(tag);
     Some(Setup {
         lib_dir,
         server,

@@ -31,6 +31,7 @@ use crate::matmul::{
     WeightId,
 };
 use crate::surface::Surface;
+use crate::sys::fp16::f32_to_f16;
 
 pub use program::{ffn_program, fused_weights, projections_program};
 
@@ -507,20 +508,30 @@ fn normed_input(job: &FusedJob<'_>) -> Vec<f32> {
     let mut tmp = vec![0f32; c];
     let mut out = vec![0f32; job.tokens * c];
     for (n, dst) in out.chunks_mut(c).enumerate() {
-        let row = job.x.row_as_f32(0, 0, n, &mut tmp);
-        let scale = job.eps.map_or(1.0, |eps| {
-            let mean = row
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                / c as f64;
-            1.0 / (mean as f32 + eps).sqrt()
-        });
-        for ((o, &v), &w) in dst.iter_mut().zip(row).zip(job.norm_weight) {
-            *o = v * scale * w;
-        }
+        norm_row(
+            job.x.row_as_f32(0, 0, n, &mut tmp),
+            job.norm_weight,
+            job.eps,
+            dst,
+        );
     }
     out
+}
+
+/// `rms_norm(row) ⊙ w`, or `row ⊙ w` without `eps`, into `out`: as ggml's RMS_NORM and MUL
+/// compute it (the sum of squares in f64, the scale in f32).
+pub fn norm_row(row: &[f32], w: &[f32], eps: Option<f32>, out: &mut [f32]) {
+    let scale = eps.map_or(1.0, |eps| {
+        let mean = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            / row.len().max(1) as f64;
+        1.0 / (mean as f32 + eps).sqrt()
+    });
+    for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
+        *o = v * scale * g;
+    }
 }
 
 /// Columns `0..bucket` of every row: tokens `n0..n0 + bn` of `acts`, zeros after.
@@ -560,11 +571,9 @@ fn stage_streamed_weights(
             stage_columns(s, *up, (0, 0), (h0, real), (0, c), c, bucket + ht, None);
             let mut tmp = vec![0f32; *hidden];
             for d in 0..c {
-                let src = down.row_as_f32(0, 0, d, &mut tmp)[h0..h0 + real].to_vec();
+                let src = &down.row_as_f32(0, 0, d, &mut tmp)[h0..h0 + real];
                 let row = s.row_f16_mut(d).expect("an fp16 input");
-                for (o, v) in row[bucket + 2 * ht..][..real].iter_mut().zip(src) {
-                    *o = f16::from_f32(v);
-                }
+                f32_to_f16(&mut row[bucket + 2 * ht..][..real], src);
             }
             stats.add_weight_bytes(2 * 3 * real * c);
         }
@@ -586,67 +595,35 @@ mod tests {
     use crate::matmul::{probe::grid_values, DenseRows, DenseSink, MatmulShape};
     use crate::{create, EngineChoice, EngineConfig, EngineKind};
 
+    use super::probe::{f64s, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm, FfnCase};
+
     fn engine() -> std::sync::Arc<dyn Engine> {
-        let config = EngineConfig {
-            reference: ReferenceConfig::default(),
-            ..EngineConfig::default()
-        };
-        create(EngineChoice::Only(EngineKind::Reference), &config).unwrap()
+        create(
+            EngineChoice::Only(EngineKind::Reference),
+            &EngineConfig::default(),
+        )
+        .unwrap()
     }
 
-    fn mat(rows: usize, k: usize, seed: u64, scale: f32) -> (DenseRows, Vec<f64>) {
-        let v: Vec<f32> = grid_values(rows * k, seed)
+    fn mat(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
+        let v = grid_values(rows * k, seed)
             .into_iter()
             .map(|x| x * scale)
             .collect();
-        let f = v.iter().map(|&x| f64::from(x)).collect();
-        (DenseRows::new(rows, k, v), f)
+        DenseRows::new(rows, k, v)
     }
-
-    use super::probe::{ffn_f64, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm};
-
-    const ID: WeightId = WeightId {
-        key: 42,
-        fingerprint: 7,
-    };
 
     #[test]
     fn a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk() {
-        let (c, h, n) = (64, 96, 40);
-        let (x, xf) = mat(n, c, 1, 1.0);
-        let (g, gf) = mat(h, c, 2, 0.2);
-        let (u, uf) = mat(h, c, 3, 0.2);
-        let (d, df) = mat(c, h, 4, 0.2);
-        let norm: Vec<f32> = grid_values(c, 5).iter().map(|v| 1.0 + v / 4.0).collect();
-        let nf: Vec<f64> = norm.iter().map(|&v| f64::from(v)).collect();
-        let sink = DenseSink::for_shape(MatmulShape::new(c, c, n));
-        let job = FusedJob {
-            channels: c,
-            tokens: n,
-            eps: Some(1e-5),
-            x: &x,
-            norm_weight: &norm,
-            block: Block::Ffn {
-                hidden: h,
-                gate: &g,
-                up: &u,
-                down: &d,
-                residual: &x,
-            },
-            weight_id: Some(ID),
-        };
+        let case = FfnCase::new(64, 96, 40);
+        let job = case.job(42);
+        let sink = DenseSink::for_shape(MatmulShape::new(case.c, case.c, case.n));
         let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
         engine_fused(e.as_ref(), &cache, &job, &stats)
             .unwrap()
             .write(0, &sink);
-        let xn = rms_norm(&xf, &nf, c, 1e-5);
-        let want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
-            .iter()
-            .zip(&xf)
-            .map(|(y, x)| y + x)
-            .collect();
-        let got = sink.values();
-        assert!(nmse(&want, &got) < 1e-5, "NMSE {}", nmse(&want, &got));
+        let err = nmse(&case.want(), &sink.values());
+        assert!(err < 1e-5, "NMSE {err}");
         let s = stats.snapshot();
         assert_eq!((s.dispatches, s.compiles, s.offloaded), (1, 1, 3));
         // a second call reuses the kernel
@@ -657,19 +634,18 @@ mod tests {
     #[test]
     fn fused_projections_match_f64_each_output() {
         let (c, n) = (64, 33);
-        let (x, xf) = mat(n, c, 11, 2.0);
+        let x = mat(n, c, 11, 2.0);
         let rows = [64, 32, 32];
-        let mats: Vec<(DenseRows, Vec<f64>)> = rows
+        let mats: Vec<DenseRows> = rows
             .iter()
             .enumerate()
-            .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.3))
+            .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.25))
             .collect();
         let norm = vec![1.0f32; c];
         let sinks: Vec<DenseSink> = rows
             .iter()
             .map(|&r| DenseSink::for_shape(MatmulShape::new(r, c, n)))
             .collect();
-        let outs: Vec<&dyn MatrixSink> = sinks.iter().map(|s| s as &dyn MatrixSink).collect();
         let job = FusedJob {
             channels: c,
             tokens: n,
@@ -678,27 +654,28 @@ mod tests {
             norm_weight: &norm,
             block: Block::Projections(
                 mats.iter()
-                    .zip(rows)
-                    .map(|((m, _), r)| (m as &dyn MatrixSource, r))
+                    .map(|m| (m as &dyn MatrixSource, m.rows))
                     .collect(),
             ),
-            weight_id: Some(ID),
+            weight_id: Some(WeightId {
+                key: 42,
+                fingerprint: 7,
+            }),
         };
         let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
         let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
-        for (i, s) in outs.iter().enumerate() {
-            out.write(i, *s);
+        for (i, sink) in sinks.iter().enumerate() {
+            out.write(i, sink);
         }
-        let xn = rms_norm(&xf, &vec![1.0; c], c, 1e-6);
-        for (((_, wf), &r), sink) in mats.iter().zip(&rows).zip(&sinks) {
-            let want = matmul(&xn, wf, n, c, r);
-            let e = nmse(&want, &sink.values());
-            assert!(e < 1e-5, "output of {r} rows: NMSE {e}");
+        let xn = rms_norm(&f64s(&x.data), &vec![1.0; c], c, 1e-6);
+        let want = |m: &DenseRows| matmul(&xn, &f64s(&m.data), n, c, m.rows);
+        for (m, sink) in mats.iter().zip(&sinks) {
+            let e = nmse(&want(m), &sink.values());
+            assert!(e < 1e-5, "output of {} rows: NMSE {e}", m.rows);
         }
         assert_eq!(stats.snapshot().dispatches, 1);
         // normalised elsewhere: the same block over the normed input, without the norm
-        let xn32: Vec<f32> = xn.iter().map(|&v| v as f32).collect();
-        let normed = DenseRows::new(n, c, xn32);
+        let normed = DenseRows::new(n, c, xn.iter().map(|&v| v as f32).collect());
         let job = FusedJob {
             eps: None,
             x: &normed,
@@ -707,59 +684,35 @@ mod tests {
         // (the same weights with another program: a kernel of its own)
         let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
         assert_eq!(stats.snapshot().compiles, 2);
-        for (i, ((_, wf), &r)) in mats.iter().zip(&rows).enumerate() {
-            let want = matmul(&xn, wf, n, c, r);
-            let got = out.values(i);
-            assert!(nmse(&want, got) < 1e-5, "prenormed output {i}");
-        }
-    }
-
-    /// An FFN job over `x` with every matrix `w` (the residual `x`).
-    fn ffn_job<'a>(
-        x: &'a DenseRows,
-        w: &'a DenseRows,
-        norm: &'a [f32],
-        channels: usize,
-        hidden: usize,
-    ) -> FusedJob<'a> {
-        FusedJob {
-            channels,
-            tokens: x.rows,
-            eps: Some(1e-5),
-            x,
-            norm_weight: norm,
-            block: Block::Ffn {
-                hidden,
-                gate: w,
-                up: w,
-                down: w,
-                residual: x,
-            },
-            weight_id: Some(ID),
+        for (i, m) in mats.iter().enumerate() {
+            assert!(nmse(&want(m), out.values(i)) < 1e-5, "prenormed output {i}");
         }
     }
 
     #[test]
     fn blocks_the_engine_cannot_take_say_why() {
-        let (c, h, n) = (64, 96, 8);
-        let (x, _) = mat(n, c, 1, 1.0);
-        let (g, _) = mat(h, c, 2, 0.2);
-        let norm = vec![1.0f32; c];
-        let big = DenseRows::new(n, c, vec![300.0; n * c]);
-        let ones = vec![1.0f32; c];
+        let case = FfnCase::new(64, 96, 8);
         let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
         // |x| of 300 overflows x² in fp16: predicted before any compile
-        let r = engine_fused(e.as_ref(), &cache, &ffn_job(&big, &g, &ones, c, h), &stats);
-        assert_eq!(r, Err(FallbackReason::NonFinite));
-        assert_eq!(stats.snapshot().compiles, 0);
-        // 40 000 channels are past the engine's 16384
-        let _ = (&x, &norm);
+        let big = DenseRows::new(case.n, case.c, vec![300.0; case.n * case.c]);
         let r = engine_fused(
             e.as_ref(),
             &cache,
-            &ffn_job(&big, &g, &[], 40_000, h),
+            &FusedJob {
+                x: &big,
+                ..case.job(42)
+            },
             &stats,
         );
+        assert_eq!(r, Err(FallbackReason::NonFinite));
+        assert_eq!(stats.snapshot().compiles, 0);
+        // 40 000 channels are past the engine's 16384
+        let wide = FusedJob {
+            channels: 40_000,
+            norm_weight: &[],
+            ..case.job(42)
+        };
+        let r = engine_fused(e.as_ref(), &cache, &wide, &stats);
         assert!(matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("past")));
     }
 
@@ -771,39 +724,31 @@ mod tests {
             ..EngineConfig::default()
         };
         let e = create(EngineChoice::Only(EngineKind::Reference), &config).unwrap();
-        let (c, h, n) = (64, 301, 40);
+        let case = FfnCase::new(64, 301, 40);
+        let (c, h, n) = (case.c, case.h, case.n);
         assert_eq!(streamed::ffn_hidden_tile(h, 64, 512), Some(101));
-        let (x, xf) = mat(n, c, 1, 1.0);
-        let (g, gf) = mat(h, c, 2, 0.2);
-        let (u, uf) = mat(h, c, 3, 0.2);
-        let (d, df) = mat(c, h, 4, 0.2);
-        let (r, rf) = mat(n, c, 5, 1.0);
-        let norm: Vec<f32> = grid_values(c, 6).iter().map(|v| 1.0 + v / 4.0).collect();
-        let nf: Vec<f64> = norm.iter().map(|&v| f64::from(v)).collect();
+        // a residual other than the block input
+        let r = mat(n, c, 5, 1.0);
         let job = FusedJob {
-            channels: c,
-            tokens: n,
-            eps: Some(1e-5),
-            x: &x,
-            norm_weight: &norm,
             block: Block::Ffn {
                 hidden: h,
-                gate: &g,
-                up: &u,
-                down: &d,
+                gate: &case.gate,
+                up: &case.up,
+                down: &case.down,
                 residual: &r,
             },
-            weight_id: Some(ID),
+            ..case.job(42)
         };
         let cache = KernelCache::new().with_policy(crate::matmul::KernelPolicy::Streamed);
         let stats = Stats::default();
         let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
         assert_eq!(out.form(), FusedForm::Streamed);
-        let xn = rms_norm(&xf, &nf, c, 1e-5);
-        let want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
+        let want: Vec<f64> = case
+            .want()
             .iter()
-            .zip(&rf)
-            .map(|(y, r)| y + r)
+            .zip(&case.x.data)
+            .zip(&r.data)
+            .map(|((y, &x), &r)| y - f64::from(x) + f64::from(r))
             .collect();
         let err = nmse(&want, out.values(0));
         assert!(err < 1e-5, "NMSE {err}");
@@ -818,17 +763,15 @@ mod tests {
         assert_eq!(again.weight_bytes, s.weight_bytes, "weights staged once");
 
         // projections, streamed, unidentified weights (staged every call)
-        let rows = [64, 32, 32];
-        let mats: Vec<(DenseRows, Vec<f64>)> = rows
+        let mats: Vec<DenseRows> = [64, 32, 32]
             .iter()
             .enumerate()
-            .map(|(i, &m)| mat(m, c, 20 + i as u64, 0.3))
+            .map(|(i, &m)| mat(m, c, 20 + i as u64, 0.25))
             .collect();
         let job = FusedJob {
             block: Block::Projections(
                 mats.iter()
-                    .zip(rows)
-                    .map(|((m, _), r)| (m as &dyn MatrixSource, r))
+                    .map(|m| (m as &dyn MatrixSource, m.rows))
                     .collect(),
             ),
             weight_id: None,
@@ -836,8 +779,9 @@ mod tests {
         };
         let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
         assert_eq!(out.form(), FusedForm::Streamed);
-        for (i, ((_, wf), &m)) in mats.iter().zip(&rows).enumerate() {
-            let err = nmse(&matmul(&xn, wf, n, c, m), out.values(i));
+        let xn = case.normed_f64();
+        for (i, m) in mats.iter().enumerate() {
+            let err = nmse(&matmul(&xn, &f64s(&m.data), n, c, m.rows), out.values(i));
             assert!(err < 1e-5, "output {i}: NMSE {err}");
         }
     }

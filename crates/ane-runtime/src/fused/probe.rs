@@ -54,6 +54,92 @@ fn dense(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
     DenseRows::new(rows, k, v)
 }
 
+/// A power of two near `2 / sqrt(fan_in)`: weights that keep a layer's outputs near unit size
+/// while grid values stay exact in fp16.
+fn weight_scale(fan_in: usize) -> f32 {
+    let ideal = (fan_in.max(1) as f32).sqrt() / 2.0;
+    2f32.powi(-(ideal.log2().round() as i32).max(0))
+}
+
+/// A deterministic FFN block (fp16-exact values): what the probe, the tests and `ane bench
+/// --block ffn` run, with its f64 answer.
+#[derive(Clone, Debug)]
+pub struct FfnCase {
+    /// Channels.
+    pub c: usize,
+    /// Hidden features.
+    pub h: usize,
+    /// Tokens.
+    pub n: usize,
+    /// The block input (and residual), `n × c`.
+    pub x: DenseRows,
+    /// The norm weight, `c`.
+    pub norm: Vec<f32>,
+    /// W1, W3 `[h, c]`; W2 `[c, h]`.
+    pub gate: DenseRows,
+    /// W3.
+    pub up: DenseRows,
+    /// W2.
+    pub down: DenseRows,
+}
+
+impl FfnCase {
+    /// The case of `c` channels, `h` hidden features and `n` tokens.
+    pub fn new(c: usize, h: usize, n: usize) -> Self {
+        FfnCase {
+            c,
+            h,
+            n,
+            x: dense(n, c, 1, 1.0),
+            norm: grid_values(c, 2).iter().map(|v| 1.0 + v / 4.0).collect(),
+            gate: dense(h, c, 3, weight_scale(c)),
+            up: dense(h, c, 4, weight_scale(c)),
+            down: dense(c, h, 5, weight_scale(h)),
+        }
+    }
+
+    /// The job: RMSNorm with eps 1e-5, the residual `x`, weights identified as `key`.
+    pub fn job(&self, key: u64) -> FusedJob<'_> {
+        FusedJob {
+            channels: self.c,
+            tokens: self.n,
+            eps: Some(1e-5),
+            x: &self.x,
+            norm_weight: &self.norm,
+            block: Block::Ffn {
+                hidden: self.h,
+                gate: &self.gate,
+                up: &self.up,
+                down: &self.down,
+                residual: &self.x,
+            },
+            weight_id: Some(WeightId {
+                key,
+                fingerprint: 0,
+            }),
+        }
+    }
+
+    /// The normed input in f64.
+    pub(super) fn normed_f64(&self) -> Vec<f64> {
+        rms_norm_f64(&f64s(&self.x.data), &f64s(&self.norm), self.c, 1e-5)
+    }
+
+    /// The block's answer in f64, `n × c`.
+    pub fn want(&self) -> Vec<f64> {
+        let (g, u, d) = (
+            f64s(&self.gate.data),
+            f64s(&self.up.data),
+            f64s(&self.down.data),
+        );
+        ffn_f64(&self.normed_f64(), (&g, &u, &d), (self.n, self.c, self.h))
+            .iter()
+            .zip(&self.x.data)
+            .map(|(y, &x)| y + f64::from(x))
+            .collect()
+    }
+}
+
 /// `[n, m] = a [n, k] · w [m, k]ᵀ` in f64.
 pub(super) fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * m];
@@ -104,20 +190,14 @@ pub(super) fn nmse(want: &[f64], got: &[f32]) -> f64 {
         .max(f64::MIN_POSITIVE)
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
+pub(super) fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
 
 fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
     // 64 channels, 96 hidden features, 33 tokens (a bucket of 64, padded)
-    let (c, h, n) = (64, 96, 33);
-    let x = dense(n, c, 1, 1.0);
-    let norm: Vec<f32> = grid_values(c, 2).iter().map(|v| 1.0 + v / 4.0).collect();
-    let (gate, up, down) = (
-        dense(h, c, 3, 0.25),
-        dense(h, c, 4, 0.25),
-        dense(c, h, 5, 0.25),
-    );
+    let case = FfnCase::new(64, 96, 33);
+    let (c, n) = (case.c, case.n);
     let projections = [
         dense(64, c, 6, 0.25),
         dense(32, c, 7, 0.25),
@@ -129,27 +209,7 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
     };
     let cache = KernelCache::new().with_policy(policy);
     let stats = Stats::default();
-    let id = |key| {
-        Some(WeightId {
-            key,
-            fingerprint: 0,
-        })
-    };
-    let ffn = FusedJob {
-        channels: c,
-        tokens: n,
-        eps: Some(1e-5),
-        x: &x,
-        norm_weight: &norm,
-        block: Block::Ffn {
-            hidden: h,
-            gate: &gate,
-            up: &up,
-            down: &down,
-            residual: &x,
-        },
-        weight_id: id(u64::MAX - 1),
-    };
+    let ffn = case.job(u64::MAX - 1);
     let qkv = FusedJob {
         block: Block::Projections(
             projections
@@ -157,25 +217,16 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
                 .map(|p| (p as &dyn MatrixSource, p.rows))
                 .collect(),
         ),
-        weight_id: id(u64::MAX - 2),
-        ..ffn
+        ..case.job(u64::MAX - 2)
     };
-    // the f64 answers
-    let xf = f64s(&x.data);
-    let xn = rms_norm_f64(&xf, &f64s(&norm), c, 1e-5);
-    let (gf, uf, df) = (f64s(&gate.data), f64s(&up.data), f64s(&down.data));
-    let ffn_want: Vec<f64> = ffn_f64(&xn, (&gf, &uf, &df), (n, c, h))
-        .iter()
-        .zip(&xf)
-        .map(|(y, x)| y + x)
-        .collect();
+    let xn = case.normed_f64();
     let outcome = (|| -> Result<f64, String> {
         let mut worst = 0f64;
         let out = engine_fused(engine, &cache, &ffn, &stats).map_err(|e| e.to_string())?;
         if out.form() != form {
             return Err(format!("ran {} instead", out.form().as_str()));
         }
-        worst = worst.max(nmse(&ffn_want, out.values(0)));
+        worst = worst.max(nmse(&case.want(), out.values(0)));
         let out = engine_fused(engine, &cache, &qkv, &stats).map_err(|e| e.to_string())?;
         for (i, p) in projections.iter().enumerate() {
             let want = matmul_f64(&xn, &f64s(&p.data), n, c, p.rows);

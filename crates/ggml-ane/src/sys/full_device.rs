@@ -14,12 +14,12 @@ use std::sync::OnceLock;
 use super::tensor::{all_readable, describe_node};
 use super::vtables::{
     ggml_backend_ane_device_buffer_from_host_ptr, ggml_backend_ane_device_get_buffer_type, guard,
-    new_backend, registry, Leaked,
+    new_backend, registry, Leaked, HOST_DEVICE_CAPS,
 };
 use super::{
     cpu, ggml_backend, ggml_backend_buffer_type_t, ggml_backend_buft_is_host,
-    ggml_backend_dev_caps, ggml_backend_dev_props, ggml_backend_device, ggml_backend_device_i,
-    ggml_tensor, graph, log, GGML_BACKEND_DEVICE_TYPE_IGPU, GGML_LOG_LEVEL_ERROR,
+    ggml_backend_dev_props, ggml_backend_device, ggml_backend_device_i, ggml_tensor, graph, log,
+    GGML_BACKEND_DEVICE_TYPE_IGPU, GGML_LOG_LEVEL_ERROR,
 };
 use crate::walker::OpKind;
 
@@ -97,13 +97,7 @@ unsafe extern "C" fn ggml_backend_ane_full_device_get_props(
         p.memory_total = total;
         p.type_ = GGML_BACKEND_DEVICE_TYPE_IGPU;
         p.device_id = std::ptr::null();
-        p.caps = ggml_backend_dev_caps {
-            async_: false,
-            host_buffer: false,
-            buffer_from_host_ptr: true,
-            events: false,
-            mmap_support: true,
-        };
+        p.caps = HOST_DEVICE_CAPS;
     })
 }
 

@@ -345,6 +345,17 @@ unsafe extern "C" fn ggml_backend_ane_device_get_type(_dev: *mut ggml_backend_de
     })
 }
 
+/// What both devices can do: they compute on host memory (ggml's CPU buffer type, buffers
+/// from host pointers) and never asynchronously.
+pub(super) const HOST_DEVICE_CAPS: ggml_backend_dev_caps = ggml_backend_dev_caps {
+    async_: false,
+    host_buffer: false,
+    buffer_from_host_ptr: true,
+    events: false,
+    // true: llama.cpp turns mmap off for the whole model when a listed device lacks it
+    mmap_support: true,
+};
+
 unsafe extern "C" fn ggml_backend_ane_device_get_props(
     dev: *mut ggml_backend_device,
     props: *mut ggml_backend_dev_props,
@@ -361,14 +372,7 @@ unsafe extern "C" fn ggml_backend_ane_device_get_props(
         p.memory_total = 0;
         p.type_ = GGML_BACKEND_DEVICE_TYPE_ACCEL;
         p.device_id = std::ptr::null();
-        p.caps = ggml_backend_dev_caps {
-            async_: false,
-            host_buffer: false,
-            buffer_from_host_ptr: true,
-            events: false,
-            // true: llama.cpp turns mmap off for the whole model when a listed device lacks it
-            mmap_support: true,
-        };
+        p.caps = HOST_DEVICE_CAPS;
     })
 }
 

@@ -159,3 +159,21 @@ pub fn nmse(want: &[f32], got: &[f32]) -> f64 {
     }
     err / norm
 }
+
+/// `tests/c/logits.c` compiled against the pinned libllama as `logits-<tag>` (tests run in
+/// parallel: each runs its own copy, never one another test is writing).
+pub fn compile_logits(tag: &str) -> PathBuf {
+    let lib_dir = lib_dir();
+    compile_c(
+        "logits.c",
+        &format!("logits-{tag}"),
+        &[
+            format!("-I{}", src_dir().join("../include").display()),
+            format!("-L{}", lib_dir.display()),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+            "-lllama".into(),
+            "-lggml".into(),
+            "-lggml-base".into(),
+        ],
+    )
+}
