@@ -46,6 +46,9 @@ pub(crate) struct WalkNode {
     pub(crate) compute: bool,
     /// A MUL_MAT the engine can take.
     pub(crate) engine: bool,
+    /// How many source slots of the whole graph read it (ggml's use count; a split is a view
+    /// of that graph, so readers in other splits are counted too), or `None` when unknown.
+    pub(crate) uses: Option<u32>,
 }
 
 impl WalkNode {
@@ -86,6 +89,11 @@ pub(crate) struct Chain {
     pub(crate) glu: Option<usize>,
     pub(crate) down: Option<usize>,
     pub(crate) add: Option<usize>,
+    /// Members the program computes that are also computed, at their own places, by ggml's
+    /// CPU backend: the norm and its scale when something outside this split (or a graph
+    /// output) reads them. Parallel blocks (Command-R, GPT-NeoX, Phi-2) read the normed
+    /// input in the FFN's split too.
+    pub(crate) write_back: Vec<usize>,
 }
 
 impl Chain {
@@ -140,12 +148,16 @@ pub(crate) struct Plan {
 pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
     let g = Graph::new(nodes);
     let mut member_of: Vec<Option<usize>> = vec![None; nodes.len()];
-    let mut chains = Vec::new();
+    let mut chains: Vec<Chain> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     for i in 0..nodes.len() {
         let n = &nodes[i];
         if let Some(chain) = member_of[i] {
-            steps.push(Step::Member { chain, node: i });
+            if chains[chain].write_back.contains(&i) {
+                push_cpu(&mut steps, i);
+            } else {
+                steps.push(Step::Member { chain, node: i });
+            }
             continue;
         }
         if n.kind == OpKind::View || !n.compute {
@@ -163,22 +175,33 @@ pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
                 member_of[m] = Some(chains.len());
             }
             steps.push(Step::Fused(chains.len()));
-            steps.push(Step::Member {
-                chain: chains.len(),
-                node: i,
-            });
+            if chain.write_back.contains(&i) {
+                push_cpu(&mut steps, i);
+            } else {
+                steps.push(Step::Member {
+                    chain: chains.len(),
+                    node: i,
+                });
+            }
             chains.push(chain);
             continue;
         }
         if n.kind == OpKind::MulMat && n.engine {
             steps.push(Step::Engine(i));
-        } else if let Some(Step::Cpu(batch)) = steps.last_mut() {
-            batch.push(i);
         } else {
-            steps.push(Step::Cpu(vec![i]));
+            push_cpu(&mut steps, i);
         }
     }
     Plan { steps, chains }
+}
+
+/// Node `i` for ggml's CPU backend: into the batch before it, if the last step is one.
+fn push_cpu(steps: &mut Vec<Step>, i: usize) {
+    if let Some(Step::Cpu(batch)) = steps.last_mut() {
+        batch.push(i);
+    } else {
+        steps.push(Step::Cpu(vec![i]));
+    }
 }
 
 /// The nodes, with who reads whom, indexed once.
@@ -188,6 +211,8 @@ struct Graph<'a> {
     index: HashMap<usize, usize>,
     /// For each node, the later nodes that read it.
     users: Vec<Vec<usize>>,
+    /// For each node, how many source slots of this graph's nodes read it.
+    reads: Vec<u32>,
 }
 
 impl<'a> Graph<'a> {
@@ -195,9 +220,11 @@ impl<'a> Graph<'a> {
         let index: HashMap<usize, usize> =
             nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
         let mut users = vec![Vec::new(); nodes.len()];
+        let mut reads = vec![0u32; nodes.len()];
         for (j, n) in nodes.iter().enumerate() {
             for src in &n.srcs {
                 if let Some(&i) = index.get(src) {
+                    reads[i] += 1;
                     if i < j && users[i].last() != Some(&j) {
                         users[i].push(j);
                     }
@@ -208,7 +235,14 @@ impl<'a> Graph<'a> {
             nodes,
             index,
             users,
+            reads,
         }
+    }
+
+    /// Whether every reader of node `i` in the whole graph is a node of this split: its
+    /// use count is known and equals the reads seen here.
+    fn all_readers_seen(&self, i: usize) -> bool {
+        self.nodes[i].uses == Some(self.reads[i])
     }
 
     /// Indices of the nodes that read node `i`.
@@ -258,14 +292,14 @@ fn chain_from_scale(g: &Graph, norm: Option<usize>, scale: usize) -> Option<Chai
         return None;
     }
     let ffn = match *users {
-        [a, b] => ffn_tail(g, norm, scale, a, b).filter(|c| safe_at(g, c)),
+        [a, b] => ffn_tail(g, norm, scale, a, b).and_then(|c| safe_at(g, c)),
         _ => None,
     };
     ffn.or_else(|| {
         (2..=3)
             .contains(&users.len())
             .then(|| qkv(norm, scale, users))
-            .filter(|c| safe_at(g, c))
+            .and_then(|c| safe_at(g, c))
     })
 }
 
@@ -278,6 +312,7 @@ fn qkv(norm: Option<usize>, scale: usize, users: &[usize]) -> Chain {
         glu: None,
         down: None,
         add: None,
+        write_back: Vec::new(),
     }
 }
 
@@ -327,30 +362,51 @@ fn ffn_tail(graph: &Graph, norm: Option<usize>, scale: usize, a: usize, b: usize
         glu: Some(glu),
         down: Some(down),
         add: Some(add),
+        write_back: Vec::new(),
     })
 }
 
-/// Whether the chain may be evaluated at its first node's place:
-/// - every member is to be computed, and no result but the outputs is read outside the
-///   chain or marked as a graph output (those results never leave the program);
+/// The chain, with the members it writes back, if it may be evaluated at its first node's
+/// place:
+/// - every member is to be computed;
+/// - no result but the outputs is read outside the chain or marked as a graph output —
+///   except the norm and its scale, which are then written back (computed by ggml's CPU
+///   backend at their places as well); a member whose readers are not all in this split
+///   counts as read outside (ggml's use count says; unknown counts as read);
 /// - every member reads only chain members, nodes before the chain, or tensors no node of
 ///   this graph computes (so all inputs are ready at the start).
-fn safe_at(g: &Graph, chain: &Chain) -> bool {
+fn safe_at(g: &Graph, mut chain: Chain) -> Option<Chain> {
     let members = chain.members();
     let outputs = chain.outputs();
     let start = chain.start();
     let is_member = |i: usize| members.contains(&i);
-    members.iter().all(|&m| {
+    let read_elsewhere = |m: usize| g.nodes[m].is_output || !g.all_readers_seen(m);
+    let scale_out = read_elsewhere(chain.scale);
+    let norm_out = chain.norm.is_some_and(read_elsewhere);
+    let ok = members.iter().all(|&m| {
         let n = &g.nodes[m];
-        let private =
-            outputs.contains(&m) || (!n.is_output && g.consumers(m).iter().all(|&c| is_member(c)));
+        let in_split_private = g.consumers(m).iter().all(|&c| is_member(c));
+        let private = outputs.contains(&m)
+            || (in_split_private
+                && (m == chain.scale || Some(m) == chain.norm || !read_elsewhere(m)));
         let inputs_ready = n
             .srcs
             .iter()
             .filter(|&&s| s != 0)
             .all(|&src| g.index_of(src).is_none_or(|j| j < start || is_member(j)));
         n.compute && private && inputs_ready
-    })
+    });
+    if !ok {
+        return None;
+    }
+    // the scale reads the norm: writing the scale back needs the norm computed first
+    if let Some(norm) = chain.norm.filter(|_| norm_out || scale_out) {
+        chain.write_back.push(norm);
+    }
+    if scale_out {
+        chain.write_back.push(chain.scale);
+    }
+    Some(chain)
 }
 
 #[cfg(test)]
@@ -370,7 +426,13 @@ mod tests {
                 is_output: false,
                 compute: true,
                 engine: kind == OpKind::MulMat,
+                uses: Some(0),
             });
+            for src in srcs {
+                if let Some(n) = self.0.iter_mut().find(|n| n.id == *src) {
+                    *n.uses.as_mut().expect("known") += 1;
+                }
+            }
             id
         }
     }
@@ -546,6 +608,110 @@ mod tests {
         g.add(OpKind::MulMat, &[W, s]);
         g.add(OpKind::MulMat, &[W, s]);
         assert!(plan(&g.0, true).chains.is_empty());
+    }
+
+    /// norm, mul, Q, K, V (no ropes)
+    fn qkv_graph() -> G {
+        let mut g = G(Vec::new());
+        let n = g.add(OpKind::RmsNorm, &[X]);
+        let s = g.add(OpKind::Mul, &[n, W]);
+        for _ in 0..3 {
+            g.add(OpKind::MulMat, &[W, s]);
+        }
+        g
+    }
+
+    #[test]
+    fn a_normed_input_another_split_reads_is_written_back() {
+        // parallel blocks (Command-R): the FFN's gate and up, in a later split, read the
+        // scale too; ggml counts 5 uses, this split holds 3
+        let mut g = qkv_graph();
+        g.0[1].uses = Some(5);
+        let p = plan(&g.0, true);
+        assert_eq!(kinds(&p), [ChainKind::Qkv]);
+        assert_eq!(p.chains[0].write_back, [0, 1]);
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Fused(0),
+                Step::Cpu(vec![0, 1]),
+                member(0, 2),
+                member(0, 3),
+                member(0, 4),
+            ]
+        );
+        // only the norm read elsewhere: the scale stays inside the program
+        let mut g = qkv_graph();
+        g.0[0].uses = Some(2);
+        let p = plan(&g.0, true);
+        assert_eq!(p.chains[0].write_back, [0]);
+        assert_eq!(
+            p.steps[..3],
+            [Step::Fused(0), Step::Cpu(vec![0]), member(0, 1)]
+        );
+        // the scale marked as a graph output: written back as well
+        let mut g = qkv_graph();
+        g.0[1].is_output = true;
+        assert_eq!(plan(&g.0, true).chains[0].write_back, [0, 1]);
+        // every reader here: nothing written back (llama's graphs)
+        let p = plan(&qkv_graph().0, true);
+        assert!(p.chains[0].write_back.is_empty());
+        assert_eq!(p.steps[1], member(0, 0));
+    }
+
+    #[test]
+    fn a_chain_normed_elsewhere_writes_back_its_scale_when_read_elsewhere() {
+        // beside the CPU the LayerNorm runs elsewhere: the split starts at the scale
+        const NORMED: usize = 6;
+        let mut g = G(Vec::new());
+        let s = g.add(OpKind::Mul, &[NORMED, W]);
+        for _ in 0..3 {
+            g.add(OpKind::MulMat, &[W, s]);
+        }
+        g.0[0].uses = Some(5);
+        let p = plan(&g.0, true);
+        assert_eq!(p.chains[0].write_back, [0]);
+        assert_eq!(
+            p.steps[..3],
+            [Step::Fused(0), Step::Cpu(vec![0]), member(0, 1)]
+        );
+    }
+
+    #[test]
+    fn an_ffn_intermediate_another_split_reads_stops_the_ffn_fusion() {
+        // the SWIGLU is read by a later split: the FFN cannot keep it inside; gate and up
+        // still make one program (their results are its outputs)
+        let mut g = ffn();
+        g.0[4].uses = Some(2);
+        let p = plan(&g.0, true);
+        assert_eq!(kinds(&p), [ChainKind::Qkv]);
+        assert_eq!(p.chains[0].matmuls, [2, 3]);
+        assert!(p.chains[0].write_back.is_empty());
+    }
+
+    #[test]
+    fn unknown_use_counts_write_back_the_normed_input_and_keep_ffns_apart() {
+        // a host whose graphs carry no use counts we can read (rpc-server's graphs, a ggml
+        // outside the table): any member may be read elsewhere
+        let mut g = ffn();
+        for n in &mut g.0 {
+            n.uses = None;
+        }
+        let p = plan(&g.0, true);
+        assert_eq!(kinds(&p), [ChainKind::Qkv]);
+        assert_eq!(p.chains[0].write_back, [0, 1]);
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Fused(0),
+                Step::Cpu(vec![0, 1]),
+                member(0, 2),
+                member(0, 3),
+                Step::Cpu(vec![4]),
+                Step::Engine(5),
+                Step::Cpu(vec![6]),
+            ]
+        );
     }
 
     #[test]

@@ -31,6 +31,58 @@ fn tiny_llama_q8_0_matches_the_cpu() {
     check_model("q8_0", 2e-3);
 }
 
+/// A parallel-block model (Command-R: attention and the FFN read one normed input): the Q/K/V
+/// block fuses in the attention split, and the FFN, in a later split, reads the normed input
+/// the fused block computed inside its program — which must therefore also be written back.
+#[test]
+fn tiny_command_r_matches_the_cpu_with_fusion() {
+    let Some(tools) = Tools::find("command-r") else {
+        return;
+    };
+    let dir = support::scratch_dir("e2e-command-r");
+    let model = support::tiny_model(&dir, "command-r", "f16");
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    let runs = [
+        ("fused", vec![("GGML_ANE_STATS", "2")]),
+        (
+            "fused streamed",
+            vec![("GGML_ANE_STATS", "2"), ("GGML_ANE_KERNELS", "streamed")],
+        ),
+        ("unfused", vec![("GGML_ANE_FUSE", "0")]),
+    ];
+    for (what, env) in runs {
+        let cache = dir.join(format!("cache-{}", what.replace(' ', "-")));
+        let run = tools.run(&model, &dir.join(format!("{what}.f32")), Some(&cache), &env);
+        let (err, spread) = nmse(&cpu.logits, &run.logits);
+        eprintln!(
+            "command-r {what}: logits NMSE {err:.2e} (logit std {spread:.2}), {} fused blocks, {} nodes on engine",
+            stat(&run.log, "fused blocks"),
+            stat(&run.log, "nodes on engine")
+        );
+        assert!(spread > 0.5, "logits too flat to compare: std {spread}");
+        assert!(err <= 1e-5, "{what}: NMSE {err:e}\n{}", tail(&run.log));
+        // Q, K, V, the attention output, gate, up, down per layer, and the tied output head
+        assert_eq!(
+            stat(&run.log, "nodes on engine"),
+            2 * (LAYERS * 7 + 1),
+            "{}",
+            tail(&run.log)
+        );
+        if what != "unfused" {
+            // the Q/K/V block of every layer, prompt and decode step, each writing back its
+            // normed input (the LayerNorm's scale) for the FFN's split
+            assert_eq!(
+                stat(&run.log, "fused blocks"),
+                2 * LAYERS,
+                "{}",
+                tail(&run.log)
+            );
+            assert_eq!(stat(&run.log, "also written back"), 2 * LAYERS);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Any llama-architecture GGUF named by `ANE_E2E_MODEL` (a model a user already has): its
 /// logits with our library equal the CPU-only run's, and its matmuls ran on our engine.
 #[test]
@@ -53,7 +105,7 @@ fn a_given_model_matches_the_cpu() {
     assert!(err <= 2e-3, "NMSE {err:e}");
 }
 
-/// Layers of the tiny model (tests/py/tiny_llama.py).
+/// Layers of the tiny model (tests/py/tiny_model.py).
 const LAYERS: u64 = 4;
 
 fn check_model(kind: &str, max_nmse: f64) {
@@ -233,6 +285,8 @@ fn check_model(kind: &str, max_nmse: f64) {
     // Q/K/V: norm, scale, 3 MUL_MATs; FFN: norm, scale, gate, up, SWIGLU, down, ADD
     assert_eq!(stat(&fused.log, "nodes fused"), 2 * LAYERS * (5 + 7));
     assert_eq!(stat(&fused.log, "nodes on engine"), on_engine);
+    // ggml's use counts show every reader of a block's intermediates is in its split
+    assert_eq!(stat(&fused.log, "also written back"), 0);
     assert_eq!(stat(&fused.log, "nodes on CPU"), 0, "{}", tail(&fused.log));
     // llama.cpp's graph splits: one CPU-only graph; with MUL_MAT alone on the device (before
     // the walker) ten per layer; now one for Q/K/V, one for the attention output and the FFN

@@ -55,7 +55,7 @@ fn model(dir: &Path) -> Option<PathBuf> {
     let made = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/tiny_llama.py"
+            "/tests/py/tiny_model.py"
         ))
         .arg(&model)
         .arg("f16")

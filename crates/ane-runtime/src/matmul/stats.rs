@@ -92,6 +92,7 @@ pub struct Stats {
     dispatches: AtomicU64,
     fused_blocks: AtomicU64,
     fused_nodes: AtomicU64,
+    written_back: AtomicU64,
     glue_nodes: AtomicU64,
     glue_graphs: AtomicU64,
     glue_ns: AtomicU64,
@@ -141,6 +142,9 @@ pub struct StatsSnapshot {
     pub fused_blocks: u64,
     /// ggml nodes inside those chains.
     pub fused_nodes: u64,
+    /// Of `fused_nodes`, those also computed outside the program because something outside
+    /// it reads them (a fused block's normed input, read by a parallel block's FFN).
+    pub written_back: u64,
     /// Nodes other than MUL_MAT that the device took and ggml's own CPU backend computed.
     pub glue_nodes: u64,
     /// Graphs those nodes were sent to the CPU backend in.
@@ -178,6 +182,7 @@ impl StatsSnapshot {
         self.dispatches += other.dispatches;
         self.fused_blocks += other.fused_blocks;
         self.fused_nodes += other.fused_nodes;
+        self.written_back += other.written_back;
         self.glue_nodes += other.glue_nodes;
         self.glue_graphs += other.glue_graphs;
         self.glue += other.glue;
@@ -243,10 +248,13 @@ impl Stats {
         self.dispatches.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a chain of `nodes` ggml nodes computed as one fused program.
-    pub fn record_fused(&self, nodes: usize) {
+    /// Counts a chain of `nodes` ggml nodes computed as one fused program, `written_back`
+    /// of which are computed outside it too (read by something outside the program).
+    pub fn record_fused(&self, nodes: usize, written_back: usize) {
         self.fused_blocks.fetch_add(1, Ordering::Relaxed);
         self.fused_nodes.fetch_add(nodes as u64, Ordering::Relaxed);
+        self.written_back
+            .fetch_add(written_back as u64, Ordering::Relaxed);
     }
 
     /// Counts a chain computed node by node instead of fused, and why.
@@ -313,6 +321,7 @@ impl Stats {
             dispatches: self.dispatches.load(Ordering::Relaxed),
             fused_blocks: self.fused_blocks.load(Ordering::Relaxed),
             fused_nodes: self.fused_nodes.load(Ordering::Relaxed),
+            written_back: self.written_back.load(Ordering::Relaxed),
             glue_nodes: self.glue_nodes.load(Ordering::Relaxed),
             glue_graphs: self.glue_graphs.load(Ordering::Relaxed),
             glue: ns(&self.glue_ns),
@@ -339,6 +348,7 @@ impl fmt::Display for StatsSnapshot {
         writeln!(f, "  engine dispatches      {}", self.dispatches)?;
         writeln!(f, "  fused blocks           {}", self.fused_blocks)?;
         writeln!(f, "    nodes fused          {}", self.fused_nodes)?;
+        writeln!(f, "    also written back    {}", self.written_back)?;
         for (label, n) in &self.fused_declined {
             writeln!(f, "    not fused: {label:<9} {n}")?;
         }

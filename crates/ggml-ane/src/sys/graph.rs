@@ -3,9 +3,9 @@
 use std::ffi::CStr;
 
 use super::{
-    ggml_cgraph, ggml_get_glu_op, ggml_get_unary_op, ggml_glu_op_name, ggml_graph_n_nodes,
-    ggml_graph_node, ggml_op_name, ggml_tensor, ggml_unary_op_name, GGML_MAX_SRC,
-    GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_OUTPUT,
+    ggml_cgraph, ggml_cgraph_head, ggml_get_glu_op, ggml_get_unary_op, ggml_glu_op_name,
+    ggml_graph_n_nodes, ggml_graph_node, ggml_graph_nodes, ggml_op_name, ggml_tensor,
+    ggml_unary_op_name, GGML_MAX_SRC, GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_OUTPUT,
 };
 use crate::walker::{OpKind, WalkNode};
 
@@ -100,12 +100,16 @@ pub(crate) unsafe fn token_count(t: *const ggml_tensor) -> i64 {
     }
 }
 
-/// The nodes of `cgraph`, as pointers and as the walker sees them.
+/// The nodes of `cgraph`, as pointers and as the walker sees them (with ggml's use counts
+/// when `use_counts_layout` says this host's `struct ggml_cgraph` is the one we mirror).
 ///
 /// # Safety
 /// `cgraph` is a live graph whose nodes and their sources are live for the returned
 /// pointers' use.
-pub(crate) unsafe fn collect(cgraph: *mut ggml_cgraph) -> (Vec<*mut ggml_tensor>, Vec<WalkNode>) {
+pub(crate) unsafe fn collect(
+    cgraph: *mut ggml_cgraph,
+    use_counts_layout: bool,
+) -> (Vec<*mut ggml_tensor>, Vec<WalkNode>) {
     // SAFETY: a live graph, by the caller.
     let n = unsafe { ggml_graph_n_nodes(cgraph) }.max(0);
     let mut ptrs = Vec::with_capacity(n as usize);
@@ -125,8 +129,74 @@ pub(crate) unsafe fn collect(cgraph: *mut ggml_cgraph) -> (Vec<*mut ggml_tensor>
             is_output: t.flags & GGML_TENSOR_FLAG_OUTPUT != 0,
             compute: t.flags & GGML_TENSOR_FLAG_COMPUTE != 0,
             engine: false,
+            uses: None,
         });
         ptrs.push(p);
     }
+    if use_counts_layout {
+        // SAFETY: a live graph of a host whose layout the layout test checks; `ptrs` its nodes.
+        if let Some(counts) = unsafe { use_counts(cgraph, n, &ptrs) } {
+            for (node, uses) in nodes.iter_mut().zip(counts) {
+                node.uses = Some(uses);
+            }
+        }
+    }
     (ptrs, nodes)
+}
+
+/// ggml's use count of each of `nodes` (source slots of the whole graph that read it), or
+/// `None` when the graph does not carry them: the head must agree with ggml's own accessors
+/// and every node must be in the graph's hash set (rpc-server builds its graphs without
+/// one; a graph made with `ggml_graph_add_node` has none either).
+///
+/// # Safety
+/// `cgraph` is a live graph of `n_nodes` nodes, `nodes`, whose `struct ggml_cgraph` begins
+/// as [`ggml_cgraph_head`].
+unsafe fn use_counts(
+    cgraph: *mut ggml_cgraph,
+    n_nodes: i32,
+    nodes: &[*mut ggml_tensor],
+) -> Option<Vec<u32>> {
+    // SAFETY: the layout is ours, by the caller; only the head is read.
+    let head = unsafe { &*(cgraph as *const ggml_cgraph_head) };
+    // SAFETY: a live graph.
+    let nodes_ptr = unsafe { ggml_graph_nodes(cgraph) };
+    let set = &head.visited_hash_set;
+    if head.n_nodes != n_nodes
+        || head.nodes != nodes_ptr
+        || head.use_counts.is_null()
+        || set.size == 0
+        || set.used.is_null()
+        || set.keys.is_null()
+    {
+        return None;
+    }
+    let used = |i: usize| {
+        // SAFETY: i < set.size, and `used` holds set.size bits.
+        unsafe { *set.used.add(i >> 5) & (1u32 << (i & 31)) != 0 }
+    };
+    nodes
+        .iter()
+        .map(|&p| {
+            // ggml_hash_find: linear probing from the address >> 4
+            let start = (p as usize >> 4) % set.size;
+            let mut i = start;
+            loop {
+                if !used(i) {
+                    return None;
+                }
+                // SAFETY: i < set.size; a used slot holds a key.
+                if unsafe { *set.keys.add(i) } == p {
+                    break;
+                }
+                i = (i + 1) % set.size;
+                if i == start {
+                    return None;
+                }
+            }
+            // SAFETY: use_counts has set.size entries.
+            let count = unsafe { *head.use_counts.add(i) };
+            u32::try_from(count).ok()
+        })
+        .collect()
 }

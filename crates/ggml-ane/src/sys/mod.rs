@@ -108,6 +108,32 @@ pub struct ggml_type_traits {
 pub type ggml_backend_buffer_type_t = *mut c_void;
 pub type ggml_backend_buffer_t = *mut c_void;
 pub type ggml_cgraph = c_void;
+
+/// `struct ggml_hash_set` (`src/ggml-impl.h`): open addressing, linear probing, keyed by a
+/// tensor's address shifted right by 4.
+#[repr(C)]
+pub struct ggml_hash_set {
+    pub size: usize,
+    /// One bit per slot: in use.
+    pub used: *mut u32,
+    pub keys: *mut *mut ggml_tensor,
+}
+
+/// The head of `struct ggml_cgraph` (`src/ggml-impl.h`), as far as the use counts: how many
+/// source slots of the graph read each tensor, indexed by its hash slot. A split the
+/// scheduler hands a backend is a view of the whole graph and shares these.
+#[repr(C)]
+pub struct ggml_cgraph_head {
+    pub size: c_int,
+    pub n_nodes: c_int,
+    pub n_leafs: c_int,
+    pub nodes: *mut *mut ggml_tensor,
+    pub grads: *mut *mut ggml_tensor,
+    pub grad_accs: *mut *mut ggml_tensor,
+    pub leafs: *mut *mut ggml_tensor,
+    pub use_counts: *mut i32,
+    pub visited_hash_set: ggml_hash_set,
+}
 /// A vtable slot we leave empty (its real signature does not matter for NULL).
 pub type unused_fn = Option<unsafe extern "C" fn()>;
 
@@ -234,6 +260,7 @@ unsafe extern "C" {
     pub fn ggml_get_type_traits(type_: ggml_type) -> *const ggml_type_traits;
     pub fn ggml_graph_n_nodes(cgraph: *mut ggml_cgraph) -> c_int;
     pub fn ggml_graph_node(cgraph: *mut ggml_cgraph, i: c_int) -> *mut ggml_tensor;
+    pub fn ggml_graph_nodes(cgraph: *mut ggml_cgraph) -> *mut *mut ggml_tensor;
     pub fn ggml_log_internal(level: c_int, format: *const c_char, ...);
     pub fn ggml_version() -> *const c_char;
     pub fn ggml_backend_buft_name(buft: ggml_backend_buffer_type_t) -> *const c_char;
@@ -444,6 +471,20 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             "ggml_threadpool_params.poll",
             offset_of!(ggml_threadpool_params, poll),
         ),
+        ("ggml_hash_set", size_of::<ggml_hash_set>()),
+        ("ggml_hash_set.used", offset_of!(ggml_hash_set, used)),
+        ("ggml_hash_set.keys", offset_of!(ggml_hash_set, keys)),
+        ("ggml_bitset_t", size_of::<u32>()),
+        ("ggml_cgraph.n_nodes", offset_of!(ggml_cgraph_head, n_nodes)),
+        ("ggml_cgraph.nodes", offset_of!(ggml_cgraph_head, nodes)),
+        (
+            "ggml_cgraph.use_counts",
+            offset_of!(ggml_cgraph_head, use_counts),
+        ),
+        (
+            "ggml_cgraph.visited_hash_set",
+            offset_of!(ggml_cgraph_head, visited_hash_set),
+        ),
         ("GGML_OP_MUL_MAT", ggml_op::MUL_MAT.0 as usize),
         ("GGML_OP_RESHAPE", ggml_op::RESHAPE.0 as usize),
         ("GGML_OP_VIEW", ggml_op::VIEW.0 as usize),
@@ -488,6 +529,8 @@ const _: () = {
     assert!(size_of::<ggml_backend>() == 152);
     assert!(size_of::<ggml_backend_dev_props>() == 56);
     assert!(offset_of!(ggml_threadpool_params, poll) == 520);
+    assert!(offset_of!(ggml_cgraph_head, use_counts) == 48);
+    assert!(offset_of!(ggml_cgraph_head, visited_hash_set) == 56);
 };
 
 /// Whether a line at `level` would be logged (to skip formatting it otherwise).

@@ -101,7 +101,10 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         // SAFETY: ggml passes the backend it created through init_backend; its context is ours.
         let ctx = unsafe { &*((*backend).context as *const BackendContext) };
         // SAFETY: `cgraph` is a live graph for the duration of this call.
-        let (ptrs, mut nodes) = unsafe { graph::collect(cgraph) };
+        let (ptrs, mut nodes) = unsafe { graph::collect(cgraph, use_counts_layout()) };
+        if rt.config.fuse && nodes.iter().any(|n| n.uses.is_none()) {
+            use_counts_missing();
+        }
         // SAFETY: live nodes of that graph.
         let descs: Vec<Option<NodeDesc>> =
             ptrs.iter().map(|&p| unsafe { describe_node(p) }).collect();
@@ -140,6 +143,30 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         backend::graph_done(rt);
         GGML_STATUS_SUCCESS
     })
+}
+
+/// Whether this host's `struct ggml_cgraph` is the one `sys` mirrors: a version of the table,
+/// whose headers the layout test checks (elsewhere the use counts are not read).
+fn use_counts_layout() -> bool {
+    static KNOWN: OnceLock<bool> = OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        matches!(
+            crate::hosts::host_support(&host_ggml_version()),
+            crate::hosts::HostSupport::Supported(_)
+        )
+    })
+}
+
+/// Says once that graphs come without use counts: fused blocks then write back their normed
+/// input, and FFN blocks are not fused (their intermediates might be read by another split).
+fn use_counts_missing() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log(
+            GGML_LOG_LEVEL_INFO,
+            "ggml-ane: this graph carries no use counts we can read (rpc-server, or a ggml outside the table): fused blocks write back their normed input and FFN blocks are not fused",
+        );
+    });
 }
 
 /// One graph computation: its nodes, and where each step goes.
@@ -200,7 +227,9 @@ impl Walk<'_> {
     fn fused(&self, chain: &Chain) -> Option<FusedOutputs> {
         match super::chain::run(self.rt, self.ctx, chain, self.descs) {
             Ok(out) => {
-                self.ctx.stats.record_fused(chain.members().len());
+                self.ctx
+                    .stats
+                    .record_fused(chain.members().len(), chain.write_back.len());
                 backend::record_fused_placement(self.ctx, self.rt, chain, self.descs, out.form());
                 Some(out)
             }

@@ -2,10 +2,18 @@
  * ggml headers define them. Compiled and run by tests/layout_tests.rs. */
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ggml.h"
 #include "ggml-backend.h"
 #include "ggml-backend-impl.h"
+#include "ggml-impl.h"
+
+/* ggml-impl.h's static helpers name ggml_abort; this program never calls them nor links ggml */
+void ggml_abort(const char *file, int line, const char *fmt, ...) {
+    (void)file; (void)line; (void)fmt;
+    abort();
+}
 
 #define SIZE(T) printf("%s %zu\n", #T, sizeof(struct T))
 #define OFF(T, F) printf("%s.%s %zu\n", #T, #F, offsetof(struct T, F))
@@ -30,6 +38,10 @@ int main(void) {
     OFF(ggml_backend_dev_props, caps);
     SIZE(ggml_backend_dev_caps);
     SIZE(ggml_threadpool_params); OFF(ggml_threadpool_params, n_threads); OFF(ggml_threadpool_params, poll);
+    SIZE(ggml_hash_set); OFF(ggml_hash_set, used); OFF(ggml_hash_set, keys);
+    OFF(ggml_cgraph, n_nodes); OFF(ggml_cgraph, nodes); OFF(ggml_cgraph, use_counts);
+    OFF(ggml_cgraph, visited_hash_set);
+    printf("ggml_bitset_t %zu\n", sizeof(ggml_bitset_t));
     VAL(GGML_OP_MUL_MAT); VAL(GGML_OP_RESHAPE); VAL(GGML_OP_VIEW); VAL(GGML_OP_PERMUTE); VAL(GGML_OP_TRANSPOSE);
     VAL(GGML_TYPE_BF16); VAL(GGML_TENSOR_FLAG_COMPUTE); VAL(GGML_TENSOR_FLAG_INPUT); VAL(GGML_TENSOR_FLAG_OUTPUT); VAL(GGML_BACKEND_DEVICE_TYPE_ACCEL); VAL(GGML_BACKEND_DEVICE_TYPE_IGPU);
     VAL(GGML_BACKEND_BUFFER_USAGE_WEIGHTS);

@@ -129,17 +129,27 @@ pub fn compile_c(source: &str, name: &str, extra: &[String]) -> PathBuf {
     exe
 }
 
-/// Makes the tiny random llama (`kind`: `f16` or `q8_0`) as `<dir>/tiny-<kind>.gguf` with
-/// `tests/py/tiny_llama.py`.
+/// Makes the tiny random llama (`kind`: `f16` or `q8_0`) as `<dir>/tiny-<kind>.gguf`.
 pub fn tiny_llama(dir: &Path, kind: &str) -> PathBuf {
-    let model = dir.join(format!("tiny-{kind}.gguf"));
+    tiny_model(dir, "llama", kind)
+}
+
+/// Makes a tiny random model of architecture `arch` (`llama`, `command-r`: see
+/// `tests/py/tiny_model.py`) as `<dir>/tiny-<kind>.gguf` (llama) or `tiny-<arch>-<kind>.gguf`.
+pub fn tiny_model(dir: &Path, arch: &str, kind: &str) -> PathBuf {
+    let model = if arch == "llama" {
+        dir.join(format!("tiny-{kind}.gguf"))
+    } else {
+        dir.join(format!("tiny-{arch}-{kind}.gguf"))
+    };
     let made = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/tiny_llama.py"
+            "/tests/py/tiny_model.py"
         ))
         .arg(&model)
         .arg(kind)
+        .args(["--arch", arch])
         .output()
         .expect("run python");
     assert!(

@@ -1,6 +1,13 @@
-"""Writes a tiny llama-architecture GGUF with random weights, for the end-to-end tests.
+"""Writes a tiny GGUF with random weights, for the end-to-end tests.
 
-usage: tiny_llama.py OUT.gguf {f16,q8_0} [--dim 512 --ffn 1376 --layers 4 --vocab 2048 --heads 8 --kv-heads 4]
+usage: tiny_model.py OUT.gguf {f16,q8_0} [--arch llama|command-r] [--dim 512 --ffn 1376 --layers 4
+       --vocab 2048 --heads 8 --kv-heads 4]
+
+Architectures (each with a different graph shape for the backend's walker):
+- llama: sequential blocks (RMS norm -> attention -> residual -> RMS norm -> FFN -> residual).
+- command-r: parallel blocks (Cohere): one LayerNorm'd input read by attention *and* the FFN,
+  output tied to the token embedding, a logit scale. The FFN reads the normed input in a later
+  graph split than attention's, the case where a fused block's intermediate crosses splits.
 
 No tokenizer: tokenizer.ggml.model = "none", so the test feeds token ids directly. Weights are
 scaled by 1/sqrt(fan_in) so activations stay O(1) through the layers and the logits are not
@@ -16,6 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("kind", choices=["f16", "q8_0"])
+    ap.add_argument("--arch", choices=["llama", "command-r"], default="llama")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--ffn", type=int, default=1376)
     ap.add_argument("--layers", type=int, default=4)
@@ -28,17 +36,24 @@ def main() -> None:
     rng = np.random.default_rng(a.seed)
     head_dim = a.dim // a.heads
     kv_dim = head_dim * a.kv_heads
+    llama = a.arch == "llama"
 
-    w = gguf.GGUFWriter(a.out, "llama")
-    w.add_name("ggml-ane tiny llama")
+    w = gguf.GGUFWriter(a.out, a.arch)
+    w.add_name(f"ggml-ane tiny {a.arch}")
     w.add_context_length(1024)
     w.add_embedding_length(a.dim)
     w.add_block_count(a.layers)
     w.add_feed_forward_length(a.ffn)
     w.add_head_count(a.heads)
     w.add_head_count_kv(a.kv_heads)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
+    if llama:
+        w.add_rope_dimension_count(head_dim)
+        w.add_layer_norm_rms_eps(1e-5)
+    else:
+        w.add_layer_norm_eps(1e-5)
+        # Command-R scales its logits (0.0625 in the released models); a milder one keeps
+        # the tiny model's logits spread out enough to compare
+        w.add_logit_scale(0.5)
     w.add_vocab_size(a.vocab)
     w.add_tokenizer_model("none")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if a.kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
@@ -56,6 +71,9 @@ def main() -> None:
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(a.dim)).astype(np.float32))
 
     emb = rng.standard_normal((a.vocab, a.dim)).astype(np.float32)
+    if not llama:
+        # tied: the embedding is also the output head, so rows of ~unit norm keep logits O(1)
+        emb /= np.sqrt(a.dim) / 4
     w.add_tensor("token_embd.weight", emb.astype(np.float16))
     for i in range(a.layers):
         p = f"blk.{i}."
@@ -64,12 +82,14 @@ def main() -> None:
         matrix(p + "attn_k.weight", kv_dim, a.dim)
         matrix(p + "attn_v.weight", kv_dim, a.dim)
         matrix(p + "attn_output.weight", a.dim, a.dim)
-        norm(p + "ffn_norm.weight")
+        if llama:
+            norm(p + "ffn_norm.weight")
         matrix(p + "ffn_gate.weight", a.ffn, a.dim)
         matrix(p + "ffn_up.weight", a.ffn, a.dim)
         matrix(p + "ffn_down.weight", a.dim, a.ffn)
     norm("output_norm.weight")
-    matrix("output.weight", a.vocab, a.dim)
+    if llama:
+        matrix("output.weight", a.vocab, a.dim)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
