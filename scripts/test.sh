@@ -96,9 +96,6 @@ step "cargo test"
 cargo build --workspace
 test_log=$(mktemp)
 cargo test --workspace 2>&1 | tee "$test_log"
-# the backend library's own unit tests link against libggml-base, so they are off in its
-# manifest (a machine without ggml could not link them) and run here, where GGML_LIB_DIR is set
-cargo test -p ggml-ane --lib 2>&1 | tee -a "$test_log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } } END { print p + 0, f + 0 }' "$test_log")
 rm -f "$test_log"
 

@@ -1,5 +1,5 @@
-//! Which ggml hosts and which buffers the backend works with — pure decisions, no ggml symbols
-//! (the C glue in `sys` asks them).
+//! Which ggml hosts the backend works with, by version — a pure decision, no ggml symbols (the
+//! registry in `abi` asks it).
 
 /// What the backend does in a ggml of some version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,21 +85,6 @@ pub(crate) fn guessed_api(version: &str) -> i32 {
     }
 }
 
-/// Whether tensors in a buffer of this type may be read and written by the backend: host
-/// buffer types, and Metal's mapped type (`MTL<n>_Mapped` on device `MTL<n>`: the mmapped
-/// model file, plain host memory on Apple silicon). Never `MTL<n>_Private` (GPU addresses, not
-/// host pointers), nor Metal's plain shared type (`MTL<n>`: written by the GPU asynchronously;
-/// not accepted until its synchronisation is shown).
-pub(crate) fn readable_buffer_type(is_host: bool, device: &str, buffer_type: &str) -> bool {
-    if is_host {
-        return true;
-    }
-    let metal_device = device
-        .strip_prefix("MTL")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    metal_device && buffer_type.strip_suffix("_Mapped") == Some(device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,17 +105,5 @@ mod tests {
         assert_eq!(tested_versions(), "0.25, 0.26, 0.28");
         assert_eq!(host_support("garbage"), HostSupport::TooOld);
         assert_eq!((guessed_api("0.28.1"), guessed_api("0.12.0")), (3, 2));
-    }
-
-    #[test]
-    fn metal_mapped_buffers_are_readable_private_ones_never() {
-        assert!(readable_buffer_type(true, "CPU", "CPU"));
-        assert!(readable_buffer_type(false, "MTL0", "MTL0_Mapped"));
-        assert!(readable_buffer_type(false, "MTL12", "MTL12_Mapped"));
-        assert!(!readable_buffer_type(false, "MTL0", "MTL0_Private"));
-        assert!(!readable_buffer_type(false, "MTL0", "MTL0"));
-        assert!(!readable_buffer_type(false, "MTL0", "MTL1_Mapped"));
-        assert!(!readable_buffer_type(false, "CUDA0", "CUDA0_Mapped"));
-        assert!(!readable_buffer_type(false, "MTL", "MTL_Mapped"));
     }
 }

@@ -1,4 +1,4 @@
-//! Every struct size, field offset and enum value `sys` relies on, against the real headers.
+//! Every struct size, field offset and enum value `abi` relies on, against the real headers.
 #![cfg(ggml_linked)]
 
 mod support;
@@ -38,17 +38,17 @@ fn c_layout(src: &std::path::Path, name: &str) -> BTreeMap<String, usize> {
 #[test]
 fn sys_layout_matches_the_pinned_headers() {
     let c = c_layout(&support::src_dir(), "layout");
-    let rust = ggml_ane::sys::layout_table();
+    let rust = ggml_ane::abi::layout_table();
     assert_eq!(
         rust.len(),
         c.len(),
-        "the C program and sys::layout_table list different items"
+        "the C program and abi::layout_table list different items"
     );
     for (name, value) in rust {
         assert_eq!(
             c.get(name),
             Some(&value),
-            "{name}: the pinned header says {:?}, sys says {value}",
+            "{name}: the pinned header says {:?}, abi says {value}",
             c.get(name)
         );
     }
@@ -63,7 +63,7 @@ fn host_sources(lib_dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .map(|(_, path)| std::path::PathBuf::from(path))
 }
 
-/// The version table claims a ggml only when its headers are checked: every struct `sys`
+/// The version table claims a ggml only when its headers are checked: every struct `abi`
 /// mirrors has the same layout in the v3 hosts' sources (0.26, 0.28) as in the pinned one; only
 /// the backend API version differs.
 #[test]

@@ -1,4 +1,4 @@
-/* Prints the sizes, offsets and enum values ggml-ane's `sys` module mirrors, as the pinned
+/* Prints the sizes, offsets and enum values ggml-ane's `abi` module mirrors, as the pinned
  * ggml headers define them. Compiled and run by tests/layout_tests.rs. */
 #include <stddef.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 //! The node walker: what `graph_compute` does with the split ggml hands it, decided over a
-//! plain description of the nodes so it is tested without ggml.
+//! plain description of the nodes so it is tested without ggml. The chains it fuses come
+//! from the pattern registry (`patterns.rs`); this file knows none of them.
 //!
 //! In order: views and nodes without the COMPUTE flag are skipped; a chain one fused program
 //! computes (see [`Chain`]) is evaluated where its first node was, and each of its results
@@ -52,7 +53,7 @@ pub(crate) struct WalkNode {
 }
 
 impl WalkNode {
-    fn src(&self, slot: usize) -> usize {
+    pub(crate) fn src(&self, slot: usize) -> usize {
         self.srcs.get(slot).copied().unwrap_or(0)
     }
 }
@@ -75,7 +76,8 @@ impl ChainKind {
     }
 }
 
-/// Nodes (indices into the walked list) one fused program computes.
+/// Nodes (indices into the walked list) one fused program computes: the roles the job
+/// builder reads, and what the walker needs to know, as data the pattern filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Chain {
     pub(crate) kind: ChainKind,
@@ -89,37 +91,22 @@ pub(crate) struct Chain {
     pub(crate) glu: Option<usize>,
     pub(crate) down: Option<usize>,
     pub(crate) add: Option<usize>,
-    /// Members the program computes that are also computed, at their own places, by ggml's
-    /// CPU backend: the norm and its scale when something outside this split (or a graph
-    /// output) reads them. Parallel blocks (Command-R, GPT-NeoX, Phi-2) read the normed
-    /// input in the FFN's split too.
+    /// Every member, in graph order.
+    pub(crate) members: Vec<usize>,
+    /// The members whose results leave the program, in its output order.
+    pub(crate) outputs: Vec<usize>,
+    /// Members the host may compute again (at their places, on ggml's CPU backend) when
+    /// something outside the program reads them; any other intermediate read outside stops
+    /// the chain.
+    pub(crate) may_write_back: Vec<usize>,
+    /// Of those, the ones that are read outside (set by the walker).
     pub(crate) write_back: Vec<usize>,
 }
 
 impl Chain {
     /// The first member: where the program is evaluated.
     pub(crate) fn start(&self) -> usize {
-        self.norm.unwrap_or(self.scale)
-    }
-
-    /// Every member, in graph order.
-    pub(crate) fn members(&self) -> Vec<usize> {
-        let mut m: Vec<usize> = self.norm.into_iter().collect();
-        m.push(self.scale);
-        m.extend(&self.matmuls);
-        m.extend(self.glu);
-        m.extend(self.down);
-        m.extend(self.add);
-        m.sort_unstable();
-        m
-    }
-
-    /// The members whose results leave the program.
-    pub(crate) fn outputs(&self) -> Vec<usize> {
-        match self.kind {
-            ChainKind::Ffn => self.add.into_iter().collect(),
-            ChainKind::Qkv => self.matmuls.clone(),
-        }
+        self.members[0]
     }
 }
 
@@ -163,15 +150,9 @@ pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
         if n.kind == OpKind::View || !n.compute {
             continue;
         }
-        let chain = match n.kind {
-            OpKind::RmsNorm if fuse => find_chain(&g, i),
-            OpKind::Mul if fuse && g.is_input(n.src(0)) && g.is_input(n.src(1)) => {
-                chain_from_scale(&g, None, i)
-            }
-            _ => None,
-        };
+        let chain = if fuse { find_chain(&g, i) } else { None };
         if let Some(chain) = chain {
-            for m in chain.members() {
+            for &m in &chain.members {
                 member_of[m] = Some(chains.len());
             }
             steps.push(Step::Fused(chains.len()));
@@ -205,8 +186,8 @@ fn push_cpu(steps: &mut Vec<Step>, i: usize) {
 }
 
 /// The nodes, with who reads whom, indexed once.
-struct Graph<'a> {
-    nodes: &'a [WalkNode],
+pub(crate) struct Graph<'a> {
+    pub(crate) nodes: &'a [WalkNode],
     /// A tensor's address → its node's index.
     index: HashMap<usize, usize>,
     /// For each node, the later nodes that read it.
@@ -246,149 +227,49 @@ impl<'a> Graph<'a> {
     }
 
     /// Indices of the nodes that read node `i`.
-    fn consumers(&self, i: usize) -> &[usize] {
+    pub(crate) fn consumers(&self, i: usize) -> &[usize] {
         &self.users[i]
     }
 
-    fn index_of(&self, id: usize) -> Option<usize> {
+    pub(crate) fn index_of(&self, id: usize) -> Option<usize> {
         self.index.get(&id).copied()
     }
 
     /// A tensor no node of this graph computes: a weight, or an input of the split.
-    fn is_input(&self, id: usize) -> bool {
+    pub(crate) fn is_input(&self, id: usize) -> bool {
         id != 0 && self.index_of(id).is_none()
     }
 }
 
-/// The FFN or QKV chain starting at the RMS_NORM `norm`, if the graph has one that is safe to
-/// compute at `norm`'s place.
-fn find_chain(g: &Graph, norm: usize) -> Option<Chain> {
-    let &[scale] = g.consumers(norm) else {
-        return None;
-    };
-    chain_from_scale(g, Some(norm), scale)
-}
-
-/// The chain whose norm-weight MUL is `scale` (reading `norm`, or with no norm a normed input
-/// from outside the graph as its first operand).
-fn chain_from_scale(g: &Graph, norm: Option<usize>, scale: usize) -> Option<Chain> {
-    let nodes = g.nodes;
-    let s = &nodes[scale];
-    // × a weight that no node of this graph computes
-    let weight = match norm {
-        Some(n) if s.src(0) == nodes[n].id => s.src(1),
-        Some(_) => s.src(0),
-        None => s.src(1),
-    };
-    if s.kind != OpKind::Mul || !g.is_input(weight) {
-        return None;
-    }
-    let users = g.consumers(scale);
-    let all_matmuls = users.iter().all(|&u| {
-        let n = &nodes[u];
-        n.kind == OpKind::MulMat && n.engine && n.compute && n.src(1) == s.id
-    });
-    if !all_matmuls {
-        return None;
-    }
-    let ffn = match *users {
-        [a, b] => ffn_tail(g, norm, scale, a, b).and_then(|c| safe_at(g, c)),
-        _ => None,
-    };
-    ffn.or_else(|| {
-        (2..=3)
-            .contains(&users.len())
-            .then(|| qkv(norm, scale, users))
-            .and_then(|c| safe_at(g, c))
-    })
-}
-
-fn qkv(norm: Option<usize>, scale: usize, users: &[usize]) -> Chain {
-    Chain {
-        kind: ChainKind::Qkv,
-        norm,
-        scale,
-        matmuls: users.to_vec(),
-        glu: None,
-        down: None,
-        add: None,
-        write_back: Vec::new(),
-    }
-}
-
-/// gate, up → SWIGLU(gate, up) → down → ADD(down, residual): the rest of an FFN.
-fn ffn_tail(graph: &Graph, norm: Option<usize>, scale: usize, a: usize, b: usize) -> Option<Chain> {
-    let nodes = graph.nodes;
-    let &[glu] = graph.consumers(a) else {
-        return None;
-    };
-    let g = &nodes[glu];
-    if g.kind != OpKind::SwiGlu || graph.consumers(b) != [glu] {
-        return None;
-    }
-    // split form: src0 the gate, src1 the up projection
-    let (gate, up) = if g.src(0) == nodes[a].id && g.src(1) == nodes[b].id {
-        (a, b)
-    } else if g.src(0) == nodes[b].id && g.src(1) == nodes[a].id {
-        (b, a)
-    } else {
-        return None;
-    };
-    let &[down] = graph.consumers(glu) else {
-        return None;
-    };
-    let d = &nodes[down];
-    if d.kind != OpKind::MulMat || !d.engine || d.src(1) != g.id {
-        return None;
-    }
-    let &[add] = graph.consumers(down) else {
-        return None;
-    };
-    let ad = &nodes[add];
-    // the other operand is the residual (ready before the chain: see safe_at)
-    let residual = if ad.src(0) == d.id {
-        ad.src(1)
-    } else {
-        ad.src(0)
-    };
-    if ad.kind != OpKind::Add || !ad.srcs.contains(&d.id) || residual == 0 || residual == d.id {
-        return None;
-    }
-    Some(Chain {
-        kind: ChainKind::Ffn,
-        norm,
-        scale,
-        matmuls: vec![gate, up],
-        glu: Some(glu),
-        down: Some(down),
-        add: Some(add),
-        write_back: Vec::new(),
-    })
+/// The first chain of the registry's patterns that starts at node `i` and is safe to
+/// compute at its place.
+fn find_chain(g: &Graph, i: usize) -> Option<Chain> {
+    let head = super::patterns::head_at(g, i)?;
+    super::patterns::REGISTRY
+        .iter()
+        .filter_map(|p| p.match_at(g, head))
+        .find_map(|c| safe_at(g, c))
 }
 
 /// The chain, with the members it writes back, if it may be evaluated at its first node's
 /// place:
 /// - every member is to be computed;
 /// - no result but the outputs is read outside the chain or marked as a graph output —
-///   except the norm and its scale, which are then written back (computed by ggml's CPU
-///   backend at their places as well); a member whose readers are not all in this split
-///   counts as read outside (ggml's use count says; unknown counts as read);
+///   except members the pattern lets the host write back (those are then computed by ggml's
+///   CPU backend at their places as well, with the members they read); a member whose
+///   readers are not all in this split counts as read outside (ggml's use count says;
+///   unknown counts as read);
 /// - every member reads only chain members, nodes before the chain, or tensors no node of
 ///   this graph computes (so all inputs are ready at the start).
 fn safe_at(g: &Graph, mut chain: Chain) -> Option<Chain> {
-    let members = chain.members();
-    let outputs = chain.outputs();
     let start = chain.start();
-    let is_member = |i: usize| members.contains(&i);
+    let is_member = |i: usize| chain.members.contains(&i);
     let read_elsewhere = |m: usize| g.nodes[m].is_output || !g.all_readers_seen(m);
-    let scale_out = read_elsewhere(chain.scale);
-    let norm_out = chain.norm.is_some_and(read_elsewhere);
-    let ok = members.iter().all(|&m| {
+    let ok = chain.members.iter().all(|&m| {
         let n = &g.nodes[m];
         let in_split_private = g.consumers(m).iter().all(|&c| is_member(c));
-        let private = outputs.contains(&m)
-            || (in_split_private
-                && (m == chain.scale || Some(m) == chain.norm || !read_elsewhere(m)));
+        let private = chain.outputs.contains(&m)
+            || (in_split_private && (chain.may_write_back.contains(&m) || !read_elsewhere(m)));
         let inputs_ready = n
             .srcs
             .iter()
@@ -399,13 +280,29 @@ fn safe_at(g: &Graph, mut chain: Chain) -> Option<Chain> {
     if !ok {
         return None;
     }
-    // the scale reads the norm: writing the scale back needs the norm computed first
-    if let Some(norm) = chain.norm.filter(|_| norm_out || scale_out) {
-        chain.write_back.push(norm);
+    // members read outside, and the members those read (the CPU computes them in order)
+    let mut write_back: Vec<usize> = chain
+        .may_write_back
+        .iter()
+        .copied()
+        .filter(|&m| read_elsewhere(m))
+        .collect();
+    let mut k = 0;
+    while k < write_back.len() {
+        for &src in &g.nodes[write_back[k]].srcs {
+            if let Some(j) = g.index_of(src).filter(|&j| is_member(j)) {
+                if !chain.may_write_back.contains(&j) {
+                    return None;
+                }
+                if !write_back.contains(&j) {
+                    write_back.push(j);
+                }
+            }
+        }
+        k += 1;
     }
-    if scale_out {
-        chain.write_back.push(chain.scale);
-    }
+    write_back.sort_unstable();
+    chain.write_back = write_back;
     Some(chain)
 }
 
@@ -467,8 +364,8 @@ mod tests {
         let p = plan(&g.0, true);
         assert_eq!(kinds(&p), [ChainKind::Ffn]);
         let c = &p.chains[0];
-        assert_eq!(c.members(), (0..7).collect::<Vec<_>>());
-        assert_eq!(c.outputs(), vec![6]);
+        assert_eq!(c.members, (0..7).collect::<Vec<_>>());
+        assert_eq!(c.outputs, vec![6]);
         let mut want = vec![Step::Fused(0)];
         want.extend((0..7).map(|i| member(0, i)));
         assert_eq!(p.steps, want);
@@ -600,7 +497,7 @@ mod tests {
         let p = plan(&g.0, true);
         assert_eq!(kinds(&p), [ChainKind::Ffn]);
         assert_eq!((p.chains[0].norm, p.chains[0].start()), (None, 0));
-        assert_eq!(p.chains[0].members(), (0..6).collect::<Vec<_>>());
+        assert_eq!(p.chains[0].members, (0..6).collect::<Vec<_>>());
         // a MUL of a computed tensor is no chain start
         let mut g = G(Vec::new());
         let a = g.add(OpKind::Add, &[X, X]);

@@ -1,25 +1,39 @@
-//! The ggml ABI, pinned to ggml 0.25.3 (backend API v2) as vendored by the PyPI sdist
-//! `llama-cpp-python==0.3.36`.
+//! The ggml ABI: the crate's only `unsafe` (enforced by `#![deny(unsafe_code)]` at the root).
 //!
-//! Hand-written `#[repr(C)]` mirrors of `include/ggml.h`, `include/ggml-backend.h` and
-//! `src/ggml-backend-impl.h`. Every size and offset is asserted at compile time below, and
-//! `tests/layout_tests.rs` checks the same numbers against the real headers with a C compiler.
-//! Enums are `i32` newtypes, not Rust enums: a value from a newer ggml must not be UB.
+//! Hand-written `#[repr(C)]` mirrors of `include/ggml.h`, `include/ggml-backend.h`,
+//! `src/ggml-backend-impl.h` and the head of `src/ggml-impl.h`'s `ggml_cgraph`, pinned to
+//! ggml 0.25.3 (backend API v2, the PyPI sdist `llama-cpp-python==0.3.36`) and checked
+//! against 0.26 and 0.28. Every size and offset is asserted at compile time below, and
+//! `tests/layout_tests.rs` checks the same numbers against each host's real headers. Enums are
+//! `i32` newtypes, not Rust enums: a value from a newer ggml must not be UB.
 //!
-//! This module and its children are the crate's FFI boundary: the only place with `unsafe`.
+//! - `mod.rs`: the mirrored structs, constants and functions; logging; buffer-type and
+//!   version queries.
+//! - `tensor.rs`: a tensor read into a plain [`TensorDesc`]; bounds-checked row access.
+//! - `split.rs`: a split read once into a [`Split`] (nodes, descriptions, use counts).
+//! - `cpu.rs`: ggml's CPU backend, borrowed from the host.
+//! - `backend.rs`, `device.rs`, `registry.rs`: the vtables ggml calls and the exported entry
+//!   points; each hands over to safe code in a line or two.
+//! - `signals.rs`: the stats table on SIGINT/SIGTERM.
 #![allow(
     non_camel_case_types,
     missing_docs,
     reason = "C names, documented in the ggml headers"
 )]
 
-pub(crate) mod chain;
+pub(crate) mod backend;
 pub(crate) mod cpu;
-pub(crate) mod full_device;
-pub(crate) mod graph;
+mod device;
+pub mod registry;
 pub(crate) mod signals;
+pub(crate) mod split;
 pub(crate) mod tensor;
-pub mod vtables;
+
+pub(crate) use backend::use_counts_missing;
+pub(crate) use cpu::CpuBackend;
+pub(crate) use registry::guard;
+pub(crate) use split::Split;
+pub(crate) use tensor::{NodeDesc, TensorDesc, TensorRows};
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -341,7 +355,7 @@ pub(crate) unsafe fn text(p: *const c_char) -> String {
 }
 
 /// Whether the backend may read and write tensors in buffers of type `buft`
-/// ([`crate::hosts::readable_buffer_type`]).
+/// ([`crate::buffers::readable_buffer_type`]).
 ///
 /// # Safety
 /// `buft` is NULL or a live ggml buffer type.
@@ -363,7 +377,27 @@ pub(crate) unsafe fn readable_buft(buft: ggml_backend_buffer_type_t) -> bool {
             text(ggml_backend_buft_name(buft)),
         )
     };
-    crate::hosts::readable_buffer_type(is_host, &device, &name)
+    crate::buffers::readable_buffer_type(is_host, &device, &name)
+}
+
+/// The machine's memory: (free, total) bytes. Free is the kernel's available pages on Linux;
+/// elsewhere the total (macOS has no `_SC_AVPHYS_PAGES`).
+pub(crate) fn machine_memory() -> (usize, usize) {
+    // SAFETY: sysconf has no preconditions; it returns -1 for names it does not know.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = (pages.max(0) as usize).saturating_mul(page.max(0) as usize);
+    #[cfg(target_os = "linux")]
+    // SAFETY: as above.
+    let free = (unsafe { libc::sysconf(libc::_SC_AVPHYS_PAGES) }.max(0) as usize)
+        .saturating_mul(page.max(0) as usize);
+    #[cfg(not(target_os = "linux"))]
+    let free = total;
+    (free, total)
 }
 
 /// The ggml version of the host, as it reports it.
@@ -540,11 +574,11 @@ pub(crate) fn log_enabled(level: c_int) -> bool {
 
 /// The `GGML_ANE_LOG` threshold as a ggml level: error, warn (default), info or debug.
 fn log_threshold() -> c_int {
-    match crate::config::log_level() {
-        crate::config::LogLevel::Error => GGML_LOG_LEVEL_ERROR,
-        crate::config::LogLevel::Warn => GGML_LOG_LEVEL_WARN,
-        crate::config::LogLevel::Info => GGML_LOG_LEVEL_INFO,
-        crate::config::LogLevel::Debug => GGML_LOG_LEVEL_DEBUG,
+    match crate::settings::log_level() {
+        crate::settings::LogLevel::Error => GGML_LOG_LEVEL_ERROR,
+        crate::settings::LogLevel::Warn => GGML_LOG_LEVEL_WARN,
+        crate::settings::LogLevel::Info => GGML_LOG_LEVEL_INFO,
+        crate::settings::LogLevel::Debug => GGML_LOG_LEVEL_DEBUG,
     }
 }
 

@@ -9,8 +9,6 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::backend::{stats_now, Runtime};
-
 /// The pipe's write end (-1 before it exists).
 static PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -50,7 +48,7 @@ fn install(sig: c_int) {
 }
 
 /// From now on SIGINT and SIGTERM print the table first (once per process to set up).
-pub(crate) fn print_stats_on_signal(rt: &'static Runtime) {
+pub(crate) fn print_stats_on_signal(table: fn() -> String) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let mut fds = [0 as c_int; 2];
@@ -70,7 +68,7 @@ pub(crate) fn print_stats_on_signal(rt: &'static Runtime) {
                     return;
                 }
                 let sig = c_int::from(byte);
-                eprint!("ggml-ane: signal {sig}\n{}", stats_now(rt));
+                eprint!("ggml-ane: signal {sig}\n{}", table());
                 let previous = PREVIOUS
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,216 @@
+//! The backend (stream) vtable ggml calls: each entry turns C pointers into our types and
+//! hands over to safe code (`compute`, `stats`). Every entry runs inside `guard`.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::OnceLock;
+
+use super::device::spec_of;
+use super::split::Split;
+use super::*;
+use crate::compute::context::BackendContext;
+use crate::devices::ANE;
+use crate::{compute, runtime, stats};
+
+static GUID: [u8; 16] = *b"ggml-ane-backend";
+
+struct Guid(*mut [u8; 16]);
+// SAFETY: the GUID is immutable static data; ggml only compares it.
+unsafe impl Sync for Guid {}
+// SAFETY: as above.
+unsafe impl Send for Guid {}
+
+fn guid() -> *mut [u8; 16] {
+    static G: OnceLock<Guid> = OnceLock::new();
+    G.get_or_init(|| Guid(&GUID as *const [u8; 16] as *mut [u8; 16]))
+        .0
+}
+
+/// Our context of `backend`, if it is one of ours.
+///
+/// # Safety
+/// `backend` is NULL or a live ggml backend.
+unsafe fn context<'a>(backend: *mut ggml_backend) -> Option<&'a BackendContext> {
+    // SAFETY: NULL or live, by the caller; ours (checked by the GUID) carry a BackendContext.
+    unsafe {
+        (ggml_backend_is_ane(backend)).then(|| &*((*backend).context as *const BackendContext))
+    }
+}
+
+unsafe extern "C" fn ggml_backend_ane_get_name(backend: *mut ggml_backend) -> *const c_char {
+    guard("get_name", ANE.name.as_ptr(), || {
+        // SAFETY: ggml passes one of our live backends (or NULL, checked).
+        let device = unsafe { backend.as_ref() }.map_or(std::ptr::null_mut(), |b| b.device);
+        // SAFETY: NULL or one of our devices.
+        unsafe { spec_of(device) }.name.as_ptr()
+    })
+}
+
+unsafe extern "C" fn ggml_backend_ane_free(backend: *mut ggml_backend) {
+    guard("free", (), || {
+        if backend.is_null() {
+            return;
+        }
+        // SAFETY: `backend` and its context were created by `new_backend` with
+        // Box::into_raw and ggml frees each backend exactly once.
+        let (b, ctx) = unsafe {
+            let b = Box::from_raw(backend);
+            let ctx = Box::from_raw(b.context.cast::<BackendContext>());
+            (b, ctx)
+        };
+        if let Ok(rt) = runtime::runtime() {
+            stats::instance_ended(&ctx, rt);
+        }
+        drop((b, ctx));
+    })
+}
+
+unsafe extern "C" fn ggml_backend_ane_graph_compute(
+    backend: *mut ggml_backend,
+    cgraph: *mut ggml_cgraph,
+) -> c_int {
+    guard("graph_compute", GGML_STATUS_FAILED, || {
+        let rt = match runtime::runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log(GGML_LOG_LEVEL_ERROR, &format!("ggml-ane: no engine: {e}"));
+                return GGML_STATUS_FAILED;
+            }
+        };
+        // SAFETY: ggml passes a backend it created through init_backend: one of ours.
+        let Some(ctx) = (unsafe { context(backend) }) else {
+            return GGML_STATUS_FAILED;
+        };
+        // SAFETY: `cgraph` is a live graph handed to this backend for the duration of this
+        // call, its tensors ours to read and write until we return.
+        let mut split = unsafe { Split::read(cgraph, use_counts_layout()) };
+        match compute::graph_compute(ctx, rt, &mut split) {
+            Ok(()) => GGML_STATUS_SUCCESS,
+            Err(why) => {
+                log(
+                    GGML_LOG_LEVEL_ERROR,
+                    &format!("ggml-ane: graph_compute: {why}"),
+                );
+                GGML_STATUS_FAILED
+            }
+        }
+    })
+}
+
+/// Whether this host's `struct ggml_cgraph` is the one we mirror: a version of the table,
+/// whose headers the layout test checks (elsewhere the use counts are not read).
+fn use_counts_layout() -> bool {
+    static KNOWN: OnceLock<bool> = OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        matches!(
+            crate::hosts::host_support(&host_ggml_version()),
+            crate::hosts::HostSupport::Supported(_)
+        )
+    })
+}
+
+/// Says once that graphs come without use counts: fused blocks then write back their normed
+/// input, and FFN blocks are not fused (their intermediates might be read by another split).
+pub(crate) fn use_counts_missing() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log(
+            GGML_LOG_LEVEL_INFO,
+            "ggml-ane: this graph carries no use counts we can read (rpc-server, or a ggml outside the table): fused blocks write back their normed input and FFN blocks are not fused",
+        );
+    });
+}
+
+const BACKEND_I: ggml_backend_i = ggml_backend_i {
+    get_name: Some(ggml_backend_ane_get_name),
+    free: Some(ggml_backend_ane_free),
+    set_tensor_async: None,
+    get_tensor_async: None,
+    set_tensor_2d_async: None,
+    get_tensor_2d_async: None,
+    cpy_tensor_async: None,
+    synchronize: None,
+    graph_plan_create: None,
+    graph_plan_free: None,
+    graph_plan_update: None,
+    graph_plan_compute: None,
+    graph_compute: Some(ggml_backend_ane_graph_compute),
+    event_record: None,
+    event_wait: None,
+    graph_optimize: None,
+};
+
+/// A backend of `device` (ANE or ANE-FULL: they compute alike, the devices differ in what they
+/// accept), or NULL when no engine can be created.
+pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend {
+    let rt = match runtime::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(
+                GGML_LOG_LEVEL_ERROR,
+                &format!("ggml-ane: cannot create an engine: {e}"),
+            );
+            return std::ptr::null_mut();
+        }
+    };
+    let ctx = Box::new(BackendContext::default());
+    stats::instance_started(&ctx);
+    if rt.config.stats_level > 0 {
+        super::signals::print_stats_on_signal(stats::stats_now_text);
+    }
+    let ctx = Box::into_raw(ctx);
+    Box::into_raw(Box::new(ggml_backend {
+        guid: guid(),
+        iface: BACKEND_I,
+        device,
+        context: ctx.cast::<c_void>(),
+    }))
+}
+
+/// A new backend of the `ANE` device, or NULL when no engine can be created.
+#[unsafe(no_mangle)]
+pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
+    guard("init", std::ptr::null_mut(), || {
+        new_backend(super::registry::device(&ANE))
+    })
+}
+
+/// True if `backend` was created by this library.
+///
+/// # Safety
+/// `backend` is NULL or a live ggml backend.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ggml_backend_is_ane(backend: *mut ggml_backend) -> bool {
+    guard("is_ane", false, || {
+        // SAFETY: the caller passes NULL or a live backend.
+        !backend.is_null() && unsafe { (*backend).guid } == guid()
+    })
+}
+
+/// `ggml_backend_set_n_threads` (what llama.cpp and rpc-server call on every registry that
+/// has it): the thread count of the CPU backend that computes our other nodes.
+pub(super) unsafe extern "C" fn ggml_backend_ane_set_n_threads(
+    backend: *mut ggml_backend,
+    n_threads: c_int,
+) {
+    guard("set_n_threads", (), || {
+        // SAFETY: the caller passes a live backend; ours are recognised by their GUID.
+        if let Some(ctx) = unsafe { context(backend) } {
+            ctx.set_n_threads(n_threads);
+        }
+    })
+}
+
+/// `ggml_backend_set_abort_callback` (llama.cpp sets one on every registry that has it):
+/// forwarded to the CPU backend that computes our other nodes.
+pub(super) unsafe extern "C" fn ggml_backend_ane_set_abort_callback(
+    backend: *mut ggml_backend,
+    callback: ggml_abort_callback,
+    data: *mut c_void,
+) {
+    guard("set_abort_callback", (), || {
+        // SAFETY: the caller passes a live backend; ours are recognised by their GUID.
+        if let Some(ctx) = unsafe { context(backend) } {
+            ctx.set_abort_callback(callback, data as usize);
+        }
+    })
+}

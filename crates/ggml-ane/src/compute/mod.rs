@@ -1,0 +1,106 @@
+//! What `graph_compute` does with a split, in safe Rust: plan it with the walker, then run
+//! the steps — fused chains and MUL_MATs on the engine, every other node batched to ggml's own
+//! CPU backend. Nothing here touches ggml's structs: the split was read once into a
+//! [`Split`] by the ABI layer.
+
+pub(crate) mod context;
+pub(crate) mod fused;
+pub(crate) mod matmul;
+pub(crate) mod patterns;
+pub(crate) mod walker;
+
+use ane_runtime::fused::FusedOutputs;
+
+use crate::abi::Split;
+use crate::runtime::Runtime;
+use context::BackendContext;
+use walker::{Chain, OpKind, Step};
+
+/// Computes every node of `split`; an error only when ggml's CPU backend fails (engine
+/// failures fall back to the CPU and are counted).
+pub(crate) fn graph_compute(
+    ctx: &BackendContext,
+    rt: &Runtime,
+    split: &mut Split<'_>,
+) -> Result<(), String> {
+    for (n, d) in split.nodes.iter_mut().zip(&split.descs) {
+        n.engine =
+            n.kind == OpKind::MulMat && d.as_ref().is_some_and(|d| matmul::engine_mul_mat(rt, d));
+    }
+    if rt.config.fuse && split.nodes.iter().any(|n| n.uses.is_none()) {
+        crate::abi::use_counts_missing();
+    }
+    let plan = walker::plan(&split.nodes, rt.config.fuse);
+    let walk = Walk { ctx, rt, split };
+    let mut chains: Vec<Option<FusedOutputs>> = vec![None; plan.chains.len()];
+    for step in &plan.steps {
+        match step {
+            Step::Cpu(ix) => walk.on_cpu(ix)?,
+            Step::Engine(i) => matmul::run(ctx, rt, split, *i)?,
+            Step::Fused(c) => chains[*c] = walk.fused(&plan.chains[*c]),
+            Step::Member { chain, node } => {
+                walk.member(&plan.chains[*chain], chains[*chain].as_ref(), *node)?
+            }
+        }
+    }
+    crate::stats::graph_done(rt);
+    Ok(())
+}
+
+/// One graph computation: its nodes, and where each step goes.
+struct Walk<'a, 'g> {
+    ctx: &'a BackendContext,
+    rt: &'a Runtime,
+    split: &'a Split<'g>,
+}
+
+impl Walk<'_, '_> {
+    /// Nodes `ix` on ggml's CPU backend, as one graph.
+    fn on_cpu(&self, ix: &[usize]) -> Result<(), String> {
+        self.ctx
+            .run_on_cpu(ix.len(), |cpu| self.split.compute_on(cpu, ix))
+    }
+
+    /// Evaluates a chain as one fused program: its results, or `None` (counted, the first of
+    /// each reason logged) when the engine declines it and its nodes run one by one.
+    fn fused(&self, chain: &Chain) -> Option<FusedOutputs> {
+        match fused::run(self.rt, self.ctx, chain, self.split) {
+            Ok(out) => {
+                self.ctx
+                    .stats
+                    .record_fused(chain.members.len(), chain.write_back.len());
+                fused::record_placement(self.ctx, self.rt, chain, &self.split.descs, out.form());
+                Some(out)
+            }
+            Err(reason) => {
+                fused::declined_chain(self.ctx, chain, &reason);
+                None
+            }
+        }
+    }
+
+    /// A chain's node at its own place: its result written (when it is one of the chain's
+    /// outputs), or, for a declined chain, the node computed as without fusion.
+    fn member(
+        &self,
+        chain: &Chain,
+        done: Option<&FusedOutputs>,
+        node: usize,
+    ) -> Result<(), String> {
+        let Some(out) = done else {
+            return if self.split.nodes[node].kind == OpKind::MulMat {
+                matmul::run(self.ctx, self.rt, self.split, node)
+            } else {
+                self.on_cpu(&[node])
+            };
+        };
+        let Some(k) = chain.outputs.iter().position(|&o| o == node) else {
+            return Ok(());
+        };
+        // the output node is an F32 tensor of `tokens` rows of the output's width (checked
+        // when the chain's job was built)
+        let sink = self.split.sink(node).ok_or("a fused output without data")?;
+        out.write(k, &sink);
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The fused patterns the walker looks for, as a registry: each declares its kind, the ops
+//! its chains hold, and — when it matches the readers of a normed input — the chain's
+//! members, outputs and the intermediates the host may write back. Adding a pattern
+//! (LayerNorm/GELU blocks, attention, experts) is an entry here and a job builder in
+//! `fused.rs`; the walker does not change.
+
+use super::walker::{Chain, ChainKind, Graph, OpKind};
+
+/// Where a fused block starts: a normed input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// The RMS_NORM, when it is in this split.
+    pub(crate) norm: Option<usize>,
+    /// The MUL by the norm weight (a weight no node of the split computes).
+    pub(crate) scale: usize,
+}
+
+/// A kind of chain one fused program computes.
+pub(crate) trait Pattern: Sync {
+    fn kind(&self) -> ChainKind;
+    /// The ops its chains hold: the device must take each of them for a chain to form (a
+    /// test holds the registry to the device's list; the walker matches by structure).
+    #[allow(dead_code, reason = "a declaration the registry's test checks")]
+    fn ops(&self) -> &'static [OpKind];
+    /// The chain this pattern makes of the readers of `head`, if they fit it (the walker
+    /// then checks it is safe to compute at its first node's place).
+    fn match_at(&self, g: &Graph<'_>, head: Head) -> Option<Chain>;
+}
+
+/// The patterns, tried in this order at every head.
+pub(crate) static REGISTRY: &[&dyn Pattern] = &[&FfnPattern, &QkvPattern];
+
+/// The normed input starting at node `i`: an RMS_NORM read only by a MUL by a weight, or —
+/// the norm computed elsewhere — a MUL of two tensors no node of the split computes.
+pub(crate) fn head_at(g: &Graph<'_>, i: usize) -> Option<Head> {
+    let n = &g.nodes[i];
+    let (norm, scale) = match n.kind {
+        OpKind::RmsNorm => {
+            let &[scale] = g.consumers(i) else {
+                return None;
+            };
+            (Some(i), scale)
+        }
+        OpKind::Mul if g.is_input(n.src(0)) && g.is_input(n.src(1)) => (None, i),
+        _ => return None,
+    };
+    let s = &g.nodes[scale];
+    // × a weight that no node of this graph computes
+    let weight = match norm {
+        Some(nm) if s.src(0) == g.nodes[nm].id => s.src(1),
+        Some(_) => s.src(0),
+        None => s.src(1),
+    };
+    (s.kind == OpKind::Mul && g.is_input(weight)).then_some(Head { norm, scale })
+}
+
+/// The members of a chain of `head` and `rest`, in graph order.
+fn members(head: Head, rest: &[usize]) -> Vec<usize> {
+    let mut m: Vec<usize> = head.norm.into_iter().collect();
+    m.push(head.scale);
+    m.extend(rest);
+    m.sort_unstable();
+    m
+}
+
+/// The norm and its scale: recomputed on the host when another split reads the normed input
+/// (parallel blocks: Command-R, GPT-NeoX, Phi-2 read it in the FFN's split too).
+fn head_members(head: Head) -> Vec<usize> {
+    head.norm.into_iter().chain([head.scale]).collect()
+}
+
+/// The readers of the normed input, if all are MUL_MATs of it the engine takes.
+fn matmul_readers<'g>(g: &'g Graph<'_>, head: Head) -> Option<&'g [usize]> {
+    let s = &g.nodes[head.scale];
+    let users = g.consumers(head.scale);
+    users
+        .iter()
+        .all(|&u| {
+            let n = &g.nodes[u];
+            n.kind == OpKind::MulMat && n.engine && n.compute && n.src(1) == s.id
+        })
+        .then_some(users)
+}
+
+/// norm → × weight → gate, up → SWIGLU(gate, up) → down → ADD(down, residual).
+struct FfnPattern;
+
+impl Pattern for FfnPattern {
+    fn kind(&self) -> ChainKind {
+        ChainKind::Ffn
+    }
+
+    fn ops(&self) -> &'static [OpKind] {
+        &[
+            OpKind::RmsNorm,
+            OpKind::Mul,
+            OpKind::MulMat,
+            OpKind::SwiGlu,
+            OpKind::Add,
+        ]
+    }
+
+    fn match_at(&self, graph: &Graph<'_>, head: Head) -> Option<Chain> {
+        let &[a, b] = matmul_readers(graph, head)? else {
+            return None;
+        };
+        let nodes = graph.nodes;
+        let &[glu] = graph.consumers(a) else {
+            return None;
+        };
+        let g = &nodes[glu];
+        if g.kind != OpKind::SwiGlu || graph.consumers(b) != [glu] {
+            return None;
+        }
+        // split form: src0 the gate, src1 the up projection
+        let (gate, up) = if g.src(0) == nodes[a].id && g.src(1) == nodes[b].id {
+            (a, b)
+        } else if g.src(0) == nodes[b].id && g.src(1) == nodes[a].id {
+            (b, a)
+        } else {
+            return None;
+        };
+        let &[down] = graph.consumers(glu) else {
+            return None;
+        };
+        let d = &nodes[down];
+        if d.kind != OpKind::MulMat || !d.engine || d.src(1) != g.id {
+            return None;
+        }
+        let &[add] = graph.consumers(down) else {
+            return None;
+        };
+        let ad = &nodes[add];
+        // the other operand is the residual (ready before the chain: the walker checks)
+        let residual = if ad.src(0) == d.id {
+            ad.src(1)
+        } else {
+            ad.src(0)
+        };
+        if ad.kind != OpKind::Add || !ad.srcs.contains(&d.id) || residual == 0 || residual == d.id {
+            return None;
+        }
+        Some(Chain {
+            kind: self.kind(),
+            norm: head.norm,
+            scale: head.scale,
+            matmuls: vec![gate, up],
+            glu: Some(glu),
+            down: Some(down),
+            add: Some(add),
+            members: members(head, &[gate, up, glu, down, add]),
+            outputs: vec![add],
+            may_write_back: head_members(head),
+            write_back: Vec::new(),
+        })
+    }
+}
+
+/// norm → × weight → two or three MUL_MATs of that input (Q, K, V; or gate and up when the
+/// rest of an FFN cannot be fused): each projection an output.
+struct QkvPattern;
+
+impl Pattern for QkvPattern {
+    fn kind(&self) -> ChainKind {
+        ChainKind::Qkv
+    }
+
+    fn ops(&self) -> &'static [OpKind] {
+        &[OpKind::RmsNorm, OpKind::Mul, OpKind::MulMat]
+    }
+
+    fn match_at(&self, g: &Graph<'_>, head: Head) -> Option<Chain> {
+        let users = matmul_readers(g, head)?;
+        (2..=3).contains(&users.len()).then(|| Chain {
+            kind: self.kind(),
+            norm: head.norm,
+            scale: head.scale,
+            matmuls: users.to_vec(),
+            glu: None,
+            down: None,
+            add: None,
+            members: members(head, users),
+            outputs: users.to_vec(),
+            may_write_back: head_members(head),
+            write_back: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_holds_only_ops_the_ane_device_takes() {
+        for p in REGISTRY {
+            for &op in p.ops() {
+                assert!(
+                    op == OpKind::MulMat || crate::devices::is_glue(op),
+                    "{:?} holds {op:?}",
+                    p.kind()
+                );
+            }
+        }
+        // one pattern per kind
+        let kinds: Vec<ChainKind> = REGISTRY.iter().map(|p| p.kind()).collect();
+        assert_eq!(kinds, [ChainKind::Ffn, ChainKind::Qkv]);
+    }
+}
