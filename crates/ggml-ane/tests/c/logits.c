@@ -5,7 +5,8 @@
  * Loads every backend ggml can find (GGML_BACKEND_PATH adds ours), without weight repacking
  * (the CPU's repacked layouts are private to it), evaluates N_PROMPT deterministic token ids in
  * one batch with logits for every position, then one more token as a decode step. Writes
- * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" on stdout.
+ * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" and "ggml VERSION"
+ * on stdout.
  *
  * LOGITS_SPLIT_MODE=tensor splits every layer across the listed devices (llama.cpp's `-sm
  * tensor`, with flash attention on, which it requires).
@@ -170,6 +171,7 @@ int main(int argc, char **argv) {
 
     fclose(out);
     printf("n_vocab %d\n", n_vocab);
+    printf("ggml %s\n", ggml_version());
     llama_batch_free(batch);
     llama_free(ctx);
     llama_model_free(model);
