@@ -83,6 +83,37 @@ fn weights_overwritten_in_place_give_the_new_result() {
     );
 }
 
+/// Weights in a buffer whose usage nobody set (as on rpc-server and in test hosts) count as
+/// model weights only as graph leaves, with every byte in their fingerprint: a change in the
+/// middle of a row — between the 32 bytes a sampled fingerprint reads at each end — between
+/// two graphs is seen, and the second result is the new weights'.
+#[test]
+fn a_leaf_changed_where_the_sample_does_not_look_gives_the_new_result() {
+    let (ane, cpu) = (Backend::ane(), Backend::cpu());
+    let (m, k, n) = (48, 256, 80);
+    let g = MulMat::new(F16, m, k, n, [1, 1], [1, 1], false);
+    g.set_weights_usage(host::USAGE_ANY);
+    let mut rng = Rng::new(21);
+    let x = rng.f16_values(g.x_len());
+    g.set_weights(&rng.f16_values((m * k) as usize));
+    let first = g.run_sched(&[&ane, &cpu], &x);
+    assert!(nmse(&first.y, &first.y_cpu) <= MAX_NMSE);
+    // row 5, element 128: byte 256 of a 512-byte row; fp16 100.0
+    let offset = 5 * (k as usize) * 2 + 128 * 2;
+    g.poke_weights(offset, &half::f16::from_f32(100.0).to_le_bytes());
+    let second = g.run_sched(&[&ane, &cpu], &x);
+    assert_eq!(second.backend, "ANE");
+    assert!(
+        nmse(&first.y_cpu, &second.y_cpu) > 1e-4,
+        "the poke changed the CPU's result"
+    );
+    let e = nmse(&second.y, &second.y_cpu);
+    assert!(
+        e <= MAX_NMSE,
+        "the engine reused the old weights: nmse {e:e}"
+    );
+}
+
 /// Several backend instances computing at once on several threads.
 #[test]
 fn concurrent_backends_on_threads() {

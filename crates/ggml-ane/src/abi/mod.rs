@@ -84,6 +84,8 @@ pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
 pub const GGML_BACKEND_DEVICE_TYPE_CPU: c_int = 0;
 pub const GGML_BACKEND_DEVICE_TYPE_IGPU: c_int = 2;
 pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
+/// `GGML_BACKEND_BUFFER_USAGE_ANY`: a buffer whose use nobody said (rpc-server's, test hosts').
+pub const GGML_BACKEND_BUFFER_USAGE_ANY: c_int = 0;
 /// `GGML_BACKEND_BUFFER_USAGE_WEIGHTS`: a buffer holding model weights.
 pub const GGML_BACKEND_BUFFER_USAGE_WEIGHTS: c_int = 1;
 
@@ -542,6 +544,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         (
             "GGML_BACKEND_BUFFER_USAGE_WEIGHTS",
             GGML_BACKEND_BUFFER_USAGE_WEIGHTS as usize,
+        ),
+        (
+            "GGML_BACKEND_BUFFER_USAGE_ANY",
+            GGML_BACKEND_BUFFER_USAGE_ANY as usize,
         ),
         (
             "GGML_BACKEND_API_VERSION",

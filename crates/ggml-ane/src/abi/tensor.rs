@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use super::{
     ggml_backend_buffer_get_type, ggml_backend_buffer_get_usage, ggml_get_glu_op,
     ggml_get_type_traits, ggml_get_unary_op, ggml_glu_op_name, ggml_op, ggml_op_name, ggml_tensor,
-    ggml_to_float_t, ggml_type, ggml_unary_op_name, readable_buft,
+    ggml_to_float_t, ggml_type, ggml_unary_op_name, readable_buft, GGML_BACKEND_BUFFER_USAGE_ANY,
     GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_NAME, GGML_MAX_SRC, GGML_TENSOR_FLAG_INPUT,
 };
 use crate::compute::walker::OpKind;
@@ -36,16 +36,20 @@ pub(crate) struct TensorDesc {
     pub(crate) readable: bool,
     /// In a buffer ggml marks as holding model weights (never written while graphs run).
     pub(crate) in_weights_buffer: bool,
+    /// In a buffer whose use nobody said (`ANY`): ggml's rpc-server (usage does not travel),
+    /// test hosts.
+    pub(crate) usage_unknown: bool,
     /// A leaf of the graph (computed by no node), not a view, not a graph input.
     pub(crate) leaf: bool,
 }
 
 impl TensorDesc {
-    /// Model weights: in a buffer ggml marks as holding them, or — where buffer usage does not
-    /// travel, as on ggml's rpc-server — a leaf of the graph that is neither a view nor a graph
-    /// input. Either way the sampled fingerprint is checked on every call.
+    /// Model weights: in a buffer ggml marks as holding them, or — only where buffer usage is
+    /// unknown, as on ggml's rpc-server — a leaf of the graph that is neither a view nor a
+    /// graph input. The first get a sampled fingerprint on every call, the second one of every
+    /// byte ([`TensorRows::weight_id`]): nothing promises such a leaf does not change.
     pub(crate) fn is_model_weight(&self) -> bool {
-        self.leaf || self.in_weights_buffer
+        self.in_weights_buffer || (self.leaf && self.usage_unknown)
     }
 
     /// Rows of whole elements (blocks for quantised types), packed: `nb[0]` is one block.
@@ -83,13 +87,13 @@ pub(super) fn describe(t: &ggml_tensor) -> TensorDesc {
     let traits = unsafe { ggml_get_type_traits(t.type_).as_ref() };
     let to_float = traits.and_then(|tr| tr.to_float);
     // SAFETY: the tensor is live (the caller's promise), so its buffer is NULL or live.
-    let (readable, in_weights_buffer) = unsafe {
+    let (readable, usage) = unsafe {
         if t.buffer.is_null() {
-            (true, false)
+            (true, None)
         } else {
             (
                 readable_buft(ggml_backend_buffer_get_type(t.buffer)),
-                ggml_backend_buffer_get_usage(t.buffer) == GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+                Some(ggml_backend_buffer_get_usage(t.buffer)),
             )
         }
     };
@@ -112,7 +116,8 @@ pub(super) fn describe(t: &ggml_tensor) -> TensorDesc {
                 .unwrap_or("?")
         }),
         readable,
-        in_weights_buffer,
+        in_weights_buffer: usage == Some(GGML_BACKEND_BUFFER_USAGE_WEIGHTS),
+        usage_unknown: usage == Some(GGML_BACKEND_BUFFER_USAGE_ANY),
         leaf: t.op == ggml_op::NONE
             && t.view_src.is_null()
             && t.flags & GGML_TENSOR_FLAG_INPUT == 0,
@@ -296,12 +301,13 @@ const FINGERPRINT_ROWS: usize = 64;
 const FINGERPRINT_BYTES: usize = 32;
 
 impl TensorRows<'_> {
-    /// The weights' identity for baked kernels: which tensor (address, shape, strides, type)
-    /// and a fingerprint of its contents (both ends of up to 64 rows spread over the matrix),
-    /// re-read on every call so weights reloaded at the same address get new kernels. `None`
-    /// unless the rows are contiguous (the fingerprint reads whole rows as bytes). A change
-    /// confined to bytes the sample skips is not seen: only model weights get an identity,
-    /// and `GGML_ANE_KERNELS=streamed` turns baking off for anyone who edits those in place.
+    /// The weights' identity for baked kernels and kept staged tiles: which tensor (address,
+    /// shape, strides, type) and a fingerprint of its contents, re-read on every call so
+    /// weights changed at the same address get new kernels. In a buffer ggml marks as model
+    /// weights (which it promises not to write while graphs run) the fingerprint samples both
+    /// ends of up to 64 rows per batch; anywhere else (a graph leaf where usage is unknown) it
+    /// covers every byte — one read of the weights per call, at hashing speed (xxh3: several
+    /// GB/s per core). `None` unless the rows are packed (the fingerprint reads rows as bytes).
     pub(crate) fn weight_id(&self) -> Option<WeightId> {
         use std::hash::{Hash, Hasher};
         let d = &self.desc;
@@ -310,27 +316,42 @@ impl TensorRows<'_> {
         }
         let mut key = std::collections::hash_map::DefaultHasher::new();
         (d.addr, d.ne, d.nb, d.ty.0).hash(&mut key);
-        let rows = d.ne[1].max(0) as usize;
-        let row_bytes = (d.ne[0] / d.blck_size).max(0) as usize * d.type_size;
-        let take = FINGERPRINT_BYTES.min(row_bytes);
-        let mut fp = std::collections::hash_map::DefaultHasher::new();
-        let step = rows.div_ceil(FINGERPRINT_ROWS).max(1);
-        for r in (0..rows).step_by(step).chain(rows.checked_sub(1)) {
-            // SAFETY: row r < ne[1] of batch (0, 0) lies inside the tensor's data, valid for
-            // 'g; its packed bytes are `row_bytes` long and we read `take` at each end.
-            let (head, tail) = unsafe {
-                let p = self.data.add(r * d.nb[1]);
-                (
-                    std::slice::from_raw_parts(p, take),
-                    std::slice::from_raw_parts(p.add(row_bytes - take), take),
-                )
-            };
-            head.hash(&mut fp);
-            tail.hash(&mut fp);
+        let count = |n: i64| n.max(0) as usize;
+        let rows = count(d.ne[1]);
+        let row_bytes = count(d.ne[0] / d.blck_size) * d.type_size;
+        let (step, take) = if d.in_weights_buffer {
+            (
+                rows.div_ceil(FINGERPRINT_ROWS).max(1),
+                FINGERPRINT_BYTES.min(row_bytes),
+            )
+        } else {
+            (1, row_bytes)
+        };
+        let mut fp = xxhash_rust::xxh3::Xxh3::new();
+        for (b2, b3) in
+            (0..count(d.ne[3])).flat_map(|b3| (0..count(d.ne[2])).map(move |b2| (b2, b3)))
+        {
+            for r in (0..rows).step_by(step).chain(rows.checked_sub(1)) {
+                let off = row_offset(d, (b2, b3), r, d.ne[0] as usize);
+                // SAFETY: row r of batch (b2, b3) was checked to lie inside the tensor, whose
+                // data is valid for 'g; its packed bytes are `row_bytes` long and we read
+                // `take` at each end.
+                let (head, tail) = unsafe {
+                    let p = self.data.add(off);
+                    (
+                        std::slice::from_raw_parts(p, take),
+                        std::slice::from_raw_parts(p.add(row_bytes - take), take),
+                    )
+                };
+                fp.update(head);
+                if take < row_bytes {
+                    fp.update(tail);
+                }
+            }
         }
         Some(WeightId {
             key: key.finish(),
-            fingerprint: fp.finish(),
+            fingerprint: fp.digest(),
         })
     }
 

@@ -78,6 +78,7 @@ pub const F16: i32 = 1;
 pub const Q4_0: i32 = 2;
 pub const Q8_0: i32 = 8;
 const USAGE_WEIGHTS: c_int = 1;
+pub const USAGE_ANY: c_int = 0;
 const DEVICE_CPU: c_int = 0;
 
 struct Reg(Ptr);
@@ -302,6 +303,22 @@ impl MulMat {
                 );
             }
             ggml_backend_tensor_set(self.w, buf.as_ptr().cast(), 0, bytes);
+        }
+    }
+
+    /// Marks the weights' buffer with another usage (`USAGE_ANY`: as rpc-server's and test
+    /// hosts' buffers are).
+    pub fn set_weights_usage(&self, usage: c_int) {
+        // SAFETY: the live buffer made in new().
+        unsafe { ggml_backend_buffer_set_usage(self.w_buf, usage) };
+    }
+
+    /// Overwrites `bytes` of the weights' data at byte `offset`, in place.
+    pub fn poke_weights(&self, offset: usize, bytes: &[u8]) {
+        // SAFETY: `w` is allocated; the range is checked against its size.
+        unsafe {
+            assert!(offset + bytes.len() <= ggml_nbytes(self.w));
+            ggml_backend_tensor_set(self.w, bytes.as_ptr().cast(), offset, bytes.len());
         }
     }
 
