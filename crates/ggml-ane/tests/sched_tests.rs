@@ -114,6 +114,44 @@ fn a_leaf_changed_where_the_sample_does_not_look_gives_the_new_result() {
     );
 }
 
+/// The host's abort callback, forwarded to ggml's CPU backend, aborts our graph with ggml's
+/// own status (`GGML_STATUS_ABORTED`, 1), not a failure (-1) the host would report as an error.
+#[test]
+fn the_hosts_abort_is_an_abort() {
+    unsafe extern "C" fn abort_now(_: *mut std::ffi::c_void) -> bool {
+        true
+    }
+    let ane = Backend::ane();
+    ane.set_abort_callback(abort_now, std::ptr::null_mut());
+    let (status, _) = ane.add(&[1.0; 64], &[2.0; 64]);
+    assert_eq!(status, 1, "GGML_STATUS_ABORTED");
+}
+
+/// An abort callback that calls back into our backend (here: sets its thread count) while
+/// ggml's CPU backend is computing for us does not deadlock, and the graph completes.
+#[test]
+fn an_abort_callback_may_call_back_into_the_backend() {
+    unsafe extern "C" fn reenter(data: *mut std::ffi::c_void) -> bool {
+        // SAFETY: `data` is the Backend the test keeps alive while it computes.
+        let backend = unsafe { &*data.cast::<Backend>() };
+        backend.set_n_threads(1);
+        false
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ane = Backend::ane();
+        let data = (&ane as *const Backend).cast_mut().cast();
+        ane.set_abort_callback(reenter, data);
+        let result = ane.add(&[1.0; 64], &[2.0; 64]);
+        let _ = done.send(result);
+    });
+    let (status, y) = finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the graph did not finish: a lock held across the host's callback");
+    assert_eq!(status, 0);
+    assert!(y.iter().all(|&v| v == 3.0), "{y:?}");
+}
+
 /// Several backend instances computing at once on several threads.
 #[test]
 fn concurrent_backends_on_threads() {

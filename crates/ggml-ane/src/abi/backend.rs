@@ -85,12 +85,14 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         let mut split = unsafe { Split::read(cgraph, use_counts_layout()) };
         match compute::graph_compute(ctx, rt, &mut split) {
             Ok(()) => GGML_STATUS_SUCCESS,
-            Err(why) => {
+            // the host's abort is not an error to log: its status goes back as it came
+            Err(f) if f.status == GGML_STATUS_ABORTED => f.status,
+            Err(f) => {
                 log(
                     GGML_LOG_LEVEL_ERROR,
-                    &format!("ggml-ane: graph_compute: {why}"),
+                    &format!("ggml-ane: graph_compute: {}", f.why),
                 );
-                GGML_STATUS_FAILED
+                f.status
             }
         }
     })

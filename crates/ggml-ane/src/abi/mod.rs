@@ -75,6 +75,7 @@ pub const GGML_TENSOR_FLAG_COMPUTE: i32 = 16;
 
 pub const GGML_STATUS_FAILED: c_int = -1;
 pub const GGML_STATUS_SUCCESS: c_int = 0;
+pub const GGML_STATUS_ABORTED: c_int = 1;
 
 pub const GGML_LOG_LEVEL_DEBUG: c_int = 1;
 pub const GGML_LOG_LEVEL_INFO: c_int = 2;
@@ -545,6 +546,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             "GGML_BACKEND_BUFFER_USAGE_WEIGHTS",
             GGML_BACKEND_BUFFER_USAGE_WEIGHTS as usize,
         ),
+        ("GGML_STATUS_ABORTED", GGML_STATUS_ABORTED as usize),
         (
             "GGML_BACKEND_BUFFER_USAGE_ANY",
             GGML_BACKEND_BUFFER_USAGE_ANY as usize,

@@ -468,3 +468,71 @@ impl MatrixSink for TensorRowsMut<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An F32 `[4, 3]` matrix's description, rows packed.
+    fn desc_4x3(addr: usize) -> TensorDesc {
+        TensorDesc {
+            ty: ggml_type::F32,
+            ne: [4, 3, 1, 1],
+            nb: [4, 16, 48, 48],
+            addr,
+            type_size: 4,
+            blck_size: 1,
+            has_to_float: false,
+            to_float: None,
+            type_name: "f32",
+            readable: true,
+            in_weights_buffer: false,
+            usage_unknown: false,
+            leaf: false,
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_tensor_are_refused_before_any_byte_is_touched() {
+        // 12 elements and a sentinel right after them
+        let mut data = vec![0f32; 13];
+        data[12] = -1.0;
+        let d = desc_4x3(data.as_ptr() as usize);
+        let ptr = data.as_mut_ptr().cast::<c_void>();
+        // SAFETY: `data` holds the 12 elements d describes and outlives the sink and source.
+        let (sink, rows) = unsafe { (TensorRowsMut::new(d, ptr), TensorRows::new(d, ptr)) };
+        sink.write_row(0, 0, 2, &[1.0; 4]);
+        let caught = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // row 3 of 3, batch 1 of 1, 5 columns of 4: refused
+        assert!(caught(&|| sink.write_row(0, 0, 3, &[9.0; 4])).is_err());
+        assert!(caught(&|| sink.write_row(1, 0, 0, &[9.0; 4])).is_err());
+        assert!(caught(&|| sink.write_row(0, 0, 2, &[9.0; 5])).is_err());
+        let mut out = [0f32; 5];
+        assert!(caught(&|| rows.read_row(0, 0, 0, &mut out.clone())).is_err());
+        assert!(caught(&|| {
+            rows.row_f32(0, 0, 3);
+        })
+        .is_err());
+        // what was allowed was written; nothing else
+        rows.read_row(0, 0, 2, &mut out[..4]);
+        assert_eq!(out[..4], [1.0; 4]);
+        assert_eq!(data[12], -1.0);
+        assert!(data[..8].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn only_packed_rows_have_a_weight_identity() {
+        let data = [0f32; 24];
+        let mut d = desc_4x3(data.as_ptr() as usize);
+        d.in_weights_buffer = true;
+        let ptr = data.as_ptr().cast::<c_void>().cast_mut();
+        // SAFETY: `data` holds the (strided) tensor d describes and outlives the source.
+        let packed = unsafe { TensorRows::new(d, ptr) };
+        assert!(packed.weight_id().is_some());
+        // every other element: a strided view
+        d.nb = [8, 32, 96, 96];
+        // SAFETY: as above: 3 rows of 4 elements 8 bytes apart fit in 24 floats.
+        let strided = unsafe { TensorRows::new(d, ptr) };
+        assert!(strided.weight_id().is_none());
+    }
+}

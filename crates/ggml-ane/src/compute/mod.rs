@@ -13,16 +13,16 @@ use ane_runtime::fused::FusedOutputs;
 
 use crate::abi::Split;
 use crate::runtime::Runtime;
-use context::BackendContext;
+use context::{BackendContext, Failure};
 use walker::{Chain, OpKind, Step};
 
-/// Computes every node of `split`; an error only when ggml's CPU backend fails (engine
-/// failures fall back to the CPU and are counted).
+/// Computes every node of `split`; an error only when ggml's CPU backend fails or is aborted
+/// (engine failures fall back to the CPU and are counted), with the status it returned.
 pub(crate) fn graph_compute(
     ctx: &BackendContext,
     rt: &Runtime,
     split: &mut Split<'_>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     for (n, d) in split.nodes.iter_mut().zip(&split.descs) {
         n.engine =
             n.kind == OpKind::MulMat && d.as_ref().is_some_and(|d| matmul::engine_mul_mat(rt, d));
@@ -56,7 +56,7 @@ struct Walk<'a, 'g> {
 
 impl Walk<'_, '_> {
     /// Nodes `ix` on ggml's CPU backend, as one graph.
-    fn on_cpu(&self, ix: &[usize]) -> Result<(), String> {
+    fn on_cpu(&self, ix: &[usize]) -> Result<(), Failure> {
         self.ctx
             .run_on_cpu(ix.len(), |cpu| self.split.compute_on(cpu, ix))
     }
@@ -86,10 +86,10 @@ impl Walk<'_, '_> {
         chain: &Chain,
         done: Option<&FusedOutputs>,
         node: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let Some(out) = done else {
             return if self.split.nodes[node].kind == OpKind::MulMat {
-                matmul::run(self.ctx, self.rt, self.split, node)
+                Ok(matmul::run(self.ctx, self.rt, self.split, node)?)
             } else {
                 self.on_cpu(&[node])
             };

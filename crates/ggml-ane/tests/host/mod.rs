@@ -50,6 +50,7 @@ unsafe extern "C" {
     fn ggml_free(ctx: Ptr);
     fn ggml_new_tensor_4d(ctx: Ptr, t: c_int, ne0: i64, ne1: i64, ne2: i64, ne3: i64) -> Ptr;
     fn ggml_mul_mat(ctx: Ptr, a: Ptr, b: Ptr) -> Ptr;
+    fn ggml_add(ctx: Ptr, a: Ptr, b: Ptr) -> Ptr;
     fn ggml_permute(ctx: Ptr, a: Ptr, a0: c_int, a1: c_int, a2: c_int, a3: c_int) -> Ptr;
     fn ggml_new_graph(ctx: Ptr) -> Ptr;
     fn ggml_build_forward_expand(g: Ptr, t: Ptr);
@@ -188,6 +189,77 @@ impl Backend {
         unsafe { CStr::from_ptr(ggml_backend_name(self.0)) }
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// `ggml_abort_callback`.
+pub type AbortCallback = unsafe extern "C" fn(data: *mut c_void) -> bool;
+
+impl Backend {
+    /// Sets the backend's abort callback through our registry's
+    /// `ggml_backend_set_abort_callback`, as llama.cpp does.
+    pub fn set_abort_callback(&self, cb: AbortCallback, data: *mut c_void) {
+        // SAFETY: the registry is live; the proc has ggml_backend_set_abort_callback_t's
+        // signature; `cb` and `data` stay valid while the backend computes.
+        unsafe {
+            let f = ggml_backend_reg_get_proc_address(
+                ane_reg(),
+                c"ggml_backend_set_abort_callback".as_ptr(),
+            );
+            assert!(!f.is_null(), "no ggml_backend_set_abort_callback");
+            let set: unsafe extern "C" fn(Ptr, Option<AbortCallback>, *mut c_void) =
+                std::mem::transmute(f);
+            set(self.0, Some(cb), data);
+        }
+    }
+
+    /// Sets the thread count through our registry's `ggml_backend_set_n_threads`.
+    pub fn set_n_threads(&self, n: c_int) {
+        // SAFETY: as above, with ggml_backend_set_n_threads_t's signature.
+        unsafe {
+            let f = ggml_backend_reg_get_proc_address(
+                ane_reg(),
+                c"ggml_backend_set_n_threads".as_ptr(),
+            );
+            assert!(!f.is_null(), "no ggml_backend_set_n_threads");
+            let set: unsafe extern "C" fn(Ptr, c_int) = std::mem::transmute(f);
+            set(self.0, n);
+        }
+    }
+
+    /// Computes `y = a + b` (f32 `[n]`, in a CPU buffer) on this backend alone: its ggml
+    /// status and `y`.
+    pub fn add(&self, a: &[f32], b: &[f32]) -> (c_int, Vec<f32>) {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        // SAFETY: a context for three tensors and a graph; the tensors are allocated in a CPU
+        // buffer before they are written; everything is freed here.
+        unsafe {
+            let ctx = ggml_init(InitParams {
+                mem_size: 1 << 20,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
+            let ta = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+            let tb = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+            let y = ggml_add(ctx, ta, tb);
+            let graph = ggml_new_graph(ctx);
+            ggml_build_forward_expand(graph, y);
+            let buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
+            ggml_backend_tensor_set(ta, a.as_ptr().cast(), 0, n * 4);
+            ggml_backend_tensor_set(tb, b.as_ptr().cast(), 0, n * 4);
+            let status = ggml_backend_graph_compute(self.0, graph);
+            let mut out = vec![0f32; n];
+            ggml_backend_tensor_get(y, out.as_mut_ptr().cast(), 0, n * 4);
+            ggml_backend_buffer_free(buf);
+            ggml_free(ctx);
+            (status, out)
+        }
+    }
+
+    /// The raw handle, for callbacks that call back into the backend.
+    pub fn handle(&self) -> *mut c_void {
+        self.0
     }
 }
 
