@@ -119,8 +119,10 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     corpus=$(mktemp -d)
     log=$(mktemp)
     rc=0
+    dict=()
+    if [ -f "fuzz/dicts/$target.dict" ]; then dict=(-dict="dicts/$target.dict"); fi
     (cd fuzz && cargo +nightly fuzz run "$target" "$corpus" "seeds/$target" -- \
-      -max_total_time="$FUZZ_SECONDS") >"$log" 2>&1 || rc=$?
+      -max_total_time="$FUZZ_SECONDS" "${dict[@]}") >"$log" 2>&1 || rc=$?
     grep -E '^(Done [0-9]+ runs|SUMMARY|==[0-9]+==)' "$log" | sed "s/^/  $target: /" || true
     if [ "$rc" -ne 0 ]; then
       tail -n 40 "$log"

@@ -513,7 +513,11 @@ impl WeightFiles {
             });
         }
         let elem = blob.dtype.size_bytes().unwrap_or(0) as u64;
-        let expected = blob.shape.iter().map(|&d| d as u64).product::<u64>() * elem;
+        let expected = blob
+            .shape
+            .iter()
+            .try_fold(elem, |n, &d| n.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
         if rec.size != expected {
             return Err(BlobError::SizeMismatch {
                 path: path.clone(),

@@ -391,7 +391,16 @@ fn operand_from_literal(
         w.resolve(b)?;
     }
     if let Literal::Tensor(t) = l {
-        let n: usize = t.shape.as_ref().map_or(1, |s| s.iter().product());
+        let n = t
+            .shape
+            .as_ref()
+            .map_or(Some(1), |s| crate::types::checked_elements(s));
+        let Some(n) = n else {
+            return Err(CheckErrorKind::InvalidValue {
+                op: "literal".into(),
+                message: "its shape's element count overflows".into(),
+            });
+        };
         if n != t.data.len() {
             return Err(CheckErrorKind::InvalidValue {
                 op: "literal".into(),

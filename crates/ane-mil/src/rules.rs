@@ -758,9 +758,9 @@ fn blob_bytes(s: &Statement) -> usize {
         .chain(s.literal_args())
         .map(|l| match l {
             Literal::Blob(b) => {
-                b.shape.iter().product::<usize>() * b.dtype.size_bytes().unwrap_or(1)
+                crate::types::checked_bytes(b.dtype, &b.shape).unwrap_or(usize::MAX)
             }
             _ => 0,
         })
-        .sum()
+        .fold(0usize, usize::saturating_add)
 }

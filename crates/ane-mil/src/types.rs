@@ -116,9 +116,10 @@ impl ValueType {
         }
     }
 
-    /// Number of elements (1 for scalars).
+    /// Number of elements (1 for scalars), saturating at `usize::MAX`: the parser refuses
+    /// types whose bytes could not fit in memory, so only a type built by hand saturates.
     pub fn num_elements(&self) -> usize {
-        self.shape().iter().product()
+        checked_elements(self.shape()).unwrap_or(usize::MAX)
     }
 
     /// The same shape with another element type.
@@ -146,4 +147,17 @@ impl fmt::Display for ValueType {
             }
         }
     }
+}
+
+/// Elements in a tensor of `shape` (1 for `[]`), or `None` when the count overflows `usize`.
+pub fn checked_elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// Bytes of a tensor of `dtype` and `shape` when they fit in memory (at most `isize::MAX`),
+/// else `None`. Types without a fixed size count one byte per element.
+pub fn checked_bytes(dtype: DType, shape: &[usize]) -> Option<usize> {
+    checked_elements(shape)?
+        .checked_mul(dtype.size_bytes().unwrap_or(1))
+        .filter(|&b| b <= isize::MAX as usize)
 }

@@ -9,6 +9,27 @@ fn parse_err(text: &str) -> ane_mil::ParseError {
     parse(text).expect_err("should not parse")
 }
 
+/// Shapes come from outside: an element count that overflows is an error naming the shape,
+/// in debug builds (where the multiplication panicked) and release builds (where it wrapped
+/// to 0 and an empty value list was accepted).
+#[test]
+fn shapes_whose_size_overflows_are_errors() {
+    let text = "program(1.3) { func f<ios18>() { tensor<fp16, [4294967296, 4294967296, 2]> c = const()[val = tensor<fp16, [4294967296, 4294967296, 2]>([])]; } -> (c); }";
+    let e = parse_err(text);
+    assert!(e.message.contains("[4294967296, 4294967296, 2]"), "{e}");
+    assert!(e.message.contains("overflows"), "{e}");
+    // the largest dimension there is, as an input's type
+    let e = parse_err(
+        "program(1.3) { func main<ios18>(tensor<fp32, [18446744073709551615, 2]> x) { } -> (x); }",
+    );
+    assert!(e.message.contains("overflows"), "{e}");
+    // a huge shape whose bytes still fit parses; its element count is exact
+    let p =
+        parse("program(1.3) { func main<ios18>(tensor<fp16, [1, 1099511627776]> x) { } -> (x); }")
+            .expect("2 TiB fits in a 64-bit address space");
+    assert_eq!(p.functions[0].params[0].ty.num_elements(), 1 << 40);
+}
+
 #[test]
 fn syntax_errors_name_line_and_column() {
     let text = seed_matmul_text(64, 64, 64).replace("x=x_raw)", "x=x_raw");

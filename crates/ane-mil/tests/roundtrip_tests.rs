@@ -178,6 +178,26 @@ proptest! {
         let _ = parse(&s);
     }
 
+    /// Types with dimensions anywhere up to u64::MAX, in inputs and constants with too few
+    /// values: the parser and checker give an error or a program, never a panic, and what
+    /// parses has an element count that fits.
+    #[test]
+    fn huge_dimensions_never_panic(
+        dims in prop::collection::vec(prop_oneof![any::<u64>(), 0u64..70_000, Just(u64::MAX), Just(1u64 << 32)], 0..5),
+        values in 0usize..3,
+    ) {
+        let shape = dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let vals = vec!["1"; values].join(", ");
+        let text = format!(
+            "program(1.3) {{ func main<ios18>(tensor<fp16, [{shape}]> x) {{ tensor<fp16, [{shape}]> c = const()[val = tensor<fp16, [{shape}]>([{vals}])]; }} -> (c); }}"
+        );
+        if let Ok(p) = parse(&text) {
+            let n = p.functions[0].params[0].ty.num_elements();
+            prop_assert!(n < usize::MAX, "{text}");
+            let _ = ane_mil::check_program(&p, None);
+        }
+    }
+
     /// Real programs with bytes deleted, duplicated or replaced: errors carry sane positions.
     #[test]
     fn parser_reports_positions_inside_mutated_programs(

@@ -165,11 +165,19 @@ impl Config {
                 os_var("XDG_CACHE_HOME").map(PathBuf::from).as_deref(),
             ),
         };
-        let cap = number("GGML_ANE_CACHE_MAX_MB")?.map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
-        let staged_weights_bytes = number("GGML_ANE_SURFACE_CACHE_MB")?
-            .map_or(DEFAULT_STAGED_WEIGHTS_BYTES, |mb| {
-                usize::try_from(mb << 20).unwrap_or(usize::MAX)
-            });
+        // MiB to bytes, refusing what does not fit (a shift would wrap silently)
+        let mib = |name: &str| -> Result<Option<u64>, String> {
+            number(name)?
+                .map(|mb| {
+                    mb.checked_mul(1 << 20)
+                        .filter(|&b| usize::try_from(b).is_ok())
+                        .ok_or_else(|| format!("{name}={mb}: too large (MiB)"))
+                })
+                .transpose()
+        };
+        let cap = mib("GGML_ANE_CACHE_MAX_MB")?.unwrap_or(DEFAULT_CAP_BYTES);
+        let staged_weights_bytes =
+            mib("GGML_ANE_SURFACE_CACHE_MB")?.map_or(DEFAULT_STAGED_WEIGHTS_BYTES, |b| b as usize);
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         let max_loaded = match number("GGML_ANE_MAX_LOADED")? {
             None => Some(DEFAULT_MAX_LOADED),
@@ -395,6 +403,9 @@ mod tests {
             ("GGML_ANE_LOG", "loud"),
             ("GGML_ANE_DISABLE", "yes"),
             ("GGML_ANE_MATMULS", "some"),
+            // 2^44 MiB is 2^64 bytes: `mb << 20` wrapped to 0
+            ("GGML_ANE_CACHE_MAX_MB", "17592186044416"),
+            ("GGML_ANE_SURFACE_CACHE_MB", "18446744073709551615"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");

@@ -39,7 +39,8 @@ pub(super) fn cast(a: &OpArgs) -> OpResult<(Op, ValueType)> {
 pub(super) fn reshape(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     let (x, dtype, shape) = a.tensor("x")?;
     let spec = a.req_ints("shape")?;
-    let total: usize = shape.iter().product();
+    let too_large = || OpError::Shape(format!("{shape:?}: the element count overflows"));
+    let total = crate::types::checked_elements(&shape).ok_or_else(too_large)?;
     let mut out = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, &d) in spec.iter().enumerate() {
@@ -58,7 +59,7 @@ pub(super) fn reshape(a: &OpArgs) -> OpResult<(Op, ValueType)> {
             d => return Err(OpError::Value(format!("`shape`[{i}] = {d} is negative"))),
         }
     }
-    let known: usize = out.iter().product();
+    let known = crate::types::checked_elements(&out).ok_or_else(too_large)?;
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(OpError::Shape(format!(
@@ -67,7 +68,7 @@ pub(super) fn reshape(a: &OpArgs) -> OpResult<(Op, ValueType)> {
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
+    if crate::types::checked_elements(&out) != Some(total) {
         return Err(OpError::Shape(format!(
             "cannot reshape {shape:?} ({total} elements) to {out:?}"
         )));

@@ -362,7 +362,16 @@ impl<'a> Parser<'a> {
                 self.punct('<')?;
                 let (dtype, _) = self.dtype()?;
                 self.punct(',')?;
+                let at = self.span();
                 let shape = self.shape()?;
+                if crate::types::checked_bytes(dtype, &shape).is_none() {
+                    return Err(self.err(
+                        at.until(self.prev_span()),
+                        format!(
+                            "shape {shape:?} of {dtype} is larger than any memory (its byte count overflows)"
+                        ),
+                    ));
+                }
                 self.punct('>')?;
                 Ok(ValueType::Tensor { dtype, shape })
             }

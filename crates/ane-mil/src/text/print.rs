@@ -135,7 +135,7 @@ fn write_tensor_literal(out: &mut String, t: &TensorLiteral) {
 /// Writes `[...]` for `shape`, starting at flat element `start`.
 fn write_nested(out: &mut String, data: &TensorData, shape: &[usize], start: usize) {
     out.push('[');
-    let inner: usize = shape[1..].iter().product();
+    let inner = crate::types::checked_elements(&shape[1..]).unwrap_or(usize::MAX);
     for i in 0..shape[0] {
         if i > 0 {
             out.push_str(", ");
