@@ -26,10 +26,45 @@ pub(crate) struct Runtime {
     pub(crate) config: &'static Config,
 }
 
+static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The runtime, if a backend already made it (asking never makes it).
+pub(crate) fn runtime_if_made() -> Option<&'static Runtime> {
+    RT.get().and_then(|r| r.as_ref().ok())
+}
+
+/// The engine the settings pick, created without its self-probe — no compile, no budget
+/// spent: what registration (`ggml_backend_score`), the device list and the features need.
+/// A process that loads the library and never computes with it (`llama-cli --list-devices`,
+/// a whisper.cpp run on other devices) compiles nothing.
+pub(crate) struct EngineAtHand {
+    pub(crate) kind: EngineKind,
+    pub(crate) description: CString,
+    pub(crate) limits: ane_runtime::Limits,
+}
+
+pub(crate) fn engine_at_hand() -> Result<&'static EngineAtHand, String> {
+    static AT_HAND: OnceLock<Result<EngineAtHand, String>> = OnceLock::new();
+    AT_HAND
+        .get_or_init(|| {
+            let config = settings::get().as_ref().map_err(Clone::clone)?;
+            let engine =
+                ane_runtime::create(config.engine, &config.engines).map_err(|e| e.to_string())?;
+            let info = engine.info();
+            Ok(EngineAtHand {
+                kind: info.kind,
+                description: CString::new(info.description).unwrap_or_default(),
+                limits: engine.limits(),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// The runtime, created on first use from the configuration (`GGML_ANE_ENGINE`: auto by
-/// default): the first engine that can be created and passes its self-probe.
+/// default): the first engine that can be created and passes its self-probe. Made by the
+/// first backend (`init_backend`), never by loading or listing.
 pub(crate) fn runtime() -> Result<&'static Runtime, String> {
-    static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         let config = settings::get().as_ref().map_err(Clone::clone)?;
         let chosen = choose_engine(config)?;
@@ -156,35 +191,36 @@ fn choose_engine(config: &Config) -> Result<Chosen, String> {
     Err(passed_over.join("; "))
 }
 
-/// `ggml_backend_get_features`: the engine and its limits.
+/// `ggml_backend_get_features`: the engine and its limits; the self-probe's findings once a
+/// backend made the runtime (before that, the engine at hand: nothing is compiled to answer).
 pub(crate) fn features() -> Vec<(String, String)> {
-    match runtime() {
-        Ok(rt) => {
-            let limits = rt.engine.limits();
-            let mut f = vec![
-                ("ENGINE".to_string(), rt.engine.info().kind.to_string()),
-                ("MAX_DIM".to_string(), limits.max_dim.to_string()),
-                ("MIN_BATCH".to_string(), rt.config.min_batch.to_string()),
-                ("MIN_TOKENS".to_string(), rt.config.min_tokens.to_string()),
-                (
-                    "KERNELS".to_string(),
-                    rt.cache.policy().as_str().to_string(),
-                ),
-            ];
-            if let Some(b) = limits.compile_budget {
-                f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
-            }
-            if !rt.probe.is_empty() {
-                let found: Vec<String> = rt
-                    .probe
-                    .iter()
-                    .map(ToString::to_string)
-                    .chain(rt.fused_probe.iter().map(ToString::to_string))
-                    .collect();
-                f.push(("SELF_PROBE".to_string(), found.join("; ")));
-            }
-            f
-        }
-        Err(e) => vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
+    let config = match settings::get() {
+        Ok(c) => c,
+        Err(e) => return vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
+    };
+    let (kind, limits, kernels) = match (runtime_if_made(), engine_at_hand()) {
+        (Some(rt), _) => (rt.engine.info().kind, rt.engine.limits(), rt.cache.policy()),
+        (None, Ok(e)) => (e.kind, e.limits, config.kernels),
+        (None, Err(e)) => return vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
+    };
+    let mut f = vec![
+        ("ENGINE".to_string(), kind.to_string()),
+        ("MAX_DIM".to_string(), limits.max_dim.to_string()),
+        ("MIN_BATCH".to_string(), config.min_batch.to_string()),
+        ("MIN_TOKENS".to_string(), config.min_tokens.to_string()),
+        ("KERNELS".to_string(), kernels.as_str().to_string()),
+    ];
+    if let Some(b) = limits.compile_budget {
+        f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
     }
+    if let Some(rt) = runtime_if_made().filter(|rt| !rt.probe.is_empty()) {
+        let found: Vec<String> = rt
+            .probe
+            .iter()
+            .map(ToString::to_string)
+            .chain(rt.fused_probe.iter().map(ToString::to_string))
+            .collect();
+        f.push(("SELF_PROBE".to_string(), found.join("; ")));
+    }
+    f
 }

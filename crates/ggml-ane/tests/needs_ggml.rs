@@ -6,7 +6,7 @@
 
 #[cfg(not(ggml_linked))]
 #[test]
-#[ignore = "SKIP: layout_tests, sched_tests, test_backend_ops and llama_e2e need the pinned ggml (GGML_LIB_DIR; scripts/test.sh builds it)"]
+#[ignore = "SKIP: layout_tests, sched_tests, loading, test_backend_ops, llama_e2e and the other host tests need the pinned ggml (GGML_LIB_DIR; scripts/test.sh builds it)"]
 fn ggml_tests_are_not_built() {}
 
 #[cfg(not(ggml_linked))]

@@ -50,7 +50,12 @@ const NO_ENGINE: &std::ffi::CStr = c"Apple Neural Engine (no engine available)";
 fn description(spec: &DeviceSpec) -> *const c_char {
     match spec.description {
         Some(d) => d.as_ptr(),
-        None => runtime::runtime().map_or(NO_ENGINE.as_ptr(), |rt| rt.description.as_ptr()),
+        None => match runtime::runtime_if_made() {
+            Some(rt) => rt.description.as_ptr(),
+            None => {
+                runtime::engine_at_hand().map_or(NO_ENGINE.as_ptr(), |e| e.description.as_ptr())
+            }
+        },
     }
 }
 

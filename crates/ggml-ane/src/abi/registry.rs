@@ -95,9 +95,16 @@ unsafe extern "C" fn ggml_backend_ane_reg_get_features(
     static FEATURES: OnceLock<Features> = OnceLock::new();
     static EMPTY: OnceLock<Features> = OnceLock::new();
     let empty = EMPTY.get_or_init(|| Features::new(Vec::new())).as_ptr();
+    // two lists, each built once: before a backend made the runtime, and after (with the
+    // self-probe's findings)
+    static FEATURES_EARLY: OnceLock<Features> = OnceLock::new();
     guard("get_features", empty, || {
-        FEATURES
-            .get_or_init(|| Features::new(runtime::features()))
+        let list = if runtime::runtime_if_made().is_some() {
+            &FEATURES
+        } else {
+            &FEATURES_EARLY
+        };
+        list.get_or_init(|| Features::new(runtime::features()))
             .as_ptr()
     })
 }
@@ -250,8 +257,8 @@ pub extern "C" fn ggml_backend_init() -> *mut ggml_backend_reg {
 /// Non-zero where an engine can be created (GGML_BACKEND_DL_SCORE_IMPL).
 #[unsafe(no_mangle)]
 pub extern "C" fn ggml_backend_score() -> c_int {
-    guard("score", 0, || match runtime::runtime() {
-        Ok(rt) if rt.engine.info().kind == ane_runtime::EngineKind::Reference => 1,
+    guard("score", 0, || match runtime::engine_at_hand() {
+        Ok(e) if e.kind == ane_runtime::EngineKind::Reference => 1,
         Ok(_) => 10,
         Err(why) => {
             // ggml itself only says the backend "is not supported on this system"

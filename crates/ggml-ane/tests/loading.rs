@@ -1,0 +1,64 @@
+//! Loading the library is cheap: a process that loads every backend and lists the devices
+//! and features — `llama-cli --list-devices`, a whisper.cpp run that computes elsewhere —
+//! creates no runtime and compiles nothing. The self-probe runs at the first backend.
+#![cfg(ggml_linked)]
+
+mod support;
+
+use std::process::Command;
+
+/// Runs the device lister with our library and the reference engine's self-probe on (so
+/// a probe, if one ran, would compile and say so); `init` names a device to make a backend of.
+fn list(init: Option<&str>) -> (String, String) {
+    let lib_dir = support::lib_dir();
+    let exe = support::compile_c(
+        "list_devices.c",
+        &format!("list-devices-{}", init.unwrap_or("none")),
+        &[
+            format!("-L{}", lib_dir.display()),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+            "-lggml".into(),
+            "-lggml-base".into(),
+        ],
+    );
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(&lib_dir)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .env("GGML_BACKEND_PATH", support::cdylib())
+        .env("GGML_ANE_PROBE", "1")
+        .env("GGML_ANE_LOG", "debug")
+        .env("GGML_ANE_CACHE_DIR", "off")
+        .env_remove("GGML_ANE_ENGINE");
+    if let Some(name) = init {
+        cmd.env("LIST_INIT", name);
+    }
+    let out = cmd.output().expect("run list_devices");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn loading_and_listing_devices_compiles_nothing() {
+    let (stdout, log) = list(None);
+    // both devices listed, described, with the engine and its limits among the features
+    assert!(stdout.contains("device ANE: "), "{stdout}");
+    assert!(stdout.contains("device ANE-FULL: "), "{stdout}");
+    assert!(stdout.contains("feature ANE ENGINE=reference"), "{stdout}");
+    assert!(stdout.contains("feature ANE MAX_DIM=16384"), "{stdout}");
+    // no runtime made, no self-probe run (each would say so at this log level)
+    assert!(!log.contains("self-probe"), "{log}");
+    assert!(!log.contains("ggml-ane: using the"), "{log}");
+    assert!(!stdout.contains("SELF_PROBE"), "{stdout}");
+
+    // the control: the first backend makes the runtime, and its probe compiles and says so
+    let (_, log) = list(Some("ANE"));
+    assert!(
+        log.contains("ggml-ane: using the reference engine"),
+        "{log}"
+    );
+    assert!(log.contains("self-probe"), "{log}");
+}
