@@ -2,8 +2,10 @@
 //! (`-ngl 99 -dev ANE,MTL0 -ts 0,1`), puts the prompt's MUL_MATs on the ANE and leaves decode
 //! and every other op on the GPU, without copying a weight. No Mac here, so `MTL0` is a test-only
 //! stand-in (`tests/c/metal_standin.c`) that shows the scheduler what ggml-metal shows it (its
-//! three buffer types with `is_host = false`, its capabilities and offload threshold) while
-//! ggml's CPU backend does its arithmetic. The model is the tiny random llama of `llama_e2e`,
+//! three buffer types with `is_host = false`, async and events, its offload threshold) and
+//! behaves like it where a neighbour could notice (results NaN until synchronised, its own
+//! buffers only, private buffers without a host address) while ggml's CPU backend does its
+//! arithmetic. The model is the tiny random llama of `llama_e2e`,
 //! or any llama-architecture GGUF named by `ANE_E2E_MODEL`.
 #![cfg(ggml_linked)]
 
@@ -134,7 +136,19 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
     let (log, logits) = beside("metal.f32", &[]);
     // only the matmuls fused blocks hold: the attention output stays on MTL0
     let (blocks_log, blocks_logits) = beside("blocks.f32", &[("GGML_ANE_MATMULS", "blocks")]);
+    // as llama-cli asks: logits of the prompt's last token only (the last layer then keeps one
+    // row: llama.cpp's inp_out_ids), then the decode step
+    let (last_log, last_logits) = beside("last.f32", &[("LOGITS_LAST_ONLY", "1")]);
     let _ = std::fs::remove_dir_all(&dir);
+    let n_vocab = cpu.len() / (PROMPT + 1);
+    assert_eq!(last_logits.len(), 2 * n_vocab, "{}", tail(&last_log));
+    let last_err = nmse(&cpu[(PROMPT - 1) * n_vocab..], &last_logits);
+    assert!(
+        last_err <= 1e-5 || std::env::var_os("ANE_E2E_MODEL").is_some() && last_err <= 2e-3,
+        "last-token logits: NMSE {last_err:e}"
+    );
+    assert!(last_log.contains("nodes on engine"), "{}", tail(&last_log));
+    eprintln!("beside MTL0, last token's logits only: NMSE {last_err:.1e}");
 
     // mmap stays on (our device says mmap_support): the weights sit in Metal's mapped buffers,
     // not copied into plain MTL0 buffers

@@ -218,4 +218,19 @@ fn only_metals_mapped_buffer_type_is_accepted() {
         [false, true, false],
         "MTL0, MTL0_Mapped, MTL0_Private"
     );
+    // the stand-in behaves like Metal where a neighbour could notice: results appear only when
+    // the backend is synchronised (NaN before), and private buffers have no host address
+    let (a, b) = ([1.5f32; 64], [2.0f32; 64]);
+    let seen = host::standin_behaviour(&standin, &a, &b);
+    assert!(
+        seen.before_sync.iter().all(|v| v.is_nan()),
+        "{:?}",
+        seen.before_sync
+    );
+    assert!(
+        seen.after_sync.iter().all(|&v| v == 3.5),
+        "{:?}",
+        seen.after_sync
+    );
+    assert!(seen.private_base < 0x10000, "{:#x}", seen.private_base);
 }

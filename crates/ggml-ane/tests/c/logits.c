@@ -5,7 +5,7 @@
  * Loads every backend ggml can find (GGML_BACKEND_PATH adds ours), without weight repacking
  * (the CPU's repacked layouts are private to it), evaluates N_PROMPT deterministic token ids in
  * one batch with logits for every position, then one more token as a decode step. Writes
- * (N_PROMPT + 1) x n_vocab little-endian f32 values and prints "n_vocab N" and "ggml VERSION"
+ * (N_PROMPT + 1) x n_vocab little-endian f32 values (2 x n_vocab with LOGITS_LAST_ONLY=1) and prints "n_vocab N" and "ggml VERSION"
  * on stdout.
  *
  * LOGITS_SPLIT_MODE=tensor splits every layer across the listed devices (llama.cpp's `-sm
@@ -136,19 +136,24 @@ int main(int argc, char **argv) {
         return fail("cannot open the output file");
     }
 
+    /* LOGITS_LAST_ONLY=1: logits for the prompt's last token only, as llama-cli asks (the graph
+     * then keeps one row from the last layer on: llama.cpp's inp_out_ids) */
+    const char *last_only_env = getenv("LOGITS_LAST_ONLY");
+    const int last_only = last_only_env && strcmp(last_only_env, "1") == 0;
     struct llama_batch batch = llama_batch_init(n_prompt, 0, 1);
     for (int i = 0; i < n_prompt; i++) {
         batch.token[i] = (llama_token)((i * 7919 + 13) % n_vocab);
         batch.pos[i] = i;
         batch.n_seq_id[i] = 1;
         batch.seq_id[i][0] = 0;
-        batch.logits[i] = 1;
+        batch.logits[i] = !last_only || i == n_prompt - 1;
     }
     batch.n_tokens = n_prompt;
     if (llama_decode(ctx, batch) != 0) {
         return fail("prompt decode failed");
     }
-    if (!write_rows(out, ctx, 0, n_prompt, n_vocab)) {
+    if (last_only ? !write_rows(out, ctx, n_prompt - 1, 1, n_vocab)
+                  : !write_rows(out, ctx, 0, n_prompt, n_vocab)) {
         return fail("cannot write the prompt logits");
     }
 
@@ -161,6 +166,7 @@ int main(int argc, char **argv) {
 
     batch.token[0] = (llama_token)(n_vocab / 3);
     batch.pos[0] = n_prompt;
+    batch.logits[0] = 1;
     batch.n_tokens = 1;
     if (llama_decode(ctx, batch) != 0) {
         return fail("decode step failed");

@@ -2,14 +2,27 @@
  * Linux. It imitates what ggml-metal shows the scheduler (ggml/src/ggml-metal/ggml-metal.cpp):
  * a GPU device "MTL0"; buffer types "MTL0", "MTL0_Mapped" (what buffer_from_host_ptr returns
  * for the mmapped model) and "MTL0_Private", all with is_host = false; supports_buft accepting
- * only its own three; Metal's capabilities (buffers from host pointers, mmap) and its offload
- * threshold (MUL_MAT with 32 or more rows in the batch). The memory is host memory from ggml's
- * CPU buffer type, and every op is computed by ggml's own CPU backend — what matters here is
- * which device the scheduler gives each op, not where the arithmetic runs.
+ * only its own three; Metal's capabilities (async, events, buffers from host pointers, mmap)
+ * and its offload threshold (MUL_MAT with 32 or more tokens, MUL_MAT_ID counting ne[2]).
+ *
+ * And it behaves like Metal where a careless neighbour would notice:
+ * - graph_compute returns with its results held back (NaN in their memory) until the backend is
+ *   synchronised (or an event recorded), so whoever reads a result before the scheduler's
+ *   synchronisation reads NaN;
+ * - it computes only tensors whose data lives in its own buffers (Metal finds an MTLBuffer for
+ *   every operand) and fails the graph otherwise;
+ * - MTL0_Private buffers report a fake base address (Metal's private memory has no CPU
+ *   address): a CPU read of one faults.
+ * The memory of MTL0 and MTL0_Mapped is host memory from ggml's CPU buffer type, and every op is
+ * computed by ggml's own CPU backend — what matters here is which device the scheduler gives
+ * each op and when results appear, not where the arithmetic runs.
  *
  * Built by crates/ggml-ane/tests/metal_coexistence.rs against the pinned ggml; loaded with
  * ggml_backend_load like any backend module.
  */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,16 +35,147 @@ static const char *BUFT_NAMES[N_BUFT] = {"MTL0", "MTL0_Mapped", "MTL0_Private"};
 static struct ggml_backend_device standin_device;
 static struct ggml_backend_buffer_type standin_bufts[N_BUFT];
 
+/* ---- results held back until synchronisation ----
+ * A graph is computed at once by ggml's CPU backend (so the stand-in's own later graphs, like
+ * Metal's in-order queue, see every earlier result), then each result it wrote is saved and
+ * replaced by NaN; synchronising (or recording an event, or the next graph of the stand-in,
+ * or a buffer access through ggml's API, which Metal orders after its queue) puts them back.
+ * Whoever reads a result's memory directly before the scheduler synchronised reads NaN. */
+
+struct held {
+    float *data;
+    float *saved;
+    size_t n;
+};
+
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct held *held_back;
+static size_t n_held;
+
+static void finish(void) {
+    pthread_mutex_lock(&held_lock);
+    /* last held first: a result computed in place over an earlier one (same memory) was
+     * saved as NaN, and the earlier one's saved bytes are the final ones */
+    for (size_t i = n_held; i-- > 0;) {
+        memcpy(held_back[i].data, held_back[i].saved, held_back[i].n * sizeof(float));
+        free(held_back[i].saved);
+    }
+    n_held = 0;
+    pthread_mutex_unlock(&held_lock);
+}
+
+static void hold_back(struct ggml_tensor *t) {
+    if (t->view_src != NULL || t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || !t->data) {
+        return;
+    }
+    size_t n = (size_t)ggml_nelements(t);
+    float *saved = malloc(n * sizeof(float));
+    memcpy(saved, t->data, n * sizeof(float));
+    pthread_mutex_lock(&held_lock);
+    held_back = realloc(held_back, sizeof(*held_back) * (n_held + 1));
+    held_back[n_held++] = (struct held){t->data, saved, n};
+    pthread_mutex_unlock(&held_lock);
+    for (size_t k = 0; k < n; k++) {
+        ((float *)t->data)[k] = NAN;
+    }
+}
+
+/* MTL0 buffers: ggml's CPU buffers whose API accesses wait for the held-back results */
+static struct ggml_backend_buffer_i cpu_buffer_i;
+
+static void own_set_tensor(ggml_backend_buffer_t b, struct ggml_tensor *t, const void *d, size_t o, size_t s) {
+    finish();
+    cpu_buffer_i.set_tensor(b, t, d, o, s);
+}
+
+static void own_get_tensor(ggml_backend_buffer_t b, const struct ggml_tensor *t, void *d, size_t o, size_t s) {
+    finish();
+    cpu_buffer_i.get_tensor(b, t, d, o, s);
+}
+
+static void own_memset_tensor(ggml_backend_buffer_t b, struct ggml_tensor *t, uint8_t v, size_t o, size_t s) {
+    finish();
+    cpu_buffer_i.memset_tensor(b, t, v, o, s);
+}
+
+static bool own_cpy_tensor(ggml_backend_buffer_t b, const struct ggml_tensor *src, struct ggml_tensor *dst) {
+    finish();
+    return cpu_buffer_i.cpy_tensor(b, src, dst);
+}
+
+static void own_clear(ggml_backend_buffer_t b, uint8_t v) {
+    finish();
+    cpu_buffer_i.clear(b, v);
+}
+
 /* ---- buffer types: CPU buffers wearing Metal's names ---- */
 
 static const char *buft_get_name(ggml_backend_buffer_type_t buft) {
     return (const char *)buft->context;
 }
 
+/* MTL0_Private: a fake base (as Metal's private buffers: GPU memory, no CPU address); tensor
+ * reads and writes go through the buffer interface to real memory behind it. */
+#define FAKE_BASE ((char *)0x1000)
+
+struct private_buffer {
+    char *mem;
+    size_t size;
+};
+
+static void private_free(ggml_backend_buffer_t buf) {
+    struct private_buffer *p = buf->context;
+    free(p->mem);
+    free(p);
+}
+
+static void *private_get_base(ggml_backend_buffer_t buf) {
+    (void)buf;
+    return FAKE_BASE;
+}
+
+static void private_set_tensor(ggml_backend_buffer_t buf, struct ggml_tensor *t, const void *data,
+                               size_t offset, size_t size) {
+    struct private_buffer *p = buf->context;
+    memcpy(p->mem + ((char *)t->data - FAKE_BASE) + offset, data, size);
+}
+
+static void private_get_tensor(ggml_backend_buffer_t buf, const struct ggml_tensor *t, void *data,
+                               size_t offset, size_t size) {
+    struct private_buffer *p = buf->context;
+    memcpy(data, p->mem + ((char *)t->data - FAKE_BASE) + offset, size);
+}
+
+static void private_clear(ggml_backend_buffer_t buf, uint8_t value) {
+    struct private_buffer *p = buf->context;
+    memset(p->mem, value, p->size);
+}
+
+static const struct ggml_backend_buffer_i private_buffer_i = {
+    .free_buffer = private_free,
+    .get_base = private_get_base,
+    .set_tensor = private_set_tensor,
+    .get_tensor = private_get_tensor,
+    .clear = private_clear,
+};
+
 static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    if (buft == &standin_bufts[2]) {
+        struct private_buffer *p = calloc(1, sizeof *p);
+        p->mem = calloc(1, size ? size : 1);
+        p->size = size;
+        return ggml_backend_buffer_init(buft, private_buffer_i, p, size);
+    }
     ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), size);
     if (buf) {
         buf->buft = buft;
+        /* tensor access through ggml's API waits for the held-back results */
+        cpu_buffer_i = buf->iface;
+        buf->iface.set_tensor = own_set_tensor;
+        buf->iface.get_tensor = own_get_tensor;
+        buf->iface.memset_tensor = cpu_buffer_i.memset_tensor ? own_memset_tensor : NULL;
+        buf->iface.cpy_tensor = cpu_buffer_i.cpy_tensor ? own_cpy_tensor : NULL;
+        buf->iface.clear = own_clear;
     }
     return buf;
 }
@@ -55,26 +199,88 @@ static const struct ggml_backend_buffer_type_i standin_buft_i = {
     /* .is_host        = */ buft_is_host,
 };
 
-/* ---- backend (stream): ggml's CPU backend does the work ---- */
+/* ---- backend (stream) ---- */
 
 static const char *backend_get_name(ggml_backend_t backend) {
     (void)backend;
     return "MTL0";
 }
 
+/* Whether `t` (a view: what it views) has its data in one of the stand-in's buffers. */
+static bool in_own_buffer(const struct ggml_tensor *t) {
+    const struct ggml_tensor *base = t->view_src ? t->view_src : t;
+    if (!base->buffer) {
+        return false;
+    }
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(base->buffer);
+    for (int i = 0; i < N_BUFT; i++) {
+        if (buft == &standin_bufts[i]) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void backend_free(ggml_backend_t backend) {
+    finish();
     ggml_backend_free((ggml_backend_t)backend->context);
     free(backend);
 }
 
+static void backend_synchronize(ggml_backend_t backend) {
+    (void)backend;
+    finish();
+}
+
 static enum ggml_status backend_graph_compute(ggml_backend_t backend, struct ggml_cgraph *cgraph) {
-    return ggml_backend_graph_compute((ggml_backend_t)backend->context, cgraph);
+    int n = ggml_graph_n_nodes(cgraph);
+    for (int i = 0; i < n; i++) {
+        struct ggml_tensor *t = ggml_graph_node(cgraph, i);
+        /* views compute nothing (Metal skips them, as ggml_is_empty nodes) */
+        if (t->op == GGML_OP_NONE || t->op == GGML_OP_VIEW || t->op == GGML_OP_RESHAPE ||
+            t->op == GGML_OP_PERMUTE || t->op == GGML_OP_TRANSPOSE || ggml_is_empty(t)) {
+            continue;
+        }
+        /* Metal computes on its own buffers only: every result and every operand */
+        bool own = in_own_buffer(t);
+        for (int j = 0; own && j < GGML_MAX_SRC; j++) {
+            own = !t->src[j] || in_own_buffer(t->src[j]);
+        }
+        if (!own) {
+            fprintf(stderr, "standin-metal: %s (%s) reads or writes a tensor outside MTL0's buffers\n",
+                    t->name, ggml_op_name(t->op));
+            return GGML_STATUS_FAILED;
+        }
+    }
+    finish(); /* the queue's earlier work, in order */
+    enum ggml_status status = ggml_backend_graph_compute((ggml_backend_t)backend->context, cgraph);
+    if (status == GGML_STATUS_SUCCESS) {
+        for (int i = 0; i < n; i++) {
+            hold_back(ggml_graph_node(cgraph, i));
+        }
+    }
+    return status;
+}
+
+/* Events: recording one finishes the queue (conservative: Metal signals when the GPU reaches
+ * it), so waiting on a recorded event has nothing left to wait for. */
+static void backend_event_record(ggml_backend_t backend, ggml_backend_event_t event) {
+    (void)event;
+    backend_synchronize(backend);
+}
+
+static void backend_event_wait(ggml_backend_t backend, ggml_backend_event_t event) {
+    (void)backend;
+    (void)event;
 }
 
 static const struct ggml_backend_i standin_backend_i = {
     .get_name = backend_get_name,
     .free = backend_free,
+    .synchronize = backend_synchronize,
     .graph_compute = backend_graph_compute,
+    .event_record = backend_event_record,
+    .event_wait = backend_event_wait,
 };
 
 static ggml_guid_t standin_guid(void) {
@@ -111,11 +317,10 @@ static void dev_get_props(ggml_backend_dev_t dev, struct ggml_backend_dev_props 
     dev_get_memory(dev, &props->memory_free, &props->memory_total);
     props->type = GGML_BACKEND_DEVICE_TYPE_GPU;
     props->device_id = NULL;
-    /* Metal says async and events too; this stand-in is synchronous */
-    props->caps.async = false;
+    props->caps.async = true;
     props->caps.host_buffer = false;
     props->caps.buffer_from_host_ptr = true;
-    props->caps.events = false;
+    props->caps.events = true;
     props->caps.mmap_support = true;
 }
 
@@ -168,7 +373,26 @@ static bool dev_supports_buft(ggml_backend_dev_t dev, ggml_backend_buffer_type_t
 
 static bool dev_offload_op(ggml_backend_dev_t dev, const struct ggml_tensor *op) {
     (void)dev;
-    return (op->op == GGML_OP_MUL_MAT || op->op == GGML_OP_MUL_MAT_ID) && op->ne[1] >= 32;
+    /* ggml-metal.cpp get_op_batch_size: MUL_MAT_ID's tokens are ne[2] */
+    int64_t batch = op->op == GGML_OP_MUL_MAT_ID ? op->ne[2] : op->ne[1];
+    return (op->op == GGML_OP_MUL_MAT || op->op == GGML_OP_MUL_MAT_ID) && batch >= 32;
+}
+
+static ggml_backend_event_t dev_event_new(ggml_backend_dev_t dev) {
+    ggml_backend_event_t ev = malloc(sizeof(struct ggml_backend_event));
+    ev->device = dev;
+    ev->context = NULL;
+    return ev;
+}
+
+static void dev_event_free(ggml_backend_dev_t dev, ggml_backend_event_t event) {
+    (void)dev;
+    free(event);
+}
+
+static void dev_event_synchronize(ggml_backend_dev_t dev, ggml_backend_event_t event) {
+    (void)dev;
+    (void)event;
 }
 
 static const struct ggml_backend_device_i standin_device_i = {
@@ -183,6 +407,9 @@ static const struct ggml_backend_device_i standin_device_i = {
     .supports_op = dev_supports_op,
     .supports_buft = dev_supports_buft,
     .offload_op = dev_offload_op,
+    .event_new = dev_event_new,
+    .event_free = dev_event_free,
+    .event_synchronize = dev_event_synchronize,
 };
 
 /* ---- registry ---- */

@@ -51,6 +51,11 @@ unsafe extern "C" {
     fn ggml_new_tensor_4d(ctx: Ptr, t: c_int, ne0: i64, ne1: i64, ne2: i64, ne3: i64) -> Ptr;
     fn ggml_mul_mat(ctx: Ptr, a: Ptr, b: Ptr) -> Ptr;
     fn ggml_add(ctx: Ptr, a: Ptr, b: Ptr) -> Ptr;
+    fn ggml_get_data(t: Ptr) -> *mut c_void;
+    fn ggml_backend_graph_compute_async(b: Ptr, g: Ptr) -> c_int;
+    fn ggml_backend_synchronize(b: Ptr);
+    fn ggml_backend_buft_alloc_buffer(buft: Ptr, size: usize) -> Ptr;
+    fn ggml_backend_buffer_get_base(buf: Ptr) -> *mut c_void;
     fn ggml_permute(ctx: Ptr, a: Ptr, a0: c_int, a1: c_int, a2: c_int, a3: c_int) -> Ptr;
     fn ggml_new_graph(ctx: Ptr) -> Ptr;
     fn ggml_build_forward_expand(g: Ptr, t: Ptr);
@@ -132,6 +137,60 @@ pub fn accepts_standin_metal_buffer_types(standin: &std::path::Path) -> Vec<bool
         (0..3)
             .map(|i| ggml_backend_dev_supports_buft(dev, buffer_type(i)))
             .collect()
+    }
+}
+
+/// What the stand-in Metal at `standin` shows a neighbour: `y = a + b` computed on it with
+/// ggml's asynchronous call, `y`'s memory read directly before and after synchronising, and
+/// the base address of an `MTL0_Private` buffer.
+pub struct StandinBehaviour {
+    pub before_sync: Vec<f32>,
+    pub after_sync: Vec<f32>,
+    pub private_base: usize,
+}
+
+pub fn standin_behaviour(standin: &std::path::Path, a: &[f32], b: &[f32]) -> StandinBehaviour {
+    ane_reg();
+    let path = CString::new(standin.to_str().unwrap()).unwrap();
+    let n = a.len();
+    // SAFETY: the stand-in exports standin_buffer_type(int) through its registry; every
+    // tensor is allocated in its MTL0 buffer before it is written; all is freed here.
+    unsafe {
+        let reg = ggml_backend_load(path.as_ptr());
+        assert!(!reg.is_null(), "the stand-in did not load");
+        let f = ggml_backend_reg_get_proc_address(reg, c"standin_buffer_type".as_ptr());
+        let buffer_type: unsafe extern "C" fn(c_int) -> Ptr = std::mem::transmute(f);
+        let backend = ggml_backend_dev_init(ggml_backend_reg_dev_get(reg, 0), std::ptr::null());
+        assert!(!backend.is_null());
+        let ctx = ggml_init(InitParams {
+            mem_size: 1 << 20,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        });
+        let ta = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+        let tb = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+        let y = ggml_add(ctx, ta, tb);
+        let graph = ggml_new_graph(ctx);
+        ggml_build_forward_expand(graph, y);
+        let buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, buffer_type(0));
+        ggml_backend_tensor_set(ta, a.as_ptr().cast(), 0, n * 4);
+        ggml_backend_tensor_set(tb, b.as_ptr().cast(), 0, n * 4);
+        assert_eq!(ggml_backend_graph_compute_async(backend, graph), 0);
+        let read = || std::slice::from_raw_parts(ggml_get_data(y).cast::<f32>(), n).to_vec();
+        let before_sync = read();
+        ggml_backend_synchronize(backend);
+        let after_sync = read();
+        let private = ggml_backend_buft_alloc_buffer(buffer_type(2), 4096);
+        let private_base = ggml_backend_buffer_get_base(private) as usize;
+        ggml_backend_buffer_free(private);
+        ggml_backend_buffer_free(buf);
+        ggml_free(ctx);
+        ggml_backend_free(backend);
+        StandinBehaviour {
+            before_sync,
+            after_sync,
+            private_base,
+        }
     }
 }
 
