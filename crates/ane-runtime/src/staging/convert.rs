@@ -175,7 +175,7 @@ pub(crate) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
 /// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing (with
 /// `first`, assigns instead: the first K tile, so `out` needs no clearing); returns the sum
 /// of the tile's squares, or `None` if any value is not finite.
-pub(crate) fn accumulate_columns(
+pub fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
     m: usize,
