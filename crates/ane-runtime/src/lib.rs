@@ -11,7 +11,7 @@
 //! - Configuration is explicit: every setting is a field of a config struct
 //!   ([`EngineConfig`], [`kernels::KernelCache`]'s builder, [`disk_cache::DiskCache::new`]) with
 //!   documented defaults. This crate reads no environment variable; `ggml-ane` and the `ane`
-//!   command read `GGML_ANE_*` and pass the values in.
+//!   command read `GGML_ANE_*` into one [`settings::RuntimeSettings`] and build those from it.
 //! - Engine methods are safe; `unsafe` lives only in the bindings modules (`sys`, one per
 //!   Apple engine, one for the power readout and one shared), enforced by
 //!   `#![deny(unsafe_code)]` here.
@@ -73,6 +73,7 @@ pub mod kernels;
 pub mod layout;
 pub mod matmul;
 pub mod power;
+pub mod settings;
 pub mod staging;
 pub mod surface;
 #[allow(
