@@ -10,14 +10,11 @@ mod bench;
 mod bench_block;
 mod cache;
 mod doctor;
-mod fused_plan;
 mod info;
-mod limits;
 mod mil;
 mod npy;
 mod plan;
 mod power;
-mod prefill;
 mod settings;
 
 use std::process::ExitCode;

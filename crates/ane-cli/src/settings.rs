@@ -1,16 +1,15 @@
 //! The settings every subcommand shares, as clap arguments that fall back to the same
-//! `GGML_ANE_*` variables the ggml backend reads (the library crates read none).
+//! `GGML_ANE_*` variables the ggml backend reads (the library crates read none), turned into
+//! the same [`RuntimeSettings`] the backend fills in.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ane_mil::rules::RuleOptions;
-use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
-use ane_runtime::engine::apple::AppleConfig;
-use ane_runtime::engine::coreml::CoreMlConfig;
-use ane_runtime::engine::reference::{Faults, ReferenceConfig};
+use ane_runtime::disk_cache::DiskCache;
+use ane_runtime::engine::reference::Faults;
 use ane_runtime::matmul::KernelPolicy;
-use ane_runtime::{CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind};
+use ane_runtime::settings::{CacheDir, RuntimeSettings};
+use ane_runtime::{Engine, EngineChoice, EngineConfig};
 
 /// Which engine, and its budget.
 #[derive(clap::Args, Clone, Debug)]
@@ -42,39 +41,26 @@ pub(crate) enum Rules {
 }
 
 impl EngineArgs {
+    /// The runtime's settings for kernels of this policy.
+    pub(crate) fn settings(&self, kernels: KernelPolicy) -> RuntimeSettings {
+        let mut s = self.cache.settings();
+        s.engine = self.engine;
+        s.compile_budget = self.compile_budget;
+        s.reference_faults = self.reference_faults.unwrap_or_default();
+        s.enforce_rules = self.rules == Rules::On;
+        s.kernels = kernels;
+        s
+    }
+
     /// Every engine's settings (two-input kernels allowed through the rulebook when the
     /// kernel policy asks for them).
     pub(crate) fn config(&self, kernels: KernelPolicy) -> EngineConfig {
-        let mut config = EngineConfig::default();
-        let rules = (self.rules == Rules::On).then(|| {
-            let mut rules = RuleOptions::default();
-            rules.allow_two_inputs = kernels == KernelPolicy::TwoInput;
-            rules
-        });
-        let mut reference = ReferenceConfig::default().with_rules(rules);
-        if let Some(budget) = self.compile_budget {
-            reference = reference
-                .with_counter(CompileCounter::process(EngineKind::Reference, Some(budget)));
-        }
-        if let Some(faults) = self.reference_faults {
-            reference = reference.with_faults(faults);
-        }
-        config.reference = reference;
-        let mut apple = AppleConfig::default();
-        apple.rules = rules;
-        if let Some(budget) = self.compile_budget {
-            apple.compile_budget = budget;
-        }
-        config.apple = apple;
-        if let Some(dir) = self.cache.dir() {
-            config.coreml = CoreMlConfig::with_models_dir(dir.join("coreml"));
-        }
-        config
+        self.settings(kernels).engine_config()
     }
 
     /// The engine these arguments name, for kernels of this policy.
     pub(crate) fn create(&self, kernels: KernelPolicy) -> ane_runtime::Result<Arc<dyn Engine>> {
-        ane_runtime::create(self.engine, &self.config(kernels))
+        self.settings(kernels).create_engine()
     }
 }
 
@@ -90,22 +76,19 @@ pub(crate) struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// The folder, or `None` when the cache is off (or there is no home folder).
-    pub(crate) fn dir(&self) -> Option<PathBuf> {
-        match self.cache_dir.as_deref().map(str::trim) {
-            Some("off" | "none") => None,
-            Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
-            _ => {
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
-                DiskCache::platform_dir(home.as_deref(), xdg.as_deref())
-            }
-        }
+    /// The runtime's default settings with this cache (`HOME` and `XDG_CACHE_HOME` read for
+    /// the platform's folder).
+    pub(crate) fn settings(&self) -> RuntimeSettings {
+        let mut s = RuntimeSettings::default();
+        s.cache_dir = CacheDir::parse(self.cache_dir.as_deref());
+        s.cache_max_mb = self.cache_max_mb;
+        s.home = std::env::var_os("HOME").map(PathBuf::from);
+        s.xdg_cache_home = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+        s
     }
 
     /// The cache, or `None` when it is off.
     pub(crate) fn disk(&self) -> Option<DiskCache> {
-        let cap = self.cache_max_mb.map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
-        self.dir().map(|d| DiskCache::new(d, cap))
+        self.settings().disk_cache()
     }
 }

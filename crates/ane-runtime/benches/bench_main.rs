@@ -1,74 +1,139 @@
-//! Staging throughput: f32 rows → fp16 surface rows (64-byte aligned, multi-threaded), and
-//! fp16 rows (an F16 model's weights) copied into them, against a plain memcpy of the same
-//! output bytes, in the same run; and f32 staging that also sums squares for the precision
-//! check.
-//! `cargo bench -p ane-runtime`.
+//! The host's share of a matmul call, as `matmul/pipeline.rs` makes it, at a 7B layer's shapes;
+//! each step beside a plain memcpy of the same bytes in the same run (the floor for moving
+//! them):
+//! - `stage_acts`: the activations (f32 rows) into a kernel input's columns, summing their
+//!   squares for the precision check as the first weight tile does (`stage_columns`: every
+//!   streamed and baked call);
+//! - `stage_weights`: an F16 model's weight tile copied into the columns beside them
+//!   (`stage_columns`: streamed calls whose weights are not kept staged);
+//! - `write_back`: the kernel's fp16 output `[1, m, 1, bucket]` into f32 rows `[n, m]`
+//!   (`accumulate_columns`).
+//!
+//! `cargo bench -p ane-runtime` runs 32 and 512 tokens; `ANE_BENCH_ALL_TOKENS=1` adds 128 and
+//! 2048. Add `-- --quick` for a fast pass. Benchmarks report; the tests assert.
 #![allow(
     missing_docs,
     reason = "criterion's macros generate undocumented functions"
 )]
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::Duration;
 
-use ane_runtime::matmul::{stage_rows, DenseRows, HalfRows};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
+    Throughput,
+};
+
+use ane_runtime::matmul::{input_width, min_bucket, token_bucket, DenseRows, HalfRows};
+use ane_runtime::staging::{accumulate_columns, stage_columns};
 use ane_runtime::{Surface, SurfaceDType, TensorLayout};
 
-/// Shapes `(tokens, features)`: prompt chunks of a 7B layer's input, and an odd width.
-const SHAPES: &[(usize, usize)] = &[(512, 4096), (2048, 4096), (128, 11008), (333, 4000)];
+/// A 7B layer's weights `(m, k)`: attention projections, gate and up, down.
+const LAYERS: &[(usize, usize)] = &[(4096, 4096), (11008, 4096), (4096, 11008)];
+/// Prompt lengths run by default, and those `ANE_BENCH_ALL_TOKENS=1` adds.
+const TOKENS: &[usize] = &[32, 512];
+const MORE_TOKENS: &[usize] = &[128, 2048];
+/// The ANE's largest dimension: the token buckets and input widths kernels have there.
+const MAX_DIM: usize = 16384;
 
-fn staging(c: &mut Criterion) {
-    let mut g = c.benchmark_group("staging");
-    for &(n, k) in SHAPES {
-        let src = DenseRows::new(n, k, (0..n * k).map(|i| (i % 1000) as f32 * 1e-3).collect());
-        let layout = TensorLayout::aligned("a", SurfaceDType::F16, &[n, k], 64).unwrap();
-        let mut surface = Surface::new(layout.clone());
-        let bytes = layout.byte_len();
-        g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_with_input(
-            BenchmarkId::new("f32_to_fp16_rows", format!("{n}x{k}")),
-            &(),
-            |b, _| b.iter(|| stage_rows(&mut surface, &src, (0, 0), (0, n), (0, k), k, None)),
-        );
-        let half_src = HalfRows {
-            rows: n,
-            k,
-            batch0: 1,
-            data: src.data.iter().map(|&v| half::f16::from_f32(v)).collect(),
-        };
-        g.bench_with_input(
-            BenchmarkId::new("fp16_rows_copied", format!("{n}x{k}")),
-            &(),
-            |b, _| b.iter(|| stage_rows(&mut surface, &half_src, (0, 0), (0, n), (0, k), k, None)),
-        );
-        // the same, also summing the values' squares for the precision check
-        let mut sum_sq = 0f64;
-        g.bench_with_input(
-            BenchmarkId::new("f32_to_fp16_rows_summed", format!("{n}x{k}")),
-            &(),
-            |b, _| {
-                b.iter(|| {
-                    stage_rows(
-                        &mut surface,
-                        &src,
-                        (0, 0),
-                        (0, n),
-                        (0, k),
-                        k,
-                        Some(&mut sum_sq),
-                    )
-                })
-            },
-        );
-        let from = vec![7u8; bytes];
-        let mut to = vec![0u8; bytes];
-        g.bench_with_input(
-            BenchmarkId::new("memcpy_same_bytes", format!("{n}x{k}")),
-            &(),
-            |b, _| b.iter(|| to.copy_from_slice(std::hint::black_box(&from))),
-        );
+fn tokens() -> Vec<usize> {
+    let mut t = TOKENS.to_vec();
+    if std::env::var_os("ANE_BENCH_ALL_TOKENS").is_some_and(|v| v != "0") {
+        t.extend_from_slice(MORE_TOKENS);
+        t.sort_unstable();
     }
+    t
+}
+
+fn values(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect()
+}
+
+fn surface(dims: &[usize]) -> Surface {
+    Surface::new(TensorLayout::aligned("x", SurfaceDType::F16, dims, 64).expect("a valid layout"))
+}
+
+/// A plain copy of `bytes` bytes, named after the step it is the floor of.
+fn memcpy(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, step: &str, bytes: usize) {
+    let (from, mut to) = (vec![7u8; bytes], vec![0u8; bytes]);
+    g.bench_function(BenchmarkId::new("memcpy", step), |b| {
+        b.iter(|| to.copy_from_slice(std::hint::black_box(&from)))
+    });
+}
+
+fn layer(c: &mut Criterion, (m, k): (usize, usize)) {
+    let mut g = c.benchmark_group(format!("{m}x{k}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sampling_mode(SamplingMode::Flat);
+    let largest = tokens().into_iter().max().unwrap_or(1);
+    let acts_all = DenseRows::new(largest, k, values(largest * k));
+    let weights = HalfRows {
+        rows: m,
+        k,
+        batch0: 1,
+        data: values(m * k).into_iter().map(half::f16::from_f32).collect(),
+    };
+    for n in tokens() {
+        let bucket = token_bucket(n, MAX_DIM, min_bucket(m, k));
+        let mut input = surface(&[1, k, 1, input_width(m, bucket)]);
+        let step = format!("stage_acts {n}");
+        g.throughput(Throughput::Bytes((2 * n * k) as u64));
+        g.bench_function(BenchmarkId::new("staging", &step), |b| {
+            b.iter(|| {
+                let mut sum_sq = 0f64;
+                stage_columns(
+                    &mut input,
+                    &acts_all,
+                    (0, 0),
+                    (0, n),
+                    (0, k),
+                    k,
+                    0,
+                    Some(&mut sum_sq),
+                );
+                sum_sq
+            })
+        });
+        memcpy(&mut g, &step, 2 * n * k);
+
+        let mut y = surface(&[1, m, 1, bucket]);
+        y.write_f32(&values(m * bucket)).expect("the output's size");
+        let mut out = vec![0f32; n * m];
+        let step = format!("write_back {n}");
+        g.throughput(Throughput::Bytes((4 * n * m) as u64));
+        g.bench_function(BenchmarkId::new("staging", &step), |b| {
+            b.iter(|| accumulate_columns(&y, &mut out, m, (0, n), (0, m), true))
+        });
+        memcpy(&mut g, &step, 4 * n * m);
+    }
+    // the weights do not depend on the token count: the largest bucket's column offset
+    let bucket = token_bucket(largest, MAX_DIM, min_bucket(m, k));
+    let mut input = surface(&[1, k, 1, input_width(m, bucket)]);
+    g.throughput(Throughput::Bytes((2 * m * k) as u64));
+    g.bench_function(BenchmarkId::new("staging", "stage_weights"), |b| {
+        b.iter(|| {
+            stage_columns(
+                &mut input,
+                &weights,
+                (0, 0),
+                (0, m),
+                (0, k),
+                k,
+                bucket,
+                None,
+            )
+        })
+    });
+    memcpy(&mut g, "stage_weights", 2 * m * k);
     g.finish();
 }
 
-criterion_group!(benches, staging);
+fn seven_b_layer(c: &mut Criterion) {
+    for &shape in LAYERS {
+        layer(c, shape);
+    }
+}
+
+criterion_group!(benches, seven_b_layer);
 criterion_main!(benches);

@@ -9,9 +9,9 @@
 //! - Layouts are explicit ([`TensorLayout`]): rows padded to 64 bytes, plane and batch strides
 //!   stated, so staging code cannot assume dense packing.
 //! - Configuration is explicit: every setting is a field of a config struct
-//!   ([`EngineConfig`], [`matmul::KernelCache`]'s builder, [`disk_cache::DiskCache::new`]) with
+//!   ([`EngineConfig`], [`kernels::KernelCache`]'s builder, [`disk_cache::DiskCache::new`]) with
 //!   documented defaults. This crate reads no environment variable; `ggml-ane` and the `ane`
-//!   command read `GGML_ANE_*` and pass the values in.
+//!   command read `GGML_ANE_*` into one [`settings::RuntimeSettings`] and build those from it.
 //! - Engine methods are safe; `unsafe` lives only in the bindings modules (`sys`, one per
 //!   Apple engine, one for the power readout and one shared), enforced by
 //!   `#![deny(unsafe_code)]` here.
@@ -69,9 +69,12 @@ pub mod disk_cache;
 pub mod engine;
 pub mod error;
 pub mod fused;
+pub mod kernels;
 pub mod layout;
 pub mod matmul;
 pub mod power;
+pub mod settings;
+pub mod staging;
 pub mod surface;
 #[allow(
     unsafe_code,

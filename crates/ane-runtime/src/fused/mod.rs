@@ -23,13 +23,11 @@ use std::time::Instant;
 use half::f16;
 
 use crate::engine::Engine;
-use crate::matmul::policy::{should_bake, LoadedRoom};
-use crate::matmul::staged::StagedKey;
-use crate::matmul::staging::{accumulate_columns, stage_columns, zero_columns};
-use crate::matmul::{
-    min_bucket, token_chunks, FallbackReason, KernelCache, MatrixSink, MatrixSource, Stats,
-    WeightId,
-};
+use crate::kernels::policy::{should_bake, LoadedRoom, WeightId};
+use crate::kernels::KernelCache;
+use crate::matmul::{min_bucket, token_chunks, FallbackReason, MatrixSink, MatrixSource, Stats};
+use crate::staging::convert::{accumulate_columns, stage_columns, zero_columns};
+use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 use crate::sys::fp16::f32_to_f16;
 
@@ -471,8 +469,8 @@ fn run_streamed(
         let (ht, tiles) = tile_of(bucket)?;
         for tile in 0..tiles {
             let clock = Instant::now();
-            let key = id.map(|id| StagedKey::new(id, (0, 0), (tile, 0), bucket, &layout));
-            let mut input = match key.as_ref().and_then(|k| cache.staged.take(k)) {
+            let key = id.map(|id| KeptWeightKey::new(id, (0, 0), (tile, 0), bucket, &layout));
+            let mut input = match key.as_ref().and_then(|k| cache.kept_weights.take(k)) {
                 Some(s) => s,
                 None => {
                     let mut s = Surface::new(layout.clone());
@@ -493,7 +491,7 @@ fn run_streamed(
                 stats,
             );
             if let Some(k) = key {
-                cache.staged.keep(k, input);
+                cache.kept_weights.keep(k, input);
             }
             done?;
         }

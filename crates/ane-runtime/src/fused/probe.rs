@@ -7,8 +7,10 @@ use std::fmt;
 
 use super::{engine_fused, Block, FusedForm, FusedJob};
 use crate::engine::Engine;
+use crate::kernels::policy::{KernelPolicy, WeightId};
+use crate::kernels::KernelCache;
 use crate::matmul::probe::grid_values;
-use crate::matmul::{DenseRows, KernelCache, KernelPolicy, MatrixSource, Stats, WeightId};
+use crate::matmul::{DenseRows, MatrixSource, Stats};
 
 /// Largest NMSE against f64 a form may show (fp16 intermediates give ~1e-6 on this data).
 const MAX_FUSED_PROBE_NMSE: f64 = 1e-3;

@@ -17,8 +17,7 @@ use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Literal, Program};
 use ane_mil::{DType, ValueType};
 
-use crate::matmul::input_width;
-use crate::matmul::program::token_chunk;
+use crate::matmul::{input_width, token_chunk};
 
 use super::program::op;
 

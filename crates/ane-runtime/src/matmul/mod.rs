@@ -8,35 +8,33 @@
 //! accumulates K tiles in f32. Any engine failure — compile, budget, eval, a non-finite
 //! output — is returned as a [`FallbackReason`] so the caller can run [`cpu_matmul`] instead.
 
-mod cache;
 mod pipeline;
-pub mod policy;
-mod precision;
+pub(crate) mod precision;
 pub mod probe;
-pub(crate) mod program;
-mod residency;
-pub(crate) mod staged;
-pub(crate) mod staging;
+mod program;
 mod stats;
+pub mod tiling;
 
-pub use cache::{KernelCache, EVAL_FAILURES_BEFORE_GIVING_UP};
+// The kernel cache, the kernel-kind policy and staging are shared with fused blocks and live
+// at the crate's top; their old paths under `matmul` stay importable.
+pub use crate::kernels::policy;
+pub use crate::kernels::{KernelCache, DEFAULT_MAX_LOADED, EVAL_FAILURES_BEFORE_GIVING_UP};
+pub use crate::staging::{stage_columns, stage_rows, DEFAULT_STAGED_WEIGHTS_BYTES};
 pub use policy::{KernelKind, KernelPolicy, LoadedRoom, WeightId};
 pub use precision::MAX_PREDICTED_NMSE;
-pub use program::{
-    baked_matmul_program, baked_tiles, baked_weights, input_width, kernel_shapes, matmul_program,
-    min_bucket, streamed_tile_sizes, tile_sizes, token_bucket, token_chunks,
-    two_input_matmul_program, BakedTile, MAX_TOKENS_PER_KERNEL,
-};
-pub use residency::DEFAULT_MAX_LOADED;
-pub use staged::DEFAULT_STAGED_WEIGHTS_BYTES;
-pub use staging::{stage_columns, stage_rows};
+pub use program::{baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
+pub use tiling::{
+    baked_tiles, input_width, kernel_shapes, min_bucket, streamed_tile_sizes, tile_sizes,
+    token_bucket, token_chunk, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
+};
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use crate::engine::Engine;
+use crate::staging::convert::PARALLEL_MIN_VALUES;
 use crate::surface::Surface;
 use crate::sys::gemm::{gemm_f32, MatRef};
 
@@ -280,10 +278,6 @@ impl Scratch {
         self.surfaces.push((s.layout().clone(), s));
     }
 }
-
-/// Below this many values a copy or conversion stays on the calling thread: handing it to
-/// the thread pool costs more than it saves.
-const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {

@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::cache::KernelCache;
 use super::policy::{KernelKind, WeightId};
 use super::precision::{self, Guard};
-use super::program::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile};
-use super::staged::StagedKey;
-use super::staging::{accumulate_columns, row_to_f16, stage_columns, zero_columns};
 use super::stats::{FallbackReason, Stats};
+use super::tiling::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile};
 use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
 use crate::engine::{Engine, Kernel};
+use crate::kernels::KernelCache;
+use crate::staging::convert::{accumulate_columns, row_to_f16, stage_columns, zero_columns};
+use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 
 /// Every kernel a job runs, by weight tile and token chunk.
@@ -248,7 +248,7 @@ impl BatchRun<'_, '_> {
     /// across the chunks (staged once); packed ones stage the weights beside each chunk's
     /// activations.
     fn weight_tile(&mut self, kind: KernelKind, t: &WeightTile) -> Result<(), FallbackReason> {
-        let mut staged: Option<(Surface, Option<StagedKey>)> = None;
+        let mut staged: Option<(Surface, Option<KeptWeightKey>)> = None;
         let mut result = Ok(());
         for chunk in &t.chunks {
             let source = WeightSource::of(kind, chunk.kernel.as_ref());
@@ -278,11 +278,11 @@ impl BatchRun<'_, '_> {
         t: &WeightTile,
         layout: &crate::layout::TensorLayout,
         col0: usize,
-    ) -> (Surface, Option<StagedKey>) {
+    ) -> (Surface, Option<KeptWeightKey>) {
         let key = self
             .weight_id
-            .map(|id| StagedKey::new(id, self.weight_batch, (t.m0, t.k0), col0, layout));
-        if let Some(s) = key.as_ref().and_then(|k| self.cache.staged.take(k)) {
+            .map(|id| KeptWeightKey::new(id, self.weight_batch, (t.m0, t.k0), col0, layout));
+        if let Some(s) = key.as_ref().and_then(|k| self.cache.kept_weights.take(k)) {
             return (s, key);
         }
         let mut s = self.scratch.surface(layout);
@@ -302,9 +302,9 @@ impl BatchRun<'_, '_> {
     }
 
     /// Keeps a weight-holding surface for the next call, or recycles it.
-    fn put_back(&mut self, s: Surface, key: Option<StagedKey>) {
+    fn put_back(&mut self, s: Surface, key: Option<KeptWeightKey>) {
         let spare = match key {
-            Some(k) => self.cache.staged.keep(k, s),
+            Some(k) => self.cache.kept_weights.keep(k, s),
             None => Some(s),
         };
         if let Some(s) = spare {

@@ -6,6 +6,11 @@
 //! Everything but the reading itself is portable and tested on Linux with a stand-in meter:
 //! unit conversion from each channel's own label, exact rail names, the idle baseline, and the
 //! flags for windows too short or readings that cannot be trusted.
+//!
+//! Only the `ane` command reads power (`ane bench --power`, `ane doctor`); the module lives
+//! here, not in `ane-cli`, because the readout is FFI — a `sys` module of `unsafe` calls — and
+//! this crate is the one that keeps such bindings (under `#![deny(unsafe_code)]` with one
+//! exemption per `sys`), while `ane-cli` forbids `unsafe` outright.
 
 #[cfg(target_os = "macos")]
 #[allow(

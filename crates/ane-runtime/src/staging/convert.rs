@@ -1,16 +1,17 @@
-//! Rows in and out of fp16 surfaces: source rows converted (or copied) into a surface's
-//! aligned rows, result tiles added into the f32 output.
+//! Rows in and out of fp16 surfaces, on every call: source rows (activations, and weights
+//! that are not kept staged) converted or copied into a surface's rows or columns, and result
+//! tiles added back into the f32 output.
 
 use rayon::prelude::*;
 
-use super::{MatrixSource, PARALLEL_MIN_VALUES};
+use crate::matmul::MatrixSource;
 use crate::surface::Surface;
 use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_sum_sq, sum_of_squares};
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
 /// from f32 ones (`tmp`, K long, holds rows that must be read first). With `sum_sq`, adds the
 /// sum of the source values' squares (before rounding) into it.
-pub(super) fn row_to_f16(
+pub(crate) fn row_to_f16(
     src: &dyn MatrixSource,
     (b2, b3): (usize, usize),
     row: usize,
@@ -84,6 +85,10 @@ pub fn stage_rows(
         *e += total;
     }
 }
+
+/// Below this many values a copy or conversion stays on the calling thread: handing it to
+/// the thread pool costs more than it saves.
+pub(crate) const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
 /// Source rows per block when staging them as columns: each surface row then receives 32
 /// contiguous bytes per block instead of one value.
@@ -170,7 +175,7 @@ pub(crate) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
 /// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing (with
 /// `first`, assigns instead: the first K tile, so `out` needs no clearing); returns the sum
 /// of the tile's squares, or `None` if any value is not finite.
-pub(crate) fn accumulate_columns(
+pub fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
     m: usize,

@@ -4,6 +4,8 @@
 //! questions only hardware answers, marked skipped with the reason where this engine cannot
 //! answer them. Ends with a summary and a verdict; `--json` and `--markdown` write the report.
 
+mod limit_probes;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -272,10 +274,10 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     if run_limits {
         // the loaded-kernels probe last: it may use the budget up
         for limit in [
-            crate::limits::daemon_cache(engine.as_ref()),
-            crate::limits::smallest_wide_width(engine.as_ref()),
-            crate::limits::largest_baked_weight(engine.as_ref(), args.max_baked_rows.max(16)),
-            crate::limits::loaded_kernels(engine.as_ref(), args.max_loaded),
+            limit_probes::daemon_cache(engine.as_ref()),
+            limit_probes::smallest_wide_width(engine.as_ref()),
+            limit_probes::largest_baked_weight(engine.as_ref(), args.max_baked_rows.max(16)),
+            limit_probes::loaded_kernels(engine.as_ref(), args.max_loaded),
         ] {
             let mut p = Probe::new(limit.name, Status::Pass, limit.detail);
             for (k, v) in limit.figures {
@@ -366,5 +368,5 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 /// The program arozanov/ggml-ane generates for a 96×80 weight and 50 tokens (as bundled in
 /// `examples/seed-matmul`).
 fn seed_text() -> String {
-    include_str!("../../../examples/seed-matmul/model.mil").to_string()
+    include_str!("../../../../examples/seed-matmul/model.mil").to_string()
 }

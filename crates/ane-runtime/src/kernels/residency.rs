@@ -7,21 +7,10 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use super::program::BakedTile;
+use super::key::KernelKey;
 
 /// Default cap on loaded kernels: under the ~55 reported.
 pub const DEFAULT_MAX_LOADED: usize = 48;
-
-/// A loaded kernel: a streamed tile shape (two-input form or not), or a baked weight tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Loaded {
-    Streamed((usize, usize, usize), bool),
-    Baked(u64, BakedTile),
-    /// A fused block's kernel: its weights' key and token bucket.
-    Fused(u64, usize),
-    /// A fused block's streamed kernel, by its shape's key.
-    FusedStreamed(u64),
-}
 
 /// Loaded kernels by last use, and those dropped to make room.
 #[derive(Debug)]
@@ -33,8 +22,8 @@ pub(crate) struct Residency {
 #[derive(Debug, Default)]
 struct State {
     /// Least recently used first.
-    order: Vec<Loaded>,
-    evicted: HashSet<Loaded>,
+    order: Vec<KernelKey>,
+    evicted: HashSet<KernelKey>,
     peak: usize,
 }
 
@@ -61,13 +50,13 @@ impl Residency {
     }
 
     /// Whether `key` was loaded once and dropped to make room (loading it again is a reload).
-    pub(crate) fn was_evicted(&self, key: &Loaded) -> bool {
+    pub(crate) fn was_evicted(&self, key: &KernelKey) -> bool {
         self.state().evicted.contains(key)
     }
 
     /// Marks `key` used now (loading it if new); returns the kernels to drop to stay within
     /// the cap, least recently used first (never `key` itself).
-    pub(crate) fn touch(&self, key: Loaded) -> Vec<Loaded> {
+    pub(crate) fn touch(&self, key: KernelKey) -> Vec<KernelKey> {
         let mut s = self.state();
         if let Some(i) = s.order.iter().position(|k| *k == key) {
             s.order.remove(i);
@@ -85,7 +74,7 @@ impl Residency {
     }
 
     /// Forgets `key` (its kernel failed or was replaced), without counting it evicted.
-    pub(crate) fn forget(&self, key: &Loaded) {
+    pub(crate) fn forget(&self, key: &KernelKey) {
         let mut s = self.state();
         s.order.retain(|k| k != key);
     }
@@ -97,11 +86,7 @@ impl Residency {
 
     /// Baked kernels loaded now.
     pub(crate) fn baked_loaded(&self) -> usize {
-        self.state()
-            .order
-            .iter()
-            .filter(|k| matches!(k, Loaded::Baked(..) | Loaded::Fused(..)))
-            .count()
+        self.state().order.iter().filter(|k| k.is_baked()).count()
     }
 
     /// The most kernels ever loaded at once.
@@ -117,7 +102,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_kernel_makes_room() {
         let r = Residency::new(Some(2));
-        let s = |n| Loaded::Streamed((n, n, n), false);
+        let s = |n| KernelKey::Streamed((n, n, n), false);
         assert!(r.touch(s(1)).is_empty());
         assert!(r.touch(s(2)).is_empty());
         assert!(r.touch(s(1)).is_empty(), "a hit moves it to the back");

@@ -1,4 +1,9 @@
-//! `ane plan`: compile accounting for a model's prefill, ours against the seed's.
+//! `ane plan`: compile accounting for a model's prefill, ours against the seed's. This file
+//! holds the command (arguments, report); `matmul_kernels` counts the kernels of node-by-node
+//! matmuls, `fused_kernels` those of fused blocks (`--fused`).
+
+mod fused_kernels;
+mod matmul_kernels;
 
 use std::process::ExitCode;
 
@@ -9,9 +14,9 @@ use ane_runtime::matmul::DEFAULT_MAX_LOADED;
 use ane_runtime::{CompileCounter, Engine};
 use anyhow::{bail, Context};
 
-use crate::fused_plan::plan_fused;
-use crate::prefill::{plan_auto, plan_prefill, ModelDims};
 use crate::settings::CacheArgs;
+use fused_kernels::plan_fused;
+use matmul_kernels::{plan_auto, plan_prefill, ModelDims};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {

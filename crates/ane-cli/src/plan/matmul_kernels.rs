@@ -1,13 +1,13 @@
 //! Compile accounting for a whole model's prefill: how many kernels a set of prompt lengths
 //! needs under our policy (token buckets, weights as inputs), under `auto` (baking weights
 //! while the budget allows) and under the seed's (arozanov/ggml-ane: one baked kernel per
-//! weight and exact prompt length). Moved here from `ane-runtime`: it is the `ane plan`
-//! report, not part of executing programs.
+//! weight and exact prompt length), for node-by-node matmuls. Moved here from `ane-runtime`:
+//! it is the `ane plan` report, not part of executing programs.
 
 use std::collections::BTreeSet;
 
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
-use ane_runtime::matmul::policy::{should_bake, KernelPolicy, LoadedRoom};
+use ane_runtime::kernels::policy::{should_bake, KernelPolicy, LoadedRoom};
 use ane_runtime::matmul::{baked_tiles, input_width, kernel_shapes, matmul_program, BakedTile};
 use std::path::Path;
 

@@ -1,4 +1,5 @@
-//! Streamed weights kept staged across calls: a surface whose weight columns (or whose whole
+//! Streamed weight tiles kept staged across calls (unlike [`convert`](super::convert), which
+//! stages on every call): a surface whose weight columns (or whose whole
 //! content, for the two-input form's weight surface) already hold a weight tile, so a repeated
 //! prefill stages only its activations. Keyed by the weight's identity and fingerprint (a
 //! reloaded tensor at the same address is staged again), capped in bytes, least recently used
@@ -6,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use super::policy::WeightId;
+use crate::kernels::policy::WeightId;
 use crate::layout::TensorLayout;
 use crate::surface::Surface;
 
@@ -15,7 +16,7 @@ pub const DEFAULT_STAGED_WEIGHTS_BYTES: usize = 512 << 20;
 
 /// Which weight tile a surface holds, in which layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct StagedKey {
+pub(crate) struct KeptWeightKey {
     /// The weight (`WeightId::key`) and its contents' fingerprint.
     pub(crate) weight: (u64, u64),
     /// The weight batch, the tile's first row and column, and the surface column its
@@ -25,7 +26,7 @@ pub(crate) struct StagedKey {
     pub(crate) layout: TensorLayout,
 }
 
-impl StagedKey {
+impl KeptWeightKey {
     pub(crate) fn new(
         id: WeightId,
         batch: (usize, usize),
@@ -33,7 +34,7 @@ impl StagedKey {
         col0: usize,
         layout: &TensorLayout,
     ) -> Self {
-        StagedKey {
+        KeptWeightKey {
             weight: (id.key, id.fingerprint),
             tile: (batch, m0, k0, col0),
             layout: layout.clone(),
@@ -43,20 +44,20 @@ impl StagedKey {
 
 /// The kept surfaces, most recently used last.
 #[derive(Debug)]
-pub(crate) struct StagedWeights {
+pub(crate) struct KeptWeights {
     cap_bytes: usize,
-    entries: Mutex<Vec<(StagedKey, Surface)>>,
+    entries: Mutex<Vec<(KeptWeightKey, Surface)>>,
 }
 
-impl Default for StagedWeights {
+impl Default for KeptWeights {
     fn default() -> Self {
-        StagedWeights::new(DEFAULT_STAGED_WEIGHTS_BYTES)
+        KeptWeights::new(DEFAULT_STAGED_WEIGHTS_BYTES)
     }
 }
 
-impl StagedWeights {
+impl KeptWeights {
     pub(crate) fn new(cap_bytes: usize) -> Self {
-        StagedWeights {
+        KeptWeights {
             cap_bytes,
             entries: Mutex::new(Vec::new()),
         }
@@ -65,7 +66,7 @@ impl StagedWeights {
     /// The surface staged for `key`, taken out of the cache (put it back with [`keep`]).
     ///
     /// [`keep`]: Self::keep
-    pub(crate) fn take(&self, key: &StagedKey) -> Option<Surface> {
+    pub(crate) fn take(&self, key: &KeptWeightKey) -> Option<Surface> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let i = entries.iter().position(|(k, _)| k == key)?;
         Some(entries.remove(i).1)
@@ -73,7 +74,7 @@ impl StagedWeights {
 
     /// Keeps `surface` as staged for `key`, evicting the least recently used past the cap.
     /// Returns it when it alone exceeds the cap (the caller recycles it).
-    pub(crate) fn keep(&self, key: StagedKey, surface: Surface) -> Option<Surface> {
+    pub(crate) fn keep(&self, key: KeptWeightKey, surface: Surface) -> Option<Surface> {
         let bytes = surface.as_bytes().len();
         if bytes > self.cap_bytes {
             return Some(surface);
@@ -104,14 +105,14 @@ mod tests {
     use super::*;
     use crate::layout::SurfaceDType;
 
-    fn key(weight: u64, fingerprint: u64, m0: usize) -> (StagedKey, Surface) {
+    fn key(weight: u64, fingerprint: u64, m0: usize) -> (KeptWeightKey, Surface) {
         let layout = TensorLayout::aligned("x", SurfaceDType::F16, &[1, 4, 1, 32], 64).unwrap();
         let id = WeightId {
             key: weight,
             fingerprint,
         };
         (
-            StagedKey::new(id, (0, 0), (m0, 0), 0, &layout),
+            KeptWeightKey::new(id, (0, 0), (m0, 0), 0, &layout),
             Surface::new(layout),
         )
     }
@@ -119,7 +120,7 @@ mod tests {
     #[test]
     fn surfaces_are_kept_by_weight_version_within_the_cap() {
         let one = key(1, 0, 0).1.as_bytes().len();
-        let cache = StagedWeights::new(2 * one);
+        let cache = KeptWeights::new(2 * one);
         let (a, sa) = key(1, 0, 0);
         assert!(cache.take(&a).is_none());
         assert!(cache.keep(a.clone(), sa).is_none());
@@ -141,7 +142,7 @@ mod tests {
         assert!(cache.take(&a2).is_none(), "evicted");
         assert!(cache.take(&b).is_some() && cache.take(&c).is_some());
         // a surface larger than the cap is handed back
-        let tiny = StagedWeights::new(1);
+        let tiny = KeptWeights::new(1);
         let (d, sd) = key(4, 0, 0);
         assert!(tiny.keep(d, sd).is_some());
     }

@@ -8,13 +8,13 @@
 use std::collections::BTreeSet;
 
 use ane_runtime::fused::{streamed, MAX_FUSED_WEIGHT_BYTES};
-use ane_runtime::matmul::policy::{should_bake, KernelPolicy, LoadedRoom};
+use ane_runtime::kernels::policy::{should_bake, KernelPolicy, LoadedRoom};
 use ane_runtime::matmul::{
     baked_tiles, kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile,
 };
 use ane_runtime::Limits;
 
-use crate::prefill::ModelDims;
+use super::matmul_kernels::ModelDims;
 
 /// The plan's totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

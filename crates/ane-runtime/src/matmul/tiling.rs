@@ -1,0 +1,196 @@
+//! How a matmul job is cut into kernels: weight tiles within the engine's largest dimension,
+//! token chunks and the power-of-two buckets kernels are compiled for, and a streamed
+//! kernel's input width. Arithmetic only; the programs are in `program.rs`.
+
+/// Tokens per kernel at most; longer prompts run in chunks of this many.
+pub const MAX_TOKENS_PER_KERNEL: usize = 2048;
+
+/// The smallest token bucket of tiles with `bm` output and `bk` input channels: a
+/// `[1, C, 1, S]` input or output with more than 768 channels needs S ≥ 32
+/// (`ane_mil::rules::WIDE_CHANNELS_NARROW_SPATIAL`), so decode-sized jobs pad to 32.
+pub fn min_bucket(bm: usize, bk: usize) -> usize {
+    if bm.max(bk) > ane_mil::rules::WIDE_CHANNELS {
+        ane_mil::rules::MIN_SPATIAL_FOR_WIDE
+    } else {
+        1
+    }
+}
+
+/// The token count a kernel is compiled for: the next power of two (so a job of any length
+/// needs at most a dozen kernel sizes per weight shape, and pads at most 2×), at least `min`,
+/// within [`MAX_TOKENS_PER_KERNEL`] and half of `max_dim`.
+pub fn token_bucket(n: usize, max_dim: usize, min: usize) -> usize {
+    n.max(min)
+        .max(1)
+        .next_power_of_two()
+        .min(token_chunk(max_dim))
+}
+
+/// The largest token bucket: the chunk length for long prompts. At most half of `max_dim`, so a
+/// streamed kernel's input (tokens and weight rows side by side) keeps half its width for
+/// weight rows.
+pub fn token_chunk(max_dim: usize) -> usize {
+    let cap = MAX_TOKENS_PER_KERNEL.min((max_dim / 2).max(1));
+    // the largest power of two within the cap
+    1 << (usize::BITS - 1 - cap.leading_zeros())
+}
+
+/// The token chunks of a job: `(first token, tokens, bucket)`.
+pub fn token_chunks(n: usize, max_dim: usize, min: usize) -> Vec<(usize, usize, usize)> {
+    let chunk = token_chunk(max_dim);
+    (0..n)
+        .step_by(chunk)
+        .map(|n0| {
+            let len = chunk.min(n - n0);
+            (n0, len, token_bucket(len, max_dim, min))
+        })
+        .collect()
+}
+
+/// Baked tile sizes `(tm, tk)`: M and K cut into the fewest equal parts within `max_dim`.
+pub fn tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
+    (cut(m, max_dim), cut(k, max_dim))
+}
+
+/// Streamed tile sizes: M within what the input's width leaves beside the largest token
+/// chunk (tokens and weight rows share the width), K within `max_dim`.
+pub fn streamed_tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
+    (cut(m, max_dim - token_chunk(max_dim)), cut(k, max_dim))
+}
+
+/// `d` cut into the fewest equal parts of at most `limit`.
+fn cut(d: usize, limit: usize) -> usize {
+    let parts = d.div_ceil(limit.max(1)).max(1);
+    d.div_ceil(parts).max(1)
+}
+
+/// The distinct sizes of a dimension `d` cut into tiles of `t` (at most two).
+fn tile_lengths(d: usize, t: usize) -> Vec<usize> {
+    let mut v = vec![t.min(d)];
+    if !d.is_multiple_of(t) && d > t {
+        v.push(d % t);
+    }
+    v
+}
+
+/// The distinct token buckets of a job of `n` tokens, ascending.
+fn token_buckets(n: usize, max_dim: usize, min: usize) -> Vec<usize> {
+    let mut buckets: Vec<usize> = token_chunks(n, max_dim, min).iter().map(|c| c.2).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
+}
+
+/// The distinct streamed kernel shapes `(bm, bk, bucket)` a job of `m × k × n` needs.
+pub fn kernel_shapes(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<(usize, usize, usize)> {
+    let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
+    let buckets = token_buckets(n, max_dim, min_bucket(tm, tk));
+    let mut out = Vec::new();
+    for &bm in &tile_lengths(m, tm) {
+        for &bk in &tile_lengths(k, tk) {
+            for &b in &buckets {
+                out.push((bm, bk, b));
+            }
+        }
+    }
+    out
+}
+
+/// One baked kernel: the weight tile at `(m0, k0)` of size `bm × bk`, for a token bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BakedTile {
+    /// First weight row.
+    pub m0: usize,
+    /// First column.
+    pub k0: usize,
+    /// Rows.
+    pub bm: usize,
+    /// Columns.
+    pub bk: usize,
+    /// Token bucket.
+    pub bucket: usize,
+}
+
+/// Every baked kernel a job of `m × k × n` needs, tile by tile, buckets ascending.
+pub fn baked_tiles(m: usize, k: usize, n: usize, max_dim: usize) -> Vec<BakedTile> {
+    let (tm, tk) = tile_sizes(m, k, max_dim);
+    let buckets = token_buckets(n, max_dim, min_bucket(tm, tk));
+    let mut tiles = Vec::new();
+    for m0 in (0..m).step_by(tm) {
+        for k0 in (0..k).step_by(tk) {
+            tiles.extend(buckets.iter().map(|&bucket| BakedTile {
+                m0,
+                k0,
+                bm: tm.min(m - m0),
+                bk: tk.min(k - k0),
+                bucket,
+            }));
+        }
+    }
+    tiles
+}
+
+/// The width of a streamed kernel's input for `m` weight rows and `n` tokens: `n + m` rounded
+/// up to a multiple of 32, as every working dyn-conv program's is (ane-prefill-bench: 17664,
+/// 5376) and as the rulebook asks beside many channels (`spatial-multiple-of-32`); that also
+/// keeps it out of the 14593–14622 widths reported to fail. The columns past `n + m` are never
+/// read.
+pub fn input_width(m: usize, n: usize) -> usize {
+    let w = (n + m).next_multiple_of(ane_mil::rules::MIN_SPATIAL_FOR_WIDE);
+    // no multiple of 32 lies in 14593..=14622
+    debug_assert!(!ane_mil::rules::BAD_INPUT_WIDTHS.contains(&w));
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_stay_within_the_limit_and_cover_the_job() {
+        assert_eq!(tile_sizes(32000, 4096, 16384), (16000, 4096));
+        // streamed tiles leave the largest token chunk (2048) beside the weight rows
+        assert_eq!(streamed_tile_sizes(32000, 4096, 16384), (10667, 4096));
+        assert_eq!(
+            kernel_shapes(32000, 4096, 512, 16384),
+            vec![(10667, 4096, 512), (10666, 4096, 512)]
+        );
+        assert_eq!(streamed_tile_sizes(4096, 11008, 16384), (4096, 11008));
+        assert_eq!(tile_sizes(32001, 4096, 16384), (16001, 4096));
+        assert_eq!(tile_sizes(5, 20000, 16384), (5, 10000));
+        for (d, max) in [(1, 16384), (16385, 16384), (100, 7), (49152, 16384)] {
+            let (t, _) = tile_sizes(d, 1, max);
+            assert!(t <= max && t * d.div_ceil(t) >= d);
+            let (t, _) = streamed_tile_sizes(d, 1, max);
+            assert!(t + token_chunk(max) <= max.max(2) && t * d.div_ceil(t) >= d);
+        }
+    }
+
+    #[test]
+    fn tokens_go_in_power_of_two_buckets_and_long_prompts_in_chunks() {
+        assert_eq!(
+            [1, 2, 3, 17, 64, 100, 2000].map(|n| token_bucket(n, 16384, 1)),
+            [1, 2, 4, 32, 64, 128, 2048]
+        );
+        // more than 768 channels: at least 32 tokens (rule wide-channels-narrow-spatial)
+        assert_eq!(min_bucket(4096, 64), 32);
+        assert_eq!(min_bucket(768, 768), 1);
+        assert_eq!(
+            [1, 2, 17, 64].map(|n| token_bucket(n, 16384, min_bucket(4096, 4096))),
+            [32, 32, 32, 64]
+        );
+        assert_eq!(
+            token_chunks(5000, 16384, 1),
+            vec![(0, 2048, 2048), (2048, 2048, 2048), (4096, 904, 1024)]
+        );
+        // chunks of at most half the width limit
+        assert_eq!(
+            token_chunks(50, 48, 1),
+            vec![(0, 16, 16), (16, 16, 16), (32, 16, 16), (48, 2, 2)]
+        );
+        assert_eq!(
+            kernel_shapes(4096, 4096, 5000, 16384),
+            vec![(4096, 4096, 1024), (4096, 4096, 2048)]
+        );
+    }
+}
