@@ -64,6 +64,9 @@ impl EngineArgs {
     }
 }
 
+/// The largest size in MiB whose bytes fit in a u64 (`mb << 20` would wrap past it).
+const MAX_MIB: u64 = u64::MAX >> 20;
+
 /// The on-disk kernel cache.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct CacheArgs {
@@ -71,7 +74,7 @@ pub(crate) struct CacheArgs {
     #[arg(long, env = "GGML_ANE_CACHE_DIR")]
     cache_dir: Option<String>,
     /// Size cap of the kernel cache in MiB (least recently used evicted first; default 4096).
-    #[arg(long, env = "GGML_ANE_CACHE_MAX_MB")]
+    #[arg(long, env = "GGML_ANE_CACHE_MAX_MB", value_parser = clap::value_parser!(u64).range(0..=MAX_MIB))]
     cache_max_mb: Option<u64>,
 }
 

@@ -281,6 +281,17 @@ fn info_names_the_engine_and_its_limits() {
     let out = ane(&["info", "--engine", "warp"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown engine `warp`"));
+    // a cache cap whose bytes overflow (2^44 MiB: `mb << 20` wrapped to 0) is refused, named
+    let out = ane_with_env(
+        &["cache", "list"],
+        &[("GGML_ANE_CACHE_MAX_MB", "17592186044416")],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("17592186044416") && err.contains("cache-max-mb"),
+        "{err}"
+    );
 }
 
 #[test]

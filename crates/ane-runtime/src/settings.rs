@@ -137,7 +137,10 @@ impl RuntimeSettings {
 
     /// The disk cache, `None` when it is off.
     pub fn disk_cache(&self) -> Option<DiskCache> {
-        let cap = self.cache_max_mb.map_or(DEFAULT_CAP_BYTES, |mb| mb << 20);
+        // saturating: callers refuse values that overflow; a hand-built one caps at u64::MAX
+        let cap = self
+            .cache_max_mb
+            .map_or(DEFAULT_CAP_BYTES, |mb| mb.saturating_mul(1 << 20));
         self.cache_folder().map(|dir| DiskCache::new(dir, cap))
     }
 

@@ -119,6 +119,8 @@ pub(crate) struct OpQuery<'a> {
     pub(crate) readable: bool,
     /// ggml's CPU backend exists in this process.
     pub(crate) cpu_exists: bool,
+    /// A backend found no usable engine (`crate::runtime::runtime_failed`).
+    pub(crate) engine_unusable: bool,
 }
 
 /// `supports_op` for `spec`. `ANE`: views; MUL_MATs it can read with at least
@@ -134,6 +136,10 @@ pub(crate) fn supports_op(
     block_input: impl FnOnce() -> bool,
     cpu_can: impl FnOnce() -> bool,
 ) -> bool {
+    if q.engine_unusable {
+        // out of the way: the scheduler gives every op to another backend
+        return false;
+    }
     if q.kind == OpKind::View {
         return true;
     }
@@ -173,6 +179,7 @@ pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool 
         .as_ref()
         .map_or(settings::DEFAULT_MIN_BATCH, |c| c.min_batch);
     spec.pulls_work
+        && !crate::runtime::runtime_failed()
         && kind == OpKind::MulMat
         && supports_mul_mat(n)
         && n.node.ne[1] >= min_batch as i64
@@ -202,7 +209,14 @@ mod tests {
                 tokens: 0,
                 readable: false,
                 cpu_exists: false,
+                engine_unusable: false,
             };
+            // no usable engine: nothing at all
+            let out_of_the_way = OpQuery {
+                engine_unusable: true,
+                ..OpQuery { ..view }
+            };
+            assert!(!supports_op(spec, &out_of_the_way, || true, || true));
             assert!(supports_op(spec, &view, || false, || false));
         }
         let other = |cpu_exists| OpQuery {
@@ -211,6 +225,7 @@ mod tests {
             tokens: 100,
             readable: false,
             cpu_exists,
+            engine_unusable: false,
         };
         assert!(!supports_op(&ANE, &other(true), || true, || true));
         assert!(supports_op(&ANE_FULL, &other(true), || true, || true));

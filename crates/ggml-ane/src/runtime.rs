@@ -28,6 +28,12 @@ pub(crate) struct Runtime {
 
 static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
+/// Whether a backend tried to make the runtime and no engine was usable (its self-probe
+/// failed everywhere): the devices then take no ops.
+pub(crate) fn runtime_failed() -> bool {
+    matches!(RT.get(), Some(Err(_)))
+}
+
 /// The runtime, if a backend already made it (asking never makes it).
 pub(crate) fn runtime_if_made() -> Option<&'static Runtime> {
     RT.get().and_then(|r| r.as_ref().ok())
@@ -48,8 +54,8 @@ pub(crate) fn engine_at_hand() -> Result<&'static EngineAtHand, String> {
     AT_HAND
         .get_or_init(|| {
             let config = settings::get().as_ref().map_err(Clone::clone)?;
-            let engine =
-                ane_runtime::create(config.engine, &config.engines).map_err(|e| e.to_string())?;
+            let engine = ane_runtime::create(config.runtime.engine, &config.engines)
+                .map_err(|e| e.to_string())?;
             let info = engine.info();
             Ok(EngineAtHand {
                 kind: info.kind,
@@ -109,10 +115,10 @@ pub(crate) fn runtime() -> Result<&'static Runtime, String> {
         };
         Ok(Runtime {
             engine: chosen.engine,
-            cache: KernelCache::with_disk(config.disk_cache.clone())
+            cache: config
+                .runtime
+                .kernel_cache()
                 .with_policy(chosen.policy)
-                .with_staged_weights_cap(config.staged_weights_bytes)
-                .with_max_loaded(config.max_loaded)
                 .with_fused_forms(passed(FusedForm::Baked), passed(FusedForm::Streamed)),
             description: CString::new(info.description).unwrap_or_default(),
             probe: chosen.probe,
@@ -136,7 +142,7 @@ struct Chosen {
 /// that can be created and whose self-probe leaves a kernel form to use. The apple and coreml
 /// engines are always probed; the reference engine with `GGML_ANE_PROBE=1`.
 fn choose_engine(config: &Config) -> Result<Chosen, String> {
-    let kinds = match config.engine {
+    let kinds = match config.runtime.engine {
         EngineChoice::Only(kind) => vec![kind],
         EngineChoice::Auto => vec![EngineKind::Apple, EngineKind::CoreMl, EngineKind::Reference],
     };
@@ -153,11 +159,11 @@ fn choose_engine(config: &Config) -> Result<Chosen, String> {
             return Ok(Chosen {
                 engine,
                 passed_over,
-                policy: config.kernels,
+                policy: config.runtime.kernels,
                 probe: Vec::new(),
             });
         }
-        let found = probe(engine.as_ref(), &forms_for(config.kernels));
+        let found = probe(engine.as_ref(), &forms_for(config.runtime.kernels));
         let compiles: u64 = found.iter().map(|r| r.compiles).sum();
         for r in &found {
             let level = if r.passed() {
@@ -167,14 +173,14 @@ fn choose_engine(config: &Config) -> Result<Chosen, String> {
             };
             log(level, &format!("ggml-ane: {kind} engine self-probe: {r}"));
         }
-        match usable_policy(config.kernels, &found) {
+        match usable_policy(config.runtime.kernels, &found) {
             Ok(policy) => {
-                if policy != config.kernels {
+                if policy != config.runtime.kernels {
                     log(
                         GGML_LOG_LEVEL_WARN,
                         &format!(
                             "ggml-ane: kernels {} instead of {} (self-probe; {compiles} compiles)",
-                            policy, config.kernels
+                            policy, config.runtime.kernels
                         ),
                     );
                 }
@@ -200,7 +206,7 @@ pub(crate) fn features() -> Vec<(String, String)> {
     };
     let (kind, limits, kernels) = match (runtime_if_made(), engine_at_hand()) {
         (Some(rt), _) => (rt.engine.info().kind, rt.engine.limits(), rt.cache.policy()),
-        (None, Ok(e)) => (e.kind, e.limits, config.kernels),
+        (None, Ok(e)) => (e.kind, e.limits, config.runtime.kernels),
         (None, Err(e)) => return vec![("ENGINE".to_string(), format!("unavailable: {e}"))],
     };
     let mut f = vec![

@@ -3,16 +3,15 @@
 //! module produces as plain settings. The README's variable table lists exactly
 //! [`VARIABLES`] (a unit test compares them).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ane_mil::rules::RuleOptions;
-use ane_runtime::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
-use ane_runtime::engine::apple::AppleConfig;
-use ane_runtime::engine::coreml::CoreMlConfig;
-use ane_runtime::engine::reference::{Faults, ReferenceConfig};
-use ane_runtime::matmul::{KernelPolicy, DEFAULT_MAX_LOADED, DEFAULT_STAGED_WEIGHTS_BYTES};
-use ane_runtime::{CompileCounter, EngineChoice, EngineConfig, EngineKind};
+use ane_runtime::engine::reference::Faults;
+use ane_runtime::kernels::policy::KernelPolicy;
+use ane_runtime::kernels::DEFAULT_MAX_LOADED;
+use ane_runtime::settings::{CacheDir, RuntimeSettings};
+use ane_runtime::staging::DEFAULT_STAGED_WEIGHTS_BYTES;
+use ane_runtime::{EngineChoice, EngineConfig};
 
 /// The variables, in the README's order.
 pub(crate) const VARIABLES: &[&str] = &[
@@ -58,19 +57,12 @@ pub(crate) enum LogLevel {
 /// The backend's settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    /// `GGML_ANE_ENGINE`: which engine (`auto` by default).
-    pub(crate) engine: EngineChoice,
-    /// Every engine's settings (`GGML_ANE_COMPILE_BUDGET`, `GGML_ANE_REFERENCE_FAULTS`, the
-    /// coreml models under the cache folder).
+    /// What the runtime is built from, as the `ane` command fills it too: `GGML_ANE_ENGINE`,
+    /// `_COMPILE_BUDGET`, `_REFERENCE_FAULTS`, `_KERNELS`, `_CACHE_DIR`, `_CACHE_MAX_MB`,
+    /// `_SURFACE_CACHE_MB`, `_MAX_LOADED` (0: no cap).
+    pub(crate) runtime: RuntimeSettings,
+    /// Every engine's settings, built once from `runtime`.
     pub(crate) engines: EngineConfig,
-    /// `GGML_ANE_KERNELS`.
-    pub(crate) kernels: KernelPolicy,
-    /// `GGML_ANE_CACHE_DIR` / `GGML_ANE_CACHE_MAX_MB`: the disk cache, `None` when off.
-    pub(crate) disk_cache: Option<DiskCache>,
-    /// `GGML_ANE_SURFACE_CACHE_MB`: streamed weight tiles kept staged across calls.
-    pub(crate) staged_weights_bytes: usize,
-    /// `GGML_ANE_MAX_LOADED`: kernels kept loaded at once (0: no cap).
-    pub(crate) max_loaded: Option<usize>,
     /// `GGML_ANE_DISABLE=1`: register no device.
     pub(crate) disable: bool,
     /// `GGML_ANE_ANY_GGML=1`: offer the device in a ggml the version table does not cover.
@@ -157,14 +149,6 @@ impl Config {
                 u32::try_from(b).map_err(|_| format!("GGML_ANE_COMPILE_BUDGET={b}: too large"))
             })
             .transpose()?;
-        let cache_dir = match var("GGML_ANE_CACHE_DIR").as_deref() {
-            Some("off" | "none") => None,
-            Some(d) => Some(PathBuf::from(d)),
-            None => DiskCache::platform_dir(
-                os_var("HOME").map(PathBuf::from).as_deref(),
-                os_var("XDG_CACHE_HOME").map(PathBuf::from).as_deref(),
-            ),
-        };
         // MiB to bytes, refusing what does not fit (a shift would wrap silently)
         let mib = |name: &str| -> Result<Option<u64>, String> {
             number(name)?
@@ -175,7 +159,7 @@ impl Config {
                 })
                 .transpose()
         };
-        let cap = mib("GGML_ANE_CACHE_MAX_MB")?.unwrap_or(DEFAULT_CAP_BYTES);
+        let cache_max_mb = mib("GGML_ANE_CACHE_MAX_MB")?.map(|bytes| bytes >> 20);
         let staged_weights_bytes =
             mib("GGML_ANE_SURFACE_CACHE_MB")?.map_or(DEFAULT_STAGED_WEIGHTS_BYTES, |b| b as usize);
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -225,13 +209,20 @@ impl Config {
                 ))
             }
         };
+        let mut runtime = RuntimeSettings::default();
+        runtime.engine = engine;
+        runtime.compile_budget = budget;
+        runtime.reference_faults = faults;
+        runtime.kernels = kernels;
+        runtime.cache_dir = CacheDir::parse(var("GGML_ANE_CACHE_DIR").as_deref());
+        runtime.cache_max_mb = cache_max_mb;
+        runtime.home = os_var("HOME").map(PathBuf::from);
+        runtime.xdg_cache_home = os_var("XDG_CACHE_HOME").map(PathBuf::from);
+        runtime.staged_weights_bytes = staged_weights_bytes;
+        runtime.max_loaded = max_loaded;
         Ok(Config {
-            engine,
-            engines: engine_config(budget, faults, kernels, cache_dir.as_deref()),
-            kernels,
-            disk_cache: cache_dir.map(|d| DiskCache::new(d, cap)),
-            staged_weights_bytes,
-            max_loaded,
+            engines: runtime.engine_config(),
+            runtime,
             disable,
             any_ggml,
             probe,
@@ -245,37 +236,6 @@ impl Config {
             log_level,
         })
     }
-}
-
-/// The engines' settings: one budget for the engine in use (reference or apple), coreml's
-/// compiled models beside the kernel cache.
-fn engine_config(
-    budget: Option<u32>,
-    faults: Faults,
-    kernels: KernelPolicy,
-    cache_dir: Option<&Path>,
-) -> EngineConfig {
-    let mut config = EngineConfig::default();
-    // the rulebook, with two-input kernels allowed only when they are asked for
-    let mut rules = RuleOptions::default();
-    rules.allow_two_inputs = kernels == KernelPolicy::TwoInput;
-    let mut reference = ReferenceConfig::default()
-        .with_faults(faults)
-        .with_rules(Some(rules));
-    if let Some(b) = budget {
-        reference = reference.with_counter(CompileCounter::process(EngineKind::Reference, Some(b)));
-    }
-    config.reference = reference;
-    let mut apple = AppleConfig::default();
-    apple.rules = Some(rules);
-    if let Some(b) = budget {
-        apple.compile_budget = b;
-    }
-    config.apple = apple;
-    if let Some(dir) = cache_dir {
-        config.coreml = CoreMlConfig::with_models_dir(dir.join("coreml"));
-    }
-    config
 }
 
 /// `GGML_ANE_STATS`: unset, empty or 0 → 0; 2 (or more) → 2; anything else → 1.
@@ -295,6 +255,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use ane_runtime::EngineKind;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
         let vars: BTreeMap<String, String> = vars
@@ -351,13 +312,13 @@ mod tests {
     #[test]
     fn defaults_and_values_parse() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.engine, EngineChoice::Auto);
-        assert_eq!(c.kernels, KernelPolicy::Auto);
+        assert_eq!(c.runtime.engine, EngineChoice::Auto);
+        assert_eq!(c.runtime.kernels, KernelPolicy::Auto);
         assert_eq!((c.min_batch, c.min_tokens, c.stats_level), (64, 32, 0));
         assert!(!c.disable && !c.any_ggml);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert!(
-            c.disk_cache.is_none(),
+            c.runtime.disk_cache().is_none(),
             "no home folder in this lookup: no cache"
         );
         let c = config(&[
@@ -371,13 +332,20 @@ mod tests {
             ("GGML_ANE_LOG", "DEBUG"),
         ])
         .unwrap();
-        assert_eq!(c.engine, EngineChoice::Only(EngineKind::Reference));
-        assert_eq!((c.kernels, c.min_tokens), (KernelPolicy::TwoInput, 32));
+        assert_eq!(c.runtime.engine, EngineChoice::Only(EngineKind::Reference));
+        assert_eq!(
+            (c.runtime.kernels, c.min_tokens),
+            (KernelPolicy::TwoInput, 32)
+        );
         assert!(
             c.engines.reference.rules.unwrap().allow_two_inputs,
             "the two-input opt-in lets the rulebook pass two inputs"
         );
-        assert_eq!(c.disk_cache.unwrap().dir(), Path::new("/tmp/k"));
+        assert_eq!(
+            c.runtime.disk_cache().unwrap().dir(),
+            std::path::Path::new("/tmp/k")
+        );
+        assert_eq!(c.runtime.cache_max_mb, Some(2));
         assert_eq!(c.engines.reference.counter.budget(), Some(3));
         assert_eq!(c.engines.apple.compile_budget, 3);
         assert_eq!(

@@ -69,13 +69,6 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
     cgraph: *mut ggml_cgraph,
 ) -> c_int {
     guard("graph_compute", GGML_STATUS_FAILED, || {
-        let rt = match runtime::runtime() {
-            Ok(rt) => rt,
-            Err(e) => {
-                log(GGML_LOG_LEVEL_ERROR, &format!("ggml-ane: no engine: {e}"));
-                return GGML_STATUS_FAILED;
-            }
-        };
         // SAFETY: ggml passes a backend it created through init_backend: one of ours.
         let Some(ctx) = (unsafe { context(backend) }) else {
             return GGML_STATUS_FAILED;
@@ -83,7 +76,13 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         // SAFETY: `cgraph` is a live graph handed to this backend for the duration of this
         // call, its tensors ours to read and write until we return.
         let mut split = unsafe { Split::read(cgraph, use_counts_layout()) };
-        match compute::graph_compute(ctx, rt, &mut split) {
+        let done = match runtime::runtime() {
+            Ok(rt) => compute::graph_compute(ctx, rt, &mut split),
+            // no usable engine: the devices took no ops; whatever is handed to us anyway goes
+            // to ggml's CPU backend
+            Err(_) => compute::on_cpu_only(ctx, &split),
+        };
+        match done {
             Ok(()) => GGML_STATUS_SUCCESS,
             // the host's abort is not an error to log: its status goes back as it came
             Err(f) if f.status == GGML_STATUS_ABORTED => f.status,
@@ -142,22 +141,19 @@ const BACKEND_I: ggml_backend_i = ggml_backend_i {
 };
 
 /// A backend of `device` (ANE or ANE-FULL: they compute alike, the devices differ in what they
-/// accept), or NULL when no engine can be created.
+/// accept). Without a usable engine it takes no ops (its devices say so from then on).
 pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend {
-    let rt = match runtime::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            log(
-                GGML_LOG_LEVEL_ERROR,
-                &format!("ggml-ane: cannot create an engine: {e}"),
-            );
-            return std::ptr::null_mut();
-        }
-    };
     let ctx = Box::new(BackendContext::default());
-    stats::instance_started(&ctx);
-    if rt.config.stats_level > 0 {
-        super::signals::print_stats_on_signal(stats::stats_now_text);
+    match runtime::runtime() {
+        Ok(rt) => {
+            stats::instance_started(&ctx);
+            if rt.config.stats_level > 0 {
+                super::signals::print_stats_on_signal(stats::stats_now_text);
+            }
+        }
+        // the backend still exists (a host treats a NULL backend as a fatal error), and gets
+        // out of the way: its device takes no ops from now on
+        Err(e) => no_usable_engine(&e),
     }
     let ctx = Box::into_raw(ctx);
     Box::into_raw(Box::new(ggml_backend {
@@ -168,7 +164,18 @@ pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend
     }))
 }
 
-/// A new backend of the `ANE` device, or NULL when no engine can be created.
+/// Says once that no engine is usable, and what follows.
+fn no_usable_engine(why: &str) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log(
+            GGML_LOG_LEVEL_ERROR,
+            &format!("ggml-ane: no usable engine ({why}): the ANE devices take no ops and the scheduler gives them elsewhere (GGML_ANE_DISABLE=1 hides the devices)"),
+        );
+    });
+}
+
+/// A new backend of the `ANE` device.
 #[unsafe(no_mangle)]
 pub extern "C" fn ggml_backend_ane_init() -> *mut ggml_backend {
     guard("init", std::ptr::null_mut(), || {

@@ -185,6 +185,7 @@ unsafe extern "C" fn ggml_backend_ane_device_supports_op(
             // SAFETY: as above.
             readable: unsafe { all_readable(op) },
             cpu_exists: cpu.is_ok(),
+            engine_unusable: runtime::runtime_failed(),
         };
         devices::supports_op(
             spec,

@@ -47,6 +47,19 @@ pub(crate) fn graph_compute(
     Ok(())
 }
 
+/// Every node of `split` on ggml's CPU backend, as one graph: what a backend without a usable
+/// engine does with whatever it is handed.
+pub(crate) fn on_cpu_only(ctx: &BackendContext, split: &Split<'_>) -> Result<(), Failure> {
+    let ix: Vec<usize> = split
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.compute && n.kind != OpKind::View)
+        .map(|(i, _)| i)
+        .collect();
+    ctx.run_on_cpu(ix.len(), |cpu| split.compute_on(cpu, &ix))
+}
+
 /// One graph computation: its nodes, and where each step goes.
 struct Walk<'a, 'g> {
     ctx: &'a BackendContext,
