@@ -1,10 +1,10 @@
 //! Every compiled kernel of the crate — matmul tiles (streamed and baked) and fused blocks
 //! (baked and streamed) — in one cache shared by every backend instance in the process, with
 //! what decides and feeds them: the kernel-kind [`policy`], the loaded-kernel cap
-//! ([`residency`]) and the streamed weight tiles kept staged across calls.
+//! (`residency`) and the streamed weight tiles kept staged across calls.
 //!
-//! Every kind is fetched through one lookup ([`KernelCache::lookup`]): keyed by a
-//! [`KernelKey`](key::KernelKey), checked against the weights' fingerprint where the kernel
+//! Every kind is fetched through one lookup (`KernelCache::lookup`): keyed by a
+//! `KernelKey`, checked against the weights' fingerprint where the kernel
 //! holds weights, compiled outside any lock with at most one compile per key in flight (a
 //! second caller for that key waits for the first's result; callers for other keys are not
 //! held up by a compile, which takes seconds on an ANE), failures remembered so they are not
@@ -42,7 +42,7 @@ pub use residency::DEFAULT_MAX_LOADED;
 /// Streamed kernels hold no weights: one fingerprint for all of them.
 const NO_WEIGHTS: u64 = 0;
 
-/// Compiled kernels by [`KernelKey`](key::KernelKey), compiled once per process; see the
+/// Compiled kernels by their key (kind and shape or weights), compiled once per process; see the
 /// module documentation.
 #[derive(Default)]
 pub struct KernelCache {

@@ -1,8 +1,8 @@
 //! Host matrices into fp16 surfaces and results back out: what the matmul path and fused
 //! blocks both do around every evaluation.
-//! - [`convert`]: the conversions made on every call (rows into a surface's rows or
+//! - `convert`: the conversions made on every call (rows into a surface's rows or
 //!   columns, result tiles into f32 rows);
-//! - [`kept_weights`]: weight surfaces kept staged across calls, so a repeated prefill stages
+//! - `kept_weights`: weight surfaces kept staged across calls, so a repeated prefill stages
 //!   only its activations.
 
 pub(crate) mod convert;

@@ -9,8 +9,8 @@
 //!
 //! - `mod.rs`: the mirrored structs, constants and functions; logging; buffer-type and
 //!   version queries.
-//! - `tensor.rs`: a tensor read into a plain [`TensorDesc`]; bounds-checked row access.
-//! - `split.rs`: a split read once into a [`Split`] (nodes, descriptions, use counts).
+//! - `tensor.rs`: a tensor read into a plain `TensorDesc`; bounds-checked row access.
+//! - `split.rs`: a split read once into a `Split` (nodes, descriptions, use counts).
 //! - `cpu.rs`: ggml's CPU backend, borrowed from the host.
 //! - `backend.rs`, `device.rs`, `registry.rs`: the vtables ggml calls and the exported entry
 //!   points; each hands over to safe code in a line or two.
