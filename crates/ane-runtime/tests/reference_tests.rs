@@ -411,6 +411,20 @@ fn the_rulebook_refuses_forms_the_hardware_rejects() {
     assert_eq!(counter.used(), 1);
 }
 
+/// `ANE_REQUIRE_ENGINE=apple,coreml` (as a Mac run that is to prove something sets it): the
+/// named engines exist here, so no engine test passed by skipping them.
+#[test]
+fn the_required_engines_exist() {
+    for kind in required_engines() {
+        if let Err(e) = ane_runtime::create(
+            ane_runtime::EngineChoice::Only(kind),
+            &ane_runtime::EngineConfig::default(),
+        ) {
+            panic!("ANE_REQUIRE_ENGINE names the {kind} engine, which is unavailable: {e}");
+        }
+    }
+}
+
 engine_test!(
     seed_program_matches_f64_for_unaligned_widths,
     int8_affine_dequantized_weights_match_f64,

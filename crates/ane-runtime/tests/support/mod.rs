@@ -48,7 +48,9 @@ pub fn reference_engine(max_dim: usize, faults: Faults, budget: Option<u32>) -> 
 }
 
 /// The engine `kind` with default settings, or `None` (with a visible SKIP line) when this
-/// machine does not have it. The reference engine gets a counter of its own.
+/// machine does not have it — unless `ANE_REQUIRE_ENGINE` names it (`apple`, `coreml`, or
+/// a comma-separated list): on the Mac that is to prove something, a missing engine fails
+/// the test instead of passing it by skipping. The reference engine gets a counter of its own.
 pub fn engine_of(kind: EngineKind, test: &str) -> Option<Box<dyn Engine>> {
     if kind == EngineKind::Reference {
         return Some(Box::new(engine()));
@@ -56,10 +58,31 @@ pub fn engine_of(kind: EngineKind, test: &str) -> Option<Box<dyn Engine>> {
     match ane_runtime::create(EngineChoice::Only(kind), &EngineConfig::default()) {
         Ok(engine) => Some(Box::new(Shared(engine))),
         Err(e) => {
+            assert!(
+                !required_engines().contains(&kind),
+                "{test}: the {kind} engine is required (ANE_REQUIRE_ENGINE) but unavailable: {e}"
+            );
             eprintln!("SKIP: {test} on the {kind} engine: {e}");
             None
         }
     }
+}
+
+/// The engines `ANE_REQUIRE_ENGINE` names (`apple`, `coreml`, comma-separated); a name it
+/// does not know fails loudly rather than requiring nothing.
+pub fn required_engines() -> Vec<EngineKind> {
+    let Ok(list) = std::env::var("ANE_REQUIRE_ENGINE") else {
+        return Vec::new();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| match name {
+            "apple" | "ane" => EngineKind::Apple,
+            "coreml" => EngineKind::CoreMl,
+            other => panic!("ANE_REQUIRE_ENGINE={list}: `{other}` is not apple or coreml"),
+        })
+        .collect()
 }
 
 /// An `Arc`'d engine as a `Box<dyn Engine>`.
