@@ -17,7 +17,7 @@ use objc2_foundation::{NSArray, NSDictionary, NSError, NSNumber, NSString, NSURL
 
 use crate::layout::{SurfaceDType, TensorLayout};
 use crate::surface::Surface;
-use crate::sys::objc::{describe_error, ns_result};
+use crate::sys::objc::{describe_error, ns_result, objc_try};
 
 /// Compiles a package with `+[MLModel compileModelAtURL:error:]`, and where that fails (it is
 /// reported failing on macOS 26: maderix/ANE `d3d0030`) with the completion-handler form
@@ -36,9 +36,10 @@ fn compile_sync(package: &Path) -> Result<PathBuf, String> {
             reason = "compileModelAtURL:error: is the synchronous form; its async successor needs macOS 14.4"
         )]
         // SAFETY: a file URL to a package folder; the call is synchronous.
-        let compiled = ns_result("compileModelAtURL", unsafe {
+        let compiled = objc_try("compileModelAtURL", || unsafe {
             MLModel::compileModelAtURL_error(&url)
         })?;
+        let compiled = ns_result("compileModelAtURL", compiled)?;
         compiled
             .path()
             .map(|p| PathBuf::from(p.to_string()))
@@ -89,8 +90,10 @@ fn compile_async(package: &Path) -> Result<PathBuf, String> {
         let url = NSURL::fileURLWithPath(&NSString::from_str(&package.to_string_lossy()));
         // SAFETY: the selector exists (checked above); a file URL and a heap block Core ML
         // retains until it has called it.
-        unsafe { MLModel::compileModelAtURL_completionHandler(&url, &handler) };
-    });
+        objc_try("compileModelAtURL:completionHandler:", || unsafe {
+            MLModel::compileModelAtURL_completionHandler(&url, &handler)
+        })
+    })?;
     rx.recv_timeout(ASYNC_COMPILE_TIMEOUT).map_err(|_| {
         "compileModelAtURL:completionHandler: did not answer in 10 minutes".to_string()
     })?
@@ -149,9 +152,10 @@ impl LoadedModel {
             // SAFETY: as above.
             unsafe { config.setComputeUnits(MLComputeUnits::CPUAndNeuralEngine) };
             // SAFETY: a file URL to a compiled model folder and a valid configuration.
-            let model = ns_result("MLModel load", unsafe {
+            let model = objc_try("MLModel load", || unsafe {
                 MLModel::modelWithContentsOfURL_configuration_error(&url, &config)
             })?;
+            let model = ns_result("MLModel load", model)?;
             Ok(LoadedModel { model })
         })
     }
@@ -206,10 +210,11 @@ impl LoadedModel {
 
             let input = ProtocolObject::<dyn MLFeatureProvider>::from_ref(&*provider);
             // SAFETY: a loaded model and valid provider/options.
-            let result = ns_result("prediction", unsafe {
+            let result = objc_try("prediction", || unsafe {
                 self.model
                     .predictionFromFeatures_options_error(input, &options)
             })?;
+            let result = ns_result("prediction", result)?;
             // Where Core ML did not write into the backing, copy its array in (strides honoured).
             for (i, s) in outputs.iter_mut().enumerate() {
                 // SAFETY: a valid feature provider and name.

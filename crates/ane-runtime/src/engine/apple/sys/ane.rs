@@ -19,7 +19,7 @@ use objc2_foundation::{NSArray, NSData, NSDictionary, NSNumber, NSString};
 use super::attrs::dict_to_attr;
 use super::iosurface::IoSurface;
 use super::AttrValue;
-use crate::sys::objc::ns_result;
+use crate::sys::objc::{ns_result, objc_try};
 
 const FRAMEWORK: &CStr =
     c"/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";
@@ -342,11 +342,15 @@ impl InMemoryModel {
                 NSDictionary::from_slices(&keys, &values);
             // SAFETY: the framework is open and the selector checked; arguments are valid
             // objects of the declared types.
-            let desc = unsafe { AneDescriptor::with_mil(&text, &dict, None) }
-                .ok_or("modelWithMILText:weights:optionsPlist: returned nil")?;
+            let desc = objc_try("modelWithMILText:weights:optionsPlist:", || unsafe {
+                AneDescriptor::with_mil(&text, &dict, None)
+            })?
+            .ok_or("modelWithMILText:weights:optionsPlist: returned nil")?;
             // SAFETY: as above.
-            let model = unsafe { AneModel::with_descriptor(&desc) }
-                .ok_or("inMemoryModelWithDescriptor: returned nil")?;
+            let model = objc_try("inMemoryModelWithDescriptor:", || unsafe {
+                AneModel::with_descriptor(&desc)
+            })?
+            .ok_or("inMemoryModelWithDescriptor: returned nil")?;
             Ok(InMemoryModel {
                 model,
                 can_ask_compiled: fw.has_compiled_model_exists,
@@ -373,9 +377,10 @@ impl InMemoryModel {
     pub(crate) fn compile(&self) -> Result<(), String> {
         autoreleasepool(|_| {
             // SAFETY: checked selector; the options dictionary is empty, not nil.
-            ns_result("compile", unsafe {
+            let r = objc_try("compile", || unsafe {
                 self.model.compile_with_qos(QOS, &empty_dict())
-            })
+            })?;
+            ns_result("compile", r)
         })
     }
 
@@ -383,9 +388,10 @@ impl InMemoryModel {
     pub(crate) fn load(&self) -> Result<(), String> {
         autoreleasepool(|_| {
             // SAFETY: as for compile.
-            ns_result("load", unsafe {
+            let r = objc_try("load", || unsafe {
                 self.model.load_with_qos(QOS, &empty_dict())
-            })
+            })?;
+            ns_result("load", r)
         })
     }
 
@@ -393,7 +399,8 @@ impl InMemoryModel {
     pub(crate) fn unload(&self) -> Result<(), String> {
         autoreleasepool(|_| {
             // SAFETY: checked selector on a live model object.
-            ns_result("unload", unsafe { self.model.unload_with_qos(QOS) })
+            let r = objc_try("unload", || unsafe { self.model.unload_with_qos(QOS) })?;
+            ns_result("unload", r)
         })
     }
 
@@ -401,12 +408,15 @@ impl InMemoryModel {
     pub(crate) fn attributes(&self) -> Result<AttrValue, String> {
         autoreleasepool(|_| {
             // SAFETY: checked selector; returns the `_ANEModel` or nil.
-            let inner = unsafe { self.model.model() }.ok_or("model returned nil")?;
+            let inner =
+                objc_try("model", || unsafe { self.model.model() })?.ok_or("model returned nil")?;
             if !inner.class().responds_to(sel!(modelAttributes)) {
                 return Err("_ANEModel does not respond to modelAttributes".into());
             }
             // SAFETY: selector checked just above; it returns an NSDictionary or nil.
-            let attrs: Option<Retained<AnyObject>> = unsafe { msg_send![&*inner, modelAttributes] };
+            let attrs: Option<Retained<AnyObject>> = objc_try("modelAttributes", || unsafe {
+                msg_send![&*inner, modelAttributes]
+            })?;
             Ok(dict_to_attr(attrs))
         })
     }
@@ -416,10 +426,11 @@ impl InMemoryModel {
         autoreleasepool(|_| {
             // SAFETY: checked selector; the request holds surfaces that outlive this call
             // (Request keeps them alive).
-            ns_result("evaluate", unsafe {
+            let r = objc_try("evaluate", || unsafe {
                 self.model
                     .evaluate_with_qos(QOS, &empty_dict(), &request.request)
-            })
+            })?;
+            ns_result("evaluate", r)
         })
     }
 }
