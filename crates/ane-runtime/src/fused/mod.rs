@@ -18,6 +18,7 @@ pub mod probe;
 pub mod program;
 pub mod streamed;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use half::f16;
@@ -25,6 +26,7 @@ use half::f16;
 use crate::engine::Engine;
 use crate::kernels::policy::{should_bake, LoadedRoom, WeightId};
 use crate::kernels::KernelCache;
+use crate::matmul::precision::{self, ColumnSumSq};
 use crate::matmul::{min_bucket, token_chunks, FallbackReason, MatrixSink, MatrixSource, Stats};
 use crate::staging::convert::{accumulate_columns, stage_columns, zero_columns};
 use crate::staging::kept_weights::KeptWeightKey;
@@ -295,6 +297,7 @@ pub fn engine_fused(
             FusedForm::Streamed,
         ),
     };
+    check_projections(cache, job, form, &values)?;
     let mut results = values;
     // the FFN adds its residual in f32, as ggml's ADD does
     if let Block::Ffn { residual, .. } = job.block {
@@ -313,6 +316,72 @@ pub fn engine_fused(
         values: results,
         form,
     })
+}
+
+/// Fused projections under the same precision check as single MUL_MATs
+/// (`matmul::precision`): each projection's predicted fp16 error — the weights' and the
+/// normed input's rounding (more of it when the program norms in fp16), the output's — next
+/// to its result. An FFN's down projection reads values the host never sees (the SWIGLU's),
+/// so FFN blocks are checked for overflow only (docs/hardware-validation.md).
+fn check_projections(
+    cache: &KernelCache,
+    job: &FusedJob<'_>,
+    form: FusedForm,
+    values: &[Vec<f32>],
+) -> Result<(), FallbackReason> {
+    use std::hash::{Hash, Hasher};
+    let Block::Projections(mats) = &job.block else {
+        return Ok(());
+    };
+    let c = job.channels;
+    // Σ over the block's input of its normed values squared, as the matmuls read it
+    let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
+    let acts_total: f64 = (0..job.tokens)
+        .map(|n| {
+            norm_row(
+                job.x.row_as_f32(0, 0, n, &mut row),
+                job.norm_weight,
+                job.eps,
+                &mut normed,
+            );
+            normed
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+        })
+        .sum();
+    // roundings before the projections: staging (streamed: the host norms in f32); in a baked
+    // program also the norm's square, sum, rsqrt and the two multiplies (only the weight's
+    // multiply when normed elsewhere)
+    let norm_ops = match (form, job.eps) {
+        (FusedForm::Streamed, _) => 1,
+        (FusedForm::Baked, Some(_)) => 5,
+        (FusedForm::Baked, None) => 2,
+    };
+    for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
+        let sums = || Arc::new(ColumnSumSq::of(*m, (0, 0), *rows, c));
+        let weights = match job.weight_id {
+            Some(id) => {
+                let mut key = std::collections::hash_map::DefaultHasher::new();
+                ("fused projection", id.key, j).hash(&mut key);
+                let id = WeightId {
+                    key: key.finish(),
+                    fingerprint: id.fingerprint,
+                };
+                cache.weight_sum_sq(&id, sums)
+            }
+            None => sums(),
+        };
+        if let Some(nmse) =
+            precision::projection_too_imprecise(&weights, acts_total, job.tokens, norm_ops, out)
+        {
+            return Err(FallbackReason::Precision(format!(
+                "fused projection {j}: predicted NMSE {nmse:.1e} > {:.0e}",
+                precision::MAX_PREDICTED_NMSE
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The baked program of each chunk's bucket, evaluated; the outputs token-major.
@@ -685,6 +754,73 @@ mod tests {
         for (i, m) in mats.iter().enumerate() {
             assert!(nmse(&want(m), out.values(i)) < 1e-5, "prenormed output {i}");
         }
+    }
+
+    /// Projections whose results cancel — each output the difference of two nearly equal
+    /// normed inputs — lose everything to fp16's rounding of those inputs: the block is
+    /// declined with the predicted error, in both forms, and never returned.
+    #[test]
+    fn projections_fp16_cannot_resolve_are_declined_for_precision() {
+        let (c, n) = (64, 40);
+        // x[n] = [1 + d, 1, small noise...]: normed, columns 0 and 1 nearly equal
+        let noise = grid_values(n * c, 3);
+        let x: Vec<f32> = (0..n * c)
+            .map(|i| match i % c {
+                0 => 1.0 + 1e-4 * (i / c) as f32,
+                1 => 1.0,
+                _ => 1e-3 * noise[i],
+            })
+            .collect();
+        let x = DenseRows::new(n, c, x);
+        // every output row: column 0 minus column 1
+        let rows = 32;
+        let w: Vec<f32> = (0..rows * c)
+            .map(|i| match i % c {
+                0 => 1.0,
+                1 => -1.0,
+                _ => 0.0,
+            })
+            .collect();
+        let w = DenseRows::new(rows, c, w);
+        let norm = vec![1.0f32; c];
+        for kernels in [
+            crate::kernels::policy::KernelPolicy::Baked,
+            crate::kernels::policy::KernelPolicy::Streamed,
+        ] {
+            let job = FusedJob {
+                channels: c,
+                tokens: n,
+                eps: Some(1e-6),
+                x: &x,
+                norm_weight: &norm,
+                block: Block::Projections(vec![(&w, rows), (&w, rows)]),
+                weight_id: Some(WeightId {
+                    key: 9,
+                    fingerprint: 1,
+                }),
+            };
+            let (e, stats) = (engine(), Stats::default());
+            let cache = KernelCache::new().with_policy(kernels);
+            let r = engine_fused(e.as_ref(), &cache, &job, &stats);
+            assert!(
+                matches!(r, Err(FallbackReason::Precision(ref w)) if w.contains("fused projection 0")),
+                "{kernels:?}: {r:?}"
+            );
+        }
+        // the same block on well-scaled inputs is taken (random data predicts ~1e-7)
+        let x = mat(n, c, 11, 2.0);
+        let w = mat(rows, c, 12, 0.25);
+        let job = FusedJob {
+            channels: c,
+            tokens: n,
+            eps: Some(1e-6),
+            x: &x,
+            norm_weight: &norm,
+            block: Block::Projections(vec![(&w, rows)]),
+            weight_id: None,
+        };
+        let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
+        assert!(engine_fused(e.as_ref(), &cache, &job, &stats).is_ok());
     }
 
     #[test]

@@ -126,6 +126,31 @@ pub(crate) fn input_error(weights: &ColumnSumSq, acts: &ActsSumSq) -> f64 {
         + ra * acts.rows as f64 * F * w_total
 }
 
+/// One projection of a fused block (`weights` over an input normed in the program, whose
+/// squares sum to `acts_total` over `rows` tokens) against its result `out`: `Some(predicted
+/// NMSE)` when the prediction is too large. `norm_ops` counts the fp16 roundings the input
+/// went through before the projection read it (1 when the host normed it in f32 and staged
+/// it; a handful when the program norms it: square, sum, rsqrt, two multiplies), each adding
+/// `C·x²` to every input value's error variance.
+pub(crate) fn projection_too_imprecise(
+    weights: &ColumnSumSq,
+    acts_total: f64,
+    rows: usize,
+    norm_ops: u32,
+    out: &[f32],
+) -> Option<f64> {
+    let acts = ActsSumSq {
+        total: acts_total,
+        rows,
+        rounded: true,
+    };
+    let extra_rounding =
+        f64::from(norm_ops.saturating_sub(1)) * C * weights.max_column() * acts_total;
+    let sum_sq: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let predicted = input_error(weights, &acts) + extra_rounding + output_error(sum_sq, out.len());
+    too_imprecise(predicted, sum_sq)
+}
+
 /// Expected squared error of rounding outputs whose squares sum to `sum_sq` (and `count` of
 /// them) to fp16.
 pub(crate) fn output_error(sum_sq: f64, count: usize) -> f64 {
