@@ -251,13 +251,7 @@ pub(crate) fn record_placement(
 pub(crate) fn declined_chain(ctx: &BackendContext, chain: &Chain, reason: &FallbackReason) {
     ctx.stats.record_fused_declined(reason);
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let first = SEEN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(reason.as_str());
-    if first {
-        // logged after the lock is released: the host's log callback may call back into us
+    if super::first_of_kind(&SEEN, reason.as_str()) {
         abi::log(
             abi::GGML_LOG_LEVEL_INFO,
             &format!(

@@ -142,13 +142,7 @@ pub(crate) fn run(
 /// Logs the first fallback of each kind (the rest are counted in the stats).
 fn warn_once(reason: &FallbackReason) {
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let first = SEEN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(reason.as_str());
-    if first {
-        // logged after the lock is released: the host's log callback may call back into us
+    if super::first_of_kind(&SEEN, reason.as_str()) {
         let level = if matches!(reason, FallbackReason::Internal(_)) {
             abi::GGML_LOG_LEVEL_ERROR
         } else {

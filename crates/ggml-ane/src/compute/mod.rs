@@ -9,6 +9,9 @@ pub(crate) mod matmul;
 pub(crate) mod patterns;
 pub(crate) mod walker;
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use ane_runtime::fused::FusedOutputs;
 
 use crate::abi::Split;
@@ -45,6 +48,19 @@ pub(crate) fn graph_compute(
     }
     crate::stats::graph_done(rt);
     Ok(())
+}
+
+/// Whether this is the first time `what` happened in the process (among the `seen` set one
+/// log site keeps): the first of each reason is logged, the rest counted. The caller logs
+/// after this returns, with the lock released — the host's log callback may call back into us.
+pub(crate) fn first_of_kind(
+    seen: &Mutex<Option<HashSet<&'static str>>>,
+    what: &'static str,
+) -> bool {
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(what)
 }
 
 /// Every node of `split` on ggml's CPU backend, as one graph: what a backend without a usable

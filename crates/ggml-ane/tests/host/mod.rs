@@ -140,6 +140,42 @@ pub fn accepts_standin_metal_buffer_types(standin: &std::path::Path) -> Vec<bool
     }
 }
 
+/// `y = a + b` (f32 `[n]`) as a graph, its tensors allocated in a buffer of `buft` and `a`, `b`
+/// written; the caller computes it and frees `buf`, then `ctx`.
+struct AddGraph {
+    ctx: Ptr,
+    y: Ptr,
+    graph: Ptr,
+    buf: Ptr,
+}
+
+impl AddGraph {
+    /// # Safety
+    /// `buft` is a live buffer type of a loaded backend.
+    unsafe fn new(a: &[f32], b: &[f32], buft: Ptr) -> AddGraph {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        // SAFETY: a context for three tensors and a graph; the tensors are allocated before
+        // they are written, with the sizes given.
+        unsafe {
+            let ctx = ggml_init(InitParams {
+                mem_size: 1 << 20,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
+            let ta = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+            let tb = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
+            let y = ggml_add(ctx, ta, tb);
+            let graph = ggml_new_graph(ctx);
+            ggml_build_forward_expand(graph, y);
+            let buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
+            ggml_backend_tensor_set(ta, a.as_ptr().cast(), 0, n * 4);
+            ggml_backend_tensor_set(tb, b.as_ptr().cast(), 0, n * 4);
+            AddGraph { ctx, y, graph, buf }
+        }
+    }
+}
+
 /// What the stand-in Metal at `standin` shows a neighbour: `y = a + b` computed on it with
 /// ggml's asynchronous call, `y`'s memory read directly before and after synchronising, and
 /// the base address of an `MTL0_Private` buffer.
@@ -162,19 +198,7 @@ pub fn standin_behaviour(standin: &std::path::Path, a: &[f32], b: &[f32]) -> Sta
         let buffer_type: unsafe extern "C" fn(c_int) -> Ptr = std::mem::transmute(f);
         let backend = ggml_backend_dev_init(ggml_backend_reg_dev_get(reg, 0), std::ptr::null());
         assert!(!backend.is_null());
-        let ctx = ggml_init(InitParams {
-            mem_size: 1 << 20,
-            mem_buffer: std::ptr::null_mut(),
-            no_alloc: true,
-        });
-        let ta = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
-        let tb = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
-        let y = ggml_add(ctx, ta, tb);
-        let graph = ggml_new_graph(ctx);
-        ggml_build_forward_expand(graph, y);
-        let buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, buffer_type(0));
-        ggml_backend_tensor_set(ta, a.as_ptr().cast(), 0, n * 4);
-        ggml_backend_tensor_set(tb, b.as_ptr().cast(), 0, n * 4);
+        let AddGraph { ctx, y, graph, buf } = AddGraph::new(a, b, buffer_type(0));
         assert_eq!(ggml_backend_graph_compute_async(backend, graph), 0);
         let read = || std::slice::from_raw_parts(ggml_get_data(y).cast::<f32>(), n).to_vec();
         let before_sync = read();
@@ -294,19 +318,8 @@ impl Backend {
         // SAFETY: a context for three tensors and a graph; the tensors are allocated in a CPU
         // buffer before they are written; everything is freed here.
         unsafe {
-            let ctx = ggml_init(InitParams {
-                mem_size: 1 << 20,
-                mem_buffer: std::ptr::null_mut(),
-                no_alloc: true,
-            });
-            let ta = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
-            let tb = ggml_new_tensor_4d(ctx, F32, n as i64, 1, 1, 1);
-            let y = ggml_add(ctx, ta, tb);
-            let graph = ggml_new_graph(ctx);
-            ggml_build_forward_expand(graph, y);
-            let buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
-            ggml_backend_tensor_set(ta, a.as_ptr().cast(), 0, n * 4);
-            ggml_backend_tensor_set(tb, b.as_ptr().cast(), 0, n * 4);
+            let AddGraph { ctx, y, graph, buf } =
+                AddGraph::new(a, b, ggml_backend_cpu_buffer_type());
             let status = ggml_backend_graph_compute(self.0, graph);
             let mut out = vec![0f32; n];
             ggml_backend_tensor_get(y, out.as_mut_ptr().cast(), 0, n * 4);
