@@ -24,7 +24,7 @@ fi
 "$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
 export PYTHON ANE_REQUIRE_COREMLTOOLS=1
 
-step "pinned ggml 0.25.3 with test-backend-ops and libllama (cached under target/ggml)"
+step "pinned ggml 0.25.3 with test-backend-ops, libllama and llama-server (cached under target/ggml)"
 GGML_BUILD=$(bash scripts/build-ggml.sh | tail -n 1)
 export GGML_LIB_DIR=$GGML_BUILD/bin
 export GGML_SRC_DIR=$GGML_BUILD/../src/ggml

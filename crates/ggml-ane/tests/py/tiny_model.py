@@ -1,7 +1,7 @@
 """Writes a tiny GGUF with random weights, for the end-to-end tests.
 
-usage: tiny_model.py OUT.gguf {f16,q8_0} [--arch llama|command-r] [--dim 512 --ffn 1376 --layers 4
-       --vocab 2048 --heads 8 --kv-heads 4]
+usage: tiny_model.py OUT.gguf {f16,q8_0} [--arch llama|command-r] [--tokenizer none|test]
+       [--dim 512 --ffn 1376 --layers 4 --vocab 2048 --heads 8 --kv-heads 4]
 
 Architectures (each with a different graph shape for the backend's walker):
 - llama: sequential blocks (RMS norm -> attention -> residual -> RMS norm -> FFN -> residual).
@@ -9,9 +9,14 @@ Architectures (each with a different graph shape for the backend's walker):
   output tied to the token embedding, a logit scale. The FFN reads the normed input in a later
   graph split than attention's, the case where a fused block's intermediate crosses splits.
 
-No tokenizer: tokenizer.ggml.model = "none", so the test feeds token ids directly. Weights are
-scaled by 1/sqrt(fan_in) so activations stay O(1) through the layers and the logits are not
-all near zero (a comparison of near-zero numbers would prove little).
+No tokenizer by default: tokenizer.ggml.model = "none", so the test feeds token ids directly.
+llama-server cannot serve that (it turns every sampled token into text, which a "none"
+vocabulary refuses with an abort), so `--tokenizer test` writes llama.cpp's test vocabulary
+instead: one entry per id (its hex, which is also how that tokenizer prints a token), no
+special tokens, no end-of-generation token.
+
+Weights are scaled by 1/sqrt(fan_in) so activations stay O(1) through the layers and the logits
+are not all near zero (a comparison of near-zero numbers would prove little).
 """
 import argparse
 
@@ -24,6 +29,7 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("kind", choices=["f16", "q8_0"])
     ap.add_argument("--arch", choices=["llama", "command-r"], default="llama")
+    ap.add_argument("--tokenizer", choices=["none", "test"], default="none")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--ffn", type=int, default=1376)
     ap.add_argument("--layers", type=int, default=4)
@@ -55,7 +61,9 @@ def main() -> None:
         # the tiny model's logits spread out enough to compare
         w.add_logit_scale(0.5)
     w.add_vocab_size(a.vocab)
-    w.add_tokenizer_model("none")
+    w.add_tokenizer_model(a.tokenizer)
+    if a.tokenizer == "test":
+        w.add_token_list([f"{i:x}" for i in range(a.vocab)])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if a.kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
     def matrix(name: str, rows: int, cols: int) -> None:

@@ -142,14 +142,27 @@ pub fn tiny_model(dir: &Path, arch: &str, kind: &str) -> PathBuf {
     } else {
         dir.join(format!("tiny-{arch}-{kind}.gguf"))
     };
+    write_tiny_model(&model, kind, &["--arch", arch]);
+    model
+}
+
+/// Makes the tiny random F16 llama with llama.cpp's test vocabulary (`--tokenizer test`: ids
+/// print as their hex), which llama-server can serve, as `<dir>/tiny-f16-test-vocab.gguf`.
+pub fn tiny_llama_test_vocab(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny-f16-test-vocab.gguf");
+    write_tiny_model(&model, "f16", &["--tokenizer", "test"]);
+    model
+}
+
+fn write_tiny_model(model: &Path, kind: &str, args: &[&str]) {
     let made = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/py/tiny_model.py"
         ))
-        .arg(&model)
+        .arg(model)
         .arg(kind)
-        .args(["--arch", arch])
+        .args(args)
         .output()
         .expect("run python");
     assert!(
@@ -157,7 +170,6 @@ pub fn tiny_model(dir: &Path, arch: &str, kind: &str) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    model
 }
 
 /// Mean squared error of `got` over the mean square of `want`.
