@@ -90,24 +90,8 @@ fn tools(dir: &Path, tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
         return None;
     }
     let model = model(dir)?;
-    let src = support::src_dir();
-    let include = |p: PathBuf| format!("-I{}", p.display());
-    let link = [
-        format!("-L{}", lib_dir.display()),
-        format!("-Wl,-rpath,{}", lib_dir.display()),
-    ];
     let exe = support::compile_logits(tag);
-    let standin = support::compile_c(
-        "metal_standin.c",
-        &format!("libstandin-metal-{tag}.so"),
-        &[
-            vec!["-shared".into(), "-fPIC".into()],
-            vec![include(src.join("include")), include(src.join("src"))],
-            link.to_vec(),
-            vec!["-lggml".into(), "-lggml-base".into()],
-        ]
-        .concat(),
-    );
+    let standin = support::compile_standin_metal(&format!("libstandin-metal-{tag}.so"));
     Some((exe, standin, model))
 }
 

@@ -197,22 +197,7 @@ fn features_name_the_engine_and_its_limits() {
 /// plain shared one while its synchronisation is not shown.
 #[test]
 fn only_metals_mapped_buffer_type_is_accepted() {
-    let src = support::src_dir();
-    let lib_dir = support::lib_dir();
-    let standin = support::compile_c(
-        "metal_standin.c",
-        "libstandin-metal-sched.so",
-        &[
-            "-shared".into(),
-            "-fPIC".into(),
-            format!("-I{}", src.join("include").display()),
-            format!("-I{}", src.join("src").display()),
-            format!("-L{}", lib_dir.display()),
-            format!("-Wl,-rpath,{}", lib_dir.display()),
-            "-lggml".into(),
-            "-lggml-base".into(),
-        ],
-    );
+    let standin = support::compile_standin_metal("libstandin-metal-sched.so");
     assert_eq!(
         host::accepts_standin_metal_buffer_types(&standin),
         [false, true, false],

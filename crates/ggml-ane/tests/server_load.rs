@@ -199,21 +199,7 @@ impl Host {
 fn standin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let lib_dir = support::lib_dir();
-        let src = support::src_dir();
-        let exe = support::compile_c(
-            "metal_standin.c",
-            "libggml-metal.so",
-            &[
-                "-shared".into(),
-                "-fPIC".into(),
-                format!("-I{}", src.join("src").display()),
-                format!("-L{}", lib_dir.display()),
-                format!("-Wl,-rpath,{}", lib_dir.display()),
-                "-lggml".into(),
-                "-lggml-base".into(),
-            ],
-        );
+        let exe = support::compile_standin_metal("libggml-metal.so");
         exe.parent().unwrap().to_path_buf()
     })
 }

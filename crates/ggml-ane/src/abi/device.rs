@@ -4,7 +4,9 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::backend::new_backend;
-use super::tensor::{all_readable, describe_node, op_kind, reads_block_input, token_count};
+use super::tensor::{
+    all_readable, describe_node, op_kind, reads_block_input, token_count, BuftMemo,
+};
 use super::*;
 use crate::devices::{self, DeviceSpec, DeviceType, Memory, OpQuery, ANE};
 use crate::runtime;
@@ -175,7 +177,7 @@ unsafe extern "C" fn ggml_backend_ane_device_supports_op(
             return false;
         };
         // SAFETY: as above.
-        let desc = unsafe { describe_node(op) };
+        let desc = unsafe { describe_node(op, &mut BuftMemo::default()) };
         let cpu = cpu::cpu_device();
         let query = OpQuery {
             desc: desc.as_ref(),
@@ -220,7 +222,13 @@ unsafe extern "C" fn ggml_backend_ane_device_offload_op(
 ) -> bool {
     guard("offload_op", false, || {
         // SAFETY: ggml passes one of our devices and a live tensor (or NULL).
-        let (spec, t, desc) = unsafe { (spec_of(dev), op.as_ref(), describe_node(op)) };
+        let (spec, t, desc) = unsafe {
+            (
+                spec_of(dev),
+                op.as_ref(),
+                describe_node(op, &mut BuftMemo::default()),
+            )
+        };
         match (t, desc) {
             (Some(t), Some(d)) => devices::offload_op(spec, op_kind(t), &d),
             _ => false,

@@ -6,7 +6,7 @@ use std::ffi::c_int;
 use std::marker::PhantomData;
 
 use super::cpu::CpuBackend;
-use super::tensor::{describe_node, op_kind, NodeDesc, TensorRows, TensorRowsMut};
+use super::tensor::{describe_node, op_kind, BuftMemo, NodeDesc, TensorRows, TensorRowsMut};
 use super::{
     ggml_cgraph, ggml_cgraph_head, ggml_graph_n_nodes, ggml_graph_node, ggml_graph_nodes,
     ggml_tensor, ggml_type, GGML_MAX_SRC, GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_OUTPUT,
@@ -62,8 +62,12 @@ impl<'g> Split<'g> {
                 }
             }
         }
+        let memo = &mut BuftMemo::default();
         // SAFETY: live nodes of the graph, by the caller.
-        let descs = ptrs.iter().map(|&p| unsafe { describe_node(p) }).collect();
+        let descs = ptrs
+            .iter()
+            .map(|&p| unsafe { describe_node(p, memo) })
+            .collect();
         Split {
             ptrs,
             nodes,

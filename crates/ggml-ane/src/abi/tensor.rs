@@ -81,7 +81,27 @@ impl NodeDesc {
     }
 }
 
-pub(super) fn describe(t: &ggml_tensor) -> TensorDesc {
+/// Buffer types already judged by [`readable_buft`] while reading one graph or op: the
+/// answer is a function of the type, and asking ggml allocates its names each time.
+#[derive(Default)]
+pub(crate) struct BuftMemo(Vec<(usize, bool)>);
+
+impl BuftMemo {
+    /// # Safety
+    /// `buft` is NULL or a live ggml buffer type.
+    unsafe fn readable(&mut self, buft: super::ggml_backend_buffer_type_t) -> bool {
+        let key = buft as usize;
+        if let Some(&(_, r)) = self.0.iter().find(|(k, _)| *k == key) {
+            return r;
+        }
+        // SAFETY: as the caller promises.
+        let r = unsafe { readable_buft(buft) };
+        self.0.push((key, r));
+        r
+    }
+}
+
+pub(super) fn describe(t: &ggml_tensor, memo: &mut BuftMemo) -> TensorDesc {
     // SAFETY: ggml_get_type_traits returns a pointer into a static table for every valid
     // type, or NULL for out-of-range values, which we check.
     let traits = unsafe { ggml_get_type_traits(t.type_).as_ref() };
@@ -92,7 +112,7 @@ pub(super) fn describe(t: &ggml_tensor) -> TensorDesc {
             (true, None)
         } else {
             (
-                readable_buft(ggml_backend_buffer_get_type(t.buffer)),
+                memo.readable(ggml_backend_buffer_get_type(t.buffer)),
                 Some(ggml_backend_buffer_get_usage(t.buffer)),
             )
         }
@@ -131,10 +151,11 @@ pub(super) fn describe(t: &ggml_tensor) -> TensorDesc {
 pub(crate) unsafe fn all_readable(t: *const ggml_tensor) -> bool {
     // SAFETY: the caller promises `t` is live.
     let t = unsafe { &*t };
-    describe(t).readable
+    let memo = &mut BuftMemo::default();
+    describe(t, memo).readable
         && t.src.iter().all(|&s| {
             // SAFETY: sources of a live tensor are NULL or live.
-            unsafe { s.as_ref() }.is_none_or(|s| describe(s).readable)
+            unsafe { s.as_ref() }.is_none_or(|s| describe(s, memo).readable)
         })
 }
 
@@ -142,16 +163,16 @@ pub(crate) unsafe fn all_readable(t: *const ggml_tensor) -> bool {
 ///
 /// # Safety
 /// `t` is NULL or points to a live `ggml_tensor` whose `src` pointers are NULL or live.
-pub(crate) unsafe fn describe_node(t: *const ggml_tensor) -> Option<NodeDesc> {
+pub(crate) unsafe fn describe_node(t: *const ggml_tensor, memo: &mut BuftMemo) -> Option<NodeDesc> {
     // SAFETY: the caller promises `t` is NULL or live.
     let t = unsafe { t.as_ref() }?;
     let mut src = [None, None];
     for (i, s) in src.iter_mut().enumerate().take(GGML_MAX_SRC.min(2)) {
         // SAFETY: ggml keeps unused source slots NULL and used ones live.
-        *s = unsafe { t.src[i].as_ref() }.map(describe);
+        *s = unsafe { t.src[i].as_ref() }.map(|s| describe(s, memo));
     }
     Some(NodeDesc {
-        node: describe(t),
+        node: describe(t, memo),
         src,
         op_params: t.op_params,
         name: t.name,

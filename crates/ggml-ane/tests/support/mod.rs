@@ -129,6 +129,25 @@ pub fn compile_c(source: &str, name: &str, extra: &[String]) -> PathBuf {
     exe
 }
 
+/// The stand-in Metal backend (`tests/c/metal_standin.c`) compiled against the pinned ggml as
+/// the shared library `<scratch>/<name>` (tests run in parallel: each names its own).
+pub fn compile_standin_metal(name: &str) -> PathBuf {
+    let (lib_dir, src) = (lib_dir(), src_dir());
+    compile_c(
+        "metal_standin.c",
+        name,
+        &[
+            "-shared".into(),
+            "-fPIC".into(),
+            format!("-I{}", src.join("src").display()),
+            format!("-L{}", lib_dir.display()),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+            "-lggml".into(),
+            "-lggml-base".into(),
+        ],
+    )
+}
+
 /// Makes the tiny random llama (`kind`: `f16` or `q8_0`) as `<dir>/tiny-<kind>.gguf`.
 pub fn tiny_llama(dir: &Path, kind: &str) -> PathBuf {
     tiny_model(dir, "llama", kind)
