@@ -139,7 +139,7 @@ fn baked_kernels_package_with_their_weights() {
 }
 
 /// The fused FFN and Q/K/V programs (with the norm, and normed elsewhere) of the tiny llama's
-/// shapes: each passes the rulebook, and coremltools loads its package — reading every weight
+/// shapes, at the token buckets the runtime builds: each passes the rulebook, and coremltools loads its package — reading every weight
 /// file — with the types we declare.
 #[test]
 fn fused_programs_package_and_coremltools_agrees() {
@@ -176,8 +176,10 @@ fn fused_programs_package_and_coremltools_agrees() {
     for n in [1, 64, 128] {
         for eps in [Some(1e-5), None] {
             let tag = if eps.is_some() { "norm" } else { "normed" };
+            // the FFN's hidden output is wide: its smallest bucket is the runtime's (32)
+            let ffn_n = n.max(ane_runtime::matmul::min_bucket(h, c));
             for (kind, program, weights) in [
-                ("ffn", ffn_program(c, h, n, eps), &ffn_w),
+                ("ffn", ffn_program(c, h, ffn_n, eps), &ffn_w),
                 ("qkv", projections_program(c, &rows, n, eps), &qkv_w),
             ] {
                 if let Some(v) = first_refusal(&program, &RuleOptions::default()) {

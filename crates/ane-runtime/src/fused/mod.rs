@@ -10,7 +10,8 @@
 //! The programs ([`program`]) bake every weight in (one compile per block and token bucket,
 //! kept on disk like any kernel), so a block needs identified weights. Before any work the
 //! host predicts fp16 overflow of the norm's sum of squares; after it, any non-finite value
-//! rejects the whole block. Results come back in memory ([`FusedOutputs`]) and the caller
+//! rejects the whole block, and so does any matmul of it whose predicted fp16 error is too
+//! large next to its result (an FFN's programs return its hidden values for that check). Results come back in memory ([`FusedOutputs`]) and the caller
 //! writes each where and when it belongs: ggml reuses memory, so an output may only be
 //! written once the nodes before it in the graph are done with those bytes.
 
@@ -28,7 +29,7 @@ use crate::kernels::policy::{should_bake, LoadedRoom, WeightId};
 use crate::kernels::KernelCache;
 use crate::matmul::precision::{self, ColumnSumSq};
 use crate::matmul::{min_bucket, token_chunks, FallbackReason, MatrixSink, MatrixSource, Stats};
-use crate::staging::convert::{accumulate_columns, stage_columns, zero_columns};
+use crate::staging::convert::{accumulate_columns, stage_columns, sum_sq_columns, zero_columns};
 use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 use crate::sys::fp16::f32_to_f16;
@@ -124,6 +125,14 @@ impl FusedJob<'_> {
         match &self.block {
             Block::Ffn { .. } => vec![self.channels],
             Block::Projections(m) => m.iter().map(|(_, r)| *r).collect(),
+        }
+    }
+
+    /// An FFN's hidden features; `None` for projections.
+    fn hidden(&self) -> Option<usize> {
+        match &self.block {
+            Block::Ffn { hidden, .. } => Some(*hidden),
+            Block::Projections(_) => None,
         }
     }
 
@@ -287,7 +296,7 @@ pub fn engine_fused(
                 .into(),
         ));
     }
-    let (values, form) = match baked {
+    let ((values, hidden_sum_sq), form) = match baked {
         Some(id) => (
             run_baked(engine, cache, job, &id, &chunks, clock, stats)?,
             FusedForm::Baked,
@@ -297,7 +306,7 @@ pub fn engine_fused(
             FusedForm::Streamed,
         ),
     };
-    check_projections(cache, job, form, &values)?;
+    check_precision(cache, job, form, &values, hidden_sum_sq)?;
     let mut results = values;
     // the FFN adds its residual in f32, as ggml's ADD does
     if let Block::Ffn { residual, .. } = job.block {
@@ -318,52 +327,40 @@ pub fn engine_fused(
     })
 }
 
-/// Fused projections under the same precision check as single MUL_MATs
-/// (`matmul::precision`): each projection's predicted fp16 error — the weights' and the
-/// normed input's rounding (more of it when the program norms in fp16), the output's — next
-/// to its result. An FFN's down projection reads values the host never sees (the SWIGLU's),
-/// so FFN blocks are checked for overflow only (docs/hardware-validation.md).
-fn check_projections(
+/// Every matmul of a block under the same precision check as single MUL_MATs
+/// (`matmul::precision`): its predicted fp16 error next to its result.
+/// - Projections: the weights' and the normed input's rounding (more of it when the program
+///   norms in fp16), the output's.
+/// - FFN: the down projection, from the hidden values the program returns beside its result
+///   (their sum of squares, `hidden_sum_sq`): W2's rounding and the hidden values' — each went
+///   through the input's roundings and a weight's and a conv's on the gate and on the up path,
+///   then the sigmoid and two multiplies. The gate and up projections count here as relative
+///   error passed on to the hidden values; a gate or up whose sums cancel is not seen (its
+///   values stay in the program: a Mac-side question, docs/hardware-validation.md).
+fn check_precision(
     cache: &KernelCache,
     job: &FusedJob<'_>,
     form: FusedForm,
     values: &[Vec<f32>],
+    hidden_sum_sq: f64,
 ) -> Result<(), FallbackReason> {
     use std::hash::{Hash, Hasher};
-    let Block::Projections(mats) = &job.block else {
-        return Ok(());
-    };
     let c = job.channels;
-    // Σ over the block's input of its normed values squared, as the matmuls read it
-    let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
-    let acts_total: f64 = (0..job.tokens)
-        .map(|n| {
-            norm_row(
-                job.x.row_as_f32(0, 0, n, &mut row),
-                job.norm_weight,
-                job.eps,
-                &mut normed,
-            );
-            normed
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-        })
-        .sum();
-    // roundings before the projections: staging (streamed: the host norms in f32); in a baked
-    // program also the norm's square, sum, rsqrt and the two multiplies (only the weight's
-    // multiply when normed elsewhere)
+    // roundings of the normed input before the matmuls read it: staging (streamed: the host
+    // norms in f32); in a baked program also the norm's square, sum, rsqrt and the two
+    // multiplies (only the weight's multiply when normed elsewhere)
     let norm_ops = match (form, job.eps) {
         (FusedForm::Streamed, _) => 1,
         (FusedForm::Baked, Some(_)) => 5,
         (FusedForm::Baked, None) => 2,
     };
-    for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
-        let sums = || Arc::new(ColumnSumSq::of(*m, (0, 0), *rows, c));
-        let weights = match job.weight_id {
+    // column sums of a matrix, remembered per block and slot for identified weights
+    let column_sums = |slot: usize, m: &dyn MatrixSource, rows: usize, k: usize| {
+        let sums = || Arc::new(ColumnSumSq::of(m, (0, 0), rows, k));
+        match job.weight_id {
             Some(id) => {
                 let mut key = std::collections::hash_map::DefaultHasher::new();
-                ("fused projection", id.key, j).hash(&mut key);
+                ("fused matrix", id.key, slot).hash(&mut key);
                 let id = WeightId {
                     key: key.finish(),
                     fingerprint: id.fingerprint,
@@ -371,20 +368,64 @@ fn check_projections(
                 cache.weight_sum_sq(&id, sums)
             }
             None => sums(),
-        };
-        if let Some(nmse) =
-            precision::projection_too_imprecise(&weights, acts_total, job.tokens, norm_ops, out)
-        {
-            return Err(FallbackReason::Precision(format!(
-                "fused projection {j}: predicted NMSE {nmse:.1e} > {:.0e}",
-                precision::MAX_PREDICTED_NMSE
-            )));
+        }
+    };
+    let refuse = |what: String, nmse: f64| {
+        FallbackReason::Precision(format!(
+            "{what}: predicted NMSE {nmse:.1e} > {:.0e}",
+            precision::MAX_PREDICTED_NMSE
+        ))
+    };
+    match &job.block {
+        Block::Ffn { hidden, down, .. } => {
+            let weights = column_sums(0, *down, c, *hidden);
+            let hidden_ops = 2 * (norm_ops + 2) + 3;
+            match precision::projection_too_imprecise(
+                &weights,
+                hidden_sum_sq,
+                job.tokens,
+                hidden_ops,
+                &values[0],
+            ) {
+                Some(nmse) => Err(refuse("fused FFN down projection".into(), nmse)),
+                None => Ok(()),
+            }
+        }
+        Block::Projections(mats) => {
+            // Σ over the block's input of its normed values squared, as the matmuls read it
+            let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
+            let acts_total: f64 = (0..job.tokens)
+                .map(|n| {
+                    norm_row(
+                        job.x.row_as_f32(0, 0, n, &mut row),
+                        job.norm_weight,
+                        job.eps,
+                        &mut normed,
+                    );
+                    normed
+                        .iter()
+                        .map(|&v| f64::from(v) * f64::from(v))
+                        .sum::<f64>()
+                })
+                .sum();
+            for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
+                let weights = column_sums(j, *m, *rows, c);
+                if let Some(nmse) = precision::projection_too_imprecise(
+                    &weights, acts_total, job.tokens, norm_ops, out,
+                ) {
+                    return Err(refuse(format!("fused projection {j}"), nmse));
+                }
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
-/// The baked program of each chunk's bucket, evaluated; the outputs token-major.
+/// What a block's programs returned: the outputs token-major, and an FFN's hidden values'
+/// sum of squares (0 for projections).
+type Evaluated = (Vec<Vec<f32>>, f64);
+
+/// The baked program of each chunk's bucket, evaluated.
 fn run_baked(
     engine: &dyn Engine,
     cache: &KernelCache,
@@ -393,7 +434,7 @@ fn run_baked(
     chunks: &[(usize, usize, usize)],
     clock: Instant,
     stats: &Stats,
-) -> Result<Vec<Vec<f32>>, FallbackReason> {
+) -> Result<Evaluated, FallbackReason> {
     let c = job.channels;
     let rows = job.output_rows();
     // the norm squares and sums x in fp16: predict overflow before spending anything
@@ -416,6 +457,7 @@ fn run_baked(
     }
     stats.add_planning(clock.elapsed());
     let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
+    let mut hidden_sum_sq = 0f64;
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let clock = Instant::now();
         let procedure = &kernel.procedures()[0];
@@ -424,6 +466,10 @@ fn run_baked(
         zero_columns(&mut input, c, (bn, bucket));
         stats.add_act_bytes(2 * c * bn);
         stats.add_staging(clock.elapsed());
+        let taps = job.hidden().map(|rows| HiddenTaps {
+            rows,
+            sum_sq: &mut hidden_sum_sq,
+        });
         evaluate(
             kernel.as_ref(),
             &input,
@@ -431,14 +477,23 @@ fn run_baked(
             &rows,
             (n0, bn),
             true,
+            taps,
             stats,
         )?;
     }
-    Ok(results)
+    Ok((results, hidden_sum_sq))
+}
+
+/// Where an FFN program's second output, its hidden values, goes: `rows` of them per token,
+/// their squares summed into `sum_sq` (the precision check's input for the down projection).
+struct HiddenTaps<'a> {
+    rows: usize,
+    sum_sq: &'a mut f64,
 }
 
 /// One evaluation: `input` in, each output added into (or, `first`, assigned to) `results`
-/// at tokens `n0..n0 + bn`.
+/// at tokens `n0..n0 + bn`; an FFN's hidden values summed into `taps`.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     kernel: &dyn crate::engine::Kernel,
     input: &Surface,
@@ -446,6 +501,7 @@ fn evaluate(
     rows: &[usize],
     (n0, bn): (usize, usize),
     first: bool,
+    taps: Option<HiddenTaps<'_>>,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
     let procedure = &kernel.procedures()[0];
@@ -464,6 +520,12 @@ fn evaluate(
     for ((s, res), &m) in outs.iter().zip(results.iter_mut()).zip(rows) {
         accumulate_columns(s, res, m, (n0, bn), (0, m), first).ok_or(FallbackReason::NonFinite)?;
     }
+    if let Some(taps) = taps {
+        let hidden = outs.get(results.len()).ok_or_else(|| {
+            FallbackReason::Internal("an FFN kernel without its hidden output".into())
+        })?;
+        *taps.sum_sq += sum_sq_columns(hidden, taps.rows, bn).ok_or(FallbackReason::NonFinite)?;
+    }
     stats.add_writeback(clock.elapsed());
     Ok(())
 }
@@ -479,7 +541,7 @@ fn run_streamed(
     chunks: &[(usize, usize, usize)],
     clock: Instant,
     stats: &Stats,
-) -> Result<Vec<Vec<f32>>, FallbackReason> {
+) -> Result<Evaluated, FallbackReason> {
     use std::hash::{Hash, Hasher};
     let c = job.channels;
     let rows = job.output_rows();
@@ -533,6 +595,7 @@ fn run_streamed(
     }
     stats.add_planning(clock.elapsed());
     let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
+    let mut hidden_sum_sq = 0f64;
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let layout = kernel.procedures()[0].inputs[0].clone();
         let (ht, tiles) = tile_of(bucket)?;
@@ -550,6 +613,11 @@ fn run_streamed(
             stage_acts(&mut input, &acts, c, (n0, bn), bucket);
             stats.add_act_bytes(2 * c * bn);
             stats.add_staging(clock.elapsed());
+            // the tile's hidden values (a last tile's padding: zero weights, zero values)
+            let taps = job.hidden().map(|_| HiddenTaps {
+                rows: ht,
+                sum_sq: &mut hidden_sum_sq,
+            });
             let done = evaluate(
                 kernel.as_ref(),
                 &input,
@@ -557,6 +625,7 @@ fn run_streamed(
                 &rows,
                 (n0, bn),
                 tile == 0,
+                taps,
                 stats,
             );
             if let Some(k) = key {
@@ -565,7 +634,7 @@ fn run_streamed(
             done?;
         }
     }
-    Ok(results)
+    Ok((results, hidden_sum_sq))
 }
 
 /// The input the block's matmuls read, `tokens × channels` f32: `rms_norm(x) ⊙ w` computed as
@@ -821,6 +890,77 @@ mod tests {
         };
         let (e, cache, stats) = (engine(), KernelCache::new(), Stats::default());
         assert!(engine_fused(e.as_ref(), &cache, &job, &stats).is_ok());
+    }
+
+    /// An FFN whose down projection cancels: hidden features j and j + h/2 are equal (their
+    /// gate and up rows are), and W2's column j + h/2 is −(1 + 1e-3) times column j, so every
+    /// output is 1e-3 of its terms. fp16's rounding of W2 alone loses it (shown in f64 below);
+    /// the block is declined with the predicted error in both forms, never returned.
+    #[test]
+    fn an_ffn_whose_down_projection_fp16_cannot_resolve_is_declined_for_precision() {
+        let mut case = FfnCase::new(64, 96, 40);
+        let (c, h, half) = (case.c, case.h, case.h / 2);
+        for r in half..h {
+            for i in 0..c {
+                case.gate.data[r * c + i] = case.gate.data[(r - half) * c + i];
+                case.up.data[r * c + i] = case.up.data[(r - half) * c + i];
+            }
+        }
+        for d in 0..c {
+            for j in half..h {
+                case.down.data[d * h + j] = -case.down.data[d * h + j - half] * 1.001;
+            }
+        }
+        // the answer with W2 rounded to fp16, in f64: far from the exact one
+        let exact = case.want();
+        let mut rounded = case.clone();
+        for v in &mut rounded.down.data {
+            *v = f16::from_f32(*v).to_f32();
+        }
+        let lost: Vec<f32> = rounded.want().iter().map(|&v| v as f32).collect();
+        let residual: Vec<f64> = case.x.data.iter().map(|&v| f64::from(v)).collect();
+        let without_residual = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .zip(&residual)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>()
+        };
+        let lost_block: Vec<f32> = lost
+            .iter()
+            .zip(&residual)
+            .map(|(&a, &b)| (f64::from(a) - b) as f32)
+            .collect();
+        let err = nmse(&without_residual(&exact), &lost_block);
+        assert!(err > 1e-3, "fp16 weights keep this block (NMSE {err:.1e})");
+        eprintln!("W2 in fp16 alone: NMSE {err:.1e}");
+        for kernels in [
+            crate::kernels::policy::KernelPolicy::Baked,
+            crate::kernels::policy::KernelPolicy::Streamed,
+        ] {
+            let (e, stats) = (engine(), Stats::default());
+            let cache = KernelCache::new().with_policy(kernels);
+            let r = engine_fused(e.as_ref(), &cache, &case.job(77), &stats);
+            assert!(
+                matches!(r, Err(FallbackReason::Precision(ref w)) if w.contains("fused FFN down projection")),
+                "{kernels:?}: {r:?}"
+            );
+            eprintln!("{kernels:?}: {r:?}");
+        }
+        // the unaltered block passes the same check in both forms (random data: ~1e-7)
+        let case = FfnCase::new(64, 96, 40);
+        for kernels in [
+            crate::kernels::policy::KernelPolicy::Baked,
+            crate::kernels::policy::KernelPolicy::Streamed,
+        ] {
+            let (e, stats) = (engine(), Stats::default());
+            let cache = KernelCache::new().with_policy(kernels);
+            let sink = DenseSink::for_shape(MatmulShape::new(c, c, case.n));
+            engine_fused(e.as_ref(), &cache, &case.job(78), &stats)
+                .unwrap()
+                .write(0, &sink);
+            let err = nmse(&case.want(), &sink.values());
+            assert!(err < 1e-5, "{kernels:?}: NMSE {err}");
+        }
     }
 
     #[test]

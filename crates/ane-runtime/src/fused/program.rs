@@ -6,7 +6,8 @@
 //!   `mul(w [1, C, 1, 1])`;
 //! - followed by convs, as in maderix/ANE `training/stories_mil.h` L21-43 and L79-97;
 //! - the SwiGLU FFN of `gen_ffn_fwd_taps` (stories_mil.h L75-109): `conv(W1)`, `conv(W3)`,
-//!   `sigmoid`, `mul` (silu), `mul` (gate), `conv(W2)`;
+//!   `sigmoid`, `mul` (silu), `mul` (gate), `conv(W2)`, returning the gated hidden values
+//!   beside the result (there in a `concat`, here as a second output: see below);
 //! - several projections of one normed input as several outputs, as Orion's
 //!   `compiler/frontends/gpt2_prefill.c` L32-69 (checked in `tests/test_ane_prefill.m`),
 //!   named so that their alphabetical order is their return order (Orion
@@ -120,8 +121,8 @@ fn finish(f: FunctionBuilder) -> Program {
 }
 
 /// The fused FFN for `c` channels, `h` hidden features and `s` tokens: input
-/// `x [1, c, 1, s]`, output `y [1, c, 1, s] = W2 · (silu(W1 · n) ⊙ (W3 · n))` with
-/// `n = rms_norm(x) ⊙ w`. Weights: norm `[1, c, 1, 1]`, W1 and W3 `[h, c, 1, 1]`, W2
+/// `x [1, c, 1, s]`, outputs `y0 [1, c, 1, s] = W2 · hm` and the hidden values
+/// `y1 = hm [1, h, 1, s] = silu(W1 · n) ⊙ (W3 · n)` with `n = rms_norm(x) ⊙ w`. Weights: norm `[1, c, 1, 1]`, W1 and W3 `[h, c, 1, 1]`, W2
 /// `[c, h, 1, 1]` (see [`fused_weights`]). With `eps` `None` the input is taken as normalised
 /// already and only scaled by the norm weight.
 pub fn ffn_program(c: usize, h: usize, s: usize, eps: Option<f32>) -> Program {
@@ -136,9 +137,12 @@ pub fn ffn_program(c: usize, h: usize, s: usize, eps: Option<f32>) -> Program {
     let u = conv.conv(&mut f, "u", &xn, &w3);
     let sg = op(&mut f, "sg", "sigmoid", &[("x", &g)]);
     let sl = op(&mut f, "sl", "mul", &[("x", &g), ("y", &sg)]);
-    let hm = op(&mut f, "hm", "mul", &[("x", &sl), ("y", &u)]);
-    let y = conv.conv(&mut f, "y", &hm, &w2);
-    f.output(&y).expect("y is defined");
+    // the hidden values are a second output, as in `gen_ffn_fwd_taps` (there part of a
+    // concat, here an output of its own): the host's precision check reads them
+    let hm = op(&mut f, "y1", "mul", &[("x", &sl), ("y", &u)]);
+    let y = conv.conv(&mut f, "y0", &hm, &w2);
+    f.output(&y).expect("y0 is defined");
+    f.output(&hm).expect("y1 is defined");
     finish(f)
 }
 
@@ -212,7 +216,7 @@ pub(super) mod tests {
         let f = ane_mil::check_program(&ffn, Some(&w)).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(x: tensor<fp16, [1, 64, 1, 32]>) -> (y: tensor<fp16, [1, 64, 1, 32]>)"
+            "main<ios18>(x: tensor<fp16, [1, 64, 1, 32]>) -> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 96, 1, 32]>)"
         );
         assert_eq!(refusals(&ffn), Vec::<String>::new());
         let p = projections_program(64, &[64, 32, 32], 32, Some(1e-6));

@@ -109,7 +109,8 @@ fn dyn_matmul(
 
 /// One hidden tile of a streamed FFN: input `[1, c, 1, input_width(3·ht, s)]` holding the
 /// normed activations (columns `0..s`), then W1, W3 and W2 (`ht` columns each; W2 as its
-/// rows `[c, ht]`); output `y [1, c, 1, s]`, this tile's share of the down projection.
+/// rows `[c, ht]`); outputs `y0 [1, c, 1, s]`, this tile's share of the down projection,
+/// and `y1 [1, ht, 1, s]`, the tile's hidden values.
 pub fn streamed_ffn_program(c: usize, ht: usize, s: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input(
@@ -127,7 +128,9 @@ pub fn streamed_ffn_program(c: usize, ht: usize, s: usize) -> Program {
     let h3 = dyn_matmul(&mut f, &k0, "h3", &act, &w3, (c, ht, s));
     let sg = op(&mut f, "sg", "sigmoid", &[("x", &h1)]);
     let si = op(&mut f, "si", "mul", &[("x", &h1), ("y", &sg)]);
-    let gt = op(&mut f, "gt", "mul", &[("x", &si), ("y", &h3)]);
+    // the hidden values, also returned (as the `concat` of `gen_ffn_fused_dynamic` L285-288
+    // returns `gate`): the host's precision check reads them
+    let gt = op(&mut f, "y1", "mul", &[("x", &si), ("y", &h3)]);
     // W2 [c, ht] arrives with its rows as channels: transposed to [ht, c] inside, as there
     let w22 = weight(&mut f, "w2", &w2r, c, ht);
     let w2t = op(
@@ -136,8 +139,9 @@ pub fn streamed_ffn_program(c: usize, ht: usize, s: usize) -> Program {
         "transpose",
         &[("perm", &k0.pm), ("x", &w22)],
     );
-    let y = dyn_matmul(&mut f, &k0, "y", &gt, &w2t, (ht, c, s));
-    f.output(&y).expect("y is defined");
+    let y = dyn_matmul(&mut f, &k0, "y0", &gt, &w2t, (ht, c, s));
+    f.output(&y).expect("y0 is defined");
+    f.output(&gt).expect("y1 is defined");
     let mut p = Program::new();
     p.functions.push(f.finish());
     p
@@ -206,7 +210,7 @@ mod tests {
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(x: tensor<fp16, [1, 64, 1, 320]>) -> (y: tensor<fp16, [1, 64, 1, 32]>)"
+            "main<ios18>(x: tensor<fp16, [1, 64, 1, 320]>) -> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 96, 1, 32]>)"
         );
         assert_eq!(refusals(&p), Vec::<String>::new());
         let p = streamed_projections_program(64, &[64, 32, 32], 32);

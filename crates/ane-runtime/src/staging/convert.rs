@@ -203,3 +203,24 @@ pub fn accumulate_columns(
     }
     finite.then_some(sum_sq)
 }
+
+/// Σ v² over columns `0..bn` of rows `0..rows` of an fp16 surface (f32 per row, f64 in all),
+/// or `None` when a value is not finite: a fused FFN's hidden values, read for its precision
+/// check and never written anywhere.
+pub(crate) fn sum_sq_columns(s: &Surface, rows: usize, bn: usize) -> Option<f64> {
+    let layout = s.layout();
+    let bytes = s.as_bytes();
+    let row_sum = |r: usize| -> Option<f64> {
+        let off = layout.flat_row_offset(r);
+        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bn]);
+        let mut tmp = vec![0f32; bn];
+        f16_to_f32(&mut tmp, row);
+        let sum = sum_of_squares(&tmp);
+        sum.is_finite().then_some(sum)
+    };
+    if rows * bn < PARALLEL_MIN_VALUES {
+        (0..rows).map(row_sum).sum()
+    } else {
+        (0..rows).into_par_iter().map(row_sum).sum()
+    }
+}
