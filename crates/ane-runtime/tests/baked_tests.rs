@@ -4,16 +4,12 @@
 
 mod support;
 
-use ane_runtime::engine::reference::{Faults, ReferenceEngine};
 use ane_runtime::matmul::{
     engine_matmul, DenseRows, KernelCache, KernelPolicy, MatmulJob, MatmulShape, MatrixSource,
     Scratch, Stats, WeightId,
 };
+use ane_runtime::Engine;
 use support::*;
-
-fn engine(max_dim: usize, budget: Option<u32>) -> ReferenceEngine {
-    reference_engine(max_dim, Faults::default(), budget)
-}
 
 fn shape(m: usize, k: usize, n: usize, batch: [usize; 2]) -> MatmulShape {
     MatmulShape::new(m, k, n).batched(batch, [1, 1])
@@ -39,7 +35,7 @@ fn case(shape: MatmulShape, seed: u64) -> Case {
 
 /// Runs one job; returns the output and the stats.
 fn run(
-    e: &ReferenceEngine,
+    e: &dyn Engine,
     cache: &KernelCache,
     c: &Case,
     weight_id: Option<WeightId>,
@@ -49,7 +45,7 @@ fn run(
 
 /// [`run`] with other weights than the case's.
 fn run_with(
-    e: &ReferenceEngine,
+    e: &dyn Engine,
     cache: &KernelCache,
     c: &Case,
     weights: &dyn MatrixSource,
@@ -79,8 +75,7 @@ const ID: WeightId = WeightId {
     fingerprint: 1,
 };
 
-#[test]
-fn baked_and_streamed_kernels_give_identical_numbers() {
+fn baked_and_streamed_kernels_give_identical_numbers(make: &EngineMaker) {
     // max_dim 32: M, K and the tokens are tiled, K tiles accumulate in f32
     for (i, s) in [
         shape(37, 70, 9, [1, 1]),
@@ -91,12 +86,12 @@ fn baked_and_streamed_kernels_give_identical_numbers() {
     .enumerate()
     {
         let c = case(s, 90 + i as u64);
-        let e = engine(32, None);
+        let e = make.make(32, None);
         let baked_cache = KernelCache::new().with_policy(KernelPolicy::Baked);
-        let (baked, st) = run(&e, &baked_cache, &c, Some(ID));
+        let (baked, st) = run(e.as_ref(), &baked_cache, &c, Some(ID));
         assert_eq!(st.baked_nodes, 1, "{s:?} ran baked");
         let streamed_cache = KernelCache::new().with_policy(KernelPolicy::Streamed);
-        let (streamed, st) = run(&e, &streamed_cache, &c, Some(ID));
+        let (streamed, st) = run(e.as_ref(), &streamed_cache, &c, Some(ID));
         assert_eq!(st.baked_nodes, 0, "{s:?} ran streamed");
         // same fp16 operands, same f32 accumulation order: bit for bit
         assert_eq!(
@@ -123,15 +118,14 @@ fn baked_and_streamed_kernels_give_identical_numbers() {
     }
 }
 
-#[test]
-fn weights_changed_in_place_get_new_kernels() {
-    let e = engine(16384, None);
+fn weights_changed_in_place_get_new_kernels(make: &EngineMaker) {
+    let e = make.engine();
     let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
     let mut c = case(shape(48, 64, 20, [1, 1]), 5);
-    let (first, st) = run(&e, &cache, &c, Some(ID));
+    let (first, st) = run(e.as_ref(), &cache, &c, Some(ID));
     assert_eq!(st.compiles, 1);
     // same weights again: served from the cache
-    let (again, st) = run(&e, &cache, &c, Some(ID));
+    let (again, st) = run(e.as_ref(), &cache, &c, Some(ID));
     assert_eq!((st.compiles, st.cache_hits), (0, 1));
     assert_eq!(first, again);
     // the caller's fingerprint changes with the contents: a new kernel, new numbers
@@ -142,22 +136,21 @@ fn weights_changed_in_place_get_new_kernels() {
         fingerprint: 2,
         ..ID
     };
-    let (second, st) = run(&e, &cache, &c, Some(changed));
+    let (second, st) = run(e.as_ref(), &cache, &c, Some(changed));
     assert_eq!(st.compiles, 1, "recompiled for the new contents");
     for (x, y) in first.iter().zip(&second) {
         assert_eq!(*x, -*y);
     }
 }
 
-#[test]
-fn auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels() {
+fn auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels(make: &EngineMaker) {
     // budget 34 = reserve 32 + 2: exactly one weight (two buckets) can be baked
-    let e = engine(16384, Some(34));
+    let e = make.make(16384, Some(34));
     let cache = KernelCache::new();
     assert_eq!(cache.policy(), KernelPolicy::Auto);
     let c = case(shape(40, 64, 100, [1, 1]), 8);
     let two_buckets = case(shape(40, 64, 3000, [1, 1]), 8);
-    let (_, st) = run(&e, &cache, &two_buckets, Some(ID));
+    let (_, st) = run(e.as_ref(), &cache, &two_buckets, Some(ID));
     assert_eq!(
         (st.baked_nodes, st.compiles),
         (1, 2),
@@ -165,12 +158,12 @@ fn auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels() {
     );
     // a second weight would leave less than the reserve: streamed
     let other = WeightId { key: 8, ..ID };
-    let (got, st) = run(&e, &cache, &c, Some(other));
+    let (got, st) = run(e.as_ref(), &cache, &c, Some(other));
     assert_eq!((st.baked_nodes, st.compiles), (0, 1), "one streamed kernel");
     let wt = transpose(&c.w.data, 40, 64);
     assert_matmul_close_rounded(&got, &c.a.data, &wt, 100, 64, 40, 1, "streamed under auto");
     // no identity (weights that may change): never baked, even with budget
-    let (_, st) = run(&engine(16384, None), &KernelCache::new(), &c, None);
+    let (_, st) = run(make.engine().as_ref(), &KernelCache::new(), &c, None);
     assert_eq!(st.baked_nodes, 0);
 }
 
@@ -207,8 +200,7 @@ impl MatrixSource for CopyOnly {
 
 /// fp16 sources are staged by copying, not converting: the same bits as from f32 rows holding
 /// the same (fp16-exact) values, streamed and baked.
-#[test]
-fn fp16_weights_stage_by_copy_with_the_same_results() {
+fn fp16_weights_stage_by_copy_with_the_same_results(make: &EngineMaker) {
     use ane_runtime::matmul::HalfRows;
     let c = case(shape(70, 100, 33, [1, 1]), 12);
     let half_w = CopyOnly(HalfRows {
@@ -221,11 +213,16 @@ fn fp16_weights_stage_by_copy_with_the_same_results() {
     let mut row = vec![0f32; c.w.k];
     half_w.0.read_row(0, 0, 3, &mut row);
     assert_eq!(row, c.w.data[3 * c.w.k..4 * c.w.k]);
-    let e = engine(32, None);
+    let e = make.make(32, None);
     for (policy, baked) in [(KernelPolicy::Streamed, 0), (KernelPolicy::Baked, 1)] {
-        let (from_f32, _) = run(&e, &KernelCache::new().with_policy(policy), &c, Some(ID));
+        let (from_f32, _) = run(
+            e.as_ref(),
+            &KernelCache::new().with_policy(policy),
+            &c,
+            Some(ID),
+        );
         let cache = KernelCache::new().with_policy(policy);
-        let (from_f16, st) = run_with(&e, &cache, &c, &half_w, Some(ID));
+        let (from_f16, st) = run_with(e.as_ref(), &cache, &c, &half_w, Some(ID));
         assert_eq!(st.baked_nodes, baked, "{policy:?}");
         assert_eq!(
             from_f32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -234,3 +231,10 @@ fn fp16_weights_stage_by_copy_with_the_same_results() {
         );
     }
 }
+
+engine_test!(
+    made: baked_and_streamed_kernels_give_identical_numbers,
+    weights_changed_in_place_get_new_kernels,
+    auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels,
+    fp16_weights_stage_by_copy_with_the_same_results,
+);

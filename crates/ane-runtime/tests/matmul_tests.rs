@@ -83,8 +83,7 @@ fn check(shape: MatmulShape, w: &DenseRows, a: &DenseRows, got: &[f32], k_tiles:
     }
 }
 
-#[test]
-fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
+fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu(make: &EngineMaker) {
     let cases = [
         MatmulShape::new(37, 70, 9),
         // tiles in every dimension with max_dim 32, K split accumulated in f32
@@ -93,12 +92,12 @@ fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
     ];
     for (i, shape) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 40 + i as u64);
-        let engine = engine_with(32, Faults::default(), None);
+        let engine = make.make(32, None);
         let (cache, stats, mut scratch) =
             (KernelCache::new(), Stats::default(), Scratch::default());
         let out = out_for(shape);
         engine_matmul(
-            &engine,
+            engine.as_ref(),
             &cache,
             &MatmulJob {
                 shape,
@@ -136,15 +135,14 @@ fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu() {
     }
 }
 
-#[test]
-fn kernels_are_compiled_once_per_tile_shape() {
+fn kernels_are_compiled_once_per_tile_shape(make: &EngineMaker) {
     let shape = single_matmul(16, 16, 16);
     let (w, a) = job(shape, 7);
-    let engine = engine_with(16384, Faults::default(), Some(5));
+    let engine = make.make(16384, Some(5));
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
     for _ in 0..4 {
         engine_matmul(
-            &engine,
+            engine.as_ref(),
             &cache,
             &MatmulJob {
                 shape,
@@ -217,9 +215,8 @@ fn engine_failures_become_reasons() {
 /// A dot product that cancels: fp16 rounds 1 + 2^-12 to 1, so an engine would return 0 for
 /// `(1 + 2^-12)·1 - 1·1`. A job with a single output is refused before any compile and the CPU
 /// gives the exact answer; a job with MIN_ENGINE_OUTPUTS outputs still goes to the engine.
-#[test]
-fn jobs_with_too_few_outputs_stay_on_the_cpu() {
-    let engine = engine_with(16384, Faults::default(), None);
+fn jobs_with_too_few_outputs_stay_on_the_cpu(make: &EngineMaker) {
+    let engine = make.engine();
     let (cache, stats, mut scratch) = (KernelCache::new(), Stats::default(), Scratch::default());
     let one = single_matmul(1, 2, 1);
     let w = DenseRows::new(1, 2, vec![1.0 + 1.0 / 4096.0, -1.0]);
@@ -232,7 +229,7 @@ fn jobs_with_too_few_outputs_stay_on_the_cpu() {
         dst: &out,
         weight_id: None,
     };
-    let err = engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap_err();
+    let err = engine_matmul(engine.as_ref(), &cache, &job, &mut scratch, &stats).unwrap_err();
     assert_eq!(err, FallbackReason::FewOutputs(1));
     assert!(out.data.lock().unwrap()[0].is_nan(), "output touched");
     assert_eq!(stats.snapshot().compiles, 0);
@@ -255,7 +252,7 @@ fn jobs_with_too_few_outputs_stay_on_the_cpu() {
         dst: &out,
         weight_id: None,
     };
-    engine_matmul(&engine, &cache, &job, &mut scratch, &stats).unwrap();
+    engine_matmul(engine.as_ref(), &cache, &job, &mut scratch, &stats).unwrap();
     check(four, &w, &a, &out.data.lock().unwrap(), 1);
 }
 
@@ -523,18 +520,24 @@ fn single_input_kernels_replace_two_input_ones_that_fail() {
 /// its activations (same bits), in both streamed forms; new weights under the same identity
 /// (another fingerprint) are staged again and give the new result; a job without an identity
 /// stages its weights every time.
-#[test]
-fn streamed_weights_are_staged_once_per_weight_version() {
+fn streamed_weights_are_staged_once_per_weight_version(make: &EngineMaker) {
     use ane_runtime::matmul::WeightId;
     let shape = single_matmul(70, 100, 37);
     let (w, a) = job(shape, 31);
     let weight_bytes = (2 * shape.m * shape.k) as u64;
     let act_bytes = (2 * shape.n * shape.k) as u64;
-    for two_input in [false, true] {
-        let (engine, cache) = if two_input {
-            two_input_engine(16384)
+    // two-input kernels are an opt-in the rulebook refuses by default: reference engine only
+    let forms: &[bool] = if make.kind() == ane_runtime::EngineKind::Reference {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &two_input in forms {
+        let (engine, cache): (Box<dyn Engine>, _) = if two_input {
+            let (e, cache) = two_input_engine(16384);
+            (Box::new(e), cache)
         } else {
-            let e = engine_with(16384, Faults::default(), None);
+            let e = make.engine();
             (e, KernelCache::new().with_policy(KernelPolicy::Streamed))
         };
         let mut scratch = Scratch::default();
@@ -547,7 +550,7 @@ fn streamed_weights_are_staged_once_per_weight_version() {
                 dst: &out,
                 weight_id: id,
             };
-            engine_matmul(&engine, &cache, &job, scratch, &stats).unwrap();
+            engine_matmul(engine.as_ref(), &cache, &job, scratch, &stats).unwrap();
             let s = stats.snapshot();
             (out.values(), s.weight_bytes, s.act_bytes)
         };
@@ -650,3 +653,11 @@ fn a_form_failing_its_self_probe_is_not_used() {
         "{err}"
     );
 }
+
+// every engine: what tiling, compile reuse, small jobs and staged weights give on each
+engine_test!(
+    made: tiled_broadcast_jobs_match_f64_on_engine_and_cpu,
+    kernels_are_compiled_once_per_tile_shape,
+    jobs_with_too_few_outputs_stay_on_the_cpu,
+    streamed_weights_are_staged_once_per_weight_version,
+);

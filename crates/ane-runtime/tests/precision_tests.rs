@@ -8,6 +8,7 @@ use ane_runtime::matmul::{
     engine_matmul, DenseRows, FallbackReason, KernelCache, KernelPolicy, MatmulJob, MatmulShape,
     Scratch, Stats, WeightId,
 };
+use ane_runtime::Engine;
 use half::f16;
 use proptest::prelude::{any, prop_assert, proptest, ProptestConfig};
 use support::*;
@@ -42,8 +43,9 @@ fn nmse(got: &[f64], want: &[f64]) -> f64 {
     err / sum_sq
 }
 
-/// Runs one job on a fresh reference engine; the result (NaN where untouched) and the outcome.
-fn run(
+/// Runs one job on `engine`; the result (NaN where untouched) and the outcome.
+fn run_on(
+    engine: &dyn Engine,
     s: MatmulShape,
     w: &[f32],
     a: &[f32],
@@ -63,7 +65,7 @@ fn run(
         weight_id: id,
     };
     let r = engine_matmul(
-        &engine(),
+        engine,
         cache,
         &job,
         &mut Scratch::default(),
@@ -71,6 +73,17 @@ fn run(
     );
     let got = out.data.lock().unwrap().iter().map(|&v| v.into()).collect();
     (r.map(|_| ()), got)
+}
+
+/// [`run_on`] a fresh reference engine.
+fn run(
+    s: MatmulShape,
+    w: &[f32],
+    a: &[f32],
+    id: Option<WeightId>,
+    cache: &KernelCache,
+) -> (Result<(), FallbackReason>, Vec<f64>) {
+    run_on(&engine(), s, w, a, id, cache)
 }
 
 fn uniform(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -88,8 +101,8 @@ fn assert_precision_fallback(r: Result<(), FallbackReason>) {
 
 /// Every weight row is `(1 + 2^-12, -1)` and every activation `(1, 1)`: each result is 2^-12,
 /// but in fp16 the weights are `(1, -1)` and every result 0.
-#[test]
-fn results_that_cancel_go_to_the_cpu() {
+fn results_that_cancel_go_to_the_cpu(make: &EngineMaker) {
+    let engine = make.engine();
     let s = single_matmul(64, 2, 64);
     let w: Vec<f32> = (0..64).flat_map(|_| [1.0 + 1.0 / 4096.0, -1.0]).collect();
     let a = vec![1.0; 128];
@@ -99,7 +112,7 @@ fn results_that_cancel_go_to_the_cpu() {
         &f64_matmul(s, &w, &a, exact),
     );
     assert!(seen > 0.99, "{seen}");
-    let (r, got) = run(s, &w, &a, None, &KernelCache::new());
+    let (r, got) = run_on(engine.as_ref(), s, &w, &a, None, &KernelCache::new());
     assert_precision_fallback(r);
     assert!(
         got.iter().all(|v| v.is_nan()),
@@ -108,8 +121,8 @@ fn results_that_cancel_go_to_the_cpu() {
 }
 
 /// Weights around 3e-7 lie in fp16's subnormal range (step 6e-8): a few percent error each.
-#[test]
-fn operands_in_the_subnormal_range_go_to_the_cpu() {
+fn operands_in_the_subnormal_range_go_to_the_cpu(make: &EngineMaker) {
+    let engine = make.engine();
     let s = single_matmul(48, 256, 40);
     let mut rng = Rng::new(11);
     let w = uniform(&mut rng, s.m * s.k, 3e-7);
@@ -119,14 +132,14 @@ fn operands_in_the_subnormal_range_go_to_the_cpu() {
         &f64_matmul(s, &w, &a, exact),
     );
     assert!(seen > GGML_MAX_NMSE, "{seen}");
-    let (r, _) = run(s, &w, &a, None, &KernelCache::new());
+    let (r, _) = run_on(engine.as_ref(), s, &w, &a, None, &KernelCache::new());
     assert_precision_fallback(r);
 }
 
 /// Baked kernels go through the same check, with the weights' column sums remembered per
 /// fingerprint: new (cancelling) weights under the same key are summed again.
-#[test]
-fn baked_kernels_are_checked_and_new_weights_resummed() {
+fn baked_kernels_are_checked_and_new_weights_resummed(make: &EngineMaker) {
+    let engine = make.engine();
     let s = single_matmul(32, 2, 16);
     let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
     let id = |fingerprint| WeightId {
@@ -136,12 +149,12 @@ fn baked_kernels_are_checked_and_new_weights_resummed() {
     let mut rng = Rng::new(5);
     let w = uniform(&mut rng, s.m * s.k, 1.0);
     let a = vec![1.0; s.n * s.k];
-    let (r, got) = run(s, &w, &a, Some(id(1)), &cache);
+    let (r, got) = run_on(engine.as_ref(), s, &w, &a, Some(id(1)), &cache);
     r.unwrap();
     assert!(nmse(&got, &f64_matmul(s, &w, &a, exact)) < GGML_MAX_NMSE);
 
     let w: Vec<f32> = (0..s.m).flat_map(|_| [1.0 + 1.0 / 4096.0, -1.0]).collect();
-    let (r, _) = run(s, &w, &a, Some(id(2)), &cache);
+    let (r, _) = run_on(engine.as_ref(), s, &w, &a, Some(id(2)), &cache);
     assert_precision_fallback(r);
 }
 
@@ -192,3 +205,11 @@ proptest! {
         }
     }
 }
+
+// the fixed cases on every engine; the properties (dozens of compiles each) on the reference
+// engine only
+engine_test!(
+    made: results_that_cancel_go_to_the_cpu,
+    operands_in_the_subnormal_range_go_to_the_cpu,
+    baked_kernels_are_checked_and_new_weights_resummed,
+);

@@ -123,7 +123,7 @@ impl FfnCase {
     }
 
     /// The normed input in f64.
-    pub(super) fn normed_f64(&self) -> Vec<f64> {
+    pub fn normed_f64(&self) -> Vec<f64> {
         rms_norm_f64(&f64s(&self.x.data), &f64s(&self.norm), self.c, 1e-5)
     }
 
@@ -143,7 +143,7 @@ impl FfnCase {
 }
 
 /// `[n, m] = a [n, k] · w [m, k]ᵀ` in f64.
-pub(super) fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+pub fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * m];
     for t in 0..n {
         for o in 0..m {
@@ -154,7 +154,7 @@ pub(super) fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> 
 }
 
 /// `rms_norm(x) ⊙ w` over rows of `c`, in f64.
-pub(super) fn rms_norm_f64(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
+pub fn rms_norm_f64(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
     x.chunks(c)
         .flat_map(|row| {
             let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
@@ -164,7 +164,7 @@ pub(super) fn rms_norm_f64(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64>
 }
 
 /// `W2 · (silu(W1 · xn) ⊙ (W3 · xn))` for `n` rows, in f64 (no residual).
-pub(super) fn ffn_f64(
+pub fn ffn_f64(
     xn: &[f64],
     (gate, up, down): (&[f64], &[f64], &[f64]),
     (n, c, h): (usize, usize, usize),
@@ -179,7 +179,7 @@ pub(super) fn ffn_f64(
 }
 
 /// Normalised squared error of `got` against `want`.
-pub(super) fn nmse(want: &[f64], got: &[f32]) -> f64 {
+pub fn nmse(want: &[f64], got: &[f32]) -> f64 {
     let err: f64 = want
         .iter()
         .zip(got)
@@ -192,7 +192,8 @@ pub(super) fn nmse(want: &[f64], got: &[f32]) -> f64 {
         .max(f64::MIN_POSITIVE)
 }
 
-pub(super) fn f64s(v: &[f32]) -> Vec<f64> {
+/// `v` in f64.
+pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
 

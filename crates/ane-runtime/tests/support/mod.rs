@@ -140,10 +140,132 @@ pub fn run_on(kind: EngineKind, name: &str, test: fn(&dyn Engine)) {
     }
 }
 
-/// Stamps out one `#[test]` per engine for `fn $name(engine: &dyn Engine)`: the reference
-/// engine everywhere, the apple and coreml engines on macOS (a SKIP line where the machine
-/// lacks them). So `cargo test` on a Mac runs the same suite on the ANE.
+/// A real engine seen through a smaller `max_dim` (so a small job tiles as a large one does)
+/// and with a compile budget of its own: what the reference engine's config gives a test,
+/// for the apple and coreml engines. Everything else is the engine's own.
+struct Narrowed {
+    inner: std::sync::Arc<dyn Engine>,
+    max_dim: usize,
+    counter: CompileCounter,
+}
+
+impl Engine for Narrowed {
+    fn info(&self) -> ane_runtime::EngineInfo {
+        self.inner.info()
+    }
+    fn limits(&self) -> ane_runtime::Limits {
+        let inner = self.inner.limits();
+        ane_runtime::Limits {
+            max_dim: inner.max_dim.min(self.max_dim),
+            compile_budget: self.counter.budget(),
+            compiles_used: self.counter.used(),
+            ..inner
+        }
+    }
+    fn compile(
+        &self,
+        program: &Program,
+        weights: &WeightFiles,
+    ) -> ane_runtime::Result<Box<dyn ane_runtime::Kernel>> {
+        self.counter.take()?;
+        self.inner.compile(program, weights)
+    }
+    fn build_id(&self) -> String {
+        self.inner.build_id()
+    }
+    fn export(&self, program: &Program, kernel: &dyn ane_runtime::Kernel) -> Option<Vec<u8>> {
+        self.inner.export(program, kernel)
+    }
+    fn import(
+        &self,
+        artifact: &[u8],
+        weights: &WeightFiles,
+    ) -> ane_runtime::Result<Box<dyn ane_runtime::Kernel>> {
+        self.inner.import(artifact, weights)
+    }
+}
+
+/// How a per-engine test ([`engine_test!`]`(made: ...)`) gets its engines: the engine `kind`
+/// with a `max_dim` and a compile budget of the test's choosing. Fault injection stays with
+/// the reference engine's own tests: a real engine fails only when it fails.
+pub struct EngineMaker {
+    kind: EngineKind,
+    real: Option<std::sync::Arc<dyn Engine>>,
+}
+
+impl EngineMaker {
+    /// The engine under test.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// An engine of this kind with at most `max_dim` per dimension and `budget` compiles.
+    pub fn make(&self, max_dim: usize, budget: Option<u32>) -> Box<dyn Engine> {
+        match &self.real {
+            None => Box::new(reference_engine(max_dim, Faults::default(), budget)),
+            Some(e) => Box::new(Narrowed {
+                inner: e.clone(),
+                max_dim,
+                counter: CompileCounter::new(budget),
+            }),
+        }
+    }
+
+    /// [`make`](Self::make) with the engine's own width and no budget of its own.
+    pub fn engine(&self) -> Box<dyn Engine> {
+        self.make(16384, None)
+    }
+}
+
+/// Runs `test` with a maker of the engine `kind` when this machine has it (a SKIP line
+/// otherwise, or a failure when `ANE_REQUIRE_ENGINE` names it).
+pub fn run_made_on(kind: EngineKind, name: &str, test: fn(&EngineMaker)) {
+    let real = if kind == EngineKind::Reference {
+        None
+    } else {
+        match ane_runtime::create(EngineChoice::Only(kind), &EngineConfig::default()) {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                assert!(
+                    !required_engines().contains(&kind),
+                    "{name}: the {kind} engine is required (ANE_REQUIRE_ENGINE) but unavailable: {e}"
+                );
+                eprintln!("SKIP: {name} on the {kind} engine: {e}");
+                return;
+            }
+        }
+    };
+    test(&EngineMaker { kind, real });
+}
+
+/// Stamps out one `#[test]` per engine for `fn $name(engine: &dyn Engine)` — or, after
+/// `made:`, for `fn $name(make: &EngineMaker)` (tests that choose the width or budget): the
+/// reference engine everywhere, the apple and coreml engines on macOS (a SKIP line where the
+/// machine lacks them, a failure where `ANE_REQUIRE_ENGINE` names them). So `cargo test` on a
+/// Mac runs the same suite on the ANE.
 macro_rules! engine_test {
+    (made: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            use ane_runtime::EngineKind;
+
+            #[test]
+            fn reference() {
+                $crate::support::run_made_on(EngineKind::Reference, stringify!($name), super::$name);
+            }
+
+            #[cfg(target_os = "macos")]
+            #[test]
+            fn apple() {
+                $crate::support::run_made_on(EngineKind::Apple, stringify!($name), super::$name);
+            }
+
+            #[cfg(target_os = "macos")]
+            #[test]
+            fn coreml() {
+                $crate::support::run_made_on(EngineKind::CoreMl, stringify!($name), super::$name);
+            }
+        }
+    )*};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             use ane_runtime::EngineKind;

@@ -1,0 +1,339 @@
+//! Fused blocks (`fused`): FFN and Q/K/V programs against f64 in both forms, their precision
+//! checks and refusals — on every engine this machine has (`engine_test!`).
+
+mod support;
+
+use ane_runtime::fused::probe::{
+    f64s, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm, FfnCase,
+};
+use ane_runtime::fused::{engine_fused, streamed, Block, FusedForm, FusedJob};
+use ane_runtime::matmul::probe::grid_values;
+use ane_runtime::matmul::{
+    DenseRows, DenseSink, FallbackReason, KernelCache, KernelPolicy, MatmulShape, MatrixSource,
+    Stats, WeightId,
+};
+use half::f16;
+use support::*;
+
+fn mat(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
+    let v = grid_values(rows * k, seed)
+        .into_iter()
+        .map(|x| x * scale)
+        .collect();
+    DenseRows::new(rows, k, v)
+}
+
+fn a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk(make: &EngineMaker) {
+    let case = FfnCase::new(64, 96, 40);
+    let job = case.job(42);
+    let sink = DenseSink::for_shape(MatmulShape::new(case.c, case.c, case.n));
+    let (e, cache, stats) = (make.engine(), KernelCache::new(), Stats::default());
+    engine_fused(e.as_ref(), &cache, &job, &stats)
+        .unwrap()
+        .write(0, &sink);
+    let err = nmse(&case.want(), &sink.values());
+    assert!(err < 1e-5, "NMSE {err}");
+    let s = stats.snapshot();
+    assert_eq!((s.dispatches, s.compiles, s.offloaded), (1, 1, 3));
+    // a second call reuses the kernel
+    engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    assert_eq!(stats.snapshot().compiles, 1);
+}
+
+fn fused_projections_match_f64_each_output(make: &EngineMaker) {
+    let (c, n) = (64, 33);
+    let x = mat(n, c, 11, 2.0);
+    let rows = [64, 32, 32];
+    let mats: Vec<DenseRows> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.25))
+        .collect();
+    let norm = vec![1.0f32; c];
+    let sinks: Vec<DenseSink> = rows
+        .iter()
+        .map(|&r| DenseSink::for_shape(MatmulShape::new(r, c, n)))
+        .collect();
+    let job = FusedJob {
+        channels: c,
+        tokens: n,
+        eps: Some(1e-6),
+        x: &x,
+        norm_weight: &norm,
+        block: Block::Projections(
+            mats.iter()
+                .map(|m| (m as &dyn MatrixSource, m.rows))
+                .collect(),
+        ),
+        weight_id: Some(WeightId {
+            key: 42,
+            fingerprint: 7,
+        }),
+    };
+    let (e, cache, stats) = (make.engine(), KernelCache::new(), Stats::default());
+    let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    for (i, sink) in sinks.iter().enumerate() {
+        out.write(i, sink);
+    }
+    let xn = rms_norm(&f64s(&x.data), &vec![1.0; c], c, 1e-6);
+    let want = |m: &DenseRows| matmul(&xn, &f64s(&m.data), n, c, m.rows);
+    for (m, sink) in mats.iter().zip(&sinks) {
+        let e = nmse(&want(m), &sink.values());
+        assert!(e < 1e-5, "output of {} rows: NMSE {e}", m.rows);
+    }
+    assert_eq!(stats.snapshot().dispatches, 1);
+    // normalised elsewhere: the same block over the normed input, without the norm
+    let normed = DenseRows::new(n, c, xn.iter().map(|&v| v as f32).collect());
+    let job = FusedJob {
+        eps: None,
+        x: &normed,
+        ..job
+    };
+    // (the same weights with another program: a kernel of its own)
+    let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    assert_eq!(stats.snapshot().compiles, 2);
+    for (i, m) in mats.iter().enumerate() {
+        assert!(nmse(&want(m), out.values(i)) < 1e-5, "prenormed output {i}");
+    }
+}
+
+/// Projections whose results cancel — each output the difference of two nearly equal
+/// normed inputs — lose everything to fp16's rounding of those inputs: the block is
+/// declined with the predicted error, in both forms, and never returned.
+fn projections_fp16_cannot_resolve_are_declined_for_precision(make: &EngineMaker) {
+    let (c, n) = (64, 40);
+    // x[n] = [1 + d, 1, small noise...]: normed, columns 0 and 1 nearly equal
+    let noise = grid_values(n * c, 3);
+    let x: Vec<f32> = (0..n * c)
+        .map(|i| match i % c {
+            0 => 1.0 + 1e-4 * (i / c) as f32,
+            1 => 1.0,
+            _ => 1e-3 * noise[i],
+        })
+        .collect();
+    let x = DenseRows::new(n, c, x);
+    // every output row: column 0 minus column 1
+    let rows = 32;
+    let w: Vec<f32> = (0..rows * c)
+        .map(|i| match i % c {
+            0 => 1.0,
+            1 => -1.0,
+            _ => 0.0,
+        })
+        .collect();
+    let w = DenseRows::new(rows, c, w);
+    let norm = vec![1.0f32; c];
+    for kernels in [KernelPolicy::Baked, KernelPolicy::Streamed] {
+        let job = FusedJob {
+            channels: c,
+            tokens: n,
+            eps: Some(1e-6),
+            x: &x,
+            norm_weight: &norm,
+            block: Block::Projections(vec![(&w, rows), (&w, rows)]),
+            weight_id: Some(WeightId {
+                key: 9,
+                fingerprint: 1,
+            }),
+        };
+        let (e, stats) = (make.engine(), Stats::default());
+        let cache = KernelCache::new().with_policy(kernels);
+        let r = engine_fused(e.as_ref(), &cache, &job, &stats);
+        assert!(
+            matches!(r, Err(FallbackReason::Precision(ref w)) if w.contains("fused projection 0")),
+            "{kernels:?}: {r:?}"
+        );
+    }
+    // the same block on well-scaled inputs is taken (random data predicts ~1e-7)
+    let x = mat(n, c, 11, 2.0);
+    let w = mat(rows, c, 12, 0.25);
+    let job = FusedJob {
+        channels: c,
+        tokens: n,
+        eps: Some(1e-6),
+        x: &x,
+        norm_weight: &norm,
+        block: Block::Projections(vec![(&w, rows)]),
+        weight_id: None,
+    };
+    let (e, cache, stats) = (make.engine(), KernelCache::new(), Stats::default());
+    assert!(engine_fused(e.as_ref(), &cache, &job, &stats).is_ok());
+}
+
+/// An FFN whose down projection cancels: hidden features j and j + h/2 are equal (their
+/// gate and up rows are), and W2's column j + h/2 is −(1 + 1e-3) times column j, so every
+/// output is 1e-3 of its terms. fp16's rounding of W2 alone loses it (shown in f64 below);
+/// the block is declined with the predicted error in both forms, never returned.
+fn an_ffn_whose_down_projection_fp16_cannot_resolve_is_declined_for_precision(make: &EngineMaker) {
+    let mut case = FfnCase::new(64, 96, 40);
+    let (c, h, half) = (case.c, case.h, case.h / 2);
+    for r in half..h {
+        for i in 0..c {
+            case.gate.data[r * c + i] = case.gate.data[(r - half) * c + i];
+            case.up.data[r * c + i] = case.up.data[(r - half) * c + i];
+        }
+    }
+    for d in 0..c {
+        for j in half..h {
+            case.down.data[d * h + j] = -case.down.data[d * h + j - half] * 1.001;
+        }
+    }
+    // the answer with W2 rounded to fp16, in f64: far from the exact one
+    let exact = case.want();
+    let mut rounded = case.clone();
+    for v in &mut rounded.down.data {
+        *v = f16::from_f32(*v).to_f32();
+    }
+    let lost: Vec<f32> = rounded.want().iter().map(|&v| v as f32).collect();
+    let residual: Vec<f64> = case.x.data.iter().map(|&v| f64::from(v)).collect();
+    let without_residual = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .zip(&residual)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>()
+    };
+    let lost_block: Vec<f32> = lost
+        .iter()
+        .zip(&residual)
+        .map(|(&a, &b)| (f64::from(a) - b) as f32)
+        .collect();
+    let err = nmse(&without_residual(&exact), &lost_block);
+    assert!(err > 1e-3, "fp16 weights keep this block (NMSE {err:.1e})");
+    eprintln!("W2 in fp16 alone: NMSE {err:.1e}");
+    for kernels in [KernelPolicy::Baked, KernelPolicy::Streamed] {
+        let (e, stats) = (make.engine(), Stats::default());
+        let cache = KernelCache::new().with_policy(kernels);
+        let r = engine_fused(e.as_ref(), &cache, &case.job(77), &stats);
+        assert!(
+            matches!(r, Err(FallbackReason::Precision(ref w)) if w.contains("fused FFN down projection")),
+            "{kernels:?}: {r:?}"
+        );
+        eprintln!("{kernels:?}: {r:?}");
+    }
+    // the unaltered block passes the same check in both forms (random data: ~1e-7)
+    let case = FfnCase::new(64, 96, 40);
+    for kernels in [KernelPolicy::Baked, KernelPolicy::Streamed] {
+        let (e, stats) = (make.engine(), Stats::default());
+        let cache = KernelCache::new().with_policy(kernels);
+        let sink = DenseSink::for_shape(MatmulShape::new(c, c, case.n));
+        engine_fused(e.as_ref(), &cache, &case.job(78), &stats)
+            .unwrap()
+            .write(0, &sink);
+        let err = nmse(&case.want(), &sink.values());
+        assert!(err < 1e-5, "{kernels:?}: NMSE {err}");
+    }
+}
+
+fn blocks_the_engine_cannot_take_say_why(make: &EngineMaker) {
+    let case = FfnCase::new(64, 96, 8);
+    let (e, cache, stats) = (make.engine(), KernelCache::new(), Stats::default());
+    // |x| of 300 overflows x² in fp16: predicted before any compile
+    let big = DenseRows::new(case.n, case.c, vec![300.0; case.n * case.c]);
+    let r = engine_fused(
+        e.as_ref(),
+        &cache,
+        &FusedJob {
+            x: &big,
+            ..case.job(42)
+        },
+        &stats,
+    );
+    assert_eq!(r, Err(FallbackReason::NonFinite));
+    assert_eq!(stats.snapshot().compiles, 0);
+    // 40 000 channels are past the engine's 16384
+    let wide = FusedJob {
+        channels: 40_000,
+        norm_weight: &[],
+        ..case.job(42)
+    };
+    let r = engine_fused(e.as_ref(), &cache, &wide, &stats);
+    assert!(matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("past")));
+}
+
+fn streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket(make: &EngineMaker) {
+    // a 512-wide engine: an FFN of 301 hidden features runs in 3 tiles of 101 (padded)
+    let e = make.make(512, None);
+    let case = FfnCase::new(64, 301, 40);
+    let (c, h, n) = (case.c, case.h, case.n);
+    assert_eq!(streamed::ffn_hidden_tile(h, 64, 512), Some(101));
+    // a residual other than the block input
+    let r = mat(n, c, 5, 1.0);
+    let job = FusedJob {
+        block: Block::Ffn {
+            hidden: h,
+            gate: &case.gate,
+            up: &case.up,
+            down: &case.down,
+            residual: &r,
+        },
+        ..case.job(42)
+    };
+    let cache = KernelCache::new().with_policy(KernelPolicy::Streamed);
+    let stats = Stats::default();
+    let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    assert_eq!(out.form(), FusedForm::Streamed);
+    let want: Vec<f64> = case
+        .want()
+        .iter()
+        .zip(&case.x.data)
+        .zip(&r.data)
+        .map(|((y, &x), &r)| y - f64::from(x) + f64::from(r))
+        .collect();
+    let err = nmse(&want, out.values(0));
+    assert!(err < 1e-5, "NMSE {err}");
+    let s = stats.snapshot();
+    // 40 tokens: one 64-token bucket; 3 tiles, one kernel
+    assert_eq!((s.compiles, s.dispatches), (1, 3));
+    assert!(s.weight_bytes > 0);
+    // again: the same kernel, the weights still staged
+    engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    let again = stats.snapshot();
+    assert_eq!((again.compiles, again.dispatches), (1, 6));
+    assert_eq!(again.weight_bytes, s.weight_bytes, "weights staged once");
+
+    // projections, streamed, unidentified weights (staged every call)
+    let mats: Vec<DenseRows> = [64, 32, 32]
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| mat(m, c, 20 + i as u64, 0.25))
+        .collect();
+    let job = FusedJob {
+        block: Block::Projections(
+            mats.iter()
+                .map(|m| (m as &dyn MatrixSource, m.rows))
+                .collect(),
+        ),
+        weight_id: None,
+        ..job
+    };
+    let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    assert_eq!(out.form(), FusedForm::Streamed);
+    let xn = case.normed_f64();
+    for (i, m) in mats.iter().enumerate() {
+        let err = nmse(&matmul(&xn, &f64s(&m.data), n, c, m.rows), out.values(i));
+        assert!(err < 1e-5, "output {i}: NMSE {err}");
+    }
+}
+
+/// The self-probes — each matmul form and each fused form once against f64 — pass: on the
+/// reference engine by construction, on a Mac the first word on these forms on hardware.
+fn the_self_probes_pass(make: &EngineMaker) {
+    use ane_runtime::fused::probe::probe_fused;
+    use ane_runtime::matmul::probe::{forms_for, probe};
+    let engine = make.engine();
+    let matmul = probe(engine.as_ref(), &forms_for(KernelPolicy::Auto));
+    assert!(matmul.iter().all(|r| r.passed()), "{matmul:?}");
+    let fused = probe_fused(engine.as_ref(), &[FusedForm::Baked, FusedForm::Streamed]);
+    assert_eq!(fused.len(), 2);
+    assert!(fused.iter().all(|r| r.passed()), "{fused:?}");
+}
+
+engine_test!(
+    made: the_self_probes_pass,
+    a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk,
+    fused_projections_match_f64_each_output,
+    projections_fp16_cannot_resolve_are_declined_for_precision,
+    an_ffn_whose_down_projection_fp16_cannot_resolve_is_declined_for_precision,
+    blocks_the_engine_cannot_take_say_why,
+    streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket,
+);
