@@ -230,6 +230,74 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
     assert!(err <= max, "NMSE {err:e}");
 }
 
+/// A model whose attention Metal cannot run: head size 16 is not in ggml-metal's flash
+/// attention list, and the stand-in refuses what Metal refuses. llama.cpp's automatic flash
+/// attention then turns itself off beside MTL0, as beside real Metal (with the old stand-in,
+/// which took every op, it stayed on: a graph no Mac builds); the prompt's matmuls still reach
+/// the ANE and the logits still equal a CPU-only run.
+#[test]
+fn attention_metal_refuses_leaves_our_results_right() {
+    let dir = support::scratch_dir("metal-head16");
+    let Some((exe, standin, _)) = tools(&dir, "metal-head16") else {
+        return;
+    };
+    let model = dir.join("tiny-head16.gguf");
+    let made = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/tiny_model.py"
+        ))
+        .arg(&model)
+        .arg("f16")
+        .args(["--heads", "32", "--kv-heads", "16"])
+        .output()
+        .expect("run tiny_model.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
+    let cdylib = support::cdylib();
+    let cache = dir.join("cache");
+    let (log, logits) = run(
+        &exe,
+        &model,
+        &dir.join("metal.f32"),
+        &[
+            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
+            ("LOGITS_DEVICES", "ANE,MTL0"),
+            ("LOGITS_TENSOR_SPLIT", "0,1"),
+            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
+            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
+            ("GGML_ANE_STATS", "1"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    for l in log
+        .lines()
+        .filter(|l| l.contains("lash") || l.contains("nodes on engine"))
+    {
+        eprintln!("{l}");
+    }
+    assert!(
+        log.contains("Flash Attention not supported, set to disabled"),
+        "MTL0 took a flash attention real Metal refuses\n{}",
+        tail(&log)
+    );
+    let on_engine: u64 = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nodes on engine"))
+        .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+        .sum();
+    assert!(on_engine > 0, "{}", tail(&log));
+    let err = nmse(&cpu, &logits);
+    eprintln!(
+        "head size 16 beside MTL0: {on_engine} nodes on the engine, NMSE vs the CPU {err:.1e}"
+    );
+    assert!(err <= 1e-5, "NMSE {err:e}\n{}", tail(&log));
+}
+
 /// ANE and GPU at once (issue #14): llama.cpp's `-sm tensor` shards every layer across the
 /// stand-in Metal and ANE-FULL (`-dev MTL0,ANE-FULL -ts 0.7,0.3 -fa on`, Metal first so its
 /// queue runs while the ANE works); the logits equal a CPU-only run.

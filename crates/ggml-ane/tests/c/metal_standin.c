@@ -2,7 +2,8 @@
  * Linux. It imitates what ggml-metal shows the scheduler (ggml/src/ggml-metal/ggml-metal.cpp):
  * a GPU device "MTL0"; buffer types "MTL0", "MTL0_Mapped" (what buffer_from_host_ptr returns
  * for the mmapped model) and "MTL0_Private", all with is_host = false; supports_buft accepting
- * only its own three; Metal's capabilities (async, events, buffers from host pointers, mmap)
+ * only its own three; supports_op as ggml-metal's own list (below); Metal's capabilities (async,
+ * events, buffers from host pointers, mmap)
  * and its offload threshold (MUL_MAT with 32 or more tokens, MUL_MAT_ID counting ne[2]).
  *
  * And it behaves like Metal where a careless neighbour would notice:
@@ -355,10 +356,222 @@ static ggml_backend_buffer_t dev_buffer_from_host_ptr(ggml_backend_dev_t dev, vo
     return buf;
 }
 
+/* ---- which ops it takes: ggml-metal's own list ----
+ * ggml_metal_device_supports_op of the pinned ggml (0.25.3, ggml-metal-device.m L1539-1955)
+ * for an Apple7+ GPU with bfloat (M2 and later; STANDIN_METAL_NO_BF16=1 is an M1), cut to the
+ * ops a llama, MoE or whisper graph holds; anything else is refused, as Metal refuses what its
+ * list does not name. So the scheduler sends to the CPU (or to us) exactly what it would beside
+ * real Metal: a flash attention of an unlisted head size, a BF16 operand on an M1. */
+static bool f32_or_f16(const struct ggml_tensor *t) {
+    return t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16;
+}
+
+static bool has_bf16_operand(const struct ggml_tensor *op) {
+    if (op->type == GGML_TYPE_BF16) {
+        return true;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (op->src[i] != NULL && op->src[i]->type == GGML_TYPE_BF16) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ggml_metal_supports_mul_mat_op (L1513-1537) with the matrix-matrix path's test
+ * (ggml-metal-common.cpp L35-49: K of 64 or more and more than 8 tokens, 32 for experts) */
+static bool metal_mul_mat(const struct ggml_tensor *op, bool is_id) {
+    if (op->src[0]->type == GGML_TYPE_TQ1_0) {
+        return false;
+    }
+    if (op->src[1]->type != GGML_TYPE_F16) {
+        return true;
+    }
+    if (op->src[0]->type == GGML_TYPE_BF16) {
+        return false;
+    }
+    if (!is_id && op->src[0]->type == GGML_TYPE_F16) {
+        return true;
+    }
+    const int64_t k = op->src[0]->ne[0];
+    if (is_id) {
+        return k >= 64 && op->src[2]->ne[1] >= 32;
+    }
+    return !ggml_is_transposed(op->src[0]) && !ggml_is_transposed(op->src[1]) && k >= 64 &&
+           op->src[1]->ne[1] > 8;
+}
+
+/* flash attention's head sizes (L1711-1724) and K/V types (L1734-1748) */
+static bool metal_flash_attn(const struct ggml_tensor *op) {
+    static const int64_t heads[] = {32, 40, 48, 64, 72, 80, 96, 112, 128, 192, 256, 320, 512, 576};
+    bool listed = false;
+    for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        listed |= op->src[0]->ne[0] == heads[i];
+    }
+    if (!listed || op->src[1]->ne[0] < op->src[2]->ne[0] || op->src[1]->type != op->src[2]->type) {
+        return false;
+    }
+    if (op->src[1]->ne[0] == 72 && op->src[1]->ne[0] != op->src[2]->ne[0]) {
+        return false;
+    }
+    switch (op->src[1]->type) {
+    case GGML_TYPE_F32:
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16:
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* CPY/DUP/CONT/SET (L1860-1921) */
+static bool metal_copy(const struct ggml_tensor *op) {
+    switch (op->src[0]->type) {
+    case GGML_TYPE_F32:
+        switch (op->type) {
+        case GGML_TYPE_F32:
+        case GGML_TYPE_F16:
+        case GGML_TYPE_BF16:
+        case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1:
+        case GGML_TYPE_IQ4_NL:
+        case GGML_TYPE_I32:
+            return true;
+        default:
+            return false;
+        }
+    case GGML_TYPE_F16:
+        return op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_F16;
+    case GGML_TYPE_BF16:
+        return op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_BF16;
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q8_0:
+        return op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_F16;
+    case GGML_TYPE_I32:
+        return op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_I32;
+    default:
+        return false;
+    }
+}
+
 static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op) {
     (void)dev;
-    (void)op;
-    return true; /* every op of a llama layer, as Metal */
+    const char *no_bf16 = getenv("STANDIN_METAL_NO_BF16");
+    if (no_bf16 != NULL && strcmp(no_bf16, "1") == 0 && has_bf16_operand(op)) {
+        return false;
+    }
+    const struct ggml_tensor *a = op->src[0];
+    switch (op->op) {
+    case GGML_OP_NONE:
+    case GGML_OP_RESHAPE:
+    case GGML_OP_VIEW:
+    case GGML_OP_TRANSPOSE:
+    case GGML_OP_PERMUTE:
+    case GGML_OP_REPEAT:
+    case GGML_OP_ROPE:
+    case GGML_OP_ARGSORT:
+    case GGML_OP_ARANGE:
+    case GGML_OP_CONV_TRANSPOSE_1D:
+        return true;
+    case GGML_OP_SCALE:
+    case GGML_OP_CLAMP:
+    case GGML_OP_SQR:
+    case GGML_OP_SQRT:
+    case GGML_OP_SIN:
+    case GGML_OP_COS:
+    case GGML_OP_LOG:
+        return ggml_is_contiguous_rows(a) && f32_or_f16(a);
+    case GGML_OP_UNARY:
+        switch (ggml_get_unary_op(op)) {
+        case GGML_UNARY_OP_TANH:
+        case GGML_UNARY_OP_RELU:
+        case GGML_UNARY_OP_SIGMOID:
+        case GGML_UNARY_OP_GELU:
+        case GGML_UNARY_OP_GELU_ERF:
+        case GGML_UNARY_OP_GELU_QUICK:
+        case GGML_UNARY_OP_SILU:
+        case GGML_UNARY_OP_ELU:
+        case GGML_UNARY_OP_NEG:
+        case GGML_UNARY_OP_ABS:
+        case GGML_UNARY_OP_EXP:
+        case GGML_UNARY_OP_HARDSWISH:
+        case GGML_UNARY_OP_HARDSIGMOID:
+            return ggml_is_contiguous_rows(a) && f32_or_f16(a);
+        default:
+            return false;
+        }
+    case GGML_OP_GLU:
+        switch (ggml_get_glu_op(op)) {
+        case GGML_GLU_OP_REGLU:
+        case GGML_GLU_OP_GEGLU:
+        case GGML_GLU_OP_SWIGLU:
+        case GGML_GLU_OP_SWIGLU_OAI:
+        case GGML_GLU_OP_GEGLU_ERF:
+        case GGML_GLU_OP_GEGLU_QUICK:
+            return ggml_is_contiguous_1(a) && f32_or_f16(a);
+        default:
+            return false;
+        }
+    case GGML_OP_ADD:
+    case GGML_OP_SUB:
+    case GGML_OP_MUL:
+    case GGML_OP_DIV:
+    case GGML_OP_ADD_ID:
+        return ggml_is_contiguous_rows(a) && ggml_is_contiguous_rows(op->src[1]) && f32_or_f16(a) &&
+               a->type == op->src[1]->type;
+    case GGML_OP_CONCAT:
+        return a->type == op->src[1]->type && a->type == op->type &&
+               (f32_or_f16(a) || a->type == GGML_TYPE_I32 || a->type == GGML_TYPE_BF16);
+    case GGML_OP_SUM_ROWS:
+    case GGML_OP_MEAN:
+    case GGML_OP_SOFT_MAX:
+    case GGML_OP_GROUP_NORM:
+    case GGML_OP_L2_NORM:
+    case GGML_OP_NORM:
+    case GGML_OP_RMS_NORM:
+        return ggml_is_contiguous_rows(a);
+    case GGML_OP_ARGMAX:
+        return true;
+    case GGML_OP_IM2COL:
+        return ggml_is_contiguous(op->src[1]) && op->src[1]->type == GGML_TYPE_F32 && f32_or_f16(op);
+    case GGML_OP_PAD:
+    case GGML_OP_UPSCALE:
+        return a->type == GGML_TYPE_F32;
+    case GGML_OP_FLASH_ATTN_EXT:
+        return metal_flash_attn(op);
+    case GGML_OP_MUL_MAT:
+        return metal_mul_mat(op, false);
+    case GGML_OP_MUL_MAT_ID:
+        return metal_mul_mat(op, true);
+    case GGML_OP_SET:
+    case GGML_OP_CPY:
+    case GGML_OP_DUP:
+    case GGML_OP_CONT:
+        return metal_copy(op);
+    case GGML_OP_GET_ROWS:
+        return a->type != GGML_TYPE_TQ1_0;
+    case GGML_OP_SET_ROWS:
+        if (a->type == GGML_TYPE_F16) {
+            return op->type == GGML_TYPE_F16;
+        }
+        return a->type == GGML_TYPE_F32 &&
+               (f32_or_f16(op) || op->type == GGML_TYPE_BF16 || op->type == GGML_TYPE_Q8_0 ||
+                op->type == GGML_TYPE_Q4_0 || op->type == GGML_TYPE_Q4_1 || op->type == GGML_TYPE_Q5_0 ||
+                op->type == GGML_TYPE_Q5_1 || op->type == GGML_TYPE_IQ4_NL);
+    default:
+        return false;
+    }
 }
 
 static bool dev_supports_buft(ggml_backend_dev_t dev, ggml_backend_buffer_type_t buft) {
