@@ -8,7 +8,7 @@ use half::{bf16, f16};
 
 use super::{
     ggml_backend_buffer_get_type, ggml_backend_buffer_get_usage, ggml_get_glu_op,
-    ggml_get_type_traits, ggml_get_unary_op, ggml_glu_op_name, ggml_op, ggml_op_name, ggml_tensor,
+    ggml_get_type_traits, ggml_get_unary_op, ggml_glu_op_name, ggml_op_name, ggml_tensor,
     ggml_to_float_t, ggml_type, ggml_unary_op_name, readable_buft, GGML_BACKEND_BUFFER_USAGE_ANY,
     GGML_BACKEND_BUFFER_USAGE_WEIGHTS, GGML_MAX_NAME, GGML_MAX_SRC, GGML_TENSOR_FLAG_INPUT,
 };
@@ -66,18 +66,29 @@ pub(crate) struct NodeDesc {
     /// ggml's op parameters (RMS_NORM: eps as f32 bits; GLU: op, swapped).
     pub(crate) op_params: [i32; 16],
     name: [c_char; GGML_MAX_NAME],
+    /// The first source's name (a MUL_MAT's weights: `encoder.blocks.3.attn.query.weight`).
+    src0_name: [c_char; GGML_MAX_NAME],
+}
+
+/// A ggml name field, lossily decoded.
+fn name_text(name: &[c_char; GGML_MAX_NAME]) -> String {
+    let bytes: Vec<u8> = name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 impl NodeDesc {
     /// The node's name (llama.cpp: `ffn_up-3` for layer 3's), lossily decoded.
     pub(crate) fn name(&self) -> String {
-        let bytes: Vec<u8> = self
-            .name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+        name_text(&self.name)
+    }
+
+    /// The first source's name ("" when it has none).
+    pub(crate) fn src0_name(&self) -> String {
+        name_text(&self.src0_name)
     }
 }
 
@@ -138,9 +149,7 @@ pub(super) fn describe(t: &ggml_tensor, memo: &mut BuftMemo) -> TensorDesc {
         readable,
         in_weights_buffer: usage == Some(GGML_BACKEND_BUFFER_USAGE_WEIGHTS),
         usage_unknown: usage == Some(GGML_BACKEND_BUFFER_USAGE_ANY),
-        leaf: t.op == ggml_op::NONE
-            && t.view_src.is_null()
-            && t.flags & GGML_TENSOR_FLAG_INPUT == 0,
+        leaf: op_is_none(t) && t.view_src.is_null() && t.flags & GGML_TENSOR_FLAG_INPUT == 0,
     }
 }
 
@@ -171,12 +180,23 @@ pub(crate) unsafe fn describe_node(t: *const ggml_tensor, memo: &mut BuftMemo) -
         // SAFETY: ggml keeps unused source slots NULL and used ones live.
         *s = unsafe { t.src[i].as_ref() }.map(|s| describe(s, memo));
     }
+    // SAFETY: as above.
+    let src0_name = unsafe { t.src[0].as_ref() }.map_or([0; GGML_MAX_NAME], |s| s.name);
     Some(NodeDesc {
         node: describe(t, memo),
         src,
         op_params: t.op_params,
         name: t.name,
+        src0_name,
     })
+}
+
+/// Whether `t` is computed by no op (a leaf or input), by ggml's name for its op.
+fn op_is_none(t: &ggml_tensor) -> bool {
+    // SAFETY: `t.op` comes from a live tensor, so it indexes ggml's own table.
+    let p = unsafe { ggml_op_name(t.op) };
+    // SAFETY: ggml's name table holds static NUL-terminated literals.
+    !p.is_null() && unsafe { CStr::from_ptr(p) }.to_bytes() == b"NONE"
 }
 
 /// What kind of op `t` is, by ggml's names for it: enum values past MUL_MAT move between

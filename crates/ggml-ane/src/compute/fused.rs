@@ -13,7 +13,7 @@ use super::context::BackendContext;
 use super::walker::{Chain, ChainKind};
 use crate::abi::{self, ggml_type, NodeDesc, Split, TensorDesc, TensorRows};
 use crate::runtime::Runtime;
-use crate::stats::placement::{op_name, Placement};
+use crate::stats::placement::{display_name, Placement};
 
 fn declined(why: impl Into<String>) -> FallbackReason {
     FallbackReason::Unsupported(why.into())
@@ -210,7 +210,7 @@ pub(crate) fn record_placement(
     let names: Vec<String> = matmuls
         .iter()
         .filter_map(|&i| descs[i].as_ref())
-        .map(|d| op_name(&d.name()).to_string())
+        .map(|d| display_name(&d.name(), &d.src0_name()))
         .collect();
     let first = descs[matmuls[0]].as_ref();
     let (rows, k, tokens, weight_type) = first

@@ -113,7 +113,7 @@ pub(crate) fn run(
     let debug = abi::log_enabled(abi::GGML_LOG_LEVEL_DEBUG);
     if rt.config.stats_level >= 2 || debug {
         let (name, weight_type) = (desc.name(), desc.src[0].map_or("?", |t| t.type_name));
-        let p = Placement::new(&name, &s, weight_type, &result);
+        let p = Placement::new(&name, &desc.src0_name(), &s, weight_type, &result);
         if debug {
             abi::log(
                 abi::GGML_LOG_LEVEL_DEBUG,

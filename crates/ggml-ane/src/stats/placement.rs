@@ -22,8 +22,10 @@ pub(crate) struct Placement {
 }
 
 impl Placement {
+    /// The row of a MUL_MAT named `node_name` whose weights are named `weight_name`.
     pub(crate) fn new(
         node_name: &str,
+        weight_name: &str,
         shape: &MatmulShape,
         weight_type: &'static str,
         result: &Result<KernelKind, FallbackReason>,
@@ -33,7 +35,7 @@ impl Placement {
             let _ = write!(s, " [{},{}]", shape.batch[0], shape.batch[1]);
         }
         Placement {
-            op: op_name(node_name).to_string(),
+            op: display_name(node_name, weight_name),
             shape: s,
             weight_type,
             place: match result {
@@ -42,6 +44,35 @@ impl Placement {
             },
         }
     }
+}
+
+/// Whether ggml made the name up: `node_12`, `leaf_3` (ggml names what its client left unnamed
+/// when it builds the graph; whisper.cpp names no node), or none at all.
+fn is_generated(name: &str) -> bool {
+    name.is_empty()
+        || ["node_", "leaf_"].iter().any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// What a MUL_MAT's row is called: its own name where its client gave one (llama.cpp:
+/// `ffn_up-3` → `ffn_up`), else its weights' with layer numbers and `.weight` dropped
+/// (whisper.cpp: `encoder.blocks.3.attn.query.weight` → `encoder.blocks.attn.query`), else
+/// what it multiplies (attention's products of two activations).
+pub(crate) fn display_name(node_name: &str, weight_name: &str) -> String {
+    if !is_generated(node_name) {
+        return op_name(node_name).to_string();
+    }
+    if !is_generated(weight_name) {
+        let base = weight_name.strip_suffix(".weight").unwrap_or(weight_name);
+        let parts: Vec<&str> = base
+            .split('.')
+            .filter(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        return op_name(&parts.join(".")).to_string();
+    }
+    "(activations × activations)".to_string()
 }
 
 /// `ffn_up-3` → `ffn_up`: llama.cpp names a layer's tensors `<name>-<layer>`.
@@ -118,12 +149,37 @@ mod tests {
     }
 
     #[test]
+    fn unnamed_nodes_take_their_weights_name_or_their_role() {
+        // llama.cpp names its nodes
+        assert_eq!(display_name("ffn_up-3", "blk.3.ffn_up.weight"), "ffn_up");
+        // whisper.cpp does not: ggml's generated name gives way to the weights'
+        assert_eq!(
+            display_name("node_10", "encoder.blocks.3.attn.query.weight"),
+            "encoder.blocks.attn.query"
+        );
+        assert_eq!(
+            display_name("", "decoder.token_embedding.weight"),
+            "decoder.token_embedding"
+        );
+        // a product of two activations (attention's KQ), both names generated
+        assert_eq!(
+            display_name("node_7", "node_5"),
+            "(activations × activations)"
+        );
+        assert_eq!(display_name("node_7", ""), "(activations × activations)");
+        // names that only look generated stay
+        assert_eq!(display_name("node_", "w"), "node_");
+        assert_eq!(display_name("node_x1", "w"), "node_x1");
+    }
+
+    #[test]
     fn the_table_counts_each_placement() {
         let shape = MatmulShape::new(8, 4, 2);
         let p = Placements::default();
         for layer in 0..3 {
             p.record(Placement::new(
                 &format!("ffn_up-{layer}"),
+                "",
                 &shape,
                 "q8_0",
                 &Ok(KernelKind::Baked),
@@ -131,6 +187,7 @@ mod tests {
         }
         p.record(Placement::new(
             "kq-0",
+            "",
             &MatmulShape {
                 batch: [4, 1],
                 ..shape
