@@ -39,6 +39,10 @@ step "ggml 0.26.0 (backend API v3) host"
 GGML_V3_LIB_DIR=$(bash scripts/build-ggml-v3.sh | tail -n 1)/bin
 step "ggml 0.28 (backend API v3, the newest a registry offers) host"
 GGML_V3_NEWEST_LIB_DIR=$(bash scripts/build-ggml-v3.sh llama-cpp-sys-4 0.11.0 28 | tail -n 1)/bin
+step "whisper.cpp 1.8.3 (ggml 0.9.5, whisper-rs-sys 0.15.0) and 1.8.5 (ggml 0.13.1, pywhispercpp 1.5.1) hosts"
+GGML_WHISPER_1_8_3_DIR=$(bash scripts/build-whisper.sh 1.8.3 | tail -n 1)/bin
+GGML_WHISPER_1_8_5_DIR=$(bash scripts/build-whisper.sh 1.8.5 | tail -n 1)/bin
+export GGML_WHISPER_1_8_3_DIR GGML_WHISPER_1_8_5_DIR
 export GGML_V3_LIB_DIR GGML_V3_NEWEST_LIB_DIR GGML_ANE_REQUIRE_HOSTS=1
 echo "GGML_V3_LIB_DIR=$GGML_V3_LIB_DIR"
 echo "GGML_V3_NEWEST_LIB_DIR=$GGML_V3_NEWEST_LIB_DIR"

@@ -300,7 +300,7 @@ fn a_disabled_library_offers_no_device() {
 #[test]
 fn an_untested_ggml_version_gets_the_refusal_line() {
     let case = "type_a=f32,type_b=f32,m=16,n=1,k=256";
-    for (version, why) in [("0.99.0", "newer than"), ("0.9.1", "older than")] {
+    for (version, why) in [("0.99.0", "newer than"), ("0.8.0", "older than")] {
         let lib = support::compile_c(
             "fake_version.c",
             &format!("libfake-{version}.so"),
@@ -317,7 +317,7 @@ fn an_untested_ggml_version_gets_the_refusal_line() {
         assert!(text.contains(&line), "{}", tail(&text));
         assert!(text.contains("no ANE device"), "{}", tail(&text));
         assert!(text.contains("Testing 1 devices"), "{}", tail(&text));
-        if version == "0.9.1" {
+        if version == "0.8.0" {
             // the host really is 0.25: trying anyway works
             let text = run(Some(case), &[preload[0], ("GGML_ANE_ANY_GGML", "1")]);
             assert!(text.contains("trying anyway"), "{}", tail(&text));

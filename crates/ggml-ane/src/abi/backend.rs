@@ -25,21 +25,45 @@ fn guid() -> *mut [u8; 16] {
         .0
 }
 
+/// Whether backends are laid out as before ggml 0.10.0 in this host ([`ggml_backend_0_9`]).
+fn legacy_layout() -> bool {
+    super::registry::host_layout().is_some_and(|l| !l.backend_2d_slots)
+}
+
+/// `device` and `context` of one of our backends, read through the layout it was made with.
+///
+/// # Safety
+/// `backend` is one of ours, live.
+unsafe fn parts(backend: *mut ggml_backend) -> (*mut ggml_backend_device, *mut c_void) {
+    if legacy_layout() {
+        // SAFETY: ours, made as a ggml_backend_0_9 in this host (`new_backend`).
+        let b = unsafe { &*backend.cast::<ggml_backend_0_9>() };
+        (b.device, b.context)
+    } else {
+        // SAFETY: ours, made as a ggml_backend.
+        let b = unsafe { &*backend };
+        (b.device, b.context)
+    }
+}
+
 /// Our context of `backend`, if it is one of ours.
 ///
 /// # Safety
 /// `backend` is NULL or a live ggml backend.
 unsafe fn context<'a>(backend: *mut ggml_backend) -> Option<&'a BackendContext> {
     // SAFETY: NULL or live, by the caller; ours (checked by the GUID) carry a BackendContext.
-    unsafe {
-        (ggml_backend_is_ane(backend)).then(|| &*((*backend).context as *const BackendContext))
-    }
+    unsafe { (ggml_backend_is_ane(backend)).then(|| &*(parts(backend).1 as *const BackendContext)) }
 }
 
 unsafe extern "C" fn ggml_backend_ane_get_name(backend: *mut ggml_backend) -> *const c_char {
     guard("get_name", ANE.name.as_ptr(), || {
         // SAFETY: ggml passes one of our live backends (or NULL, checked).
-        let device = unsafe { backend.as_ref() }.map_or(std::ptr::null_mut(), |b| b.device);
+        let device = if unsafe { ggml_backend_is_ane(backend) } {
+            // SAFETY: one of ours, live.
+            unsafe { parts(backend) }.0
+        } else {
+            std::ptr::null_mut()
+        };
         // SAFETY: NULL or one of our devices.
         unsafe { spec_of(device) }.name.as_ptr()
     })
@@ -51,16 +75,20 @@ unsafe extern "C" fn ggml_backend_ane_free(backend: *mut ggml_backend) {
             return;
         }
         // SAFETY: `backend` and its context were created by `new_backend` with
-        // Box::into_raw and ggml frees each backend exactly once.
-        let (b, ctx) = unsafe {
-            let b = Box::from_raw(backend);
-            let ctx = Box::from_raw(b.context.cast::<BackendContext>());
-            (b, ctx)
+        // Box::into_raw, in the layout read here, and ggml frees each backend exactly once.
+        let ctx = unsafe {
+            let ctx = Box::from_raw(parts(backend).1.cast::<BackendContext>());
+            if legacy_layout() {
+                drop(Box::from_raw(backend.cast::<ggml_backend_0_9>()));
+            } else {
+                drop(Box::from_raw(backend));
+            }
+            ctx
         };
         if let Ok(rt) = runtime::runtime() {
             stats::instance_ended(&ctx, rt);
         }
-        drop((b, ctx));
+        drop(ctx);
     })
 }
 
@@ -73,9 +101,10 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
         let Some(ctx) = (unsafe { context(backend) }) else {
             return GGML_STATUS_FAILED;
         };
+        let compute_flag = super::registry::host_layout().is_none_or(|l| l.compute_flag);
         // SAFETY: `cgraph` is a live graph handed to this backend for the duration of this
         // call, its tensors ours to read and write until we return.
-        let mut split = unsafe { Split::read(cgraph, use_counts_layout()) };
+        let mut split = unsafe { Split::read(cgraph, use_counts_layout(), compute_flag) };
         let done = match runtime::runtime() {
             Ok(rt) => compute::graph_compute(ctx, rt, &mut split),
             // no usable engine: the devices took no ops; whatever is handed to us anyway goes
@@ -101,12 +130,7 @@ unsafe extern "C" fn ggml_backend_ane_graph_compute(
 /// whose headers the layout test checks (elsewhere the use counts are not read).
 fn use_counts_layout() -> bool {
     static KNOWN: OnceLock<bool> = OnceLock::new();
-    *KNOWN.get_or_init(|| {
-        matches!(
-            crate::hosts::host_support(&host_ggml_version()),
-            crate::hosts::HostSupport::Supported(_)
-        )
-    })
+    *KNOWN.get_or_init(|| crate::hosts::use_counts_readable(&host_ggml_version()))
 }
 
 /// Says once that graphs come without use counts: fused blocks then write back their normed
@@ -140,9 +164,32 @@ const BACKEND_I: ggml_backend_i = ggml_backend_i {
     graph_optimize: None,
 };
 
+/// [`BACKEND_I`] in the slots of a ggml before 0.10.0.
+const BACKEND_I_0_9: ggml_backend_i_0_9 = ggml_backend_i_0_9 {
+    get_name: BACKEND_I.get_name,
+    free: BACKEND_I.free,
+    set_tensor_async: None,
+    get_tensor_async: None,
+    cpy_tensor_async: None,
+    synchronize: None,
+    graph_plan_create: None,
+    graph_plan_free: None,
+    graph_plan_update: None,
+    graph_plan_compute: None,
+    graph_compute: BACKEND_I.graph_compute,
+    event_record: None,
+    event_wait: None,
+    graph_optimize: None,
+};
+
 /// A backend of `device` (ANE or ANE-FULL: they compute alike, the devices differ in what they
-/// accept). Without a usable engine it takes no ops (its devices say so from then on).
+/// accept), laid out as the host's ggml lays out backends; NULL where the host was refused
+/// (no layout: no device is offered there). Without a usable engine it takes no ops (its
+/// devices say so from then on).
 pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend {
+    let Some(layout) = super::registry::host_layout() else {
+        return std::ptr::null_mut();
+    };
     let ctx = Box::new(BackendContext::default());
     match runtime::runtime() {
         Ok(rt) => {
@@ -155,13 +202,23 @@ pub(super) fn new_backend(device: *mut ggml_backend_device) -> *mut ggml_backend
         // out of the way: its device takes no ops from now on
         Err(e) => no_usable_engine(&e),
     }
-    let ctx = Box::into_raw(ctx);
-    Box::into_raw(Box::new(ggml_backend {
-        guid: guid(),
-        iface: BACKEND_I,
-        device,
-        context: ctx.cast::<c_void>(),
-    }))
+    let context = Box::into_raw(ctx).cast::<c_void>();
+    if layout.backend_2d_slots {
+        Box::into_raw(Box::new(ggml_backend {
+            guid: guid(),
+            iface: BACKEND_I,
+            device,
+            context,
+        }))
+    } else {
+        Box::into_raw(Box::new(ggml_backend_0_9 {
+            guid: guid(),
+            iface: BACKEND_I_0_9,
+            device,
+            context,
+        }))
+        .cast::<ggml_backend>()
+    }
 }
 
 /// Says once that no engine is usable, and what follows.

@@ -12,6 +12,7 @@
 //! - `tensor.rs`: a tensor read into a plain `TensorDesc`; bounds-checked row access.
 //! - `split.rs`: a split read once into a `Split` (nodes, descriptions, use counts).
 //! - `cpu.rs`: ggml's CPU backend, borrowed from the host.
+//! - `host.rs`: what the host's ggml is, read at run time (its exports; tensors read back).
 //! - `backend.rs`, `device.rs`, `registry.rs`: the vtables ggml calls and the exported entry
 //!   points; each hands over to safe code in a line or two.
 //! - `signals.rs`: the stats table on SIGINT/SIGTERM.
@@ -24,6 +25,7 @@
 pub(crate) mod backend;
 pub(crate) mod cpu;
 mod device;
+pub(crate) mod host;
 pub mod registry;
 pub(crate) mod signals;
 pub(crate) mod split;
@@ -268,6 +270,38 @@ pub struct ggml_backend {
     pub context: *mut c_void,
 }
 
+/// `struct ggml_backend_i` before ggml 0.10.0 (0.9.5: whisper-rs-sys 0.15.0): no
+/// `set_tensor_2d_async` / `get_tensor_2d_async`, everything after them 16 bytes earlier.
+#[repr(C)]
+pub struct ggml_backend_i_0_9 {
+    pub get_name: Option<unsafe extern "C" fn(backend: Backend) -> *const c_char>,
+    pub free: Option<unsafe extern "C" fn(backend: Backend)>,
+    pub set_tensor_async: unused_fn,
+    pub get_tensor_async: unused_fn,
+    pub cpy_tensor_async: unused_fn,
+    pub synchronize: unused_fn,
+    pub graph_plan_create: unused_fn,
+    pub graph_plan_free: unused_fn,
+    pub graph_plan_update: unused_fn,
+    pub graph_plan_compute: unused_fn,
+    pub graph_compute:
+        Option<unsafe extern "C" fn(backend: Backend, cgraph: *mut ggml_cgraph) -> c_int>,
+    pub event_record: unused_fn,
+    pub event_wait: unused_fn,
+    pub graph_optimize: unused_fn,
+}
+
+/// `struct ggml_backend` before ggml 0.10.0, around [`ggml_backend_i_0_9`]. Our functions
+/// receive it as `*mut ggml_backend` (the first field, the GUID, is where it always was);
+/// `abi::backend` reads `device` and `context` through the layout the host has.
+#[repr(C)]
+pub struct ggml_backend_0_9 {
+    pub guid: *mut [u8; 16],
+    pub iface: ggml_backend_i_0_9,
+    pub device: *mut ggml_backend_device,
+    pub context: *mut c_void,
+}
+
 unsafe extern "C" {
     pub fn ggml_backend_cpu_buffer_type() -> ggml_backend_buffer_type_t;
     pub fn ggml_backend_cpu_buffer_from_ptr(ptr: *mut c_void, size: usize)
@@ -312,6 +346,30 @@ unsafe extern "C" {
         name: *const c_char,
     ) -> *mut c_void;
     pub fn ggml_backend_free(backend: *mut ggml_backend);
+    // tensors built for the run-time layout check (`host.rs`)
+    pub fn ggml_new_tensor_4d(
+        ctx: *mut ggml_context,
+        type_: ggml_type,
+        ne0: i64,
+        ne1: i64,
+        ne2: i64,
+        ne3: i64,
+    ) -> *mut ggml_tensor;
+    pub fn ggml_view_2d(
+        ctx: *mut ggml_context,
+        a: *mut ggml_tensor,
+        ne0: i64,
+        ne1: i64,
+        nb1: usize,
+        offset: usize,
+    ) -> *mut ggml_tensor;
+    pub fn ggml_set_name(tensor: *mut ggml_tensor, name: *const c_char) -> *mut ggml_tensor;
+    pub fn ggml_add(
+        ctx: *mut ggml_context,
+        a: *mut ggml_tensor,
+        b: *mut ggml_tensor,
+    ) -> *mut ggml_tensor;
+    pub fn ggml_set_output(tensor: *mut ggml_tensor);
     pub fn ggml_threadpool_params_init(p: *mut ggml_threadpool_params, n_threads: c_int);
 }
 
@@ -407,6 +465,30 @@ pub(crate) fn machine_memory() -> (usize, usize) {
 pub(crate) fn host_ggml_version() -> String {
     // SAFETY: ggml_version returns a static NUL-terminated string.
     unsafe { text(ggml_version()) }
+}
+
+/// [`layout_table`]'s entries for the structs that differ before ggml 0.10.0, under the C
+/// names, as the 0.9.5 host's headers give them (`tests/layout_tests.rs`).
+pub fn layout_table_0_9() -> Vec<(&'static str, usize)> {
+    use std::mem::{offset_of, size_of};
+    vec![
+        ("ggml_backend_i", size_of::<ggml_backend_i_0_9>()),
+        (
+            "ggml_backend_i.graph_compute",
+            offset_of!(ggml_backend_i_0_9, graph_compute),
+        ),
+        (
+            "ggml_backend_i.graph_optimize",
+            offset_of!(ggml_backend_i_0_9, graph_optimize),
+        ),
+        ("ggml_backend", size_of::<ggml_backend_0_9>()),
+        ("ggml_backend.iface", offset_of!(ggml_backend_0_9, iface)),
+        ("ggml_backend.device", offset_of!(ggml_backend_0_9, device)),
+        (
+            "ggml_backend.context",
+            offset_of!(ggml_backend_0_9, context),
+        ),
+    ]
 }
 
 /// `(name, size)` and `(name.field, offset)` of every mirrored struct, and the enum values
@@ -569,6 +651,12 @@ const _: () = {
     assert!(size_of::<ggml_backend_device>() == 136);
     assert!(size_of::<ggml_backend_i>() == 128);
     assert!(size_of::<ggml_backend>() == 152);
+    // ggml 0.9.5 (tests/layout_tests.rs checks them against that host's headers)
+    assert!(size_of::<ggml_backend_i_0_9>() == 112);
+    assert!(offset_of!(ggml_backend_i_0_9, graph_compute) == 80);
+    assert!(size_of::<ggml_backend_0_9>() == 136);
+    assert!(offset_of!(ggml_backend_0_9, device) == 120);
+    assert!(offset_of!(ggml_backend_0_9, context) == 128);
     assert!(size_of::<ggml_backend_dev_props>() == 56);
     assert!(offset_of!(ggml_threadpool_params, poll) == 520);
     assert!(offset_of!(ggml_cgraph_head, use_counts) == 48);

@@ -208,42 +208,42 @@ fn offered() -> bool {
     OFFERED.get().copied().unwrap_or(false)
 }
 
-/// The backend API version to announce, and whether to offer the device; logs why not.
+/// The layout the host was found to have when the registry was made (`None`: the device is
+/// not offered, and no backend of ours is made).
+static HOST_LAYOUT: OnceLock<Option<crate::hosts::HostLayout>> = OnceLock::new();
+
+/// The host's layout, as decided when the registry was made.
+pub(crate) fn host_layout() -> Option<crate::hosts::HostLayout> {
+    HOST_LAYOUT.get().copied().flatten()
+}
+
+/// The backend API version to announce, and whether to offer the device: the version table,
+/// the layout the host's exports show, and its tensors read back (`hosts::decide`); logs why
+/// not, or what is tried.
 fn host_decision() -> (c_int, bool) {
     let version = host_ggml_version();
     let (disable, any) = match crate::settings::get() {
         Ok(c) => (c.disable, c.any_ggml),
         Err(_) => (false, false),
     };
-    match crate::hosts::host_support(&version) {
-        crate::hosts::HostSupport::Supported(api) => {
-            if disable {
-                log(
-                    GGML_LOG_LEVEL_INFO,
-                    "ggml-ane: GGML_ANE_DISABLE is set: no ANE device",
-                );
-            }
-            (api, !disable)
-        }
-        other => {
-            let api = crate::hosts::guessed_api(&version);
-            let why = other.relation();
-            let tested = crate::hosts::tested_versions();
-            if any && !disable {
-                log(
-                    GGML_LOG_LEVEL_WARN,
-                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with ({tested}); trying anyway with backend API v{api} (GGML_ANE_ANY_GGML)"),
-                );
-                (api, true)
-            } else {
-                log(
-                    GGML_LOG_LEVEL_ERROR,
-                    &format!("ggml-ane: ggml {version} is {why} the versions this build is tested with ({tested}): staying out, no ANE device (GGML_ANE_ANY_GGML=1 tries anyway)"),
-                );
-                (api, false)
-            }
-        }
+    let layout = crate::hosts::layout_from_exports(super::host::host_exports());
+    let d = crate::hosts::decide(
+        &version,
+        layout,
+        super::host::tensors_read_back(),
+        any,
+        disable,
+    );
+    HOST_LAYOUT.get_or_init(|| d.layout);
+    if let Some((is_error, line)) = &d.log {
+        let level = match (is_error, d.layout.is_some()) {
+            (true, _) => GGML_LOG_LEVEL_ERROR,
+            (false, true) => GGML_LOG_LEVEL_WARN,
+            (false, false) => GGML_LOG_LEVEL_INFO,
+        };
+        log(level, line);
     }
+    (d.api, d.layout.is_some())
 }
 
 // ---- exports for ggml_backend_load ----

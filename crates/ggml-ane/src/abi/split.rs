@@ -11,6 +11,7 @@ use super::{
     ggml_cgraph, ggml_cgraph_head, ggml_graph_n_nodes, ggml_graph_node, ggml_graph_nodes,
     ggml_tensor, ggml_type, GGML_MAX_SRC, GGML_TENSOR_FLAG_COMPUTE, GGML_TENSOR_FLAG_OUTPUT,
 };
+use crate::compute::walker::OpKind;
 use crate::compute::walker::WalkNode;
 
 /// The nodes of one split, read once.
@@ -25,12 +26,18 @@ pub(crate) struct Split<'g> {
 
 impl<'g> Split<'g> {
     /// Reads `cgraph` (with ggml's use counts when `use_counts_layout` says this host's
-    /// `struct ggml_cgraph` is the one we mirror).
+    /// `struct ggml_cgraph` is the one we mirror). With `compute_flag` the nodes to compute
+    /// are those ggml flagged COMPUTE; without (ggml before 0.9.6), as that ggml's CPU backend
+    /// decides: every node but NONE, views and empty tensors.
     ///
     /// # Safety
     /// `cgraph` is a live graph, handed to the backend to compute, whose nodes, their sources
     /// and their data stay live and are not used by anyone else for `'g`.
-    pub(crate) unsafe fn read(cgraph: *mut ggml_cgraph, use_counts_layout: bool) -> Self {
+    pub(crate) unsafe fn read(
+        cgraph: *mut ggml_cgraph,
+        use_counts_layout: bool,
+        compute_flag: bool,
+    ) -> Self {
         // SAFETY: a live graph, by the caller.
         let n = unsafe { ggml_graph_n_nodes(cgraph) }.max(0);
         let mut ptrs = Vec::with_capacity(n as usize);
@@ -43,12 +50,18 @@ impl<'g> Split<'g> {
                 continue;
             };
             let srcs: Vec<usize> = t.src[..GGML_MAX_SRC].iter().map(|&s| s as usize).collect();
+            let kind = op_kind(t);
+            let compute = if compute_flag {
+                t.flags & GGML_TENSOR_FLAG_COMPUTE != 0
+            } else {
+                kind != OpKind::View && t.ne.iter().all(|&n| n > 0)
+            };
             nodes.push(WalkNode {
                 id: p as usize,
-                kind: op_kind(t),
+                kind,
                 srcs,
                 is_output: t.flags & GGML_TENSOR_FLAG_OUTPUT != 0,
-                compute: t.flags & GGML_TENSOR_FLAG_COMPUTE != 0,
+                compute,
                 engine: false,
                 uses: None,
             });

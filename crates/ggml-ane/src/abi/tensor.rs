@@ -191,12 +191,20 @@ pub(crate) unsafe fn describe_node(t: *const ggml_tensor, memo: &mut BuftMemo) -
     })
 }
 
-/// Whether `t` is computed by no op (a leaf or input), by ggml's name for its op.
-fn op_is_none(t: &ggml_tensor) -> bool {
+/// ggml's name for `t`'s op (`MUL_MAT`), "" if it has none.
+pub(crate) fn op_name_of(t: &ggml_tensor) -> String {
     // SAFETY: `t.op` comes from a live tensor, so it indexes ggml's own table.
     let p = unsafe { ggml_op_name(t.op) };
+    if p.is_null() {
+        return String::new();
+    }
     // SAFETY: ggml's name table holds static NUL-terminated literals.
-    !p.is_null() && unsafe { CStr::from_ptr(p) }.to_bytes() == b"NONE"
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Whether `t` is computed by no op (a leaf or input), by ggml's name for its op.
+fn op_is_none(t: &ggml_tensor) -> bool {
+    op_name_of(t) == "NONE"
 }
 
 /// What kind of op `t` is, by ggml's names for it: enum values past MUL_MAT move between

@@ -210,7 +210,7 @@ pub(crate) fn record_placement(
     let names: Vec<String> = matmuls
         .iter()
         .filter_map(|&i| descs[i].as_ref())
-        .map(|d| display_name(&d.name(), &d.src0_name()))
+        .map(|d| display_name(&d.name(), &d.src0_name(), true))
         .collect();
     let first = descs[matmuls[0]].as_ref();
     let (rows, k, tokens, weight_type) = first

@@ -113,7 +113,13 @@ pub(crate) fn run(
     let debug = abi::log_enabled(abi::GGML_LOG_LEVEL_DEBUG);
     if rt.config.stats_level >= 2 || debug {
         let (name, weight_type) = (desc.name(), desc.src[0].map_or("?", |t| t.type_name));
-        let p = Placement::new(&name, &desc.src0_name(), &s, weight_type, &result);
+        let weights_are_model = desc.src[0].is_some_and(|t| t.is_model_weight());
+        let p = Placement::new(
+            (&name, &desc.src0_name(), weights_are_model),
+            &s,
+            weight_type,
+            &result,
+        );
         if debug {
             abi::log(
                 abi::GGML_LOG_LEVEL_DEBUG,

@@ -24,8 +24,7 @@ pub(crate) struct Placement {
 impl Placement {
     /// The row of a MUL_MAT named `node_name` whose weights are named `weight_name`.
     pub(crate) fn new(
-        node_name: &str,
-        weight_name: &str,
+        (node_name, weight_name, weights_are_model): (&str, &str, bool),
         shape: &MatmulShape,
         weight_type: &'static str,
         result: &Result<KernelKind, FallbackReason>,
@@ -35,7 +34,7 @@ impl Placement {
             let _ = write!(s, " [{},{}]", shape.batch[0], shape.batch[1]);
         }
         Placement {
-            op: display_name(node_name, weight_name),
+            op: display_name(node_name, weight_name, weights_are_model),
             shape: s,
             weight_type,
             place: match result {
@@ -46,9 +45,24 @@ impl Placement {
     }
 }
 
+/// A name without the suffixes ggml appends to a view's or copy's (`Kcur-0 (reshaped)
+/// (permuted)` → `Kcur-0`).
+fn without_view_suffixes(name: &str) -> &str {
+    let mut base = name.trim_end();
+    while let Some(open) = base.rfind(" (") {
+        if !base.ends_with(')') {
+            break;
+        }
+        base = base[..open].trim_end();
+    }
+    base
+}
+
 /// Whether ggml made the name up: `node_12`, `leaf_3` (ggml names what its client left unnamed
-/// when it builds the graph; whisper.cpp names no node), or none at all.
+/// when it builds the graph; whisper.cpp names no node), a bare view suffix (` (reshaped)`),
+/// or none at all.
 fn is_generated(name: &str) -> bool {
+    let name = without_view_suffixes(name);
     name.is_empty()
         || ["node_", "leaf_"].iter().any(|p| {
             name.strip_prefix(p)
@@ -58,11 +72,12 @@ fn is_generated(name: &str) -> bool {
 
 /// What a MUL_MAT's row is called: its own name where its client gave one (llama.cpp:
 /// `ffn_up-3` → `ffn_up`), else its weights' with layer numbers and `.weight` dropped
-/// (whisper.cpp: `encoder.blocks.3.attn.query.weight` → `encoder.blocks.attn.query`), else
-/// what it multiplies (attention's products of two activations).
-pub(crate) fn display_name(node_name: &str, weight_name: &str) -> String {
+/// (`encoder.blocks.3.attn.query.weight` → `encoder.blocks.attn.query`), else what it
+/// multiplies: model weights (whisper.cpp names neither nodes nor, in ggml, its weights) or
+/// two activations (attention's products). The shape column tells such rows apart.
+pub(crate) fn display_name(node_name: &str, weight_name: &str, weights_are_model: bool) -> String {
     if !is_generated(node_name) {
-        return op_name(node_name).to_string();
+        return op_name(without_view_suffixes(node_name)).to_string();
     }
     if !is_generated(weight_name) {
         let base = weight_name.strip_suffix(".weight").unwrap_or(weight_name);
@@ -72,7 +87,11 @@ pub(crate) fn display_name(node_name: &str, weight_name: &str) -> String {
             .collect();
         return op_name(&parts.join(".")).to_string();
     }
-    "(activations × activations)".to_string()
+    if weights_are_model {
+        "(weights × activations)".to_string()
+    } else {
+        "(activations × activations)".to_string()
+    }
 }
 
 /// `ffn_up-3` → `ffn_up`: llama.cpp names a layer's tensors `<name>-<layer>`.
@@ -151,25 +170,39 @@ mod tests {
     #[test]
     fn unnamed_nodes_take_their_weights_name_or_their_role() {
         // llama.cpp names its nodes
-        assert_eq!(display_name("ffn_up-3", "blk.3.ffn_up.weight"), "ffn_up");
-        // whisper.cpp does not: ggml's generated name gives way to the weights'
         assert_eq!(
-            display_name("node_10", "encoder.blocks.3.attn.query.weight"),
+            display_name("ffn_up-3", "blk.3.ffn_up.weight", true),
+            "ffn_up"
+        );
+        assert_eq!(
+            display_name("Kcur-0 (reshaped) (permuted)", "", false),
+            "Kcur"
+        );
+        // an unnamed node gives way to its weights' name
+        assert_eq!(
+            display_name("node_10", "encoder.blocks.3.attn.query.weight", true),
             "encoder.blocks.attn.query"
         );
         assert_eq!(
-            display_name("", "decoder.token_embedding.weight"),
+            display_name("", "decoder.token_embedding.weight", true),
             "decoder.token_embedding"
         );
-        // a product of two activations (attention's KQ), both names generated
+        // whisper.cpp: neither named (ggml's view suffixes on an empty name count as none)
         assert_eq!(
-            display_name("node_7", "node_5"),
+            display_name(" (reshaped)", "", true),
+            "(weights × activations)"
+        );
+        assert_eq!(
+            display_name("node_7", "node_5", false),
             "(activations × activations)"
         );
-        assert_eq!(display_name("node_7", ""), "(activations × activations)");
+        assert_eq!(
+            display_name(" (reshaped) (copy) (permuted)", "", false),
+            "(activations × activations)"
+        );
         // names that only look generated stay
-        assert_eq!(display_name("node_", "w"), "node_");
-        assert_eq!(display_name("node_x1", "w"), "node_x1");
+        assert_eq!(display_name("node_", "w", true), "node_");
+        assert_eq!(display_name("node_x1", "w", true), "node_x1");
     }
 
     #[test]
@@ -178,16 +211,14 @@ mod tests {
         let p = Placements::default();
         for layer in 0..3 {
             p.record(Placement::new(
-                &format!("ffn_up-{layer}"),
-                "",
+                (&format!("ffn_up-{layer}"), "", true),
                 &shape,
                 "q8_0",
                 &Ok(KernelKind::Baked),
             ));
         }
         p.record(Placement::new(
-            "kq-0",
-            "",
+            ("kq-0", "", false),
             &MatmulShape {
                 batch: [4, 1],
                 ..shape

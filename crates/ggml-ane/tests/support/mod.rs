@@ -33,6 +33,30 @@ pub fn v3_hosts() -> Vec<(&'static str, PathBuf)> {
     hosts
 }
 
+/// The whisper.cpp test hosts that are built (`GGML_WHISPER_1_8_3_DIR`: ggml 0.9.5, from
+/// whisper-rs-sys 0.15.0; `GGML_WHISPER_1_8_5_DIR`: ggml 0.13.1, from pywhispercpp 1.5.1 —
+/// each a `bin/` folder with libwhisper, ggml and `whisper-run`), by whisper.cpp version; a
+/// SKIP line for each that is not (a failure when `GGML_ANE_REQUIRE_HOSTS` says they must be).
+pub fn whisper_hosts() -> Vec<(&'static str, PathBuf)> {
+    let mut hosts = Vec::new();
+    for (version, var) in [
+        ("1.8.3", "GGML_WHISPER_1_8_3_DIR"),
+        ("1.8.5", "GGML_WHISPER_1_8_5_DIR"),
+    ] {
+        match std::env::var_os(var) {
+            Some(dir) => hosts.push((version, PathBuf::from(dir))),
+            None => {
+                assert!(
+                    std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+                    "{var} is not set"
+                );
+                eprintln!("SKIP: {var} not set (scripts/build-whisper.sh {version} builds it)");
+            }
+        }
+    }
+    hosts
+}
+
 /// The pinned ggml source folder (`include/`, `src/`).
 pub fn src_dir() -> PathBuf {
     std::env::var("GGML_SRC_DIR")
