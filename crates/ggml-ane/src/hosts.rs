@@ -1,5 +1,5 @@
-//! Which ggml hosts the backend works with, by version — a pure decision, no ggml symbols (the
-//! registry in `abi` asks it).
+//! Which ggml hosts the backend works with, by version and layout — a pure decision, no ggml
+//! symbols (the registry in `abi` asks it, with what `abi::host` read off the host).
 
 /// What differs, among the ggml versions we know, in what we hand a host and read from it
 /// (everything else `abi` mirrors is the same in all of them: `tests/layout_tests.rs`).

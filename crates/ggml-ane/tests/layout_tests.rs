@@ -96,7 +96,10 @@ fn whisper_sources(bin: &std::path::Path) -> std::path::PathBuf {
     let cache = std::fs::read_to_string(bin.join("../CMakeCache.txt")).unwrap();
     cache
         .lines()
-        .find_map(|l| l.strip_prefix("WHISPER_SRC:").and_then(|r| r.split_once('=')))
+        .find_map(|l| {
+            l.strip_prefix("WHISPER_SRC:")
+                .and_then(|r| r.split_once('='))
+        })
         .map(|(_, path)| std::path::PathBuf::from(path).join("ggml"))
         .expect("WHISPER_SRC in the whisper host's CMake cache")
 }
@@ -113,7 +116,11 @@ fn the_whisper_hosts_headers_have_the_layouts_the_table_gives() {
     for (version, bin) in support::whisper_hosts() {
         let src = whisper_sources(&bin);
         let old = version == "1.8.3";
-        let flags: &[&str] = if old { &["-DLAYOUT_NO_COMPUTE_FLAG"] } else { &[] };
+        let flags: &[&str] = if old {
+            &["-DLAYOUT_NO_COMPUTE_FLAG"]
+        } else {
+            &[]
+        };
         let host = c_layout_with(&src, &format!("layout-whisper-{version}"), flags);
         for (name, value) in &pinned {
             let want = match name.as_str() {
@@ -122,7 +129,11 @@ fn the_whisper_hosts_headers_have_the_layouts_the_table_gives() {
                 n if old && legacy.contains_key(n) => Some(legacy[n]),
                 _ => Some(*value),
             };
-            assert_eq!(host.get(name).copied(), want, "whisper.cpp {version}: {name}");
+            assert_eq!(
+                host.get(name).copied(),
+                want,
+                "whisper.cpp {version}: {name}"
+            );
         }
     }
 }

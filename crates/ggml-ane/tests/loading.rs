@@ -62,3 +62,40 @@ fn loading_and_listing_devices_compiles_nothing() {
     );
     assert!(log.contains("self-probe"), "{log}");
 }
+
+/// llama.cpp's own device listing (`--list-devices`, common's lazy `ggml_backend_load_all`,
+/// llama.cpp#22290) shows both devices from `GGML_BACKEND_PATH`, with nothing compiled; the
+/// pinned llama-server is built with `GGML_BACKEND_DL`, as released llama.cpp builds are.
+#[test]
+fn llama_server_lists_our_devices() {
+    let lib_dir = support::lib_dir();
+    let server = lib_dir.join("llama-server");
+    if !server.exists() {
+        assert!(
+            std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+            "llama-server missing in {}",
+            lib_dir.display()
+        );
+        eprintln!("SKIP: llama-server missing (scripts/build-ggml.sh builds it)");
+        return;
+    }
+    let out = Command::new(server)
+        .arg("--list-devices")
+        .current_dir(&lib_dir)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .env("GGML_BACKEND_PATH", support::cdylib())
+        .env("GGML_ANE_LOG", "debug")
+        .env("GGML_ANE_CACHE_DIR", "off")
+        .env_remove("GGML_ANE_ENGINE")
+        .output()
+        .expect("run llama-server --list-devices");
+    let (stdout, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{log}");
+    for device in ["  ANE: ", "  ANE-FULL: "] {
+        assert!(stdout.contains(device), "{stdout}{log}");
+    }
+    assert!(!log.contains("self-probe"), "{log}");
+}

@@ -44,7 +44,11 @@ fn run(bin: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, S
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "whisper-run failed:\n{}", tail(&log));
+    assert!(
+        output.status.success(),
+        "whisper-run failed:\n{}",
+        tail(&log)
+    );
     let tokens = log
         .lines()
         .find_map(|l| l.strip_prefix("tokens:"))
@@ -98,18 +102,29 @@ fn whisper_releases_run_their_encoder_on_the_engine() {
             let mut env = vec![("GGML_BACKEND_PATH", lib), ("GGML_ANE_STATS", "2")];
             env.extend(extra);
             let (log, tokens, logits) = run(&bin, &model, &dir.join("ane.f32"), &env);
-            assert!(!log.contains("staying out"), "{version}: refused\n{}", tail(&log));
+            assert!(
+                !log.contains("staying out"),
+                "{version}: refused\n{}",
+                tail(&log)
+            );
             let on_engine = stat(&log, "nodes on engine");
             // the encoder: 2 layers of q, k, v, out, fc1, fc2 and attention's two products, and
             // the conv stem's two
-            assert!(on_engine >= 16, "{version} {label}: {on_engine} nodes\n{}", tail(&log));
+            assert!(
+                on_engine >= 16,
+                "{version} {label}: {on_engine} nodes\n{}",
+                tail(&log)
+            );
             // nothing handed to us falls back, but for products too small to trust to one
             // fp16 dot product (single decoder tokens' attention: "too few outputs")
             let on_cpu = stat(&log, "nodes on CPU");
             if on_cpu > 0 {
                 assert_eq!(on_cpu, stat(&log, "too few outputs"), "{version} {label}");
             }
-            assert!(label == "decoder too" || on_cpu == 0, "{version} {label}: {on_cpu}");
+            assert!(
+                label == "decoder too" || on_cpu == 0,
+                "{version} {label}: {on_cpu}"
+            );
             let err = nmse(&cpu, &logits);
             eprintln!(
                 "whisper.cpp {version}, {label}: {on_engine} nodes on the engine, logits NMSE {err:.1e}, tokens {tokens}"
@@ -118,7 +133,11 @@ fn whisper_releases_run_their_encoder_on_the_engine() {
             assert_eq!(tokens, cpu_tokens, "{version} {label}");
             if label == "decoder too" {
                 // the decoder's projections of its 4-token prompt and single tokens join them
-                assert!(on_engine > 22, "{version}: {on_engine} nodes\n{}", tail(&log));
+                assert!(
+                    on_engine > 22,
+                    "{version}: {on_engine} nodes\n{}",
+                    tail(&log)
+                );
             }
         }
     }
@@ -163,7 +182,10 @@ fn an_unknown_version_in_an_older_layout_is_refused_or_spoken_right() {
         tail(&log)
     );
     assert!(log.contains("no ANE device"), "{}", tail(&log));
-    assert_eq!((tokens.as_str(), nmse(&cpu, &logits)), (cpu_tokens.as_str(), 0.0));
+    assert_eq!(
+        (tokens.as_str(), nmse(&cpu, &logits)),
+        (cpu_tokens.as_str(), 0.0)
+    );
 
     let mut env = base.to_vec();
     env.push(("GGML_ANE_ANY_GGML", "1"));
