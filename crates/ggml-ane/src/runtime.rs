@@ -219,6 +219,14 @@ pub(crate) fn features() -> Vec<(String, String)> {
     if let Some(b) = limits.compile_budget {
         f.push(("COMPILE_BUDGET".to_string(), b.to_string()));
     }
+    // which ggml this library is bound to, and how many the process holds (one, or trouble)
+    if let Some(base) = crate::abi::host::bound_ggml_base() {
+        f.push(("GGML_BASE".to_string(), base));
+    }
+    f.push((
+        "GGML_BASE_COPIES".to_string(),
+        crate::abi::host::loaded_ggml_bases().len().to_string(),
+    ));
     if let Some(rt) = runtime_if_made().filter(|rt| !rt.probe.is_empty()) {
         let found: Vec<String> = rt
             .probe

@@ -49,6 +49,17 @@ fn loading_and_listing_devices_compiles_nothing() {
     assert!(stdout.contains("device ANE-FULL: "), "{stdout}");
     assert!(stdout.contains("feature ANE ENGINE=reference"), "{stdout}");
     assert!(stdout.contains("feature ANE MAX_DIM=16384"), "{stdout}");
+    // the ggml it is bound to, the one copy in this process (two would be a second ggml)
+    assert!(
+        stdout.contains("feature ANE GGML_BASE_COPIES=1"),
+        "{stdout}"
+    );
+    let base = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("feature ANE GGML_BASE="))
+        .unwrap_or_else(|| panic!("no GGML_BASE feature:\n{stdout}"));
+    assert!(base.contains("libggml-base."), "{base}");
+    assert!(!log.contains("copies of libggml-base"), "{log}");
     // no runtime made, no self-probe run (each would say so at this log level)
     assert!(!log.contains("self-probe"), "{log}");
     assert!(!log.contains("ggml-ane: using the"), "{log}");

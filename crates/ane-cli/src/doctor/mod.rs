@@ -4,6 +4,7 @@
 //! questions only hardware answers, marked skipped with the reason where this engine cannot
 //! answer them. Ends with a summary and a verdict; `--json` and `--markdown` write the report.
 
+mod ggml_binding;
 mod limit_probes;
 
 use std::fmt::Write as _;
@@ -186,6 +187,16 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Err(e) => p = p.figure("compile", e),
         }
         probes.push(p);
+    }
+
+    // which ggml the backend library built beside this `ane` binds to in a host
+    if let Some((passed, detail)) = ggml_binding::check() {
+        let status = match passed {
+            Some(true) => Status::Pass,
+            Some(false) => Status::Fail,
+            None => Status::Skipped,
+        };
+        probes.push(Probe::new("ggml binding", status, detail));
     }
 
     // the rulebook on the bundled program arozanov/ggml-ane generates

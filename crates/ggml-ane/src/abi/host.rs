@@ -146,3 +146,77 @@ unsafe fn check_in(ctx: *mut c_void) -> Result<(), String> {
     )?;
     Ok(())
 }
+
+/// The path of the ggml-base this library is bound to (`dladdr` of one of its functions).
+pub(crate) fn bound_ggml_base() -> Option<String> {
+    // SAFETY: a zeroed Dl_info is a valid out-parameter (pointers NULL).
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr reads the address of a function of ggml-base and fills `info`.
+    let found = unsafe { libc::dladdr(ggml_init as *const c_void, &mut info) };
+    if found == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated path owned by the dynamic loader.
+    Some(
+        unsafe { CStr::from_ptr(info.dli_fname) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Whether a loaded image's path is a ggml-base (`libggml-base.so.0`, `libggml-base.0.dylib`).
+fn is_ggml_base(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with("libggml-base."))
+}
+
+/// Every libggml-base image loaded in this process: one where all is well; two means the
+/// library (or the host) brought a second ggml — two registries, two loggers, a CPU backend
+/// one of them cannot find.
+#[cfg(target_os = "macos")]
+pub(crate) fn loaded_ggml_bases() -> Vec<String> {
+    // dyld's image list (libSystem; the libc crate's declarations are deprecated in favour of
+    // another crate for these two functions alone)
+    unsafe extern "C" {
+        fn _dyld_image_count() -> u32;
+        fn _dyld_get_image_name(image_index: u32) -> *const c_char;
+    }
+    // SAFETY: dyld's image list may be read from any thread.
+    let count = unsafe { _dyld_image_count() };
+    (0..count)
+        .filter_map(|i| {
+            // SAFETY: as above; an index past a shrunk count yields NULL, skipped below.
+            let p = unsafe { _dyld_get_image_name(i) };
+            // SAFETY: a non-NULL name is dyld's NUL-terminated path.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        })
+        .filter(|p| is_ggml_base(p))
+        .collect()
+}
+
+/// Every libggml-base image loaded in this process (see the macOS version).
+#[cfg(not(target_os = "macos"))]
+pub(crate) fn loaded_ggml_bases() -> Vec<String> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a live info record and our Vec back as `data`.
+        let (info, found) = unsafe { (&*info, &mut *data.cast::<Vec<String>>()) };
+        if !info.dlpi_name.is_null() {
+            // SAFETY: the loader's NUL-terminated path of this image.
+            let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy();
+            if is_ggml_base(&name) {
+                found.push(name.into_owned());
+            }
+        }
+        0
+    }
+    let mut found: Vec<String> = Vec::new();
+    // SAFETY: the callback only reads the records and pushes to the Vec passed as `data`,
+    // which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut Vec<String>).cast()) };
+    found
+}

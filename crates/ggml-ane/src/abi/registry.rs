@@ -235,6 +235,20 @@ fn host_decision() -> (c_int, bool) {
         disable,
     );
     HOST_LAYOUT.get_or_init(|| d.layout);
+    // two copies of ggml in one process: two registries, two loggers, a CPU backend one side
+    // cannot find (a library linked to a libggml-base by path, on a Mac)
+    let bases = super::host::loaded_ggml_bases();
+    if bases.len() > 1 {
+        log(
+            GGML_LOG_LEVEL_WARN,
+            &format!(
+                "ggml-ane: this process holds {} copies of libggml-base ({}); this library is bound to {}",
+                bases.len(),
+                bases.join(", "),
+                super::host::bound_ggml_base().unwrap_or_else(|| "an unknown one".into())
+            ),
+        );
+    }
     if let Some((is_error, line)) = &d.log {
         let level = match (is_error, d.layout.is_some()) {
             (true, _) => GGML_LOG_LEVEL_ERROR,
