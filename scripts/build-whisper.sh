@@ -33,19 +33,9 @@ if [ -e "$build/bin/libwhisper.$so" ] && [ -e "$build/bin/libggml-cpu.$so" ] \
   exit 0
 fi
 
-need=()
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v ninja >/dev/null 2>&1 || need+=(ninja-build)
-command -v g++ >/dev/null 2>&1 || need+=(g++)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  if [ "$(uname -s)" = Darwin ]; then
-    # Homebrew's names; g++ comes with the Xcode command-line tools
-    command -v brew >/dev/null 2>&1 || { echo "install Homebrew, or cmake and ninja, first" >&2; exit 1; }
-    brew install cmake ninja >&2
-  elif [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
-  else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq "${need[@]}" >&2; fi
-fi
+# shellcheck source=scripts/build-tools.sh
+source scripts/build-tools.sh
+ensure_build_tools
 
 if [ "$version" = 1.8.3 ]; then
   # the sources stay in cargo's registry cache; the build only reads them

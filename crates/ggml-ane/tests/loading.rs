@@ -80,16 +80,9 @@ fn loading_and_listing_devices_compiles_nothing() {
 #[test]
 fn llama_server_lists_our_devices() {
     let lib_dir = support::lib_dir();
-    let server = lib_dir.join("llama-server");
-    if !server.exists() {
-        assert!(
-            std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
-            "llama-server missing in {}",
-            lib_dir.display()
-        );
-        eprintln!("SKIP: llama-server missing (scripts/build-ggml.sh builds it)");
+    let Some(server) = support::llama_server() else {
         return;
-    }
+    };
     let out = Command::new(server)
         .arg("--list-devices")
         .current_dir(&lib_dir)

@@ -242,21 +242,7 @@ fn attention_metal_refuses_leaves_our_results_right() {
         return;
     };
     let model = dir.join("tiny-head16.gguf");
-    let made = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/tiny_model.py"
-        ))
-        .arg(&model)
-        .arg("f16")
-        .args(["--heads", "32", "--kv-heads", "16"])
-        .output()
-        .expect("run tiny_model.py");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    support::write_tiny_model(&model, "f16", &["--heads", "32", "--kv-heads", "16"]);
     let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
     let cdylib = support::cdylib();
     let cache = dir.join("cache");

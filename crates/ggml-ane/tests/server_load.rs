@@ -105,16 +105,7 @@ impl Host {
     /// has no llama-server; a failure when GGML_ANE_REQUIRE_HOSTS says it must).
     fn find(tag: &str) -> Option<Host> {
         let lib_dir = support::lib_dir();
-        let server = lib_dir.join("llama-server");
-        if !server.exists() {
-            assert!(
-                std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
-                "llama-server missing in {}",
-                lib_dir.display()
-            );
-            eprintln!("SKIP: llama-server missing (scripts/build-ggml.sh builds it)");
-            return None;
-        }
+        let server = support::llama_server()?;
         let dir = support::scratch_dir(tag);
         let model = support::tiny_llama_test_vocab(&dir);
         Some(Host {

@@ -153,6 +153,23 @@ pub fn compile_c(source: &str, name: &str, extra: &[String]) -> PathBuf {
     exe
 }
 
+/// The pinned host's llama-server (None, with a SKIP line, when the host has none; a failure
+/// when `GGML_ANE_REQUIRE_HOSTS` says it must be there).
+pub fn llama_server() -> Option<PathBuf> {
+    let lib_dir = lib_dir();
+    let server = lib_dir.join("llama-server");
+    if server.exists() {
+        return Some(server);
+    }
+    assert!(
+        std::env::var_os("GGML_ANE_REQUIRE_HOSTS").is_none(),
+        "llama-server missing in {}",
+        lib_dir.display()
+    );
+    eprintln!("SKIP: llama-server missing (scripts/build-ggml.sh builds it)");
+    None
+}
+
 /// The stand-in Metal backend (`tests/c/metal_standin.c`) compiled against the pinned ggml as
 /// the shared library `<scratch>/<name>` (tests run in parallel: each names its own).
 pub fn compile_standin_metal(name: &str) -> PathBuf {
@@ -197,7 +214,9 @@ pub fn tiny_llama_test_vocab(dir: &Path) -> PathBuf {
     model
 }
 
-fn write_tiny_model(model: &Path, kind: &str, args: &[&str]) {
+/// Writes a tiny random model to `model` with `tests/py/tiny_model.py` (`kind` `f16` or
+/// `q8_0`; `args` its options: `--arch`, `--heads`, ...).
+pub fn write_tiny_model(model: &Path, kind: &str, args: &[&str]) {
     let made = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
