@@ -236,6 +236,16 @@ pub const REDUCE_AXES: Rule = Rule {
              (reduce_sum over axis 1 in RMSNorm)",
 };
 
+/// A conv's bias goes in an `add` of its own.
+pub const CONV_BIAS: Rule = Rule {
+    id: "conv-bias",
+    severity: Severity::Refuse,
+    summary: "conv with a bias argument is reported unsupported: the bias goes in a separate \
+              add(conv, b [1, M, 1, 1])",
+    source: "mechramc/Orion 65372ff README L261, compiler/codegen.m L69 (\"ANE doesn't support \
+             bias= in conv\"), compiler/pipeline.c L21-23; no source shows it working",
+};
+
 /// Every rule, for listing.
 pub const RULES: &[Rule] = &[
     IO_RANK4,
@@ -258,6 +268,7 @@ pub const RULES: &[Rule] = &[
     CONCAT_M3_ULTRA,
     OUTPUTS_IN_NAME_ORDER,
     REDUCE_AXES,
+    CONV_BIAS,
 ];
 
 /// Largest tensor dimension.
@@ -356,7 +367,18 @@ pub const OP_STATUS: &[(&str, OpStatus, &str)] = &[
     ("reduce_mean", OpStatus::Eval, "ironmill (axis -1 and 1)"),
     ("reduce_max", OpStatus::Eval, "ironmill (axis -1 and 1)"),
     ("reduce_min", OpStatus::Eval, "ironmill (axis -1 and 1)"),
-    ("layer_norm", OpStatus::Eval, "ironmill"),
+    (
+        "layer_norm",
+        OpStatus::CompileOnly,
+        "ironmill evaluates it only over the last axis without gamma/beta (examples/ane_op_eval.rs \
+         L726-754 at a750b7d); over channels, mechramc/Orion builds it from reduce_mean, sub, \
+         mul, add, pow (compiler/builder.c L227-283)",
+    ),
+    (
+        "gelu",
+        OpStatus::Rejected("the tanh chain of mechramc/Orion compiler/builder.c L285-333"),
+        "mechramc/Orion docs/ane_constraints.md L120-132 (fails to compile); no source shows it",
+    ),
     ("identity", OpStatus::Eval, "ironmill"),
     ("select", OpStatus::Eval, "ironmill"),
     ("pad", OpStatus::Eval, "ironmill (constant mode)"),
@@ -663,6 +685,9 @@ fn op_rules(
                 format!("`{}` reduces axes {axes:?}", s.name),
             ),
         }
+    }
+    if s.op == "conv" && s.input("bias").is_some() {
+        push(CONV_BIAS, at, format!("`{}` takes a bias", s.name));
     }
     if matches!(s.op.as_str(), "rsqrt" | "log" | "inverse") && s.input("epsilon").is_none() {
         push(

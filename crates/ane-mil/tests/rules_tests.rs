@@ -205,3 +205,40 @@ fn fused_forms_name_their_outputs_in_order_and_reduce_proven_axes() {
     assert!(refused_rules(&reduce(0), &none).contains("reduce-axes"));
     assert!(refused_rules(&reduce(2), &none).contains("reduce-axes"));
 }
+
+/// What mechramc/Orion found building GPT-2 for the ANE: `conv(bias=)` unsupported (a bias is
+/// an `add` of its own), `gelu` failing to compile (its tanh chain instead); and `layer_norm`
+/// only ever evaluated over the last axis without gamma/beta (jafreck/ironmill).
+#[test]
+fn conv_bias_and_gelu_are_refused_and_layer_norm_is_not_shown() {
+    let none = RuleOptions::default();
+    let conv = |bias: &str| {
+        program(
+            "tensor<fp16, [1, 64, 1, 32]> x",
+            &format!(
+                "        tensor<fp16, [32, 64, 1, 1]> W = const()[name = string(\"W\"), val = tensor<fp16, [32, 64, 1, 1]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];\n\
+                 \x20       tensor<fp16, [32]> b = const()[name = string(\"b\"), val = tensor<fp16, [32]>(BLOBFILE(path = string(\"@model_path/weights/b.bin\"), offset = uint64(64)))];\n\
+                 \x20       tensor<fp16, [1, 32, 1, 32]> y = conv({bias}weight = W, x = x)[name = string(\"y\")];\n"
+            ),
+            "y",
+        )
+    };
+    assert_eq!(
+        refused_rules(&conv("bias = b, "), &none),
+        BTreeSet::from(["conv-bias"])
+    );
+    assert!(refused_rules(&conv(""), &none).is_empty());
+
+    let gelu = program(
+        "tensor<fp16, [1, 64, 1, 32]> x",
+        "        string m = const()[name = string(\"m\"), val = string(\"TANH_APPROXIMATION\")];\n\
+         \x20       tensor<fp16, [1, 64, 1, 32]> y = gelu(mode = m, x = x)[name = string(\"y\")];\n",
+        "y",
+    );
+    assert_eq!(refused_rules(&gelu, &none), BTreeSet::from(["op-rejected"]));
+    assert!(matches!(op_status("gelu"), Some(OpStatus::Rejected(_))));
+    assert!(matches!(
+        op_status("layer_norm"),
+        Some(OpStatus::CompileOnly)
+    ));
+}

@@ -9,9 +9,10 @@
 //!   `sigmoid`, `mul` (silu), `mul` (gate), `conv(W2)`, returning the gated hidden values
 //!   beside the result (there in a `concat`, here as a second output: see below);
 //! - several projections of one normed input as several outputs, as Orion's
-//!   `compiler/frontends/gpt2_prefill.c` L32-69 (checked in `tests/test_ane_prefill.m`),
-//!   named so that their alphabetical order is their return order (Orion
-//!   `docs/ane_constraints.md` L21-37: outputs arrive sorted by name).
+//!   `compiler/frontends/gpt2_decode.c` L8-52 (q, k, v after a LayerNorm, run in its decode
+//!   loop; `gpt2_prefill.c` L32-69 returns K that way beside the attention's result, checked
+//!   against the CPU in `tests/test_ane_prefill.m`), named so that their alphabetical order is
+//!   their return order (Orion `docs/ane_constraints.md` L21-37: outputs arrive sorted by name).
 //!
 //! Every weight is a baked fp16 BLOBFILE in a file of its own (one per matrix, as maderix
 //! does; ane-infer's single shared file is reported failing on M1). The residual add of an
