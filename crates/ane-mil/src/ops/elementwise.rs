@@ -26,6 +26,8 @@ pub enum BinaryOp {
 pub enum UnaryOp {
     /// `1 / (1 + e^-x)`.
     Sigmoid,
+    /// `tanh(x)` (the GELU chain of mechramc/Orion `compiler/builder.c` L285-333).
+    Tanh,
 }
 
 fn float_operand(a: &OpArgs, key: &'static str) -> OpResult<Operand> {
@@ -79,19 +81,30 @@ pub(super) fn pow(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     binary(a, BinaryOp::Pow)
 }
 
-pub(super) fn sigmoid(a: &OpArgs) -> OpResult<(Op, ValueType)> {
+fn unary(a: &OpArgs, op: UnaryOp) -> OpResult<(Op, ValueType)> {
     let x = float_operand(a, "x")?;
     let ty = x.ty().clone();
-    Ok((
-        Op::Unary {
-            op: UnaryOp::Sigmoid,
-            x,
-        },
-        ty,
-    ))
+    Ok((Op::Unary { op, x }, ty))
+}
+
+pub(super) fn sigmoid(a: &OpArgs) -> OpResult<(Op, ValueType)> {
+    unary(a, UnaryOp::Sigmoid)
+}
+
+pub(super) fn tanh(a: &OpArgs) -> OpResult<(Op, ValueType)> {
+    unary(a, UnaryOp::Tanh)
 }
 
 pub(super) fn reduce_sum(a: &OpArgs) -> OpResult<(Op, ValueType)> {
+    reduce(a, false)
+}
+
+pub(super) fn reduce_mean(a: &OpArgs) -> OpResult<(Op, ValueType)> {
+    reduce(a, true)
+}
+
+/// `reduce_sum`, or with `mean` `reduce_mean`, over `axes`.
+fn reduce(a: &OpArgs, mean: bool) -> OpResult<(Op, ValueType)> {
     let (x, xd, xs) = a.tensor("x")?;
     float_dtype("x", xd)?;
     let keep_dims = a.bool_or("keep_dims", false)?;
@@ -118,5 +131,13 @@ pub(super) fn reduce_sum(a: &OpArgs) -> OpResult<(Op, ValueType)> {
     } else {
         ValueType::tensor(xd, shape)
     };
-    Ok((Op::ReduceSum { x, axes, keep_dims }, ty))
+    Ok((
+        Op::Reduce {
+            x,
+            axes,
+            keep_dims,
+            mean,
+        },
+        ty,
+    ))
 }

@@ -145,21 +145,23 @@ pub enum Op {
         /// Right operand (a constant for `pow`).
         y: Operand,
     },
-    /// `sigmoid`.
+    /// `sigmoid`, `tanh`.
     Unary {
         /// Which.
         op: UnaryOp,
         /// Input.
         x: Operand,
     },
-    /// `reduce_sum` over `axes` (normalised, sorted).
-    ReduceSum {
+    /// `reduce_sum` (or `reduce_mean`) over `axes` (normalised, sorted).
+    Reduce {
         /// Input.
         x: Operand,
         /// Axes summed.
         axes: Vec<usize>,
         /// Keep them as size 1.
         keep_dims: bool,
+        /// The mean (`reduce_mean`) rather than the sum.
+        mean: bool,
     },
     /// `constexpr_affine_dequantize`: `(data - zero_point) * scale` along `axis`.
     AffineDequantize {
@@ -425,9 +427,19 @@ pub(crate) const OP_DEFS: &[OpDef] = &[
         resolve: elementwise::sigmoid,
     },
     OpDef {
+        name: "tanh",
+        inputs: &[("x", true)],
+        resolve: elementwise::tanh,
+    },
+    OpDef {
         name: "reduce_sum",
         inputs: &[("x", true), ("axes", false), ("keep_dims", false)],
         resolve: elementwise::reduce_sum,
+    },
+    OpDef {
+        name: "reduce_mean",
+        inputs: &[("x", true), ("axes", false), ("keep_dims", false)],
+        resolve: elementwise::reduce_mean,
     },
     OpDef {
         name: "constexpr_affine_dequantize",

@@ -65,14 +65,17 @@ pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Tensor {
             let v = v.to_f32();
             f16::from_f32(match op {
                 UnaryOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+                UnaryOp::Tanh => v.tanh(),
             })
         })
         .collect();
     Tensor::new(x.shape.clone(), Data::F(out))
 }
 
-/// The sum over `axes`, shaped `out_shape` (kept or dropped axes alike).
-pub(crate) fn reduce_sum(x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Tensor {
+/// The sum (with `mean`, the mean) over `axes`, shaped `out_shape` (kept or dropped axes
+/// alike). A mean divides the f32 sum before its one rounding to fp16: whether the ANE sums
+/// in fp16 first (and so overflows past 65504 before dividing) no source says.
+pub(crate) fn reduce(x: &Tensor, axes: &[usize], mean: bool, out_shape: &[usize]) -> Tensor {
     let xv = floats(x);
     // the kept-dims shape indexes the sums; out_shape may drop those axes (same order)
     let kept: Vec<usize> = x
@@ -93,7 +96,9 @@ pub(crate) fn reduce_sum(x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Ten
         }
         sums[o] += v.to_f32();
     }
-    let out = sums.into_iter().map(f16::from_f32).collect();
+    let count: usize = axes.iter().map(|&a| x.shape[a]).product();
+    let scale = if mean { 1.0 / count.max(1) as f32 } else { 1.0 };
+    let out = sums.into_iter().map(|v| f16::from_f32(v * scale)).collect();
     Tensor::new(out_shape.to_vec(), Data::F(out))
 }
 
@@ -147,16 +152,26 @@ mod tests {
         assert_eq!(v[1], f16::from_f32(1. / 9.).to_f32());
         let s = unary(UnaryOp::Sigmoid, &t(&[1, 1, 1, 2], &[0., 20.]));
         assert_eq!(values(&s), [0.5, 1.0]);
+        let th = unary(UnaryOp::Tanh, &t(&[1, 1, 1, 3], &[0., 0.5, -20.]));
+        assert_eq!(
+            values(&th),
+            [0.0, f16::from_f32(0.5f32.tanh()).to_f32(), -1.0]
+        );
     }
 
     #[test]
-    fn reduce_sum_over_channels_keeps_or_drops_the_axis() {
+    fn reductions_over_channels_keep_or_drop_the_axis() {
         // [1, 3, 1, 2]: channels 1..3, two positions
         let x = t(&[1, 3, 1, 2], &[1., 2., 3., 4., 5., 6.]);
-        let kept = reduce_sum(&x, &[1], &[1, 1, 1, 2]);
+        let kept = reduce(&x, &[1], false, &[1, 1, 1, 2]);
         assert_eq!(values(&kept), [9., 12.]);
-        let dropped = reduce_sum(&x, &[1], &[1, 1, 2]);
+        let dropped = reduce(&x, &[1], false, &[1, 1, 2]);
         assert_eq!(dropped.shape, [1, 1, 2]);
-        assert_eq!(values(&reduce_sum(&x, &[1, 3], &[1, 1, 1, 1])), [21.]);
+        assert_eq!(values(&reduce(&x, &[1, 3], false, &[1, 1, 1, 1])), [21.]);
+        // the mean divides the sum: 21 / 6
+        assert_eq!(
+            values(&reduce(&x, &[1, 3], true, &[1, 1, 1, 1])),
+            [f16::from_f32(3.5).to_f32()]
+        );
     }
 }

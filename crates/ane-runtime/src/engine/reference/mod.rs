@@ -317,7 +317,9 @@ impl Kernel for ReferenceKernel {
                 }
                 StepOp::Binary(op) => elementwise::binary(*op, arg(0)?, arg(1)?, &step.out_shape),
                 StepOp::Unary(op) => elementwise::unary(*op, arg(0)?),
-                StepOp::ReduceSum(axes) => elementwise::reduce_sum(arg(0)?, axes, &step.out_shape),
+                StepOp::Reduce(axes, mean) => {
+                    elementwise::reduce(arg(0)?, axes, *mean, &step.out_shape)
+                }
                 StepOp::Transpose(perm) => arg(0)?.transpose(perm),
                 StepOp::Reshape => arg(0)?.reshape(&step.out_shape),
                 StepOp::Slice(axes) => arg(0)?.slice(axes, &step.out_shape),

@@ -20,15 +20,22 @@ use crate::layout::{SurfaceDType, TensorLayout};
 #[derive(Clone, Debug)]
 pub(crate) enum StepOp {
     Conv(ConvGeometry),
-    Matmul { tx: bool, ty: bool },
+    Matmul {
+        tx: bool,
+        ty: bool,
+    },
     Transpose(Vec<usize>),
     Reshape,
     Cast(DType),
     Slice(Vec<AxisSlice>),
-    Concat { axis: usize, interleave: bool },
+    Concat {
+        axis: usize,
+        interleave: bool,
+    },
     Binary(ane_mil::ops::BinaryOp),
     Unary(ane_mil::ops::UnaryOp),
-    ReduceSum(Vec<usize>),
+    /// Over the axes; the mean rather than the sum when set.
+    Reduce(Vec<usize>, bool),
 }
 
 /// One step: `slots[out] = op(slots[args...])`.
@@ -185,7 +192,9 @@ pub(crate) fn plan_function(
             ),
             Op::Binary { op, x, y } => (StepOp::Binary(*op), vec![b.operand(x)?, b.operand(y)?]),
             Op::Unary { op, x } => (StepOp::Unary(*op), vec![b.operand(x)?]),
-            Op::ReduceSum { x, axes, .. } => (StepOp::ReduceSum(axes.clone()), vec![b.operand(x)?]),
+            Op::Reduce { x, axes, mean, .. } => {
+                (StepOp::Reduce(axes.clone(), *mean), vec![b.operand(x)?])
+            }
             Op::Transpose { x, perm } => (StepOp::Transpose(perm.clone()), vec![b.operand(x)?]),
             Op::Reshape { x } => (StepOp::Reshape, vec![b.operand(x)?]),
             Op::Cast { x, dtype } => (StepOp::Cast(*dtype), vec![b.operand(x)?]),
