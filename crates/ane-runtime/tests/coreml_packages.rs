@@ -143,7 +143,10 @@ fn baked_kernels_package_with_their_weights() {
 /// file — with the types we declare.
 #[test]
 fn fused_programs_package_and_coremltools_agrees() {
-    use ane_runtime::fused::{ffn_program, fused_weights, projections_program, streamed};
+    use ane_runtime::fused::{
+        ffn_program, fused_weights, layer_norm_projections_program, projections_program,
+        streamed, with_norm_bias,
+    };
     let Some(py) = coremltools::python() else {
         return;
     };
@@ -171,6 +174,8 @@ fn fused_programs_package_and_coremltools_agrees() {
             .map(|(i, &r)| (i, fill(r * c, 5 + i)))
             .collect::<Vec<_>>(),
     );
+    let mut ln_w = qkv_w.clone();
+    with_norm_bias(&mut ln_w, &fill(c, 9));
     let dir = tempfile::tempdir().unwrap();
     let mut cases = Vec::new();
     for n in [1, 64, 128] {
@@ -193,6 +198,19 @@ fn fused_programs_package_and_coremltools_agrees() {
                 cases.push((path, program));
             }
         }
+    }
+    // projections of a LayerNorm'd input (whisper's attention)
+    for n in [1, 64] {
+        let program = layer_norm_projections_program(c, &rows, n, 1e-5);
+        if let Some(v) = first_refusal(&program, &RuleOptions::default()) {
+            panic!("qkv layer-norm {n}: {v}");
+        }
+        let path = dir.path().join(format!("qkv_ln_{n}.mlpackage"));
+        coreml::package(&program, None, &ln_w)
+            .unwrap()
+            .write_to(&path)
+            .unwrap();
+        cases.push((path, program));
     }
     // the streamed forms (no weight files): the tiny llama's, and a 7B's FFN tile and Q/K/V
     let none = WeightFiles::new();

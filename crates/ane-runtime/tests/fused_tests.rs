@@ -4,7 +4,7 @@
 mod support;
 
 use ane_runtime::fused::probe::{
-    f64s, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm, FfnCase,
+    f64s, layer_norm_f64, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm, FfnCase,
 };
 use ane_runtime::fused::{engine_fused, streamed, Block, FusedForm, FusedJob};
 use ane_runtime::matmul::probe::grid_values;
@@ -60,6 +60,7 @@ fn fused_projections_match_f64_each_output(make: &EngineMaker) {
         eps: Some(1e-6),
         x: &x,
         norm_weight: &norm,
+        ln_bias: None,
         block: Block::Projections(
             mats.iter()
                 .map(|m| (m as &dyn MatrixSource, m.rows))
@@ -130,6 +131,7 @@ fn projections_fp16_cannot_resolve_are_declined_for_precision(make: &EngineMaker
             eps: Some(1e-6),
             x: &x,
             norm_weight: &norm,
+            ln_bias: None,
             block: Block::Projections(vec![(&w, rows), (&w, rows)]),
             weight_id: Some(WeightId {
                 key: 9,
@@ -153,6 +155,7 @@ fn projections_fp16_cannot_resolve_are_declined_for_precision(make: &EngineMaker
         eps: Some(1e-6),
         x: &x,
         norm_weight: &norm,
+        ln_bias: None,
         block: Block::Projections(vec![(&w, rows)]),
         weight_id: None,
     };
@@ -315,6 +318,80 @@ fn streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket(mak
     }
 }
 
+/// Projections of a LayerNorm'd input (whisper's attention, GPT-2's): Orion's LayerNorm then
+/// the convs, against f64, in both forms; a token whose |x − mean| would overflow its fp16
+/// square (every output silently β on the ANE) is declined before any compile; a LayerNorm
+/// FFN (GELU) is declined as not built.
+fn layer_norm_projections_match_f64(make: &EngineMaker) {
+    let (c, n) = (64, 40);
+    let x = mat(n, c, 31, 3.0);
+    let gamma: Vec<f32> = grid_values(c, 32).iter().map(|v| 1.0 + v / 4.0).collect();
+    let beta: Vec<f32> = grid_values(c, 33).iter().map(|v| v / 2.0).collect();
+    let mats: Vec<DenseRows> = [64, 32, 32]
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| mat(r, c, 40 + i as u64, 0.25))
+        .collect();
+    fn job<'a>(
+        x: &'a DenseRows,
+        (gamma, beta): (&'a [f32], &'a [f32]),
+        mats: &'a [DenseRows],
+    ) -> FusedJob<'a> {
+        FusedJob {
+            channels: x.k,
+            tokens: x.rows,
+            eps: Some(1e-5),
+            x,
+            norm_weight: gamma,
+            ln_bias: Some(beta),
+            block: Block::Projections(
+                mats.iter()
+                    .map(|m| (m as &dyn MatrixSource, m.rows))
+                    .collect(),
+            ),
+            weight_id: Some(WeightId {
+                key: 51,
+                fingerprint: 1,
+            }),
+        }
+    }
+    let norm = (&gamma[..], &beta[..]);
+    let xln = layer_norm_f64(&f64s(&x.data), &f64s(&gamma), &f64s(&beta), c, 1e-5);
+    for (kernels, form) in [
+        (KernelPolicy::Baked, FusedForm::Baked),
+        (KernelPolicy::Streamed, FusedForm::Streamed),
+    ] {
+        let (e, stats) = (make.engine(), Stats::default());
+        let cache = KernelCache::new().with_policy(kernels);
+        let out = engine_fused(e.as_ref(), &cache, &job(&x, norm, &mats), &stats).unwrap();
+        assert_eq!(out.form(), form);
+        for (i, m) in mats.iter().enumerate() {
+            let err = nmse(&matmul(&xln, &f64s(&m.data), n, c, m.rows), out.values(i));
+            assert!(err < 1e-5, "{form:?} output {i}: NMSE {err}");
+        }
+        assert_eq!(stats.snapshot().dispatches, 1);
+    }
+    // one channel 300 away from its token's mean: 300² overflows fp16
+    let mut spiked = x.clone();
+    spiked.data[5 * c + 7] = 300.0;
+    let (e, stats) = (make.engine(), Stats::default());
+    let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
+    let r = engine_fused(e.as_ref(), &cache, &job(&spiked, norm, &mats), &stats);
+    assert_eq!(r.map(|_| ()), Err(FallbackReason::NonFinite));
+    assert_eq!(stats.snapshot().compiles, 0);
+    // a LayerNorm FFN is not built
+    let case = FfnCase::new(64, 96, 8);
+    let ffn = FusedJob {
+        ln_bias: Some(&beta),
+        ..case.job(52)
+    };
+    let r = engine_fused(e.as_ref(), &cache, &ffn, &stats);
+    assert!(
+        matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("GELU")),
+        "{r:?}"
+    );
+}
+
 /// The self-probes — each matmul form and each fused form once against f64 — pass: on the
 /// reference engine by construction, on a Mac the first word on these forms on hardware.
 fn the_self_probes_pass(make: &EngineMaker) {
@@ -330,6 +407,7 @@ fn the_self_probes_pass(make: &EngineMaker) {
 
 engine_test!(
     made: the_self_probes_pass,
+    layer_norm_projections_match_f64,
     a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk,
     fused_projections_match_f64_each_output,
     projections_fp16_cannot_resolve_are_declined_for_precision,

@@ -34,7 +34,9 @@ use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 use crate::sys::fp16::f32_to_f16;
 
-pub use program::{ffn_program, fused_weights, projections_program};
+pub use program::{
+    ffn_program, fused_weights, layer_norm_projections_program, projections_program, with_norm_bias,
+};
 
 /// Baked weights per fused program at most: 64 MiB ran in one program on hardware (maderix/ANE
 /// `inmem_peak.m`); past that the block runs node by node (docs/fused-forms.md).
@@ -74,6 +76,10 @@ pub struct FusedJob<'a> {
     pub x: &'a dyn MatrixSource,
     /// The norm weight, `channels` values.
     pub norm_weight: &'a [f32],
+    /// `Some`: the norm is a LayerNorm (the mean subtracted first; needs `eps`) and this is its
+    /// bias, `channels` values added after the weight (whisper, GPT-2). `None`: an RMSNorm.
+    /// LayerNorm blocks are projections only, so far (a GELU FFN is not built yet).
+    pub ln_bias: Option<&'a [f32]>,
     /// After the norm.
     pub block: Block<'a>,
     /// All of the block's weights' identity; `None` means they may change between calls,
@@ -120,6 +126,14 @@ impl FusedOutputs {
 }
 
 impl FusedJob<'_> {
+    /// The block's input row `row` normed as its matmuls read it, into `out`.
+    fn norm_into(&self, row: &[f32], out: &mut [f32]) {
+        match (self.ln_bias, self.eps) {
+            (Some(b), Some(eps)) => layer_norm_row(row, self.norm_weight, b, eps, out),
+            _ => norm_row(row, self.norm_weight, self.eps, out),
+        }
+    }
+
     /// Output rows of each program output.
     fn output_rows(&self) -> Vec<usize> {
         match &self.block {
@@ -202,10 +216,18 @@ impl FusedJob<'_> {
                     .enumerate()
                     .map(|(i, (src, r))| (i, matrix(*src, *r, c)))
                     .collect();
-                (
-                    projections_program(c, &rows, bucket, self.eps),
-                    fused_weights(&norm, &mats),
-                )
+                match (self.ln_bias, self.eps) {
+                    (Some(bias), Some(eps)) => {
+                        let mut files = fused_weights(&norm, &mats);
+                        let bias: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+                        with_norm_bias(&mut files, &bias);
+                        (layer_norm_projections_program(c, &rows, bucket, eps), files)
+                    }
+                    _ => (
+                        projections_program(c, &rows, bucket, self.eps),
+                        fused_weights(&norm, &mats),
+                    ),
+                }
             }
         }
     }
@@ -261,8 +283,13 @@ pub fn engine_fused(
             "fused block with {c} channels, {hidden} hidden, outputs {rows:?}: past {max_dim}"
         )));
     }
-    if job.norm_weight.len() != c {
+    if job.norm_weight.len() != c || job.ln_bias.is_some_and(|b| b.len() != c) {
         return Err(FallbackReason::Internal("fused job misassembled".into()));
+    }
+    if job.ln_bias.is_some() && (job.eps.is_none() || matches!(job.block, Block::Ffn { .. })) {
+        return Err(FallbackReason::Unsupported(
+            "a LayerNorm block other than projections (a GELU FFN is not built yet)".into(),
+        ));
     }
     let chunks = token_chunks(job.tokens, max_dim, min_bucket(widest.max(hidden), c));
     // one kernel per program: the same weights under another form are another kernel
@@ -271,6 +298,7 @@ pub fn engine_fused(
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (id.key, c, hidden, &rows, job.eps.map(f32::to_bits)).hash(&mut h);
+            job.ln_bias.is_some().hash(&mut h);
             h.finish()
         },
         ..id
@@ -349,10 +377,13 @@ fn check_precision(
     // roundings of the normed input before the matmuls read it: staging (streamed: the host
     // norms in f32); in a baked program also the norm's square, sum, rsqrt and the two
     // multiplies (only the weight's multiply when normed elsewhere)
-    let norm_ops = match (form, job.eps) {
-        (FusedForm::Streamed, _) => 1,
-        (FusedForm::Baked, Some(_)) => 5,
-        (FusedForm::Baked, None) => 2,
+    // (a LayerNorm: the subtraction, the multiply by the rsqrt — itself from a mean, an add
+    // and a pow — the weight's multiply and the bias's add)
+    let norm_ops = match (form, job.eps, job.ln_bias) {
+        (FusedForm::Streamed, _, _) => 1,
+        (FusedForm::Baked, Some(_), Some(_)) => 7,
+        (FusedForm::Baked, Some(_), None) => 5,
+        (FusedForm::Baked, None, _) => 2,
     };
     // column sums of a matrix, remembered per block and slot for identified weights
     let column_sums = |slot: usize, m: &dyn MatrixSource, rows: usize, k: usize| {
@@ -396,12 +427,7 @@ fn check_precision(
             let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
             let acts_total: f64 = (0..job.tokens)
                 .map(|n| {
-                    norm_row(
-                        job.x.row_as_f32(0, 0, n, &mut row),
-                        job.norm_weight,
-                        job.eps,
-                        &mut normed,
-                    );
+                    job.norm_into(job.x.row_as_f32(0, 0, n, &mut row), &mut normed);
                     normed
                         .iter()
                         .map(|&v| f64::from(v) * f64::from(v))
@@ -437,16 +463,23 @@ fn run_baked(
 ) -> Result<Evaluated, FallbackReason> {
     let c = job.channels;
     let rows = job.output_rows();
-    // the norm squares and sums x in fp16: predict overflow before spending anything
+    // the norm squares x (LayerNorm: x − mean) in fp16: predict overflow before spending
+    // anything. An RMSNorm's sum of squares must fit; a LayerNorm's every square must (one
+    // that overflows makes pow(inf, −0.5) = 0 and every output of that token β: finite, so no
+    // check afterwards would see it)
     let mut tmp = vec![0f32; c];
     if job.eps.is_some() {
         for n in 0..job.tokens {
             let row = job.x.row_as_f32(0, 0, n, &mut tmp);
-            let sum: f64 = row
-                .iter()
-                .map(|&v| f64::from(f16::from_f32(v).to_f32()).powi(2))
-                .sum();
-            if sum > NORM_SUM_LIMIT {
+            let fp16 = |v: f32| f64::from(f16::from_f32(v).to_f32());
+            let too_big = if job.ln_bias.is_some() {
+                let mean = row.iter().map(|&v| fp16(v)).sum::<f64>() / c as f64;
+                row.iter()
+                    .any(|&v| (fp16(v) - mean).powi(2) > NORM_SUM_LIMIT)
+            } else {
+                row.iter().map(|&v| fp16(v).powi(2)).sum::<f64>() > NORM_SUM_LIMIT
+            };
+            if too_big {
                 return Err(FallbackReason::NonFinite);
             }
         }
@@ -644,14 +677,25 @@ fn normed_input(job: &FusedJob<'_>) -> Vec<f32> {
     let mut tmp = vec![0f32; c];
     let mut out = vec![0f32; job.tokens * c];
     for (n, dst) in out.chunks_mut(c).enumerate() {
-        norm_row(
-            job.x.row_as_f32(0, 0, n, &mut tmp),
-            job.norm_weight,
-            job.eps,
-            dst,
-        );
+        job.norm_into(job.x.row_as_f32(0, 0, n, &mut tmp), dst);
     }
     out
+}
+
+/// `layer_norm(row) ⊙ w + b` into `out`, as ggml's NORM, MUL and ADD compute it (the mean and
+/// the variance in f64, the scale in f32).
+pub fn layer_norm_row(row: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let scale = 1.0 / (var as f32 + eps).sqrt();
+    for (((o, &v), &g), &bias) in out.iter_mut().zip(row).zip(w).zip(b) {
+        *o = (v - mean as f32) * scale * g + bias;
+    }
 }
 
 /// `rms_norm(row) ⊙ w`, or `row ⊙ w` without `eps`, into `out`: as ggml's RMS_NORM and MUL

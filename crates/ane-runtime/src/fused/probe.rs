@@ -108,6 +108,7 @@ impl FfnCase {
             eps: Some(1e-5),
             x: &self.x,
             norm_weight: &self.norm,
+            ln_bias: None,
             block: Block::Ffn {
                 hidden: self.h,
                 gate: &self.gate,
@@ -159,6 +160,21 @@ pub fn rms_norm_f64(x: &[f64], w: &[f64], c: usize, eps: f64) -> Vec<f64> {
         .flat_map(|row| {
             let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
             row.iter().zip(w).map(move |(v, g)| v * r * g)
+        })
+        .collect()
+}
+
+/// `layer_norm(x) ⊙ w + b` over rows of `c`, in f64.
+pub fn layer_norm_f64(x: &[f64], w: &[f64], b: &[f64], c: usize, eps: f64) -> Vec<f64> {
+    x.chunks(c)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f64>() / c as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+            let r = 1.0 / (var + eps).sqrt();
+            row.iter()
+                .zip(w)
+                .zip(b)
+                .map(move |((v, g), bias)| (v - mean) * r * g + bias)
         })
         .collect()
 }
@@ -222,7 +238,28 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
         ),
         ..case.job(u64::MAX - 2)
     };
+    // the same projections of a LayerNorm'd input (whisper's, GPT-2's): its own form
+    let ln_bias: Vec<f32> = grid_values(c, 9).iter().map(|v| v / 4.0).collect();
+    let ln = FusedJob {
+        ln_bias: Some(&ln_bias),
+        ..FusedJob {
+            block: Block::Projections(
+                projections
+                    .iter()
+                    .map(|p| (p as &dyn MatrixSource, p.rows))
+                    .collect(),
+            ),
+            ..case.job(u64::MAX - 3)
+        }
+    };
     let xn = case.normed_f64();
+    let xln = layer_norm_f64(
+        &f64s(&case.x.data),
+        &f64s(&case.norm),
+        &f64s(&ln_bias),
+        c,
+        1e-5,
+    );
     let outcome = (|| -> Result<f64, String> {
         let mut worst = 0f64;
         let out = engine_fused(engine, &cache, &ffn, &stats).map_err(|e| e.to_string())?;
@@ -230,10 +267,12 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
             return Err(format!("ran {} instead", out.form().as_str()));
         }
         worst = worst.max(nmse(&case.want(), out.values(0)));
-        let out = engine_fused(engine, &cache, &qkv, &stats).map_err(|e| e.to_string())?;
-        for (i, p) in projections.iter().enumerate() {
-            let want = matmul_f64(&xn, &f64s(&p.data), n, c, p.rows);
-            worst = worst.max(nmse(&want, out.values(i)));
+        for (job, input) in [(&qkv, &xn), (&ln, &xln)] {
+            let out = engine_fused(engine, &cache, job, &stats).map_err(|e| e.to_string())?;
+            for (i, p) in projections.iter().enumerate() {
+                let want = matmul_f64(input, &f64s(&p.data), n, c, p.rows);
+                worst = worst.max(nmse(&want, out.values(i)));
+            }
         }
         if worst <= MAX_FUSED_PROBE_NMSE {
             Ok(worst)
@@ -263,7 +302,10 @@ mod tests {
         .unwrap();
         let found = probe_fused(e.as_ref(), &[FusedForm::Baked, FusedForm::Streamed]);
         assert!(found.iter().all(FusedProbe::passed), "{found:?}");
-        assert!(found.iter().all(|p| p.compiles == 2), "{found:?}");
+        // the FFN, the Q/K/V projections, and projections of a LayerNorm'd input: baked, one
+        // kernel each; streamed, the host norms either input and one kernel serves both
+        let compiles: Vec<u64> = found.iter().map(|p| p.compiles).collect();
+        assert_eq!(compiles, [3, 2], "{found:?}");
         assert!(found[0].to_string().starts_with("fused baked ok (NMSE"));
         // evaluation failing for streamed programs
         let config = EngineConfig {

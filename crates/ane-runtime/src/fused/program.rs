@@ -24,6 +24,7 @@ use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
 use half::f16;
 
 const NORM_PATH: &str = "@model_path/weights/norm.bin";
+const NORM_BIAS_PATH: &str = "@model_path/weights/norm_bias.bin";
 
 fn weight_path(i: usize) -> String {
     format!("@model_path/weights/w{i}.bin")
@@ -75,6 +76,36 @@ fn rms_norm(f: &mut FunctionBuilder, x: &str, c: usize, eps: Option<f32>) -> Str
     let r = op(f, "rr", "pow", &[("x", &me), ("y", &nhalf)]);
     let xr = op(f, "rxr", "mul", &[("x", x), ("y", &r)]);
     op(f, "xn", "mul", &[("x", &xr), ("y", &w)])
+}
+
+/// `xn [1, C, 1, S]`: x's LayerNorm over its channels, times the norm weight γ, plus its bias
+/// β — mechramc/Orion `compiler/builder.c` L227-283 (`orion_gb_layernorm`) op for op:
+/// `reduce_mean(axes = [1], keep_dims)`, `sub`, `mul(c, c)`, `reduce_mean`, `add(eps)`,
+/// `pow(-0.5)`, `mul`, `mul(γ [1, C, 1, 1])`, `add(β [1, C, 1, 1])`.
+fn layer_norm(f: &mut FunctionBuilder, x: &str, c: usize, eps: f32) -> String {
+    let ax = f.constant("lax", Literal::int32s(&[1]));
+    let kd = f.constant("lkd", Literal::bool(true));
+    let e = f.constant("leps", Literal::fp16(eps));
+    let nhalf = f.constant("lnhalf", Literal::fp16(-0.5));
+    let g = f.constant("lw", blob(NORM_PATH, vec![1, c, 1, 1]));
+    let b = f.constant("lb", blob(NORM_BIAS_PATH, vec![1, c, 1, 1]));
+    let reduce = |f: &mut FunctionBuilder, name: &str, v: &str| {
+        op(
+            f,
+            name,
+            "reduce_mean",
+            &[("axes", &ax), ("keep_dims", &kd), ("x", v)],
+        )
+    };
+    let mean = reduce(f, "lmean", x);
+    let cent = op(f, "lcent", "sub", &[("x", x), ("y", &mean)]);
+    let sq = op(f, "lsq", "mul", &[("x", &cent), ("y", &cent)]);
+    let var = reduce(f, "lvar", &sq);
+    let ve = op(f, "lve", "add", &[("x", &var), ("y", &e)]);
+    let r = op(f, "lr", "pow", &[("x", &ve), ("y", &nhalf)]);
+    let xr = op(f, "lxr", "mul", &[("x", &cent), ("y", &r)]);
+    let xg = op(f, "lxg", "mul", &[("x", &xr), ("y", &g)]);
+    op(f, "xn", "add", &[("x", &xg), ("y", &b)])
 }
 
 /// The conv argument set every source uses (strides, pad, dilations 1, one group, valid).
@@ -166,6 +197,34 @@ pub fn projections_program(c: usize, rows: &[usize], s: usize, eps: Option<f32>)
     finish(f)
 }
 
+/// The projections of a LayerNorm'd input (whisper's and GPT-2's attention): input
+/// `x [1, c, 1, s]`, one output `y<i> [1, rows[i], 1, s] = W<i> · layer_norm(x)` per matrix —
+/// the form of Orion's `compiler/frontends/gpt2_decode.c` L8-52 without its bias adds (the
+/// host adds each projection's bias in f32, as ggml's ADD does). Weights: the norm weight and
+/// bias ([`with_norm_bias`]) and each matrix.
+pub fn layer_norm_projections_program(c: usize, rows: &[usize], s: usize, eps: f32) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
+    let xn = layer_norm(&mut f, &x, c, eps);
+    let conv = ConvArgs::new(&mut f);
+    let mut outputs = Vec::new();
+    for (i, &m) in rows.iter().enumerate() {
+        let w = f.constant(&format!("W{i}"), blob(&weight_path(i), vec![m, c, 1, 1]));
+        outputs.push(conv.conv(&mut f, &format!("y{i}"), &xn, &w));
+    }
+    for y in &outputs {
+        f.output(y).expect("outputs are defined");
+    }
+    finish(f)
+}
+
+/// Adds a LayerNorm's bias (`c` values) to a fused program's weight files.
+pub fn with_norm_bias(files: &mut WeightFiles, bias: &[f16]) {
+    files
+        .insert(NORM_BIAS_PATH, file_of(bias))
+        .expect("a file we just wrote parses");
+}
+
 fn file_of(values: &[f16]) -> Vec<u8> {
     let mut w = BlobWriter::new();
     let offset = w.add_fp16(values);
@@ -240,5 +299,16 @@ pub(super) mod tests {
         assert!(ane_mil::check_program(&p, Some(&w)).is_ok());
         assert_eq!(refusals(&p), Vec::<String>::new());
         assert!(!ane_mil::print_program(&p).contains("reduce_sum"));
+        // a LayerNorm'd input: Orion's nine ops, then the convs; its bias in a file of its own
+        let p = layer_norm_projections_program(64, &[64, 32, 32], 32, 1e-5);
+        let mut w = w.clone();
+        with_norm_bias(&mut w, &[f16::ZERO; 64]);
+        let f = ane_mil::check_program(&p, Some(&w)).unwrap();
+        assert!(f[0].signature().ends_with(
+            "-> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 32, 1, 32]>, y2: tensor<fp16, [1, 32, 1, 32]>)"
+        ));
+        assert_eq!(refusals(&p), Vec::<String>::new());
+        let text = ane_mil::print_program(&p);
+        assert_eq!(text.matches("reduce_mean(").count(), 2, "{text}");
     }
 }

@@ -183,6 +183,7 @@ pub(crate) fn run(
         eps,
         x: &x_rows,
         norm_weight: &norm_weight,
+        ln_bias: None,
         block,
         weight_id: identified.then(|| WeightId {
             key: id_key.finish(),
