@@ -144,8 +144,8 @@ fn baked_kernels_package_with_their_weights() {
 #[test]
 fn fused_programs_package_and_coremltools_agrees() {
     use ane_runtime::fused::{
-        ffn_program, fused_weights, layer_norm_projections_program, projections_program,
-        streamed, with_norm_bias,
+        ffn_program, fused_weights, layer_norm_projections_program, projections_program, streamed,
+        with_norm_bias,
     };
     let Some(py) = coremltools::python() else {
         return;

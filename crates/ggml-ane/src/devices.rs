@@ -98,6 +98,7 @@ pub(crate) fn is_glue(kind: OpKind) -> bool {
     matches!(
         kind,
         OpKind::RmsNorm
+            | OpKind::Norm
             | OpKind::Mul
             | OpKind::Add
             | OpKind::Scale

@@ -126,9 +126,16 @@ fn whisper_releases_run_their_encoder_on_the_engine() {
                 "{version} {label}: {on_cpu}"
             );
             let err = nmse(&cpu, &logits);
+            let (dispatches, fused) = (stat(&log, "engine dispatches"), stat(&log, "fused blocks"));
             eprintln!(
-                "whisper.cpp {version}, {label}: {on_engine} nodes on the engine, logits NMSE {err:.1e}, tokens {tokens}"
+                "whisper.cpp {version}, {label}: {on_engine} nodes on the engine, {dispatches} dispatches, {fused} fused blocks, logits NMSE {err:.1e}, tokens {tokens}"
             );
+            if label == "use_gpu on" {
+                // whisper takes ANE-FULL as its GPU here (no GPU): whole graphs, so each encoder
+                // layer's LayerNorm -> Q, K, V is one program (2 layers); beside the CPU
+                // (use_gpu off) whisper's graph order puts Q, K and V in separate splits
+                assert_eq!(fused, 2, "{version}\n{}", tail(&log));
+            }
             assert!(err <= MAX_NMSE, "{version} {label}: NMSE {err:e}");
             assert_eq!(tokens, cpu_tokens, "{version} {label}");
             if label == "decoder too" {

@@ -223,6 +223,7 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
         "NONE" | "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" => OpKind::View,
         "MUL_MAT" => OpKind::MulMat,
         "RMS_NORM" => OpKind::RmsNorm,
+        "NORM" => OpKind::Norm,
         "MUL" => OpKind::Mul,
         "ADD" => OpKind::Add,
         "SCALE" => OpKind::Scale,
@@ -244,7 +245,8 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
 }
 
 /// Whether a MUL_MAT reads what a fused block's matmuls read: a norm's scale (`MUL` of an
-/// `RMS_NORM`: Q, K, V, gate, up, the output head) or a GLU (down).
+/// `RMS_NORM`: Q, K, V, gate, up, the output head), a LayerNorm's (`ADD` of a `MUL` of a
+/// `NORM`: whisper's and GPT-2's Q, K, V) or a GLU (down).
 ///
 /// # Safety
 /// `t` is NULL or a live tensor whose sources are live.
@@ -254,13 +256,15 @@ pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
     let Some(input) = input else {
         return false;
     };
+    // SAFETY: sources of live tensors are NULL or live.
+    let first_src = |t: &ggml_tensor| unsafe { t.src[0].as_ref() };
     match op_kind(input) {
         OpKind::SwiGlu | OpKind::GeGlu => true,
-        OpKind::Mul => {
-            // SAFETY: as above.
-            let first = unsafe { input.src[0].as_ref() };
-            first.is_some_and(|n| op_kind(n) == OpKind::RmsNorm)
-        }
+        OpKind::Mul => first_src(input).is_some_and(|n| op_kind(n) == OpKind::RmsNorm),
+        OpKind::Add => first_src(input)
+            .filter(|m| op_kind(m) == OpKind::Mul)
+            .and_then(first_src)
+            .is_some_and(|n| op_kind(n) == OpKind::Norm),
         _ => false,
     }
 }

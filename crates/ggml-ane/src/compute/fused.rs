@@ -87,13 +87,38 @@ pub(crate) fn run(
     }
     let mut norm_weight = vec![0f32; c as usize];
     w_rows.read_row(0, 0, 0, &mut norm_weight);
+    // a LayerNorm's bias: the ADD's other operand, a contiguous F32 vector; the ADD is then
+    // the normed input the matmuls read
+    let (input, ln_bias) = match chain.bias {
+        Some(b) => {
+            if eps.is_none() {
+                return Err(declined("a LayerNorm without its norm"));
+            }
+            let add = d(b)?;
+            let bias_rows = rows(b, other_operand(add, &scale.node)?)?;
+            let bd = *bias_rows.desc();
+            if bd.ty != ggml_type::F32
+                || bd.ne != [c, 1, 1, 1]
+                || bd.nb[0] != 4
+                || !bd.readable
+                || !is_activation(&add.node, c, tokens)
+            {
+                return Err(declined("LayerNorm bias shapes or types"));
+            }
+            let mut bias = vec![0f32; c as usize];
+            bias_rows.read_row(0, 0, 0, &mut bias);
+            (add.node, Some(bias))
+        }
+        None => (scale.node, None),
+    };
 
     let mut id_key = std::collections::hash_map::DefaultHasher::new();
     let mut id_fp = std::collections::hash_map::DefaultHasher::new();
     chain.kind.as_str().hash(&mut id_key);
-    (c, w.addr, eps.map(f32::to_bits)).hash(&mut id_key);
+    (c, w.addr, eps.map(f32::to_bits), ln_bias.is_some()).hash(&mut id_key);
     norm_weight
         .iter()
+        .chain(ln_bias.iter().flatten())
         .map(|v| v.to_bits())
         .collect::<Vec<_>>()
         .hash(&mut id_fp);
@@ -125,8 +150,8 @@ pub(crate) fn run(
                     "an FFN chain without gate and up".into(),
                 ));
             };
-            let gate = matmul(gate_i, c, &scale.node)?;
-            let up = matmul(up_i, c, &scale.node)?;
+            let gate = matmul(gate_i, c, &input)?;
+            let up = matmul(up_i, c, &input)?;
             let h = gate.desc().ne[1];
             let g = d(glu)?;
             if up.desc().ne[1] != h || g.op_params[1] != 0 || !is_activation(&g.node, h, tokens) {
@@ -147,7 +172,7 @@ pub(crate) fn run(
         ChainKind::Qkv => {
             let mut mats = Vec::new();
             for &i in &chain.matmuls {
-                mats.push(matmul(i, c, &scale.node)?);
+                mats.push(matmul(i, c, &input)?);
             }
             (mats, None)
         }
@@ -183,7 +208,7 @@ pub(crate) fn run(
         eps,
         x: &x_rows,
         norm_weight: &norm_weight,
-        ln_bias: None,
+        ln_bias: ln_bias.as_deref(),
         block,
         weight_id: identified.then(|| WeightId {
             key: id_key.finish(),

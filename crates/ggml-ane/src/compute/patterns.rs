@@ -9,10 +9,19 @@ use super::walker::{Chain, ChainKind, Graph, OpKind};
 /// Where a fused block starts: a normed input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Head {
-    /// The RMS_NORM, when it is in this split.
+    /// The RMS_NORM (or a LayerNorm's NORM), when it is in this split.
     pub(crate) norm: Option<usize>,
     /// The MUL by the norm weight (a weight no node of the split computes).
     pub(crate) scale: usize,
+    /// A LayerNorm's ADD of its bias (a weight too), after the scale.
+    pub(crate) bias: Option<usize>,
+}
+
+impl Head {
+    /// The node whose result the block's matmuls read.
+    pub(crate) fn input(&self) -> usize {
+        self.bias.unwrap_or(self.scale)
+    }
 }
 
 /// A kind of chain one fused program computes.
@@ -31,11 +40,12 @@ pub(crate) trait Pattern: Sync {
 pub(crate) static REGISTRY: &[&dyn Pattern] = &[&FfnPattern, &QkvPattern];
 
 /// The normed input starting at node `i`: an RMS_NORM read only by a MUL by a weight, or —
-/// the norm computed elsewhere — a MUL of two tensors no node of the split computes.
+/// the norm computed elsewhere — a MUL of two tensors no node of the split computes; or a
+/// LayerNorm: a NORM read only by a MUL by a weight, read only by an ADD of a bias.
 pub(crate) fn head_at(g: &Graph<'_>, i: usize) -> Option<Head> {
     let n = &g.nodes[i];
     let (norm, scale) = match n.kind {
-        OpKind::RmsNorm => {
+        OpKind::RmsNorm | OpKind::Norm => {
             let &[scale] = g.consumers(i) else {
                 return None;
             };
@@ -51,13 +61,32 @@ pub(crate) fn head_at(g: &Graph<'_>, i: usize) -> Option<Head> {
         Some(_) => s.src(0),
         None => s.src(1),
     };
-    (s.kind == OpKind::Mul && g.is_input(weight)).then_some(Head { norm, scale })
+    if s.kind != OpKind::Mul || !g.is_input(weight) {
+        return None;
+    }
+    if n.kind != OpKind::Norm {
+        return Some(Head {
+            norm,
+            scale,
+            bias: None,
+        });
+    }
+    // a LayerNorm: + a bias no node of this graph computes
+    let &[bias] = g.consumers(scale) else {
+        return None;
+    };
+    let b = &g.nodes[bias];
+    let other = if b.src(0) == s.id { b.src(1) } else { b.src(0) };
+    (b.kind == OpKind::Add && b.srcs.contains(&s.id) && g.is_input(other)).then_some(Head {
+        norm,
+        scale,
+        bias: Some(bias),
+    })
 }
 
 /// The members of a chain of `head` and `rest`, in graph order.
 fn members(head: Head, rest: &[usize]) -> Vec<usize> {
-    let mut m: Vec<usize> = head.norm.into_iter().collect();
-    m.push(head.scale);
+    let mut m = head_members(head);
     m.extend(rest);
     m.sort_unstable();
     m
@@ -66,13 +95,17 @@ fn members(head: Head, rest: &[usize]) -> Vec<usize> {
 /// The norm and its scale: recomputed on the host when another split reads the normed input
 /// (parallel blocks: Command-R, GPT-NeoX, Phi-2 read it in the FFN's split too).
 fn head_members(head: Head) -> Vec<usize> {
-    head.norm.into_iter().chain([head.scale]).collect()
+    head.norm
+        .into_iter()
+        .chain([head.scale])
+        .chain(head.bias)
+        .collect()
 }
 
 /// The readers of the normed input, if all are MUL_MATs of it the engine takes.
 fn matmul_readers<'g>(g: &'g Graph<'_>, head: Head) -> Option<&'g [usize]> {
-    let s = &g.nodes[head.scale];
-    let users = g.consumers(head.scale);
+    let s = &g.nodes[head.input()];
+    let users = g.consumers(head.input());
     users
         .iter()
         .all(|&u| {
@@ -101,6 +134,10 @@ impl Pattern for FfnPattern {
     }
 
     fn match_at(&self, graph: &Graph<'_>, head: Head) -> Option<Chain> {
+        // a LayerNorm'd FFN is a GELU one (not built yet)
+        if head.bias.is_some() {
+            return None;
+        }
         let &[a, b] = matmul_readers(graph, head)? else {
             return None;
         };
@@ -144,6 +181,7 @@ impl Pattern for FfnPattern {
             kind: self.kind(),
             norm: head.norm,
             scale: head.scale,
+            bias: head.bias,
             matmuls: vec![gate, up],
             glu: Some(glu),
             down: Some(down),
@@ -156,8 +194,8 @@ impl Pattern for FfnPattern {
     }
 }
 
-/// norm → × weight → two or three MUL_MATs of that input (Q, K, V; or gate and up when the
-/// rest of an FFN cannot be fused): each projection an output.
+/// norm → × weight (→ + bias, a LayerNorm) → two or three MUL_MATs of that input (Q, K, V; or
+/// gate and up when the rest of an FFN cannot be fused): each projection an output.
 struct QkvPattern;
 
 impl Pattern for QkvPattern {
@@ -166,7 +204,13 @@ impl Pattern for QkvPattern {
     }
 
     fn ops(&self) -> &'static [OpKind] {
-        &[OpKind::RmsNorm, OpKind::Mul, OpKind::MulMat]
+        &[
+            OpKind::RmsNorm,
+            OpKind::Norm,
+            OpKind::Mul,
+            OpKind::Add,
+            OpKind::MulMat,
+        ]
     }
 
     fn match_at(&self, g: &Graph<'_>, head: Head) -> Option<Chain> {
@@ -175,6 +219,7 @@ impl Pattern for QkvPattern {
             kind: self.kind(),
             norm: head.norm,
             scale: head.scale,
+            bias: head.bias,
             matmuls: users.to_vec(),
             glu: None,
             down: None,

@@ -20,6 +20,8 @@ pub(crate) enum OpKind {
     View,
     MulMat,
     RmsNorm,
+    /// NORM: ggml's LayerNorm without weight and bias (whisper, GPT-2).
+    Norm,
     Mul,
     Add,
     Scale,
@@ -86,6 +88,8 @@ pub(crate) struct Chain {
     pub(crate) norm: Option<usize>,
     /// The MUL by the norm weight.
     pub(crate) scale: usize,
+    /// A LayerNorm's ADD of its bias, after the scale: then the normed input the matmuls read.
+    pub(crate) bias: Option<usize>,
     /// FFN: gate, up. QKV: the projections, in graph order.
     pub(crate) matmuls: Vec<usize>,
     pub(crate) glu: Option<usize>,
@@ -413,6 +417,55 @@ mod tests {
                 Step::Cpu(vec![7]),
             ]
         );
+    }
+
+    /// whisper's attention input: NORM → × weight → + bias → Q (+ bias), K, V (+ bias); the
+    /// bias ADDs after the projections stay outside the chain, on the CPU at their places.
+    #[test]
+    fn a_layer_normed_qkv_is_one_evaluation() {
+        const B: usize = 11; // a bias
+        let mut g = G(Vec::new());
+        let n = g.add(OpKind::Norm, &[X]);
+        let s = g.add(OpKind::Mul, &[n, W]);
+        let b = g.add(OpKind::Add, &[s, B]);
+        let q = g.add(OpKind::MulMat, &[W, b]);
+        g.add(OpKind::Add, &[q, B]);
+        g.add(OpKind::MulMat, &[W, b]);
+        let v = g.add(OpKind::MulMat, &[W, b]);
+        g.add(OpKind::Add, &[v, B]);
+        let p = plan(&g.0, true);
+        assert_eq!(kinds(&p), [ChainKind::Qkv]);
+        let c = &p.chains[0];
+        assert_eq!((c.norm, c.scale, c.bias), (Some(0), 1, Some(2)));
+        assert_eq!(c.matmuls, vec![3, 5, 6]);
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Fused(0),
+                member(0, 0),
+                member(0, 1),
+                member(0, 2),
+                member(0, 3),
+                Step::Cpu(vec![4]),
+                member(0, 5),
+                member(0, 6),
+                Step::Cpu(vec![7]),
+            ]
+        );
+        // an FFN behind a LayerNorm (one MUL_MAT reads it: fc1) is no chain yet
+        let mut g = G(Vec::new());
+        let n = g.add(OpKind::Norm, &[X]);
+        let s = g.add(OpKind::Mul, &[n, W]);
+        let b = g.add(OpKind::Add, &[s, B]);
+        g.add(OpKind::MulMat, &[W, b]);
+        assert!(plan(&g.0, true).chains.is_empty());
+        // a NORM whose scale is read without a bias is no LayerNorm head
+        let mut g = G(Vec::new());
+        let n = g.add(OpKind::Norm, &[X]);
+        let s = g.add(OpKind::Mul, &[n, W]);
+        g.add(OpKind::MulMat, &[W, s]);
+        g.add(OpKind::MulMat, &[W, s]);
+        assert!(plan(&g.0, true).chains.is_empty());
     }
 
     #[test]
