@@ -98,7 +98,6 @@ pub(crate) fn is_glue(kind: OpKind) -> bool {
     matches!(
         kind,
         OpKind::RmsNorm
-            | OpKind::Norm
             | OpKind::Mul
             | OpKind::Add
             | OpKind::Scale

@@ -66,10 +66,15 @@ fn tiny_command_r_matches_the_cpu_with_fusion() {
         assert_eq!(stat(&run.log, "nodes on CPU"), 0, "{}", tail(&run.log));
         if what != "unfused" {
             // every fused block (Q/K/V: the FFN reads the normed input in another split)
-            // writes back its normed input (the LayerNorm's scale) for the FFN's split
+            // writes back its normed input for the FFN's split: the LayerNorm's scale, and the
+            // NORM it reads where that is in the split too (the ANE device takes NORM)
             let blocks = stat(&run.log, "fused blocks");
             assert!(blocks > 0, "{}", tail(&run.log));
-            assert_eq!(stat(&run.log, "also written back"), blocks);
+            let written = stat(&run.log, "also written back");
+            assert!(
+                written % blocks == 0 && (1..=2).contains(&(written / blocks)),
+                "{written} written back for {blocks} blocks"
+            );
         }
     }
     golden::check(&host_version(&cpu.log), "command-r-f16", &rows);

@@ -260,7 +260,9 @@ pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
     let first_src = |t: &ggml_tensor| unsafe { t.src[0].as_ref() };
     match op_kind(input) {
         OpKind::SwiGlu | OpKind::GeGlu => true,
-        OpKind::Mul => first_src(input).is_some_and(|n| op_kind(n) == OpKind::RmsNorm),
+        OpKind::Mul => {
+            first_src(input).is_some_and(|n| matches!(op_kind(n), OpKind::RmsNorm | OpKind::Norm))
+        }
         OpKind::Add => first_src(input)
             .filter(|m| op_kind(m) == OpKind::Mul)
             .and_then(first_src)

@@ -87,13 +87,14 @@ pub(crate) fn run(
     }
     let mut norm_weight = vec![0f32; c as usize];
     w_rows.read_row(0, 0, 0, &mut norm_weight);
-    // a LayerNorm's bias: the ADD's other operand, a contiguous F32 vector; the ADD is then
-    // the normed input the matmuls read
+    // a LayerNorm's bias: the ADD's other operand, a contiguous F32 vector, the ADD then the
+    // normed input the matmuls read; without one (Command-R's) zeros, the scale the input
+    if chain.layer && eps.is_none() {
+        return Err(declined("a LayerNorm without its norm"));
+    }
     let (input, ln_bias) = match chain.bias {
+        None if chain.layer => (scale.node, Some(vec![0f32; c as usize])),
         Some(b) => {
-            if eps.is_none() {
-                return Err(declined("a LayerNorm without its norm"));
-            }
             let add = d(b)?;
             let bias_rows = rows(b, other_operand(add, &scale.node)?)?;
             let bd = *bias_rows.desc();
@@ -115,7 +116,7 @@ pub(crate) fn run(
     let mut id_key = std::collections::hash_map::DefaultHasher::new();
     let mut id_fp = std::collections::hash_map::DefaultHasher::new();
     chain.kind.as_str().hash(&mut id_key);
-    (c, w.addr, eps.map(f32::to_bits), ln_bias.is_some()).hash(&mut id_key);
+    (c, w.addr, eps.map(f32::to_bits), chain.layer).hash(&mut id_key);
     norm_weight
         .iter()
         .chain(ln_bias.iter().flatten())

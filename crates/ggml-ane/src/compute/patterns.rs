@@ -13,7 +13,9 @@ pub(crate) struct Head {
     pub(crate) norm: Option<usize>,
     /// The MUL by the norm weight (a weight no node of the split computes).
     pub(crate) scale: usize,
-    /// A LayerNorm's ADD of its bias (a weight too), after the scale.
+    /// The norm is a LayerNorm (NORM: the mean subtracted), not an RMSNorm.
+    pub(crate) layer: bool,
+    /// A LayerNorm's ADD of its bias (a weight too), after the scale, where it has one.
     pub(crate) bias: Option<usize>,
 }
 
@@ -64,23 +66,26 @@ pub(crate) fn head_at(g: &Graph<'_>, i: usize) -> Option<Head> {
     if s.kind != OpKind::Mul || !g.is_input(weight) {
         return None;
     }
-    if n.kind != OpKind::Norm {
-        return Some(Head {
-            norm,
-            scale,
-            bias: None,
-        });
-    }
-    // a LayerNorm: + a bias no node of this graph computes
-    let &[bias] = g.consumers(scale) else {
-        return None;
+    let layer = n.kind == OpKind::Norm;
+    // a LayerNorm: + a bias no node of this graph computes, where it has one (whisper,
+    // GPT-2; Command-R's has none)
+    let bias = match g.consumers(scale) {
+        &[b] if layer => {
+            let add = &g.nodes[b];
+            let other = if add.src(0) == s.id {
+                add.src(1)
+            } else {
+                add.src(0)
+            };
+            (add.kind == OpKind::Add && add.srcs.contains(&s.id) && g.is_input(other)).then_some(b)
+        }
+        _ => None,
     };
-    let b = &g.nodes[bias];
-    let other = if b.src(0) == s.id { b.src(1) } else { b.src(0) };
-    (b.kind == OpKind::Add && b.srcs.contains(&s.id) && g.is_input(other)).then_some(Head {
+    Some(Head {
         norm,
         scale,
-        bias: Some(bias),
+        layer,
+        bias,
     })
 }
 
@@ -134,8 +139,8 @@ impl Pattern for FfnPattern {
     }
 
     fn match_at(&self, graph: &Graph<'_>, head: Head) -> Option<Chain> {
-        // a LayerNorm'd FFN is a GELU one (not built yet)
-        if head.bias.is_some() {
+        // a LayerNorm'd FFN (not built yet: whisper's and GPT-2's are GELU ones)
+        if head.layer {
             return None;
         }
         let &[a, b] = matmul_readers(graph, head)? else {
@@ -181,6 +186,7 @@ impl Pattern for FfnPattern {
             kind: self.kind(),
             norm: head.norm,
             scale: head.scale,
+            layer: head.layer,
             bias: head.bias,
             matmuls: vec![gate, up],
             glu: Some(glu),
@@ -219,6 +225,7 @@ impl Pattern for QkvPattern {
             kind: self.kind(),
             norm: head.norm,
             scale: head.scale,
+            layer: head.layer,
             bias: head.bias,
             matmuls: users.to_vec(),
             glu: None,
@@ -240,8 +247,11 @@ mod tests {
     fn every_pattern_holds_only_ops_the_ane_device_takes() {
         for p in REGISTRY {
             for &op in p.ops() {
+                // NORM only on ANE-FULL (whole graphs: whisper's GPU): taking it on ANE beside
+                // the CPU split Command-R's layers further (14 -> 22 splits) and fused nothing
+                // more, so there a LayerNorm's chain starts at its scale, normed elsewhere
                 assert!(
-                    op == OpKind::MulMat || crate::devices::is_glue(op),
+                    op == OpKind::MulMat || op == OpKind::Norm || crate::devices::is_glue(op),
                     "{:?} holds {op:?}",
                     p.kind()
                 );

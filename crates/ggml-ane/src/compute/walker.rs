@@ -88,6 +88,8 @@ pub(crate) struct Chain {
     pub(crate) norm: Option<usize>,
     /// The MUL by the norm weight.
     pub(crate) scale: usize,
+    /// The norm is a LayerNorm (NORM), not an RMSNorm.
+    pub(crate) layer: bool,
     /// A LayerNorm's ADD of its bias, after the scale: then the normed input the matmuls read.
     pub(crate) bias: Option<usize>,
     /// FFN: gate, up. QKV: the projections, in graph order.
@@ -436,7 +438,10 @@ mod tests {
         let p = plan(&g.0, true);
         assert_eq!(kinds(&p), [ChainKind::Qkv]);
         let c = &p.chains[0];
-        assert_eq!((c.norm, c.scale, c.bias), (Some(0), 1, Some(2)));
+        assert_eq!(
+            (c.norm, c.scale, c.layer, c.bias),
+            (Some(0), 1, true, Some(2))
+        );
         assert_eq!(c.matmuls, vec![3, 5, 6]);
         assert_eq!(
             p.steps,
@@ -459,13 +464,19 @@ mod tests {
         let b = g.add(OpKind::Add, &[s, B]);
         g.add(OpKind::MulMat, &[W, b]);
         assert!(plan(&g.0, true).chains.is_empty());
-        // a NORM whose scale is read without a bias is no LayerNorm head
+        // a LayerNorm without a bias (Command-R's): the scale is the normed input
         let mut g = G(Vec::new());
         let n = g.add(OpKind::Norm, &[X]);
         let s = g.add(OpKind::Mul, &[n, W]);
         g.add(OpKind::MulMat, &[W, s]);
         g.add(OpKind::MulMat, &[W, s]);
-        assert!(plan(&g.0, true).chains.is_empty());
+        let p = plan(&g.0, true);
+        assert_eq!(kinds(&p), [ChainKind::Qkv]);
+        let c = &p.chains[0];
+        assert_eq!(
+            (c.layer, c.bias, c.matmuls.clone()),
+            (true, None, vec![2, 3])
+        );
     }
 
     #[test]
