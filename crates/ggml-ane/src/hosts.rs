@@ -100,8 +100,7 @@ fn relation(version: &str) -> &'static str {
     match major_minor(version) {
         Some(v) if TESTED_GGML.last().is_some_and(|t| v > t.0) => "newer than",
         Some(v) if TESTED_GGML.first().is_some_and(|t| v < t.0) => "older than",
-        Some(_) => "not one of",
-        None => "not one of",
+        _ => "not one of",
     }
 }
 
