@@ -72,7 +72,7 @@ fn tiny_command_r_matches_the_cpu_with_fusion() {
             assert!(blocks > 0, "{}", tail(&run.log));
             let written = stat(&run.log, "also written back");
             assert!(
-                written % blocks == 0 && (1..=2).contains(&(written / blocks)),
+                written.is_multiple_of(blocks) && (1..=2).contains(&(written / blocks)),
                 "{written} written back for {blocks} blocks"
             );
         }
