@@ -184,17 +184,7 @@ pub fn projections_program(c: usize, rows: &[usize], s: usize, eps: Option<f32>)
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = rms_norm(&mut f, &x, c, eps);
-    let conv = ConvArgs::new(&mut f);
-    let mut outputs = Vec::new();
-    for (i, &m) in rows.iter().enumerate() {
-        let w = f.constant(&format!("W{i}"), blob(&weight_path(i), vec![m, c, 1, 1]));
-        // y0, y1, ...: fewer than ten outputs keep name order and return order equal
-        outputs.push(conv.conv(&mut f, &format!("y{i}"), &xn, &w));
-    }
-    for y in &outputs {
-        f.output(y).expect("outputs are defined");
-    }
-    finish(f)
+    projections_of(f, &xn, c, rows)
 }
 
 /// The projections of a LayerNorm'd input (whisper's and GPT-2's attention): input
@@ -206,11 +196,17 @@ pub fn layer_norm_projections_program(c: usize, rows: &[usize], s: usize, eps: f
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = layer_norm(&mut f, &x, c, eps);
+    projections_of(f, &xn, c, rows)
+}
+
+/// One conv per matrix of the normed input `xn`, each an output `y<i>`; the program.
+fn projections_of(mut f: FunctionBuilder, xn: &str, c: usize, rows: &[usize]) -> Program {
     let conv = ConvArgs::new(&mut f);
     let mut outputs = Vec::new();
     for (i, &m) in rows.iter().enumerate() {
         let w = f.constant(&format!("W{i}"), blob(&weight_path(i), vec![m, c, 1, 1]));
-        outputs.push(conv.conv(&mut f, &format!("y{i}"), &xn, &w));
+        // y0, y1, ...: fewer than ten outputs keep name order and return order equal
+        outputs.push(conv.conv(&mut f, &format!("y{i}"), xn, &w));
     }
     for y in &outputs {
         f.output(y).expect("outputs are defined");
