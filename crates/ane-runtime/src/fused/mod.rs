@@ -11,9 +11,10 @@
 //! kept on disk like any kernel), so a block needs identified weights. Before any work the
 //! host predicts fp16 overflow of the norm's sum of squares; after it, any non-finite value
 //! rejects the whole block, and so does any matmul of it whose predicted fp16 error is too
-//! large next to its result (an FFN's programs return its hidden values for that check). Results come back in memory ([`FusedOutputs`]) and the caller
-//! writes each where and when it belongs: ggml reuses memory, so an output may only be
-//! written once the nodes before it in the graph are done with those bytes.
+//! large next to its result (an FFN's programs return its hidden values for that check).
+//! Results come back in memory ([`FusedOutputs`]) and the caller writes each where and when it
+//! belongs: ggml reuses memory, so an output may only be written once the nodes before it in
+//! the graph are done with those bytes.
 
 pub mod probe;
 pub mod program;
@@ -324,7 +325,7 @@ pub fn engine_fused(
                 .into(),
         ));
     }
-    let ((values, hidden_sum_sq), form) = match baked {
+    let (evaluated, form) = match baked {
         Some(id) => (
             run_baked(engine, cache, job, &id, &chunks, clock, stats)?,
             FusedForm::Baked,
@@ -334,8 +335,8 @@ pub fn engine_fused(
             FusedForm::Streamed,
         ),
     };
-    check_precision(cache, job, form, &values, hidden_sum_sq)?;
-    let mut results = values;
+    check_precision(cache, job, form, &evaluated)?;
+    let mut results = evaluated.values;
     // the FFN adds its residual in f32, as ggml's ADD does
     if let Block::Ffn { residual, .. } = job.block {
         let mut tmp = vec![0f32; c];
@@ -360,7 +361,7 @@ pub fn engine_fused(
 /// - Projections: the weights' and the normed input's rounding (more of it when the program
 ///   norms in fp16), the output's.
 /// - FFN: the down projection, from the hidden values the program returns beside its result
-///   (their sum of squares, `hidden_sum_sq`): W2's rounding and the hidden values' — each went
+///   (their sum of squares): W2's rounding and the hidden values' — each went
 ///   through the input's roundings and a weight's and a conv's on the gate and on the up path,
 ///   then the sigmoid and two multiplies. The gate and up projections count here as relative
 ///   error passed on to the hidden values; a gate or up whose sums cancel is not seen (its
@@ -369,16 +370,15 @@ fn check_precision(
     cache: &KernelCache,
     job: &FusedJob<'_>,
     form: FusedForm,
-    values: &[Vec<f32>],
-    hidden_sum_sq: f64,
+    evaluated: &Evaluated,
 ) -> Result<(), FallbackReason> {
+    let values = &evaluated.values;
     use std::hash::{Hash, Hasher};
     let c = job.channels;
     // roundings of the normed input before the matmuls read it: staging (streamed: the host
-    // norms in f32); in a baked program also the norm's square, sum, rsqrt and the two
-    // multiplies (only the weight's multiply when normed elsewhere)
-    // (a LayerNorm: the subtraction, the multiply by the rsqrt — itself from a mean, an add
-    // and a pow — the weight's multiply and the bias's add)
+    // norms in f32); in a baked program also the RMSNorm's square, sum, rsqrt and two
+    // multiplies, or the LayerNorm's subtraction, multiply by the rsqrt (itself from a mean,
+    // an add and a pow), weight and bias; only the weight's multiply when normed elsewhere
     let norm_ops = match (form, job.eps, job.ln_bias) {
         (FusedForm::Streamed, _, _) => 1,
         (FusedForm::Baked, Some(_), Some(_)) => 7,
@@ -413,7 +413,7 @@ fn check_precision(
             let hidden_ops = 2 * (norm_ops + 2) + 3;
             match precision::projection_too_imprecise(
                 &weights,
-                hidden_sum_sq,
+                evaluated.hidden_sum_sq,
                 job.tokens,
                 hidden_ops,
                 &values[0],
@@ -423,17 +423,17 @@ fn check_precision(
             }
         }
         Block::Projections(mats) => {
-            // Σ over the block's input of its normed values squared, as the matmuls read it
-            let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
-            let acts_total: f64 = (0..job.tokens)
-                .map(|n| {
-                    job.norm_into(job.x.row_as_f32(0, 0, n, &mut row), &mut normed);
-                    normed
-                        .iter()
-                        .map(|&v| f64::from(v) * f64::from(v))
-                        .sum::<f64>()
-                })
-                .sum();
+            // Σ over the block's input of its normed values squared, as the matmuls read it (the
+            // streamed form normed it on the host already)
+            let acts_total = evaluated.normed_sum_sq.unwrap_or_else(|| {
+                let (mut row, mut normed) = (vec![0f32; c], vec![0f32; c]);
+                (0..job.tokens)
+                    .map(|n| {
+                        job.norm_into(job.x.row_as_f32(0, 0, n, &mut row), &mut normed);
+                        sum_sq(&normed)
+                    })
+                    .sum()
+            });
             for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
                 let weights = column_sums(j, *m, *rows, c);
                 if let Some(nmse) = precision::projection_too_imprecise(
@@ -447,9 +447,20 @@ fn check_precision(
     }
 }
 
-/// What a block's programs returned: the outputs token-major, and an FFN's hidden values'
-/// sum of squares (0 for projections).
-type Evaluated = (Vec<Vec<f32>>, f64);
+/// What a block's programs returned, with the sums the precision check reads.
+struct Evaluated {
+    /// The outputs, token-major.
+    values: Vec<Vec<f32>>,
+    /// An FFN's hidden values' sum of squares (0 for projections).
+    hidden_sum_sq: f64,
+    /// The normed input's sum of squares where the host normed it (streamed).
+    normed_sum_sq: Option<f64>,
+}
+
+/// Σ v², in f64.
+fn sum_sq(values: &[f32]) -> f64 {
+    values.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+}
 
 /// The baked program of each chunk's bucket, evaluated.
 fn run_baked(
@@ -514,7 +525,11 @@ fn run_baked(
             stats,
         )?;
     }
-    Ok((results, hidden_sum_sq))
+    Ok(Evaluated {
+        values: results,
+        hidden_sum_sq,
+        normed_sum_sq: None,
+    })
 }
 
 /// Where an FFN program's second output, its hidden values, goes: `rows` of them per token,
@@ -667,7 +682,11 @@ fn run_streamed(
             done?;
         }
     }
-    Ok((results, hidden_sum_sq))
+    Ok(Evaluated {
+        values: results,
+        hidden_sum_sq,
+        normed_sum_sq: Some(sum_sq(&acts)),
+    })
 }
 
 /// The input the block's matmuls read, `tokens × channels` f32: `rms_norm(x) ⊙ w` computed as

@@ -210,17 +210,21 @@ pub fn accumulate_columns(
 pub(crate) fn sum_sq_columns(s: &Surface, rows: usize, bn: usize) -> Option<f64> {
     let layout = s.layout();
     let bytes = s.as_bytes();
-    let row_sum = |r: usize| -> Option<f64> {
+    // one f32 row buffer per thread
+    let row_sum = |tmp: &mut Vec<f32>, r: usize| -> Option<f64> {
         let off = layout.flat_row_offset(r);
         let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bn]);
-        let mut tmp = vec![0f32; bn];
-        f16_to_f32(&mut tmp, row);
-        let sum = sum_of_squares(&tmp);
+        f16_to_f32(tmp, row);
+        let sum = sum_of_squares(tmp);
         sum.is_finite().then_some(sum)
     };
     if rows * bn < PARALLEL_MIN_VALUES {
-        (0..rows).map(row_sum).sum()
+        let mut tmp = vec![0f32; bn];
+        (0..rows).map(|r| row_sum(&mut tmp, r)).sum()
     } else {
-        (0..rows).into_par_iter().map(row_sum).sum()
+        (0..rows)
+            .into_par_iter()
+            .map_init(|| vec![0f32; bn], row_sum)
+            .sum()
     }
 }

@@ -92,24 +92,8 @@ fn dev_by_type() -> Option<(DevByType, String)> {
 
 /// The folder of the ggml-base this library is bound to.
 fn base_dir() -> Option<String> {
-    let mut info: libc::Dl_info = unsafe_zeroed_dl_info();
-    // SAFETY: dladdr reads the address of a function of ggml-base and fills `info`.
-    let found = unsafe { libc::dladdr(ggml_backend_dev_init as *const c_void, &mut info) };
-    if found == 0 || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dli_fname is a NUL-terminated path owned by the dynamic loader.
-    let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
-    path.rsplit_once('/').map(|(dir, _)| dir.to_string())
-}
-
-fn unsafe_zeroed_dl_info() -> libc::Dl_info {
-    libc::Dl_info {
-        dli_fname: std::ptr::null(),
-        dli_fbase: std::ptr::null_mut(),
-        dli_sname: std::ptr::null(),
-        dli_saddr: std::ptr::null_mut(),
-    }
+    super::host::bound_ggml_base()
+        .and_then(|path| path.rsplit_once('/').map(|(dir, _)| dir.to_string()))
 }
 
 /// The host's CPU device, found once; `Err` says why there is none (retried on later calls:

@@ -2,7 +2,7 @@
 //! functions its ggml-base exports (which fix the layouts that differ between versions:
 //! `hosts::layout_from_exports`), and tensors it builds read back through our mirror.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void, CStr, CString};
 
 use super::tensor::op_name_of;
 use super::{
@@ -12,17 +12,12 @@ use super::{
 use crate::hosts::HostExports;
 
 /// Whether the ggml-base this library is bound to exports `name`: looked up in that library
-/// (found through `dladdr` of one of its functions, opened with `RTLD_NOLOAD`), else in the
-/// global scope.
+/// ([`bound_ggml_base`], opened with `RTLD_NOLOAD`), else in the global scope.
 fn exported(name: &CStr) -> bool {
-    // SAFETY: a zeroed Dl_info is a valid out-parameter (pointers NULL).
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr reads the address of a function of ggml-base and fills `info`.
-    let found = unsafe { libc::dladdr(ggml_init as *const c_void, &mut info) };
-    if found != 0 && !info.dli_fname.is_null() {
+    if let Some(path) = bound_ggml_base().and_then(|p| CString::new(p).ok()) {
         // SAFETY: RTLD_NOLOAD returns a handle only to a library already loaded (nothing is
         // loaded); the reference taken is given back below.
-        let handle = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
         if !handle.is_null() {
             // SAFETY: a live handle and a NUL-terminated name.
             let sym = unsafe { libc::dlsym(handle, name.as_ptr()) };
@@ -147,7 +142,8 @@ unsafe fn check_in(ctx: *mut c_void) -> Result<(), String> {
     Ok(())
 }
 
-/// The path of the ggml-base this library is bound to (`dladdr` of one of its functions).
+/// The path of the ggml-base this library is bound to (`dladdr` of one of its functions): where
+/// its exports are looked up, its CPU backend searched next to, and what the features name.
 pub(crate) fn bound_ggml_base() -> Option<String> {
     // SAFETY: a zeroed Dl_info is a valid out-parameter (pointers NULL).
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };

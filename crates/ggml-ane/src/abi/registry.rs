@@ -183,8 +183,7 @@ pub extern "C" fn ggml_backend_ane_reg() -> *mut ggml_backend_reg {
 pub(super) fn registry() -> *mut ggml_backend_reg {
     static REG: OnceLock<Leaked<ggml_backend_reg>> = OnceLock::new();
     REG.get_or_init(|| {
-        let (api_version, offered) = host_decision();
-        OFFERED.get_or_init(|| offered);
+        let api_version = host_decision();
         if api_version != GGML_BACKEND_API_VERSION {
             log(
                 GGML_LOG_LEVEL_INFO,
@@ -200,12 +199,10 @@ pub(super) fn registry() -> *mut ggml_backend_reg {
     .0
 }
 
-/// Whether the registry offers its device: not with `GGML_ANE_DISABLE=1`, nor in a ggml the
-/// version table does not cover (unless `GGML_ANE_ANY_GGML=1`).
-static OFFERED: OnceLock<bool> = OnceLock::new();
-
+/// Whether the registry offers its device: not with `GGML_ANE_DISABLE=1`, nor in a host the
+/// version table and layout checks refuse (`hosts::decide`): exactly when a layout was decided.
 fn offered() -> bool {
-    OFFERED.get().copied().unwrap_or(false)
+    host_layout().is_some()
 }
 
 /// The layout the host was found to have when the registry was made (`None`: the device is
@@ -217,10 +214,11 @@ pub(crate) fn host_layout() -> Option<crate::hosts::HostLayout> {
     HOST_LAYOUT.get().copied().flatten()
 }
 
-/// The backend API version to announce, and whether to offer the device: the version table,
-/// the layout the host's exports show, and its tensors read back (`hosts::decide`); logs why
-/// not, or what is tried.
-fn host_decision() -> (c_int, bool) {
+/// Decides, once, whether to offer the device and in which layout ([`host_layout`]): the
+/// version table, the layout the host's exports show, and its tensors read back
+/// (`hosts::decide`); logs why not, or what is tried. Returns the backend API version to
+/// announce.
+fn host_decision() -> c_int {
     let version = host_ggml_version();
     let (disable, any) = match crate::settings::get() {
         Ok(c) => (c.disable, c.any_ggml),
@@ -257,7 +255,7 @@ fn host_decision() -> (c_int, bool) {
         };
         log(level, line);
     }
-    (d.api, d.layout.is_some())
+    d.api
 }
 
 // ---- exports for ggml_backend_load ----
