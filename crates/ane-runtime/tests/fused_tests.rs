@@ -5,6 +5,7 @@ mod support;
 
 use ane_runtime::fused::probe::{
     f64s, layer_norm_f64, matmul_f64 as matmul, nmse, rms_norm_f64 as rms_norm, FfnCase,
+    GeluFfnCase,
 };
 use ane_runtime::fused::{engine_fused, streamed, Block, FusedForm, FusedJob};
 use ane_runtime::matmul::probe::grid_values;
@@ -320,8 +321,8 @@ fn streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket(mak
 
 /// Projections of a LayerNorm'd input (whisper's attention, GPT-2's): Orion's LayerNorm then
 /// the convs, against f64, in both forms; a token whose |x − mean| would overflow its fp16
-/// square (every output silently β on the ANE) is declined before any compile; a LayerNorm
-/// FFN (GELU) is declined as not built.
+/// square (every output silently β on the ANE) is declined before any compile; a LayerNorm'd
+/// SwiGLU FFN is declined (no model has one; the GELU FFN has its own block).
 fn layer_norm_projections_match_f64(make: &EngineMaker) {
     let (c, n) = (64, 40);
     let x = mat(n, c, 31, 3.0);
@@ -379,7 +380,7 @@ fn layer_norm_projections_match_f64(make: &EngineMaker) {
     let r = engine_fused(e.as_ref(), &cache, &job(&spiked, norm, &mats), &stats);
     assert_eq!(r.map(|_| ()), Err(FallbackReason::NonFinite));
     assert_eq!(stats.snapshot().compiles, 0);
-    // a LayerNorm FFN is not built
+    // a LayerNorm'd SwiGLU FFN is not a form we build
     let case = FfnCase::new(64, 96, 8);
     let ffn = FusedJob {
         ln_bias: Some(&beta),
@@ -387,7 +388,75 @@ fn layer_norm_projections_match_f64(make: &EngineMaker) {
     };
     let r = engine_fused(e.as_ref(), &cache, &ffn, &stats);
     assert!(
+        matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("LayerNorm")),
+        "{r:?}"
+    );
+}
+
+/// The LayerNorm → GELU FFN (whisper's, GPT-2's): Orion's form against f64 with both biases
+/// and the residual, one dispatch, its kernel reused; declined with a reason where it cannot
+/// be baked (no streamed form), where GELU's x³ would pass fp16 (a hidden value past 40), and
+/// where its down projection cannot be resolved in fp16.
+fn a_gelu_ffn_matches_f64_baked_and_says_why_otherwise(make: &EngineMaker) {
+    let case = GeluFfnCase::new(64, 256, 40);
+    let (e, stats) = (make.engine(), Stats::default());
+    let cache = KernelCache::new().with_policy(KernelPolicy::Baked);
+    let out = engine_fused(e.as_ref(), &cache, &case.job(61), &stats).unwrap();
+    assert_eq!(out.form(), FusedForm::Baked);
+    let err = nmse(&case.want(), out.values(0));
+    eprintln!("GELU FFN 64x256x40 baked: NMSE {err:.1e} against f64");
+    assert!(err < 1e-5, "NMSE {err}");
+    let s = stats.snapshot();
+    assert_eq!((s.dispatches, s.compiles, s.offloaded), (1, 1, 2));
+    engine_fused(e.as_ref(), &cache, &case.job(61), &stats).unwrap();
+    assert_eq!(stats.snapshot().compiles, 1);
+    // without identified weights, or under the streamed policy: nothing to bake
+    let streamed = KernelCache::new().with_policy(KernelPolicy::Streamed);
+    let r = engine_fused(e.as_ref(), &streamed, &case.job(61), &stats);
+    assert!(
         matches!(r, Err(FallbackReason::Unsupported(ref w)) if w.contains("GELU")),
+        "{r:?}"
+    );
+    let anonymous = FusedJob {
+        weight_id: None,
+        ..case.job(61)
+    };
+    assert!(engine_fused(e.as_ref(), &cache, &anonymous, &stats).is_err());
+    // an up bias of 60 on one hidden feature: its GELU input passes 40, x³ passes fp16
+    let mut hot = case.clone();
+    hot.up_bias[17] = 60.0;
+    let r = engine_fused(e.as_ref(), &cache, &hot.job(62), &stats);
+    assert_eq!(r.map(|_| ()), Err(FallbackReason::NonFinite));
+    // W2 whose rows cancel: two nearly equal hidden features (the same W1 row, biases 1/64
+    // apart) weighted ±64, the rest 1e-3 of their size
+    let mut cancel = case.clone();
+    let (c, h, n) = (cancel.base.c, cancel.base.h, cancel.base.n);
+    for row in cancel.base.down.data.chunks_mut(h) {
+        row.iter_mut().for_each(|v| *v *= 1e-3);
+        row[3] = 64.0;
+        row[4] = -64.0;
+    }
+    let w1_row3: Vec<f32> = cancel.base.up.data[3 * c..4 * c].to_vec();
+    cancel.base.up.data[4 * c..5 * c].copy_from_slice(&w1_row3);
+    cancel.up_bias[4] = cancel.up_bias[3] + 1.0 / 64.0;
+    // the hidden values' fp16 rounding alone puts the down projection far off
+    let hidden = cancel.hidden_f64();
+    let w2 = f64s(&cancel.base.down.data);
+    let rounded: Vec<f32> = hidden.iter().map(|&v| f16::from_f64(v).to_f32()).collect();
+    let exact = matmul(&hidden, &w2, n, h, c);
+    let in_fp16 = matmul(&f64s(&rounded), &w2, n, h, c);
+    let alone = nmse(
+        &exact,
+        &in_fp16.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+    );
+    assert!(
+        alone > 1e-3,
+        "hidden values' fp16 rounding alone: NMSE {alone}"
+    );
+    let r = engine_fused(e.as_ref(), &cache, &cancel.job(63), &stats);
+    eprintln!("cancelling W2 (fp16 hidden values alone: NMSE {alone:.1e}): {r:?}");
+    assert!(
+        matches!(r, Err(FallbackReason::Precision(ref w)) if w.contains("GELU FFN down")),
         "{r:?}"
     );
 }
@@ -407,6 +476,7 @@ fn the_self_probes_pass(make: &EngineMaker) {
 
 engine_test!(
     made: the_self_probes_pass,
+    a_gelu_ffn_matches_f64_baked_and_says_why_otherwise,
     layer_norm_projections_match_f64,
     a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk,
     fused_projections_match_f64_each_output,

@@ -5,6 +5,8 @@
 //! A block is `y = block(rms_norm(x) ⊙ w)` over `tokens` rows of `channels` features (or
 //! `block(x ⊙ w)` when the norm ran elsewhere):
 //! - [`Block::Ffn`]: `r + W2 · (silu(W1 · n) ⊙ (W3 · n))` (llama's FFN with its residual `r`);
+//! - [`Block::GeluFfn`]: `r + W2 · gelu(W1 · n + b1) + b2` after a LayerNorm (whisper's and
+//!   GPT-2's FFN);
 //! - [`Block::Projections`]: `W_i · n` for each matrix (Q, K and V).
 //!
 //! The programs ([`program`]) bake every weight in (one compile per block and token bucket,
@@ -30,13 +32,16 @@ use crate::kernels::policy::{should_bake, LoadedRoom, WeightId};
 use crate::kernels::KernelCache;
 use crate::matmul::precision::{self, ColumnSumSq};
 use crate::matmul::{min_bucket, token_chunks, FallbackReason, MatrixSink, MatrixSource, Stats};
-use crate::staging::convert::{accumulate_columns, stage_columns, sum_sq_columns, zero_columns};
+use crate::staging::convert::{
+    accumulate_columns, stage_columns, sum_sq_columns, zero_columns, HiddenSums,
+};
 use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 use crate::sys::fp16::f32_to_f16;
 
 pub use program::{
-    ffn_program, fused_weights, layer_norm_projections_program, projections_program, with_norm_bias,
+    ffn_program, fused_weights, layer_norm_gelu_ffn_program, layer_norm_projections_program,
+    projections_program, with_norm_bias, with_up_bias,
 };
 
 /// Baked weights per fused program at most: 64 MiB ran in one program on hardware (maderix/ANE
@@ -60,6 +65,24 @@ pub enum Block<'a> {
         /// Added to the result.
         residual: &'a dyn MatrixSource,
     },
+    /// A LayerNorm'd input's GELU FFN: up `[hidden, channels]` and its bias (`hidden`
+    /// values), GELU (tanh approximation, as ggml's), down `[channels, hidden]` and its bias
+    /// (`channels` values), then the residual. Baked only: the cited streamed form has no
+    /// bias, and one per layer would be no streamed form.
+    GeluFfn {
+        /// Hidden features.
+        hidden: usize,
+        /// W1.
+        up: &'a dyn MatrixSource,
+        /// b1, added in the program before the GELU.
+        up_bias: &'a [f32],
+        /// W2.
+        down: &'a dyn MatrixSource,
+        /// b2, added by the host.
+        down_bias: &'a [f32],
+        /// Added to the result.
+        residual: &'a dyn MatrixSource,
+    },
     /// Each matrix `[rows, channels]`, with its row count.
     Projections(Vec<(&'a dyn MatrixSource, usize)>),
 }
@@ -79,7 +102,7 @@ pub struct FusedJob<'a> {
     pub norm_weight: &'a [f32],
     /// `Some`: the norm is a LayerNorm (the mean subtracted first; needs `eps`) and this is its
     /// bias, `channels` values added after the weight (whisper, GPT-2). `None`: an RMSNorm.
-    /// LayerNorm blocks are projections only, so far (a GELU FFN is not built yet).
+    /// A [`Block::GeluFfn`] needs one; a SwiGLU [`Block::Ffn`] takes none.
     pub ln_bias: Option<&'a [f32]>,
     /// After the norm.
     pub block: Block<'a>,
@@ -138,7 +161,7 @@ impl FusedJob<'_> {
     /// Output rows of each program output.
     fn output_rows(&self) -> Vec<usize> {
         match &self.block {
-            Block::Ffn { .. } => vec![self.channels],
+            Block::Ffn { .. } | Block::GeluFfn { .. } => vec![self.channels],
             Block::Projections(m) => m.iter().map(|(_, r)| *r).collect(),
         }
     }
@@ -146,7 +169,7 @@ impl FusedJob<'_> {
     /// An FFN's hidden features; `None` for projections.
     fn hidden(&self) -> Option<usize> {
         match &self.block {
-            Block::Ffn { hidden, .. } => Some(*hidden),
+            Block::Ffn { hidden, .. } | Block::GeluFfn { hidden, .. } => Some(*hidden),
             Block::Projections(_) => None,
         }
     }
@@ -155,6 +178,7 @@ impl FusedJob<'_> {
     pub fn flops(&self) -> f64 {
         let per_token: usize = match &self.block {
             Block::Ffn { hidden, .. } => 3 * hidden * self.channels,
+            Block::GeluFfn { hidden, .. } => 2 * hidden * self.channels,
             Block::Projections(m) => m.iter().map(|(_, r)| r * self.channels).sum(),
         };
         2.0 * (per_token * self.tokens) as f64
@@ -164,6 +188,7 @@ impl FusedJob<'_> {
     pub fn matmuls(&self) -> usize {
         match &self.block {
             Block::Ffn { .. } => 3,
+            Block::GeluFfn { .. } => 2,
             Block::Projections(m) => m.len(),
         }
     }
@@ -171,6 +196,7 @@ impl FusedJob<'_> {
     fn weight_bytes(&self) -> usize {
         let values: usize = match &self.block {
             Block::Ffn { hidden, .. } => 3 * hidden * self.channels,
+            Block::GeluFfn { hidden, .. } => (2 * self.channels + 1) * hidden,
             Block::Projections(m) => m.iter().map(|(_, r)| r * self.channels).sum(),
         };
         2 * (values + self.channels)
@@ -210,6 +236,24 @@ impl FusedJob<'_> {
                     ],
                 ),
             ),
+            Block::GeluFfn {
+                hidden,
+                up,
+                up_bias,
+                down,
+                ..
+            } => {
+                let mut files = fused_weights(
+                    &norm,
+                    &[(1, matrix(*up, *hidden, c)), (2, matrix(*down, c, *hidden))],
+                );
+                let to_f16 =
+                    |v: &[f32]| -> Vec<f16> { v.iter().map(|&v| f16::from_f32(v)).collect() };
+                with_norm_bias(&mut files, &to_f16(self.ln_bias.unwrap_or(&[])));
+                with_up_bias(&mut files, &to_f16(up_bias));
+                let eps = self.eps.unwrap_or_default();
+                (layer_norm_gelu_ffn_program(c, *hidden, bucket, eps), files)
+            }
             Block::Projections(m) => {
                 let rows: Vec<usize> = m.iter().map(|(_, r)| *r).collect();
                 let mats: Vec<(usize, Vec<f16>)> = m
@@ -274,10 +318,7 @@ pub fn engine_fused(
     let c = job.channels;
     let rows = job.output_rows();
     let widest = rows.iter().copied().chain([c]).max().unwrap_or(c);
-    let hidden = match &job.block {
-        Block::Ffn { hidden, .. } => *hidden,
-        Block::Projections(_) => 0,
-    };
+    let hidden = job.hidden().unwrap_or(0);
     let max_dim = engine.limits().max_dim;
     if widest.max(hidden) > max_dim || job.tokens == 0 || c == 0 {
         return Err(FallbackReason::Unsupported(format!(
@@ -287,10 +328,19 @@ pub fn engine_fused(
     if job.norm_weight.len() != c || job.ln_bias.is_some_and(|b| b.len() != c) {
         return Err(FallbackReason::Internal("fused job misassembled".into()));
     }
+    let gelu = matches!(job.block, Block::GeluFfn { .. });
     if job.ln_bias.is_some() && (job.eps.is_none() || matches!(job.block, Block::Ffn { .. })) {
         return Err(FallbackReason::Unsupported(
-            "a LayerNorm block other than projections (a GELU FFN is not built yet)".into(),
+            "a LayerNorm block other than projections or a GELU FFN".into(),
         ));
+    }
+    if let Block::GeluFfn {
+        up_bias, down_bias, ..
+    } = job.block
+    {
+        if job.ln_bias.is_none() || up_bias.len() != hidden || down_bias.len() != c {
+            return Err(FallbackReason::Internal("GELU FFN misassembled".into()));
+        }
     }
     let chunks = token_chunks(job.tokens, max_dim, min_bucket(widest.max(hidden), c));
     // one kernel per program: the same weights under another form are another kernel
@@ -319,6 +369,11 @@ pub fn engine_fused(
                 cache.fused_missing(id, &buckets)
             })
     });
+    if baked.is_none() && gelu {
+        return Err(FallbackReason::Unsupported(
+            "a GELU FFN that cannot be baked (the cited streamed form has no bias)".into(),
+        ));
+    }
     if baked.is_none() && !cache.fused_forms().1 {
         return Err(FallbackReason::Unsupported(
             "the streamed fused form is off (its self-probe failed) and baking is not possible"
@@ -337,10 +392,23 @@ pub fn engine_fused(
     };
     check_precision(cache, job, form, &evaluated)?;
     let mut results = evaluated.values;
-    // the FFN adds its residual in f32, as ggml's ADD does
-    if let Block::Ffn { residual, .. } = job.block {
+    // the FFN adds its residual in f32, as ggml's ADD does (a GELU FFN its down
+    // projection's bias first, as ggml's graph does)
+    let (residual, down_bias) = match job.block {
+        Block::Ffn { residual, .. } => (Some(residual), None),
+        Block::GeluFfn {
+            residual,
+            down_bias,
+            ..
+        } => (Some(residual), Some(down_bias)),
+        Block::Projections(_) => (None, None),
+    };
+    if let Some(residual) = residual {
         let mut tmp = vec![0f32; c];
         for (n, out) in results[0].chunks_mut(c).enumerate() {
+            if let Some(b) = down_bias {
+                out.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
             for (o, r) in out.iter_mut().zip(residual.row_as_f32(0, 0, n, &mut tmp)) {
                 *o += r;
             }
@@ -413,12 +481,29 @@ fn check_precision(
             let hidden_ops = 2 * (norm_ops + 2) + 3;
             match precision::projection_too_imprecise(
                 &weights,
-                evaluated.hidden_sum_sq,
+                evaluated.hidden.sum_sq,
                 job.tokens,
                 hidden_ops,
                 &values[0],
             ) {
                 Some(nmse) => Err(refuse("fused FFN down projection".into(), nmse)),
+                None => Ok(()),
+            }
+        }
+        Block::GeluFfn { hidden, down, .. } => {
+            gelu_in_range(evaluated.hidden)?;
+            let weights = column_sums(0, *down, c, *hidden);
+            // the hidden values went through the norm, W1's conv and the bias add, then the
+            // GELU chain's nine ops
+            let hidden_ops = norm_ops + 2 + 9;
+            match precision::projection_too_imprecise(
+                &weights,
+                evaluated.hidden.sum_sq,
+                job.tokens,
+                hidden_ops,
+                &values[0],
+            ) {
+                Some(nmse) => Err(refuse("fused GELU FFN down projection".into(), nmse)),
                 None => Ok(()),
             }
         }
@@ -447,12 +532,37 @@ fn check_precision(
     }
 }
 
+/// fp16's x³ passes its largest finite value (65504) for |x| past 40.3: the GELU chain then
+/// goes through ±inf, which IEEE arithmetic carries to the right limits (x, 0), but whether
+/// the ANE's tanh of inf is ±1 no source shows. Until a Mac says so, such blocks decline.
+const GELU_MAX_INPUT: f32 = 40.0;
+
+/// The smallest value the tanh GELU takes is −0.170 (at x ≈ −0.75); anything below it did not
+/// come from the chain as written.
+const GELU_MIN_VALUE: f32 = -0.2;
+
+/// A GELU FFN's hidden values against what its chain can return: a value past
+/// [`GELU_MAX_INPUT`] (gelu(x) ≈ x there) came through an fp16 overflow; one below
+/// [`GELU_MIN_VALUE`] from an engine whose ops differ from the chain's.
+fn gelu_in_range(h: HiddenSums) -> Result<(), FallbackReason> {
+    if h.max >= GELU_MAX_INPUT {
+        return Err(FallbackReason::NonFinite);
+    }
+    if h.min < GELU_MIN_VALUE {
+        return Err(FallbackReason::Eval(format!(
+            "a GELU value of {} (its minimum is -0.17)",
+            h.min
+        )));
+    }
+    Ok(())
+}
+
 /// What a block's programs returned, with the sums the precision check reads.
 struct Evaluated {
     /// The outputs, token-major.
     values: Vec<Vec<f32>>,
-    /// An FFN's hidden values' sum of squares (0 for projections).
-    hidden_sum_sq: f64,
+    /// An FFN's hidden values' sum of squares and extremes (empty for projections).
+    hidden: HiddenSums,
     /// The normed input's sum of squares where the host normed it (streamed).
     normed_sum_sq: Option<f64>,
 }
@@ -501,7 +611,7 @@ fn run_baked(
     }
     stats.add_planning(clock.elapsed());
     let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
-    let mut hidden_sum_sq = 0f64;
+    let mut hidden = HiddenSums::EMPTY;
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let clock = Instant::now();
         let procedure = &kernel.procedures()[0];
@@ -512,7 +622,7 @@ fn run_baked(
         stats.add_staging(clock.elapsed());
         let taps = job.hidden().map(|rows| HiddenTaps {
             rows,
-            sum_sq: &mut hidden_sum_sq,
+            sums: &mut hidden,
         });
         evaluate(
             kernel.as_ref(),
@@ -527,16 +637,17 @@ fn run_baked(
     }
     Ok(Evaluated {
         values: results,
-        hidden_sum_sq,
+        hidden,
         normed_sum_sq: None,
     })
 }
 
 /// Where an FFN program's second output, its hidden values, goes: `rows` of them per token,
-/// their squares summed into `sum_sq` (the precision check's input for the down projection).
+/// their squares summed and extremes kept in `sums` (the precision check's input for the
+/// down projection, and a GELU's range check).
 struct HiddenTaps<'a> {
     rows: usize,
-    sum_sq: &'a mut f64,
+    sums: &'a mut HiddenSums,
 }
 
 /// One evaluation: `input` in, each output added into (or, `first`, assigned to) `results`
@@ -572,7 +683,8 @@ fn evaluate(
         let hidden = outs.get(results.len()).ok_or_else(|| {
             FallbackReason::Internal("an FFN kernel without its hidden output".into())
         })?;
-        *taps.sum_sq += sum_sq_columns(hidden, taps.rows, bn).ok_or(FallbackReason::NonFinite)?;
+        let sums = sum_sq_columns(hidden, taps.rows, bn).ok_or(FallbackReason::NonFinite)?;
+        *taps.sums = taps.sums.join(sums);
     }
     stats.add_writeback(clock.elapsed());
     Ok(())
@@ -605,6 +717,9 @@ fn run_streamed(
                 Ok((ht, hidden.div_ceil(ht)))
             }
             Block::Projections(_) => Ok((0, 1)),
+            Block::GeluFfn { .. } => Err(FallbackReason::Unsupported(
+                "a GELU FFN has no streamed form".into(),
+            )),
         }
     };
     if let Block::Projections(_) = job.block {
@@ -638,12 +753,17 @@ fn run_streamed(
                     stats,
                 )?
             }
+            Block::GeluFfn { .. } => {
+                return Err(FallbackReason::Unsupported(
+                    "a GELU FFN has no streamed form".into(),
+                ))
+            }
         };
         kernels.push(kernel);
     }
     stats.add_planning(clock.elapsed());
     let mut results: Vec<Vec<f32>> = rows.iter().map(|&m| vec![0f32; job.tokens * m]).collect();
-    let mut hidden_sum_sq = 0f64;
+    let mut hidden = HiddenSums::EMPTY;
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let layout = kernel.procedures()[0].inputs[0].clone();
         let (ht, tiles) = tile_of(bucket)?;
@@ -664,7 +784,7 @@ fn run_streamed(
             // the tile's hidden values (a last tile's padding: zero weights, zero values)
             let taps = job.hidden().map(|_| HiddenTaps {
                 rows: ht,
-                sum_sq: &mut hidden_sum_sq,
+                sums: &mut hidden,
             });
             let done = evaluate(
                 kernel.as_ref(),
@@ -684,7 +804,7 @@ fn run_streamed(
     }
     Ok(Evaluated {
         values: results,
-        hidden_sum_sq,
+        hidden,
         normed_sum_sq: Some(sum_sq(&acts)),
     })
 }
@@ -776,6 +896,8 @@ fn stage_streamed_weights(
             }
             stats.add_weight_bytes(2 * 3 * real * c);
         }
+        // never staged: `run_streamed` refuses it before any staging
+        Block::GeluFfn { .. } => {}
         Block::Projections(m) => {
             let mut at = bucket;
             for (src, r) in m {

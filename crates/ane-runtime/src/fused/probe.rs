@@ -143,6 +143,82 @@ impl FfnCase {
     }
 }
 
+/// A deterministic LayerNorm → GELU FFN block (whisper's, GPT-2's), with its f64 answer.
+#[derive(Clone, Debug)]
+pub struct GeluFfnCase {
+    /// The SwiGLU case's input, norm weight and sizes; its up and down matrices serve as W1
+    /// and W2.
+    pub base: FfnCase,
+    /// The LayerNorm's bias, `c`.
+    pub ln_bias: Vec<f32>,
+    /// b1, `h`.
+    pub up_bias: Vec<f32>,
+    /// b2, `c`.
+    pub down_bias: Vec<f32>,
+}
+
+impl GeluFfnCase {
+    /// The case of `c` channels, `h` hidden features and `n` tokens.
+    pub fn new(c: usize, h: usize, n: usize) -> Self {
+        GeluFfnCase {
+            base: FfnCase::new(c, h, n),
+            ln_bias: grid_values(c, 9).iter().map(|v| v / 4.0).collect(),
+            up_bias: grid_values(h, 10).iter().map(|v| v / 2.0).collect(),
+            down_bias: grid_values(c, 11).iter().map(|v| v / 2.0).collect(),
+        }
+    }
+
+    /// The job: LayerNorm with eps 1e-5, the residual `x`, weights identified as `key`.
+    pub fn job(&self, key: u64) -> FusedJob<'_> {
+        let b = &self.base;
+        FusedJob {
+            ln_bias: Some(&self.ln_bias),
+            block: Block::GeluFfn {
+                hidden: b.h,
+                up: &b.up,
+                up_bias: &self.up_bias,
+                down: &b.down,
+                down_bias: &self.down_bias,
+                residual: &b.x,
+            },
+            ..b.job(key)
+        }
+    }
+
+    /// The hidden values `gelu(W1 · n + b1)` in f64, `n × h`.
+    pub fn hidden_f64(&self) -> Vec<f64> {
+        let b = &self.base;
+        let xn = layer_norm_f64(
+            &f64s(&b.x.data),
+            &f64s(&b.norm),
+            &f64s(&self.ln_bias),
+            b.c,
+            1e-5,
+        );
+        let mut u = matmul_f64(&xn, &f64s(&b.up.data), b.n, b.c, b.h);
+        for (i, v) in u.iter_mut().enumerate() {
+            *v = gelu_f64(*v + f64::from(self.up_bias[i % b.h]));
+        }
+        u
+    }
+
+    /// The block's answer in f64, `n × c`.
+    pub fn want(&self) -> Vec<f64> {
+        let b = &self.base;
+        matmul_f64(&self.hidden_f64(), &f64s(&b.down.data), b.n, b.h, b.c)
+            .iter()
+            .enumerate()
+            .map(|(i, y)| y + f64::from(self.down_bias[i % b.c]) + f64::from(b.x.data[i]))
+            .collect()
+    }
+}
+
+/// ggml's GELU (the tanh approximation) in f64.
+pub fn gelu_f64(x: f64) -> f64 {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+}
+
 /// `[n, m] = a [n, k] · w [m, k]ᵀ` in f64.
 pub fn matmul_f64(a: &[f64], w: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * m];
@@ -267,6 +343,13 @@ fn probe_form(engine: &dyn Engine, form: FusedForm) -> FusedProbe {
             return Err(format!("ran {} instead", out.form().as_str()));
         }
         worst = worst.max(nmse(&case.want(), out.values(0)));
+        // the GELU FFN exists baked only (its up bias lives in the program)
+        if form == FusedForm::Baked {
+            let gelu = GeluFfnCase::new(c, case.h, n);
+            let out = engine_fused(engine, &cache, &gelu.job(u64::MAX - 4), &stats)
+                .map_err(|e| format!("GELU FFN: {e}"))?;
+            worst = worst.max(nmse(&gelu.want(), out.values(0)));
+        }
         for (job, input) in [(&qkv, &xn), (&ln, &xln)] {
             let out = engine_fused(engine, &cache, job, &stats).map_err(|e| e.to_string())?;
             for (i, p) in projections.iter().enumerate() {
@@ -302,10 +385,11 @@ mod tests {
         .unwrap();
         let found = probe_fused(e.as_ref(), &[FusedForm::Baked, FusedForm::Streamed]);
         assert!(found.iter().all(FusedProbe::passed), "{found:?}");
-        // the FFN, the Q/K/V projections, and projections of a LayerNorm'd input: baked, one
-        // kernel each; streamed, the host norms either input and one kernel serves both
+        // the FFN, the GELU FFN, the Q/K/V projections, and projections of a LayerNorm'd
+        // input: baked, one kernel each; streamed (no GELU FFN), the host norms either input
+        // and one kernel serves both
         let compiles: Vec<u64> = found.iter().map(|p| p.compiles).collect();
-        assert_eq!(compiles, [3, 2], "{found:?}");
+        assert_eq!(compiles, [4, 2], "{found:?}");
         assert!(found[0].to_string().starts_with("fused baked ok (NMSE"));
         // evaluation failing for streamed programs
         let config = EngineConfig {

@@ -8,6 +8,11 @@
 //! - the SwiGLU FFN of `gen_ffn_fwd_taps` (stories_mil.h L75-109): `conv(W1)`, `conv(W3)`,
 //!   `sigmoid`, `mul` (silu), `mul` (gate), `conv(W2)`, returning the gated hidden values
 //!   beside the result (there in a `concat`, here as a second output: see below);
+//! - the LayerNorm → GELU FFN of Orion's GPT-2 prefill (`compiler/frontends/gpt2_prefill.c`
+//!   L74-110 through `compiler/patterns.c` `orion_pattern_ffn`): `conv(W1)`, `add(b1
+//!   [1, H, 1, 1])` (`orion_gb_linear`, `compiler/builder.c` L396-427), GELU as its tanh chain
+//!   (`orion_gb_gelu`, builder.c L285-333), `conv(W2)`; the second bias and the residual are
+//!   the host's (as the RMSNorm FFN's residual), the hidden values a second output;
 //! - several projections of one normed input as several outputs, as Orion's
 //!   `compiler/frontends/gpt2_decode.c` L8-52 (q, k, v after a LayerNorm, run in its decode
 //!   loop; `gpt2_prefill.c` L32-69 returns K that way beside the attention's result, checked
@@ -25,6 +30,7 @@ use half::f16;
 
 const NORM_PATH: &str = "@model_path/weights/norm.bin";
 const NORM_BIAS_PATH: &str = "@model_path/weights/norm_bias.bin";
+const UP_BIAS_PATH: &str = "@model_path/weights/b1.bin";
 
 fn weight_path(i: usize) -> String {
     format!("@model_path/weights/w{i}.bin")
@@ -108,6 +114,26 @@ fn layer_norm(f: &mut FunctionBuilder, x: &str, c: usize, eps: f32) -> String {
     op(f, "xn", "add", &[("x", &xg), ("y", &b)])
 }
 
+/// `0.5·x·(1 + tanh(0.7979·(x + 0.044715·x³)))`: Orion's `orion_gb_gelu` (`compiler/builder.c`
+/// L285-333) op for op, fp16 constants as there (the MIL `gelu` op fails to compile, Orion
+/// `docs/ane_constraints.md` L120-132). The tanh approximation is also what ggml's GELU
+/// computes. The last op is named `name`.
+fn gelu(f: &mut FunctionBuilder, x: &str, name: &str) -> String {
+    let c1 = f.constant("gc1", Literal::fp16(0.044715));
+    let c2 = f.constant("gc2", Literal::fp16(0.7979));
+    let one = f.constant("gone", Literal::fp16(1.0));
+    let half = f.constant("ghalf", Literal::fp16(0.5));
+    let x2 = op(f, "gx2", "mul", &[("x", x), ("y", x)]);
+    let x3 = op(f, "gx3", "mul", &[("x", &x2), ("y", x)]);
+    let cx3 = op(f, "gcx3", "mul", &[("x", &x3), ("y", &c1)]);
+    let inner = op(f, "ginner", "add", &[("x", x), ("y", &cx3)]);
+    let scaled = op(f, "gscaled", "mul", &[("x", &inner), ("y", &c2)]);
+    let th = op(f, "gth", "tanh", &[("x", &scaled)]);
+    let onep = op(f, "gonep", "add", &[("x", &th), ("y", &one)]);
+    let hx = op(f, "ghx", "mul", &[("x", x), ("y", &half)]);
+    op(f, name, "mul", &[("x", &hx), ("y", &onep)])
+}
+
 /// The conv argument set every source uses (strides, pad, dilations 1, one group, valid).
 struct ConvArgs {
     dl: String,
@@ -178,6 +204,29 @@ pub fn ffn_program(c: usize, h: usize, s: usize, eps: Option<f32>) -> Program {
     finish(f)
 }
 
+/// The LayerNorm → GELU FFN for `c` channels, `h` hidden features and `s` tokens (whisper's
+/// and GPT-2's): input `x [1, c, 1, s]`, outputs `y0 [1, c, 1, s] = W2 · hm` and the hidden
+/// values `y1 = hm [1, h, 1, s] = gelu(W1 · n + b1)`, `n = layer_norm(x) ⊙ γ + β`. Weights:
+/// the norm's ([`with_norm_bias`]), W1 `[h, c, 1, 1]`, W2 `[c, h, 1, 1]` ([`fused_weights`]
+/// numbering 1 and 2) and b1 ([`with_up_bias`]). The down projection's bias and the residual
+/// are added by the host in f32.
+pub fn layer_norm_gelu_ffn_program(c: usize, h: usize, s: usize, eps: f32) -> Program {
+    let mut f = FunctionBuilder::new("main", "ios18");
+    let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
+    let xn = layer_norm(&mut f, &x, c, eps);
+    let conv = ConvArgs::new(&mut f);
+    let w1 = f.constant("W1", blob(&weight_path(1), vec![h, c, 1, 1]));
+    let b1 = f.constant("b1", blob(UP_BIAS_PATH, vec![1, h, 1, 1]));
+    let w2 = f.constant("W2", blob(&weight_path(2), vec![c, h, 1, 1]));
+    let u = conv.conv(&mut f, "u", &xn, &w1);
+    let ub = op(&mut f, "ub", "add", &[("x", &u), ("y", &b1)]);
+    let hm = gelu(&mut f, &ub, "y1");
+    let y = conv.conv(&mut f, "y0", &hm, &w2);
+    f.output(&y).expect("y0 is defined");
+    f.output(&hm).expect("y1 is defined");
+    finish(f)
+}
+
 /// The fused projections for `c` channels and `s` tokens: input `x [1, c, 1, s]`, one output
 /// `y<i> [1, rows[i], 1, s] = W<i> · n` per matrix, `n = rms_norm(x) ⊙ w`.
 pub fn projections_program(c: usize, rows: &[usize], s: usize, eps: Option<f32>) -> Program {
@@ -218,6 +267,13 @@ fn projections_of(mut f: FunctionBuilder, xn: &str, c: usize, rows: &[usize]) ->
 pub fn with_norm_bias(files: &mut WeightFiles, bias: &[f16]) {
     files
         .insert(NORM_BIAS_PATH, file_of(bias))
+        .expect("a file we just wrote parses");
+}
+
+/// Adds a GELU FFN's up-projection bias (`h` values) to its weight files.
+pub fn with_up_bias(files: &mut WeightFiles, bias: &[f16]) {
+    files
+        .insert(UP_BIAS_PATH, file_of(bias))
         .expect("a file we just wrote parses");
 }
 
@@ -306,5 +362,22 @@ pub(super) mod tests {
         assert_eq!(refusals(&p), Vec::<String>::new());
         let text = ane_mil::print_program(&p);
         assert_eq!(text.matches("reduce_mean(").count(), 2, "{text}");
+        // the GELU FFN: LayerNorm, conv, bias add, Orion's nine GELU ops, conv
+        let p = layer_norm_gelu_ffn_program(64, 96, 32, 1e-5);
+        let mut w = fused_weights(
+            &[f16::ONE; 64],
+            &[(1, vec![f16::ONE; 96 * 64]), (2, vec![f16::ONE; 64 * 96])],
+        );
+        with_norm_bias(&mut w, &[f16::ZERO; 64]);
+        with_up_bias(&mut w, &[f16::ZERO; 96]);
+        let f = ane_mil::check_program(&p, Some(&w)).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(x: tensor<fp16, [1, 64, 1, 32]>) -> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 96, 1, 32]>)"
+        );
+        assert_eq!(refusals(&p), Vec::<String>::new());
+        let text = ane_mil::print_program(&p);
+        assert_eq!(text.matches("tanh(").count(), 1, "{text}");
+        assert!(!text.contains("gelu("), "{text}");
     }
 }

@@ -204,27 +204,66 @@ pub fn accumulate_columns(
     finite.then_some(sum_sq)
 }
 
-/// Σ v² over columns `0..bn` of rows `0..rows` of an fp16 surface (f32 per row, f64 in all),
-/// or `None` when a value is not finite: a fused FFN's hidden values, read for its precision
-/// check and never written anywhere.
-pub(crate) fn sum_sq_columns(s: &Surface, rows: usize, bn: usize) -> Option<f64> {
+/// Σ v² and the extremes of a block of hidden values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct HiddenSums {
+    /// Σ v², in f64.
+    pub(crate) sum_sq: f64,
+    /// The smallest value.
+    pub(crate) min: f32,
+    /// The largest value.
+    pub(crate) max: f32,
+}
+
+impl HiddenSums {
+    /// Nothing seen yet.
+    pub(crate) const EMPTY: HiddenSums = HiddenSums {
+        sum_sq: 0.0,
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+    };
+
+    /// Both blocks together.
+    pub(crate) fn join(self, o: HiddenSums) -> HiddenSums {
+        HiddenSums {
+            sum_sq: self.sum_sq + o.sum_sq,
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+        }
+    }
+}
+
+/// Σ v² and the extremes over columns `0..bn` of rows `0..rows` of an fp16 surface (f32 per
+/// row, f64 in all), or `None` when a value is not finite: a fused FFN's hidden values, read
+/// for its precision and range checks and never written anywhere.
+pub(crate) fn sum_sq_columns(s: &Surface, rows: usize, bn: usize) -> Option<HiddenSums> {
     let layout = s.layout();
     let bytes = s.as_bytes();
     // one f32 row buffer per thread
-    let row_sum = |tmp: &mut Vec<f32>, r: usize| -> Option<f64> {
+    let row_sums = |tmp: &mut Vec<f32>, r: usize| -> Option<HiddenSums> {
         let off = layout.flat_row_offset(r);
         let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bn]);
         f16_to_f32(tmp, row);
-        let sum = sum_of_squares(tmp);
-        sum.is_finite().then_some(sum)
+        let sum_sq = sum_of_squares(tmp);
+        let (min, max) = tmp
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        sum_sq
+            .is_finite()
+            .then_some(HiddenSums { sum_sq, min, max })
     };
+    let join = |a: Option<HiddenSums>, b: Option<HiddenSums>| Some(a?.join(b?));
     if rows * bn < PARALLEL_MIN_VALUES {
         let mut tmp = vec![0f32; bn];
-        (0..rows).map(|r| row_sum(&mut tmp, r)).sum()
+        (0..rows)
+            .map(|r| row_sums(&mut tmp, r))
+            .fold(Some(HiddenSums::EMPTY), join)
     } else {
         (0..rows)
             .into_par_iter()
-            .map_init(|| vec![0f32; bn], row_sum)
-            .sum()
+            .map_init(|| vec![0f32; bn], row_sums)
+            .reduce(|| Some(HiddenSums::EMPTY), join)
     }
 }
