@@ -81,6 +81,68 @@ fn tiny_command_r_matches_the_cpu_with_fusion() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A GPT-2 (LayerNorms with biases, one Q/K/V matrix, GELU FFNs with biases): whisper's block
+/// shapes in llama.cpp's graph. On the ANE-FULL device (whole graphs) each layer's
+/// LayerNorm → GELU FFN is one fused program, for the prompt and for the decode step; the
+/// logits agree with the CPU's fused or not.
+#[test]
+fn tiny_gpt2_fuses_its_gelu_ffns_on_the_full_device() {
+    let Some(tools) = Tools::find("gpt2") else {
+        return;
+    };
+    let dir = support::scratch_dir("e2e-gpt2");
+    let model = support::tiny_model(&dir, "gpt2", "f16");
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    let full = [("GGML_ANE_FULL", "1"), ("GGML_ANE_STATS", "2")];
+    let fused = tools.run(&model, &dir.join("fused.f32"), Some(&dir.join("c1")), &full);
+    let mut env = full.to_vec();
+    env.push(("GGML_ANE_FUSE", "0"));
+    let unfused = tools.run(
+        &model,
+        &dir.join("unfused.f32"),
+        Some(&dir.join("c2")),
+        &env,
+    );
+    for (what, run) in [("fused", &fused), ("unfused", &unfused)] {
+        let (err, spread) = nmse(&cpu.logits, &run.logits);
+        eprintln!(
+            "gpt2 {what}: logits NMSE {err:.2e} (logit std {spread:.2}), {} fused blocks, {} dispatches, {} nodes on engine",
+            stat(&run.log, "fused blocks"),
+            stat(&run.log, "engine dispatches"),
+            stat(&run.log, "nodes on engine")
+        );
+        assert!(run.log.contains("ANE-FULL"), "{}", tail(&run.log));
+        assert!(spread > 0.5, "logits too flat to compare: std {spread}");
+        assert!(err <= 1e-5, "{what}: NMSE {err:e}\n{}", tail(&run.log));
+        assert_eq!(stat(&run.log, "nodes on CPU"), 0, "{}", tail(&run.log));
+    }
+    // 4 layers, prompt and decode step: 8 GELU FFNs. The prompt's all fuse (fc1 and fc2 in
+    // one dispatch); a decode step's bucket is another baked kernel per layer, which `auto`
+    // bakes only while the budget keeps room, and the GELU FFN has no streamed form: the rest
+    // run node by node, counted
+    let blocks = stat(&fused.log, "fused blocks");
+    assert_eq!(
+        blocks + stat(&fused.log, "not fused: unsupported"),
+        8,
+        "{}",
+        tail(&fused.log)
+    );
+    assert_eq!(
+        stat(&unfused.log, "engine dispatches") - stat(&fused.log, "engine dispatches"),
+        blocks
+    );
+    let prompt_row = by_node_table(&fused.log)
+        .into_iter()
+        .find(|r| r[0] == "ffn_up+ffn_down" && r[1] == format!("1376x512x{PROMPT}"));
+    assert_eq!(
+        prompt_row.map(|r| r[r.len() - 1].clone()),
+        Some("4".to_string()),
+        "{}",
+        tail(&fused.log)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Any llama-architecture GGUF named by `ANE_E2E_MODEL` (a model a user already has): its
 /// logits with our library equal the CPU-only run's, and its matmuls ran on our engine.
 #[test]

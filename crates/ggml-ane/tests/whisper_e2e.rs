@@ -132,9 +132,16 @@ fn whisper_releases_run_their_encoder_on_the_engine() {
             );
             if label == "use_gpu on" {
                 // whisper takes ANE-FULL as its GPU here (no GPU): whole graphs, so each encoder
-                // layer's LayerNorm -> Q, K, V is one program (2 layers); beside the CPU
-                // (use_gpu off) whisper's graph order puts Q, K and V in separate splits
-                assert_eq!(fused, 2, "{version}\n{}", tail(&log));
+                // layer's LayerNorm -> Q, K, V is one program and its LayerNorm -> GELU FFN
+                // another (2 layers: 10 -> 7 dispatches a layer); beside the CPU (use_gpu off)
+                // whisper's graph order puts Q, K and V in separate splits
+                assert_eq!(fused, 4, "{version}\n{}", tail(&log));
+                assert_eq!(
+                    stat(&log, "nodes fused"),
+                    2 * (6 + 9),
+                    "{version}\n{}",
+                    tail(&log)
+                );
             }
             assert!(err <= MAX_NMSE, "{version} {label}: NMSE {err:e}");
             assert_eq!(tokens, cpu_tokens, "{version} {label}");

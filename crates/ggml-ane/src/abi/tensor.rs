@@ -232,6 +232,7 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
         // indexes ggml's table with the value it returns.
         "UNARY" => match name(unsafe { ggml_unary_op_name(ggml_get_unary_op(t)) }) {
             "SILU" => OpKind::Silu,
+            "GELU" => OpKind::Gelu,
             _ => OpKind::Other,
         },
         // SAFETY: as above, for a GLU tensor.
@@ -246,7 +247,7 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
 
 /// Whether a MUL_MAT reads what a fused block's matmuls read: a norm's scale (`MUL` of an
 /// `RMS_NORM`: Q, K, V, gate, up, the output head), a LayerNorm's (`ADD` of a `MUL` of a
-/// `NORM`: whisper's and GPT-2's Q, K, V) or a GLU (down).
+/// `NORM`: whisper's and GPT-2's Q, K, V, fc1) or a GLU or GELU (down).
 ///
 /// # Safety
 /// `t` is NULL or a live tensor whose sources are live.
@@ -259,7 +260,7 @@ pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
     // SAFETY: sources of live tensors are NULL or live.
     let first_src = |t: &ggml_tensor| unsafe { t.src[0].as_ref() };
     match op_kind(input) {
-        OpKind::SwiGlu | OpKind::GeGlu => true,
+        OpKind::SwiGlu | OpKind::GeGlu | OpKind::Gelu => true,
         OpKind::Mul => {
             first_src(input).is_some_and(|n| matches!(op_kind(n), OpKind::RmsNorm | OpKind::Norm))
         }

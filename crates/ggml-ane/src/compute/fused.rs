@@ -138,7 +138,28 @@ pub(crate) fn run(
         rows(i, 0)
     };
 
-    // the matrices (FFN: gate, up, down; projections: each), and the FFN's residual
+    // a matmul bias's ADD (`add`, reading member `of`): its other operand, a contiguous F32
+    // vector of `n`, read
+    let bias_of = |add: usize, of: &TensorDesc, n: i64| -> Result<Vec<f32>, FallbackReason> {
+        let a = d(add)?;
+        let r = rows(add, other_operand(a, of)?)?;
+        let bd = *r.desc();
+        if bd.ty != ggml_type::F32
+            || bd.ne != [n, 1, 1, 1]
+            || bd.nb[0] != 4
+            || !bd.readable
+            || !is_activation(&a.node, n, tokens)
+        {
+            return Err(declined("bias shapes or types"));
+        }
+        let mut v = vec![0f32; n as usize];
+        r.read_row(0, 0, 0, &mut v);
+        Ok(v)
+    };
+    // a GELU FFN's up and down biases
+    let mut biases: Option<(Vec<f32>, Vec<f32>)> = None;
+    // the matrices (FFN: gate, up, down; GELU FFN: up, down; projections: each), and the
+    // FFN's residual
     let (mats, residual) = match chain.kind {
         ChainKind::Ffn => {
             let (Some(glu), Some(down), Some(add)) = (chain.glu, chain.down, chain.add) else {
@@ -170,6 +191,43 @@ pub(crate) fn run(
             }
             (vec![gate, up, down_w], Some(residual))
         }
+        ChainKind::GeluFfn => {
+            let (Some(gelu), Some(down), Some(add), [up_i], [up_add, down_add]) = (
+                chain.glu,
+                chain.down,
+                chain.add,
+                &chain.matmuls[..],
+                &chain.biases[..],
+            ) else {
+                return Err(FallbackReason::Internal(
+                    "a GELU FFN chain without its parts".into(),
+                ));
+            };
+            let up = matmul(*up_i, c, &input)?;
+            let h = up.desc().ne[1];
+            let up_bias = bias_of(*up_add, &d(*up_i)?.node, h)?;
+            let g = d(gelu)?;
+            if !is_activation(&g.node, h, tokens)
+                || g.src[0].map(|s| s.addr) != Some(d(*up_add)?.node.addr)
+            {
+                return Err(declined("GELU shapes"));
+            }
+            let down_w = matmul(down, h, &g.node)?;
+            let down_bias = bias_of(*down_add, &d(down)?.node, c)?;
+            let add_d = d(add)?;
+            let residual = rows(add, other_operand(add_d, &d(*down_add)?.node)?)?;
+            if down_w.desc().ne[1] != c
+                || !is_activation(&add_d.node, c, tokens)
+                || !is_activation(residual.desc(), c, tokens)
+            {
+                return Err(declined("down projection or residual shapes"));
+            }
+            for v in up_bias.iter().chain(&down_bias) {
+                v.to_bits().hash(&mut id_fp);
+            }
+            biases = Some((up_bias, down_bias));
+            (vec![up, down_w], Some(residual))
+        }
         ChainKind::Qkv => {
             let mut mats = Vec::new();
             for &i in &chain.matmuls {
@@ -190,6 +248,19 @@ pub(crate) fn run(
         }
     }
     let block = match (&residual, &mats[..]) {
+        (Some(residual), [up, down]) => {
+            let Some((up_bias, down_bias)) = &biases else {
+                return Err(FallbackReason::Internal("a GELU FFN without biases".into()));
+            };
+            Block::GeluFfn {
+                hidden: up.desc().ne[1] as usize,
+                up,
+                up_bias,
+                down,
+                down_bias,
+                residual,
+            }
+        }
         (Some(residual), [gate, up, down]) => Block::Ffn {
             hidden: gate.desc().ne[1] as usize,
             gate,

@@ -39,7 +39,7 @@ pub(crate) trait Pattern: Sync {
 }
 
 /// The patterns, tried in this order at every head.
-pub(crate) static REGISTRY: &[&dyn Pattern] = &[&FfnPattern, &QkvPattern];
+pub(crate) static REGISTRY: &[&dyn Pattern] = &[&FfnPattern, &GeluFfnPattern, &QkvPattern];
 
 /// The normed input starting at node `i`: an RMS_NORM read only by a MUL by a weight, or —
 /// the norm computed elsewhere — a MUL of two tensors no node of the split computes; or a
@@ -190,9 +190,99 @@ impl Pattern for FfnPattern {
             bias: head.bias,
             matmuls: vec![gate, up],
             glu: Some(glu),
+            biases: Vec::new(),
             down: Some(down),
             add: Some(add),
             members: members(head, &[gate, up, glu, down, add]),
+            outputs: vec![add],
+            may_write_back: head_members(head),
+            write_back: Vec::new(),
+        })
+    }
+}
+
+/// The ADD reading node `i` and a tensor no node of the graph computes (a bias), when it is
+/// `i`'s only reader.
+fn bias_add(g: &Graph<'_>, i: usize) -> Option<usize> {
+    let &[a] = g.consumers(i) else {
+        return None;
+    };
+    let (add, id) = (&g.nodes[a], g.nodes[i].id);
+    let other = if add.src(0) == id {
+        add.src(1)
+    } else {
+        add.src(0)
+    };
+    (add.kind == OpKind::Add && add.srcs.contains(&id) && g.is_input(other)).then_some(a)
+}
+
+/// LayerNorm (with its bias) → up MUL_MAT → + b1 → GELU → down MUL_MAT → + b2 → + residual:
+/// whisper's FFN (`whisper.cpp` encoder and decoder) and GPT-2's.
+struct GeluFfnPattern;
+
+impl Pattern for GeluFfnPattern {
+    fn kind(&self) -> ChainKind {
+        ChainKind::GeluFfn
+    }
+
+    fn ops(&self) -> &'static [OpKind] {
+        &[
+            OpKind::Norm,
+            OpKind::Mul,
+            OpKind::Add,
+            OpKind::MulMat,
+            OpKind::Gelu,
+        ]
+    }
+
+    fn match_at(&self, graph: &Graph<'_>, head: Head) -> Option<Chain> {
+        if !head.layer || head.norm.is_none() || head.bias.is_none() {
+            return None;
+        }
+        let &[up] = matmul_readers(graph, head)? else {
+            return None;
+        };
+        let nodes = graph.nodes;
+        let up_bias = bias_add(graph, up)?;
+        let &[gelu] = graph.consumers(up_bias) else {
+            return None;
+        };
+        let ge = &nodes[gelu];
+        if ge.kind != OpKind::Gelu || ge.src(0) != nodes[up_bias].id {
+            return None;
+        }
+        let &[down] = graph.consumers(gelu) else {
+            return None;
+        };
+        let d = &nodes[down];
+        if d.kind != OpKind::MulMat || !d.engine || d.src(1) != ge.id {
+            return None;
+        }
+        let down_bias = bias_add(graph, down)?;
+        let &[add] = graph.consumers(down_bias) else {
+            return None;
+        };
+        let (ad, db) = (&nodes[add], nodes[down_bias].id);
+        let residual = if ad.src(0) == db {
+            ad.src(1)
+        } else {
+            ad.src(0)
+        };
+        if ad.kind != OpKind::Add || !ad.srcs.contains(&db) || residual == 0 || residual == db {
+            return None;
+        }
+        Some(Chain {
+            kind: self.kind(),
+            norm: head.norm,
+            scale: head.scale,
+            layer: head.layer,
+            bias: head.bias,
+            matmuls: vec![up],
+            glu: Some(gelu),
+            biases: vec![up_bias, down_bias],
+            down: Some(down),
+            add: Some(add),
+            members: members(head, &[up, up_bias, gelu, down, down_bias, add]),
             outputs: vec![add],
             may_write_back: head_members(head),
             write_back: Vec::new(),
@@ -229,6 +319,7 @@ impl Pattern for QkvPattern {
             bias: head.bias,
             matmuls: users.to_vec(),
             glu: None,
+            biases: Vec::new(),
             down: None,
             add: None,
             members: members(head, users),
@@ -250,8 +341,12 @@ mod tests {
                 // NORM only on ANE-FULL (whole graphs: whisper's GPU): taking it on ANE beside
                 // the CPU split Command-R's layers further (14 -> 22 splits) and fused nothing
                 // more, so there a LayerNorm's chain starts at its scale, normed elsewhere
+                // GELU too: whisper's FFN fuses on ANE-FULL only, as its LayerNorm does
                 assert!(
-                    op == OpKind::MulMat || op == OpKind::Norm || crate::devices::is_glue(op),
+                    op == OpKind::MulMat
+                        || op == OpKind::Norm
+                        || op == OpKind::Gelu
+                        || crate::devices::is_glue(op),
                     "{:?} holds {op:?}",
                     p.kind()
                 );
@@ -259,6 +354,6 @@ mod tests {
         }
         // one pattern per kind
         let kinds: Vec<ChainKind> = REGISTRY.iter().map(|p| p.kind()).collect();
-        assert_eq!(kinds, [ChainKind::Ffn, ChainKind::Qkv]);
+        assert_eq!(kinds, [ChainKind::Ffn, ChainKind::GeluFfn, ChainKind::Qkv]);
     }
 }

@@ -27,6 +27,8 @@ pub(crate) enum OpKind {
     Scale,
     /// UNARY(SILU).
     Silu,
+    /// UNARY(GELU): ggml's tanh approximation.
+    Gelu,
     /// GLU(SWIGLU).
     SwiGlu,
     /// GLU(GEGLU).
@@ -67,6 +69,9 @@ pub(crate) enum ChainKind {
     Ffn,
     /// norm → × norm weight → two or more MUL_MATs of that one input (Q, K, V).
     Qkv,
+    /// LayerNorm → × weight → + bias → up MUL_MAT → + bias → GELU → down MUL_MAT → + bias →
+    /// residual ADD (whisper, GPT-2).
+    GeluFfn,
 }
 
 impl ChainKind {
@@ -74,6 +79,7 @@ impl ChainKind {
         match self {
             ChainKind::Ffn => "ffn",
             ChainKind::Qkv => "qkv",
+            ChainKind::GeluFfn => "gelu ffn",
         }
     }
 }
@@ -92,9 +98,12 @@ pub(crate) struct Chain {
     pub(crate) layer: bool,
     /// A LayerNorm's ADD of its bias, after the scale: then the normed input the matmuls read.
     pub(crate) bias: Option<usize>,
-    /// FFN: gate, up. QKV: the projections, in graph order.
+    /// FFN: gate, up. QKV: the projections, in graph order. GELU FFN: up.
     pub(crate) matmuls: Vec<usize>,
+    /// The SWIGLU, or the GELU.
     pub(crate) glu: Option<usize>,
+    /// The ADDs of a matmul's bias inside the chain (GELU FFN: up's, down's).
+    pub(crate) biases: Vec<usize>,
     pub(crate) down: Option<usize>,
     pub(crate) add: Option<usize>,
     /// Every member, in graph order.
@@ -457,7 +466,7 @@ mod tests {
                 Step::Cpu(vec![7]),
             ]
         );
-        // an FFN behind a LayerNorm (one MUL_MAT reads it: fc1) is no chain yet
+        // a lone MUL_MAT behind a LayerNorm is no chain
         let mut g = G(Vec::new());
         let n = g.add(OpKind::Norm, &[X]);
         let s = g.add(OpKind::Mul, &[n, W]);
@@ -477,6 +486,60 @@ mod tests {
             (c.layer, c.bias, c.matmuls.clone()),
             (true, None, vec![2, 3])
         );
+    }
+
+    /// whisper's FFN in its graph order: LayerNorm (norm, × w, + b), fc1, + b1, GELU, fc2,
+    /// + b2, + the residual.
+    fn gelu_ffn() -> G {
+        const B: usize = 11; // a bias
+        let mut g = G(Vec::new());
+        let n = g.add(OpKind::Norm, &[X]);
+        let s = g.add(OpKind::Mul, &[n, W]);
+        let b = g.add(OpKind::Add, &[s, B]);
+        let up = g.add(OpKind::MulMat, &[W, b]);
+        let ub = g.add(OpKind::Add, &[up, B]);
+        let ge = g.add(OpKind::Gelu, &[ub]);
+        let down = g.add(OpKind::MulMat, &[W, ge]);
+        let db = g.add(OpKind::Add, &[down, B]);
+        g.add(OpKind::Add, &[db, X]);
+        g
+    }
+
+    #[test]
+    fn a_gelu_ffn_is_one_evaluation_written_at_its_residual_add() {
+        let p = plan(&gelu_ffn().0, true);
+        assert_eq!(kinds(&p), [ChainKind::GeluFfn]);
+        let c = &p.chains[0];
+        assert_eq!(
+            (c.norm, c.scale, c.layer, c.bias),
+            (Some(0), 1, true, Some(2))
+        );
+        assert_eq!(
+            (c.matmuls.clone(), c.glu, c.down, c.add, c.biases.clone()),
+            (vec![3], Some(5), Some(6), Some(8), vec![4, 7])
+        );
+        assert_eq!(c.outputs, vec![8]);
+        let mut steps = vec![Step::Fused(0)];
+        steps.extend((0..9).map(|i| member(0, i)));
+        assert_eq!(p.steps, steps);
+        // the hidden values read elsewhere (an output, another split): node by node
+        let marks: [fn(&mut WalkNode); 2] = [|n| n.is_output = true, |n| n.uses = Some(2)];
+        for mark in marks {
+            let mut g = gelu_ffn();
+            mark(&mut g.0[5]);
+            assert!(!kinds(&plan(&g.0, true)).contains(&ChainKind::GeluFfn));
+        }
+        // a SiLU instead of the GELU, or no bias after the up projection: no GELU FFN
+        let mut g = gelu_ffn();
+        g.0[5].kind = OpKind::Silu;
+        assert!(plan(&g.0, true).chains.is_empty());
+        let mut g = gelu_ffn();
+        g.0[4].kind = OpKind::Mul;
+        assert!(plan(&g.0, true).chains.is_empty());
+        // an RMSNorm in front (no model has that block): no GELU FFN
+        let mut g = gelu_ffn();
+        g.0[0].kind = OpKind::RmsNorm;
+        assert!(plan(&g.0, true).chains.is_empty());
     }
 
     #[test]

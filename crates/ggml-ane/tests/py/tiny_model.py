@@ -1,6 +1,6 @@
 """Writes a tiny GGUF with random weights, for the end-to-end tests.
 
-usage: tiny_model.py OUT.gguf {f16,q8_0} [--arch llama|command-r] [--tokenizer none|test]
+usage: tiny_model.py OUT.gguf {f16,q8_0} [--arch llama|command-r|gpt2] [--tokenizer none|test]
        [--dim 512 --ffn 1376 --layers 4 --vocab 2048 --heads 8 --kv-heads 4]
 
 Architectures (each with a different graph shape for the backend's walker):
@@ -8,6 +8,9 @@ Architectures (each with a different graph shape for the backend's walker):
 - command-r: parallel blocks (Cohere): one LayerNorm'd input read by attention *and* the FFN,
   output tied to the token embedding, a logit scale. The FFN reads the normed input in a later
   graph split than attention's, the case where a fused block's intermediate crosses splits.
+- gpt2: LayerNorms with biases, one Q/K/V matrix with its bias, learned positions, and a GELU
+  FFN with biases (fc1 -> + b1 -> GELU -> fc2 -> + b2 -> residual): whisper's block shapes in
+  a llama.cpp graph.
 
 No tokenizer by default: tokenizer.ggml.model = "none", so the test feeds token ids directly.
 llama-server cannot serve that (it turns every sampled token into text, which a "none"
@@ -28,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("kind", choices=["f16", "q8_0"])
-    ap.add_argument("--arch", choices=["llama", "command-r"], default="llama")
+    ap.add_argument("--arch", choices=["llama", "command-r", "gpt2"], default="llama")
     ap.add_argument("--tokenizer", choices=["none", "test"], default="none")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--ffn", type=int, default=1376)
@@ -43,6 +46,10 @@ def main() -> None:
     head_dim = a.dim // a.heads
     kv_dim = head_dim * a.kv_heads
     llama = a.arch == "llama"
+    gpt2 = a.arch == "gpt2"
+    if gpt2:
+        a.kv_heads = a.heads
+        kv_dim = a.dim
 
     w = gguf.GGUFWriter(a.out, a.arch)
     w.add_name(f"ggml-ane tiny {a.arch}")
@@ -52,7 +59,9 @@ def main() -> None:
     w.add_feed_forward_length(a.ffn)
     w.add_head_count(a.heads)
     w.add_head_count_kv(a.kv_heads)
-    if llama:
+    if gpt2:
+        w.add_layer_norm_eps(1e-5)
+    elif llama:
         w.add_rope_dimension_count(head_dim)
         w.add_layer_norm_rms_eps(1e-5)
     else:
@@ -77,13 +86,33 @@ def main() -> None:
 
     def norm(name: str) -> None:
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(a.dim)).astype(np.float32))
+        if gpt2:
+            bias(name.replace(".weight", ".bias"), a.dim)
+
+    def bias(name: str, n: int) -> None:
+        w.add_tensor(name, (0.1 * rng.standard_normal(n)).astype(np.float32))
 
     emb = rng.standard_normal((a.vocab, a.dim)).astype(np.float32)
     if not llama:
         # tied: the embedding is also the output head, so rows of ~unit norm keep logits O(1)
         emb /= np.sqrt(a.dim) / 4
     w.add_tensor("token_embd.weight", emb.astype(np.float16))
-    for i in range(a.layers):
+    if gpt2:
+        pos = 0.1 * rng.standard_normal((1024, a.dim))
+        w.add_tensor("position_embd.weight", pos.astype(np.float32))
+        for i in range(a.layers):
+            p = f"blk.{i}."
+            norm(p + "attn_norm.weight")
+            matrix(p + "attn_qkv.weight", 3 * a.dim, a.dim)
+            bias(p + "attn_qkv.bias", 3 * a.dim)
+            matrix(p + "attn_output.weight", a.dim, a.dim)
+            bias(p + "attn_output.bias", a.dim)
+            norm(p + "ffn_norm.weight")
+            matrix(p + "ffn_up.weight", a.ffn, a.dim)
+            bias(p + "ffn_up.bias", a.ffn)
+            matrix(p + "ffn_down.weight", a.dim, a.ffn)
+            bias(p + "ffn_down.bias", a.dim)
+    for i in range(a.layers if not gpt2 else 0):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight")
         matrix(p + "attn_q.weight", a.dim, a.dim)
@@ -96,7 +125,7 @@ def main() -> None:
         matrix(p + "ffn_up.weight", a.ffn, a.dim)
         matrix(p + "ffn_down.weight", a.dim, a.ffn)
     norm("output_norm.weight")
-    if llama:
+    if llama or gpt2:
         matrix("output.weight", a.vocab, a.dim)
 
     w.write_header_to_file()
