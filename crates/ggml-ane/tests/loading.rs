@@ -74,6 +74,62 @@ fn loading_and_listing_devices_compiles_nothing() {
     assert!(log.contains("self-probe"), "{log}");
 }
 
+/// Every host, the newest included, loads us as llama.cpp's common does since it loads
+/// backends lazily (llama.cpp#22290: `ggml_backend_load_all` once per `-dev`, `--list-devices`
+/// and `-ot` it parses, then `-dev ANE` by name): each device listed once however often the
+/// loader runs, and the one named made into a backend. (The newest host has no llama-server
+/// built — its cold build would cost CI minutes — so this harness makes common's calls against
+/// that host's ggml; the pinned llama-server runs `--list-devices` itself below.)
+#[test]
+fn repeated_lazy_loads_list_each_device_once_and_dev_by_name_works_in_every_host() {
+    let mut hosts = vec![("pinned", support::lib_dir())];
+    hosts.extend(support::v3_hosts());
+    for (host, lib_dir) in hosts {
+        let exe = support::compile_c(
+            "list_devices.c",
+            &format!("list-devices-lazy-{host}"),
+            &[
+                format!("-L{}", lib_dir.display()),
+                format!("-Wl,-rpath,{}", lib_dir.display()),
+                "-lggml".into(),
+                "-lggml-base".into(),
+            ],
+        );
+        for name in ["ANE", "ANE-FULL"] {
+            let out = Command::new(&exe)
+                .current_dir(&lib_dir)
+                .env("LD_LIBRARY_PATH", &lib_dir)
+                .env("GGML_BACKEND_PATH", support::cdylib())
+                .env("GGML_ANE_CACHE_DIR", "off")
+                .env("LIST_LOADS", "3")
+                .env("GGML_ANE_LOG", "debug")
+                .env("LIST_INIT", name)
+                .env_remove("GGML_ANE_ENGINE")
+                .output()
+                .expect("run list_devices");
+            let (stdout, log) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(out.status.success(), "{host} -dev {name}: {stdout}{log}");
+            for device in ["ANE", "ANE-FULL"] {
+                let listed = stdout
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("device {device}: ")))
+                    .count();
+                assert_eq!(
+                    listed, 1,
+                    "{host}: {device} listed {listed} times\n{stdout}"
+                );
+            }
+            assert!(
+                log.contains("ggml-ane: using the"),
+                "{host} -dev {name}: {log}"
+            );
+        }
+    }
+}
+
 /// llama.cpp's own device listing (`--list-devices`, common's lazy `ggml_backend_load_all`,
 /// llama.cpp#22290) shows both devices from `GGML_BACKEND_PATH`, with nothing compiled; the
 /// pinned llama-server is built with `GGML_BACKEND_DL`, as released llama.cpp builds are.

@@ -1,6 +1,9 @@
 /* Loads every backend ggml finds (GGML_BACKEND_PATH adds ours), lists the devices and each
  * registry's features as `llama-cli --list-devices` and a system-info line would, then exits.
- * With LIST_INIT=NAME it also creates and frees a backend of device NAME.
+ * With LIST_INIT=NAME it also creates and frees a backend of device NAME, found by name after
+ * the loads as llama.cpp's `-dev NAME` finds it (and refused, as there, if it is a CPU device).
+ * LIST_LOADS=N calls ggml_backend_load_all N times: llama.cpp's common loads lazily, once for
+ * each of `-dev`, `--list-devices`, `-ot` it parses (llama.cpp#22290).
  * Run by tests/loading.rs. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +18,10 @@ typedef struct {
 typedef const feature *(*get_features_fn)(ggml_backend_reg_t);
 
 int main(void) {
-    ggml_backend_load_all();
+    const char *loads = getenv("LIST_LOADS");
+    for (int n = loads ? atoi(loads) : 1; n > 0; n--) {
+        ggml_backend_load_all();
+    }
     for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
         size_t free_mem = 0, total_mem = 0;
@@ -35,6 +41,9 @@ int main(void) {
     const char *init = getenv("LIST_INIT");
     if (init && *init) {
         ggml_backend_dev_t dev = ggml_backend_dev_by_name(init);
+        if (dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            dev = NULL;
+        }
         ggml_backend_t b = dev ? ggml_backend_dev_init(dev, NULL) : NULL;
         if (!b) {
             fprintf(stderr, "list_devices: no backend for %s\n", init);
