@@ -77,6 +77,10 @@ struct Row {
     staging: Duration,
     eval: Duration,
     writeback: Duration,
+    /// A memcpy of the activations' f32 bytes (what staging reads), and of the result's
+    /// (what write-back writes), timed in the same run: the floor for moving them.
+    memcpy_acts: Duration,
+    memcpy_out: Duration,
     kind: KernelKind,
     /// Energy figures (`--power`), or why there are none.
     power: Option<Result<Vec<(String, String)>, String>>,
@@ -91,6 +95,21 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize)> {
         [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
         _ => anyhow::bail!("--shape `{s}` is not M,K,N"),
     }
+}
+
+/// A plain copy of `bytes` bytes, the fastest of `reps` (at least 3) after one to warm up.
+fn memcpy_time(bytes: usize, reps: usize) -> Duration {
+    let (from, mut to) = (vec![1u8; bytes], vec![0u8; bytes]);
+    to.copy_from_slice(&from);
+    (0..reps.max(3))
+        .map(|_| {
+            let t = Instant::now();
+            to.copy_from_slice(std::hint::black_box(&from));
+            std::hint::black_box(&to);
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -195,6 +214,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             staging: s.staging / reps as u32,
             eval: s.engine / reps as u32,
             writeback: s.writeback / reps as u32,
+            memcpy_acts: memcpy_time(4 * n * k, reps),
+            memcpy_out: memcpy_time(4 * n * m, reps),
             weight_bytes: s.weight_bytes / reps as u64,
             act_bytes: s.act_bytes / reps as u64,
             kind: ran,
@@ -227,6 +248,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         2.0 * (r.shape.0 * r.shape.1 * r.shape.2) as f64 / d.as_secs_f64().max(1e-12) / 1e9
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // how many memcpys of the same f32 bytes a step takes
+    let vs_memcpy = |d: Duration, copy: Duration| d.as_secs_f64() / copy.as_secs_f64().max(1e-12);
     // what is none of the timed phases (planning and kernel lookup, staging, the engine,
     // write-back): surface pool, bookkeeping
     let host_us = |r: &Row| {
@@ -240,9 +263,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"plan_us\": {:.1}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}{}}}",
+                    "{{\"m\": {}, \"k\": {}, \"n\": {}, \"kernel\": \"{}\", \"engine_ms\": {:.3}, \"cpu_ms\": {:.3}, \"engine_gflops\": {:.2}, \"cpu_gflops\": {:.2}, \"compile_ms\": {:.3}, \"staging_ms\": {:.3}, \"eval_ms\": {:.3}, \"writeback_ms\": {:.3}, \"stage_vs_memcpy\": {:.2}, \"back_vs_memcpy\": {:.2}, \"plan_us\": {:.1}, \"host_us\": {:.1}, \"weight_bytes\": {}, \"act_bytes\": {}{}}}",
                     r.shape.0, r.shape.1, r.shape.2, kind_of(r), ms(r.engine), ms(r.cpu), gflops(r, r.engine), gflops(r, r.cpu),
-                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), r.planning.as_secs_f64() * 1e6, host_us(r), r.weight_bytes, r.act_bytes, power_json(r)
+                    ms(r.compile), ms(r.staging), ms(r.eval), ms(r.writeback), vs_memcpy(r.staging, r.memcpy_acts), vs_memcpy(r.writeback, r.memcpy_out), r.planning.as_secs_f64() * 1e6, host_us(r), r.weight_bytes, r.act_bytes, power_json(r)
                 )
             })
             .collect();
@@ -253,18 +276,20 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "engine: {kind} ({}); CPU baseline: f32 GEMM in the same process; {reps} reps",
+        "engine: {kind} ({}); CPU baseline: f32 GEMM in the same process; ×cp: a memcpy of the same f32 bytes (activations in, results out) timed here; {reps} reps",
         engine.info().description
     );
     println!(
-        "{:>20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>20} {:>9} {:>10} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "M x K x N",
         "kernel",
         "GFLOPS",
         "vs CPU",
         "stage ms",
+        "×cp",
         "eval ms",
         "back ms",
+        "×cp",
         "total ms",
         "compile ms",
         "CPU ms",
@@ -276,14 +301,16 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for r in &rows {
         let (m, k, n) = r.shape;
         println!(
-            "{:>20} {:>9} {:>10.1} {:>8.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
+            "{:>20} {:>9} {:>10.1} {:>8.2}x {:>9.2} {:>7.2} {:>9.2} {:>9.2} {:>7.2} {:>9.2} {:>10.2} {:>9.2} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
             format!("{m}x{k}x{n}"),
             kind_of(r),
             gflops(r, r.engine),
             r.cpu.as_secs_f64() / r.engine.as_secs_f64().max(1e-12),
             ms(r.staging),
+            vs_memcpy(r.staging, r.memcpy_acts),
             ms(r.eval),
             ms(r.writeback),
+            vs_memcpy(r.writeback, r.memcpy_out),
             ms(r.engine),
             ms(r.compile),
             ms(r.cpu),

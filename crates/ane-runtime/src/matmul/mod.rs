@@ -214,6 +214,16 @@ impl MatrixSource for DenseRows {
 pub trait MatrixSink: Sync {
     /// Stores row `n` (all M values) of batch `(b2, b3)`.
     fn write_row(&self, b2: usize, b3: usize, n: usize, values: &[f32]);
+
+    /// Hands `f` batch `(b2, b3)`'s rows as one f32 slice — row `n`'s M values at
+    /// `n · stride` (`stride ≥ M`; the last row may end after its M values) — to write results
+    /// straight into, and returns `true`; or returns `false`, calling nothing, where the rows
+    /// are not plain f32 memory (then results come through [`MatrixSink::write_row`]). The
+    /// engine writes in place this way, with no buffer and no second pass; the caller calls it
+    /// for one batch at a time.
+    fn with_rows_mut(&self, _b2: usize, _b3: usize, _f: &mut dyn FnMut(&mut [f32], usize)) -> bool {
+        false
+    }
 }
 
 /// A result collected in memory, `[B3][B2][N][M]` row-major: the simplest [`MatrixSink`].
@@ -251,6 +261,13 @@ impl MatrixSink for DenseSink {
         let b = b3 * self.batch0 + b2;
         let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
         data[(b * self.n + n) * self.m..][..self.m].copy_from_slice(values);
+    }
+
+    fn with_rows_mut(&self, b2: usize, b3: usize, f: &mut dyn FnMut(&mut [f32], usize)) -> bool {
+        let b = b3 * self.batch0 + b2;
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut data[b * self.n * self.m..][..self.n * self.m], self.m);
+        true
     }
 }
 
@@ -341,8 +358,10 @@ fn store(sink: &dyn MatrixSink, b2: usize, b3: usize, m: usize, out: &[f32]) {
 pub const MIN_ENGINE_OUTPUTS: usize = 16;
 
 /// Runs the job on `engine` and says which kernel kind did, or says why it could not. On
-/// failure some batches may already have been written; the caller recomputes the whole
-/// output (as [`cpu_matmul`] does).
+/// failure some rows may already have been written (results go straight into a sink that
+/// lends its rows, and a tile's overflow or the precision check is seen only as it is written
+/// back); the caller recomputes the whole output (as [`cpu_matmul`] does). Failures before any
+/// evaluation (shape, compile, budget) leave it untouched.
 ///
 /// Baked or streamed kernels as the cache's [`KernelPolicy`] decides; under `auto`, a baked
 /// kernel that the budget refuses is replaced by the streamed path, not the CPU.

@@ -16,7 +16,9 @@ use super::tiling::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks
 use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
 use crate::engine::{Engine, Kernel};
 use crate::kernels::KernelCache;
-use crate::staging::convert::{accumulate_columns, row_to_f16, stage_columns, zero_columns};
+use crate::staging::convert::{
+    accumulate_columns, row_to_f16, stage_columns, zero_columns, WrittenSums,
+};
 use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
 
@@ -189,35 +191,49 @@ pub(super) fn run_plan(
     let weight_id = job.weight_id.filter(|_| job.shape.weight_batch == [1, 1]);
     for b in 0..batch[0] * batch[1] {
         let (b2, b3) = (b % batch[0], b / batch[0]);
-        let mut out = std::mem::take(&mut scratch.out);
-        // no fill: the first K tile of every M tile assigns its outputs, later ones add
-        grow(&mut out, n * m);
         let mut run = BatchRun {
             cache,
             weight_id,
             job,
             batch: (b2, b3),
             weight_batch: job.shape.weight_index(b2, b3),
-            out: &mut out[..n * m],
             output_err: 0.0,
             acts_sum_sq: 0.0,
+            result_sum_sq: 0.0,
             scratch,
             stats,
         };
-        let ran = plan
-            .tiles
-            .iter()
-            .try_for_each(|t| run.weight_tile(plan.kind, t));
-        let (output_err, acts_sum_sq) = (run.output_err, run.acts_sum_sq);
-        let checked = ran.and_then(|()| {
-            let clock = Instant::now();
-            guard.check(job, (b2, b3), &out[..n * m], output_err, acts_sum_sq)?;
-            store(job.dst, b2, b3, m, &out[..n * m]);
-            stats.add_writeback(clock.elapsed());
-            Ok(())
+        // results straight into the sink's rows where it has them, else into a buffer that
+        // is stored once the check passes; either way the first K tile of every M tile
+        // assigns its outputs, later ones add (no fill)
+        let mut ran = None;
+        let direct = job.dst.with_rows_mut(b2, b3, &mut |rows, stride| {
+            ran = Some(run.tiles(plan, rows, stride));
         });
-        scratch.out = out;
-        checked?;
+        let ran = match ran {
+            Some(ran) if direct => ran,
+            _ => {
+                let mut out = std::mem::take(&mut run.scratch.out);
+                grow(&mut out, n * m);
+                let ran = run.tiles(plan, &mut out[..n * m], m);
+                if ran.is_ok() {
+                    let clock = Instant::now();
+                    store(job.dst, b2, b3, m, &out[..n * m]);
+                    stats.add_writeback(clock.elapsed());
+                }
+                run.scratch.out = out;
+                ran
+            }
+        };
+        ran?;
+        // a failed check leaves the sink's rows written: the caller computes them again
+        guard.check(
+            job,
+            (b2, b3),
+            run.result_sum_sq,
+            run.output_err,
+            run.acts_sum_sq,
+        )?;
     }
     if plan.kind == KernelKind::Baked {
         stats.add_baked_node();
@@ -233,21 +249,39 @@ struct BatchRun<'a, 'j> {
     job: &'a MatmulJob<'j>,
     batch: (usize, usize),
     weight_batch: (usize, usize),
-    /// The batch's result `[n, m]`, accumulated over K tiles.
-    out: &'a mut [f32],
     /// Expected squared error of rounding each tile's outputs to fp16.
     output_err: f64,
     /// The activations' sum of squares, gathered while staging them (first M tile only).
     acts_sum_sq: f64,
+    /// The result's sum of squares, gathered while writing back each M tile's last K tile.
+    result_sum_sq: f64,
     scratch: &'a mut Scratch,
     stats: &'a Stats,
 }
 
 impl BatchRun<'_, '_> {
+    /// Every weight tile, its results written into `out` (token rows `stride` apart).
+    fn tiles(
+        &mut self,
+        plan: &TilePlan,
+        out: &mut [f32],
+        stride: usize,
+    ) -> Result<(), FallbackReason> {
+        plan.tiles
+            .iter()
+            .try_for_each(|t| self.weight_tile(plan.kind, t, out, stride))
+    }
+
     /// Every token chunk of one weight tile. Two-input kernels share one weight surface
     /// across the chunks (staged once); packed ones stage the weights beside each chunk's
     /// activations.
-    fn weight_tile(&mut self, kind: KernelKind, t: &WeightTile) -> Result<(), FallbackReason> {
+    fn weight_tile(
+        &mut self,
+        kind: KernelKind,
+        t: &WeightTile,
+        out: &mut [f32],
+        stride: usize,
+    ) -> Result<(), FallbackReason> {
         let mut staged: Option<(Surface, Option<KeptWeightKey>)> = None;
         let mut result = Ok(());
         for chunk in &t.chunks {
@@ -259,7 +293,8 @@ impl BatchRun<'_, '_> {
                 self.stats.add_staging(clock.elapsed());
                 staged = Some((s, key));
             }
-            result = self.chunk(t, chunk, source, staged.as_ref().map(|(s, _)| s));
+            let weights = staged.as_ref().map(|(s, _)| s);
+            result = self.chunk(t, chunk, source, weights, (&mut *out, stride));
             if result.is_err() {
                 break;
             }
@@ -314,13 +349,14 @@ impl BatchRun<'_, '_> {
 
     /// One evaluation: stages the activations as columns (the padded tokens zeroed; beside
     /// them the weights, for the single-input form), evaluates, and adds the `[1, bm, 1, S]`
-    /// result, transposed, into the batch's output.
+    /// result, transposed, into the batch's output `out.0` (token rows `out.1` apart).
     fn chunk(
         &mut self,
         t: &WeightTile,
         c: &Chunk,
         source: WeightSource,
         staged_weights: Option<&Surface>,
+        out: (&mut [f32], usize),
     ) -> Result<(), FallbackReason> {
         let procedure = &c.kernel.procedures()[0];
         let clock = Instant::now();
@@ -360,12 +396,12 @@ impl BatchRun<'_, '_> {
         self.stats.add_engine(clock.elapsed());
 
         let clock = Instant::now();
-        let tile_sum_sq = match evaluated {
+        let sums = match evaluated {
             Ok(()) => {
                 let first = t.k0 == 0;
-                accumulate_columns(&y, self.out, self.job.shape.m, rows, (t.m0, t.bm), first)
+                accumulate_columns(&y, out.0, out.1, rows, (t.m0, t.bm), first)
             }
-            Err(_) => Some(0.0),
+            Err(_) => Some(WrittenSums::default()),
         };
         self.stats.add_writeback(clock.elapsed());
         if source == WeightSource::BesideActivations {
@@ -378,8 +414,12 @@ impl BatchRun<'_, '_> {
             crate::error::Error::Eval(why) => FallbackReason::Eval(why),
             other => FallbackReason::Eval(other.to_string()),
         })?;
-        let tile_sum_sq = tile_sum_sq.ok_or(FallbackReason::NonFinite)?;
-        self.output_err += precision::output_error(tile_sum_sq, c.bn * t.bm);
+        let sums = sums.ok_or(FallbackReason::NonFinite)?;
+        self.output_err += precision::output_error(sums.tile, c.bn * t.bm);
+        // the last K tile leaves these outputs final: their squares are the result's
+        if t.k0 + t.bk == k {
+            self.result_sum_sq += sums.result;
+        }
         Ok(())
     }
 }

@@ -185,14 +185,14 @@ impl Guard {
         Guard { weights }
     }
 
-    /// Whether batch `(b2, b3)`'s engine result `out` (`[n, m]`, f32-accumulated tiles whose
-    /// own rounding adds `output_err`) can be used; `acts_sum_sq` is the activations' sum of
-    /// squares, summed while staging them.
+    /// Whether batch `(b2, b3)`'s engine result (f32-accumulated tiles whose own rounding adds
+    /// `output_err`; its squares summing to `sum_sq`, gathered while writing it back) can be
+    /// used; `acts_sum_sq` is the activations' sum of squares, summed while staging them.
     pub(crate) fn check(
         &self,
         job: &MatmulJob<'_>,
         (b2, b3): (usize, usize),
-        out: &[f32],
+        sum_sq: f64,
         output_err: f64,
         acts_sum_sq: f64,
     ) -> Result<(), FallbackReason> {
@@ -205,7 +205,6 @@ impl Guard {
             rounded: s.n > 0 && job.acts.row_f16(b2, b3, 0).is_none(),
         };
         let predicted = input_error(weights, &acts) + output_err;
-        let sum_sq: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         match too_imprecise(predicted, sum_sq) {
             None => Ok(()),
             Some(nmse) => Err(FallbackReason::Precision(format!(

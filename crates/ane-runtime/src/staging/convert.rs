@@ -90,9 +90,11 @@ pub fn stage_rows(
 /// the thread pool costs more than it saves.
 pub(crate) const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
-/// Source rows per block when staging them as columns: each surface row then receives 32
-/// contiguous bytes per block instead of one value.
-const COLUMN_BLOCK: usize = 16;
+/// Source rows per block when staging them as columns: each surface row then receives 64
+/// contiguous bytes (a whole cache line) per block instead of one value.
+const COLUMN_BLOCK: usize = 32;
+/// Features per block when staging as columns: a 32 × 64 fp16 block (4 KiB).
+const STAGE_FEATURES: usize = 64;
 
 /// Writes rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch as surface
 /// *columns* `col0..col0+rows` of rows `0..cols`: the channel-first layout of every kernel
@@ -100,7 +102,9 @@ const COLUMN_BLOCK: usize = 16;
 /// `sum_sq`, adds the sum of the values' squares (before rounding) into it.
 ///
 /// Multi-threaded over surface rows: each thread converts its features of a block of
-/// `COLUMN_BLOCK` source rows, then scatters them into its own surface rows.
+/// `COLUMN_BLOCK` source rows, then scatters them into its own surface rows. A source whose
+/// rows are neither f32 nor fp16 in memory (quantised, strided) is converted once first, row
+/// by row in parallel, so no thread converts a whole row for its slice of it.
 #[allow(
     clippy::too_many_arguments,
     reason = "source, batch, row and column ranges, and the destination column: the transposed staging case"
@@ -122,25 +126,48 @@ pub fn stage_columns(
     if cols == 0 || rows == 0 {
         return;
     }
+    if src.row_f32(batch.0, batch.1, r0).is_none() && src.row_f16(batch.0, batch.1, r0).is_none() {
+        let (converted, total) = converted_rows(src, batch, (r0, rows), (k0, cols), k);
+        stage_columns(
+            s,
+            &converted,
+            (0, 0),
+            (0, rows),
+            (0, cols),
+            cols,
+            col0,
+            None,
+        );
+        if let Some(e) = sum_sq {
+            *e += total;
+        }
+        return;
+    }
     let summed = sum_sq.is_some();
     let bytes = &mut s.as_bytes_mut()[..cols * stride];
     // surface rows d0.. (as many as `part` holds); returns their values' sum of squares
     let stage = |d0: usize, part: &mut [u8]| -> f64 {
         let nd = part.len() / stride;
         let mut tmp = vec![0f32; k];
-        let mut block = vec![half::f16::ZERO; COLUMN_BLOCK * nd];
+        // a block of source rows by features, small enough to stay in L1 while transposed
+        let mut block = [half::f16::ZERO; COLUMN_BLOCK * STAGE_FEATURES];
         let mut total = 0.0;
         for b0 in (0..rows).step_by(COLUMN_BLOCK) {
             let n = COLUMN_BLOCK.min(rows - b0);
-            for (i, dst) in block.chunks_mut(nd).take(n).enumerate() {
-                let acc = if summed { Some(&mut total) } else { None };
-                row_to_f16(src, batch, r0 + b0 + i, k0 + d0, dst, &mut tmp, acc);
-            }
-            for d in 0..nd {
-                let off = d * stride + 2 * (col0 + b0);
-                let out: &mut [half::f16] = bytemuck::cast_slice_mut(&mut part[off..off + 2 * n]);
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = block[i * nd + d];
+            for f0 in (0..nd).step_by(STAGE_FEATURES) {
+                let fb = STAGE_FEATURES.min(nd - f0);
+                for (i, dst) in block.chunks_mut(STAGE_FEATURES).take(n).enumerate() {
+                    let acc = if summed { Some(&mut total) } else { None };
+                    let dst = &mut dst[..fb];
+                    row_to_f16(src, batch, r0 + b0 + i, k0 + d0 + f0, dst, &mut tmp, acc);
+                }
+                for d in 0..fb {
+                    let off = (f0 + d) * stride + 2 * (col0 + b0);
+                    let out: &mut [half::f16] =
+                        bytemuck::cast_slice_mut(&mut part[off..off + 2 * n]);
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = block[i * STAGE_FEATURES + d];
+                    }
                 }
             }
         }
@@ -161,6 +188,42 @@ pub fn stage_columns(
     }
 }
 
+/// Rows `r0..r0 + rows` (columns `k0..k0 + cols` of `k`) of a source read through
+/// `read_row`, converted to fp16 once (in parallel past [`PARALLEL_MIN_VALUES`]), with the sum
+/// of the values' squares before rounding.
+fn converted_rows(
+    src: &dyn MatrixSource,
+    (b2, b3): (usize, usize),
+    (r0, rows): (usize, usize),
+    (k0, cols): (usize, usize),
+    k: usize,
+) -> (crate::matmul::HalfRows, f64) {
+    let mut data = vec![half::f16::ZERO; rows * cols];
+    let convert = |tmp: &mut Vec<f32>, (r, dst): (usize, &mut [half::f16])| -> f64 {
+        src.read_row(b2, b3, r0 + r, tmp);
+        f32_to_f16_sum_sq(dst, &tmp[k0..k0 + cols])
+    };
+    let total = if rows * k < PARALLEL_MIN_VALUES {
+        let mut tmp = vec![0f32; k];
+        data.chunks_mut(cols.max(1))
+            .enumerate()
+            .map(|row| convert(&mut tmp, row))
+            .sum()
+    } else {
+        data.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .map_init(|| vec![0f32; k], convert)
+            .sum()
+    };
+    let rows = crate::matmul::HalfRows {
+        rows,
+        k: cols,
+        batch0: 1,
+        data,
+    };
+    (rows, total)
+}
+
 /// Zeroes columns `c0..c1` of the first `rows` rows (the token columns a bucket pads).
 pub(crate) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize)) {
     let layout = s.layout().clone();
@@ -171,10 +234,30 @@ pub(crate) fn zero_columns(s: &mut Surface, rows: usize, (c0, c1): (usize, usize
     }
 }
 
+/// Sums of squares a write-back gathers on its way, for the precision check.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WrittenSums {
+    /// Σ v² of the tile's own values (each rounded to fp16 by the engine).
+    pub tile: f64,
+    /// Σ v² of what the outputs hold afterwards (the tile added to earlier K tiles).
+    pub result: f64,
+}
+
+/// Tokens per block of the transposing write-back: each output row then receives
+/// [`BACK_FEATURES`] contiguous f32 (whole cache lines) per block instead of one value.
+const BACK_TOKENS: usize = 128;
+/// Output features per block: a 32 × 64 f32 tile (8 KiB) stays in L1 while it is transposed.
+const BACK_FEATURES: usize = 64;
+
 /// Adds a `[1, bm, 1, _]` result tile — surface row `r` holding output feature `m0 + r` of
-/// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (`[n, m]`), transposing (with
-/// `first`, assigns instead: the first K tile, so `out` needs no clearing); returns the sum
-/// of the tile's squares, or `None` if any value is not finite.
+/// tokens `n0..n0 + bn` in its first `bn` columns — into `out` (token rows of `m` values:
+/// token `t`'s feature `f` at `t·m + f`), transposing (with `first`, assigns instead: the
+/// first K tile, so `out` needs no clearing); returns the sums of squares, or `None` if any
+/// value is not finite.
+///
+/// Cache-blocked: a block of tokens by features is converted row by row (SIMD) into a tile,
+/// then written out token by token; threads take disjoint token blocks, past
+/// [`PARALLEL_MIN_VALUES`].
 pub fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
@@ -182,26 +265,76 @@ pub fn accumulate_columns(
     (n0, bn): (usize, usize),
     (m0, bm): (usize, usize),
     first: bool,
-) -> Option<f64> {
+) -> Option<WrittenSums> {
+    if bn == 0 || bm == 0 {
+        return Some(WrittenSums::default());
+    }
+    assert!(
+        m0 + bm <= m && out.len() >= (n0 + bn - 1) * m + m0 + bm,
+        "accumulate_columns: a tile past the output"
+    );
     let layout = s.layout();
     let bytes = s.as_bytes();
-    let mut finite = true;
-    let mut sum_sq = 0.0;
-    let mut row32 = vec![0f32; bn];
-    for r in 0..bm {
-        let off = layout.flat_row_offset(r);
-        let row: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * bn]);
-        f16_to_f32(&mut row32, row);
-        let mut row_sum_sq = 0f32;
-        for (c, &v) in row32.iter().enumerate() {
-            finite &= v.is_finite();
-            row_sum_sq += v * v;
-            let o = &mut out[(n0 + c) * m + m0 + r];
-            *o = if first { v } else { *o + v };
+    // token block `t0..`, whose rows `rows` holds (row j at j·m; the last may be short)
+    let block = |(b, rows): (usize, &mut [f32])| -> Option<WrittenSums> {
+        let t0 = b * BACK_TOKENS;
+        let tb = BACK_TOKENS.min(bn - t0);
+        let mut tile = [0f32; BACK_TOKENS * BACK_FEATURES];
+        let mut sums = WrittenSums::default();
+        for f0 in (0..bm).step_by(BACK_FEATURES) {
+            let fb = BACK_FEATURES.min(bm - f0);
+            for r in 0..fb {
+                let off = layout.flat_row_offset(f0 + r) + 2 * t0;
+                let src: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * tb]);
+                let dst = &mut tile[r * BACK_TOKENS..r * BACK_TOKENS + tb];
+                f16_to_f32(dst, src);
+                // sixteen lanes: no serial chain of adds; a sum is finite exactly when every
+                // value is (fp16 values cannot overflow it)
+                sums.tile += sum_of_squares(dst);
+            }
+            for j in 0..tb {
+                let dst = &mut rows[j * m + m0 + f0..][..fb];
+                if first {
+                    for (r, o) in dst.iter_mut().enumerate() {
+                        *o = tile[r * BACK_TOKENS + j];
+                    }
+                } else {
+                    for (r, o) in dst.iter_mut().enumerate() {
+                        *o += tile[r * BACK_TOKENS + j];
+                    }
+                    sums.result += sum_of_squares(dst);
+                }
+            }
         }
-        sum_sq += f64::from(row_sum_sq);
+        if first {
+            sums.result = sums.tile;
+        }
+        sums.tile.is_finite().then_some(sums)
+    };
+    let join = |a: Option<WrittenSums>, b: Option<WrittenSums>| {
+        let (a, b) = (a?, b?);
+        Some(WrittenSums {
+            tile: a.tile + b.tile,
+            result: a.result + b.result,
+        })
+    };
+    let region = &mut out[n0 * m..];
+    let blocks = bn.div_ceil(BACK_TOKENS);
+    if bn * bm < PARALLEL_MIN_VALUES {
+        region
+            .chunks_mut(BACK_TOKENS * m)
+            .take(blocks)
+            .enumerate()
+            .map(block)
+            .fold(Some(WrittenSums::default()), join)
+    } else {
+        region
+            .par_chunks_mut(BACK_TOKENS * m)
+            .take(blocks)
+            .enumerate()
+            .map(block)
+            .reduce(|| Some(WrittenSums::default()), join)
     }
-    finite.then_some(sum_sq)
 }
 
 /// Σ v² and the extremes of a block of hidden values.
@@ -265,5 +398,124 @@ pub(crate) fn sum_sq_columns(s: &Surface, rows: usize, bn: usize) -> Option<Hidd
             .into_par_iter()
             .map_init(|| vec![0f32; bn], row_sums)
             .reduce(|| Some(HiddenSums::EMPTY), join)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{SurfaceDType, TensorLayout};
+
+    /// A `[1, rows, 1, cols]` fp16 surface whose values are `f(row, col)` rounded.
+    fn surface(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f32) -> Surface {
+        let layout =
+            TensorLayout::aligned("y", SurfaceDType::F16, &[1, rows, 1, cols], 64).unwrap();
+        let mut s = Surface::new(layout);
+        for r in 0..rows {
+            let row = s.row_f16_mut(r).unwrap();
+            for (c, o) in row[..cols].iter_mut().enumerate() {
+                *o = half::f16::from_f32(f(r, c));
+            }
+        }
+        s
+    }
+
+    /// A source readable only through `read_row` (as quantised weights are).
+    struct ReadOnly(crate::matmul::DenseRows);
+
+    impl MatrixSource for ReadOnly {
+        fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
+            self.0.read_row(b2, b3, row, out);
+        }
+    }
+
+    /// Staging as columns puts every source value where the definition does, whether the
+    /// source lends its f32 rows or is converted once first, with the same sum of squares.
+    #[test]
+    fn staged_columns_match_the_definition_for_every_kind_of_source() {
+        for (rows, k) in [(5, 7), (70, 33), (300, 260)] {
+            let data: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 37) % 101) as f32 / 16.0 - 3.0)
+                .collect();
+            let dense = crate::matmul::DenseRows::new(rows, k, data.clone());
+            let (r0, n, k0, cols, col0) = (1, rows - 1, 2, k - 3, 4);
+            let width = col0 + n + 3;
+            let layout =
+                TensorLayout::aligned("x", SurfaceDType::F16, &[1, cols, 1, width], 64).unwrap();
+            let mut staged = Vec::new();
+            for src in [&dense as &dyn MatrixSource, &ReadOnly(dense.clone())] {
+                let mut s = Surface::new(layout.clone());
+                let mut sum = 0f64;
+                stage_columns(
+                    &mut s,
+                    src,
+                    (0, 0),
+                    (r0, n),
+                    (k0, cols),
+                    k,
+                    col0,
+                    Some(&mut sum),
+                );
+                for d in 0..cols {
+                    let row = s.row_f16_mut(d).unwrap();
+                    for t in 0..n {
+                        let want = half::f16::from_f32(data[(r0 + t) * k + k0 + d]);
+                        assert_eq!(row[col0 + t], want, "{rows}x{k}: feature {d} token {t}");
+                    }
+                }
+                let want: f64 = (r0..r0 + n)
+                    .flat_map(|r| &data[r * k + k0..r * k + k0 + cols])
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum();
+                assert!((sum - want).abs() <= 1e-5 * want, "{sum} vs {want}");
+                staged.push(s.as_bytes().to_vec());
+            }
+            assert_eq!(staged[0], staged[1]);
+        }
+    }
+
+    /// The blocked, threaded write-back puts every value where the one-value-at-a-time
+    /// definition does — odd tile sizes, offsets into the output, adding to earlier tiles —
+    /// leaves everything else alone, and sums the tile's and the result's squares.
+    #[test]
+    fn blocked_write_back_matches_the_definition() {
+        let value = |r: usize, c: usize| ((r * 31 + c * 17) % 97) as f32 / 8.0 - 6.0;
+        // (tokens, features): below and past the parallel threshold, not multiples of blocks
+        for (bn, bm) in [(1, 1), (33, 65), (100, 70), (301, 250)] {
+            let (n0, m0, m) = (3, 5, bm + 9);
+            let s = surface(bm, bn + 7, value);
+            for first in [true, false] {
+                let before: Vec<f32> = (0..(n0 + bn + 2) * m).map(|i| i as f32 / 4.0).collect();
+                let mut want = before.clone();
+                let (mut tile, mut result) = (0f64, 0f64);
+                for r in 0..bm {
+                    for c in 0..bn {
+                        let v = f64::from(half::f16::from_f32(value(r, c)).to_f32());
+                        let o = &mut want[(n0 + c) * m + m0 + r];
+                        *o = if first { v as f32 } else { *o + v as f32 };
+                        tile += v * v;
+                        result += f64::from(*o) * f64::from(*o);
+                    }
+                }
+                let mut got = before;
+                let sums = accumulate_columns(&s, &mut got, m, (n0, bn), (m0, bm), first).unwrap();
+                assert_eq!(got, want, "{bn}x{bm} first={first}");
+                assert!(
+                    (sums.tile - tile).abs() <= 1e-5 * tile,
+                    "{sums:?} vs {tile}"
+                );
+                assert!(
+                    (sums.result - result).abs() <= 1e-5 * result,
+                    "{sums:?} vs {result}"
+                );
+            }
+        }
+        // a non-finite value anywhere says so
+        let s = surface(70, 40, |r, c| if (r, c) == (69, 39) { 1e6 } else { 1.0 });
+        let mut out = vec![0f32; 40 * 70];
+        assert_eq!(
+            accumulate_columns(&s, &mut out, 70, (0, 40), (0, 70), true),
+            None
+        );
     }
 }

@@ -8,5 +8,5 @@
 pub(crate) mod convert;
 pub(crate) mod kept_weights;
 
-pub use convert::{accumulate_columns, stage_columns, stage_rows};
+pub use convert::{accumulate_columns, stage_columns, stage_rows, WrittenSums};
 pub use kept_weights::DEFAULT_STAGED_WEIGHTS_BYTES;

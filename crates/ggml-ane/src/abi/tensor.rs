@@ -523,6 +523,32 @@ impl MatrixSink for TensorRowsMut<'_> {
             }
         }
     }
+
+    fn with_rows_mut(&self, b2: usize, b3: usize, f: &mut dyn FnMut(&mut [f32], usize)) -> bool {
+        let d = &self.desc;
+        let (Ok(m), Ok(n)) = (usize::try_from(d.ne[0]), usize::try_from(d.ne[1])) else {
+            return false;
+        };
+        // packed f32 values, rows a whole number of f32 apart, at least a row long
+        if d.nb[0] != 4 || !d.nb[1].is_multiple_of(4) || d.nb[1] < 4 * m || m == 0 || n == 0 {
+            return false;
+        }
+        let start = row_offset(d, (b2, b3), 0, m);
+        // SAFETY: the batch's rows lie inside the tensor (row_offset checked the batch, and
+        // rows 0..n of ne[0] values at nb[1] apart are the tensor's own), whose data is valid
+        // for writes for 'g with nothing else reading or writing it meanwhile (`new`'s
+        // contract); the runtime hands out one batch at a time, so this is the only reference
+        // to these bytes while `f` runs.
+        let rows = unsafe {
+            let first = self.data.add(start);
+            if !first.cast::<f32>().is_aligned() {
+                return false;
+            }
+            std::slice::from_raw_parts_mut(first.cast::<f32>(), (n - 1) * (d.nb[1] / 4) + m)
+        };
+        f(rows, d.nb[1] / 4);
+        true
+    }
 }
 
 #[cfg(test)]
