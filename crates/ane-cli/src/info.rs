@@ -9,6 +9,7 @@ use ane_runtime::matmul::KernelPolicy;
 use ane_runtime::{EngineChoice, EngineKind};
 
 use crate::settings::EngineArgs;
+use ane_runtime::chips::{self, Mode};
 
 #[derive(clap::Args)]
 pub(crate) struct InfoArgs {
@@ -17,6 +18,44 @@ pub(crate) struct InfoArgs {
     /// Kernel kinds: auto, baked, streamed or packed.
     #[arg(long, env = "GGML_ANE_KERNELS", default_value = "auto")]
     kernels: KernelPolicy,
+    #[command(flatten)]
+    routing: RoutingArgs,
+}
+
+/// The chip and the routing policy, as the backend reads them.
+#[derive(clap::Args)]
+pub(crate) struct RoutingArgs {
+    /// Routing: auto, speed, energy, always or off.
+    #[arg(long, env = "GGML_ANE_MODE", default_value = "auto")]
+    pub(crate) mode: Mode,
+    /// A row of the chip table to route by instead of this Mac's (`M5 Max`, `m2-pro`).
+    #[arg(long, env = "GGML_ANE_CHIP")]
+    pub(crate) chip: Option<String>,
+}
+
+impl RoutingArgs {
+    /// The chip's row (or why there is none) and the backend's decision, as two lines.
+    pub(crate) fn lines(&self) -> (String, String) {
+        let (chip, row) = match chips::identify(self.chip.as_deref()) {
+            Ok(Some(c)) => (Some(c), c.to_string()),
+            Ok(None) => (
+                None,
+                format!(
+                    "not an Apple chip ({} {})",
+                    std::env::consts::OS,
+                    std::env::consts::ARCH
+                ),
+            ),
+            Err(e) => (None, e),
+        };
+        let r = chips::route(self.mode, chip);
+        let verdict = if r.take {
+            "taking work"
+        } else {
+            "taking no work"
+        };
+        (row, format!("{verdict}: {}", r.reason))
+    }
 }
 
 pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
@@ -30,6 +69,9 @@ pub(crate) fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         };
         println!("  {:<10} {status}", kind.as_str());
     }
+    let (row, route) = args.routing.lines();
+    println!("chip: {row}");
+    println!("routing (GGML_ANE_MODE={}): {route}", args.routing.mode);
     let e = ane_runtime::create(choice, &config)?;
     let info = e.info();
     let limits = e.limits();

@@ -100,6 +100,15 @@ pub const WIDE_CHANNELS_NARROW_SPATIAL: Rule = Rule {
              C=1024,S=32 ok)",
 };
 
+/// Every runtime input at least 32 wide, whatever its channels.
+pub const NARROW_INPUT: Rule = Rule {
+    id: "narrow-input",
+    severity: Severity::Refuse,
+    summary: "a function input narrower than 32 returns garbage with no error, whatever its \
+              channel count; pad the width to 32",
+    source: "skyfallsin/apple-neural-engine-field-guide README.md@4a1b518",
+};
+
 /// Beside many channels, widths that are multiples of 32.
 pub const SPATIAL_MULTIPLE_OF_32: Rule = Rule {
     id: "spatial-multiple-of-32",
@@ -253,6 +262,7 @@ pub const RULES: &[Rule] = &[
     SINGLE_INPUT,
     MAX_DIM,
     WIDE_CHANNELS_NARROW_SPATIAL,
+    NARROW_INPUT,
     BAD_WIDTHS,
     MIN_SURFACE,
     SMALL_TENSORS,
@@ -382,7 +392,13 @@ pub const OP_STATUS: &[(&str, OpStatus, &str)] = &[
     ("identity", OpStatus::Eval, "ironmill"),
     ("select", OpStatus::Eval, "ironmill"),
     ("pad", OpStatus::Eval, "ironmill (constant mode)"),
-    ("tile", OpStatus::Eval, "ironmill (in larger programs)"),
+    (
+        "tile",
+        OpStatus::Rejected("none: broadcasting ops, or the host"),
+        "skyfallsin/apple-neural-engine-field-guide README.md@4a1b518: after a program with \
+         `tile`, every later evaluation in the process fails (0x1d); ironmill's matrix lists it \
+         evaluating inside larger programs",
+    ),
     ("quantize", OpStatus::Eval, "ironmill"),
     ("dequantize", OpStatus::Eval, "ironmill"),
     ("rsqrt", OpStatus::Eval, "ironmill (with epsilon only)"),
@@ -616,6 +632,13 @@ fn io_shape(
             format!(
                 "{what} `{name}` is [1, {c}, 1, {s}]: more than {WIDE_CHANNELS} channels need a width of at least {MIN_SPATIAL_FOR_WIDE}"
             ),
+        );
+    }
+    if what == "input" && *s < MIN_SPATIAL_FOR_WIDE && *c <= WIDE_CHANNELS {
+        push(
+            NARROW_INPUT,
+            at,
+            format!("input `{name}` is [1, {c}, 1, {s}]: every input needs a width of at least {MIN_SPATIAL_FOR_WIDE}"),
         );
     }
     if *c >= WIDE_CHANNELS && *s >= MIN_SPATIAL_FOR_WIDE && !s.is_multiple_of(MIN_SPATIAL_FOR_WIDE)

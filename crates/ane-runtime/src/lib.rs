@@ -29,18 +29,19 @@
 //! use ane_runtime::{create, EngineChoice, EngineConfig, EngineKind, Surface};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // y = x · Wᵀ for a 2×3 weight, as a 1×1 convolution over 4 tokens
+//! // y = x · Wᵀ for a 2×3 weight, as a 1×1 convolution over 32 tokens (every input at least
+//! // 32 wide: narrower ones return garbage on the ANE, and the rulebook refuses them)
 //! let program = ane_mil::parse(
 //!     r#"program(1.3)
 //! {
-//!     func main<ios18>(tensor<fp16, [1, 3, 1, 4]> x) {
+//!     func main<ios18>(tensor<fp16, [1, 3, 1, 32]> x) {
 //!         string pt = const()[name = string("pt"), val = string("valid")];
 //!         tensor<int32, [2]> st = const()[name = string("st"), val = tensor<int32, [2]>([1, 1])];
 //!         tensor<int32, [4]> pd = const()[name = string("pd"), val = tensor<int32, [4]>([0, 0, 0, 0])];
 //!         tensor<int32, [2]> dl = const()[name = string("dl"), val = tensor<int32, [2]>([1, 1])];
 //!         int32 gr = const()[name = string("gr"), val = int32(1)];
 //!         tensor<fp16, [2, 3, 1, 1]> w = const()[name = string("w"), val = tensor<fp16, [2, 3, 1, 1]>(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)))];
-//!         tensor<fp16, [1, 2, 1, 4]> y = conv(dilations = dl, groups = gr, pad = pd, pad_type = pt, strides = st, weight = w, x = x)[name = string("y")];
+//!         tensor<fp16, [1, 2, 1, 32]> y = conv(dilations = dl, groups = gr, pad = pd, pad_type = pt, strides = st, weight = w, x = x)[name = string("y")];
 //!     } -> (y);
 //! }"#,
 //! )?;
@@ -53,18 +54,23 @@
 //! let kernel = engine.compile(&program, &weights)?;
 //! let procedure = &kernel.procedures()[0];
 //! let mut x = Surface::new(procedure.inputs[0].clone());
-//! // channel c holds feature c of every token
-//! x.write_f32(&[1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, 2.0, 2.0, 2.0, 2.0])?;
+//! // channel c holds feature c of every token: t + 1, 10·(t + 1), 2
+//! let t: Vec<f32> = (1..=32).map(|t| t as f32).collect();
+//! let x_values: Vec<f32> = [t.clone(), t.iter().map(|v| 10.0 * v).collect(), vec![2.0; 32]].concat();
+//! x.write_f32(&x_values)?;
 //! let mut y = Surface::new(procedure.outputs[0].clone());
 //! kernel.eval(0, &[&x], &mut [&mut y])?;
-//! // row 0 of W picks feature 0; row 1 averages the three features
-//! assert_eq!(y.read_f32(), [1.0, 2.0, 3.0, 4.0, 6.5, 12.0, 17.5, 23.0]);
+//! // row 0 of W picks feature 0; row 1 is half the sum of the three features
+//! let y_values = y.read_f32();
+//! assert_eq!(y_values[..4], [1.0, 2.0, 3.0, 4.0]);
+//! assert_eq!(y_values[32..36], [6.5, 12.0, 17.5, 23.0]);
 //! # Ok(())
 //! # }
 //! ```
 
 #![deny(unsafe_code)]
 
+pub mod chips;
 pub mod disk_cache;
 pub mod engine;
 pub mod error;

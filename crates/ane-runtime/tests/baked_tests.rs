@@ -76,7 +76,7 @@ const ID: WeightId = WeightId {
 };
 
 fn baked_and_streamed_kernels_give_identical_numbers(make: &EngineMaker) {
-    // max_dim 32: M, K and the tokens are tiled, K tiles accumulate in f32
+    // max_dim 64: M, K and the tokens are tiled, K tiles accumulate in f32
     for (i, s) in [
         shape(37, 70, 9, [1, 1]),
         shape(70, 100, 33, [2, 1]),
@@ -86,7 +86,7 @@ fn baked_and_streamed_kernels_give_identical_numbers(make: &EngineMaker) {
     .enumerate()
     {
         let c = case(s, 90 + i as u64);
-        let e = make.make(32, None);
+        let e = make.make(64, None);
         let baked_cache = KernelCache::new().with_policy(KernelPolicy::Baked);
         let (baked, st) = run(e.as_ref(), &baked_cache, &c, Some(ID));
         assert_eq!(st.baked_nodes, 1, "{s:?} ran baked");
@@ -213,7 +213,7 @@ fn fp16_weights_stage_by_copy_with_the_same_results(make: &EngineMaker) {
     let mut row = vec![0f32; c.w.k];
     half_w.0.read_row(0, 0, 3, &mut row);
     assert_eq!(row, c.w.data[3 * c.w.k..4 * c.w.k]);
-    let e = make.make(32, None);
+    let e = make.make(64, None);
     for (policy, baked) in [(KernelPolicy::Streamed, 0), (KernelPolicy::Baked, 1)] {
         let (from_f32, _) = run(
             e.as_ref(),

@@ -86,13 +86,13 @@ fn check(shape: MatmulShape, w: &DenseRows, a: &DenseRows, got: &[f32], k_tiles:
 fn tiled_broadcast_jobs_match_f64_on_engine_and_cpu(make: &EngineMaker) {
     let cases = [
         MatmulShape::new(37, 70, 9),
-        // tiles in every dimension with max_dim 32, K split accumulated in f32
+        // tiles in every dimension with max_dim 64, K split accumulated in f32
         MatmulShape::new(70, 100, 33).batched([2, 3], [1, 3]),
         MatmulShape::new(5, 64, 1).batched([4, 2], [2, 1]),
     ];
     for (i, shape) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 40 + i as u64);
-        let engine = make.make(32, None);
+        let engine = make.make(64, None);
         let (cache, stats, mut scratch) =
             (KernelCache::new(), Stats::default(), Scratch::default());
         let out = out_for(shape);
@@ -417,7 +417,8 @@ impl Kernel for FlakyKernel {
 /// (the node still computed on the CPU by the caller); a success in between resets the count.
 #[test]
 fn kernels_that_keep_failing_are_not_retried() {
-    let shape = single_matmul(8, 8, 8);
+    // 32 weight rows: the two-input form's weight input is 32 wide (rule narrow-input)
+    let shape = single_matmul(32, 8, 8);
     let (w, a) = job(shape, 12);
     let (evals, fail) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(true)));
     let (inner, cache) = two_input_engine(16384);

@@ -136,8 +136,9 @@ pub(crate) fn supports_op(
     block_input: impl FnOnce() -> bool,
     cpu_can: impl FnOnce() -> bool,
 ) -> bool {
-    if q.engine_unusable {
-        // out of the way: the scheduler gives every op to another backend
+    if q.engine_unusable || !crate::routing::route().take {
+        // out of the way: the scheduler gives every op to another backend (no engine, or the
+        // chip's GPU is the faster side: `routing`)
         return false;
     }
     if q.kind == OpKind::View {
@@ -180,6 +181,7 @@ pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool 
         .map_or(settings::DEFAULT_MIN_BATCH, |c| c.min_batch);
     spec.pulls_work
         && !crate::runtime::runtime_failed()
+        && crate::routing::route().take
         && kind == OpKind::MulMat
         && supports_mul_mat(n)
         && n.node.ne[1] >= min_batch as i64

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use ane_runtime::chips::Mode;
 use ane_runtime::engine::reference::Faults;
 use ane_runtime::kernels::policy::KernelPolicy;
 use ane_runtime::kernels::DEFAULT_MAX_LOADED;
@@ -34,6 +35,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_MATMULS",
     "GGML_ANE_FULL",
     "GGML_ANE_STATS_INTERVAL",
+    "GGML_ANE_MODE",
+    "GGML_ANE_CHIP",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -86,6 +89,10 @@ pub(crate) struct Config {
     pub(crate) stats_level: u8,
     /// `GGML_ANE_LOG`: lines below this level are not logged.
     pub(crate) log_level: LogLevel,
+    /// `GGML_ANE_MODE`: auto (default), speed, energy, always, off (`ane_runtime::chips`).
+    pub(crate) mode: Mode,
+    /// `GGML_ANE_CHIP`: the chip table's row to route by instead of this Mac's own.
+    pub(crate) chip: Option<String>,
 }
 
 /// The process's configuration, read from the environment on first use.
@@ -209,6 +216,19 @@ impl Config {
                 ))
             }
         };
+        let mode = match var("GGML_ANE_MODE") {
+            Some(v) => v.parse().map_err(|e| format!("GGML_ANE_MODE={v}: {e}"))?,
+            None => Mode::Auto,
+        };
+        let chip = var("GGML_ANE_CHIP");
+        if let Some(name) = &chip {
+            ane_runtime::chips::chip(name).ok_or_else(|| {
+                format!(
+                    "GGML_ANE_CHIP={name}: no such chip in the table ({})",
+                    ane_runtime::chips::names()
+                )
+            })?;
+        }
         let mut runtime = RuntimeSettings::default();
         runtime.engine = engine;
         runtime.compile_budget = budget;
@@ -234,6 +254,8 @@ impl Config {
             min_tokens,
             stats_level,
             log_level,
+            mode,
+            chip,
         })
     }
 }
@@ -374,6 +396,8 @@ mod tests {
             // 2^44 MiB is 2^64 bytes: `mb << 20` wrapped to 0
             ("GGML_ANE_CACHE_MAX_MB", "17592186044416"),
             ("GGML_ANE_SURFACE_CACHE_MB", "18446744073709551615"),
+            ("GGML_ANE_MODE", "fast"),
+            ("GGML_ANE_CHIP", "M9 Ultra"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");

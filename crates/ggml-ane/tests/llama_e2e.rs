@@ -143,6 +143,55 @@ fn tiny_gpt2_fuses_its_gelu_ffns_on_the_full_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The chip decides (`GGML_ANE_MODE`, the chip table; `GGML_ANE_CHIP` stands in for a Mac):
+/// under `auto` an M5 Max's GPU prefills faster, so nothing comes to us and one warning says
+/// why and names `energy`; `energy` takes the work there, an M2 Pro takes it by default, `off`
+/// takes none. The logits are the CPU's every time.
+#[test]
+fn the_chip_table_decides_whether_the_ane_takes_work() {
+    let Some(tools) = Tools::find("routing") else {
+        return;
+    };
+    let dir = support::scratch_dir("e2e-routing");
+    let model = support::tiny_model(&dir, "llama", "f16");
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    for (what, env, takes) in [
+        ("M5 Max, auto", vec![("GGML_ANE_CHIP", "M5 Max")], false),
+        (
+            "M5 Max, energy",
+            vec![("GGML_ANE_CHIP", "m5-max"), ("GGML_ANE_MODE", "energy")],
+            true,
+        ),
+        ("M2 Pro, auto", vec![("GGML_ANE_CHIP", "M2 Pro")], true),
+        ("off", vec![("GGML_ANE_MODE", "off")], false),
+    ] {
+        let cache = dir.join(format!("cache-{}", what.replace([' ', ','], "")));
+        // a decision to take work is said at info level, one to stay out at warn
+        let mut env = env;
+        env.push(("GGML_ANE_LOG", "info"));
+        let run = tools.run(&model, &dir.join("out.f32"), Some(&cache), &env);
+        let on_engine = stat(&run.log, "nodes on engine");
+        eprintln!("{what}: {on_engine} nodes on the engine");
+        assert_eq!(on_engine > 0, takes, "{what}\n{}", tail(&run.log));
+        let (err, _) = nmse(&cpu.logits, &run.logits);
+        assert!(err <= 1e-5, "{what}: NMSE {err:e}");
+        let said = run
+            .log
+            .lines()
+            .find(|l| l.starts_with("ggml-ane: taking"))
+            .unwrap_or_else(|| panic!("{what}: no routing line\n{}", tail(&run.log)));
+        if what == "M5 Max, auto" {
+            assert!(
+                said.contains("taking no work: M5 Max")
+                    && said.contains("Neural Accelerators")
+                    && said.contains("GGML_ANE_MODE=energy"),
+                "{said}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Any llama-architecture GGUF named by `ANE_E2E_MODEL` (a model a user already has): its
 /// logits with our library equal the CPU-only run's, and its matmuls ran on our engine.
 #[test]

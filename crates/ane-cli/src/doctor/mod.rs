@@ -27,6 +27,8 @@ use crate::settings::EngineArgs;
 pub(crate) struct DoctorArgs {
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    routing: crate::info::RoutingArgs,
     /// Write the report as JSON (a `probes` list: name, status, reason, figures).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -121,6 +123,13 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         "machine",
         Status::Pass,
         format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    ));
+    // the chip table's row, and what the backend's routing decides on it (a Mac-side
+    // measurement to set beside it is issue #21's next step)
+    let (row, route) = args.routing.lines();
+    probes.push(Probe::new("chip", Status::Pass, row).figure(
+        "routing",
+        format!("GGML_ANE_MODE={}: {route}", args.routing.mode),
     ));
 
     // engines: available or why not

@@ -44,9 +44,10 @@ pub use program::{
     projections_program, with_norm_bias, with_up_bias,
 };
 
-/// Baked weights per fused program at most: 64 MiB ran in one program on hardware (maderix/ANE
-/// `inmem_peak.m`); past that the block runs node by node (docs/fused-forms.md).
-pub const MAX_FUSED_WEIGHT_BYTES: usize = 64 << 20;
+/// Baked weights per fused program at most: the ceiling of any baked program
+/// ([`crate::matmul::MAX_BAKED_WEIGHT_BYTES`], the largest cited as running with a CPU check);
+/// past that the block is streamed or runs node by node (docs/fused-forms.md).
+pub const MAX_FUSED_WEIGHT_BYTES: usize = crate::matmul::MAX_BAKED_WEIGHT_BYTES;
 
 /// What the block computes after the norm.
 pub enum Block<'a> {

@@ -17,7 +17,7 @@ use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Literal, Program};
 use ane_mil::{DType, ValueType};
 
-use crate::matmul::{input_width, token_chunk};
+use crate::matmul::{input_width, token_chunk, CHANNEL_ALIGN};
 
 use super::program::op;
 
@@ -183,14 +183,20 @@ pub fn streamed_projections_program(c: usize, rows: &[usize], s: usize) -> Progr
 }
 
 /// The hidden tile width for an FFN of `h` hidden features at `bucket` tokens: the fewest
-/// tiles of equal width whose input (`input_width(3·ht, bucket)`) stays within `max_dim`.
-/// `None` when even one hidden feature does not fit.
+/// tiles of equal width whose input (`input_width(3·ht, bucket)`) stays within `max_dim`,
+/// the width a multiple of [`CHANNEL_ALIGN`] (so every weight slice starts aligned: the last
+/// tile's padding is zero weights) unless `h` fits whole. `None` when even one hidden feature
+/// does not fit.
 pub fn ffn_hidden_tile(h: usize, bucket: usize, max_dim: usize) -> Option<usize> {
     if h == 0 || input_width(3, bucket) > max_dim {
         return None;
     }
-    (1..=h)
-        .map(|tiles| h.div_ceil(tiles))
+    if input_width(3 * h, bucket) <= max_dim {
+        return Some(h);
+    }
+    (2..=h)
+        .map(|tiles| h.div_ceil(tiles).next_multiple_of(CHANNEL_ALIGN))
+        .chain((1..=h).map(|tiles| h.div_ceil(tiles)))
         .find(|&ht| input_width(3 * ht, bucket) <= max_dim)
 }
 
@@ -219,13 +225,14 @@ mod tests {
             "-> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 32, 1, 32]>, y2: tensor<fp16, [1, 32, 1, 32]>)"
         ));
         assert_eq!(refusals(&p), Vec::<String>::new());
-        // Llama-2-7B: the FFN in three hidden tiles, Q/K/V in one input
-        assert_eq!(ffn_hidden_tile(11008, 2048, 16384), Some(3670));
-        assert_eq!(ffn_hidden_tile(11008, 32, 16384), Some(3670));
+        // Llama-2-7B: the FFN in three hidden tiles of 3680 (slices at bucket + 0, 3680,
+        // 7360: aligned), Q/K/V in one input
+        assert_eq!(ffn_hidden_tile(11008, 2048, 16384), Some(3680));
+        assert_eq!(ffn_hidden_tile(11008, 32, 16384), Some(3680));
         // a 0.5B's FFN fits one tile up to 1024 tokens, two at 2048
         assert_eq!(ffn_hidden_tile(4864, 1024, 16384), Some(4864));
         assert_eq!(ffn_hidden_tile(4864, 2048, 16384), Some(2432));
-        let p = streamed_ffn_program(4096, 3670, 2048);
+        let p = streamed_ffn_program(4096, 3680, 2048);
         assert_eq!(refusals(&p), Vec::<String>::new());
         assert!(projections_fit(&[4096, 4096, 4096], 16384));
         assert!(!projections_fit(&[8192, 8192], 16384));

@@ -103,7 +103,7 @@ fn fetch(
     engine: &GatedEngine,
     stats: &Stats,
 ) -> Result<Arc<dyn Kernel>, FallbackReason> {
-    let (m, k, tokens) = (8 + n, 16, 4);
+    let (m, k, tokens) = (8 + n, 16, 32);
     let tile = BakedTile {
         m0: 0,
         k0: 0,

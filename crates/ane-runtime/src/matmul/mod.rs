@@ -26,7 +26,8 @@ pub use program::{baked_matmul_program, baked_weights, matmul_program, two_input
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 pub use tiling::{
     baked_tiles, input_width, kernel_shapes, min_bucket, streamed_tile_sizes, tile_sizes,
-    token_bucket, token_chunk, token_chunks, BakedTile, MAX_TOKENS_PER_KERNEL,
+    token_bucket, token_chunk, token_chunks, BakedTile, CHANNEL_ALIGN, MAX_BAKED_WEIGHT_BYTES,
+    MAX_TOKENS_PER_KERNEL,
 };
 
 use std::time::Instant;

@@ -184,31 +184,35 @@ mod tests {
                 .map(|v| v.to_string())
                 .collect::<Vec<_>>()
         };
-        let p = matmul_program(3, 5, 7);
+        let p = matmul_program(3, 5, 32);
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(x: tensor<fp16, [1, 5, 1, 32]>) -> (y: tensor<fp16, [1, 3, 1, 7]>)"
+            "main<ios18>(x: tensor<fp16, [1, 5, 1, 64]>) -> (y: tensor<fp16, [1, 3, 1, 32]>)"
         );
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
-        let p = two_input_matmul_program(3, 5, 7);
+        let p = two_input_matmul_program(32, 5, 32);
         let f = ane_mil::check_program(&p, None).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(a: tensor<fp16, [1, 5, 1, 7]>, b: tensor<fp16, [1, 5, 1, 3]>) -> (y: tensor<fp16, [1, 3, 1, 7]>)"
+            "main<ios18>(a: tensor<fp16, [1, 5, 1, 32]>, b: tensor<fp16, [1, 5, 1, 32]>) -> (y: tensor<fp16, [1, 32, 1, 32]>)"
         );
         assert_eq!(refusals(&p, RuleOptions::default()).len(), 1, "two inputs");
         let mut two = RuleOptions::default();
         two.allow_two_inputs = true;
         assert_eq!(refusals(&p, two), Vec::<String>::new());
         let w = baked_weights(&[f16::ONE; 15]);
-        let p = baked_matmul_program(3, 5, 7);
+        let p = baked_matmul_program(3, 5, 32);
         let f = ane_mil::check_program(&p, Some(&w)).unwrap();
         assert_eq!(
             f[0].signature(),
-            "main<ios18>(x: tensor<fp16, [1, 5, 1, 7]>) -> (y: tensor<fp16, [1, 3, 1, 7]>)"
+            "main<ios18>(x: tensor<fp16, [1, 5, 1, 32]>) -> (y: tensor<fp16, [1, 3, 1, 32]>)"
         );
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
+        // an input narrower than 32 returns garbage on hardware: refused
+        let p = baked_matmul_program(3, 5, 7);
+        let r = refusals(&p, RuleOptions::default());
+        assert!(r.iter().any(|v| v.contains("narrow-input")), "{r:?}");
         // a width the hardware rejects is moved past
         assert_eq!(input_width(14000, 600), 14624);
         assert_eq!(input_width(14000, 592), 14592);

@@ -5,15 +5,24 @@
 /// Tokens per kernel at most; longer prompts run in chunks of this many.
 pub const MAX_TOKENS_PER_KERNEL: usize = 2048;
 
-/// The smallest token bucket of tiles with `bm` output and `bk` input channels: a
-/// `[1, C, 1, S]` input or output with more than 768 channels needs S ≥ 32
-/// (`ane_mil::rules::WIDE_CHANNELS_NARROW_SPATIAL`), so decode-sized jobs pad to 32.
-pub fn min_bucket(bm: usize, bk: usize) -> usize {
-    if bm.max(bk) > ane_mil::rules::WIDE_CHANNELS {
-        ane_mil::rules::MIN_SPATIAL_FOR_WIDE
-    } else {
-        1
-    }
+/// Channel counts, slice starts and hidden tiles are multiples of this: ironmill lists channel
+/// alignment 32 (`docs/ane-constraints.md` L45-46 @a750b7d), and every slice of the public
+/// dynamic-weight programs begins at a multiple of 256 (docs/ane-rules.md, `alignment`).
+pub const CHANNEL_ALIGN: usize = 32;
+
+/// Baked weights per program at most: the largest baked program cited as running with a CPU
+/// check, maderix/ANE's classifier (`training/test_classifier.m`: a 32000 × 768 fp16 conv,
+/// 49 152 000 bytes). Larger weights are cut into more tiles until a Mac measures its own
+/// ceiling (docs/ane-rules.md, `program-weights`).
+pub const MAX_BAKED_WEIGHT_BYTES: usize = 32000 * 768 * 2;
+
+/// The smallest token bucket of tiles with `bm` output and `bk` input channels: every runtime
+/// input at least 32 wide — narrower ones return garbage with no error
+/// (skyfallsin/apple-neural-engine-field-guide `README.md`@4a1b518; rulebook `narrow-input`),
+/// not only beside more than 768 channels (`wide-channels-narrow-spatial`). Decode-sized jobs
+/// pad to 32.
+pub fn min_bucket(_bm: usize, _bk: usize) -> usize {
+    ane_mil::rules::MIN_SPATIAL_FOR_WIDE
 }
 
 /// The token count a kernel is compiled for: the next power of two (so a job of any length
@@ -47,9 +56,22 @@ pub fn token_chunks(n: usize, max_dim: usize, min: usize) -> Vec<(usize, usize, 
         .collect()
 }
 
-/// Baked tile sizes `(tm, tk)`: M and K cut into the fewest equal parts within `max_dim`.
+/// Baked tile sizes `(tm, tk)`: M and K cut into the fewest equal parts within `max_dim`,
+/// aligned to [`CHANNEL_ALIGN`]; then M (and if that is not enough, K) cut further until a
+/// tile's fp16 weights fit [`MAX_BAKED_WEIGHT_BYTES`].
 pub fn tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
-    (cut(m, max_dim), cut(k, max_dim))
+    let (mut tm, mut tk) = (cut(m, max_dim), cut(k, max_dim));
+    let values = MAX_BAKED_WEIGHT_BYTES / 2;
+    if tm * tk > values {
+        let rows = (values / tk) / CHANNEL_ALIGN * CHANNEL_ALIGN;
+        if rows >= CHANNEL_ALIGN {
+            tm = cut(m, rows);
+        } else {
+            tm = cut(m, CHANNEL_ALIGN);
+            tk = cut(k, (values / tm) / CHANNEL_ALIGN * CHANNEL_ALIGN);
+        }
+    }
+    (tm, tk)
 }
 
 /// Streamed tile sizes: M within what the input's width leaves beside the largest token
@@ -58,10 +80,20 @@ pub fn streamed_tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize)
     (cut(m, max_dim - token_chunk(max_dim)), cut(k, max_dim))
 }
 
-/// `d` cut into the fewest equal parts of at most `limit`.
+/// `d` cut into the fewest parts of at most `limit`, each a multiple of [`CHANNEL_ALIGN`] but
+/// the last (equal but for that rounding); `d` whole when it fits.
 fn cut(d: usize, limit: usize) -> usize {
-    let parts = d.div_ceil(limit.max(1)).max(1);
-    d.div_ceil(parts).max(1)
+    let limit = limit.max(1);
+    if d <= limit {
+        return d.max(1);
+    }
+    let parts = d.div_ceil(limit);
+    let t = d.div_ceil(parts).next_multiple_of(CHANNEL_ALIGN);
+    if t <= limit {
+        t
+    } else {
+        (limit / CHANNEL_ALIGN * CHANNEL_ALIGN).max(limit.min(CHANNEL_ALIGN))
+    }
 }
 
 /// The distinct sizes of a dimension `d` cut into tiles of `t` (at most two).
@@ -148,16 +180,29 @@ mod tests {
 
     #[test]
     fn tiles_stay_within_the_limit_and_cover_the_job() {
-        assert_eq!(tile_sizes(32000, 4096, 16384), (16000, 4096));
-        // streamed tiles leave the largest token chunk (2048) beside the weight rows
-        assert_eq!(streamed_tile_sizes(32000, 4096, 16384), (10667, 4096));
+        // baked: within the width and the cited 47 MiB a program (the 7B head: 6 tiles of
+        // 5344 rows, 42 MiB; gate and up 2 × 5504 rows; down 2 × 2048 rows, its K whole)
+        assert_eq!(tile_sizes(32000, 4096, 16384), (5344, 4096));
+        assert_eq!(tile_sizes(11008, 4096, 16384), (5504, 4096));
+        assert_eq!(tile_sizes(4096, 11008, 16384), (2048, 11008));
+        assert_eq!(tile_sizes(4096, 4096, 16384), (4096, 4096));
+        // streamed tiles leave the largest token chunk (2048) beside the weight rows, aligned
+        assert_eq!(streamed_tile_sizes(32000, 4096, 16384), (10688, 4096));
         assert_eq!(
             kernel_shapes(32000, 4096, 512, 16384),
-            vec![(10667, 4096, 512), (10666, 4096, 512)]
+            vec![(10688, 4096, 512), (10624, 4096, 512)]
         );
         assert_eq!(streamed_tile_sizes(4096, 11008, 16384), (4096, 11008));
-        assert_eq!(tile_sizes(32001, 4096, 16384), (16001, 4096));
-        assert_eq!(tile_sizes(5, 20000, 16384), (5, 10000));
+        assert_eq!(cut(32001, 16384), 16032);
+        assert_eq!(tile_sizes(5, 20000, 16384), (5, 10016));
+        for m in [32000, 11008, 4096, 151936, 4864] {
+            for k in [4096, 11008, 896, 14336] {
+                let (tm, tk) = tile_sizes(m, k, 16384);
+                assert!(2 * tm * tk <= MAX_BAKED_WEIGHT_BYTES, "{m}x{k}: {tm}x{tk}");
+                assert!(tm.is_multiple_of(CHANNEL_ALIGN) || tm == m, "{m}x{k}: {tm}");
+                assert!(tk.is_multiple_of(CHANNEL_ALIGN) || tk == k, "{m}x{k}: {tk}");
+            }
+        }
         for (d, max) in [(1, 16384), (16385, 16384), (100, 7), (49152, 16384)] {
             let (t, _) = tile_sizes(d, 1, max);
             assert!(t <= max && t * d.div_ceil(t) >= d);
@@ -172,9 +217,9 @@ mod tests {
             [1, 2, 3, 17, 64, 100, 2000].map(|n| token_bucket(n, 16384, 1)),
             [1, 2, 4, 32, 64, 128, 2048]
         );
-        // more than 768 channels: at least 32 tokens (rule wide-channels-narrow-spatial)
+        // every input at least 32 wide (rule narrow-input)
         assert_eq!(min_bucket(4096, 64), 32);
-        assert_eq!(min_bucket(768, 768), 1);
+        assert_eq!(min_bucket(768, 768), 32);
         assert_eq!(
             [1, 2, 17, 64].map(|n| token_bucket(n, 16384, min_bucket(4096, 4096))),
             [32, 32, 32, 64]
