@@ -166,6 +166,11 @@ pub(crate) fn supports_op(
                         && n.node.ne[1] >= min_tokens as i64
                         && (!blocks_only || block_input())
                 }
+                // tokens are ne[2] (as Metal counts them): decode steps stay elsewhere
+                OpKind::MulMatId => {
+                    crate::compute::experts::supports_mul_mat_id(n)
+                        && crate::compute::experts::tokens(n) >= min_tokens as i64
+                }
                 k if is_glue(k) => enough && q.readable && q.cpu_exists && cpu_can(),
                 _ => false,
             }
@@ -182,9 +187,14 @@ pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool 
     spec.pulls_work
         && !crate::runtime::runtime_failed()
         && crate::routing::route().take
-        && kind == OpKind::MulMat
-        && supports_mul_mat(n)
-        && n.node.ne[1] >= min_batch as i64
+        && match kind {
+            OpKind::MulMat => supports_mul_mat(n) && n.node.ne[1] >= min_batch as i64,
+            OpKind::MulMatId => {
+                crate::compute::experts::supports_mul_mat_id(n)
+                    && crate::compute::experts::tokens(n) >= min_batch as i64
+            }
+            _ => false,
+        }
 }
 
 #[cfg(test)]

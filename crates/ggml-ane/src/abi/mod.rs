@@ -35,7 +35,7 @@ pub(crate) use backend::use_counts_missing;
 pub(crate) use cpu::CpuBackend;
 pub(crate) use registry::guard;
 pub(crate) use split::Split;
-pub(crate) use tensor::{NodeDesc, TensorDesc, TensorRows};
+pub(crate) use tensor::{NodeDesc, TensorDesc, TensorRows, TensorRowsMut};
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -55,6 +55,8 @@ impl ggml_type {
     pub const F32: ggml_type = ggml_type(0);
     pub const F16: ggml_type = ggml_type(1);
     pub const BF16: ggml_type = ggml_type(30);
+    /// MUL_MAT_ID's expert ids.
+    pub const I32: ggml_type = ggml_type(26);
 }
 
 /// `enum ggml_op` (values of the pinned version; they shift between ggml versions).
@@ -610,6 +612,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("GGML_OP_PERMUTE", ggml_op::PERMUTE.0 as usize),
         ("GGML_OP_TRANSPOSE", ggml_op::TRANSPOSE.0 as usize),
         ("GGML_TYPE_BF16", ggml_type::BF16.0 as usize),
+        ("GGML_TYPE_I32", ggml_type::I32.0 as usize),
         (
             "GGML_TENSOR_FLAG_COMPUTE",
             GGML_TENSOR_FLAG_COMPUTE as usize,

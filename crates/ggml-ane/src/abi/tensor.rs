@@ -62,7 +62,8 @@ impl TensorDesc {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NodeDesc {
     pub(crate) node: TensorDesc,
-    pub(crate) src: [Option<TensorDesc>; 2],
+    /// The first three sources (MUL_MAT_ID's third: the expert ids).
+    pub(crate) src: [Option<TensorDesc>; 3],
     /// ggml's op parameters (RMS_NORM: eps as f32 bits; GLU: op, swapped).
     pub(crate) op_params: [i32; 16],
     name: [c_char; GGML_MAX_NAME],
@@ -168,15 +169,15 @@ pub(crate) unsafe fn all_readable(t: *const ggml_tensor) -> bool {
         })
 }
 
-/// Copies the metadata of `t` and its first two sources.
+/// Copies the metadata of `t` and its first three sources.
 ///
 /// # Safety
 /// `t` is NULL or points to a live `ggml_tensor` whose `src` pointers are NULL or live.
 pub(crate) unsafe fn describe_node(t: *const ggml_tensor, memo: &mut BuftMemo) -> Option<NodeDesc> {
     // SAFETY: the caller promises `t` is NULL or live.
     let t = unsafe { t.as_ref() }?;
-    let mut src = [None, None];
-    for (i, s) in src.iter_mut().enumerate().take(GGML_MAX_SRC.min(2)) {
+    let mut src = [None, None, None];
+    for (i, s) in src.iter_mut().enumerate().take(GGML_MAX_SRC.min(3)) {
         // SAFETY: ggml keeps unused source slots NULL and used ones live.
         *s = unsafe { t.src[i].as_ref() }.map(|s| describe(s, memo));
     }
@@ -222,6 +223,7 @@ pub(crate) fn op_kind(t: &ggml_tensor) -> OpKind {
     match name(unsafe { ggml_op_name(t.op) }) {
         "NONE" | "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" => OpKind::View,
         "MUL_MAT" => OpKind::MulMat,
+        "MUL_MAT_ID" => OpKind::MulMatId,
         "RMS_NORM" => OpKind::RmsNorm,
         "NORM" => OpKind::Norm,
         "MUL" => OpKind::Mul,
@@ -411,6 +413,12 @@ impl TensorRows<'_> {
         })
     }
 
+    /// Row `row` of batch `(b2, b3)` of an I32 tensor with contiguous, aligned rows (MUL_MAT_ID's
+    /// expert ids); `None` for any other.
+    pub(crate) fn i32_row(&self, b2: usize, b3: usize, row: usize) -> Option<&[i32]> {
+        self.contiguous_row(ggml_type::I32, (b2, b3), row)
+    }
+
     /// Row `row` of batch `(b2, b3)` in place, when the tensor is of type `ty` (whose element
     /// is a `T`) with contiguous, `T`-aligned rows.
     fn contiguous_row<T>(&self, ty: ggml_type, batch: (usize, usize), row: usize) -> Option<&[T]> {
@@ -420,8 +428,8 @@ impl TensorRows<'_> {
         }
         let off = row_offset(d, batch, row, d.ne[0] as usize);
         // SAFETY: the row was checked to lie inside the tensor, whose data is valid for 'g;
-        // it holds ne[0] contiguous elements of type `ty`, which `T` represents (f32 or fp16,
-        // any bit pattern valid), and we check its alignment.
+        // it holds ne[0] contiguous elements of type `ty`, which `T` represents (f32, fp16 or
+        // i32: any bit pattern valid), and we check its alignment.
         unsafe {
             let p = self.data.add(off).cast::<T>();
             p.is_aligned()

@@ -14,7 +14,7 @@ use crate::stats::placement::Placement;
 
 /// Reads rows of src0 as f32: F32/F16/BF16 at any element stride, other types through
 /// ggml's `to_float` on contiguous whole-block rows.
-fn src0_readable(t: &TensorDesc) -> bool {
+pub(crate) fn src0_readable(t: &TensorDesc) -> bool {
     match t.ty {
         ggml_type::F32 | ggml_type::F16 | ggml_type::BF16 => true,
         _ => t.has_to_float && t.blck_size > 0 && t.contiguous_rows() && t.ne[0] % t.blck_size == 0,

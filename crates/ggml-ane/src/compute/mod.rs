@@ -4,6 +4,7 @@
 //! [`Split`] by the ABI layer.
 
 pub(crate) mod context;
+pub(crate) mod experts;
 pub(crate) mod fused;
 pub(crate) mod matmul;
 pub(crate) mod patterns;
@@ -27,8 +28,13 @@ pub(crate) fn graph_compute(
     split: &mut Split<'_>,
 ) -> Result<(), Failure> {
     for (n, d) in split.nodes.iter_mut().zip(&split.descs) {
-        n.engine =
-            n.kind == OpKind::MulMat && d.as_ref().is_some_and(|d| matmul::engine_mul_mat(rt, d));
+        n.engine = match n.kind {
+            OpKind::MulMat => d.as_ref().is_some_and(|d| matmul::engine_mul_mat(rt, d)),
+            OpKind::MulMatId => d
+                .as_ref()
+                .is_some_and(|d| experts::engine_mul_mat_id(rt, d)),
+            _ => false,
+        };
     }
     if rt.config.fuse && split.nodes.iter().any(|n| n.uses.is_none()) {
         crate::abi::use_counts_missing();
@@ -39,6 +45,12 @@ pub(crate) fn graph_compute(
     for step in &plan.steps {
         match step {
             Step::Cpu(ix) => walk.on_cpu(ix)?,
+            Step::Engine(i) if split.nodes[*i].kind == OpKind::MulMatId => {
+                // thin experts only, or ids that cannot be read: ggml's CPU backend, whole
+                if !matches!(experts::run(ctx, rt, split, *i), Ok(true)) {
+                    walk.on_cpu(&[*i])?;
+                }
+            }
             Step::Engine(i) => matmul::run(ctx, rt, split, *i)?,
             Step::Fused(c) => chains[*c] = walk.fused(&plan.chains[*c]),
             Step::Member { chain, node } => {

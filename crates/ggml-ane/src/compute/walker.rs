@@ -19,6 +19,8 @@ pub(crate) enum OpKind {
     /// NONE, RESHAPE, VIEW, PERMUTE, TRANSPOSE: no computation.
     View,
     MulMat,
+    /// MUL_MAT_ID: a mixture-of-experts layer's matmuls, each token by its experts.
+    MulMatId,
     RmsNorm,
     /// NORM: ggml's LayerNorm without weight and bias (whisper, GPT-2).
     Norm,
@@ -130,7 +132,7 @@ impl Chain {
 pub(crate) enum Step {
     /// Nodes for ggml's CPU backend, as one graph.
     Cpu(Vec<usize>),
-    /// A MUL_MAT for the engine.
+    /// A MUL_MAT (or MUL_MAT_ID) for the engine.
     Engine(usize),
     /// Evaluate chain `.0` (an index into [`Plan::chains`]) as one fused program.
     Fused(usize),
@@ -182,7 +184,7 @@ pub(crate) fn plan(nodes: &[WalkNode], fuse: bool) -> Plan {
             chains.push(chain);
             continue;
         }
-        if n.kind == OpKind::MulMat && n.engine {
+        if matches!(n.kind, OpKind::MulMat | OpKind::MulMatId) && n.engine {
             steps.push(Step::Engine(i));
         } else {
             push_cpu(&mut steps, i);

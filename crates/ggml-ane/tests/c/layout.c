@@ -43,7 +43,7 @@ int main(void) {
     OFF(ggml_cgraph, visited_hash_set);
     printf("ggml_bitset_t %zu\n", sizeof(ggml_bitset_t));
     VAL(GGML_OP_MUL_MAT); VAL(GGML_OP_RESHAPE); VAL(GGML_OP_VIEW); VAL(GGML_OP_PERMUTE); VAL(GGML_OP_TRANSPOSE);
-    VAL(GGML_TYPE_BF16);
+    VAL(GGML_TYPE_BF16); VAL(GGML_TYPE_I32);
 #ifndef LAYOUT_NO_COMPUTE_FLAG /* ggml before 0.9.6 has none */
     VAL(GGML_TENSOR_FLAG_COMPUTE);
 #endif
