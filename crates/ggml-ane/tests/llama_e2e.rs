@@ -143,6 +143,59 @@ fn tiny_gpt2_fuses_its_gelu_ffns_on_the_full_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A mixture of experts (Mixtral's form: 8 experts, 2 used per token): llama.cpp computes the
+/// experts' matmuls as MUL_MAT_ID, which run on our engine expert by expert (the by-node rows
+/// say how many experts' batches); the logits are the CPU's. Decode steps (one token) stay on
+/// the CPU by default; here `GGML_ANE_MIN_TOKENS=1` brings them too, and an expert with too
+/// few tokens for the engine goes to ggml's CPU backend.
+#[test]
+fn tiny_mixture_of_experts_runs_its_experts_on_the_engine() {
+    let Some(tools) = Tools::find("moe") else {
+        return;
+    };
+    let dir = support::scratch_dir("e2e-moe");
+    let model = dir.join("tiny-moe-f16.gguf");
+    support::write_tiny_model(
+        &model,
+        "f16",
+        &["--experts", "8", "--experts-used", "2", "--ffn", "512"],
+    );
+    let cpu = tools.run(&model, &dir.join("cpu.f32"), None, &[]);
+    let env = [("GGML_ANE_STATS", "2")];
+    let ane = tools.run(&model, &dir.join("ane.f32"), Some(&dir.join("cache")), &env);
+    let (err, spread) = nmse(&cpu.logits, &ane.logits);
+    let rows = by_node_table(&ane.log);
+    let experts: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r[0].contains("_exps") || r[0].starts_with("ffn_moe"))
+        .collect();
+    eprintln!(
+        "tiny MoE: logits NMSE {err:.2e} (logit std {spread:.2}), {} nodes on engine; expert rows: {experts:?}",
+        stat(&ane.log, "nodes on engine")
+    );
+    assert!(spread > 0.5, "logits too flat to compare: std {spread}");
+    assert!(err <= 1e-5, "NMSE {err:e}\n{}", tail(&ane.log));
+    // the prompt's three expert matmuls of each of 4 layers, on the engine
+    let prompt_rows: Vec<&&Vec<String>> = experts
+        .iter()
+        .filter(|r| r[1].ends_with(&format!("x{PROMPT}x2")))
+        .collect();
+    assert!(
+        prompt_rows.len() >= 3
+            && prompt_rows
+                .iter()
+                .all(|r| r.join(" ").contains("engine (8 of 8 experts)")),
+        "{experts:?}\n{}",
+        tail(&ane.log)
+    );
+    let on_engine: u64 = prompt_rows
+        .iter()
+        .map(|r| r[r.len() - 1].parse::<u64>().unwrap_or(0))
+        .sum();
+    assert_eq!(on_engine, 3 * 4, "{experts:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The chip decides (`GGML_ANE_MODE`, the chip table; `GGML_ANE_CHIP` stands in for a Mac):
 /// under `auto` an M5 Max's GPU prefills faster, so nothing comes to us and one warning says
 /// why and names `energy`; `energy` takes the work there, an M2 Pro takes it by default, `off`

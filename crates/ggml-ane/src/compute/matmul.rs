@@ -21,12 +21,23 @@ pub(crate) fn src0_readable(t: &TensorDesc) -> bool {
     }
 }
 
+/// A mixture-of-experts router: the MUL_MAT whose result picks each token's experts (llama.cpp
+/// names its weights `blk.N.ffn_gate_inp` and its result `ffn_moe_logits`). Its result goes
+/// through a top-k: fp16 rounding of two close scores would send a token to other experts — a
+/// different, not a less precise, answer — so it stays on the CPU, in f32.
+pub(crate) fn is_router(n: &NodeDesc) -> bool {
+    n.src0_name().contains("ffn_gate_inp") || n.name().starts_with("ffn_moe_logits")
+}
+
 /// A MUL_MAT the engine path can read and write: F32 result, src1 F32/F16/BF16, src0 of any
-/// type ggml converts to f32, batched and broadcast.
+/// type ggml converts to f32, batched and broadcast; not a mixture-of-experts router.
 pub(crate) fn supports_mul_mat(n: &NodeDesc) -> bool {
     let (Some(s0), Some(s1)) = (n.src[0], n.src[1]) else {
         return false;
     };
+    if is_router(n) {
+        return false;
+    }
     let d = &n.node;
     d.ty == ggml_type::F32
         && s0.readable

@@ -8,6 +8,9 @@ Architectures (each with a different graph shape for the backend's walker):
 - command-r: parallel blocks (Cohere): one LayerNorm'd input read by attention *and* the FFN,
   output tied to the token embedding, a logit scale. The FFN reads the normed input in a later
   graph split than attention's, the case where a fused block's intermediate crosses splits.
+- llama with `--experts N --experts-used K`: a mixture of experts in Mixtral's form (llama
+  architecture, `ffn_gate_inp` router, `ffn_{gate,up,down}_exps` stacked experts, no shared
+  expert): llama.cpp computes the experts' matmuls as MUL_MAT_ID.
 - gpt2: LayerNorms with biases, one Q/K/V matrix with its bias, learned positions, and a GELU
   FFN with biases (fc1 -> + b1 -> GELU -> fc2 -> + b2 -> residual): whisper's block shapes in
   a llama.cpp graph.
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--experts", type=int, default=0, help="llama only: experts per layer")
+    ap.add_argument("--experts-used", type=int, default=2, help="experts each token uses")
     a = ap.parse_args()
 
     rng = np.random.default_rng(a.seed)
@@ -59,6 +64,11 @@ def main() -> None:
     w.add_feed_forward_length(a.ffn)
     w.add_head_count(a.heads)
     w.add_head_count_kv(a.kv_heads)
+    moe = a.experts > 0
+    if moe:
+        assert llama, "experts: llama architecture (Mixtral's form) only"
+        w.add_expert_count(a.experts)
+        w.add_expert_used_count(a.experts_used)
     if gpt2:
         w.add_layer_norm_eps(1e-5)
     elif llama:
@@ -121,6 +131,18 @@ def main() -> None:
         matrix(p + "attn_output.weight", a.dim, a.dim)
         if llama:
             norm(p + "ffn_norm.weight")
+        if moe:
+            # the router [dim -> experts], and each expert's FFN stacked: numpy
+            # [experts, rows, cols] is ggml ne = [cols, rows, experts]
+            # the router's scores far apart (x 32): fp16 rounding anywhere before it (attention
+            # on the engine) must not flip a token's top-2 experts, or the comparison with the
+            # CPU would measure routing luck, not arithmetic
+            router = rng.standard_normal((a.experts, a.dim)) * 32 / np.sqrt(a.dim)
+            w.add_tensor(p + "ffn_gate_inp.weight", router.astype(np.float32))
+            for name, rows, cols in (("gate", a.ffn, a.dim), ("up", a.ffn, a.dim), ("down", a.dim, a.ffn)):
+                m = rng.standard_normal((a.experts, rows, cols)) / np.sqrt(cols)
+                w.add_tensor(p + f"ffn_{name}_exps.weight", m.astype(np.float16))
+            continue
         matrix(p + "ffn_gate.weight", a.ffn, a.dim)
         matrix(p + "ffn_up.weight", a.ffn, a.dim)
         matrix(p + "ffn_down.weight", a.dim, a.ffn)
