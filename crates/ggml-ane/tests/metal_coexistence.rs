@@ -284,6 +284,61 @@ fn attention_metal_refuses_leaves_our_results_right() {
     assert!(err <= 1e-5, "NMSE {err:e}\n{}", tail(&log));
 }
 
+/// A mixture of experts beside Metal (issue #22): the prompt's expert matmuls (MUL_MAT_ID of
+/// 100 tokens) come to the ANE, the router and the decode step stay on the stand-in Metal, and
+/// the logits are the CPU's.
+#[test]
+fn a_mixture_of_experts_prefills_its_experts_on_the_ane_beside_metal() {
+    let dir = support::scratch_dir("metal-moe");
+    let Some((exe, standin, _)) = tools(&dir, "metal-moe") else {
+        return;
+    };
+    let model = dir.join("tiny-moe.gguf");
+    support::write_tiny_model(
+        &model,
+        "f16",
+        &["--experts", "8", "--experts-used", "2", "--ffn", "512"],
+    );
+    let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
+    let cdylib = support::cdylib();
+    let cache = dir.join("cache");
+    let (log, logits) = run(
+        &exe,
+        &model,
+        &dir.join("metal.f32"),
+        &[
+            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
+            ("LOGITS_DEVICES", "ANE,MTL0"),
+            ("LOGITS_TENSOR_SPLIT", "0,1"),
+            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
+            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
+            ("GGML_ANE_STATS", "2"),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let experts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ffn_moe_"))
+        .collect();
+    let err = nmse(&cpu, &logits);
+    eprintln!("tiny MoE beside MTL0: NMSE vs the CPU {err:.1e}; {experts:?}");
+    // up, gate and down of 4 layers, the prompt only (decode's one token stays on MTL0)
+    let prompt: Vec<&&str> = experts
+        .iter()
+        .filter(|l| l.contains(&format!("x{PROMPT}x2")) && l.contains("engine (8 of 8 experts)"))
+        .collect();
+    assert_eq!(prompt.len(), 3, "{}", tail(&log));
+    assert!(
+        experts.iter().all(|l| !l.contains("x1x2")),
+        "a decode step came to the ANE: {experts:?}"
+    );
+    assert!(
+        !experts.iter().any(|l| l.contains("ffn_moe_logits")),
+        "{experts:?}"
+    );
+    assert!(err <= 1e-5, "NMSE {err:e}\n{}", tail(&log));
+}
+
 /// ANE and GPU at once (issue #14): llama.cpp's `-sm tensor` shards every layer across the
 /// stand-in Metal and ANE-FULL (`-dev MTL0,ANE-FULL -ts 0.7,0.3 -fa on`, Metal first so its
 /// queue runs while the ANE works); the logits equal a CPU-only run.

@@ -57,6 +57,10 @@ pub(crate) fn engine_mul_mat_id(rt: &Runtime, n: &NodeDesc) -> bool {
     supports_mul_mat_id(n) && tokens(n) as usize >= rt.config.min_tokens
 }
 
+/// Tokens an expert's batch needs for the engine (fewer: the CPU): a quarter of the smallest
+/// token bucket (32), so padding at most quadruples the work of a dispatch.
+const MIN_EXPERT_TOKENS: usize = 8;
+
 /// One expert's weights: batch `expert` of the stacked matrices.
 struct Expert<'a> {
     w: &'a TensorRows<'a>,
@@ -119,7 +123,8 @@ impl MatrixSink for Scattered<'_> {
 }
 
 /// Node `i` of `split`, a MUL_MAT_ID: expert by expert, on the engine where a batch is large
-/// enough (`GGML_ANE_MIN_TOKENS` tokens and [`MIN_ENGINE_OUTPUTS`] results), else on the CPU
+/// enough ([`MIN_EXPERT_TOKENS`] tokens, or `GGML_ANE_MIN_TOKENS` if lower, and
+/// [`MIN_ENGINE_OUTPUTS`] results), else on the CPU
 /// with the reason counted. `Ok(false)` when no expert's batch is (decode-like routing: one or
 /// two tokens per expert) — then, as when the node cannot be read (`Err`), the caller hands it
 /// to ggml's CPU backend whole, whose quantised dot products serve thin experts best.
@@ -156,7 +161,10 @@ pub(crate) fn run(
             routed[x].push((t, e));
         }
     }
-    let worthy = |tokens: usize| tokens >= rt.config.min_tokens && tokens * m >= MIN_ENGINE_OUTPUTS;
+    // an expert's batch is worth a dispatch from a quarter of the smallest bucket (the node
+    // itself passed GGML_ANE_MIN_TOKENS: it is a prompt, not a decode step)
+    let min_batch = rt.config.min_tokens.min(MIN_EXPERT_TOKENS);
+    let worthy = |tokens: usize| tokens >= min_batch && tokens * m >= MIN_ENGINE_OUTPUTS;
     if !routed.iter().any(|p| worthy(p.len())) {
         return Ok(false);
     }
@@ -192,7 +200,7 @@ pub(crate) fn run(
         };
         let result = if !worthy(pairs.len()) {
             Err(FallbackReason::Unsupported(format!(
-                "{} tokens for expert {x}: fewer than GGML_ANE_MIN_TOKENS or {MIN_ENGINE_OUTPUTS} outputs",
+                "{} tokens for expert {x}: fewer than {min_batch} or {MIN_ENGINE_OUTPUTS} outputs",
                 pairs.len()
             )))
         } else {
