@@ -200,6 +200,7 @@ pub(super) fn run_plan(
             output_err: 0.0,
             acts_sum_sq: 0.0,
             result_sum_sq: 0.0,
+            staged_acts: None,
             scratch,
             stats,
         };
@@ -225,6 +226,9 @@ pub(super) fn run_plan(
                 ran
             }
         };
+        if let Some((_, s)) = run.staged_acts.take() {
+            run.scratch.give_back(s);
+        }
         ran?;
         // a failed check leaves the sink's rows written: the caller computes them again
         guard.check(
@@ -241,6 +245,12 @@ pub(super) fn run_plan(
     Ok(plan.kind)
 }
 
+/// Staged activations and what they hold: `(k0, bk, n0, bn, layout)`.
+type ActsSurface = (
+    (usize, usize, usize, usize, crate::layout::TensorLayout),
+    Surface,
+);
+
 /// One batch in progress: where it reads and writes, and what the precision check needs.
 struct BatchRun<'a, 'j> {
     cache: &'a KernelCache,
@@ -255,6 +265,9 @@ struct BatchRun<'a, 'j> {
     acts_sum_sq: f64,
     /// The result's sum of squares, gathered while writing back each M tile's last K tile.
     result_sum_sq: f64,
+    /// The last activations staged alone in an input, with what they hold (K tile, token
+    /// chunk, layout): the next M tile's identical input reuses them.
+    staged_acts: Option<ActsSurface>,
     scratch: &'a mut Scratch,
     stats: &'a Stats,
 }
@@ -365,25 +378,37 @@ impl BatchRun<'_, '_> {
         // single-input form weight row j in column bucket + j (kept from an earlier call when
         // possible); the bucket the kernel was compiled for is its output's width
         let bucket = procedure.outputs[0].dims[3];
-        let (mut acts, key) = if source == WeightSource::BesideActivations {
-            self.weight_surface(t, &procedure.inputs[0], bucket)
-        } else {
-            (self.scratch.surface(&procedure.inputs[0]), None)
+        // activations alone in the input (baked, two-input): staged once per K tile and chunk,
+        // then kept for the other M tiles, whose input is the same
+        let acts_key = (t.k0, t.bk, c.n0, c.bn, procedure.inputs[0].clone());
+        let kept = match source {
+            WeightSource::BesideActivations => None,
+            _ => self.staged_acts.take().filter(|(key, _)| *key == acts_key),
         };
-        // the activations' sum of squares once per batch: on the first M tile
-        let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
-        stage_columns(
-            &mut acts,
-            self.job.acts,
-            self.batch,
-            rows,
-            cols,
-            k,
-            0,
-            sum_sq,
-        );
-        zero_columns(&mut acts, t.bk, (c.bn, bucket));
-        self.stats.add_act_bytes(2 * c.bn * t.bk);
+        let (acts, key) = if let Some((_, s)) = kept {
+            (s, None)
+        } else {
+            let (mut acts, key) = if source == WeightSource::BesideActivations {
+                self.weight_surface(t, &procedure.inputs[0], bucket)
+            } else {
+                (self.scratch.surface(&procedure.inputs[0]), None)
+            };
+            // the activations' sum of squares once per batch: on the first M tile
+            let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
+            stage_columns(
+                &mut acts,
+                self.job.acts,
+                self.batch,
+                rows,
+                cols,
+                k,
+                0,
+                sum_sq,
+            );
+            zero_columns(&mut acts, t.bk, (c.bn, bucket));
+            self.stats.add_act_bytes(2 * c.bn * t.bk);
+            (acts, key)
+        };
         let mut y = self.scratch.surface(&procedure.outputs[0]);
         self.stats.add_staging(clock.elapsed());
 
@@ -406,8 +431,8 @@ impl BatchRun<'_, '_> {
         self.stats.add_writeback(clock.elapsed());
         if source == WeightSource::BesideActivations {
             self.put_back(acts, key);
-        } else {
-            self.scratch.give_back(acts);
+        } else if let Some((_, old)) = self.staged_acts.replace((acts_key, acts)) {
+            self.scratch.give_back(old);
         }
         self.scratch.give_back(y);
         evaluated.map_err(|e| match e {
