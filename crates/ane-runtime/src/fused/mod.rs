@@ -476,37 +476,30 @@ fn check_precision(
             precision::MAX_PREDICTED_NMSE
         ))
     };
+    // an FFN's down projection, from the hidden values' sum of squares and the roundings
+    // they went through
+    let down_projection = |down: &dyn MatrixSource, hidden: usize, ops: u32, what: &str| {
+        let weights = column_sums(0, down, c, hidden);
+        match precision::projection_too_imprecise(
+            &weights,
+            evaluated.hidden.sum_sq,
+            job.tokens,
+            ops,
+            &values[0],
+        ) {
+            Some(nmse) => Err(refuse(format!("{what} down projection"), nmse)),
+            None => Ok(()),
+        }
+    };
     match &job.block {
         Block::Ffn { hidden, down, .. } => {
-            let weights = column_sums(0, *down, c, *hidden);
-            let hidden_ops = 2 * (norm_ops + 2) + 3;
-            match precision::projection_too_imprecise(
-                &weights,
-                evaluated.hidden.sum_sq,
-                job.tokens,
-                hidden_ops,
-                &values[0],
-            ) {
-                Some(nmse) => Err(refuse("fused FFN down projection".into(), nmse)),
-                None => Ok(()),
-            }
+            down_projection(*down, *hidden, 2 * (norm_ops + 2) + 3, "fused FFN")
         }
         Block::GeluFfn { hidden, down, .. } => {
             gelu_in_range(evaluated.hidden)?;
-            let weights = column_sums(0, *down, c, *hidden);
             // the hidden values went through the norm, W1's conv and the bias add, then the
             // GELU chain's nine ops
-            let hidden_ops = norm_ops + 2 + 9;
-            match precision::projection_too_imprecise(
-                &weights,
-                evaluated.hidden.sum_sq,
-                job.tokens,
-                hidden_ops,
-                &values[0],
-            ) {
-                Some(nmse) => Err(refuse("fused GELU FFN down projection".into(), nmse)),
-                None => Ok(()),
-            }
+            down_projection(*down, *hidden, norm_ops + 2 + 9, "fused GELU FFN")
         }
         Block::Projections(mats) => {
             // Σ over the block's input of its normed values squared, as the matmuls read it (the

@@ -169,19 +169,7 @@ impl Pattern for FfnPattern {
         if d.kind != OpKind::MulMat || !d.engine || d.src(1) != g.id {
             return None;
         }
-        let &[add] = graph.consumers(down) else {
-            return None;
-        };
-        let ad = &nodes[add];
-        // the other operand is the residual (ready before the chain: the walker checks)
-        let residual = if ad.src(0) == d.id {
-            ad.src(1)
-        } else {
-            ad.src(0)
-        };
-        if ad.kind != OpKind::Add || !ad.srcs.contains(&d.id) || residual == 0 || residual == d.id {
-            return None;
-        }
+        let add = residual_add(graph, down)?;
         Some(Chain {
             kind: self.kind(),
             norm: head.norm,
@@ -199,6 +187,22 @@ impl Pattern for FfnPattern {
             write_back: Vec::new(),
         })
     }
+}
+
+/// The ADD of node `i` and the residual, when it is `i`'s only reader (the residual, its other
+/// operand, must be ready before the chain: the walker checks).
+fn residual_add(g: &Graph<'_>, i: usize) -> Option<usize> {
+    let &[a] = g.consumers(i) else {
+        return None;
+    };
+    let (add, id) = (&g.nodes[a], g.nodes[i].id);
+    let residual = if add.src(0) == id {
+        add.src(1)
+    } else {
+        add.src(0)
+    };
+    (add.kind == OpKind::Add && add.srcs.contains(&id) && residual != 0 && residual != id)
+        .then_some(a)
 }
 
 /// The ADD reading node `i` and a tensor no node of the graph computes (a bias), when it is
@@ -259,18 +263,7 @@ impl Pattern for GeluFfnPattern {
             return None;
         }
         let down_bias = bias_add(graph, down)?;
-        let &[add] = graph.consumers(down_bias) else {
-            return None;
-        };
-        let (ad, db) = (&nodes[add], nodes[down_bias].id);
-        let residual = if ad.src(0) == db {
-            ad.src(1)
-        } else {
-            ad.src(0)
-        };
-        if ad.kind != OpKind::Add || !ad.srcs.contains(&db) || residual == 0 || residual == db {
-            return None;
-        }
+        let add = residual_add(graph, down_bias)?;
         Some(Chain {
             kind: self.kind(),
             norm: head.norm,
