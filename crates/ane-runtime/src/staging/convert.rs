@@ -256,8 +256,7 @@ const BACK_FEATURES: usize = 64;
 /// value is not finite.
 ///
 /// Cache-blocked: a block of tokens by features is converted row by row (SIMD) into a tile,
-/// then written out token by token; threads take disjoint token blocks, past
-/// [`PARALLEL_MIN_VALUES`].
+/// then written out token by token; threads take disjoint token blocks, past 65536 values.
 pub fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
