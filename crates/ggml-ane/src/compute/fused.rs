@@ -87,6 +87,24 @@ pub(crate) fn run(
     }
     let mut norm_weight = vec![0f32; c as usize];
     w_rows.read_row(0, 0, 0, &mut norm_weight);
+    // a bias's ADD (`add`, reading member `of`): its other operand, a contiguous F32 vector of
+    // `n`, read (a LayerNorm's, a matmul's)
+    let bias_of = |add: usize, of: &TensorDesc, n: i64| -> Result<Vec<f32>, FallbackReason> {
+        let a = d(add)?;
+        let r = rows(add, other_operand(a, of)?)?;
+        let bd = *r.desc();
+        if bd.ty != ggml_type::F32
+            || bd.ne != [n, 1, 1, 1]
+            || bd.nb[0] != 4
+            || !bd.readable
+            || !is_activation(&a.node, n, tokens)
+        {
+            return Err(declined("bias shapes or types"));
+        }
+        let mut v = vec![0f32; n as usize];
+        r.read_row(0, 0, 0, &mut v);
+        Ok(v)
+    };
     // a LayerNorm's bias: the ADD's other operand, a contiguous F32 vector, the ADD then the
     // normed input the matmuls read; without one (Command-R's) zeros, the scale the input
     if chain.layer && eps.is_none() {
@@ -94,22 +112,7 @@ pub(crate) fn run(
     }
     let (input, ln_bias) = match chain.bias {
         None if chain.layer => (scale.node, Some(vec![0f32; c as usize])),
-        Some(b) => {
-            let add = d(b)?;
-            let bias_rows = rows(b, other_operand(add, &scale.node)?)?;
-            let bd = *bias_rows.desc();
-            if bd.ty != ggml_type::F32
-                || bd.ne != [c, 1, 1, 1]
-                || bd.nb[0] != 4
-                || !bd.readable
-                || !is_activation(&add.node, c, tokens)
-            {
-                return Err(declined("LayerNorm bias shapes or types"));
-            }
-            let mut bias = vec![0f32; c as usize];
-            bias_rows.read_row(0, 0, 0, &mut bias);
-            (add.node, Some(bias))
-        }
+        Some(b) => (d(b)?.node, Some(bias_of(b, &scale.node, c)?)),
         None => (scale.node, None),
     };
 
@@ -138,24 +141,6 @@ pub(crate) fn run(
         rows(i, 0)
     };
 
-    // a matmul bias's ADD (`add`, reading member `of`): its other operand, a contiguous F32
-    // vector of `n`, read
-    let bias_of = |add: usize, of: &TensorDesc, n: i64| -> Result<Vec<f32>, FallbackReason> {
-        let a = d(add)?;
-        let r = rows(add, other_operand(a, of)?)?;
-        let bd = *r.desc();
-        if bd.ty != ggml_type::F32
-            || bd.ne != [n, 1, 1, 1]
-            || bd.nb[0] != 4
-            || !bd.readable
-            || !is_activation(&a.node, n, tokens)
-        {
-            return Err(declined("bias shapes or types"));
-        }
-        let mut v = vec![0f32; n as usize];
-        r.read_row(0, 0, 0, &mut v);
-        Ok(v)
-    };
     // a GELU FFN's up and down biases
     let mut biases: Option<(Vec<f32>, Vec<f32>)> = None;
     // the matrices (FFN: gate, up, down; GELU FFN: up, down; projections: each), and the
