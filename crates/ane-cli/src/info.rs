@@ -36,19 +36,16 @@ pub(crate) struct RoutingArgs {
 impl RoutingArgs {
     /// The chip's row (or why there is none) and the backend's decision, as two lines.
     pub(crate) fn lines(&self) -> (String, String) {
-        let (chip, row) = match chips::identify(self.chip.as_deref()) {
-            Ok(Some(c)) => (Some(c), c.to_string()),
-            Ok(None) => (
-                None,
-                format!(
-                    "not an Apple chip ({} {})",
-                    std::env::consts::OS,
-                    std::env::consts::ARCH
-                ),
+        let row = match chips::identify(self.chip.as_deref()) {
+            Ok(Some(c)) => c.to_string(),
+            Ok(None) => format!(
+                "not an Apple chip ({} {})",
+                std::env::consts::OS,
+                std::env::consts::ARCH
             ),
-            Err(e) => (None, e),
+            Err(e) => e,
         };
-        let r = chips::route(self.mode, chip);
+        let r = chips::route_here(self.mode, self.chip.as_deref());
         let verdict = if r.take {
             "taking work"
         } else {

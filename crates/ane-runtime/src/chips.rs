@@ -340,6 +340,19 @@ pub fn route(mode: Mode, chip: Option<&Chip>) -> Route {
     }
 }
 
+/// [`route`] for the chip [`identify`] finds (`named`, else this Mac's): a Mac the table has no
+/// row for is decided as if unidentified, and the reason says so.
+pub fn route_here(mode: Mode, named: Option<&str>) -> Route {
+    match identify(named) {
+        Ok(chip) => route(mode, chip),
+        Err(unknown) => {
+            let mut r = route(mode, None);
+            r.reason = format!("{unknown}; {}", r.reason);
+            r
+        }
+    }
+}
+
 impl fmt::Display for Chip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tf = |v: Option<f32>| v.map_or("?".to_string(), |v| format!("{v}"));

@@ -19,15 +19,7 @@ pub(crate) fn route() -> &'static Route {
         let (mode, named) = settings::get()
             .as_ref()
             .map_or((Mode::Auto, None), |c| (c.mode, c.chip.clone()));
-        match chips::identify(named.as_deref()) {
-            Ok(chip) => chips::route(mode, chip),
-            // a Mac the table has no row for: decided as if unidentified, and said
-            Err(unknown) => {
-                let mut r = chips::route(mode, None);
-                r.reason = format!("{unknown}; {}", r.reason);
-                r
-            }
-        }
+        chips::route_here(mode, named.as_deref())
     });
     if !SAID.swap(true, Ordering::Relaxed) {
         let (level, what) = if r.take {

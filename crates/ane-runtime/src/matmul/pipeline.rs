@@ -204,40 +204,43 @@ pub(super) fn run_plan(
             scratch,
             stats,
         };
-        // results straight into the sink's rows where it has them, else into a buffer that
-        // is stored once the check passes; either way the first K tile of every M tile
-        // assigns its outputs, later ones add (no fill)
-        let mut ran = None;
-        let direct = job.dst.with_rows_mut(b2, b3, &mut |rows, stride| {
-            ran = Some(run.tiles(plan, rows, stride));
+        // results straight into the sink's rows where it lends them (a failed check then
+        // leaves them written: the caller computes them again), else into a buffer stored
+        // once the check passes; either way the first K tile of every M tile assigns its
+        // outputs, later ones add (no fill)
+        let mut direct = None;
+        job.dst.with_rows_mut(b2, b3, &mut |rows, stride| {
+            direct = Some(run.tiles(plan, rows, stride));
         });
-        let ran = match ran {
-            Some(ran) if direct => ran,
-            _ => {
+        let (ran, buffer) = match direct {
+            Some(ran) => (ran, None),
+            None => {
                 let mut out = std::mem::take(&mut run.scratch.out);
                 grow(&mut out, n * m);
-                let ran = run.tiles(plan, &mut out[..n * m], m);
-                if ran.is_ok() {
-                    let clock = Instant::now();
-                    store(job.dst, b2, b3, m, &out[..n * m]);
-                    stats.add_writeback(clock.elapsed());
-                }
-                run.scratch.out = out;
-                ran
+                (run.tiles(plan, &mut out[..n * m], m), Some(out))
             }
         };
         if let Some((_, s)) = run.staged_acts.take() {
             run.scratch.give_back(s);
         }
-        ran?;
-        // a failed check leaves the sink's rows written: the caller computes them again
-        guard.check(
-            job,
-            (b2, b3),
-            run.result_sum_sq,
-            run.output_err,
-            run.acts_sum_sq,
-        )?;
+        let checked = ran.and_then(|()| {
+            guard.check(
+                job,
+                (b2, b3),
+                run.result_sum_sq,
+                run.output_err,
+                run.acts_sum_sq,
+            )
+        });
+        if let Some(out) = buffer {
+            if checked.is_ok() {
+                let clock = Instant::now();
+                store(job.dst, b2, b3, m, &out[..n * m]);
+                stats.add_writeback(clock.elapsed());
+            }
+            run.scratch.out = out;
+        }
+        checked?;
     }
     if plan.kind == KernelKind::Baked {
         stats.add_baked_node();
@@ -380,11 +383,11 @@ impl BatchRun<'_, '_> {
         let bucket = procedure.outputs[0].dims[3];
         // activations alone in the input (baked, two-input): staged once per K tile and chunk,
         // then kept for the other M tiles, whose input is the same
-        let acts_key = (t.k0, t.bk, c.n0, c.bn, procedure.inputs[0].clone());
-        let kept = match source {
-            WeightSource::BesideActivations => None,
-            _ => self.staged_acts.take().filter(|(key, _)| *key == acts_key),
-        };
+        let acts_key = (source != WeightSource::BesideActivations)
+            .then(|| (t.k0, t.bk, c.n0, c.bn, procedure.inputs[0].clone()));
+        let kept = self
+            .staged_acts
+            .take_if(|(key, _)| Some(&*key) == acts_key.as_ref());
         let (acts, key) = if let Some((_, s)) = kept {
             (s, None)
         } else {
@@ -429,10 +432,13 @@ impl BatchRun<'_, '_> {
             Err(_) => Some(WrittenSums::default()),
         };
         self.stats.add_writeback(clock.elapsed());
-        if source == WeightSource::BesideActivations {
-            self.put_back(acts, key);
-        } else if let Some((_, old)) = self.staged_acts.replace((acts_key, acts)) {
-            self.scratch.give_back(old);
+        match acts_key {
+            None => self.put_back(acts, key),
+            Some(k) => {
+                if let Some((_, old)) = self.staged_acts.replace((k, acts)) {
+                    self.scratch.give_back(old);
+                }
+            }
         }
         self.scratch.give_back(y);
         evaluated.map_err(|e| match e {

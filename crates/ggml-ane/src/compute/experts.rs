@@ -15,29 +15,22 @@ use ane_runtime::matmul::{
 };
 
 use super::context::BackendContext;
-use super::matmul::{may_bake, src0_readable};
+use super::matmul::{may_bake, operands_readable};
 use crate::abi::{ggml_type, NodeDesc, Split, TensorRows, TensorRowsMut};
 use crate::runtime::Runtime;
 use crate::stats::placement::Placement;
 
-/// A MUL_MAT_ID the engine path can read and write: F32 result, activations F32/F16/BF16,
-/// expert weights of any type ggml converts to f32, I32 ids with packed rows, the shapes
-/// `ggml_mul_mat_id` makes.
+/// A MUL_MAT_ID the engine path can read and write (`matmul::operands_readable`), I32 ids
+/// with packed rows, the shapes `ggml_mul_mat_id` makes.
 pub(crate) fn supports_mul_mat_id(n: &NodeDesc) -> bool {
     let (Some(w), Some(b), Some(ids)) = (n.src[0], n.src[1], n.src[2]) else {
         return false;
     };
     let d = &n.node;
-    d.ty == ggml_type::F32
-        && d.readable
-        && w.readable
-        && b.readable
+    operands_readable(d, &w, &b)
         && ids.readable
-        && matches!(b.ty, ggml_type::F32 | ggml_type::F16 | ggml_type::BF16)
-        && src0_readable(&w)
         && ids.ty == ggml_type::I32
         && ids.nb[0] == 4
-        && w.ne[0] == b.ne[0]
         && w.ne[2] > 0
         && w.ne[3] == 1
         && b.ne[3] == 1

@@ -141,11 +141,24 @@ pub(crate) fn run(
         rows(i, 0)
     };
 
-    // a GELU FFN's up and down biases
-    let mut biases: Option<(Vec<f32>, Vec<f32>)> = None;
-    // the matrices (FFN: gate, up, down; GELU FFN: up, down; projections: each), and the
-    // FFN's residual
-    let (mats, residual) = match chain.kind {
+    // an FFN's tail: the down projection (`h` inputs, reading `hidden`) and the residual,
+    // the other operand of `add`, whose first operand is node `before`
+    let down_and_residual =
+        |down: usize, h: i64, hidden: &TensorDesc, add: usize, before: usize| {
+            let down_w = matmul(down, h, hidden)?;
+            let add_d = d(add)?;
+            let residual = rows(add, other_operand(add_d, &d(before)?.node)?)?;
+            if down_w.desc().ne[1] != c
+                || !is_activation(&add_d.node, c, tokens)
+                || !is_activation(residual.desc(), c, tokens)
+            {
+                return Err(declined("down projection or residual shapes"));
+            }
+            Ok((down_w, residual))
+        };
+    // the matrices (FFN: gate, up, down; GELU FFN: up, down; projections: each), the FFN's
+    // residual, and a GELU FFN's up and down biases
+    let (mats, residual, biases) = match chain.kind {
         ChainKind::Ffn => {
             let (Some(glu), Some(down), Some(add)) = (chain.glu, chain.down, chain.add) else {
                 return Err(FallbackReason::Internal(
@@ -164,17 +177,8 @@ pub(crate) fn run(
             if up.desc().ne[1] != h || g.op_params[1] != 0 || !is_activation(&g.node, h, tokens) {
                 return Err(declined("SWIGLU shapes or swapped"));
             }
-            let down_w = matmul(down, h, &g.node)?;
-            let add_d = d(add)?;
-            // the ADD's other operand is the residual
-            let residual = rows(add, other_operand(add_d, &d(down)?.node)?)?;
-            if down_w.desc().ne[1] != c
-                || !is_activation(&add_d.node, c, tokens)
-                || !is_activation(residual.desc(), c, tokens)
-            {
-                return Err(declined("down projection or residual shapes"));
-            }
-            (vec![gate, up, down_w], Some(residual))
+            let (down_w, residual) = down_and_residual(down, h, &g.node, add, down)?;
+            (vec![gate, up, down_w], Some(residual), None)
         }
         ChainKind::GeluFfn => {
             let (Some(gelu), Some(down), Some(add), [up_i], [up_add, down_add]) = (
@@ -197,28 +201,19 @@ pub(crate) fn run(
             {
                 return Err(declined("GELU shapes"));
             }
-            let down_w = matmul(down, h, &g.node)?;
+            let (down_w, residual) = down_and_residual(down, h, &g.node, add, *down_add)?;
             let down_bias = bias_of(*down_add, &d(down)?.node, c)?;
-            let add_d = d(add)?;
-            let residual = rows(add, other_operand(add_d, &d(*down_add)?.node)?)?;
-            if down_w.desc().ne[1] != c
-                || !is_activation(&add_d.node, c, tokens)
-                || !is_activation(residual.desc(), c, tokens)
-            {
-                return Err(declined("down projection or residual shapes"));
-            }
             for v in up_bias.iter().chain(&down_bias) {
                 v.to_bits().hash(&mut id_fp);
             }
-            biases = Some((up_bias, down_bias));
-            (vec![up, down_w], Some(residual))
+            (vec![up, down_w], Some(residual), Some((up_bias, down_bias)))
         }
         ChainKind::Qkv => {
             let mut mats = Vec::new();
             for &i in &chain.matmuls {
                 mats.push(matmul(i, c, &input)?);
             }
-            (mats, None)
+            (mats, None, None)
         }
     };
     // weights identified only when every matrix is contiguous model weights
@@ -232,32 +227,32 @@ pub(crate) fn run(
             None => identified = false,
         }
     }
-    let block = match (&residual, &mats[..]) {
-        (Some(residual), [up, down]) => {
-            let Some((up_bias, down_bias)) = &biases else {
-                return Err(FallbackReason::Internal("a GELU FFN without biases".into()));
-            };
-            Block::GeluFfn {
-                hidden: up.desc().ne[1] as usize,
-                up,
-                up_bias,
-                down,
-                down_bias,
-                residual,
-            }
-        }
-        (Some(residual), [gate, up, down]) => Block::Ffn {
+    let block = match (&residual, &mats[..], &biases) {
+        (Some(residual), [up, down], Some((up_bias, down_bias))) => Block::GeluFfn {
+            hidden: up.desc().ne[1] as usize,
+            up,
+            up_bias,
+            down,
+            down_bias,
+            residual,
+        },
+        (Some(residual), [gate, up, down], None) => Block::Ffn {
             hidden: gate.desc().ne[1] as usize,
             gate,
             up,
             down,
             residual,
         },
-        _ => Block::Projections(
+        (None, _, None) => Block::Projections(
             mats.iter()
                 .map(|r| (r as &dyn MatrixSource, r.desc().ne[1] as usize))
                 .collect(),
         ),
+        _ => {
+            return Err(FallbackReason::Internal(
+                "a fused chain misassembled".into(),
+            ))
+        }
     };
     let job = FusedJob {
         channels: c as usize,

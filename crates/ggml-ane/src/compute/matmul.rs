@@ -14,7 +14,7 @@ use crate::stats::placement::Placement;
 
 /// Reads rows of src0 as f32: F32/F16/BF16 at any element stride, other types through
 /// ggml's `to_float` on contiguous whole-block rows.
-pub(crate) fn src0_readable(t: &TensorDesc) -> bool {
+fn src0_readable(t: &TensorDesc) -> bool {
     match t.ty {
         ggml_type::F32 | ggml_type::F16 | ggml_type::BF16 => true,
         _ => t.has_to_float && t.blck_size > 0 && t.contiguous_rows() && t.ne[0] % t.blck_size == 0,
@@ -29,8 +29,21 @@ pub(crate) fn is_router(n: &NodeDesc) -> bool {
     n.src0_name().contains("ffn_gate_inp") || n.name().starts_with("ffn_moe_logits")
 }
 
-/// A MUL_MAT the engine path can read and write: F32 result, src1 F32/F16/BF16, src0 of any
-/// type ggml converts to f32, batched and broadcast; not a mixture-of-experts router.
+/// What MUL_MAT and MUL_MAT_ID need of their result `d`, weights `w` and activations `a`: an
+/// F32 result, activations F32/F16/BF16, weights of any type ggml converts to f32, all
+/// readable, K equal.
+pub(crate) fn operands_readable(d: &TensorDesc, w: &TensorDesc, a: &TensorDesc) -> bool {
+    d.ty == ggml_type::F32
+        && d.readable
+        && w.readable
+        && a.readable
+        && matches!(a.ty, ggml_type::F32 | ggml_type::F16 | ggml_type::BF16)
+        && src0_readable(w)
+        && w.ne[0] == a.ne[0]
+}
+
+/// A MUL_MAT the engine path can read and write ([`operands_readable`]), batched and
+/// broadcast; not a mixture-of-experts router.
 pub(crate) fn supports_mul_mat(n: &NodeDesc) -> bool {
     let (Some(s0), Some(s1)) = (n.src[0], n.src[1]) else {
         return false;
@@ -39,13 +52,7 @@ pub(crate) fn supports_mul_mat(n: &NodeDesc) -> bool {
         return false;
     }
     let d = &n.node;
-    d.ty == ggml_type::F32
-        && s0.readable
-        && s1.readable
-        && d.readable
-        && matches!(s1.ty, ggml_type::F32 | ggml_type::F16 | ggml_type::BF16)
-        && src0_readable(&s0)
-        && s0.ne[0] == s1.ne[0]
+    operands_readable(d, &s0, &s1)
         && d.ne == [s0.ne[1], s1.ne[1], s1.ne[2], s1.ne[3]]
         && s0.ne[2] > 0
         && s0.ne[3] > 0
