@@ -225,7 +225,7 @@ pub(crate) fn plan_fused(
         programs: Vec::new(),
     };
     let mut plan = FusedPlan::default();
-    let qkv = [(d, d), (d, d), (d, d)];
+    let qkv = [(model.q_dim, d), (model.kv_dim, d), (model.kv_dim, d)];
     let ffn = [(f, d), (f, d), (d, f)];
     for &n in lengths {
         let (mut most, mut most_unfused) = (0, 0);
@@ -255,7 +255,7 @@ pub(crate) fn plan_fused(
                     }
                 }
             }
-            dispatches += r.matmul(w + 3, d, d, n);
+            dispatches += r.matmul(w + 3, d, model.q_dim, n);
             most = most.max(dispatches);
             let single = |m: usize, k: usize| {
                 let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
@@ -266,7 +266,7 @@ pub(crate) fn plan_fused(
                     .chain(&ffn)
                     .map(|&(m, k)| single(m, k))
                     .sum::<usize>()
-                    + single(d, d),
+                    + single(d, model.q_dim),
             );
         }
         r.matmul(model.layers * 7, model.vocab, d, n);
@@ -331,13 +331,7 @@ mod tests {
     #[test]
     fn a_small_model_bakes_while_auto_leaves_room_and_streams_the_rest() {
         // qwen2-0.5B-shaped: dim 896, ffn 4864, 24 layers
-        let model = ModelDims {
-            name: "small".into(),
-            dim: 896,
-            ffn: 4864,
-            layers: 24,
-            vocab: 151_936,
-        };
+        let model = ModelDims::dense("small", 896, 4864, 24, 151_936);
         let p = plan_fused(&model, &LENGTHS, Some(100), Some(48), 16384);
         assert!(p.fused_blocks > 0 && p.no_room > 0, "{p:?}");
         assert_eq!(p.too_large, 0);

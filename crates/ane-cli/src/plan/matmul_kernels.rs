@@ -8,51 +8,169 @@ use std::collections::BTreeSet;
 
 use ane_runtime::disk_cache::{compile_cached, DiskCache};
 use ane_runtime::kernels::policy::{should_bake, KernelPolicy, LoadedRoom};
-use ane_runtime::matmul::{baked_tiles, input_width, kernel_shapes, matmul_program, BakedTile};
+use ane_runtime::matmul::{
+    baked_tiles, input_width, kernel_shapes, matmul_program, streamed_tile_sizes, token_chunks,
+    BakedTile,
+};
 use std::path::Path;
 
 use ane_mil::print_program;
 use ane_runtime::{Engine, Limits, SurfaceDType, TensorLayout};
 use anyhow::Context;
 
-/// The matmul shapes of a llama-architecture model.
+/// The matmul shapes of a llama-architecture model, dense or mixture-of-experts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ModelDims {
     /// Name for reports.
     pub(crate) name: String,
     /// Hidden size.
     pub(crate) dim: usize,
-    /// Feed-forward size.
+    /// Feed-forward size (a dense FFN's; an MoE's shared expert's, 0 without one).
     pub(crate) ffn: usize,
     /// Transformer layers.
     pub(crate) layers: usize,
     /// Vocabulary (the output head).
     pub(crate) vocab: usize,
+    /// Query projection outputs (heads × head size; `dim` without grouped heads).
+    pub(crate) q_dim: usize,
+    /// Key and value projection outputs each (KV heads × head size).
+    pub(crate) kv_dim: usize,
+    /// The routed experts of an MoE FFN.
+    pub(crate) experts: Option<ExpertDims>,
+}
+
+/// An MoE layer's routed experts: `count` FFNs of `ffn` hidden features, `used` per token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExpertDims {
+    /// Experts per layer.
+    pub(crate) count: usize,
+    /// Experts each token is routed to.
+    pub(crate) used: usize,
+    /// Hidden features of one expert.
+    pub(crate) ffn: usize,
+}
+
+/// Tokens an expert's batch needs to go to the engine, as ggml-ane's MUL_MAT_ID does
+/// (`compute/experts.rs`: a quarter of the smallest bucket); thinner experts run on the CPU.
+pub(crate) const MIN_EXPERT_TOKENS: usize = 8;
+
+/// One weight matrix of a layer (or the head): `m` outputs by `k` inputs; `per_expert` when
+/// the layer holds one such matrix per routed expert (a MUL_MAT_ID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Weight {
+    /// Output features.
+    pub(crate) m: usize,
+    /// Input features.
+    pub(crate) k: usize,
+    /// One per routed expert.
+    pub(crate) per_expert: bool,
 }
 
 impl ModelDims {
-    /// Llama-2-7B: dim 4096, ffn 11008, 32 layers, vocab 32000.
-    pub(crate) fn llama_7b() -> Self {
+    /// A dense llama-architecture model without grouped heads.
+    pub(crate) fn dense(name: &str, dim: usize, ffn: usize, layers: usize, vocab: usize) -> Self {
         ModelDims {
-            name: "llama-7b".into(),
-            dim: 4096,
-            ffn: 11008,
-            layers: 32,
-            vocab: 32000,
+            name: name.into(),
+            dim,
+            ffn,
+            layers,
+            vocab,
+            q_dim: dim,
+            kv_dim: dim,
+            experts: None,
         }
     }
 
-    /// Every weight matrix as `(m, k)` = (output features, input features), in graph order:
-    /// per layer q, k, v, o, gate, up, down; then the output head.
-    pub(crate) fn weights(&self) -> Vec<(usize, usize)> {
-        let (d, f) = (self.dim, self.ffn);
-        let mut w = Vec::with_capacity(self.layers * 7 + 1);
-        for _ in 0..self.layers {
-            w.extend([(d, d), (d, d), (d, d), (d, d), (f, d), (f, d), (d, f)]);
+    /// Llama-2-7B: dim 4096, ffn 11008, 32 layers, vocab 32000.
+    pub(crate) fn llama_7b() -> Self {
+        Self::dense("llama-7b", 4096, 11008, 32, 32000)
+    }
+
+    /// Qwen3-30B-A3B (its `config.json`): dim 2048, 48 layers, 32 query heads and 4 KV heads
+    /// of 128, 128 experts of 768 hidden features with 8 used per token, no shared expert,
+    /// vocab 151936.
+    pub(crate) fn qwen3_30b_a3b() -> Self {
+        ModelDims {
+            name: "qwen3-30b-a3b".into(),
+            dim: 2048,
+            ffn: 0,
+            layers: 48,
+            vocab: 151_936,
+            q_dim: 32 * 128,
+            kv_dim: 4 * 128,
+            experts: Some(ExpertDims {
+                count: 128,
+                used: 8,
+                ffn: 768,
+            }),
         }
-        w.push((self.vocab, d));
+    }
+
+    /// One layer's weight matrices in graph order: q, k, v, o, then the FFN's gate, up and
+    /// down (the shared expert's before the routed experts').
+    pub(crate) fn layer_weights(&self) -> Vec<Weight> {
+        let d = self.dim;
+        let w = |m, k, per_expert| Weight { m, k, per_expert };
+        let mut v = vec![
+            w(self.q_dim, d, false),
+            w(self.kv_dim, d, false),
+            w(self.kv_dim, d, false),
+            w(d, self.q_dim, false),
+        ];
+        if self.ffn > 0 {
+            v.extend([
+                w(self.ffn, d, false),
+                w(self.ffn, d, false),
+                w(d, self.ffn, false),
+            ]);
+        }
+        if let Some(e) = self.experts {
+            v.extend([w(e.ffn, d, true), w(e.ffn, d, true), w(d, e.ffn, true)]);
+        }
+        v
+    }
+
+    /// Every weight matrix in graph order: each layer's, then the output head.
+    pub(crate) fn weights(&self) -> Vec<Weight> {
+        let layer = self.layer_weights();
+        let mut w = Vec::with_capacity(self.layers * layer.len() + 1);
+        for _ in 0..self.layers {
+            w.extend(&layer);
+        }
+        w.push(Weight {
+            m: self.vocab,
+            k: self.dim,
+            per_expert: false,
+        });
         w
     }
+
+    /// The tokens each routed expert gets from a prompt of `n` when routing spreads them
+    /// evenly (`n · used / count`, rounded up), and how many experts that puts on the engine
+    /// (all, or none when the batches are thinner than [`MIN_EXPERT_TOKENS`]).
+    pub(crate) fn even_expert_batch(&self, n: usize) -> Option<(usize, usize)> {
+        let e = self.experts?;
+        let tokens = (n * e.used).div_ceil(e.count).min(n);
+        let on_engine = if tokens >= MIN_EXPERT_TOKENS {
+            e.count
+        } else {
+            0
+        };
+        Some((tokens, on_engine))
+    }
+}
+
+/// The expert batch sizes a prompt of `n` can produce whatever the routing (8, 16, … up to
+/// `n`, and `n`): an expert gets between [`MIN_EXPERT_TOKENS`] and `n` tokens, so its kernels
+/// may be any bucket up to `n`'s.
+pub(crate) fn any_expert_batches(n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = std::iter::successors(Some(MIN_EXPERT_TOKENS), |g| Some(g * 2))
+        .take_while(|&g| g < n)
+        .collect();
+    if n >= MIN_EXPERT_TOKENS {
+        v.push(n);
+    }
+    v
 }
 
 /// One prompt length's row of the report.
@@ -68,8 +186,14 @@ pub(crate) struct LengthPlan {
     pub(crate) new_compiles: usize,
     /// The seed's compiles for this length (one per weight, for every new length).
     pub(crate) seed_compiles: usize,
-    /// Weights the seed cannot run at all (a dimension past 16384).
+    /// Weights the seed cannot run at all (a dimension past 16384, or an expert's: it takes
+    /// 2-D MUL_MAT only).
     pub(crate) seed_refused: usize,
+    /// Engine dispatches per layer (node by node; routed experts spread evenly).
+    pub(crate) dispatches_per_layer: usize,
+    /// Tokens per routed expert when spread evenly, and the experts of a layer that get
+    /// enough to go to the engine (an MoE only).
+    pub(crate) expert_batch: Option<(usize, usize)>,
 }
 
 /// The whole report.
@@ -110,9 +234,48 @@ pub(crate) struct AutoPlan {
     pub(crate) all_baked_kernels: u32,
     /// The cap on loaded kernels the replay kept to.
     pub(crate) max_loaded: Option<u32>,
-    /// The most kernels loaded at once (every kernel used stays loaded: the policy leaves the
-    /// cap room for the streamed ones).
+    /// The most kernels loaded at once (within the cap: past it the least recently used is
+    /// dropped).
     pub(crate) peak_loaded: u32,
+    /// Distinct kernels the prefill uses (baked + streamed).
+    pub(crate) used_kernels: u32,
+    /// Kernels dropped to keep within the cap and loaded again later in the replay (each a
+    /// compile until a Mac shows a reload is cheaper: `kernels::residency`).
+    pub(crate) reloads: u32,
+}
+
+/// A kernel of the replay: a baked tile of one weight (and expert), or a streamed shape.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum PlannedKernel {
+    Baked((usize, usize), BakedTile),
+    Streamed((usize, usize, usize)),
+}
+
+/// The loaded kernels of a replay, least recently used first, as `kernels::residency` keeps
+/// them: past the cap the least recently used is dropped; using a dropped one again reloads it.
+struct LoadedKernels {
+    cap: Option<usize>,
+    order: Vec<PlannedKernel>,
+    dropped: std::collections::HashSet<PlannedKernel>,
+    reloads: u32,
+    peak: usize,
+}
+
+impl LoadedKernels {
+    fn touch(&mut self, k: PlannedKernel) {
+        if let Some(i) = self.order.iter().position(|&o| o == k) {
+            self.order.remove(i);
+        } else if self.dropped.remove(&k) {
+            self.reloads += 1;
+        }
+        self.order.push(k);
+        self.peak = self
+            .peak
+            .max(self.order.len().min(self.cap.unwrap_or(usize::MAX)));
+        if self.cap.is_some_and(|cap| self.order.len() > cap) {
+            self.dropped.insert(self.order.remove(0));
+        }
+    }
 }
 
 /// Replays the `auto` decisions ([`should_bake`]) over the prefill in graph order, counting
@@ -125,16 +288,34 @@ pub(crate) fn plan_auto(
     max_dim: usize,
 ) -> AutoPlan {
     let mut used = 0u32;
-    // (weight index, tile)
-    let mut baked: BTreeSet<(usize, BakedTile)> = BTreeSet::new();
-    let mut all_baked: BTreeSet<(usize, BakedTile)> = BTreeSet::new();
+    // ((weight index, expert), tile)
+    let mut baked: BTreeSet<((usize, usize), BakedTile)> = BTreeSet::new();
+    let mut all_baked: BTreeSet<((usize, usize), BakedTile)> = BTreeSet::new();
     let mut streamed: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let (mut baked_matmuls, mut streamed_matmuls) = (0, 0);
+    let mut loaded = LoadedKernels {
+        cap: max_loaded.map(|c| c as usize),
+        order: Vec::new(),
+        dropped: Default::default(),
+        reloads: 0,
+        peak: 0,
+    };
+    let weights = model.weights();
     for &n in lengths {
-        for (w, &(m, k)) in model.weights().iter().enumerate() {
-            let tiles: Vec<(usize, BakedTile)> = baked_tiles(m, k, n, max_dim)
+        // every matmul job of this prefill: (weight, expert, m, k, tokens), in graph order
+        let batch = model.even_expert_batch(n);
+        let jobs = weights.iter().enumerate().flat_map(|(w, wt)| {
+            let (experts, tokens) = match (wt.per_expert, batch) {
+                (false, _) => (1, n),
+                (true, Some((tokens, on_engine))) => (on_engine, tokens),
+                (true, None) => (0, 0),
+            };
+            (0..experts).map(move |e| (w, e, wt.m, wt.k, tokens))
+        });
+        for (w, e, m, k, n) in jobs {
+            let tiles: Vec<((usize, usize), BakedTile)> = baked_tiles(m, k, n, max_dim)
                 .into_iter()
-                .map(|t| (w, t))
+                .map(|t| ((w, e), t))
                 .collect();
             all_baked.extend(tiles.iter().copied());
             let limits = Limits {
@@ -150,6 +331,9 @@ pub(crate) fn plan_auto(
             };
             if should_bake(KernelPolicy::Auto, &limits, room, missing) {
                 used += missing();
+                for &(key, t) in &tiles {
+                    loaded.touch(PlannedKernel::Baked(key, t));
+                }
                 baked.extend(tiles);
                 baked_matmuls += 1;
             } else {
@@ -157,6 +341,7 @@ pub(crate) fn plan_auto(
                     if budget.is_none_or(|b| used < b) && streamed.insert(shape) {
                         used += 1;
                     }
+                    loaded.touch(PlannedKernel::Streamed(shape));
                 }
                 streamed_matmuls += 1;
             }
@@ -171,7 +356,9 @@ pub(crate) fn plan_auto(
         streamed_matmuls,
         all_baked_kernels: all_baked.len() as u32,
         max_loaded,
-        peak_loaded: (baked.len() + streamed.len()) as u32,
+        peak_loaded: loaded.peak as u32,
+        used_kernels: (baked.len() + streamed.len()) as u32,
+        reloads: loaded.reloads,
     }
 }
 
@@ -179,7 +366,7 @@ impl AutoPlan {
     /// As a JSON object.
     pub(crate) fn to_json(self) -> String {
         format!(
-            "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}, \"max_loaded\": {}, \"peak_loaded\": {}}}",
+            "{{\"budget\": {}, \"compiles\": {}, \"baked_kernels\": {}, \"streamed_kernels\": {}, \"baked_matmuls\": {}, \"streamed_matmuls\": {}, \"all_baked_kernels\": {}, \"max_loaded\": {}, \"peak_loaded\": {}, \"used_kernels\": {}, \"reloads\": {}}}",
             self.budget.map_or("null".to_string(), |b| b.to_string()),
             self.compiles,
             self.baked_kernels,
@@ -188,7 +375,9 @@ impl AutoPlan {
             self.streamed_matmuls,
             self.all_baked_kernels,
             self.max_loaded.map_or("null".to_string(), |m| m.to_string()),
-            self.peak_loaded
+            self.peak_loaded,
+            self.used_kernels,
+            self.reloads
         )
     }
 }
@@ -206,6 +395,8 @@ pub(crate) fn plan_prefill(
     let limits = engine.limits();
     let before = limits.compiles_used;
     let weights = model.weights();
+    let dense = weights.iter().filter(|w| !w.per_expert).count();
+    let expert_weights = (weights.len() - dense) * model.experts.map_or(0, |e| e.count);
     let mut compiled: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let mut seed_seen: BTreeSet<usize> = BTreeSet::new();
     let mut surface_bytes = 0;
@@ -214,8 +405,18 @@ pub(crate) fn plan_prefill(
     for &n in lengths {
         let mut used = BTreeSet::new();
         let mut new = 0;
-        for &(m, k) in &weights {
-            for shape in kernel_shapes(m, k, n, limits.max_dim) {
+        for w in &weights {
+            let shapes: BTreeSet<(usize, usize, usize)> = if w.per_expert {
+                any_expert_batches(n)
+                    .into_iter()
+                    .flat_map(|g| kernel_shapes(w.m, w.k, g, limits.max_dim))
+                    .collect()
+            } else {
+                kernel_shapes(w.m, w.k, n, limits.max_dim)
+                    .into_iter()
+                    .collect()
+            };
+            for shape in shapes {
                 used.insert(shape);
                 if compiled.insert(shape) {
                     let (bm, bk, bn) = shape;
@@ -236,22 +437,26 @@ pub(crate) fn plan_prefill(
                 }
             }
         }
-        let seed_refused = weights
+        let too_wide = weights
             .iter()
-            .filter(|&&(m, k)| m.max(k).max(n) > 16384)
+            .filter(|w| !w.per_expert && w.m.max(w.k).max(n) > 16384)
             .count();
         let seed_compiles = if seed_seen.insert(n) {
-            weights.len() - seed_refused
+            dense - too_wide
         } else {
             0
         };
+        let expert_batch = model.even_expert_batch(n);
+        let expert_jobs = expert_batch.map_or(0, |(_, on)| on) * (weights.len() - dense);
         rows.push(LengthPlan {
             tokens: n,
-            matmuls: weights.len(),
+            matmuls: dense + expert_jobs,
             kernels: used.len(),
             new_compiles: new,
             seed_compiles,
-            seed_refused,
+            seed_refused: too_wide + expert_weights,
+            dispatches_per_layer: dispatches_per_layer(model, n, limits.max_dim),
+            expert_batch,
         });
     }
     let after = engine.limits().compiles_used;
@@ -264,6 +469,26 @@ pub(crate) fn plan_prefill(
         surface_bytes,
         budget: limits.compile_budget,
     })
+}
+
+/// Engine dispatches of one layer's matmuls run node by node on a prompt of `n` tokens: each
+/// weight's streamed tiles times its token chunks; a routed expert's as often as experts get a
+/// batch when routing spreads the tokens evenly.
+pub(crate) fn dispatches_per_layer(model: &ModelDims, n: usize, max_dim: usize) -> usize {
+    let calls = |m: usize, k: usize, tokens: usize| {
+        let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
+        m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(tokens, max_dim, 1).len()
+    };
+    let batch = model.even_expert_batch(n);
+    model
+        .layer_weights()
+        .iter()
+        .map(|w| match (w.per_expert, batch) {
+            (false, _) => calls(w.m, w.k, n),
+            (true, Some((tokens, experts))) => experts * calls(w.m, w.k, tokens),
+            (true, None) => 0,
+        })
+        .sum()
 }
 
 /// Bytes of a streamed kernel's surfaces: `x [1, k, 1, n + m]` in, `y [1, m, 1, n]` out.
@@ -293,19 +518,28 @@ impl PrefillPlan {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"tokens\": {}, \"matmuls\": {}, \"kernels\": {}, \"new_compiles\": {}, \"seed_compiles\": {}, \"seed_refused\": {}}}",
-                    r.tokens, r.matmuls, r.kernels, r.new_compiles, r.seed_compiles, r.seed_refused
+                    "{{\"tokens\": {}, \"matmuls\": {}, \"kernels\": {}, \"new_compiles\": {}, \"seed_compiles\": {}, \"seed_refused\": {}, \"dispatches_per_layer\": {}, \"tokens_per_expert\": {}, \"experts_on_engine\": {}}}",
+                    r.tokens, r.matmuls, r.kernels, r.new_compiles, r.seed_compiles, r.seed_refused,
+                    r.dispatches_per_layer,
+                    r.expert_batch.map_or("null".into(), |b| b.0.to_string()),
+                    r.expert_batch.map_or("null".into(), |b| b.1.to_string())
                 )
             })
             .collect();
         let m = &self.model;
         format!(
-            "{{\"model\": {{\"name\": \"{}\", \"dim\": {}, \"ffn\": {}, \"layers\": {}, \"vocab\": {}}}, \"compiles\": {}, \"disk_hits\": {}, \"seed_compiles\": {}, \"surface_bytes\": {}, \"budget\": {}, \"lengths\": [{}]}}",
+            "{{\"model\": {{\"name\": \"{}\", \"dim\": {}, \"ffn\": {}, \"layers\": {}, \"vocab\": {}, \"q_dim\": {}, \"kv_dim\": {}, \"experts\": {}}}, \"compiles\": {}, \"disk_hits\": {}, \"seed_compiles\": {}, \"surface_bytes\": {}, \"budget\": {}, \"lengths\": [{}]}}",
             m.name.replace('"', ""),
             m.dim,
             m.ffn,
             m.layers,
             m.vocab,
+            m.q_dim,
+            m.kv_dim,
+            m.experts.map_or("null".into(), |e| format!(
+                "{{\"count\": {}, \"used\": {}, \"ffn\": {}}}",
+                e.count, e.used, e.ffn
+            )),
             self.compiles,
             self.disk_hits,
             self.seed_compiles,
@@ -350,6 +584,48 @@ mod tests {
         let unlimited = plan_auto(&model, &lengths, None, None, 16384);
         assert_eq!(unlimited.compiles, tiles * 6);
         assert_eq!(unlimited.streamed_kernels, 0);
+    }
+
+    /// Qwen3-30B-A3B's prefill: every routed expert's matmuls compiled for any batch its
+    /// routing can give (8 tokens up to the prompt), within the budget; under `auto` within the
+    /// cap with nothing loaded twice; the calls per layer grow with the experts that get a batch.
+    #[test]
+    fn an_moe_prefill_plan_stays_within_the_budget_and_the_cap() {
+        let engine = ReferenceEngine::with_config(
+            ReferenceConfig::default().with_counter(CompileCounter::new(Some(119))),
+        );
+        let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
+        let model = ModelDims::qwen3_30b_a3b();
+        let plan = plan_prefill(&engine, None, &model, &lengths, None).unwrap();
+        assert!(plan.compiles <= 100, "{plan:?}");
+        assert_eq!(engine.limits().compiles_used, plan.compiles);
+        // at 2048 tokens: q, k/v, o and the head's two tile heights at the 2048 bucket, and the
+        // experts' two shapes (768×2048, 2048×768) at every bucket from 32 to 2048
+        let last = plan.lengths.last().unwrap();
+        assert_eq!(last.kernels, 5 + 2 * 7, "{last:?}");
+        // even routing: 8 of 128 experts per token; below 8 tokens an expert stays on the CPU
+        let rows: Vec<(usize, (usize, usize), usize)> = plan
+            .lengths
+            .iter()
+            .map(|r| (r.tokens, r.expert_batch.unwrap(), r.dispatches_per_layer))
+            .collect();
+        assert_eq!(rows[0], (17, (2, 0), 4));
+        assert_eq!(rows[2], (100, (7, 0), 4));
+        assert_eq!(rows[3], (128, (8, 128), 4 + 3 * 128));
+        assert_eq!(rows[7], (2048, (128, 128), 4 + 3 * 128));
+        assert_eq!(plan.lengths[3].matmuls, 48 * (4 + 3 * 128) + 1);
+        // the seed takes 2-D MUL_MAT only: every expert's weights, and the 151936-row head
+        assert!(plan
+            .lengths
+            .iter()
+            .all(|r| r.seed_refused == 1 + 48 * 3 * 128));
+        let auto = plan_auto(&model, &lengths, Some(100), Some(48), 16384);
+        assert!(auto.compiles <= 100, "{auto:?}");
+        assert!(auto.peak_loaded <= 48 && auto.reloads == 0, "{auto:?}");
+        // a dense model's rows carry no expert batch
+        let dense = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[512], None).unwrap();
+        assert_eq!(dense.lengths[0].expert_batch, None);
+        assert_eq!(dense.lengths[0].dispatches_per_layer, 7);
     }
 
     /// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a

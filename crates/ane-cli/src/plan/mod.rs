@@ -16,16 +16,20 @@ use anyhow::{bail, Context};
 
 use crate::settings::CacheArgs;
 use fused_kernels::plan_fused;
-use matmul_kernels::{plan_auto, plan_prefill, ModelDims};
+use matmul_kernels::{plan_auto, plan_prefill, ExpertDims, ModelDims};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
-    /// A known model shape: llama-7b.
+    /// A known model shape: llama-7b, or qwen3-30b-a3b (mixture of experts).
     #[arg(long, default_value = "llama-7b")]
     model: String,
-    /// Other dimensions instead: DIM,FFN,LAYERS,VOCAB.
+    /// Other dimensions instead: DIM,FFN,LAYERS,VOCAB (with --experts, FFN is the shared
+    /// expert's, 0 for none).
     #[arg(long, value_name = "DIM,FFN,LAYERS,VOCAB")]
     dims: Option<String>,
+    /// With --dims, routed experts: COUNT experts of FFN hidden features, USED per token.
+    #[arg(long, value_name = "COUNT,USED,FFN", requires = "dims")]
+    experts: Option<String>,
     /// Prompt lengths, comma separated.
     #[arg(
         long,
@@ -51,32 +55,51 @@ pub(crate) struct PlanArgs {
     cache: CacheArgs,
 }
 
+/// Comma-separated positive numbers, exactly `N` of them.
+fn numbers<const N: usize>(text: &str, flag: &str, what: &str) -> anyhow::Result<[usize; N]> {
+    let v: Vec<usize> = text
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{flag} needs {what}"))?;
+    let v: [usize; N] = v
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{flag} needs {what}"))?;
+    Ok(v)
+}
+
 fn model(args: &PlanArgs) -> anyhow::Result<ModelDims> {
     if let Some(d) = &args.dims {
-        let v: Vec<usize> = d
-            .split(',')
-            .map(|x| x.trim().parse())
-            .collect::<Result<_, _>>()
-            .context("--dims")?;
-        let [dim, ffn, layers, vocab] = v[..] else {
-            bail!("--dims needs DIM,FFN,LAYERS,VOCAB")
-        };
-        return Ok(ModelDims {
-            name: format!("custom-{dim}"),
-            dim,
-            ffn,
-            layers,
-            vocab,
-        });
+        let [dim, ffn, layers, vocab] = numbers(d, "--dims", "DIM,FFN,LAYERS,VOCAB")?;
+        let mut m = ModelDims::dense(&format!("custom-{dim}"), dim, ffn, layers, vocab);
+        if let Some(e) = &args.experts {
+            let [count, used, ffn] = numbers(e, "--experts", "COUNT,USED,FFN")?;
+            if count == 0 || used == 0 || used > count || ffn == 0 {
+                bail!("--experts {e}: needs 0 < USED <= COUNT and FFN > 0");
+            }
+            m.experts = Some(ExpertDims { count, used, ffn });
+        }
+        if [dim, layers, vocab].contains(&0) || (ffn == 0 && m.experts.is_none()) {
+            bail!("--dims {d}: every dimension must be positive");
+        }
+        return Ok(m);
     }
     match args.model.as_str() {
         "llama-7b" | "llama2-7b" => Ok(ModelDims::llama_7b()),
-        other => bail!("unknown model `{other}` (known: llama-7b; or pass --dims)"),
+        "qwen3-30b-a3b" => Ok(ModelDims::qwen3_30b_a3b()),
+        other => bail!("unknown model `{other}` (known: llama-7b, qwen3-30b-a3b; or pass --dims)"),
     }
 }
 
 pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let model = model(&args)?;
+    if args.fused && model.experts.is_some() {
+        bail!(
+            "--fused plans dense FFN and Q/K/V blocks; {}'s routed experts run node by node \
+             (one dispatch per expert and matrix): drop --fused for its plan",
+            model.name
+        );
+    }
     // the reference engine's accounting, with its own counter so the plan is not limited by
     // (and does not spend) this process's budget
     let engine = ReferenceEngine::with_config(
@@ -146,18 +169,41 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let m = &plan.model;
+    let heads = if m.q_dim == m.dim && m.kv_dim == m.dim {
+        String::new()
+    } else {
+        format!(", q {} / kv {}", m.q_dim, m.kv_dim)
+    };
+    match m.experts {
+        None => println!(
+            "{}: dim {}, ffn {}, {} layers, vocab {}{heads} ({} matmuls per prefill)",
+            m.name,
+            m.dim,
+            m.ffn,
+            m.layers,
+            m.vocab,
+            plan.lengths.first().map_or(0, |r| r.matmuls)
+        ),
+        Some(e) => println!(
+            "{}: dim {}, {} layers, vocab {}{heads}, {} experts of {} ({} used per token){}; \
+             expert batches assumed even for dispatch counts, any size for compiles",
+            m.name,
+            m.dim,
+            m.layers,
+            m.vocab,
+            e.count,
+            e.ffn,
+            e.used,
+            if m.ffn > 0 {
+                format!(", shared expert {}", m.ffn)
+            } else {
+                String::new()
+            }
+        ),
+    }
     println!(
-        "{}: dim {}, ffn {}, {} layers, vocab {} ({} matmuls per prefill)",
-        m.name,
-        m.dim,
-        m.ffn,
-        m.layers,
-        m.vocab,
-        plan.lengths.first().map_or(0, |r| r.matmuls)
-    );
-    println!(
-        "{:>8} {:>10} {:>14} {:>16}",
-        "tokens", "kernels", "new compiles", "seed compiles"
+        "{:>8} {:>10} {:>14} {:>16} {:>12} {:>16}",
+        "tokens", "kernels", "new compiles", "seed compiles", "calls/layer", "tokens/expert"
     );
     for r in &plan.lengths {
         let refused = if r.seed_refused > 0 {
@@ -165,9 +211,14 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         };
+        let experts = match r.expert_batch {
+            None => "-".to_string(),
+            Some((t, 0)) => format!("{t} (CPU)"),
+            Some((t, _)) => format!("{t}"),
+        };
         println!(
-            "{:>8} {:>10} {:>14} {:>16}{refused}",
-            r.tokens, r.kernels, r.new_compiles, r.seed_compiles
+            "{:>8} {:>10} {:>14} {:>16} {:>12} {:>16}{refused}",
+            r.tokens, r.kernels, r.new_compiles, r.seed_compiles, r.dispatches_per_layer, experts
         );
     }
     println!(
@@ -186,8 +237,10 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         auto.all_baked_kernels
     );
     println!(
-        "kernels loaded at once: {} streamed (this plan); {} under auto, within the cap of {}",
-        plan.compiles, auto.peak_loaded, DEFAULT_MAX_LOADED
+        "kernels: {} streamed (this plan); {} under auto, at most {} loaded at once (cap {}), \
+         {} loads of kernels dropped earlier (each counted as a compile until a Mac shows a \
+         reload is cheaper)",
+        plan.compiles, auto.used_kernels, auto.peak_loaded, DEFAULT_MAX_LOADED, auto.reloads
     );
     println!(
         "surface bytes (inputs + outputs of every kernel): {:.1} MiB",
