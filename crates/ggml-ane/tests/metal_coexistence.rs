@@ -322,12 +322,22 @@ fn a_mixture_of_experts_prefills_its_experts_on_the_ane_beside_metal() {
         .collect();
     let err = nmse(&cpu, &logits);
     eprintln!("tiny MoE beside MTL0: NMSE vs the CPU {err:.1e}; {experts:?}");
-    // up, gate and down of 4 layers, the prompt only (decode's one token stays on MTL0)
+    // up, gate, SWIGLU and down of 4 layers as fused expert FFNs, the prompt only (decode's
+    // one token stays on MTL0): the ANE device takes the SWIGLU between them, its tokens
+    // counted as the MUL_MAT_IDs' (ne[2])
     let prompt: Vec<&&str> = experts
         .iter()
-        .filter(|l| l.contains(&format!("x{PROMPT}x2")) && l.contains("engine (8 of 8 experts)"))
+        .filter(|l| {
+            l.contains(&format!("x{PROMPT}x2"))
+                && l.contains("engine (fused expert ffn")
+                && l.contains("8 of 8 experts)")
+        })
         .collect();
-    assert_eq!(prompt.len(), 3, "{}", tail(&log));
+    let chains: u64 = prompt
+        .iter()
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(chains, 4, "{}", tail(&log));
     assert!(
         experts.iter().all(|l| !l.contains("x1x2")),
         "a decode step came to the ANE: {experts:?}"

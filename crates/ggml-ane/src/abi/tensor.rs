@@ -274,7 +274,8 @@ pub(crate) unsafe fn reads_block_input(t: *const ggml_tensor) -> bool {
     }
 }
 
-/// How many tokens a tensor carries: rows (`ne[1]`; `ne[2]` for ROPE, whose rows are heads),
+/// How many tokens a tensor carries: rows (`ne[1]`; `ne[2]` for ROPE, whose rows are heads, and
+/// for a MUL_MAT_ID and the ops on its result, whose rows are experts),
 /// never more than its first source carries, so a decode step's `[head_dim, heads, 1]`
 /// reshape of a one-token projection counts one token, not `heads`. Views count what they
 /// view. Follows at most 8 sources back.
@@ -295,6 +296,9 @@ pub(crate) unsafe fn token_count(t: *const ggml_tensor) -> i64 {
             OpKind::Rope => tokens = tokens.min(r.ne[2]),
             // a MUL_MAT's first source is its weights
             OpKind::MulMat => return tokens.min(r.ne[1]),
+            // a MUL_MAT_ID's tokens are ne[2] (ne[1] its experts per token), as Metal counts
+            // them; the ops on its way share that layout, so their ne[1] is no token count
+            OpKind::MulMatId => return r.ne[2],
             _ => tokens = tokens.min(r.ne[1]),
         }
         t = src0;

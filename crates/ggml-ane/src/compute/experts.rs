@@ -52,12 +52,12 @@ pub(crate) fn engine_mul_mat_id(rt: &Runtime, n: &NodeDesc) -> bool {
 
 /// Tokens an expert's batch needs for the engine (fewer: the CPU): a quarter of the smallest
 /// token bucket (32), so padding at most quadruples the work of a dispatch.
-const MIN_EXPERT_TOKENS: usize = 8;
+pub(super) const MIN_EXPERT_TOKENS: usize = 8;
 
 /// One expert's weights: batch `expert` of the stacked matrices.
-struct Expert<'a> {
-    w: &'a TensorRows<'a>,
-    expert: usize,
+pub(super) struct Expert<'a> {
+    pub(super) w: &'a TensorRows<'a>,
+    pub(super) expert: usize,
 }
 
 impl MatrixSource for Expert<'_> {
@@ -73,11 +73,11 @@ impl MatrixSource for Expert<'_> {
 }
 
 /// The activation rows routed to one expert: pair `i` is (token, slot).
-struct Gathered<'a> {
-    b: &'a TensorRows<'a>,
+pub(super) struct Gathered<'a> {
+    pub(super) b: &'a TensorRows<'a>,
     /// Activation rows per token (1 when every slot reads the same row).
-    rows: usize,
-    pairs: &'a [(usize, usize)],
+    pub(super) rows: usize,
+    pub(super) pairs: &'a [(usize, usize)],
 }
 
 impl Gathered<'_> {
@@ -103,9 +103,9 @@ impl MatrixSource for Gathered<'_> {
 }
 
 /// Where one expert's result rows go: pair `i`'s row is `dst[:, slot, token]`.
-struct Scattered<'a> {
-    dst: &'a TensorRowsMut<'a>,
-    pairs: &'a [(usize, usize)],
+pub(super) struct Scattered<'a> {
+    pub(super) dst: &'a TensorRowsMut<'a>,
+    pub(super) pairs: &'a [(usize, usize)],
 }
 
 impl MatrixSink for Scattered<'_> {
@@ -113,6 +113,29 @@ impl MatrixSink for Scattered<'_> {
         let (t, e) = self.pairs[i];
         self.dst.write_row(t, 0, e, values);
     }
+}
+
+/// The (token, slot) pairs routed to each of `experts`, in token order, from ids `[slots,
+/// tokens]` (token t's experts are row t).
+pub(super) fn routed_pairs(
+    ids: &TensorRows<'_>,
+    experts: usize,
+) -> Result<Vec<Vec<(usize, usize)>>, String> {
+    let (used, tokens) = (ids.desc().ne[0] as usize, ids.desc().ne[1] as usize);
+    let mut routed: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts];
+    for t in 0..tokens {
+        let row = ids
+            .i32_row(0, 0, t)
+            .ok_or("MUL_MAT_ID ids not readable as I32 rows")?;
+        for (e, &x) in row.iter().take(used).enumerate() {
+            let x = usize::try_from(x)
+                .ok()
+                .filter(|&x| x < experts)
+                .ok_or_else(|| format!("expert id {x} outside 0..{experts}"))?;
+            routed[x].push((t, e));
+        }
+    }
+    Ok(routed)
 }
 
 /// Node `i` of `split`, a MUL_MAT_ID: expert by expert, on the engine where a batch is large
@@ -139,21 +162,7 @@ pub(crate) fn run(
     let (wd, bd, idd) = (*w.desc(), *b.desc(), *ids.desc());
     let (m, k, experts) = (wd.ne[1] as usize, wd.ne[0] as usize, wd.ne[2] as usize);
     let (used, tokens, rows) = (idd.ne[0] as usize, idd.ne[1] as usize, bd.ne[1] as usize);
-    // (token, slot) pairs per expert, in token order
-    let mut routed: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts];
-    for t in 0..tokens {
-        // ids are [slots, tokens]: token t's experts are row t
-        let row = ids
-            .i32_row(0, 0, t)
-            .ok_or("MUL_MAT_ID ids not readable as I32 rows")?;
-        for (e, &x) in row.iter().take(used).enumerate() {
-            let x = usize::try_from(x)
-                .ok()
-                .filter(|&x| x < experts)
-                .ok_or_else(|| format!("expert id {x} outside 0..{experts}"))?;
-            routed[x].push((t, e));
-        }
-    }
+    let routed = routed_pairs(&ids, experts)?;
     // an expert's batch is worth a dispatch from a quarter of the smallest bucket (the node
     // itself passed GGML_ANE_MIN_TOKENS: it is a prompt, not a decode step)
     let min_batch = rt.config.min_tokens.min(MIN_EXPERT_TOKENS);

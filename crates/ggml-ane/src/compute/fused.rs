@@ -215,6 +215,11 @@ pub(crate) fn run(
             }
             (mats, None, None)
         }
+        ChainKind::ExpertFfn => {
+            return Err(FallbackReason::Internal(
+                "an expert FFN is run by expert_ffn".into(),
+            ))
+        }
     };
     // weights identified only when every matrix is contiguous model weights
     let mut identified = true;
@@ -278,6 +283,7 @@ pub(crate) fn record_placement(
     chain: &Chain,
     descs: &[Option<NodeDesc>],
     form: FusedForm,
+    detail: &str,
 ) {
     let debug = abi::log_enabled(abi::GGML_LOG_LEVEL_DEBUG);
     if rt.config.stats_level < 2 && !debug {
@@ -291,24 +297,37 @@ pub(crate) fn record_placement(
         .map(|d| display_name(&d.name(), &d.src0_name(), true))
         .collect();
     let first = descs[matmuls[0]].as_ref();
-    let (rows, k, tokens, weight_type) = first
-        .and_then(|d| Some((d.src[0]?, d.node.ne[1])))
-        .map_or((0, 0, 0, "?"), |(w, t)| {
+    let (rows, k, tokens, weight_type) = first.and_then(|d| Some((d.src[0]?, d.node.ne))).map_or(
+        (0, 0, String::new(), "?"),
+        |(w, t)| {
             let rows: i64 = chain
                 .matmuls
                 .iter()
                 .filter_map(|&i| descs[i].as_ref()?.src[0])
                 .map(|w| w.ne[1])
                 .sum();
+            // a MUL_MAT_ID's tokens are ne[2], each with ne[1] experts (as its own rows say)
+            let t = match chain.kind {
+                ChainKind::ExpertFfn => format!("{}x{}", t[2], t[1]),
+                _ => t[1].to_string(),
+            };
             (rows, w.ne[0], t, w.type_name)
-        });
+        },
+    );
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(", {detail}")
+    };
     let p = Placement {
         op: names.join("+"),
         shape: format!("{rows}x{k}x{tokens}"),
         weight_type,
         place: match form {
-            FusedForm::Baked => format!("engine (fused {})", chain.kind.as_str()),
-            FusedForm::Streamed => format!("engine (fused {}, streamed)", chain.kind.as_str()),
+            FusedForm::Baked => format!("engine (fused {}{detail})", chain.kind.as_str()),
+            FusedForm::Streamed => {
+                format!("engine (fused {}, streamed{detail})", chain.kind.as_str())
+            }
         },
     };
     if debug {

@@ -4,6 +4,7 @@
 //! [`Split`] by the ABI layer.
 
 pub(crate) mod context;
+pub(crate) mod expert_ffn;
 pub(crate) mod experts;
 pub(crate) mod fused;
 pub(crate) mod matmul;
@@ -13,12 +14,21 @@ pub(crate) mod walker;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use ane_runtime::fused::FusedOutputs;
+use ane_runtime::fused::{FusedForm, FusedOutputs};
 
 use crate::abi::Split;
 use crate::runtime::Runtime;
 use context::{BackendContext, Failure};
-use walker::{Chain, OpKind, Step};
+use expert_ffn::ExpertFfnOutputs;
+use walker::{Chain, ChainKind, OpKind, Step};
+
+/// A chain's results, held until each output's place.
+enum ChainOutputs {
+    /// One fused program's.
+    Block(FusedOutputs),
+    /// An expert FFN's, expert by expert.
+    Experts(ExpertFfnOutputs),
+}
 
 /// Computes every node of `split`; an error only when ggml's CPU backend fails or is aborted
 /// (engine failures fall back to the CPU and are counted), with the status it returned.
@@ -41,7 +51,7 @@ pub(crate) fn graph_compute(
     }
     let plan = walker::plan(&split.nodes, rt.config.fuse);
     let walk = Walk { ctx, rt, split };
-    let mut chains: Vec<Option<FusedOutputs>> = vec![None; plan.chains.len()];
+    let mut chains: Vec<Option<ChainOutputs>> = plan.chains.iter().map(|_| None).collect();
     for step in &plan.steps {
         match step {
             Step::Cpu(ix) => walk.on_cpu(ix)?,
@@ -102,15 +112,29 @@ impl Walk<'_, '_> {
             .run_on_cpu(ix.len(), |cpu| self.split.compute_on(cpu, ix))
     }
 
-    /// Evaluates a chain as one fused program: its results, or `None` (counted, the first of
-    /// each reason logged) when the engine declines it and its nodes run one by one.
-    fn fused(&self, chain: &Chain) -> Option<FusedOutputs> {
-        match fused::run(self.rt, self.ctx, chain, self.split) {
-            Ok(out) => {
+    /// Evaluates a chain as one fused program (an expert FFN: one per expert): its results,
+    /// or `None` (counted, the first of each reason logged) when the engine declines it and its
+    /// nodes run one by one.
+    fn fused(&self, chain: &Chain) -> Option<ChainOutputs> {
+        let done = if chain.kind == ChainKind::ExpertFfn {
+            expert_ffn::run(self.rt, self.ctx, chain, self.split).map(|out| {
+                let place = format!("{} of {} experts", out.on_engine, out.groups);
+                (ChainOutputs::Experts(out), place)
+            })
+        } else {
+            fused::run(self.rt, self.ctx, chain, self.split)
+                .map(|out| (ChainOutputs::Block(out), String::new()))
+        };
+        match done {
+            Ok((out, detail)) => {
                 self.ctx
                     .stats
                     .record_fused(chain.members.len(), chain.write_back.len());
-                fused::record_placement(self.ctx, self.rt, chain, &self.split.descs, out.form());
+                let form = match &out {
+                    ChainOutputs::Block(b) => b.form(),
+                    ChainOutputs::Experts(e) => e.form.unwrap_or(FusedForm::Streamed),
+                };
+                fused::record_placement(self.ctx, self.rt, chain, &self.split.descs, form, &detail);
                 Some(out)
             }
             Err(reason) => {
@@ -125,15 +149,31 @@ impl Walk<'_, '_> {
     fn member(
         &self,
         chain: &Chain,
-        done: Option<&FusedOutputs>,
+        done: Option<&ChainOutputs>,
         node: usize,
     ) -> Result<(), Failure> {
-        let Some(out) = done else {
-            return if self.split.nodes[node].kind == OpKind::MulMat {
-                Ok(matmul::run(self.ctx, self.rt, self.split, node)?)
-            } else {
-                self.on_cpu(&[node])
-            };
+        let out = match done {
+            None => {
+                return match self.split.nodes[node].kind {
+                    OpKind::MulMat => Ok(matmul::run(self.ctx, self.rt, self.split, node)?),
+                    // as a MUL_MAT_ID step does: thin experts only, ggml's CPU backend whole
+                    OpKind::MulMatId if self.split.nodes[node].engine => {
+                        if matches!(experts::run(self.ctx, self.rt, self.split, node), Ok(true)) {
+                            Ok(())
+                        } else {
+                            self.on_cpu(&[node])
+                        }
+                    }
+                    _ => self.on_cpu(&[node]),
+                };
+            }
+            Some(ChainOutputs::Experts(e)) => {
+                return match chain.outputs.contains(&node) {
+                    true => Ok(e.write(self.split, node)?),
+                    false => Ok(()),
+                };
+            }
+            Some(ChainOutputs::Block(out)) => out,
         };
         let Some(k) = chain.outputs.iter().position(|&o| o == node) else {
             return Ok(());

@@ -41,6 +41,94 @@ pub(crate) trait Pattern: Sync {
 /// The patterns, tried in this order at every head.
 pub(crate) static REGISTRY: &[&dyn Pattern] = &[&FfnPattern, &GeluFfnPattern, &QkvPattern];
 
+/// The chains that may start at node `i`: the registry's at a head there, or an expert FFN
+/// at its first MUL_MAT_ID.
+pub(crate) fn chains_at(g: &Graph<'_>, i: usize) -> Vec<Chain> {
+    match head_at(g, i) {
+        Some(head) => REGISTRY
+            .iter()
+            .filter_map(|p| p.match_at(g, head))
+            .collect(),
+        None => expert_ffn_at(g, i).into_iter().collect(),
+    }
+}
+
+/// The ops an expert FFN chain holds.
+#[cfg(test)]
+pub(crate) const EXPERT_FFN_OPS: &[OpKind] = &[OpKind::MulMatId, OpKind::SwiGlu];
+
+/// up and gate MUL_MAT_IDs (either first) of one input and one routing, read only by a
+/// SWIGLU(gate, up), read only by a down MUL_MAT_ID of the same routing: llama.cpp's
+/// `build_moe_ffn` with separate gate and up experts (`ffn_moe_up`, `ffn_moe_gate`,
+/// `ffn_moe_swiglu`, `ffn_moe_down`), the chain starting at node `i`.
+fn expert_ffn_at(graph: &Graph<'_>, i: usize) -> Option<Chain> {
+    let nodes = graph.nodes;
+    let first = &nodes[i];
+    let engine_id = |j: usize| nodes[j].kind == OpKind::MulMatId && nodes[j].engine;
+    if !engine_id(i) {
+        return None;
+    }
+    let &[glu] = graph.consumers(i) else {
+        return None;
+    };
+    let g = &nodes[glu];
+    if g.kind != OpKind::SwiGlu {
+        return None;
+    }
+    // the SWIGLU's other operand: the second MUL_MAT_ID, of the same input and ids
+    let other_id = if g.src(0) == first.id {
+        g.src(1)
+    } else {
+        g.src(0)
+    };
+    let other = graph.index_of(other_id)?;
+    let o = &nodes[other];
+    if other <= i
+        || !engine_id(other)
+        || graph.consumers(other) != [glu]
+        || o.src(1) != first.src(1)
+        || o.src(2) != first.src(2)
+        || o.src(0) == first.src(0)
+    {
+        return None;
+    }
+    // split form: src0 the gate, src1 the up projection
+    let (gate, up) = if g.src(0) == first.id && g.src(1) == o.id {
+        (i, other)
+    } else if g.src(0) == o.id && g.src(1) == first.id {
+        (other, i)
+    } else {
+        return None;
+    };
+    let &[down] = graph.consumers(glu) else {
+        return None;
+    };
+    let d = &nodes[down];
+    if !engine_id(down) || d.src(1) != g.id || d.src(2) != first.src(2) {
+        return None;
+    }
+    Some(Chain {
+        kind: ChainKind::ExpertFfn,
+        norm: None,
+        scale: i,
+        layer: false,
+        bias: None,
+        matmuls: vec![gate, up],
+        glu: Some(glu),
+        biases: Vec::new(),
+        down: Some(down),
+        add: None,
+        members: {
+            let mut m = vec![gate, up, glu, down];
+            m.sort_unstable();
+            m
+        },
+        outputs: vec![down],
+        may_write_back: Vec::new(),
+        write_back: Vec::new(),
+    })
+}
+
 /// The normed input starting at node `i`: an RMS_NORM read only by a MUL by a weight, or —
 /// the norm computed elsewhere — a MUL of two tensors no node of the split computes; or a
 /// LayerNorm: a NORM read only by a MUL by a weight, read only by an ADD of a bias.
@@ -344,6 +432,12 @@ mod tests {
                     p.kind()
                 );
             }
+        }
+        for &op in EXPERT_FFN_OPS {
+            assert!(
+                op == OpKind::MulMatId || crate::devices::is_glue(op),
+                "expert ffn holds {op:?}"
+            );
         }
         // one pattern per kind
         let kinds: Vec<ChainKind> = REGISTRY.iter().map(|p| p.kind()).collect();

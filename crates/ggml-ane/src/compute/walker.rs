@@ -74,6 +74,10 @@ pub(crate) enum ChainKind {
     /// LayerNorm → × weight → + bias → up MUL_MAT → + bias → GELU → down MUL_MAT → + bias →
     /// residual ADD (whisper, GPT-2).
     GeluFfn,
+    /// A mixture-of-experts FFN: up and gate MUL_MAT_IDs of one input and one routing →
+    /// SWIGLU → down MUL_MAT_ID; computed expert by expert, each expert's token group one
+    /// program. No head: the router reads the normed input too.
+    ExpertFfn,
 }
 
 impl ChainKind {
@@ -82,6 +86,7 @@ impl ChainKind {
             ChainKind::Ffn => "ffn",
             ChainKind::Qkv => "qkv",
             ChainKind::GeluFfn => "gelu ffn",
+            ChainKind::ExpertFfn => "expert ffn",
         }
     }
 }
@@ -94,13 +99,13 @@ pub(crate) struct Chain {
     /// The RMS_NORM, when it is in this graph (beside Metal, llama.cpp pins every `norm` to
     /// the layer's device: the chain then starts at the scale, on a normed input).
     pub(crate) norm: Option<usize>,
-    /// The MUL by the norm weight.
+    /// The MUL by the norm weight (an expert FFN, which has no head: its first member).
     pub(crate) scale: usize,
     /// The norm is a LayerNorm (NORM), not an RMSNorm.
     pub(crate) layer: bool,
     /// A LayerNorm's ADD of its bias, after the scale: then the normed input the matmuls read.
     pub(crate) bias: Option<usize>,
-    /// FFN: gate, up. QKV: the projections, in graph order. GELU FFN: up.
+    /// FFN and expert FFN: gate, up. QKV: the projections, in graph order. GELU FFN: up.
     pub(crate) matmuls: Vec<usize>,
     /// The SWIGLU, or the GELU.
     pub(crate) glu: Option<usize>,
@@ -261,10 +266,9 @@ impl<'a> Graph<'a> {
 /// The first chain of the registry's patterns that starts at node `i` and is safe to
 /// compute at its place.
 fn find_chain(g: &Graph, i: usize) -> Option<Chain> {
-    let head = super::patterns::head_at(g, i)?;
-    super::patterns::REGISTRY
-        .iter()
-        .filter_map(|p| p.match_at(g, head))
+    super::patterns::chains_at(g, i)
+        .into_iter()
+        .filter(|c| c.start() == i)
         .find_map(|c| safe_at(g, c))
 }
 
@@ -400,6 +404,64 @@ mod tests {
                 Step::Cpu(vec![6]),
             ]
         );
+    }
+
+    /// llama.cpp's MoE FFN (`build_moe_ffn`): the router reads the normed input too, so the
+    /// chain is the experts' up, gate, SWIGLU and down, starting at up; the routing weights'
+    /// MUL after it stays outside. A down reading other ids, or a gate read elsewhere, is no
+    /// chain.
+    #[test]
+    fn an_expert_ffn_is_one_evaluation_from_its_first_mul_mat_id() {
+        let moe = |same_ids: bool, gate_read_elsewhere: bool| {
+            let mut g = G(Vec::new());
+            let n = g.add(OpKind::RmsNorm, &[X]);
+            let s = g.add(OpKind::Mul, &[n, W]);
+            let router = g.add(OpKind::MulMat, &[W, s]);
+            g.0[2].engine = false; // the router is never taken
+            let ids = g.add(OpKind::Other, &[router]);
+            let up = g.add(OpKind::MulMatId, &[W, s, ids]);
+            let gate = g.add(OpKind::MulMatId, &[W + 1, s, ids]);
+            let glu = g.add(OpKind::SwiGlu, &[gate, up]);
+            let down_ids = if same_ids { ids } else { 9 };
+            let down = g.add(OpKind::MulMatId, &[W + 2, glu, down_ids]);
+            g.add(OpKind::Mul, &[down, 9]);
+            if gate_read_elsewhere {
+                g.add(OpKind::Add, &[gate, X]);
+            }
+            for node in g.0.iter_mut().filter(|n| n.kind == OpKind::MulMatId) {
+                node.engine = true;
+            }
+            g
+        };
+        let p = plan(&moe(true, false).0, true);
+        assert_eq!(kinds(&p), [ChainKind::ExpertFfn]);
+        let c = &p.chains[0];
+        assert_eq!(
+            (
+                c.members.clone(),
+                c.matmuls.clone(),
+                c.down,
+                c.outputs.clone()
+            ),
+            (vec![4, 5, 6, 7], vec![5, 4], Some(7), vec![7])
+        );
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Cpu(vec![0, 1, 2, 3]),
+                Step::Fused(0),
+                member(0, 4),
+                member(0, 5),
+                member(0, 6),
+                member(0, 7),
+                Step::Cpu(vec![8]),
+            ]
+        );
+        for (same_ids, gate_read_elsewhere) in [(false, false), (true, true)] {
+            let p = plan(&moe(same_ids, gate_read_elsewhere).0, true);
+            assert!(p.chains.is_empty(), "{same_ids} {gate_read_elsewhere}");
+            assert!(p.steps.contains(&Step::Engine(7)));
+        }
     }
 
     #[test]
