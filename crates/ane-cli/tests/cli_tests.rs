@@ -350,6 +350,66 @@ fn plan_reports_an_moe_prefill() {
     }
 }
 
+/// `ane plan --chip`: an M5 Max declines a 7B for speed and says why in words, with the
+/// `energy` recipe; an M4 takes it with a time per token; the JSON carries the same; an
+/// unknown chip is refused with the table's names.
+#[test]
+fn plan_predicts_per_chip_and_says_when_auto_declines() {
+    let run = |chip: &str, extra: &[&str]| {
+        let mut args = vec!["plan", "--model", "llama-7b", "--no-cache", "--chip", chip];
+        args.extend(extra);
+        let out = ane(&args);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = run("M5-Max", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("M5 Max"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("declines")
+            && line.contains("prefills faster than the ANE")
+            && line.contains("GGML_ANE_MODE=energy"),
+        "{line}"
+    );
+    let (_, out, _) = run("M5-Max", &["--mode", "energy"]);
+    assert!(
+        out.contains("GGML_ANE_MODE=energy: takes the work"),
+        "{out}"
+    );
+    let (code, out, err) = run("M4", &["--prompt-lengths", "512"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("M4 (1 ANE), GGML_ANE_MODE=auto: takes the work"),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .skip_while(|l| !l.contains("ANE ms/token"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[..2], ["512", "7"], "{row}");
+    assert!(cols[2].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{row}");
+    let (_, json, _) = run("M2-Pro", &["--json", "--prompt-lengths", "512"]);
+    assert!(
+        json.contains("\"chip\": {\"chip\": \"M2 Pro\", \"mode\": \"auto\", \"takes\": true"),
+        "{json}"
+    );
+    let (code, _, err) = run("M9", &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("M5 Max") && err.contains("M9"), "{err}");
+    // `ane doctor` prints the same prediction for the chip it routes by
+    let out = ane(&["doctor", "--chip", "M2-Pro"]);
+    let doctor = text(&out.stdout);
+    assert!(
+        doctor.contains("predicted: llama-7b, 512 tokens: ANE path ")
+            && doctor.contains("(7 calls a layer), GPU "),
+        "{doctor}"
+    );
+}
+
 #[test]
 fn plan_reports_compiles_for_a_7b_prefill() {
     let out = ane(&[

@@ -124,13 +124,22 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         Status::Pass,
         format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
     ));
-    // the chip table's row, and what the backend's routing decides on it (a Mac-side
-    // measurement to set beside it is issue #21's next step)
+    // the chip table's row, what the backend's routing decides on it, and the cost model's
+    // prediction (timing the model's own shapes here, to set beside it, is #21's next step)
     let (row, route) = args.routing.lines();
-    probes.push(Probe::new("chip", Status::Pass, row).figure(
+    let mut chip = Probe::new("chip", Status::Pass, row).figure(
         "routing",
         format!("GGML_ANE_MODE={}: {route}", args.routing.mode),
-    ));
+    );
+    if let Ok(Some(c)) = ane_runtime::chips::identify(args.routing.chip.as_deref()) {
+        chip = chip
+            .figure(
+                "predicted",
+                crate::plan::chip_cost::doctor_line(c, args.routing.mode),
+            )
+            .figure("measured", "not yet: no timing of this Mac's shapes (#21)");
+    }
+    probes.push(chip);
 
     // engines: available or why not
     let two_input_config = args.engine.config(KernelPolicy::TwoInput);

@@ -2,8 +2,9 @@
 //! holds the command (arguments, report); `matmul_kernels` counts the kernels of node-by-node
 //! matmuls, `fused_kernels` those of fused blocks (`--fused`).
 
+pub(crate) mod chip_cost;
 mod fused_kernels;
-mod matmul_kernels;
+pub(crate) mod matmul_kernels;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,14 @@ pub(crate) struct PlanArgs {
     /// engine's budget and loaded-kernel cap, and the dispatches per layer.
     #[arg(long)]
     fused: bool,
+    /// Also predict the prefill on a chip of the table (M1, M1-Max, M2-Pro, M3-Ultra, M4, M5,
+    /// M5-Pro, M5-Max, M6): time and energy per token on the ANE and the GPU, calls per layer,
+    /// and whether the routing policy takes the work there.
+    #[arg(long, value_name = "CHIP")]
+    chip: Option<String>,
+    /// The routing policy of the prediction (GGML_ANE_MODE): auto, speed, energy, always, off.
+    #[arg(long, default_value = "auto", requires = "chip")]
+    mode: ane_runtime::chips::Mode,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -93,6 +102,15 @@ fn model(args: &PlanArgs) -> anyhow::Result<ModelDims> {
 
 pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let model = model(&args)?;
+    let chip = match &args.chip {
+        Some(name) => Some(ane_runtime::chips::chip(name).with_context(|| {
+            format!(
+                "--chip {name}: no such chip in the table ({})",
+                ane_runtime::chips::names()
+            )
+        })?),
+        None => None,
+    };
     if args.fused && model.experts.is_some() {
         bail!(
             "--fused plans dense FFN and Q/K/V blocks; {}'s routed experts run node by node \
@@ -154,8 +172,21 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let chip_plan = chip.map(|c| {
+        chip_cost::plan_chip(
+            &model,
+            &args.prompt_lengths,
+            c,
+            args.mode,
+            engine.limits().max_dim,
+        )
+    });
     if args.json {
         let mut json = plan.to_json_with(Some(&auto));
+        if let Some(c) = &chip_plan {
+            json.pop();
+            json.push_str(&format!(", \"chip\": {}}}", c.to_json()));
+        }
         if let Some(f) = &fused {
             json.pop();
             let mut fj = f.to_json();
@@ -280,6 +311,10 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     match &disk {
         Some(d) => println!("kernel cache: {}", d.dir().display()),
         None => println!("kernel cache: off"),
+    }
+    if let Some(c) = &chip_plan {
+        println!();
+        c.print();
     }
     Ok(ExitCode::SUCCESS)
 }
