@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::matmul::MatrixSource;
 use crate::surface::Surface;
 use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_sum_sq, sum_of_squares};
+use crate::sys::transpose;
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
 /// from f32 ones (`tmp`, K long, holds rows that must be read first). With `sum_sq`, adds the
@@ -151,11 +152,45 @@ pub fn stage_columns(
         let mut tmp = vec![0f32; k];
         // a block of source rows by features, small enough to stay in L1 while transposed
         let mut block = [half::f16::ZERO; COLUMN_BLOCK * STAGE_FEATURES];
+        let (mut r16, mut r32) = (
+            Vec::with_capacity(COLUMN_BLOCK),
+            Vec::with_capacity(COLUMN_BLOCK),
+        );
         let mut total = 0.0;
         for b0 in (0..rows).step_by(COLUMN_BLOCK) {
             let n = COLUMN_BLOCK.min(rows - b0);
             for f0 in (0..nd).step_by(STAGE_FEATURES) {
                 let fb = STAGE_FEATURES.min(nd - f0);
+                // rows in memory: transposed straight from them, eight by eight
+                let from = k0 + d0 + f0;
+                let dst = &mut part[f0 * stride..];
+                r16.clear();
+                r16.extend((0..n).map_while(|i| {
+                    src.row_f16(batch.0, batch.1, r0 + b0 + i)
+                        .map(|h| &h[from..from + fb])
+                }));
+                if r16.len() == n {
+                    transpose::f16_columns(&r16, fb, dst, stride, col0 + b0);
+                    if summed {
+                        for h in &r16 {
+                            f16_to_f32(&mut tmp[..fb], h);
+                            total += sum_of_squares(&tmp[..fb]);
+                        }
+                    }
+                    continue;
+                }
+                r32.clear();
+                r32.extend((0..n).map_while(|i| {
+                    src.row_f32(batch.0, batch.1, r0 + b0 + i)
+                        .map(|v| &v[from..from + fb])
+                }));
+                if r32.len() == n {
+                    let e = transpose::f32_columns(&r32, fb, dst, stride, col0 + b0);
+                    if summed {
+                        total += e;
+                    }
+                    continue;
+                }
                 for (i, dst) in block.chunks_mut(STAGE_FEATURES).take(n).enumerate() {
                     let acc = if summed { Some(&mut total) } else { None };
                     let dst = &mut dst[..fb];
@@ -280,6 +315,19 @@ pub fn accumulate_columns(
         let tb = BACK_TOKENS.min(bn - t0);
         let mut tile = [0f32; BACK_TOKENS * BACK_FEATURES];
         let mut sums = WrittenSums::default();
+        if layout.is_row_contiguous() {
+            // eight by eight: each output row gets 8 contiguous f32 per step
+            for f0 in (0..bm).step_by(BACK_FEATURES) {
+                let fb = BACK_FEATURES.min(bm - f0);
+                let src = &bytes[layout.flat_row_offset(f0)..];
+                let dst = &mut rows[m0 + f0..];
+                let s =
+                    transpose::f16_rows_to_f32(src, layout.row_stride, t0, fb, tb, dst, m, first);
+                sums.tile += s.tile;
+                sums.result += s.result;
+            }
+            return sums.tile.is_finite().then_some(sums);
+        }
         for f0 in (0..bm).step_by(BACK_FEATURES) {
             let fb = BACK_FEATURES.min(bm - f0);
             for r in 0..fb {
@@ -441,8 +489,18 @@ mod tests {
             let width = col0 + n + 3;
             let layout =
                 TensorLayout::aligned("x", SurfaceDType::F16, &[1, cols, 1, width], 64).unwrap();
+            let halves = crate::matmul::HalfRows {
+                rows,
+                k,
+                batch0: 1,
+                data: data.iter().map(|&v| half::f16::from_f32(v)).collect(),
+            };
             let mut staged = Vec::new();
-            for src in [&dense as &dyn MatrixSource, &ReadOnly(dense.clone())] {
+            for src in [
+                &dense as &dyn MatrixSource,
+                &ReadOnly(dense.clone()),
+                &halves,
+            ] {
                 let mut s = Surface::new(layout.clone());
                 let mut sum = 0f64;
                 stage_columns(
@@ -462,14 +520,24 @@ mod tests {
                         assert_eq!(row[col0 + t], want, "{rows}x{k}: feature {d} token {t}");
                     }
                 }
+                // the sum of what the source holds: fp16 rows' values are rounded already
+                let rounded = staged.len() == 2;
                 let want: f64 = (r0..r0 + n)
                     .flat_map(|r| &data[r * k + k0..r * k + k0 + cols])
-                    .map(|&v| f64::from(v) * f64::from(v))
+                    .map(|&v| {
+                        let v = if rounded {
+                            half::f16::from_f32(v).to_f32()
+                        } else {
+                            v
+                        };
+                        f64::from(v) * f64::from(v)
+                    })
                     .sum();
                 assert!((sum - want).abs() <= 1e-5 * want, "{sum} vs {want}");
                 staged.push(s.as_bytes().to_vec());
             }
             assert_eq!(staged[0], staged[1]);
+            assert_eq!(staged[0], staged[2]);
         }
     }
 

@@ -69,6 +69,12 @@ pub(crate) fn f16_to_f32(dst: &mut [f32], src: &[f16]) {
     src.convert_to_f32_slice(dst);
 }
 
+/// Whether this CPU has F16C and AVX (the transposes in `sys::transpose` need them too).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn x86_available() -> bool {
+    x86::available()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{

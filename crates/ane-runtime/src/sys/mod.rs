@@ -9,3 +9,4 @@ pub(crate) mod gemm;
 pub(crate) mod objc;
 #[cfg(target_os = "macos")]
 pub(crate) mod qos;
+pub(crate) mod transpose;
