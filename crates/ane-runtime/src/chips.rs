@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::engine::Accumulator;
+
 /// Which side a source found faster (or cheaper).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -60,6 +62,9 @@ pub struct Chip {
     pub speed: Verdict,
     /// Energy per token: who wins.
     pub energy: Verdict,
+    /// How its ANE sums products: Q15.16 on the M6 (its study); f32 assumed elsewhere, where
+    /// no source says.
+    pub accumulator: Accumulator,
     /// Where the figures and verdicts come from.
     pub sources: &'static str,
 }
@@ -77,6 +82,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::AneInferred,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: ANEFORGE,
     },
     Chip {
@@ -88,6 +94,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::AneInferred,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: ANEFORGE,
     },
     Chip {
@@ -99,6 +106,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: Some(4.94),
         speed: Verdict::Ane,
         energy: Verdict::Ane,
+        accumulator: Accumulator::F32,
         sources: "trisanths/ane-llm-prefill README.md, results/power.md @45f9692: 8 chained \
                   4096² fp16 linears, ANE 12.16 TFLOPS at 8.70 W vs GPU 4.94 at 21.76 W; \
                   Qwen3-0.6B 512-token prefill 4,649 vs 3,913 tok/s (MLX GPU); ANEForge",
@@ -112,6 +120,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::Ane,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: "Anemll/ds4-ssd M3U_RECOMMENDATIONS.md @0fb1864: shared expert on the ANE, \
                   +22.6 % prefill (220 -> 270 t/s)",
     },
@@ -124,6 +133,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::AneInferred,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: ANEFORGE,
     },
     Chip {
@@ -135,6 +145,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::GpuInferred,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: "inferred from the M5 Pro and M5 Max rows; ANEForge",
     },
     Chip {
@@ -146,6 +157,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::Gpu,
         energy: Verdict::Ane,
+        accumulator: Accumulator::F32,
         sources: "cadamcat/llms-on-apple-neural-engine README.md @0225236 (Core AI, Qwen3-4B \
                   fp16): GPU prefill 2.9-15.9x faster; ANE energy per prompt token 0.68-0.81x \
                   the GPU's for 500-2K-token prompts, 0.90-1.33x for 4-16K; ANEForge",
@@ -159,6 +171,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::Gpu,
         energy: Verdict::AneInferred,
+        accumulator: Accumulator::F32,
         sources: "Anemll/ds4-ssd moe-batch-bench/M5M_ANE_OPTIMIZATION_REPORT.md @6a0f8ac: the \
                   shared-expert ANE offload that gains on an M3 Ultra: -24.9 % (339.6 -> 254.9 \
                   t/s); the GPU's Neural Accelerators +20-24 %",
@@ -172,6 +185,7 @@ pub const CHIPS: &[Chip] = &[
         gpu_tflops: None,
         speed: Verdict::Ane,
         energy: Verdict::Ane,
+        accumulator: Accumulator::Q15_16,
         sources: "751K/Apple-Neural-Engine-Microarchitecture-Study-M6 final_report/en.md \
                   @0b52dda §1.5, §13.7-13.8, §14: 20.6 TFLOPS per engine, 42.3 both (1.92x \
                   compute-bound); 2.5-2.8 TFLOPS/W; 0.16-0.36 ms host time per synchronous \
@@ -209,6 +223,14 @@ pub fn identify(named: Option<&str>) -> Result<Option<&'static Chip>, String> {
             .ok_or_else(|| format!("{brand}: not in the chip table")),
         None => Ok(None),
     }
+}
+
+/// How this Mac's ANE accumulates, from its row (f32 where there is none).
+pub fn accumulator_here() -> Accumulator {
+    identify(None)
+        .ok()
+        .flatten()
+        .map_or(Accumulator::F32, |c| c.accumulator)
 }
 
 /// The rows' names, for messages.

@@ -90,8 +90,8 @@ mod sys;
 pub mod weights;
 
 pub use engine::{
-    create, CompileCounter, Engine, EngineChoice, EngineConfig, EngineInfo, EngineKind, Kernel,
-    Limits, ProcedureInfo,
+    create, Accumulator, CompileCounter, Engine, EngineChoice, EngineConfig, EngineInfo,
+    EngineKind, Kernel, Limits, ProcedureInfo,
 };
 pub use error::{Error, Result};
 pub use layout::{SurfaceDType, TensorLayout};

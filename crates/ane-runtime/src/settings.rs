@@ -12,7 +12,7 @@ use crate::disk_cache::{DiskCache, DEFAULT_CAP_BYTES};
 use crate::engine::apple::AppleConfig;
 use crate::engine::coreml::CoreMlConfig;
 use crate::engine::reference::{Faults, ReferenceConfig};
-use crate::engine::{CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind};
+use crate::engine::{Accumulator, CompileCounter, Engine, EngineChoice, EngineConfig, EngineKind};
 use crate::kernels::policy::KernelPolicy;
 use crate::kernels::{KernelCache, DEFAULT_MAX_LOADED};
 use crate::staging::DEFAULT_STAGED_WEIGHTS_BYTES;
@@ -52,6 +52,9 @@ pub struct RuntimeSettings {
     pub compile_budget: Option<u32>,
     /// Failures the reference engine injects (`GGML_ANE_REFERENCE_FAULTS`).
     pub reference_faults: Faults,
+    /// How the reference engine sums products: f32, or the accumulator of the chip the
+    /// backend stands in for (`GGML_ANE_CHIP=M6`: Q15.16).
+    pub reference_accumulator: Accumulator,
     /// Whether engines refuse what the ANE rulebook refuses (on by default; `ane --rules off`
     /// turns it off for experiments).
     pub enforce_rules: bool,
@@ -78,6 +81,7 @@ impl Default for RuntimeSettings {
             engine: EngineChoice::Auto,
             compile_budget: None,
             reference_faults: Faults::default(),
+            reference_accumulator: Accumulator::F32,
             enforce_rules: true,
             kernels: KernelPolicy::Auto,
             cache_dir: CacheDir::PlatformDefault,
@@ -102,7 +106,8 @@ impl RuntimeSettings {
         });
         let mut reference = ReferenceConfig::default()
             .with_faults(self.reference_faults)
-            .with_rules(rules);
+            .with_rules(rules)
+            .with_accumulator(self.reference_accumulator);
         let mut apple = AppleConfig {
             rules,
             ..AppleConfig::default()

@@ -235,3 +235,83 @@ engine_test!(
     operands_in_the_subnormal_range_go_to_the_cpu,
     baked_kernels_are_checked_and_new_weights_resummed,
 );
+
+/// A reference engine that sums products as the M6 is reported to (Q15.16).
+fn m6_engine() -> ane_runtime::engine::reference::ReferenceEngine {
+    use ane_runtime::engine::reference::{ReferenceConfig, ReferenceEngine};
+    ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_counter(ane_runtime::CompileCounter::new(None))
+            .with_accumulator(ane_runtime::Accumulator::Q15_16),
+    )
+}
+
+/// The M6's Q15.16 accumulator: small products round to multiples of 2^-16, so a job of
+/// values up to 2^-8 (products up to 2^-16) comes back mostly rounded away there. The guard predicts
+/// it and declines, where an f32 accumulator's result passes and is right; an ordinary job
+/// passes on both, within ggml's tolerance of f64.
+#[test]
+fn a_q15_16_accumulator_declines_what_it_would_round_away() {
+    let s = MatmulShape::new(64, 256, 32);
+    let mut rng = Rng::new(7);
+    let (w, a) = (
+        uniform(&mut rng, s.m * s.k, 4e-3),
+        uniform(&mut rng, s.n * s.k, 4e-3),
+    );
+    let want = f64_matmul(s, &w, &a, exact);
+    let cache = KernelCache::new();
+    let (f32_result, got) = run(s, &w, &a, None, &cache);
+    assert!(f32_result.is_ok(), "{f32_result:?}");
+    assert!(nmse(&got, &want) < GGML_MAX_NMSE, "{}", nmse(&got, &want));
+    // what Q15.16 makes of it: most of the result lost
+    let m6 = m6_engine();
+    let q = |v: f64| (v * 65536.0).round_ties_even() / 65536.0;
+    let seen: Vec<f64> = (0..s.n * s.m)
+        .map(|i| {
+            let (n, m) = (i / s.m, i % s.m);
+            (0..s.k)
+                .map(|k| q(f64::from(to_fp16(w[m * s.k + k])) * f64::from(to_fp16(a[n * s.k + k]))))
+                .sum()
+        })
+        .collect();
+    assert!(nmse(&seen, &want) > 0.1, "{}", nmse(&seen, &want));
+    let (r, engine_saw) = run_on(&m6, s, &w, &a, None, &KernelCache::new());
+    assert_precision_fallback(r);
+    // the rows hold what the emulated accumulator returned (the caller recomputes them)
+    assert!(seen.iter().any(|&v| v != 0.0));
+    assert_eq!(engine_saw, seen);
+    // values of ordinary size: the same job scaled up passes on the M6 too, and is right
+    let (w, a): (Vec<f32>, Vec<f32>) = (
+        w.iter().map(|v| v * 250.0).collect(),
+        a.iter().map(|v| v * 250.0).collect(),
+    );
+    let want = f64_matmul(s, &w, &a, exact);
+    let (r, got) = run_on(&m6, s, &w, &a, None, &KernelCache::new());
+    assert!(r.is_ok(), "{r:?}");
+    assert!(nmse(&got, &want) < GGML_MAX_NMSE, "{}", nmse(&got, &want));
+}
+
+/// Partial sums past ±32768 would saturate the M6's accumulator (fp16's own limit is 65504):
+/// a job whose rows' norms allow that is declined on the M6 before it runs, while the f32
+/// accumulator computes it right.
+#[test]
+fn a_q15_16_accumulator_declines_sums_it_could_not_hold() {
+    let s = MatmulShape::new(32, 64, 32);
+    // every product 40 · 20 = 800, 64 of them: 51200 per output, within fp16, past Q15.16
+    let (w, a) = (vec![40.0f32; s.m * s.k], vec![20.0f32; s.n * s.k]);
+    let want = f64_matmul(s, &w, &a, exact);
+    let (r, got) = run(s, &w, &a, None, &KernelCache::new());
+    assert!(r.is_ok(), "{r:?}");
+    assert!(nmse(&got, &want) < 1e-6);
+    let (r, saturated) = run_on(&m6_engine(), s, &w, &a, None, &KernelCache::new());
+    // the emulation saturates at the top of Q15.16 (the hardware's overflow no source shows)
+    assert!(
+        saturated.iter().all(|&v| v == 32768.0),
+        "{:?}",
+        &saturated[..4]
+    );
+    match r {
+        Err(FallbackReason::Precision(why)) => assert!(why.contains("Q15.16"), "{why}"),
+        other => panic!("expected the accumulator's range to decline it, got {other:?}"),
+    }
+}

@@ -221,15 +221,17 @@ impl Config {
             None => Mode::Auto,
         };
         let chip = var("GGML_ANE_CHIP");
+        let mut runtime = RuntimeSettings::default();
         if let Some(name) = &chip {
-            ane_runtime::chips::chip(name).ok_or_else(|| {
+            let row = ane_runtime::chips::chip(name).ok_or_else(|| {
                 format!(
                     "GGML_ANE_CHIP={name}: no such chip in the table ({})",
                     ane_runtime::chips::names()
                 )
             })?;
+            // the reference engine stands in for that chip's accumulator too (an M6's Q15.16)
+            runtime.reference_accumulator = row.accumulator;
         }
-        let mut runtime = RuntimeSettings::default();
         runtime.engine = engine;
         runtime.compile_budget = budget;
         runtime.reference_faults = faults;

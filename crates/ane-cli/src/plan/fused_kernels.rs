@@ -97,6 +97,7 @@ impl Replay {
             row_alignment: ane_runtime::engine::limits::ROW_ALIGNMENT,
             compile_budget: self.budget,
             compiles_used: self.used,
+            accumulator: Default::default(),
         }
     }
 

@@ -323,6 +323,7 @@ pub(crate) fn plan_auto(
                 row_alignment: ane_runtime::engine::limits::ROW_ALIGNMENT,
                 compile_budget: budget,
                 compiles_used: used,
+                accumulator: Default::default(),
             };
             let missing = || tiles.iter().filter(|t| !baked.contains(t)).count() as u32;
             let room = LoadedRoom {

@@ -39,6 +39,21 @@ pub struct EngineInfo {
     pub details: Vec<(String, String)>,
 }
 
+/// How an engine sums a matmul's products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accumulator {
+    /// In f32: the reference engine's default, and what the precision prediction assumes for
+    /// every chip no source says otherwise of.
+    #[default]
+    F32,
+    /// In Q15.16 fixed point: each fp16 product rounded to a multiple of 2^-16, sums within
+    /// ±32768 — the M6's (751K/Apple-Neural-Engine-Microarchitecture-Study-M6
+    /// `final_report/en.md` @0b52dda). Small outputs lose relative precision, large partial
+    /// sums saturate (how the hardware overflows no source says; the reference engine
+    /// saturates, the host declines before it could happen).
+    Q15_16,
+}
+
 /// What an engine accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -50,6 +65,8 @@ pub struct Limits {
     pub compile_budget: Option<u32>,
     /// Compiles used so far against that budget.
     pub compiles_used: u32,
+    /// How its matmuls and convolutions accumulate.
+    pub accumulator: Accumulator,
 }
 
 impl Limits {

@@ -391,7 +391,7 @@ pub fn engine_fused(
             FusedForm::Streamed,
         ),
     };
-    check_precision(cache, job, form, &evaluated)?;
+    check_precision(cache, job, form, &evaluated, engine.limits().accumulator)?;
     let mut results = evaluated.values;
     // the FFN adds its residual in f32, as ggml's ADD does (a GELU FFN its down
     // projection's bias first, as ggml's graph does)
@@ -440,6 +440,7 @@ fn check_precision(
     job: &FusedJob<'_>,
     form: FusedForm,
     evaluated: &Evaluated,
+    acc: crate::engine::Accumulator,
 ) -> Result<(), FallbackReason> {
     let values = &evaluated.values;
     use std::hash::{Hash, Hasher};
@@ -470,26 +471,23 @@ fn check_precision(
             None => sums(),
         }
     };
-    let refuse = |what: String, nmse: f64| {
-        FallbackReason::Precision(format!(
-            "{what}: predicted NMSE {nmse:.1e} > {:.0e}",
-            precision::MAX_PREDICTED_NMSE
-        ))
+    let refuse = |what: String, why: FallbackReason| match why {
+        FallbackReason::Precision(text) => FallbackReason::Precision(format!("{what}: {text}")),
+        other => other,
     };
     // an FFN's down projection, from the hidden values' sum of squares and the roundings
     // they went through
     let down_projection = |down: &dyn MatrixSource, hidden: usize, ops: u32, what: &str| {
         let weights = column_sums(0, down, c, hidden);
-        match precision::projection_too_imprecise(
+        precision::projection_too_imprecise(
             &weights,
             evaluated.hidden.sum_sq,
             job.tokens,
             ops,
             &values[0],
-        ) {
-            Some(nmse) => Err(refuse(format!("{what} down projection"), nmse)),
-            None => Ok(()),
-        }
+            acc,
+        )
+        .map_err(|why| refuse(format!("{what} down projection"), why))
     };
     match &job.block {
         Block::Ffn { hidden, down, .. } => {
@@ -515,11 +513,10 @@ fn check_precision(
             });
             for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
                 let weights = column_sums(j, *m, *rows, c);
-                if let Some(nmse) = precision::projection_too_imprecise(
-                    &weights, acts_total, job.tokens, norm_ops, out,
-                ) {
-                    return Err(refuse(format!("fused projection {j}"), nmse));
-                }
+                precision::projection_too_imprecise(
+                    &weights, acts_total, job.tokens, norm_ops, out, acc,
+                )
+                .map_err(|why| refuse(format!("fused projection {j}"), why))?;
             }
             Ok(())
         }

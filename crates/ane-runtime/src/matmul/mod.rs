@@ -379,7 +379,7 @@ pub fn engine_matmul(
     }
     let policy = cache.policy();
     let clock = Instant::now();
-    let guard = precision::Guard::new(cache, job);
+    let guard = precision::Guard::new(cache, job, engine.limits().accumulator);
     stats.add_staging(clock.elapsed());
     // planning: the tiles, and every kernel fetched (or compiled: compiles are counted, and
     // the bench reports their time apart)

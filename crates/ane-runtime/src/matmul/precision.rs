@@ -18,14 +18,20 @@
 //! Random data predicts ~1e-7; results that cancel (outputs tiny next to their terms) or
 //! operands in fp16's subnormal range predict far more, and go to the CPU.
 //!
-//! Assumes the engine accumulates in f32, as the reference engine does; if the ANE
-//! accumulates in fp16, a K-dependent term belongs here (docs/hardware-validation.md).
+//! The engine's accumulator adds its own term ([`Accumulator`], from the engine's limits): none
+//! for f32 (the reference engine's, and what every chip without a source is assumed to do);
+//! for the M6's Q15.16, each of the K products of an output is rounded to a multiple of 2^-16
+//! (variance 2^-32 / 12: absolute, so small results lose the most), and a sum that could pass
+//! ±32768 — bounded by Cauchy–Schwarz, the largest weight row's norm times the activations' —
+//! declines the job before the hardware could saturate it. If the ANE accumulates in fp16, a
+//! K-dependent term belongs here too (docs/hardware-validation.md).
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{FallbackReason, KernelCache, MatmulJob, MatrixSource, PARALLEL_MIN_VALUES};
+use crate::engine::Accumulator;
 
 /// Largest predicted error sum_sq, relative to the result's, that the engine may return
 /// (ggml's test-backend-ops accepts a measured 5e-4 for MUL_MAT).
@@ -36,11 +42,19 @@ const C: f64 = 1.0 / (3.0 * 4_194_304.0);
 /// Variance of the absolute rounding error of a subnormal fp16 (step 2^-24): 2^-48 / 12.
 const F: f64 = 1.0 / (12.0 * 281_474_976_710_656.0);
 
+/// Variance of rounding one product to Q15.16: (2^-16)² / 12.
+const Q15_16_VAR: f64 = 1.0 / (12.0 * 4_294_967_296.0);
+
+/// The largest magnitude a Q15.16 sum holds.
+const Q15_16_MAX: f64 = 32768.0;
+
 /// Sums of squares of the columns of one operand matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ColumnSumSq {
     /// Σ over rows of x², per column.
     pub(crate) columns: Vec<f64>,
+    /// The largest Σ over columns of x² of one row.
+    pub(crate) max_row: f64,
     /// Rows summed.
     pub(crate) rows: usize,
     /// Whether staging rounds the values (they are not stored as fp16).
@@ -58,37 +72,44 @@ impl ColumnSumSq {
         let rounded = rows > 0 && src.row_f16(b2, b3, 0).is_none();
         // f32 sums: K independent sums of positive terms, each off by at most rows·2^-24
         // relative — nothing next to the factor-of-two modelling of the estimate
-        let add_row = |acc: &mut Vec<f32>, tmp: &mut Vec<f32>, r: usize| {
+        // adds row r into the column sums; returns its own sum
+        let add_row = |acc: &mut Vec<f32>, tmp: &mut Vec<f32>, r: usize| -> f64 {
             let values = src.row_as_f32(b2, b3, r, tmp);
+            let mut row = 0f64;
             for (a, &v) in acc.iter_mut().zip(&values[..k]) {
                 *a += v * v;
+                row += f64::from(v * v);
             }
+            row
         };
-        let columns = if rows * k < PARALLEL_MIN_VALUES {
+        let (columns, max_row) = if rows * k < PARALLEL_MIN_VALUES {
             let (mut acc, mut tmp) = (vec![0f32; k], vec![0f32; k]);
-            (0..rows).for_each(|r| add_row(&mut acc, &mut tmp, r));
-            acc
+            let max_row = (0..rows)
+                .map(|r| add_row(&mut acc, &mut tmp, r))
+                .fold(0f64, f64::max);
+            (acc, max_row)
         } else {
             (0..rows)
                 .into_par_iter()
                 .fold(
-                    || (vec![0f32; k], vec![0f32; k]),
-                    |(mut acc, mut tmp), r| {
-                        add_row(&mut acc, &mut tmp, r);
-                        (acc, tmp)
+                    || (vec![0f32; k], vec![0f32; k], 0f64),
+                    |(mut acc, mut tmp, most), r| {
+                        let row = add_row(&mut acc, &mut tmp, r);
+                        (acc, tmp, most.max(row))
                     },
                 )
-                .map(|(acc, _)| acc)
+                .map(|(acc, _, most)| (acc, most))
                 .reduce(
-                    || vec![0f32; k],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                        a
+                    || (vec![0f32; k], 0f64),
+                    |(mut a, x), (b, y)| {
+                        a.iter_mut().zip(&b).for_each(|(p, q)| *p += q);
+                        (a, x.max(y))
                     },
                 )
         };
         ColumnSumSq {
             columns: columns.into_iter().map(f64::from).collect(),
+            max_row,
             rows,
             rounded,
         }
@@ -126,6 +147,29 @@ pub(crate) fn input_error(weights: &ColumnSumSq, acts: &ActsSumSq) -> f64 {
         + ra * acts.rows as f64 * F * w_total
 }
 
+/// What accumulating `outputs` sums of `k` products each in `acc` adds to the expected squared
+/// error, or why the accumulator cannot hold them: `weights`' largest row norm times the
+/// norm of all the activations (`acts_total` = their Σ x²) bounds every partial sum.
+pub(crate) fn accumulator_error(
+    acc: Accumulator,
+    weights: &ColumnSumSq,
+    acts_total: f64,
+    outputs: usize,
+) -> Result<f64, FallbackReason> {
+    match acc {
+        Accumulator::F32 => Ok(0.0),
+        Accumulator::Q15_16 => {
+            let bound = (weights.max_row * acts_total).sqrt();
+            if bound >= Q15_16_MAX {
+                return Err(FallbackReason::Precision(format!(
+                    "Q15.16 accumulator: partial sums up to {bound:.0} could pass ±{Q15_16_MAX}"
+                )));
+            }
+            Ok(outputs as f64 * weights.columns.len() as f64 * Q15_16_VAR)
+        }
+    }
+}
+
 /// One projection of a fused block (`weights` over an input normed in the program, whose
 /// squares sum to `acts_total` over `rows` tokens) against its result `out`: `Some(predicted
 /// NMSE)` when the prediction is too large. `norm_ops` counts the fp16 roundings the input
@@ -138,7 +182,8 @@ pub(crate) fn projection_too_imprecise(
     rows: usize,
     norm_ops: u32,
     out: &[f32],
-) -> Option<f64> {
+    acc: Accumulator,
+) -> Result<(), FallbackReason> {
     let acts = ActsSumSq {
         total: acts_total,
         rows,
@@ -147,8 +192,16 @@ pub(crate) fn projection_too_imprecise(
     let extra_rounding =
         f64::from(norm_ops.saturating_sub(1)) * C * weights.max_column() * acts_total;
     let sum_sq: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let predicted = input_error(weights, &acts) + extra_rounding + output_error(sum_sq, out.len());
-    too_imprecise(predicted, sum_sq)
+    let predicted = input_error(weights, &acts)
+        + extra_rounding
+        + output_error(sum_sq, out.len())
+        + accumulator_error(acc, weights, acts_total, out.len())?;
+    match too_imprecise(predicted, sum_sq) {
+        None => Ok(()),
+        Some(nmse) => Err(FallbackReason::Precision(format!(
+            "predicted NMSE {nmse:.1e} > {MAX_PREDICTED_NMSE:.0e}"
+        ))),
+    }
 }
 
 /// Expected squared error of rounding outputs whose squares sum to `sum_sq` (and `count` of
@@ -169,11 +222,13 @@ pub(crate) fn too_imprecise(predicted_error: f64, result_sum_sq: f64) -> Option<
 pub(crate) struct Guard {
     /// Per weight batch, `[W3][W2]`.
     weights: Vec<Arc<ColumnSumSq>>,
+    /// The engine's.
+    accumulator: Accumulator,
 }
 
 impl Guard {
     /// Sums the weights' columns, or takes them from `cache` for identified weights.
-    pub(crate) fn new(cache: &KernelCache, job: &MatmulJob<'_>) -> Self {
+    pub(crate) fn new(cache: &KernelCache, job: &MatmulJob<'_>, accumulator: Accumulator) -> Self {
         let s = job.shape;
         let of = |w2, w3| Arc::new(ColumnSumSq::of(job.weights, (w2, w3), s.m, s.k));
         let weights = match job.weight_id {
@@ -182,7 +237,10 @@ impl Guard {
                 .map(|i| of(i % s.weight_batch[0], i / s.weight_batch[0]))
                 .collect(),
         };
-        Guard { weights }
+        Guard {
+            weights,
+            accumulator,
+        }
     }
 
     /// Whether batch `(b2, b3)`'s engine result (f32-accumulated tiles whose own rounding adds
@@ -204,7 +262,8 @@ impl Guard {
             rows: s.n,
             rounded: s.n > 0 && job.acts.row_f16(b2, b3, 0).is_none(),
         };
-        let predicted = input_error(weights, &acts) + output_err;
+        let accumulated = accumulator_error(self.accumulator, weights, acts_sum_sq, s.m * s.n)?;
+        let predicted = input_error(weights, &acts) + output_err + accumulated;
         match too_imprecise(predicted, sum_sq) {
             None => Ok(()),
             Some(nmse) => Err(FallbackReason::Precision(format!(

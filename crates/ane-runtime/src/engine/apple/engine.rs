@@ -72,6 +72,7 @@ impl Engine for AppleEngine {
             row_alignment: ROW_ALIGNMENT,
             compile_budget: self.counter.budget(),
             compiles_used: self.counter.used(),
+            accumulator: crate::chips::accumulator_here(),
         }
     }
 

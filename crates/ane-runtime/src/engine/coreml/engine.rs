@@ -111,6 +111,7 @@ impl Engine for CoreMlEngine {
             row_alignment: ROW_ALIGNMENT,
             compile_budget: None,
             compiles_used: self.counter.used(),
+            accumulator: crate::chips::accumulator_here(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! conv and matmul: fp16 operands, f32 accumulation, results rounded to fp16.
+//! conv and matmul: fp16 operands, f32 accumulation (or the M6's Q15.16, emulated), results
+//! rounded to fp16.
 
 use half::f16;
 use rayon::prelude::*;
@@ -6,6 +7,7 @@ use rayon::prelude::*;
 use ane_mil::ops::{broadcast, ConvGeometry};
 
 use super::tensor::{strides, Data, Tensor};
+use crate::engine::Accumulator;
 use crate::sys::fp16::{f16_to_f32, f32_to_f16};
 use crate::sys::gemm::{gemm_f32, MatRef};
 
@@ -25,8 +27,50 @@ fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// `dst = lhs · rhs` (fp16 operands held as f32), summed as `acc` says.
+fn gemm(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>, threads: usize, acc: Accumulator) {
+    match acc {
+        Accumulator::F32 => gemm_f32(dst, lhs, rhs, threads),
+        Accumulator::Q15_16 => gemm_q15_16(dst, lhs, rhs),
+    }
+}
+
+/// Q15.16 units per 1.0.
+const Q16: f64 = 65536.0;
+
+/// `dst = lhs · rhs` summed as the M6's ANE is reported to: each product (exact: fp16
+/// operands) rounded to a multiple of 2^-16, the running sum in Q15.16, saturating at its
+/// range (±32768). A value at a time: the emulation is for tests, not speed.
+fn gemm_q15_16(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "inner dimensions differ");
+    assert_eq!(dst.len(), m * n, "destination is not m x n");
+    let at = |v: &MatRef<'_>, r: usize, c: usize| {
+        f64::from(v.data[v.offset + r * v.row_stride + c * v.col_stride])
+    };
+    let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+    dst.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, o) in row.iter_mut().enumerate() {
+                let mut sum = 0i64;
+                for kk in 0..k {
+                    let q = (at(&lhs, i, kk) * at(&rhs, kk, j) * Q16).round_ties_even() as i64;
+                    sum = (sum + q).clamp(lo, hi);
+                }
+                *o = (sum as f64 / Q16) as f32;
+            }
+        });
+}
+
 /// `x · y` over the last two axes, batch axes broadcast; `out_shape` from the checker.
-pub(crate) fn matmul(x: &Tensor, y: &Tensor, tx: bool, ty: bool, out_shape: &[usize]) -> Tensor {
+pub(crate) fn matmul(
+    x: &Tensor,
+    y: &Tensor,
+    (tx, ty): (bool, bool),
+    out_shape: &[usize],
+    acc: Accumulator,
+) -> Tensor {
     let (xf, yf) = (
         to_f32(x.floats().expect("float x")),
         to_f32(y.floats().expect("float y")),
@@ -97,7 +141,7 @@ pub(crate) fn matmul(x: &Tensor, y: &Tensor, tx: bool, ty: bool, out_shape: &[us
             ycols,
             ty,
         );
-        gemm_f32(dst, xv, yv, threads);
+        gemm(dst, xv, yv, threads, acc);
     };
     if m * n > 0 {
         if nb >= threads() {
@@ -120,6 +164,7 @@ pub(crate) fn conv(
     bias: Option<&Tensor>,
     g: &ConvGeometry,
     out_shape: &[usize],
+    acc: Accumulator,
 ) -> Tensor {
     // view 1-D convs as 2-D with height 1
     let lift = |s: &[usize]| {
@@ -197,7 +242,13 @@ pub(crate) fn conv(
                 col_stride: 1,
             };
             let o = (b * cout + gi * cout_g) * plane_out;
-            gemm_f32(&mut out[o..o + cout_g * plane_out], lhs, rhs, threads());
+            gemm(
+                &mut out[o..o + cout_g * plane_out],
+                lhs,
+                rhs,
+                threads(),
+                acc,
+            );
         }
     }
     if let Some(bias) = bias {

@@ -25,7 +25,7 @@ use self::plan::{plan_function, ProcPlan, StepOp};
 use self::tensor::{Data, Tensor};
 use crate::engine::limits::{HARDWARE_COMPILE_WALL, MAX_DIM, ROW_ALIGNMENT};
 use crate::engine::{
-    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    Accumulator, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::layout::SurfaceDType;
@@ -94,6 +94,9 @@ pub struct ReferenceConfig {
     /// Whether compiling enforces the ANE rulebook (default: yes, so a program refused here is
     /// one the hardware is reported to reject); `None` runs anything, for experiments.
     pub rules: Option<RuleOptions>,
+    /// How matmuls and convolutions sum their products (f32 by default; Q15.16 emulates an
+    /// M6).
+    pub accumulator: Accumulator,
 }
 
 impl Default for ReferenceConfig {
@@ -104,6 +107,7 @@ impl Default for ReferenceConfig {
             row_alignment: ROW_ALIGNMENT,
             counter: CompileCounter::process(EngineKind::Reference, Some(HARDWARE_COMPILE_WALL)),
             rules: Some(RuleOptions::default()),
+            accumulator: Accumulator::F32,
         }
     }
 }
@@ -112,6 +116,12 @@ impl ReferenceConfig {
     /// The defaults with this dimension limit.
     pub fn with_max_dim(mut self, max_dim: usize) -> Self {
         self.max_dim = max_dim;
+        self
+    }
+
+    /// The defaults with this accumulator.
+    pub fn with_accumulator(mut self, accumulator: Accumulator) -> Self {
+        self.accumulator = accumulator;
         self
     }
 
@@ -196,6 +206,7 @@ impl Engine for ReferenceEngine {
             row_alignment: self.config.row_alignment,
             compile_budget: self.config.counter.budget(),
             compiles_used: self.config.counter.used(),
+            accumulator: self.config.accumulator,
         }
     }
 
@@ -215,10 +226,14 @@ impl Engine for ReferenceEngine {
 
     fn build_id(&self) -> String {
         format!(
-            "reference-{}-max{}-row{}",
+            "reference-{}-max{}-row{}{}",
             env!("CARGO_PKG_VERSION"),
             self.config.max_dim,
-            self.config.row_alignment
+            self.config.row_alignment,
+            match self.config.accumulator {
+                Accumulator::F32 => "",
+                Accumulator::Q15_16 => "-q15.16",
+            }
         )
     }
 
@@ -256,6 +271,7 @@ impl ReferenceEngine {
             procedures,
             faults: self.config.faults,
             baked: program.blob_refs().next().is_some(),
+            accumulator: self.config.accumulator,
         }))
     }
 }
@@ -268,6 +284,7 @@ struct ReferenceKernel {
     faults: Faults,
     /// Whether the program has BLOBFILE weights (for the per-form faults).
     baked: bool,
+    accumulator: Accumulator,
 }
 
 impl Kernel for ReferenceKernel {
@@ -310,10 +327,11 @@ impl Kernel for ReferenceKernel {
                     } else {
                         None
                     };
-                    linalg::conv(arg(0)?, arg(1)?, bias, g, &step.out_shape)
+                    linalg::conv(arg(0)?, arg(1)?, bias, g, &step.out_shape, self.accumulator)
                 }
                 StepOp::Matmul { tx, ty } => {
-                    linalg::matmul(arg(0)?, arg(1)?, *tx, *ty, &step.out_shape)
+                    let (x, y) = (arg(0)?, arg(1)?);
+                    linalg::matmul(x, y, (*tx, *ty), &step.out_shape, self.accumulator)
                 }
                 StepOp::Binary(op) => elementwise::binary(*op, arg(0)?, arg(1)?, &step.out_shape),
                 StepOp::Unary(op) => elementwise::unary(*op, arg(0)?),
