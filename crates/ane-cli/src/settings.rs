@@ -28,7 +28,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, value_enum, default_value_t = Rules::On)]
     rules: Rules,
     #[command(flatten)]
-    cache: CacheArgs,
+    pub(crate) cache: CacheArgs,
 }
 
 /// Whether engines enforce the ANE rulebook.

@@ -400,12 +400,25 @@ fn plan_predicts_per_chip_and_says_when_auto_declines() {
     let (code, _, err) = run("M9", &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("M5 Max") && err.contains("M9"), "{err}");
-    // `ane doctor` prints the same prediction for the chip it routes by
-    let out = ane(&["doctor", "--chip", "M2-Pro"]);
+    // `ane doctor` prints the same prediction for the chip it routes by, beside what the
+    // backend measured there (its verdicts in the kernel cache; another chip's are not read)
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routing-verdicts.tsv"),
+        "M2 Pro|15.1|apple|MTL0\t4096\t4096\t512\t3100.0\t5200.0\n\
+         M4|15.1|apple|MTL0\t4096\t4096\t512\t9000.0\t5200.0\n",
+    )
+    .unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let out = ane(&["doctor", "--chip", "M2-Pro", "--cache-dir", cache]);
     let doctor = text(&out.stdout);
     assert!(
         doctor.contains("predicted: llama-7b, 512 tokens: ANE path ")
             && doctor.contains("(7 calls a layer), GPU "),
+        "{doctor}"
+    );
+    assert!(
+        doctor.contains("measured: 1 shapes timed, the engine faster on 1: 4096x4096x512 engine 3.10 ms / GPU 5.20 ms"),
         "{doctor}"
     );
 }

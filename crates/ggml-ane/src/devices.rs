@@ -165,6 +165,7 @@ pub(crate) fn supports_op(
                     supports_mul_mat(n)
                         && n.node.ne[1] >= min_tokens as i64
                         && (!blocks_only || block_input())
+                        && faster_here(n)
                 }
                 // tokens are ne[2] (as Metal counts them): decode steps stay elsewhere
                 OpKind::MulMatId => {
@@ -178,6 +179,18 @@ pub(crate) fn supports_op(
     }
 }
 
+/// Whether a weight × activations MUL_MAT runs faster on the engine than on the host's GPU,
+/// where that was measured (`crate::measured`); true where it was not (the chip table decides).
+fn faster_here(n: &NodeDesc) -> bool {
+    let Some(w) = n.src[0] else {
+        return true;
+    };
+    let batched = w.ne[2] * w.ne[3] > 1 || n.node.ne[2] * n.node.ne[3] > 1;
+    batched
+        || crate::measured::engine_takes(w.ne[1] as usize, w.ne[0] as usize, n.node.ne[1] as usize)
+            .unwrap_or(true)
+}
+
 /// `offload_op` for `spec`: the `ANE` device pulls MUL_MATs of at least `GGML_ANE_MIN_BATCH`
 /// tokens over from another backend's split; `ANE-FULL` never does (used where named).
 pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool {
@@ -188,7 +201,9 @@ pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool 
         && !crate::runtime::runtime_failed()
         && crate::routing::route().take
         && match kind {
-            OpKind::MulMat => supports_mul_mat(n) && n.node.ne[1] >= min_batch as i64,
+            OpKind::MulMat => {
+                supports_mul_mat(n) && n.node.ne[1] >= min_batch as i64 && faster_here(n)
+            }
             OpKind::MulMatId => {
                 crate::compute::experts::supports_mul_mat_id(n)
                     && crate::compute::experts::tokens(n) >= min_batch as i64

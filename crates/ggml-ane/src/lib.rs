@@ -33,6 +33,7 @@ mod buffers;
 mod compute;
 mod devices;
 mod hosts;
+mod measured;
 mod routing;
 mod runtime;
 mod settings;

@@ -37,6 +37,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "GGML_ANE_STATS_INTERVAL",
     "GGML_ANE_MODE",
     "GGML_ANE_CHIP",
+    "GGML_ANE_MEASURE",
 ];
 
 /// Offload MUL_MAT only from this many tokens (N) up, unless `GGML_ANE_MIN_BATCH` says
@@ -93,6 +94,9 @@ pub(crate) struct Config {
     pub(crate) mode: Mode,
     /// `GGML_ANE_CHIP`: the chip table's row to route by instead of this Mac's own.
     pub(crate) chip: Option<String>,
+    /// `GGML_ANE_MEASURE=0`: route by the chip table alone, never by timing shapes against the
+    /// host's GPU (`crate::measured`).
+    pub(crate) measure: bool,
 }
 
 /// The process's configuration, read from the environment on first use.
@@ -190,6 +194,7 @@ impl Config {
         let (disable, any_ggml) = (flag("GGML_ANE_DISABLE")?, flag("GGML_ANE_ANY_GGML")?);
         let probe = flag("GGML_ANE_PROBE")?;
         let fuse = var("GGML_ANE_FUSE").is_none() || flag("GGML_ANE_FUSE")?;
+        let measure = var("GGML_ANE_MEASURE").is_none() || flag("GGML_ANE_MEASURE")?;
         let full_device = var("GGML_ANE_FULL").is_none() || flag("GGML_ANE_FULL")?;
         let stats_interval = number("GGML_ANE_STATS_INTERVAL")?.filter(|&n| n > 0);
         let blocks_only = match var("GGML_ANE_MATMULS").as_deref() {
@@ -258,6 +263,7 @@ impl Config {
             log_level,
             mode,
             chip,
+            measure,
         })
     }
 }

@@ -391,3 +391,96 @@ fn metal_and_ane_full_split_every_layer_with_sm_tensor() {
     assert!(total("nodes on engine") > 0, "{}", tail(&log));
     assert!(err <= 1e-5, "NMSE {err:e}");
 }
+
+/// Routing by measurement (#21): as an M4 (the chip table: the ANE wins) beside the stand-in
+/// Metal, each prompt matmul shape is timed once on the engine and on MTL0 and goes to the
+/// faster side. Slowing MTL0 (`STANDIN_METAL_US_PER_MFLOP`) sends every shape to the engine;
+/// slowing the engine (the reference fault `slow`) leaves every one to MTL0; a second process
+/// with the second run's verdicts on disk times nothing and follows them, though MTL0 is the
+/// slow one now. The logits are the CPU's every time.
+#[test]
+fn measured_routing_sends_each_shape_to_the_faster_side_and_keeps_the_verdicts() {
+    let dir = support::scratch_dir("metal-measured");
+    let Some((exe, standin, model)) = tools(&dir, "metal-measured") else {
+        return;
+    };
+    let (_, cpu) = run(&exe, &model, &dir.join("cpu.f32"), &[]);
+    let cdylib = support::cdylib();
+    let beside = |out: &str, cache: &str, extra: &[(&str, &str)]| {
+        let cache = dir.join(cache);
+        let mut env = vec![
+            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
+            ("LOGITS_DEVICES", "ANE,MTL0"),
+            ("LOGITS_TENSOR_SPLIT", "0,1"),
+            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
+            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
+            ("GGML_ANE_CHIP", "M4"),
+            ("GGML_ANE_LOG", "info"),
+            ("GGML_ANE_STATS", "1"),
+        ];
+        env.extend_from_slice(extra);
+        let (log, logits) = run(&exe, &model, &dir.join(out), &env);
+        let measured: Vec<String> = log
+            .lines()
+            .filter(|l| l.starts_with("ggml-ane: measured "))
+            .map(str::to_string)
+            .collect();
+        let err = nmse(&cpu, &logits);
+        (log, measured, err)
+    };
+    let on_engine = |log: &str| support::stat(log, "nodes on engine");
+
+    let (log, measured, err) = beside(
+        "slow-metal.f32",
+        "cache-a",
+        &[("STANDIN_METAL_US_PER_MFLOP", "300")],
+    );
+    eprintln!(
+        "MTL0 slowed: {measured:#?}, {} nodes on the engine, NMSE {err:.1e}",
+        on_engine(&log)
+    );
+    assert!(!measured.is_empty(), "{}", tail(&log));
+    assert!(
+        measured.iter().all(|l| l.ends_with("the engine takes it")),
+        "{measured:#?}"
+    );
+    assert!(
+        on_engine(&log) > 0 && err <= 1e-5,
+        "NMSE {err:e}\n{}",
+        tail(&log)
+    );
+
+    let (log, measured, err) = beside(
+        "slow-engine.f32",
+        "cache-b",
+        &[("GGML_ANE_REFERENCE_FAULTS", "slow")],
+    );
+    eprintln!(
+        "engine slowed: {measured:#?}, {} nodes on the engine, NMSE {err:.1e}",
+        on_engine(&log)
+    );
+    assert!(!measured.is_empty(), "{}", tail(&log));
+    assert!(
+        measured.iter().all(|l| l.ends_with("left to MTL0")),
+        "{measured:#?}"
+    );
+    assert_eq!(on_engine(&log), 0, "{}", tail(&log));
+    assert!(err <= 1e-5, "NMSE {err:e}");
+
+    // a second process: the verdicts from disk, no timing, though MTL0 is the slow one now
+    let (log, measured, err) = beside(
+        "again.f32",
+        "cache-b",
+        &[("STANDIN_METAL_US_PER_MFLOP", "300")],
+    );
+    let kept = log
+        .lines()
+        .find(|l| l.contains("verdicts kept from earlier runs"))
+        .unwrap_or_else(|| panic!("no routing line\n{}", tail(&log)));
+    eprintln!("second process: {kept}");
+    assert!(measured.is_empty(), "{measured:#?}");
+    assert!(!kept.contains("(0 verdicts"), "{kept}");
+    assert_eq!(on_engine(&log), 0, "{}", tail(&log));
+    assert!(err <= 1e-5, "NMSE {err:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

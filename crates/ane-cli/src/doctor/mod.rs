@@ -117,6 +117,48 @@ pub(crate) fn json_string(s: &str) -> String {
     out
 }
 
+/// What the backend measured on this chip (ggml-ane's `routing-verdicts.tsv` in the kernel
+/// cache: `chip|os|engine|gpu, m, k, bucket, engine µs, GPU µs` a line), in one line.
+fn measured_line(cache: &crate::settings::CacheArgs, chip: &str) -> String {
+    let Some(path) = cache.disk().map(|d| d.dir().join("routing-verdicts.tsv")) else {
+        return "kernel cache off: no verdicts kept".into();
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return format!(
+            "nothing yet: the backend times each matmul shape against the GPU on first use \
+             and keeps the verdicts in {}",
+            path.display()
+        );
+    };
+    let rows: Vec<(String, f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let [key, m, k, b, e, g] = f[..] else {
+                return None;
+            };
+            key.starts_with(&format!("{chip}|"))
+                .then(|| Some((format!("{m}x{k}x{b}"), e.parse().ok()?, g.parse().ok()?)))
+                .flatten()
+        })
+        .collect();
+    if rows.is_empty() {
+        return format!("no verdicts for this chip in {}", path.display());
+    }
+    let faster = rows.iter().filter(|(_, e, g)| e < g).count();
+    let shown: Vec<String> = rows
+        .iter()
+        .take(4)
+        .map(|(s, e, g)| format!("{s} engine {:.2} ms / GPU {:.2} ms", e / 1e3, g / 1e3))
+        .collect();
+    format!(
+        "{} shapes timed, the engine faster on {faster}: {}{}",
+        rows.len(),
+        shown.join(", "),
+        if rows.len() > 4 { ", …" } else { "" }
+    )
+}
+
 pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let mut probes = Vec::new();
     probes.push(Probe::new(
@@ -137,7 +179,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 "predicted",
                 crate::plan::chip_cost::doctor_line(c, args.routing.mode),
             )
-            .figure("measured", "not yet: no timing of this Mac's shapes (#21)");
+            .figure("measured", measured_line(&args.engine.cache, c.name));
     }
     probes.push(chip);
 

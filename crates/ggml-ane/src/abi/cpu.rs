@@ -90,6 +90,15 @@ fn dev_by_type() -> Option<(DevByType, String)> {
     None
 }
 
+/// The host registry's first device of `device_type` (ggml's `ggml_backend_dev_by_type`), or
+/// `None` when the registry cannot be reached or has none.
+pub(super) fn device_of_type(device_type: c_int) -> Option<*mut ggml_backend_device> {
+    let (by_type, _) = dev_by_type()?;
+    // SAFETY: ggml's registry function; it returns NULL when no such device is registered.
+    let dev = unsafe { by_type(device_type) };
+    (!dev.is_null()).then_some(dev)
+}
+
 /// The folder of the ggml-base this library is bound to.
 fn base_dir() -> Option<String> {
     super::host::bound_ggml_base()

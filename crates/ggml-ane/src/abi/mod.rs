@@ -25,6 +25,7 @@
 pub(crate) mod backend;
 pub(crate) mod cpu;
 mod device;
+pub(crate) mod gpu;
 pub(crate) mod host;
 pub mod registry;
 pub(crate) mod signals;
@@ -87,6 +88,7 @@ pub const GGML_LOG_LEVEL_WARN: c_int = 3;
 pub const GGML_LOG_LEVEL_ERROR: c_int = 4;
 
 pub const GGML_BACKEND_DEVICE_TYPE_CPU: c_int = 0;
+pub const GGML_BACKEND_DEVICE_TYPE_GPU: c_int = 1;
 pub const GGML_BACKEND_DEVICE_TYPE_IGPU: c_int = 2;
 pub const GGML_BACKEND_DEVICE_TYPE_ACCEL: c_int = 3;
 /// `GGML_BACKEND_BUFFER_USAGE_ANY`: a buffer whose use nobody said (rpc-server's, test hosts').
@@ -373,6 +375,28 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
     pub fn ggml_set_output(tensor: *mut ggml_tensor);
     pub fn ggml_threadpool_params_init(p: *mut ggml_threadpool_params, n_threads: c_int);
+    // one matmul timed on another device's backend (`gpu.rs`)
+    pub fn ggml_tensor_overhead() -> usize;
+    pub fn ggml_graph_overhead() -> usize;
+    pub fn ggml_new_graph(ctx: *mut ggml_context) -> *mut ggml_cgraph;
+    pub fn ggml_build_forward_expand(cgraph: *mut ggml_cgraph, tensor: *mut ggml_tensor);
+    pub fn ggml_mul_mat(
+        ctx: *mut ggml_context,
+        a: *mut ggml_tensor,
+        b: *mut ggml_tensor,
+    ) -> *mut ggml_tensor;
+    pub fn ggml_nbytes(tensor: *const ggml_tensor) -> usize;
+    pub fn ggml_backend_alloc_ctx_tensors(
+        ctx: *mut ggml_context,
+        backend: *mut ggml_backend,
+    ) -> *mut c_void;
+    pub fn ggml_backend_buffer_free(buffer: *mut c_void);
+    pub fn ggml_backend_tensor_set(
+        tensor: *mut ggml_tensor,
+        data: *const c_void,
+        offset: usize,
+        size: usize,
+    );
 }
 
 /// `GGML_MAX_N_THREADS`.
@@ -626,6 +650,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         (
             "GGML_BACKEND_DEVICE_TYPE_IGPU",
             GGML_BACKEND_DEVICE_TYPE_IGPU as usize,
+        ),
+        (
+            "GGML_BACKEND_DEVICE_TYPE_GPU",
+            GGML_BACKEND_DEVICE_TYPE_GPU as usize,
         ),
         (
             "GGML_BACKEND_BUFFER_USAGE_WEIGHTS",

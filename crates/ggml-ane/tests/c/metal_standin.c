@@ -5,6 +5,8 @@
  * only its own three; supports_op as ggml-metal's own list (below); Metal's capabilities (async,
  * events, buffers from host pointers, mmap)
  * and its offload threshold (MUL_MAT with 32 or more tokens, MUL_MAT_ID counting ne[2]).
+ * STANDIN_METAL_US_PER_MFLOP slows its MUL_MATs by that many microseconds per million flops
+ * (routing-by-measurement tests).
  *
  * And it behaves like Metal where a careless neighbour would notice:
  * - graph_compute returns with its results held back (NaN in their memory) until the backend is
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ggml-backend-impl.h"
 #include "ggml-backend.h"
@@ -255,6 +258,23 @@ static enum ggml_status backend_graph_compute(ggml_backend_t backend, struct ggm
     }
     finish(); /* the queue's earlier work, in order */
     enum ggml_status status = ggml_backend_graph_compute((ggml_backend_t)backend->context, cgraph);
+    /* the speed knob: STANDIN_METAL_US_PER_MFLOP adds that many microseconds per million
+     * flops of MUL_MAT, so tests can make this "GPU" slower than the engine beside it */
+    const char *knob = getenv("STANDIN_METAL_US_PER_MFLOP");
+    if (knob && status == GGML_STATUS_SUCCESS) {
+        double mflop = 0;
+        for (int i = 0; i < n; i++) {
+            struct ggml_tensor *t = ggml_graph_node(cgraph, i);
+            if (t->op == GGML_OP_MUL_MAT) {
+                mflop += 2.0 * (double)t->src[0]->ne[0] * (double)ggml_nelements(t) / 1e6;
+            }
+        }
+        double us = mflop * atof(knob);
+        if (us > 0) {
+            struct timespec ts = {(time_t)(us / 1e6), (long)((us - (double)(time_t)(us / 1e6) * 1e6) * 1e3)};
+            nanosleep(&ts, NULL);
+        }
+    }
     if (status == GGML_STATUS_SUCCESS) {
         for (int i = 0; i < n; i++) {
             hold_back(ggml_graph_node(cgraph, i));

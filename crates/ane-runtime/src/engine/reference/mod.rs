@@ -47,11 +47,17 @@ pub struct Faults {
     pub streamed: bool,
     /// Two-input programs (the two-input form) fail at evaluation.
     pub two_input: bool,
+    /// Every evaluation takes [`SLOW_EVAL`] longer: an engine slower than its neighbour, for
+    /// tests of routing by measurement.
+    pub slow: bool,
 }
+
+/// How much longer each evaluation takes under the `slow` fault.
+pub const SLOW_EVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Faults {
     /// Parses a comma-separated list of `compile`, `eval`, `inf`, `baked`, `streamed`,
-    /// `two-input` (what `ggml-ane` reads from `GGML_ANE_REFERENCE_FAULTS`); anything else is an
+    /// `two-input`, `slow` (what `ggml-ane` reads from `GGML_ANE_REFERENCE_FAULTS`); anything else is an
     /// error naming it.
     ///
     /// # Errors
@@ -66,9 +72,10 @@ impl Faults {
                 "baked" => faults.baked = true,
                 "streamed" => faults.streamed = true,
                 "two-input" => faults.two_input = true,
+                "slow" => faults.slow = true,
                 other => {
                     return Err(Error::InvalidSetting(format!(
-                        "reference fault `{other}`: expected compile, eval, inf, baked, streamed or two-input"
+                        "reference fault `{other}`: expected compile, eval, inf, baked, streamed, two-input or slow"
                     )))
                 }
             }
@@ -306,6 +313,9 @@ impl Kernel for ReferenceKernel {
             return Err(Error::Eval(
                 "injected eval failure (reference engine faults)".into(),
             ));
+        }
+        if self.faults.slow {
+            std::thread::sleep(SLOW_EVAL);
         }
         let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; plan.n_slots];
         for (slot, t) in &plan.constants {
