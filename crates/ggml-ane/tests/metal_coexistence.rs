@@ -430,42 +430,37 @@ fn measured_routing_sends_each_shape_to_the_faster_side_and_keeps_the_verdicts()
     };
     let on_engine = |log: &str| support::stat(log, "nodes on engine");
 
-    let (log, measured, err) = beside(
-        "slow-metal.f32",
-        "cache-a",
-        &[("STANDIN_METAL_US_PER_MFLOP", "300")],
-    );
-    eprintln!(
-        "MTL0 slowed: {measured:#?}, {} nodes on the engine, NMSE {err:.1e}",
-        on_engine(&log)
-    );
-    assert!(!measured.is_empty(), "{}", tail(&log));
-    assert!(
-        measured.iter().all(|l| l.ends_with("the engine takes it")),
-        "{measured:#?}"
-    );
-    assert!(
-        on_engine(&log) > 0 && err <= 1e-5,
-        "NMSE {err:e}\n{}",
-        tail(&log)
-    );
-
-    let (log, measured, err) = beside(
-        "slow-engine.f32",
-        "cache-b",
-        &[("GGML_ANE_REFERENCE_FAULTS", "slow")],
-    );
-    eprintln!(
-        "engine slowed: {measured:#?}, {} nodes on the engine, NMSE {err:.1e}",
-        on_engine(&log)
-    );
-    assert!(!measured.is_empty(), "{}", tail(&log));
-    assert!(
-        measured.iter().all(|l| l.ends_with("left to MTL0")),
-        "{measured:#?}"
-    );
-    assert_eq!(on_engine(&log), 0, "{}", tail(&log));
-    assert!(err <= 1e-5, "NMSE {err:e}");
+    // (run, its cache, the knob, what every measurement says, whether the engine takes any)
+    for (out, cache, knob, verdict, takes) in [
+        (
+            "slow-metal.f32",
+            "cache-a",
+            ("STANDIN_METAL_US_PER_MFLOP", "300"),
+            "the engine takes it",
+            true,
+        ),
+        (
+            "slow-engine.f32",
+            "cache-b",
+            ("GGML_ANE_REFERENCE_FAULTS", "slow"),
+            "left to MTL0",
+            false,
+        ),
+    ] {
+        let (log, measured, err) = beside(out, cache, &[knob]);
+        eprintln!(
+            "{}: {measured:#?}, {} nodes on the engine, NMSE {err:.1e}",
+            knob.0,
+            on_engine(&log)
+        );
+        assert!(!measured.is_empty(), "{}", tail(&log));
+        assert!(
+            measured.iter().all(|l| l.ends_with(verdict)),
+            "{measured:#?}"
+        );
+        assert_eq!(on_engine(&log) > 0, takes, "{}", tail(&log));
+        assert!(err <= 1e-5, "NMSE {err:e}");
+    }
 
     // a second process: the verdicts from disk, no timing, though MTL0 is the slow one now
     let (log, measured, err) = beside(

@@ -15,14 +15,7 @@ use half::f16;
 /// # Panics
 /// If a source row is shorter than `cols` or a write would fall outside `dst`.
 pub(crate) fn f16_columns(srcs: &[&[f16]], cols: usize, dst: &mut [u8], stride: usize, col: usize) {
-    check_columns(
-        srcs.iter().map(|s| s.len()),
-        srcs.len(),
-        cols,
-        dst.len(),
-        stride,
-        col,
-    );
+    check_columns(srcs, cols, dst.len(), stride, col);
     #[cfg(target_arch = "x86_64")]
     if super::fp16::x86_available() {
         // SAFETY: F16C and AVX were detected; every row holds `cols` values and every write
@@ -45,14 +38,7 @@ pub(crate) fn f32_columns(
     stride: usize,
     col: usize,
 ) -> f64 {
-    check_columns(
-        srcs.iter().map(|s| s.len()),
-        srcs.len(),
-        cols,
-        dst.len(),
-        stride,
-        col,
-    );
+    check_columns(srcs, cols, dst.len(), stride, col);
     #[cfg(target_arch = "x86_64")]
     if super::fp16::x86_available() {
         // SAFETY: as above.
@@ -67,16 +53,13 @@ pub(crate) fn f32_columns(
     sum
 }
 
-fn check_columns(
-    lens: impl Iterator<Item = usize>,
-    n: usize,
-    cols: usize,
-    dst_len: usize,
-    stride: usize,
-    col: usize,
-) {
-    for len in lens {
-        assert!(len >= cols, "a source row shorter than the columns staged");
+fn check_columns<T>(srcs: &[&[T]], cols: usize, dst_len: usize, stride: usize, col: usize) {
+    let n = srcs.len();
+    for s in srcs {
+        assert!(
+            s.len() >= cols,
+            "a source row shorter than the columns staged"
+        );
     }
     if n > 0 && cols > 0 {
         assert!(
