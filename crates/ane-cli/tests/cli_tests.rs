@@ -317,6 +317,14 @@ fn plan_reports_an_moe_prefill() {
         json.contains("{\"tokens\": 512, \"matmuls\": 18625, \"kernels\": 15, \"new_compiles\": 0, \"seed_compiles\": 192, \"seed_refused\": 18433, \"dispatches_per_layer\": 388, \"tokens_per_expert\": 32, \"experts_on_engine\": 128}"),
         "{json}"
     );
+    // fused: one expert FFN program per expert, 130 dispatches a layer instead of 388
+    let out = ane(&["plan", "--model", "qwen3-30b-a3b", "--fused", "--no-cache"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("512: 130 (unfused 388)"),
+        "{}",
+        text(&out.stdout)
+    );
     // Qwen3-30B-A3B's attention is grouped (q 4096, kv 512), which --dims cannot say: the same
     // experts by hand differ only in the attention's shapes
     let out = ane(&[
@@ -335,10 +343,6 @@ fn plan_reports_an_moe_prefill() {
             "USED <= COUNT",
         ),
         (&["plan", "--experts", "8,2,768"][..], "--dims"),
-        (
-            &["plan", "--model", "qwen3-30b-a3b", "--fused"][..],
-            "node by node",
-        ),
     ] {
         let out = ane(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -205,7 +205,13 @@ impl Replay {
     }
 }
 
-/// Replays a prefill of each length with fused blocks.
+/// A block of a layer: its key, whether it is an FFN, its matrices `(m, k)`, the key of its
+/// first matrix as a single MUL_MAT, and its tokens.
+type Block<'a> = (usize, bool, &'a [(usize, usize)], usize, usize);
+
+/// Replays a prefill of each length with fused blocks. An MoE layer's routed experts are
+/// expert FFN blocks, one per expert whose token group (even routing) is worth a dispatch,
+/// each identified apart (ggml-ane's `expert_ffn`); thinner groups stay on the CPU.
 pub(crate) fn plan_fused(
     model: &ModelDims,
     lengths: &[usize],
@@ -213,7 +219,7 @@ pub(crate) fn plan_fused(
     max_loaded: Option<u32>,
     max_dim: usize,
 ) -> FusedPlan {
-    let (d, f) = (model.dim, model.ffn);
+    let d = model.dim;
     let mut r = Replay {
         budget,
         max_loaded,
@@ -227,14 +233,31 @@ pub(crate) fn plan_fused(
     };
     let mut plan = FusedPlan::default();
     let qkv = [(model.q_dim, d), (model.kv_dim, d), (model.kv_dim, d)];
-    let ffn = [(f, d), (f, d), (d, f)];
+    let ffn = (model.ffn > 0).then_some([(model.ffn, d), (model.ffn, d), (d, model.ffn)]);
+    let expert = model.experts.map(|e| [(e.ffn, d), (e.ffn, d), (d, e.ffn)]);
+    let per_layer = model.layer_weights().len();
+    // block keys: 0.. for the layers' Q/K/V and dense FFN blocks, then one per expert
+    let expert_key = |layer: usize, e: usize| {
+        2 * model.layers + layer * model.experts.map_or(0, |x| x.count) + e
+    };
     for &n in lengths {
-        let (mut most, mut most_unfused) = (0, 0);
+        let batch = model.even_expert_batch(n);
+        let mut most = 0;
         for layer in 0..model.layers {
-            let w = layer * 7; // weight keys as ModelDims::weights numbers them
+            let w = layer * per_layer; // weight keys as ModelDims::weights numbers them
+            let mut blocks: Vec<Block<'_>> = vec![(2 * layer, false, &qkv[..], w, n)];
+            if let Some(ffn) = &ffn {
+                blocks.push((2 * layer + 1, true, &ffn[..], w + 4, n));
+            }
+            if let (Some(expert), Some((tokens, on_engine))) = (&expert, batch) {
+                let first = w + 4 + if ffn.is_some() { 3 } else { 0 };
+                for e in 0..on_engine {
+                    blocks.push((expert_key(layer, e), true, &expert[..], first, tokens));
+                }
+            }
             let mut dispatches = 0;
-            for (block, mats, first) in [(0, &qkv[..], w), (1, &ffn[..], w + 4)] {
-                match r.baked_block(2 * layer + block, d, mats, n) {
+            for (key, is_ffn, mats, first, tokens) in blocks {
+                match r.baked_block(key, d, mats, tokens) {
                     Ok(k) => {
                         plan.fused_blocks += 1;
                         dispatches += k;
@@ -243,7 +266,7 @@ pub(crate) fn plan_fused(
                     Err(true) => plan.too_large += 1,
                     Err(false) => plan.no_room += 1,
                 }
-                match r.streamed_block(block == 1, d, mats, n) {
+                match r.streamed_block(is_ffn, d, mats, tokens) {
                     Some(k) => {
                         plan.streamed_blocks += 1;
                         dispatches += k;
@@ -251,28 +274,20 @@ pub(crate) fn plan_fused(
                     None => {
                         plan.unfused_blocks += 1;
                         for (i, &(m, k)) in mats.iter().enumerate() {
-                            dispatches += r.matmul(first + i, m, k, n);
+                            dispatches += r.matmul(first + i, m, k, tokens);
                         }
                     }
                 }
             }
             dispatches += r.matmul(w + 3, d, model.q_dim, n);
             most = most.max(dispatches);
-            let single = |m: usize, k: usize| {
-                let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
-                m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(n, max_dim, 1).len()
-            };
-            most_unfused = most_unfused.max(
-                qkv.iter()
-                    .chain(&ffn)
-                    .map(|&(m, k)| single(m, k))
-                    .sum::<usize>()
-                    + single(d, model.q_dim),
-            );
         }
-        r.matmul(model.layers * 7, model.vocab, d, n);
+        r.matmul(model.layers * per_layer, model.vocab, d, n);
         plan.dispatches_per_layer.push((n, most));
-        plan.unfused_dispatches_per_layer.push((n, most_unfused));
+        plan.unfused_dispatches_per_layer.push((
+            n,
+            super::matmul_kernels::dispatches_per_layer(model, n, max_dim),
+        ));
     }
     plan.compiles = r.used;
     plan.fused_kernels = r.fused.len() as u32;
@@ -327,6 +342,38 @@ mod tests {
         // Q/K/V 1 + output 1 + FFN in 3 hidden tiles, against 7 single matmuls
         assert_eq!(p.dispatches_per_layer[0], (17, 5));
         assert_eq!(p.unfused_dispatches_per_layer[0], (17, 7));
+    }
+
+    /// Qwen3-30B-A3B fused: Q/K/V one program, the attention output one, and one expert FFN
+    /// program per expert with a token group (128 under even routing from 128 tokens, none
+    /// below 8 tokens an expert): 130 dispatches a layer against 388 node by node, within the
+    /// budget and the cap.
+    #[test]
+    fn an_moe_fuses_one_program_per_expert_within_the_budget() {
+        let model = ModelDims::qwen3_30b_a3b();
+        let p = plan_fused(&model, &LENGTHS, Some(100), Some(48), 16384);
+        assert!(p.compiles <= 100 && p.loaded <= 48, "{p:?}");
+        assert_eq!(p.unfused_blocks, 0, "{p:?}");
+        let per_layer: Vec<(usize, usize)> = p
+            .dispatches_per_layer
+            .iter()
+            .zip(&p.unfused_dispatches_per_layer)
+            .map(|(&(_, f), &(_, u))| (f, u))
+            .collect();
+        assert_eq!(
+            per_layer[0],
+            (2, 4),
+            "17 tokens: the experts stay on the CPU"
+        );
+        assert!(
+            per_layer[3..].iter().all(|&d| d == (130, 388)),
+            "{per_layer:?}"
+        );
+        // every expert FFN program is one hidden tile (3 x 768 + tokens fit one input)
+        assert!(p
+            .streamed_programs
+            .iter()
+            .all(|s| !matches!(s, StreamedProgram::Ffn(2048, ht, _) if *ht != 768)));
     }
 
     #[test]

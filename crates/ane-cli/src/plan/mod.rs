@@ -111,13 +111,6 @@ pub(crate) fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    if args.fused && model.experts.is_some() {
-        bail!(
-            "--fused plans dense FFN and Q/K/V blocks; {}'s routed experts run node by node \
-             (one dispatch per expert and matrix): drop --fused for its plan",
-            model.name
-        );
-    }
     // the reference engine's accounting, with its own counter so the plan is not limited by
     // (and does not spend) this process's budget
     let engine = ReferenceEngine::with_config(
