@@ -232,8 +232,35 @@ fn fp16_weights_stage_by_copy_with_the_same_results(make: &EngineMaker) {
     }
 }
 
+/// A baked tile wider than one K piece (4100 input channels: three pieces of 1376, 1376 and
+/// 1348, summed in fp16 inside the program) is right against f64 over the fp16 operands, with
+/// one rounding per piece allowed, and agrees with the streamed kernel (K whole) to within it.
+fn a_baked_kernel_cut_along_k_is_right(make: &EngineMaker) {
+    let s = shape(48, 4100, 40, [1, 1]);
+    let c = case(s, 7);
+    let e = make.make(16384, None);
+    let (baked, st) = run(
+        e.as_ref(),
+        &KernelCache::new().with_policy(KernelPolicy::Baked),
+        &c,
+        Some(ID),
+    );
+    assert_eq!(st.baked_nodes, 1, "ran baked");
+    assert_eq!(ane_runtime::matmul::k_pieces(s.k).len(), 3);
+    let wt = transpose(&c.w.data, s.m, s.k);
+    assert_matmul_close_rounded(&baked, &c.a.data, &wt, s.n, s.k, s.m, 3, "baked, K cut");
+    let (streamed, _) = run(
+        e.as_ref(),
+        &KernelCache::new().with_policy(KernelPolicy::Streamed),
+        &c,
+        Some(ID),
+    );
+    assert_matmul_close_rounded(&streamed, &c.a.data, &wt, s.n, s.k, s.m, 1, "streamed");
+}
+
 engine_test!(
     made: baked_and_streamed_kernels_give_identical_numbers,
+    a_baked_kernel_cut_along_k_is_right,
     weights_changed_in_place_get_new_kernels,
     auto_bakes_only_while_the_budget_keeps_room_for_streamed_kernels,
     fp16_weights_stage_by_copy_with_the_same_results,

@@ -110,7 +110,7 @@ fn baked_kernels_package_with_their_weights() {
         if let Some(v) = first_refusal(&program, &RuleOptions::default()) {
             panic!("baked {m}x{k}x{n}: {v}");
         }
-        coreml::package(&program, None, &baked_weights(&tile))
+        coreml::package(&program, None, &baked_weights(m, k, &tile))
             .unwrap()
             .write_to(&path)
             .unwrap();

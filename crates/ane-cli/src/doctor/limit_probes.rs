@@ -28,7 +28,7 @@ pub(crate) fn compile_baked(
     let weights = values(m * k, seed);
     let tile: Vec<f16> = weights.iter().map(|&v| f16::from_f32(v)).collect();
     let kernel = engine
-        .compile(&baked_matmul_program(m, k, s), &baked_weights(&tile))
+        .compile(&baked_matmul_program(m, k, s), &baked_weights(m, k, &tile))
         .map_err(|e| e.to_string())?;
     Ok(BakedKernel {
         kernel,

@@ -223,7 +223,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         let (program, weights) = match form {
             KernelKind::Baked => (
                 baked_matmul_program(m, k, 64),
-                baked_weights(&vec![half::f16::ZERO; m * k]),
+                baked_weights(m, k, &vec![half::f16::ZERO; m * k]),
             ),
             KernelKind::TwoInput => (two_input_matmul_program(m, k, 64), Default::default()),
             _ => (matmul_program(m, k, 64), Default::default()),

@@ -243,7 +243,7 @@ impl KernelCache {
         let key = KernelKey::Baked(id.key, tile);
         let build = || {
             let program = baked_matmul_program(tile.bm, tile.bk, tile.bucket);
-            (program, baked_weights(&weights()))
+            (program, baked_weights(tile.bm, tile.bk, &weights()))
         };
         let found = self.lookup(engine, key, id.fingerprint, build, stats)?;
         self.settle(key, found, stats)

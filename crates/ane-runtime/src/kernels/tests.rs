@@ -115,7 +115,7 @@ fn fetch(
     let baked = || {
         (
             baked_matmul_program(m, k, tokens),
-            baked_weights(&weights()),
+            baked_weights(m, k, &weights()),
         )
     };
     match kind {

@@ -25,9 +25,9 @@ pub use precision::MAX_PREDICTED_NMSE;
 pub use program::{baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 pub use tiling::{
-    baked_tiles, input_width, kernel_shapes, min_bucket, streamed_tile_sizes, tile_sizes,
-    token_bucket, token_chunk, token_chunks, BakedTile, CHANNEL_ALIGN, MAX_BAKED_WEIGHT_BYTES,
-    MAX_TOKENS_PER_KERNEL,
+    baked_tiles, input_width, k_pieces, kernel_shapes, min_bucket, streamed_tile_sizes, tile_sizes,
+    token_bucket, token_chunk, token_chunks, BakedTile, BAKED_K_PIECE, CHANNEL_ALIGN,
+    MAX_BAKED_WEIGHT_BYTES, MAX_TOKENS_PER_KERNEL,
 };
 
 use std::time::Instant;

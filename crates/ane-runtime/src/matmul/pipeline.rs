@@ -29,6 +29,22 @@ pub(super) struct TilePlan {
     tiles: Vec<WeightTile>,
 }
 
+impl TilePlan {
+    /// The most K pieces a kernel of the plan sums inside its program (baked kernels past
+    /// `BAKED_K_PIECE` channels; 1 otherwise).
+    fn k_pieces(&self) -> usize {
+        match self.kind {
+            KernelKind::Baked => self
+                .tiles
+                .iter()
+                .map(|t| super::tiling::k_pieces(t.bk).len())
+                .max()
+                .unwrap_or(1),
+            _ => 1,
+        }
+    }
+}
+
 /// A weight tile (rows `m0..m0+bm`, columns `k0..k0+bk`) and its kernel for each token chunk.
 struct WeightTile {
     m0: usize,
@@ -230,6 +246,7 @@ pub(super) fn run_plan(
                 run.result_sum_sq,
                 run.output_err,
                 run.acts_sum_sq,
+                plan.k_pieces(),
             )
         });
         if let Some(out) = buffer {

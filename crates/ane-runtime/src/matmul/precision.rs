@@ -246,6 +246,9 @@ impl Guard {
     /// Whether batch `(b2, b3)`'s engine result (f32-accumulated tiles whose own rounding adds
     /// `output_err`; its squares summing to `sum_sq`, gathered while writing it back) can be
     /// used; `acts_sum_sq` is the activations' sum of squares, summed while staging them.
+    /// `k_pieces` is how many K pieces a kernel summed in fp16 inside its program (1: K whole):
+    /// each piece's result and each partial sum is rounded, `2·(P − 1)` more roundings of
+    /// values the size of the products' sum, `C · max W(k) · Σ A` each, as for the inputs.
     pub(crate) fn check(
         &self,
         job: &MatmulJob<'_>,
@@ -253,6 +256,7 @@ impl Guard {
         sum_sq: f64,
         output_err: f64,
         acts_sum_sq: f64,
+        k_pieces: usize,
     ) -> Result<(), FallbackReason> {
         let s = job.shape;
         let (w2, w3) = s.weight_index(b2, b3);
@@ -263,7 +267,9 @@ impl Guard {
             rounded: s.n > 0 && job.acts.row_f16(b2, b3, 0).is_none(),
         };
         let accumulated = accumulator_error(self.accumulator, weights, acts_sum_sq, s.m * s.n)?;
-        let predicted = input_error(weights, &acts) + output_err + accumulated;
+        let partial_sums =
+            2.0 * k_pieces.saturating_sub(1) as f64 * C * weights.max_column() * acts_sum_sq;
+        let predicted = input_error(weights, &acts) + output_err + accumulated + partial_sums;
         match too_imprecise(predicted, sum_sq) {
             None => Ok(()),
             Some(nmse) => Err(FallbackReason::Precision(format!(

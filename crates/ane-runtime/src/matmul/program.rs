@@ -6,7 +6,7 @@ use ane_mil::ir::{Arg, BlobRef, Literal, Program};
 use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
 use half::f16;
 
-use super::tiling::input_width;
+use super::tiling::{input_width, k_pieces};
 
 // The kernels are in the forms public code has run on ANE hardware (docs/ane-notes.md,
 // docs/hardware-validation.md): channel-first `[1, C, 1, S]` inputs and outputs, weights
@@ -134,17 +134,31 @@ pub fn two_input_matmul_program(m: usize, k: usize, n: usize) -> Program {
     conv_output(f, &a, &w, "custom")
 }
 
-/// Where a baked kernel's weight tile lives.
+/// Where a baked kernel's weight tile lives (a tile whose K is cut: one file per piece,
+/// `weight_<i>.bin`, as maderix's `test_fused_bwd.m` keeps `w1t.bin` and `w3t.bin`).
 pub(crate) const BAKED_WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
+
+fn piece_path(i: usize) -> String {
+    format!("@model_path/weights/weight_{i}.bin")
+}
 
 /// The baked kernel: `x [1, k, 1, n]`, the weight tile compiled in as a `[m, k, 1, 1]` fp16
 /// BLOBFILE constant, `y [1, m, 1, n] = conv(x, W)` with `pad_type = valid` — the form of
 /// maderix/ANE `gen_classifier_fwd` (training/ane_classifier.h), checked there against
 /// `cblas_sgemm` on hardware. One compile per (weight tile, token bucket); only the
 /// activations cross per call.
+///
+/// Past [`BAKED_K_PIECE`] input channels, K is cut inside the program ([`k_pieces`]): each
+/// piece `slice_by_size` of `x` along the channels, a conv against its own baked weights, and
+/// the partial results added in order (maderix `test_fused_bwd.m` L55-94, `stories_mil.h`
+/// L149-171).
 pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n]));
+    let pieces = k_pieces(k);
+    if pieces.len() > 1 {
+        return split_k_program(f, &x, m, n, &pieces);
+    }
     let w = f.constant(
         "W",
         Literal::Blob(BlobRef {
@@ -158,15 +172,117 @@ pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
     conv_output(f, &x, &w, "valid")
 }
 
-/// The weight file of a baked kernel: the fp16 tile `[m, k]`, row-major (`[m, k, 1, 1]`).
-pub fn baked_weights(tile: &[f16]) -> WeightFiles {
-    let mut w = BlobWriter::new();
-    let offset = w.add_fp16(tile);
-    debug_assert_eq!(offset, 64);
+/// [`baked_matmul_program`] past one K piece: a conv per piece of the input's channels, the
+/// partial results added in order into `y`.
+fn split_k_program(
+    mut f: FunctionBuilder,
+    x: &str,
+    m: usize,
+    n: usize,
+    pieces: &[(usize, usize)],
+) -> Program {
+    let dl = f.constant("dl", Literal::int32s(&[1, 1]));
+    let gr = f.constant("gr", Literal::int32(1));
+    let pd = f.constant("pd", Literal::int32s(&[0, 0, 0, 0]));
+    let pt = f.constant("pt", Literal::string("valid"));
+    let st = f.constant("st", Literal::int32s(&[1, 1]));
+    let mut sum: Option<String> = None;
+    for (i, &(k0, kt)) in pieces.iter().enumerate() {
+        let begin = f.constant(&format!("b{i}"), Literal::int32s(&[0, k0 as i32, 0, 0]));
+        let size = f.constant(
+            &format!("z{i}"),
+            Literal::int32s(&[1, kt as i32, 1, n as i32]),
+        );
+        let xi = f
+            .op(
+                &format!("x{i}"),
+                "slice_by_size",
+                &[
+                    ("begin", Arg::Var(begin)),
+                    ("size", Arg::Var(size)),
+                    ("x", Arg::Var(x.to_string())),
+                ],
+            )
+            .expect("the tile program is well-typed");
+        let wi = f.constant(
+            &format!("W{i}"),
+            Literal::Blob(BlobRef {
+                dtype: DType::Fp16,
+                shape: vec![m, kt, 1, 1],
+                path: piece_path(i),
+                offset: 64,
+            }),
+        );
+        let last = i + 1 == pieces.len();
+        let name = if last && sum.is_none() {
+            "y".to_string()
+        } else {
+            format!("c{i}")
+        };
+        let ci = f
+            .op(
+                &name,
+                "conv",
+                &[
+                    ("dilations", Arg::Var(dl.clone())),
+                    ("groups", Arg::Var(gr.clone())),
+                    ("pad", Arg::Var(pd.clone())),
+                    ("pad_type", Arg::Var(pt.clone())),
+                    ("strides", Arg::Var(st.clone())),
+                    ("weight", Arg::Var(wi)),
+                    ("x", Arg::Var(xi)),
+                ],
+            )
+            .expect("the tile program is well-typed");
+        sum = Some(match sum {
+            None => ci,
+            Some(acc) => {
+                let name = if last {
+                    "y".to_string()
+                } else {
+                    format!("s{i}")
+                };
+                f.op(&name, "add", &[("x", Arg::Var(acc)), ("y", Arg::Var(ci))])
+                    .expect("the tile program is well-typed")
+            }
+        });
+    }
+    let y = sum.expect("at least two pieces");
+    f.output(&y).expect("y is defined");
+    let mut p = Program::new();
+    p.functions.push(f.finish());
+    p
+}
+
+/// The weight files of a baked kernel: the fp16 tile `[m, k]`, row-major (`[m, k, 1, 1]`), in
+/// one file, or — K cut into pieces ([`k_pieces`]) — its columns of each piece in a file each.
+///
+/// # Panics
+/// If `tile` does not hold `m · k` values.
+pub fn baked_weights(m: usize, k: usize, tile: &[f16]) -> WeightFiles {
+    assert_eq!(tile.len(), m * k, "a baked tile of {m} x {k}");
+    let pieces = k_pieces(k);
     let mut files = WeightFiles::new();
-    files
-        .insert(BAKED_WEIGHT_PATH, w.finish())
-        .expect("a file we just wrote parses");
+    let mut add = |path: &str, values: &[f16]| {
+        let mut w = BlobWriter::new();
+        let offset = w.add_fp16(values);
+        debug_assert_eq!(offset, 64);
+        files
+            .insert(path, w.finish())
+            .expect("a file we just wrote parses");
+    };
+    if pieces.len() == 1 {
+        add(BAKED_WEIGHT_PATH, tile);
+        return files;
+    }
+    for (i, &(k0, kt)) in pieces.iter().enumerate() {
+        let columns: Vec<f16> = tile
+            .chunks(k)
+            .flat_map(|row| &row[k0..k0 + kt])
+            .copied()
+            .collect();
+        add(&piece_path(i), &columns);
+    }
     files
 }
 
@@ -201,7 +317,7 @@ mod tests {
         let mut two = RuleOptions::default();
         two.allow_two_inputs = true;
         assert_eq!(refusals(&p, two), Vec::<String>::new());
-        let w = baked_weights(&[f16::ONE; 15]);
+        let w = baked_weights(3, 5, &[f16::ONE; 15]);
         let p = baked_matmul_program(3, 5, 32);
         let f = ane_mil::check_program(&p, Some(&w)).unwrap();
         assert_eq!(
@@ -219,5 +335,69 @@ mod tests {
         assert_eq!(input_width(10667, 32), 10720);
         let p = matmul_program(14000, 64, 600);
         assert_eq!(refusals(&p, RuleOptions::default()), Vec::<String>::new());
+    }
+
+    /// Past 2048 input channels a baked kernel cuts K inside the program: aligned pieces, a
+    /// slice, a conv and a weight file each, added in order; it checks, passes the rulebook,
+    /// and computes what one conv over the whole K computes, within fp16's rounding of the
+    /// partial results.
+    #[test]
+    fn a_baked_tile_past_one_k_piece_sums_its_pieces_in_the_program() {
+        assert_eq!(k_pieces(2048), [(0, 2048)]);
+        assert_eq!(k_pieces(4096), [(0, 2048), (2048, 2048)]);
+        assert_eq!(k_pieces(4100), [(0, 1376), (1376, 1376), (2752, 1348)]);
+        assert_eq!(
+            k_pieces(11008),
+            (0..6)
+                .map(|i| (i * 1856, 1856.min(11008 - i * 1856)))
+                .collect::<Vec<_>>()
+        );
+        let (m, k, n) = (40, 4100, 32);
+        let tile: Vec<f16> = (0..m * k)
+            .map(|i| f16::from_f32(((i * 7) % 23) as f32 / 64.0 - 0.17))
+            .collect();
+        let w = baked_weights(m, k, &tile);
+        let p = baked_matmul_program(m, k, n);
+        let f = ane_mil::check_program(&p, Some(&w)).unwrap();
+        assert_eq!(
+            f[0].signature(),
+            "main<ios18>(x: tensor<fp16, [1, 4100, 1, 32]>) -> (y: tensor<fp16, [1, 40, 1, 32]>)"
+        );
+        let refused: Vec<String> = check_rules(&p, &RuleOptions::default())
+            .into_iter()
+            .filter(|v| v.rule.severity == Severity::Refuse)
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(refused, Vec::<String>::new());
+        let text = ane_mil::print_program(&p);
+        assert_eq!(text.matches("conv(").count(), 3, "{text}");
+        assert_eq!(text.matches("weight_").count(), 3, "{text}");
+        // on the reference engine, against f64 over the fp16 operands
+        use crate::engine::reference::{ReferenceConfig, ReferenceEngine};
+        use crate::{CompileCounter, Engine, Surface};
+        let engine = ReferenceEngine::with_config(
+            ReferenceConfig::default().with_counter(CompileCounter::new(None)),
+        );
+        let kernel = engine.compile(&p, &w).unwrap();
+        let procedure = &kernel.procedures()[0];
+        let mut x = Surface::new(procedure.inputs[0].clone());
+        let xs: Vec<f32> = (0..k * n)
+            .map(|i| f16::from_f32(((i * 5) % 17) as f32 / 16.0 - 0.5).to_f32())
+            .collect();
+        x.write_f32(&xs).unwrap();
+        let mut y = Surface::new(procedure.outputs[0].clone());
+        kernel.eval(0, &[&x], &mut [&mut y]).unwrap();
+        let got = y.read_f32();
+        let (mut err, mut sum) = (0f64, 0f64);
+        for r in 0..m {
+            for t in 0..n {
+                let want: f64 = (0..k)
+                    .map(|c| f64::from(tile[r * k + c].to_f32()) * f64::from(xs[c * n + t]))
+                    .sum();
+                err += (f64::from(got[r * n + t]) - want).powi(2);
+                sum += want * want;
+            }
+        }
+        assert!(err / sum < 1e-6, "NMSE {}", err / sum);
     }
 }

@@ -16,6 +16,26 @@ pub const CHANNEL_ALIGN: usize = 32;
 /// ceiling (docs/ane-rules.md, `program-weights`).
 pub const MAX_BAKED_WEIGHT_BYTES: usize = 32000 * 768 * 2;
 
+/// Input channels one conv of a baked kernel sums at most: a wider tile's K is cut, inside the
+/// one program, into pieces of at most this many channels (multiples of [`CHANNEL_ALIGN`]),
+/// each a conv against its own slice of the weights, the partial results added. Throughput
+/// follows the summed dimension (trisanths/ane-llm-prefill `results/reduction_law.md`,
+/// `results/roofline_aneforge.md` L17-24 @45f9692: 1–2 K pieces took 6.9 → 12.2 TFLOPS on an
+/// M2 Pro); the form is maderix/ANE's: `training/test_fused_bwd.m` L55-175 (two 2048-channel
+/// slices of a 4096-channel input, a conv each against baked weights, `add`, checked against
+/// the CPU) and `training/stories_mil.h` L149-171 (`gen_qkvb`: three 768-channel pieces).
+pub const BAKED_K_PIECE: usize = 2048;
+
+/// The K pieces `(first channel, channels)` of a baked kernel over `k` input channels: `k`
+/// whole up to [`BAKED_K_PIECE`], else cut as tiles are (equal, aligned, the last shorter).
+pub fn k_pieces(k: usize) -> Vec<(usize, usize)> {
+    let piece = cut(k, BAKED_K_PIECE);
+    (0..k)
+        .step_by(piece.max(1))
+        .map(|k0| (k0, piece.min(k - k0)))
+        .collect()
+}
+
 /// The smallest token bucket of tiles with `bm` output and `bk` input channels: every runtime
 /// input at least 32 wide — narrower ones return garbage with no error
 /// (skyfallsin/apple-neural-engine-field-guide `README.md`@4a1b518; rulebook `narrow-input`),
