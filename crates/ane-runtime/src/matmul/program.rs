@@ -150,8 +150,8 @@ fn piece_path(i: usize) -> String {
 ///
 /// Past [`BAKED_K_PIECE`](super::tiling::BAKED_K_PIECE) input channels, K is cut inside the
 /// program ([`k_pieces`]): each piece `slice_by_size` of `x` along the channels, a conv against
-/// its own baked weights, and the partial results added in order (maderix `test_fused_bwd.m` L55-94, `stories_mil.h`
-/// L149-171).
+/// its own baked weights, and the partial results added in order (maderix `test_fused_bwd.m`
+/// L55-94, `stories_mil.h` L149-171).
 pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n]));
