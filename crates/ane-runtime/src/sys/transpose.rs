@@ -23,7 +23,9 @@ pub(crate) fn f16_columns(srcs: &[&[f16]], cols: usize, dst: &mut [u8], stride: 
         unsafe { x86::f16_columns(srcs, cols, dst, stride, col) };
         return;
     }
-    scalar_columns(srcs.len(), cols, dst, stride, col, |i, d| srcs[i][d]);
+    scalar_edges(srcs.len(), (0, 0), cols, dst, stride, col, |i, d| {
+        srcs[i][d]
+    });
 }
 
 /// [`f16_columns`] from f32 rows, rounding each value to fp16; returns Σ v² of the values
@@ -45,7 +47,7 @@ pub(crate) fn f32_columns(
         return unsafe { x86::f32_columns(srcs, cols, dst, stride, col) };
     }
     let mut sum = 0f64;
-    scalar_columns(srcs.len(), cols, dst, stride, col, |i, d| {
+    scalar_edges(srcs.len(), (0, 0), cols, dst, stride, col, |i, d| {
         let v = srcs[i][d];
         sum += f64::from(v) * f64::from(v);
         f16::from_f32(v)
@@ -66,23 +68,6 @@ fn check_columns<T>(srcs: &[&[T]], cols: usize, dst_len: usize, stride: usize, c
             2 * (col + n) <= stride && (cols - 1) * stride + 2 * (col + n) <= dst_len,
             "a staged block outside the surface"
         );
-    }
-}
-
-fn scalar_columns(
-    n: usize,
-    cols: usize,
-    dst: &mut [u8],
-    stride: usize,
-    col: usize,
-    mut value: impl FnMut(usize, usize) -> f16,
-) {
-    for d in 0..cols {
-        let off = d * stride + 2 * col;
-        let out: &mut [f16] = bytemuck::cast_slice_mut(&mut dst[off..off + 2 * n]);
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = value(i, d);
-        }
     }
 }
 
@@ -348,9 +333,8 @@ mod x86 {
     }
 }
 
-/// The values [`f16_columns`]' blocked pass leaves: features `c8..cols` of tokens `0..n8`, and
-/// every feature of tokens `n8..n`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// The values [`f16_columns`]' blocked pass leaves, a value at a time: features `c8..cols` of
+/// tokens `0..n8`, and every feature of tokens `n8..n` (with `(0, 0)`: all of them).
 fn scalar_edges(
     n: usize,
     (n8, c8): (usize, usize),
@@ -402,7 +386,7 @@ mod tests {
             assert_eq!(a, b, "{n}x{cols}");
             // the scalar path (Apple silicon's) agrees
             let mut c = vec![0xAAu8; cols * stride];
-            scalar_columns(n, cols, &mut c, stride, col, |i, d| f16_rows[i][d]);
+            scalar_edges(n, (0, 0), cols, &mut c, stride, col, |i, d| f16_rows[i][d]);
             assert_eq!(a, c, "{n}x{cols}");
             let want: f64 = refs32
                 .iter()
