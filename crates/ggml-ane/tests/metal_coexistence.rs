@@ -38,6 +38,33 @@ fn run(exe: &Path, model: &Path, out: &Path, env: &[(&str, &str)]) -> (String, V
     support::logits_run(output, out)
 }
 
+/// The environment of a run with our device listed before the stand-in MTL0 (`-dev ANE,MTL0
+/// -ts 0,1`, as a Mac user runs it), our library from `GGML_BACKEND_PATH`, kernels cached in
+/// `cache`.
+fn beside_metal<'a>(
+    standin: &'a Path,
+    cdylib: &'a Path,
+    cache: &'a Path,
+) -> Vec<(&'a str, &'a str)> {
+    let s = |p: &'a Path| p.to_str().expect("a UTF-8 path");
+    vec![
+        ("LOGITS_EXTRA_BACKEND", s(standin)),
+        ("LOGITS_DEVICES", "ANE,MTL0"),
+        ("LOGITS_TENSOR_SPLIT", "0,1"),
+        ("GGML_BACKEND_PATH", s(cdylib)),
+        ("GGML_ANE_CACHE_DIR", s(cache)),
+    ]
+}
+
+/// `env` and then `more`.
+fn with<'a>(
+    mut env: Vec<(&'a str, &'a str)>,
+    more: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    env.extend_from_slice(more);
+    env
+}
+
 /// The prompt graph's splits from llama.cpp's `sched_reserve: ... splits = P / D` line.
 fn prompt_splits(log: &str) -> usize {
     log.lines()
@@ -105,15 +132,8 @@ fn prefill_matmuls_reach_the_ane_beside_a_metal_device() {
     let cache = dir.join("cache");
     let cdylib = support::cdylib();
     let beside = |out: &str, extra: &[(&str, &str)]| {
-        let mut env = vec![
-            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
-            ("LOGITS_DEVICES", "ANE,MTL0"),
-            ("LOGITS_TENSOR_SPLIT", "0,1"),
-            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
-            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
-            ("GGML_ANE_STATS", "2"),
-            ("GGML_SCHED_DEBUG", "2"),
-        ];
+        let mut env = beside_metal(&standin, &cdylib, &cache);
+        env.extend([("GGML_ANE_STATS", "2"), ("GGML_SCHED_DEBUG", "2")]);
         env.extend_from_slice(extra);
         run(&exe, &model, &dir.join(out), &env)
     };
@@ -250,14 +270,10 @@ fn attention_metal_refuses_leaves_our_results_right() {
         &exe,
         &model,
         &dir.join("metal.f32"),
-        &[
-            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
-            ("LOGITS_DEVICES", "ANE,MTL0"),
-            ("LOGITS_TENSOR_SPLIT", "0,1"),
-            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
-            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
-            ("GGML_ANE_STATS", "1"),
-        ],
+        &with(
+            beside_metal(&standin, &cdylib, &cache),
+            &[("GGML_ANE_STATS", "1")],
+        ),
     );
     let _ = std::fs::remove_dir_all(&dir);
     for l in log
@@ -306,14 +322,10 @@ fn a_mixture_of_experts_prefills_its_experts_on_the_ane_beside_metal() {
         &exe,
         &model,
         &dir.join("metal.f32"),
-        &[
-            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
-            ("LOGITS_DEVICES", "ANE,MTL0"),
-            ("LOGITS_TENSOR_SPLIT", "0,1"),
-            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
-            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
-            ("GGML_ANE_STATS", "2"),
-        ],
+        &with(
+            beside_metal(&standin, &cdylib, &cache),
+            &[("GGML_ANE_STATS", "2")],
+        ),
     );
     let _ = std::fs::remove_dir_all(&dir);
     let experts: Vec<&str> = log
@@ -408,16 +420,12 @@ fn measured_routing_sends_each_shape_to_the_faster_side_and_keeps_the_verdicts()
     let cdylib = support::cdylib();
     let beside = |out: &str, cache: &str, extra: &[(&str, &str)]| {
         let cache = dir.join(cache);
-        let mut env = vec![
-            ("LOGITS_EXTRA_BACKEND", standin.to_str().unwrap()),
-            ("LOGITS_DEVICES", "ANE,MTL0"),
-            ("LOGITS_TENSOR_SPLIT", "0,1"),
-            ("GGML_BACKEND_PATH", cdylib.to_str().unwrap()),
-            ("GGML_ANE_CACHE_DIR", cache.to_str().unwrap()),
+        let mut env = beside_metal(&standin, &cdylib, &cache);
+        env.extend([
             ("GGML_ANE_CHIP", "M4"),
             ("GGML_ANE_LOG", "info"),
             ("GGML_ANE_STATS", "1"),
-        ];
+        ]);
         env.extend_from_slice(extra);
         let (log, logits) = run(&exe, &model, &dir.join(out), &env);
         let measured: Vec<String> = log

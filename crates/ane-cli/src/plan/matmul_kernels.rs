@@ -158,6 +158,17 @@ impl ModelDims {
         };
         Some((tokens, on_engine))
     }
+
+    /// How often weight `w` of a layer runs in a prompt of `n` tokens, and on how many tokens
+    /// each time: a dense weight once on `n`; an expert's once per expert that gets a batch
+    /// under even routing, on that batch (never, when the batches are too thin).
+    pub(crate) fn runs(&self, w: &Weight, n: usize) -> (usize, usize) {
+        match (w.per_expert, self.even_expert_batch(n)) {
+            (false, _) => (1, n),
+            (true, Some((tokens, on_engine))) => (on_engine, tokens),
+            (true, None) => (0, 0),
+        }
+    }
 }
 
 /// The expert batch sizes a prompt of `n` can produce whatever the routing (8, 16, … up to
@@ -303,13 +314,8 @@ pub(crate) fn plan_auto(
     let weights = model.weights();
     for &n in lengths {
         // every matmul job of this prefill: (weight, expert, m, k, tokens), in graph order
-        let batch = model.even_expert_batch(n);
         let jobs = weights.iter().enumerate().flat_map(|(w, wt)| {
-            let (experts, tokens) = match (wt.per_expert, batch) {
-                (false, _) => (1, n),
-                (true, Some((tokens, on_engine))) => (on_engine, tokens),
-                (true, None) => (0, 0),
-            };
+            let (experts, tokens) = model.runs(wt, n);
             (0..experts).map(move |e| (w, e, wt.m, wt.k, tokens))
         });
         for (w, e, m, k, n) in jobs {
@@ -480,14 +486,12 @@ pub(crate) fn dispatches_per_layer(model: &ModelDims, n: usize, max_dim: usize) 
         let (tm, tk) = streamed_tile_sizes(m, k, max_dim);
         m.div_ceil(tm) * k.div_ceil(tk) * token_chunks(tokens, max_dim, 1).len()
     };
-    let batch = model.even_expert_batch(n);
     model
         .layer_weights()
         .iter()
-        .map(|w| match (w.per_expert, batch) {
-            (false, _) => calls(w.m, w.k, n),
-            (true, Some((tokens, experts))) => experts * calls(w.m, w.k, tokens),
-            (true, None) => 0,
+        .map(|w| match model.runs(w, n) {
+            (0, _) => 0,
+            (count, tokens) => count * calls(w.m, w.k, tokens),
         })
         .sum()
 }

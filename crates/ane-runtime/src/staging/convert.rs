@@ -102,10 +102,10 @@ const STAGE_FEATURES: usize = 64;
 /// input (one surface row per input feature, tokens or weight rows along the width). With
 /// `sum_sq`, adds the sum of the values' squares (before rounding) into it.
 ///
-/// Multi-threaded over surface rows: each thread converts its features of a block of
-/// `COLUMN_BLOCK` source rows, then scatters them into its own surface rows. A source whose
-/// rows are neither f32 nor fp16 in memory (quantised, strided) is converted once first, row
-/// by row in parallel, so no thread converts a whole row for its slice of it.
+/// Multi-threaded over surface rows: each thread transposes its features of a block of
+/// `COLUMN_BLOCK` source rows straight into its own surface rows (`sys::transpose`). A source
+/// whose rows are not all f32 or all fp16 in memory (quantised, strided) is converted once
+/// first, row by row in parallel, so no thread converts a whole row for its slice of it.
 #[allow(
     clippy::too_many_arguments,
     reason = "source, batch, row and column ranges, and the destination column: the transposed staging case"
@@ -127,7 +127,11 @@ pub fn stage_columns(
     if cols == 0 || rows == 0 {
         return;
     }
-    if src.row_f32(batch.0, batch.1, r0).is_none() && src.row_f16(batch.0, batch.1, r0).is_none() {
+    // rows in memory are transposed straight from there, eight by eight; any other source
+    // (quantised, strided, or rows of both kinds) is converted once first
+    let in_memory = |has: &dyn Fn(usize) -> bool| (r0..r0 + rows).all(has);
+    let half = in_memory(&|r| src.row_f16(batch.0, batch.1, r).is_some());
+    if !half && !in_memory(&|r| src.row_f32(batch.0, batch.1, r).is_some()) {
         let (converted, total) = converted_rows(src, batch, (r0, rows), (k0, cols), k);
         stage_columns(
             s,
@@ -149,9 +153,7 @@ pub fn stage_columns(
     // surface rows d0.. (as many as `part` holds); returns their values' sum of squares
     let stage = |d0: usize, part: &mut [u8]| -> f64 {
         let nd = part.len() / stride;
-        let mut tmp = vec![0f32; k];
-        // a block of source rows by features, small enough to stay in L1 while transposed
-        let mut block = [half::f16::ZERO; COLUMN_BLOCK * STAGE_FEATURES];
+        let mut tmp = vec![0f32; STAGE_FEATURES];
         let (mut r16, mut r32) = (
             Vec::with_capacity(COLUMN_BLOCK),
             Vec::with_capacity(COLUMN_BLOCK),
@@ -161,47 +163,31 @@ pub fn stage_columns(
             let n = COLUMN_BLOCK.min(rows - b0);
             for f0 in (0..nd).step_by(STAGE_FEATURES) {
                 let fb = STAGE_FEATURES.min(nd - f0);
-                // rows in memory: transposed straight from them, eight by eight
                 let from = k0 + d0 + f0;
-                let dst = &mut part[f0 * stride..];
-                r16.clear();
-                r16.extend((0..n).map_while(|i| {
-                    src.row_f16(batch.0, batch.1, r0 + b0 + i)
-                        .map(|h| &h[from..from + fb])
-                }));
-                if r16.len() == n {
-                    transpose::f16_columns(&r16, fb, dst, stride, col0 + b0);
+                let (dst, col) = (&mut part[f0 * stride..], col0 + b0);
+                let row = |i: usize| r0 + b0 + i;
+                if half {
+                    r16.clear();
+                    r16.extend((0..n).filter_map(|i| {
+                        src.row_f16(batch.0, batch.1, row(i))
+                            .map(|h| &h[from..from + fb])
+                    }));
+                    transpose::f16_columns(&r16, fb, dst, stride, col);
                     if summed {
                         for h in &r16 {
                             f16_to_f32(&mut tmp[..fb], h);
                             total += sum_of_squares(&tmp[..fb]);
                         }
                     }
-                    continue;
-                }
-                r32.clear();
-                r32.extend((0..n).map_while(|i| {
-                    src.row_f32(batch.0, batch.1, r0 + b0 + i)
-                        .map(|v| &v[from..from + fb])
-                }));
-                if r32.len() == n {
-                    let e = transpose::f32_columns(&r32, fb, dst, stride, col0 + b0);
+                } else {
+                    r32.clear();
+                    r32.extend((0..n).filter_map(|i| {
+                        src.row_f32(batch.0, batch.1, row(i))
+                            .map(|v| &v[from..from + fb])
+                    }));
+                    let e = transpose::f32_columns(&r32, fb, dst, stride, col);
                     if summed {
                         total += e;
-                    }
-                    continue;
-                }
-                for (i, dst) in block.chunks_mut(STAGE_FEATURES).take(n).enumerate() {
-                    let acc = if summed { Some(&mut total) } else { None };
-                    let dst = &mut dst[..fb];
-                    row_to_f16(src, batch, r0 + b0 + i, k0 + d0 + f0, dst, &mut tmp, acc);
-                }
-                for d in 0..fb {
-                    let off = (f0 + d) * stride + 2 * (col0 + b0);
-                    let out: &mut [half::f16] =
-                        bytemuck::cast_slice_mut(&mut part[off..off + 2 * n]);
-                    for (i, o) in out.iter_mut().enumerate() {
-                        *o = block[i * STAGE_FEATURES + d];
                     }
                 }
             }
@@ -281,7 +267,7 @@ pub struct WrittenSums {
 /// Tokens per block of the transposing write-back: each output row then receives
 /// [`BACK_FEATURES`] contiguous f32 (whole cache lines) per block instead of one value.
 const BACK_TOKENS: usize = 128;
-/// Output features per block: a 32 × 64 f32 tile (8 KiB) stays in L1 while it is transposed.
+/// Output features per block: the surface rows one pass over a token block reads.
 const BACK_FEATURES: usize = 64;
 
 /// Adds a `[1, bm, 1, _]` result tile — surface row `r` holding output feature `m0 + r` of
@@ -290,8 +276,9 @@ const BACK_FEATURES: usize = 64;
 /// first K tile, so `out` needs no clearing); returns the sums of squares, or `None` if any
 /// value is not finite.
 ///
-/// Cache-blocked: a block of tokens by features is converted row by row (SIMD) into a tile,
-/// then written out token by token; threads take disjoint token blocks, past 65536 values.
+/// Cache-blocked: a block of tokens by 64 features at a time, transposed eight
+/// by eight with the conversion (`sys::transpose`); threads take disjoint token blocks, past
+/// 65536 values.
 pub fn accumulate_columns(
     s: &Surface,
     out: &mut [f32],
@@ -308,6 +295,11 @@ pub fn accumulate_columns(
         "accumulate_columns: a tile past the output"
     );
     let layout = s.layout();
+    // every kernel output is `[1, M, 1, S]`: row r at r · row_stride
+    assert!(
+        layout.is_row_contiguous(),
+        "accumulate_columns: an output whose rows are not contiguous"
+    );
     let bytes = s.as_bytes();
     let parallel = bn * bm >= PARALLEL_MIN_VALUES;
     // tokens per block: BACK_TOKENS, or fewer (multiples of 8) so that every thread gets one
@@ -328,49 +320,17 @@ pub fn accumulate_columns(
     let block = |(b, rows): (usize, &mut [f32])| -> Option<WrittenSums> {
         let t0 = b * per;
         let tb = per.min(bn - t0);
-        let mut tile = [0f32; BACK_TOKENS * BACK_FEATURES];
         let mut sums = WrittenSums::default();
-        if layout.is_row_contiguous() {
-            // eight by eight: each output row gets 8 contiguous f32 per step
-            for f0 in (0..bm).step_by(BACK_FEATURES) {
-                let fb = BACK_FEATURES.min(bm - f0);
-                let src = &bytes[layout.flat_row_offset(f0)..];
-                let dst = &mut rows[m0 + f0..];
-                let s =
-                    transpose::f16_rows_to_f32(src, layout.row_stride, t0, fb, tb, dst, m, first);
-                sums.tile += s.tile;
-                sums.result += s.result;
-            }
-            return sums.tile.is_finite().then_some(sums);
-        }
+        // eight by eight: each output row gets 8 contiguous f32 per step
         for f0 in (0..bm).step_by(BACK_FEATURES) {
             let fb = BACK_FEATURES.min(bm - f0);
-            for r in 0..fb {
-                let off = layout.flat_row_offset(f0 + r) + 2 * t0;
-                let src: &[half::f16] = bytemuck::cast_slice(&bytes[off..off + 2 * tb]);
-                let dst = &mut tile[r * BACK_TOKENS..r * BACK_TOKENS + tb];
-                f16_to_f32(dst, src);
-                // sixteen lanes: no serial chain of adds; a sum is finite exactly when every
-                // value is (fp16 values cannot overflow it)
-                sums.tile += sum_of_squares(dst);
-            }
-            for j in 0..tb {
-                let dst = &mut rows[j * m + m0 + f0..][..fb];
-                if first {
-                    for (r, o) in dst.iter_mut().enumerate() {
-                        *o = tile[r * BACK_TOKENS + j];
-                    }
-                } else {
-                    for (r, o) in dst.iter_mut().enumerate() {
-                        *o += tile[r * BACK_TOKENS + j];
-                    }
-                    sums.result += sum_of_squares(dst);
-                }
-            }
+            let src = &bytes[layout.flat_row_offset(f0)..];
+            let dst = &mut rows[m0 + f0..];
+            let s = transpose::f16_rows_to_f32(src, layout.row_stride, t0, fb, tb, dst, m, first);
+            sums.tile += s.tile;
+            sums.result += s.result;
         }
-        if first {
-            sums.result = sums.tile;
-        }
+        // a sum is finite exactly when every value is (fp16 values cannot overflow it)
         sums.tile.is_finite().then_some(sums)
     };
     let join = |a: Option<WrittenSums>, b: Option<WrittenSums>| {

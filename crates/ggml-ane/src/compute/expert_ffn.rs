@@ -16,14 +16,11 @@ use ane_runtime::matmul::{
 
 use super::context::BackendContext;
 use super::experts::{routed_pairs, Expert, Gathered, Scattered, MIN_EXPERT_TOKENS};
+use super::fused::declined;
 use super::matmul::may_bake;
 use super::walker::Chain;
 use crate::abi::{ggml_type, Split};
 use crate::runtime::Runtime;
-
-fn declined(why: impl Into<String>) -> FallbackReason {
-    FallbackReason::Unsupported(why.into())
-}
 
 /// One expert's result rows, `channels` values per routed pair.
 enum ExpertRows {

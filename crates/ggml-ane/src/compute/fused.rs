@@ -15,7 +15,8 @@ use crate::abi::{self, ggml_type, NodeDesc, Split, TensorDesc, TensorRows};
 use crate::runtime::Runtime;
 use crate::stats::placement::{display_name, Placement};
 
-fn declined(why: impl Into<String>) -> FallbackReason {
+/// Why a chain (or a part of it) runs elsewhere: shapes or types it does not take.
+pub(super) fn declined(why: impl Into<String>) -> FallbackReason {
     FallbackReason::Unsupported(why.into())
 }
 

@@ -55,13 +55,7 @@ pub(crate) fn graph_compute(
     for step in &plan.steps {
         match step {
             Step::Cpu(ix) => walk.on_cpu(ix)?,
-            Step::Engine(i) if split.nodes[*i].kind == OpKind::MulMatId => {
-                // thin experts only, or ids that cannot be read: ggml's CPU backend, whole
-                if !matches!(experts::run(ctx, rt, split, *i), Ok(true)) {
-                    walk.on_cpu(&[*i])?;
-                }
-            }
-            Step::Engine(i) => matmul::run(ctx, rt, split, *i)?,
+            Step::Engine(i) => walk.engine(*i)?,
             Step::Fused(c) => chains[*c] = walk.fused(&plan.chains[*c]),
             Step::Member { chain, node } => {
                 walk.member(&plan.chains[*chain], chains[*chain].as_ref(), *node)?
@@ -112,6 +106,18 @@ impl Walk<'_, '_> {
             .run_on_cpu(ix.len(), |cpu| self.split.compute_on(cpu, ix))
     }
 
+    /// A MUL_MAT on the engine path; or a MUL_MAT_ID, expert by expert — ggml's CPU backend
+    /// takes it whole when only thin experts are routed or its ids cannot be read.
+    fn engine(&self, i: usize) -> Result<(), Failure> {
+        if self.split.nodes[i].kind != OpKind::MulMatId {
+            return Ok(matmul::run(self.ctx, self.rt, self.split, i)?);
+        }
+        match experts::run(self.ctx, self.rt, self.split, i) {
+            Ok(true) => Ok(()),
+            _ => self.on_cpu(&[i]),
+        }
+    }
+
     /// Evaluates a chain as one fused program (an expert FFN: one per expert): its results,
     /// or `None` (counted, the first of each reason logged) when the engine declines it and its
     /// nodes run one by one.
@@ -154,16 +160,9 @@ impl Walk<'_, '_> {
     ) -> Result<(), Failure> {
         let out = match done {
             None => {
+                // a chain's MUL_MATs and MUL_MAT_IDs are ones the engine takes
                 return match self.split.nodes[node].kind {
-                    OpKind::MulMat => Ok(matmul::run(self.ctx, self.rt, self.split, node)?),
-                    // as a MUL_MAT_ID step does: thin experts only, ggml's CPU backend whole
-                    OpKind::MulMatId if self.split.nodes[node].engine => {
-                        if matches!(experts::run(self.ctx, self.rt, self.split, node), Ok(true)) {
-                            Ok(())
-                        } else {
-                            self.on_cpu(&[node])
-                        }
-                    }
+                    OpKind::MulMat | OpKind::MulMatId => self.engine(node),
                     _ => self.on_cpu(&[node]),
                 };
             }
