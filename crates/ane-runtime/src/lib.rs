@@ -95,4 +95,4 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use layout::{SurfaceDType, TensorLayout};
-pub use surface::Surface;
+pub use surface::{Lender, LentMemory, Surface};

@@ -1,7 +1,9 @@
 //! Surfaces: strided buffers that kernels read inputs from and write outputs to.
 //!
-//! On the ANE these are IOSurfaces shared with the hardware; here (and for the reference
-//! engine everywhere) they are 64-byte-aligned host memory with the same layout rules.
+//! A surface's memory is either the host's (64-byte-aligned, [`Surface::new`]) or lent by an
+//! engine ([`Kernel::lend`](crate::engine::Kernel::lend)): on the ANE an IOSurface the
+//! hardware reads and writes in place, so staging writes straight into it and no copy is made
+//! at evaluation (apple-audit.md finding 20). Both have the same layout rules.
 
 use half::f16;
 use rayon::prelude::*;
@@ -13,19 +15,110 @@ use crate::sys::fp16::{f16_to_f32, f32_to_f16};
 /// 64 bytes, 64-aligned: the unit of surface storage (keeps rows aligned without `unsafe`).
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
-struct Block([u8; 64]);
+pub(crate) struct Block([u8; 64]);
+
+/// Zeroed, 64-byte-aligned host memory of at least `bytes` bytes.
+pub(crate) fn zeroed_blocks(bytes: usize) -> Vec<Block> {
+    vec![Block([0; 64]); bytes.div_ceil(64)]
+}
 
 /// A strided buffer for one tensor.
-#[derive(Clone)]
 pub struct Surface {
     layout: TensorLayout,
+    memory: Memory,
+}
+
+enum Memory {
+    Host(Vec<Block>),
+    Lent(Box<dyn LentMemory>),
+}
+
+/// Which engine lent a surface's memory, and how much it holds (an engine's kernels take a
+/// surface in place only when its memory has the size they would lend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lender {
+    /// The engine.
+    pub kind: crate::engine::EngineKind,
+    /// Bytes the memory holds (at least the layout's).
+    pub capacity: usize,
+}
+
+/// Memory an engine lends for a kernel's input or output: its own buffer, which its kernels
+/// read and write in place.
+pub trait LentMemory: Send + Sync {
+    /// Every byte, `capacity` of them.
+    fn bytes(&self) -> &[u8];
+    /// Every byte, for writing.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Who lent it.
+    fn lender(&self) -> Lender;
+    /// The engine's own type, for the engine to find its buffer again.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Host memory an engine lends aligned to `ALIGN` bytes (Core ML wants page-aligned
+/// backings: apple-audit.md finding 22), marked as that engine's.
+pub(crate) struct AlignedMemory<const ALIGN: usize> {
     blocks: Vec<Block>,
+    offset: usize,
+    lender: Lender,
+}
+
+impl<const ALIGN: usize> AlignedMemory<ALIGN> {
+    /// Zeroed memory of `lender.capacity` bytes starting at a multiple of `ALIGN`.
+    pub(crate) fn new(lender: Lender) -> Self {
+        let blocks = zeroed_blocks(lender.capacity + ALIGN);
+        // the first multiple of ALIGN inside the allocation (blocks are 64-aligned)
+        let at = blocks.as_ptr() as usize;
+        let offset = at.next_multiple_of(ALIGN) - at;
+        AlignedMemory {
+            blocks,
+            offset,
+            lender,
+        }
+    }
+}
+
+impl<const ALIGN: usize> LentMemory for AlignedMemory<ALIGN> {
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.blocks)[self.offset..][..self.lender.capacity]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.blocks)[self.offset..][..self.lender.capacity]
+    }
+
+    fn lender(&self) -> Lender {
+        self.lender
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A lent surface clones into host memory: the copy is the caller's, not the engine's.
+impl Clone for Surface {
+    fn clone(&self) -> Self {
+        match &self.memory {
+            Memory::Host(blocks) => Surface {
+                layout: self.layout.clone(),
+                memory: Memory::Host(blocks.clone()),
+            },
+            Memory::Lent(_) => {
+                let mut s = Surface::new(self.layout.clone());
+                s.as_bytes_mut().copy_from_slice(self.as_bytes());
+                s
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Surface {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Surface")
             .field("layout", &self.layout)
+            .field("lender", &self.lender())
             .finish_non_exhaustive()
     }
 }
@@ -33,8 +126,43 @@ impl std::fmt::Debug for Surface {
 impl Surface {
     /// A zeroed surface for `layout`.
     pub fn new(layout: TensorLayout) -> Self {
-        let blocks = vec![Block([0; 64]); layout.byte_len().div_ceil(64)];
-        Surface { layout, blocks }
+        let blocks = zeroed_blocks(layout.byte_len());
+        Surface {
+            layout,
+            memory: Memory::Host(blocks),
+        }
+    }
+
+    /// A surface for `layout` in memory an engine lends.
+    ///
+    /// # Errors
+    /// [`Error::Staging`] when the memory holds fewer bytes than the layout needs.
+    pub fn lent(layout: TensorLayout, memory: Box<dyn LentMemory>) -> Result<Self> {
+        let have = memory.bytes().len();
+        if have < layout.byte_len() {
+            return Err(Error::Staging(format!(
+                "`{}` needs {} bytes; the lent memory holds {have}",
+                layout.name,
+                layout.byte_len()
+            )));
+        }
+        Ok(Surface {
+            layout,
+            memory: Memory::Lent(memory),
+        })
+    }
+
+    /// Who lent the memory; `None` for host memory.
+    pub fn lender(&self) -> Option<Lender> {
+        self.lent_memory().map(|m| m.lender())
+    }
+
+    /// The lent memory, for the engine that lent it.
+    pub fn lent_memory(&self) -> Option<&dyn LentMemory> {
+        match &self.memory {
+            Memory::Lent(m) => Some(m.as_ref()),
+            Memory::Host(_) => None,
+        }
     }
 
     /// The layout.
@@ -44,13 +172,20 @@ impl Surface {
 
     /// All bytes, padding included.
     pub fn as_bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.blocks)[..self.layout.byte_len()]
+        let n = self.layout.byte_len();
+        match &self.memory {
+            Memory::Host(blocks) => &bytemuck::cast_slice(blocks)[..n],
+            Memory::Lent(m) => &m.bytes()[..n],
+        }
     }
 
     /// All bytes, padding included.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         let n = self.layout.byte_len();
-        &mut bytemuck::cast_slice_mut(&mut self.blocks)[..n]
+        match &mut self.memory {
+            Memory::Host(blocks) => &mut bytemuck::cast_slice_mut(blocks)[..n],
+            Memory::Lent(m) => &mut m.bytes_mut()[..n],
+        }
     }
 
     /// Writes a dense row-major tensor of the layout's shape, rounding to the surface's type.

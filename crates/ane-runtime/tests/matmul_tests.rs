@@ -403,7 +403,7 @@ impl Kernel for FlakyKernel {
         index: usize,
         inputs: &[&ane_runtime::Surface],
         outputs: &mut [&mut ane_runtime::Surface],
-    ) -> ane_runtime::Result<()> {
+    ) -> ane_runtime::Result<usize> {
         self.evals.fetch_add(1, Ordering::Relaxed);
         let affected = !self.two_input_only || inputs.len() == 2;
         if affected && self.fail.load(Ordering::Relaxed) {

@@ -122,27 +122,104 @@ pub struct ProcedureInfo {
     pub outputs: Vec<TensorLayout>,
 }
 
+/// One of a procedure's surfaces: an input or an output, by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The `i`-th input.
+    Input(usize),
+    /// The `i`-th output.
+    Output(usize),
+}
+
 /// A compiled program.
 ///
 /// Callers evaluate through [`eval`](#method.eval) (an inherent method of `dyn Kernel`, so no
 /// engine can override it): it checks the surfaces against the procedure's layouts, then
 /// calls the engine's [`run`](Kernel::run).
+///
+/// Surfaces from [`lend`](Kernel::lend) are the engine's own memory: evaluated with them, the
+/// engine reads and writes in place. Any other surface is copied into the engine's memory
+/// and back, and `eval` says how many bytes that was.
 pub trait Kernel: Send + Sync {
     /// Procedures, in function order.
     fn procedures(&self) -> &[ProcedureInfo];
 
     /// The engine's part of an evaluation: reads `inputs`, writes `outputs` (rows' padding is
     /// left as is). Called by `eval` only, with procedure `index` present and every surface
-    /// already checked against its layout.
+    /// already checked against its layout. Returns the bytes copied between the surfaces and
+    /// the engine's own memory (0 when every surface was lent for its port).
     ///
     /// # Errors
     /// [`Error::Eval`] when the engine fails.
-    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()>;
+    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface])
+        -> Result<usize>;
+
+    /// A surface for `port` of procedure `index` in the engine's own memory, which the kernel
+    /// reads or writes in place. Engines without memory of their own lend host memory.
+    ///
+    /// # Errors
+    /// [`Error::NoProcedure`] for a procedure or port that does not exist; an engine's error
+    /// when it cannot allocate (callers may fall back to [`Surface::new`]).
+    fn lend(&self, index: usize, port: Port) -> Result<Surface> {
+        Ok(Surface::new(
+            port_layout(self.procedures(), index, port)?.clone(),
+        ))
+    }
+
+    /// Whether `surface` is one this kernel takes in place for `port` of procedure `index`:
+    /// lent by this engine with the size [`lend`](Kernel::lend) gives (a surface another
+    /// kernel lent qualifies when the sizes agree). Pools reuse such surfaces.
+    fn takes_in_place(&self, _index: usize, _port: Port, surface: &Surface) -> bool {
+        surface.lender().is_none()
+    }
+}
+
+/// The layout of `port` of procedure `index`.
+///
+/// # Errors
+/// [`Error::NoProcedure`] when there is no such procedure or port.
+pub fn port_layout(
+    procedures: &[ProcedureInfo],
+    index: usize,
+    port: Port,
+) -> Result<&TensorLayout> {
+    let p = procedures
+        .get(index)
+        .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+    let found = match port {
+        Port::Input(i) => p.inputs.get(i),
+        Port::Output(i) => p.outputs.get(i),
+    };
+    found.ok_or_else(|| Error::NoProcedure(format!("{} {port:?}", p.name)))
+}
+
+/// The memory size an engine with memory of its own lends for `port`: one size for every
+/// surface of its group (a procedure's inputs, or its outputs), as the ANE requires
+/// (`apple::layouts::uniform_alloc_size`). The reference engine lends the same sizes, so the
+/// pipeline's use of lent surfaces is tested off a Mac.
+pub(crate) fn lent_capacity(p: &ProcedureInfo, port: Port) -> usize {
+    let group = match port {
+        Port::Input(_) => &p.inputs,
+        Port::Output(_) => &p.outputs,
+    };
+    apple::layouts::uniform_alloc_size(group)
+}
+
+/// Whether `surface` is taken in place by an engine of `kind` for `port` of `p`: lent by
+/// such an engine with [`lent_capacity`]. The one decision both the apple and the reference
+/// engine make.
+pub(crate) fn in_place(kind: EngineKind, p: &ProcedureInfo, port: Port, surface: &Surface) -> bool {
+    surface.lender()
+        == Some(crate::surface::Lender {
+            kind,
+            capacity: lent_capacity(p, port),
+        })
 }
 
 impl dyn Kernel + '_ {
     /// Runs procedure `index`: checks the surfaces, then the engine reads `inputs` and writes
-    /// `outputs` (rows' padding is left as is).
+    /// `outputs` (rows' padding is left as is). Returns the bytes the engine copied because a
+    /// surface was not one it lent for that port (0 with lent surfaces).
     ///
     /// # Errors
     /// [`Error::NoProcedure`] for an index past the procedures, [`Error::LayoutMismatch`] when
@@ -152,13 +229,25 @@ impl dyn Kernel + '_ {
         index: usize,
         inputs: &[&Surface],
         outputs: &mut [&mut Surface],
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let procedure = self
             .procedures()
             .get(index)
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
         check_surfaces(procedure, inputs, outputs)?;
         self.run(index, inputs, outputs)
+    }
+
+    /// A surface for `port` of procedure `index`: lent by the engine, or host memory when it
+    /// cannot lend one (the evaluation then copies).
+    ///
+    /// # Errors
+    /// [`Error::NoProcedure`] when there is no such procedure or port.
+    pub fn surface(&self, index: usize, port: Port) -> Result<Surface> {
+        let layout = port_layout(self.procedures(), index, port)?;
+        Ok(self
+            .lend(index, port)
+            .unwrap_or_else(|_| Surface::new(layout.clone())))
     }
 
     /// The index of the procedure called `name`.

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use half::f16;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Port};
 use crate::kernels::policy::{should_bake, LoadedRoom, WeightId};
 use crate::kernels::KernelCache;
 use crate::matmul::precision::{self, ColumnSumSq};
@@ -605,8 +605,7 @@ fn run_baked(
     let mut hidden = HiddenSums::EMPTY;
     for (&(n0, bn, bucket), kernel) in chunks.iter().zip(&kernels) {
         let clock = Instant::now();
-        let procedure = &kernel.procedures()[0];
-        let mut input = Surface::new(procedure.inputs[0].clone());
+        let mut input = cache.surfaces.take(kernel.as_ref(), Port::Input(0));
         stage_columns(&mut input, job.x, (0, 0), (n0, bn), (0, c), c, 0, None);
         zero_columns(&mut input, c, (bn, bucket));
         stats.add_act_bytes(2 * c * bn);
@@ -615,8 +614,8 @@ fn run_baked(
             rows,
             sums: &mut hidden,
         });
-        evaluate(
-            kernel.as_ref(),
+        let done = evaluate(
+            (kernel.as_ref(), cache),
             &input,
             &mut results,
             &rows,
@@ -624,7 +623,9 @@ fn run_baked(
             true,
             taps,
             stats,
-        )?;
+        );
+        cache.surfaces.give_back(input);
+        done?;
     }
     Ok(Evaluated {
         values: results,
@@ -642,10 +643,11 @@ struct HiddenTaps<'a> {
 }
 
 /// One evaluation: `input` in, each output added into (or, `first`, assigned to) `results`
-/// at tokens `n0..n0 + bn`; an FFN's hidden values summed into `taps`.
+/// at tokens `n0..n0 + bn`; an FFN's hidden values summed into `taps`. The outputs are
+/// surfaces the kernel lent, from the cache's pool and back.
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
-    kernel: &dyn crate::engine::Kernel,
+    (kernel, cache): (&dyn crate::engine::Kernel, &KernelCache),
     input: &Surface,
     results: &mut [Vec<f32>],
     rows: &[usize],
@@ -654,18 +656,45 @@ fn evaluate(
     taps: Option<HiddenTaps<'_>>,
     stats: &Stats,
 ) -> Result<(), FallbackReason> {
-    let procedure = &kernel.procedures()[0];
-    let mut outs: Vec<Surface> = procedure
-        .outputs
-        .iter()
-        .map(|l| Surface::new(l.clone()))
+    let outputs = kernel.procedures()[0].outputs.len();
+    let mut outs: Vec<Surface> = (0..outputs)
+        .map(|i| cache.surfaces.take(kernel, Port::Output(i)))
         .collect();
+    let result = read_outputs(
+        kernel,
+        input,
+        &mut outs,
+        (results, rows),
+        (n0, bn),
+        first,
+        taps,
+        stats,
+    );
+    for s in outs {
+        cache.surfaces.give_back(s);
+    }
+    result
+}
+
+/// [`evaluate`] into `outs`.
+#[allow(clippy::too_many_arguments)]
+fn read_outputs(
+    kernel: &dyn crate::engine::Kernel,
+    input: &Surface,
+    outs: &mut [Surface],
+    (results, rows): (&mut [Vec<f32>], &[usize]),
+    (n0, bn): (usize, usize),
+    first: bool,
+    taps: Option<HiddenTaps<'_>>,
+    stats: &Stats,
+) -> Result<(), FallbackReason> {
     let clock = Instant::now();
     let mut out_refs: Vec<&mut Surface> = outs.iter_mut().collect();
     let evaluated = kernel.eval(0, &[input], &mut out_refs);
     stats.add_dispatch();
     stats.add_engine(clock.elapsed());
-    evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+    let copied = evaluated.map_err(|e| FallbackReason::Eval(e.to_string()))?;
+    stats.add_copied_bytes(copied);
     let clock = Instant::now();
     for ((s, res), &m) in outs.iter().zip(results.iter_mut()).zip(rows) {
         accumulate_columns(s, res, m, (n0, bn), (0, m), first).ok_or(FallbackReason::NonFinite)?;
@@ -761,10 +790,12 @@ fn run_streamed(
         for tile in 0..tiles {
             let clock = Instant::now();
             let key = id.map(|id| KeptWeightKey::new(id, (0, 0), (tile, 0), bucket, &layout));
-            let mut input = match key.as_ref().and_then(|k| cache.kept_weights.take(k)) {
-                Some(s) => s,
-                None => {
-                    let mut s = Surface::new(layout.clone());
+            // the tile's persistent input surface, in memory the kernel takes in place
+            let kept = key.as_ref().and_then(|k| cache.kept_weights.take(k));
+            let mut input = match kept {
+                Some(s) if kernel.takes_in_place(0, Port::Input(0), &s) => s,
+                _ => {
+                    let mut s = cache.surfaces.take(kernel.as_ref(), Port::Input(0));
                     stage_streamed_weights(&mut s, job, bucket, (tile * ht, ht), stats);
                     s
                 }
@@ -778,7 +809,7 @@ fn run_streamed(
                 sums: &mut hidden,
             });
             let done = evaluate(
-                kernel.as_ref(),
+                (kernel.as_ref(), cache),
                 &input,
                 &mut results,
                 &rows,
@@ -787,8 +818,12 @@ fn run_streamed(
                 taps,
                 stats,
             );
-            if let Some(k) = key {
-                cache.kept_weights.keep(k, input);
+            let spare = match key {
+                Some(k) => cache.kept_weights.keep(k, input),
+                None => Some(input),
+            };
+            if let Some(s) = spare {
+                cache.surfaces.give_back(s);
             }
             done?;
         }
@@ -884,6 +919,11 @@ fn stage_streamed_weights(
                 let src = &down.row_as_f32(0, 0, d, &mut tmp)[h0..h0 + real];
                 let row = s.row_f16_mut(d).expect("an fp16 input");
                 f32_to_f16(&mut row[bucket + 2 * ht..][..real], src);
+            }
+            // a last tile's padding: zero weights (the surface may be a reused one)
+            for part in 0..3 {
+                let at = bucket + part * ht;
+                zero_columns(s, c, (at + real, at + ht));
             }
             stats.add_weight_bytes(2 * 3 * real * c);
         }

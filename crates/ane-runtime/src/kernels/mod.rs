@@ -30,6 +30,7 @@ use crate::matmul::{
     FallbackReason, Stats,
 };
 use crate::staging::kept_weights::KeptWeights;
+use crate::staging::surface_pool::SurfacePool;
 use compile::{compile, KernelOrWhy};
 use key::KernelKey;
 use policy::{KernelPolicy, WeightId};
@@ -55,6 +56,8 @@ pub struct KernelCache {
     policy: KernelPolicy,
     /// Streamed weight tiles kept staged across calls.
     pub(crate) kept_weights: KeptWeights,
+    /// Idle surfaces the kernels lent, reused by every job.
+    pub(crate) surfaces: SurfacePool,
     /// Which kernels are loaded, within the cap.
     residency: Residency,
     /// Set (by the kernel) once a streamed two-input kernel gave up at evaluation: every

@@ -36,7 +36,6 @@ use rayon::prelude::*;
 
 use crate::engine::Engine;
 use crate::staging::convert::PARALLEL_MIN_VALUES;
-use crate::surface::Surface;
 use crate::sys::gemm::{gemm_f32, MatRef};
 
 /// Shape of a batched matmul.
@@ -278,23 +277,6 @@ pub struct Scratch {
     w: Vec<f32>,
     a: Vec<f32>,
     out: Vec<f32>,
-    surfaces: Vec<(crate::layout::TensorLayout, Surface)>,
-}
-
-impl Scratch {
-    fn surface(&mut self, layout: &crate::layout::TensorLayout) -> Surface {
-        match self.surfaces.iter().position(|(l, _)| l == layout) {
-            Some(i) => self.surfaces.swap_remove(i).1,
-            None => Surface::new(layout.clone()),
-        }
-    }
-
-    fn give_back(&mut self, s: Surface) {
-        if self.surfaces.len() >= 8 {
-            self.surfaces.remove(0);
-        }
-        self.surfaces.push((s.layout().clone(), s));
-    }
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {

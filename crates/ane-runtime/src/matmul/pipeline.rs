@@ -14,7 +14,7 @@ use super::precision::{self, Guard};
 use super::stats::{FallbackReason, Stats};
 use super::tiling::{kernel_shapes, min_bucket, streamed_tile_sizes, token_chunks, BakedTile};
 use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
-use crate::engine::{Engine, Kernel};
+use crate::engine::{Engine, Kernel, Port};
 use crate::kernels::KernelCache;
 use crate::staging::convert::{
     accumulate_columns, row_to_f16, stage_columns, zero_columns, WrittenSums,
@@ -237,7 +237,7 @@ pub(super) fn run_plan(
             }
         };
         if let Some((_, s)) = run.staged_acts.take() {
-            run.scratch.give_back(s);
+            cache.surfaces.give_back(s);
         }
         let checked = ran.and_then(|()| {
             guard.check(
@@ -321,8 +321,7 @@ impl BatchRun<'_, '_> {
             let source = WeightSource::of(kind, chunk.kernel.as_ref());
             if source == WeightSource::SecondInput && staged.is_none() {
                 let clock = Instant::now();
-                let layout = &chunk.kernel.procedures()[0].inputs[1];
-                let (s, key) = self.weight_surface(t, layout, 0);
+                let (s, key) = self.weight_surface(t, chunk.kernel.as_ref(), Port::Input(1), 0);
                 self.stats.add_staging(clock.elapsed());
                 staged = Some((s, key));
             }
@@ -338,22 +337,32 @@ impl BatchRun<'_, '_> {
         result
     }
 
-    /// A surface holding weight tile `t` as columns `col0..col0 + bm`: kept from an earlier
-    /// call when the same weights were staged for the same layout, else staged now (counted
-    /// as weight bytes). The key says where to keep it afterwards.
+    /// A surface holding weight tile `t` as columns `col0..col0 + bm`, for `kernel`'s input
+    /// `port`: kept from an earlier call when the same weights were staged for the same
+    /// layout in memory the kernel takes in place (a persistent per-weight input surface),
+    /// else staged now (counted as weight bytes). The key says where to keep it afterwards.
     fn weight_surface(
         &mut self,
         t: &WeightTile,
-        layout: &crate::layout::TensorLayout,
+        kernel: &dyn Kernel,
+        port: Port,
         col0: usize,
     ) -> (Surface, Option<KeptWeightKey>) {
+        let Port::Input(i) = port else {
+            unreachable!("weights are staged into inputs")
+        };
+        let layout = &kernel.procedures()[0].inputs[i];
         let key = self
             .weight_id
             .map(|id| KeptWeightKey::new(id, self.weight_batch, (t.m0, t.k0), col0, layout));
-        if let Some(s) = key.as_ref().and_then(|k| self.cache.kept_weights.take(k)) {
-            return (s, key);
+        let kept = key.as_ref().and_then(|k| self.cache.kept_weights.take(k));
+        match kept {
+            Some(s) if kernel.takes_in_place(0, port, &s) => return (s, key),
+            // lent for another size (a two-input kernel of another bucket): staged again
+            Some(s) => self.cache.surfaces.give_back(s),
+            None => {}
         }
-        let mut s = self.scratch.surface(layout);
+        let mut s = self.cache.surfaces.take(kernel, port);
         let (rows, cols, k) = ((t.m0, t.bm), (t.k0, t.bk), self.job.shape.k);
         stage_columns(
             &mut s,
@@ -376,7 +385,7 @@ impl BatchRun<'_, '_> {
             None => Some(s),
         };
         if let Some(s) = spare {
-            self.scratch.give_back(s);
+            self.cache.surfaces.give_back(s);
         }
     }
 
@@ -408,10 +417,11 @@ impl BatchRun<'_, '_> {
         let (acts, key) = if let Some((_, s)) = kept {
             (s, None)
         } else {
+            let kernel = c.kernel.as_ref();
             let (mut acts, key) = if source == WeightSource::BesideActivations {
-                self.weight_surface(t, &procedure.inputs[0], bucket)
+                self.weight_surface(t, kernel, Port::Input(0), bucket)
             } else {
-                (self.scratch.surface(&procedure.inputs[0]), None)
+                (self.cache.surfaces.take(kernel, Port::Input(0)), None)
             };
             // the activations' sum of squares once per batch: on the first M tile
             let sum_sq = (t.m0 == 0).then_some(&mut self.acts_sum_sq);
@@ -429,7 +439,7 @@ impl BatchRun<'_, '_> {
             self.stats.add_act_bytes(2 * c.bn * t.bk);
             (acts, key)
         };
-        let mut y = self.scratch.surface(&procedure.outputs[0]);
+        let mut y = self.cache.surfaces.take(c.kernel.as_ref(), Port::Output(0));
         self.stats.add_staging(clock.elapsed());
 
         let clock = Instant::now();
@@ -442,7 +452,8 @@ impl BatchRun<'_, '_> {
 
         let clock = Instant::now();
         let sums = match evaluated {
-            Ok(()) => {
+            Ok(copied) => {
+                self.stats.add_copied_bytes(copied);
                 let first = t.k0 == 0;
                 accumulate_columns(&y, out.0, out.1, rows, (t.m0, t.bm), first)
             }
@@ -453,11 +464,11 @@ impl BatchRun<'_, '_> {
             None => self.put_back(acts, key),
             Some(k) => {
                 if let Some((_, old)) = self.staged_acts.replace((k, acts)) {
-                    self.scratch.give_back(old);
+                    self.cache.surfaces.give_back(old);
                 }
             }
         }
-        self.scratch.give_back(y);
+        self.cache.surfaces.give_back(y);
         evaluated.map_err(|e| match e {
             crate::error::Error::Eval(why) => FallbackReason::Eval(why),
             other => FallbackReason::Eval(other.to_string()),

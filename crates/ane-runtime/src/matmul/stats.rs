@@ -88,6 +88,7 @@ pub struct Stats {
     cpu_ns: AtomicU64,
     weight_bytes: AtomicU64,
     act_bytes: AtomicU64,
+    copied_bytes: AtomicU64,
     reloads: AtomicU64,
     dispatches: AtomicU64,
     fused_blocks: AtomicU64,
@@ -132,6 +133,9 @@ pub struct StatsSnapshot {
     pub weight_bytes: u64,
     /// Activation bytes staged into surfaces (fp16).
     pub act_bytes: u64,
+    /// Bytes the engine copied between surfaces it had not lent and its own memory (0 when
+    /// staging writes into the engine's memory, as the pipeline does).
+    pub copied_bytes: u64,
     /// Kernels compiled again after being dropped to stay within the loaded-kernel cap
     /// (counted in `compiles` too).
     pub reloads: u64,
@@ -178,6 +182,7 @@ impl StatsSnapshot {
         self.cpu += other.cpu;
         self.weight_bytes += other.weight_bytes;
         self.act_bytes += other.act_bytes;
+        self.copied_bytes += other.copied_bytes;
         self.reloads += other.reloads;
         self.dispatches += other.dispatches;
         self.fused_blocks += other.fused_blocks;
@@ -228,6 +233,9 @@ impl Stats {
     }
     pub(crate) fn add_weight_bytes(&self, n: usize) {
         self.weight_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_copied_bytes(&self, n: usize) {
+        self.copied_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn add_act_bytes(&self, n: usize) {
         self.act_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -317,6 +325,7 @@ impl Stats {
             cpu: ns(&self.cpu_ns),
             weight_bytes: self.weight_bytes.load(Ordering::Relaxed),
             act_bytes: self.act_bytes.load(Ordering::Relaxed),
+            copied_bytes: self.copied_bytes.load(Ordering::Relaxed),
             reloads: self.reloads.load(Ordering::Relaxed),
             dispatches: self.dispatches.load(Ordering::Relaxed),
             fused_blocks: self.fused_blocks.load(Ordering::Relaxed),
@@ -369,6 +378,7 @@ impl fmt::Display for StatsSnapshot {
             mib(self.weight_bytes)
         )?;
         writeln!(f, "    activations staged   {:.1} MiB", mib(self.act_bytes))?;
+        writeln!(f, "    bytes copied at eval {}", self.copied_bytes)?;
         writeln!(f, "  engine                 {:.1} ms", ms(self.engine))?;
         writeln!(f, "  write-back             {:.1} ms", ms(self.writeback))?;
         writeln!(f, "  CPU fallback           {:.1} ms", ms(self.cpu))?;

@@ -8,14 +8,19 @@ use ane_mil::{check_program, print_program, Program, WeightFiles};
 use super::layouts::{procedure_layouts, retry, uniform_alloc_size};
 use super::model_dir::ModelDir;
 use super::sys::ane::{self, Framework, InMemoryModel, Request};
-use super::sys::iosurface::IoSurface;
+use super::sys::iosurface::{IoSurface, LentIoSurface};
 use super::AppleConfig;
 use crate::engine::limits::{MAX_DIM, ROW_ALIGNMENT};
 use crate::engine::{
-    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    in_place, lent_capacity, port_layout, CompileCounter, Engine, EngineInfo, EngineKind, Kernel,
+    Limits, Port, ProcedureInfo,
 };
 use crate::error::{Error, Result};
-use crate::surface::Surface;
+use crate::surface::{Lender, LentMemory, Surface};
+
+/// Requests kept per procedure for surface sets the caller lent (least recently used
+/// dropped first). A kept request keeps its surfaces alive until it is dropped.
+const KEPT_REQUESTS: usize = 64;
 
 /// One retry after 100 ms, as the seed, prefill-bench and tmc do: more only delays the CPU
 /// fallback for deterministic failures such as 0x20004 "program too large".
@@ -115,6 +120,7 @@ impl Engine for AppleEngine {
             model,
             procedures: Vec::new(),
             state: Mutex::new(Vec::new()),
+            fw: self.fw,
             _dir: dir,
         };
         let attrs = kernel.model.attributes().map_err(Error::Compile)?;
@@ -135,26 +141,79 @@ impl Engine for AppleEngine {
             let request = Request::new(self.fw, &in_refs, &in_idx, &out_refs, &out_idx, i)
                 .map_err(Error::Compile)?;
             kernel.procedures.push(info);
-            states.push(ProcedureState { ins, outs, request });
+            states.push(ProcedureState {
+                ins,
+                outs,
+                request,
+                indices: (in_idx, out_idx),
+                lent_requests: Vec::new(),
+            });
         }
         kernel.state = Mutex::new(states);
         Ok(Box::new(kernel))
     }
 }
 
-/// One procedure's surfaces and its reusable request.
+/// One procedure's own surfaces and their request (for callers' surfaces it did not lend,
+/// copied in and out), the live indices its ports bind to, and the requests built for
+/// surface sets it lent, by the surfaces' addresses.
 struct ProcedureState {
     ins: Vec<IoSurface>,
     outs: Vec<IoSurface>,
     request: Request,
+    indices: (Vec<usize>, Vec<usize>),
+    lent_requests: Vec<(Vec<usize>, Request)>,
 }
 
-/// A loaded program. Evaluations are serialised: the surfaces belong to the kernel.
+/// A loaded program. Evaluations are serialised.
 struct AppleKernel {
     model: InMemoryModel,
     procedures: Vec<ProcedureInfo>,
     state: Mutex<Vec<ProcedureState>>,
+    fw: &'static Framework,
     _dir: ModelDir,
+}
+
+/// What the apple engine lends: an IOSurface the host writes and reads while it is locked,
+/// and the hardware while it is not.
+impl LentMemory for LentIoSurface {
+    fn bytes(&self) -> &[u8] {
+        LentIoSurface::bytes(self)
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        LentIoSurface::bytes_mut(self)
+    }
+
+    fn lender(&self) -> Lender {
+        Lender {
+            kind: EngineKind::Apple,
+            capacity: self.bytes().len(),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The surfaces a request binds: each port's lent one, else the procedure's own.
+fn bound<'a>(lent: &[Option<&'a LentIoSurface>], own: &'a [IoSurface]) -> Vec<&'a IoSurface> {
+    lent.iter()
+        .zip(own)
+        .map(|(l, o)| l.map_or(o, |l| l.io_surface()))
+        .collect()
+}
+
+/// The IOSurface behind `surface` when this engine lent it for `port` of `p`.
+fn lent_for<'s>(p: &ProcedureInfo, port: Port, surface: &'s Surface) -> Option<&'s LentIoSurface> {
+    if !in_place(EngineKind::Apple, p, port, surface) {
+        return None;
+    }
+    surface
+        .lent_memory()?
+        .as_any()
+        .downcast_ref::<LentIoSurface>()
 }
 
 impl Kernel for AppleKernel {
@@ -162,20 +221,92 @@ impl Kernel for AppleKernel {
         &self.procedures
     }
 
-    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+    fn lend(&self, index: usize, port: Port) -> Result<Surface> {
+        let layout = port_layout(&self.procedures, index, port)?;
+        let memory = LentIoSurface::new(lent_capacity(&self.procedures[index], port))
+            .map_err(Error::Eval)?;
+        Surface::lent(layout.clone(), Box::new(memory))
+    }
+
+    fn takes_in_place(&self, index: usize, port: Port, surface: &Surface) -> bool {
+        self.procedures
+            .get(index)
+            .is_some_and(|p| lent_for(p, port, surface).is_some())
+    }
+
+    fn run(
+        &self,
+        index: usize,
+        inputs: &[&Surface],
+        outputs: &mut [&mut Surface],
+    ) -> Result<usize> {
         // the thread's QoS matters as well as the one passed (apple-audit.md finding 21)
         crate::sys::qos::raise_to_user_initiated();
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let p = &state[index];
-        // one copy each way; our surfaces already have the hardware's strides
-        for (surface, s) in p.ins.iter().zip(inputs) {
-            surface.write(s.as_bytes()).map_err(Error::Eval)?;
+        let fw = self.fw;
+        let procedure = &self.procedures[index];
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut state[index];
+        let mut copied = 0;
+        let evaluated = {
+            // each port: the caller's IOSurface when this engine lent it for the port, else
+            // the procedure's own, copied into
+            let lent_in: Vec<Option<&LentIoSurface>> = (0..inputs.len())
+                .map(|i| lent_for(procedure, Port::Input(i), inputs[i]))
+                .collect();
+            let lent_out: Vec<Option<&LentIoSurface>> = (0..outputs.len())
+                .map(|i| lent_for(procedure, Port::Output(i), &*outputs[i]))
+                .collect();
+            for ((lent, own), s) in lent_in.iter().zip(&p.ins).zip(inputs) {
+                if lent.is_none() {
+                    own.write(s.as_bytes()).map_err(Error::Eval)?;
+                    copied += s.as_bytes().len();
+                }
+            }
+            let key: Vec<usize> = bound(&lent_in, &p.ins)
+                .into_iter()
+                .chain(bound(&lent_out, &p.outs))
+                .map(|s| std::ptr::from_ref(s.raw()) as usize)
+                .collect();
+            let all_own = lent_in.iter().chain(&lent_out).all(Option::is_none);
+            if !all_own && !p.lent_requests.iter().any(|(k, _)| *k == key) {
+                let (ins, outs) = (bound(&lent_in, &p.ins), bound(&lent_out, &p.outs));
+                let request = Request::new(fw, &ins, &p.indices.0, &outs, &p.indices.1, index)
+                    .map_err(Error::Eval)?;
+                if p.lent_requests.len() >= KEPT_REQUESTS {
+                    p.lent_requests.remove(0);
+                }
+                p.lent_requests.push((key.clone(), request));
+            }
+            let request = if all_own {
+                &p.request
+            } else {
+                // most recently used last
+                let i = p.lent_requests.iter().position(|(k, _)| *k == key);
+                let i = i.ok_or_else(|| Error::Internal("a request just kept is gone".into()))?;
+                let kept = p.lent_requests.remove(i);
+                p.lent_requests.push(kept);
+                &p.lent_requests[p.lent_requests.len() - 1].1
+            };
+            // the hardware reads and writes the lent surfaces unlocked; the host's locks come
+            // back afterwards, whatever the outcome
+            let lent: Vec<&LentIoSurface> =
+                lent_in.iter().chain(&lent_out).flatten().copied().collect();
+            lent.iter().for_each(|l| l.begin_eval());
+            let evaluated = self.model.evaluate(request).map_err(Error::Eval);
+            let relocked = lent
+                .iter()
+                .try_for_each(|l| l.end_eval())
+                .map_err(Error::Eval);
+            evaluated.and(relocked)
+        };
+        evaluated?;
+        for (i, (own, s)) in p.outs.iter().zip(outputs.iter_mut()).enumerate() {
+            if lent_for(procedure, Port::Output(i), s).is_none() {
+                own.read(s.as_bytes_mut()).map_err(Error::Eval)?;
+                copied += s.as_bytes().len();
+            }
         }
-        self.model.evaluate(&p.request).map_err(Error::Eval)?;
-        for (surface, s) in p.outs.iter().zip(outputs.iter_mut()) {
-            surface.read(s.as_bytes_mut()).map_err(Error::Eval)?;
-        }
-        Ok(())
+        Ok(copied)
     }
 }
 

@@ -10,11 +10,12 @@ use super::sys::{compile_package, LoadedModel};
 use super::CoreMlConfig;
 use crate::engine::limits::{MAX_DIM, ROW_ALIGNMENT};
 use crate::engine::{
-    CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    port_layout, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, Port,
+    ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::layout::{SurfaceDType, TensorLayout};
-use crate::surface::Surface;
+use crate::surface::{AlignedMemory, Lender, Surface};
 
 /// The Core ML engine.
 pub struct CoreMlEngine {
@@ -153,6 +154,9 @@ impl Engine for CoreMlEngine {
     }
 }
 
+/// Apple silicon's page size: the alignment of the memory this engine lends.
+const PAGE: usize = 16 * 1024;
+
 /// One loaded Core ML model per procedure.
 struct CoreMlKernel {
     procedures: Vec<ProcedureInfo>,
@@ -164,10 +168,34 @@ impl Kernel for CoreMlKernel {
         &self.procedures
     }
 
-    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+    /// Page-aligned host memory, which Core ML can use as a backing without copying
+    /// (apple-audit.md finding 22).
+    fn lend(&self, index: usize, port: Port) -> Result<Surface> {
+        let layout = port_layout(&self.procedures, index, port)?;
+        let memory = AlignedMemory::<PAGE>::new(Lender {
+            kind: EngineKind::CoreMl,
+            capacity: layout.byte_len().next_multiple_of(PAGE),
+        });
+        Surface::lent(layout.clone(), Box::new(memory))
+    }
+
+    fn takes_in_place(&self, _index: usize, _port: Port, surface: &Surface) -> bool {
+        surface
+            .lender()
+            .is_some_and(|l| l.kind == EngineKind::CoreMl)
+    }
+
+    /// Core ML wraps the surfaces' own memory (any copy it makes is its own): 0 bytes.
+    fn run(
+        &self,
+        index: usize,
+        inputs: &[&Surface],
+        outputs: &mut [&mut Surface],
+    ) -> Result<usize> {
         // Core ML schedules the ANE from the calling thread's QoS too
         crate::sys::qos::raise_to_user_initiated();
         let model = self.models[index].lock().unwrap_or_else(|e| e.into_inner());
-        model.predict(inputs, outputs).map_err(Error::Eval)
+        model.predict(inputs, outputs).map_err(Error::Eval)?;
+        Ok(0)
     }
 }

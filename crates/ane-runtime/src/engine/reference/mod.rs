@@ -25,11 +25,12 @@ use self::plan::{plan_function, ProcPlan, StepOp};
 use self::tensor::{Data, Tensor};
 use crate::engine::limits::{HARDWARE_COMPILE_WALL, MAX_DIM, ROW_ALIGNMENT};
 use crate::engine::{
-    Accumulator, CompileCounter, Engine, EngineInfo, EngineKind, Kernel, Limits, ProcedureInfo,
+    in_place, lent_capacity, port_layout, Accumulator, CompileCounter, Engine, EngineInfo,
+    EngineKind, Kernel, Limits, Port, ProcedureInfo,
 };
 use crate::error::{Error, Result};
 use crate::layout::SurfaceDType;
-use crate::surface::Surface;
+use crate::surface::{AlignedMemory, Lender, Surface};
 
 /// Failures the reference engine can be told to produce, so callers' fallbacks can be tested.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -299,11 +300,48 @@ impl Kernel for ReferenceKernel {
         &self.procedures
     }
 
-    fn run(&self, index: usize, inputs: &[&Surface], outputs: &mut [&mut Surface]) -> Result<()> {
+    fn lend(&self, index: usize, port: Port) -> Result<Surface> {
+        let layout = port_layout(&self.procedures, index, port)?;
+        let capacity = lent_capacity(&self.procedures[index], port);
+        // host memory of the size the apple engine would lend, marked as ours
+        let memory = AlignedMemory::<64>::new(Lender {
+            kind: EngineKind::Reference,
+            capacity,
+        });
+        Surface::lent(layout.clone(), Box::new(memory))
+    }
+
+    fn takes_in_place(&self, index: usize, port: Port, surface: &Surface) -> bool {
+        self.procedures
+            .get(index)
+            .is_some_and(|p| in_place(EngineKind::Reference, p, port, surface))
+    }
+
+    fn run(
+        &self,
+        index: usize,
+        inputs: &[&Surface],
+        outputs: &mut [&mut Surface],
+    ) -> Result<usize> {
         let plan = self
             .plans
             .get(index)
             .ok_or_else(|| Error::NoProcedure(index.to_string()))?;
+        // the reference engine reads any memory; it counts what the apple engine would copy
+        let procedure = &self.procedures[index];
+        let copied: usize = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Port::Input(i), &**s))
+            .chain(
+                outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (Port::Output(i), &**s)),
+            )
+            .filter(|(port, s)| !in_place(EngineKind::Reference, procedure, *port, s))
+            .map(|(_, s)| s.layout().byte_len())
+            .sum();
         let form_fails = match inputs.len() {
             1 => self.faults.streamed && !self.baked,
             2 => self.faults.two_input,
@@ -376,7 +414,7 @@ impl Kernel for ReferenceKernel {
                 }
             }
         }
-        Ok(())
+        Ok(copied)
     }
 }
 

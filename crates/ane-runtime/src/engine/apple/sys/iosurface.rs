@@ -117,3 +117,108 @@ impl IoSurface {
         })
     }
 }
+
+/// An IOSurface lent to the host as a surface's memory: locked for the CPU while the host
+/// stages into it or reads from it, unlocked while the ANE evaluates with it. Evaluations are
+/// counted, so two in flight on one input unlock it once and the last relocks it.
+pub(crate) struct LentIoSurface {
+    surface: IoSurface,
+    base: std::ptr::NonNull<u8>,
+    evals: std::sync::Mutex<usize>,
+}
+
+// SAFETY: the base pointer is the surface's own memory, which lives as long as `surface`;
+// shared access is read-only (`bytes`), writes need `&mut self` (`bytes_mut`).
+unsafe impl Send for LentIoSurface {}
+// SAFETY: as above; the lock count is behind a Mutex.
+unsafe impl Sync for LentIoSurface {}
+
+impl LentIoSurface {
+    /// A zeroed surface of `len` bytes, locked for the CPU.
+    pub(crate) fn new(len: usize) -> Result<Self, String> {
+        let surface = IoSurface::new(len)?;
+        // SAFETY: a live surface; a null seed pointer is allowed; unlocked in `Drop` or around
+        // each evaluation.
+        let rc = unsafe {
+            surface
+                .surface
+                .lock(IOSurfaceLockOptions::empty(), std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(format!("IOSurfaceLock failed ({rc})"));
+        }
+        let base = surface.surface.base_address().cast::<u8>();
+        Ok(LentIoSurface {
+            surface,
+            base,
+            evals: std::sync::Mutex::new(0),
+        })
+    }
+
+    /// The surface, for a request.
+    pub(crate) fn io_surface(&self) -> &IoSurface {
+        &self.surface
+    }
+
+    /// Every byte.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes at the base belong to the surface (alloc_size() >= len, checked
+        // at creation); writes need `&mut self`, so none happens through us meanwhile.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast_const(), self.surface.len) }
+    }
+
+    /// Every byte, for writing.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only reference to them.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.surface.len) }
+    }
+
+    /// Before an evaluation reads or writes it: unlocked for the hardware (by the first of
+    /// the evaluations in flight).
+    pub(crate) fn begin_eval(&self) {
+        let mut n = self.evals.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 {
+            // SAFETY: we locked it with these options (at creation or in `end_eval`).
+            unsafe {
+                self.surface
+                    .surface
+                    .unlock(IOSurfaceLockOptions::empty(), std::ptr::null_mut())
+            };
+        }
+        *n += 1;
+    }
+
+    /// After the evaluation: locked for the CPU again (by the last one in flight), so the
+    /// host sees what the hardware wrote.
+    pub(crate) fn end_eval(&self) -> Result<(), String> {
+        let mut n = self.evals.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return Ok(());
+        }
+        // SAFETY: a live surface, unlocked by `begin_eval`.
+        let rc = unsafe {
+            self.surface
+                .surface
+                .lock(IOSurfaceLockOptions::empty(), std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(format!("IOSurfaceLock after evaluation failed ({rc})"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LentIoSurface {
+    fn drop(&mut self) {
+        let n = *self.evals.lock().unwrap_or_else(|e| e.into_inner());
+        if n == 0 {
+            // SAFETY: locked by us (no evaluation in flight); released right after.
+            unsafe {
+                self.surface
+                    .surface
+                    .unlock(IOSurfaceLockOptions::empty(), std::ptr::null_mut())
+            };
+        }
+    }
+}
