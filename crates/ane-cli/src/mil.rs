@@ -210,6 +210,15 @@ fn check(
         Ok(functions) => {
             for f in &functions {
                 println!("{}", f.signature());
+                // what each product sums: the ANE's throughput follows it (docs/ane-rules.md)
+                let sums: Vec<String> = f
+                    .product_sums()
+                    .iter()
+                    .map(|(name, k)| format!("{name} {k}"))
+                    .collect();
+                if !sums.is_empty() {
+                    println!("  products sum (K): {}", sums.join(", "));
+                }
             }
             Ok(if refused {
                 ExitCode::FAILURE

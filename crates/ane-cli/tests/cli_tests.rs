@@ -187,7 +187,8 @@ fn mil_check_prints_signatures_or_line_and_column() {
     assert!(out.status.success());
     assert_eq!(
         text(&out.stdout),
-        "main<ios18>(x_raw: tensor<fp16, [1, 4, 1, 8]>) -> (y: tensor<fp16, [1, 4, 1, 16]>)\n"
+        "main<ios18>(x_raw: tensor<fp16, [1, 4, 1, 8]>) -> (y: tensor<fp16, [1, 4, 1, 16]>)\n  \
+         products sum (K): y_raw 8\n"
     );
 
     let bad = dir.path().join("bad.mil");
@@ -314,14 +315,15 @@ fn plan_reports_an_moe_prefill() {
         "{json}"
     );
     assert!(
-        json.contains("{\"tokens\": 512, \"matmuls\": 18625, \"kernels\": 15, \"new_compiles\": 0, \"seed_compiles\": 192, \"seed_refused\": 18433, \"dispatches_per_layer\": 388, \"tokens_per_expert\": 32, \"experts_on_engine\": 128}"),
+        json.contains("{\"tokens\": 512, \"matmuls\": 18625, \"kernels\": 15, \"new_compiles\": 0, \"seed_compiles\": 192, \"seed_refused\": 18433, \"dispatches_per_layer\": 389, \"tokens_per_expert\": 32, \"experts_on_engine\": 128}"),
         "{json}"
     );
-    // fused: one expert FFN program per expert, 130 dispatches a layer instead of 388
+    // fused: one expert FFN program per expert, 131 dispatches a layer instead of 389 (the
+    // attention output's K = 4096 in two tiles either way)
     let out = ane(&["plan", "--model", "qwen3-30b-a3b", "--fused", "--no-cache"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("512: 130 (unfused 388)"),
+        text(&out.stdout).contains("512: 131 (unfused 389)"),
         "{}",
         text(&out.stdout)
     );
@@ -394,7 +396,8 @@ fn plan_predicts_per_chip_and_says_when_auto_declines() {
         .nth(1)
         .unwrap_or_else(|| panic!("{out}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[..2], ["512", "7"], "{row}");
+    // Q, K, V, O, gate and up in two K tiles of 2048, down in six
+    assert_eq!(cols[..2], ["512", "18"], "{row}");
     assert!(cols[2].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{row}");
     let (_, json, _) = run("M2-Pro", &["--json", "--prompt-lengths", "512"]);
     assert!(
@@ -418,7 +421,7 @@ fn plan_predicts_per_chip_and_says_when_auto_declines() {
     let doctor = text(&out.stdout);
     assert!(
         doctor.contains("predicted: llama-7b, 512 tokens: ANE path ")
-            && doctor.contains("(7 calls a layer), GPU "),
+            && doctor.contains("(18 calls a layer), GPU "),
         "{doctor}"
     );
     assert!(
@@ -448,7 +451,7 @@ fn plan_reports_compiles_for_a_7b_prefill() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(compiles <= 32, "{json}");
+    assert!(compiles <= 36, "{json}");
     assert!(json.contains("\"seed_compiles\": 1792"), "{json}");
     // the auto policy's accounting within the apple engine's budget
     let auto = json.split("\"auto\": ").nth(1).expect("an auto object");
@@ -456,7 +459,7 @@ fn plan_reports_compiles_for_a_7b_prefill() {
         auto.starts_with("{\"budget\": 100, \"compiles\": "),
         "{auto}"
     );
-    assert!(auto.contains("\"streamed_kernels\": 30"), "{auto}");
+    assert!(auto.contains("\"streamed_kernels\": 36"), "{auto}");
     let out = ane(&[
         "plan",
         "--dims",
@@ -565,20 +568,20 @@ fn a_warm_kernel_cache_compiles_nothing() {
     ];
     let cold = text(&ane_with_cache(dir.path(), &args).stdout);
     assert!(
-        cold.contains("\"compiles\": 30, \"disk_hits\": 0"),
+        cold.contains("\"compiles\": 36, \"disk_hits\": 0"),
         "{cold}"
     );
     let warm = text(&ane_with_cache(dir.path(), &args).stdout);
     assert!(
-        warm.contains("\"compiles\": 0, \"disk_hits\": 30"),
+        warm.contains("\"compiles\": 0, \"disk_hits\": 36"),
         "{warm}"
     );
     let list = text(&ane_with_cache(dir.path(), &["cache", "list"]).stdout);
-    assert!(list.contains(": 30 kernels"), "{list}");
+    assert!(list.contains(": 36 kernels"), "{list}");
     let clear = text(&ane_with_cache(dir.path(), &["cache", "clear"]).stdout);
-    assert!(clear.starts_with("removed 30 kernels"), "{clear}");
+    assert!(clear.starts_with("removed 36 kernels"), "{clear}");
     let again = text(&ane_with_cache(dir.path(), &args).stdout);
-    assert!(again.contains("\"compiles\": 30"), "{again}");
+    assert!(again.contains("\"compiles\": 36"), "{again}");
 }
 
 #[test]
@@ -669,42 +672,68 @@ fn mil_check_target_ane_names_the_rules_a_program_breaks() {
     assert!(text(&out.stderr).contains("ane rules: 0 refused, 0 warnings"));
 }
 
-/// `ane plan --emit` writes every kernel of the 7B plan as MIL text, and every one passes
-/// `ane mil check --target ane`.
+/// `ane plan --emit` writes every kernel of a 7B's and a 0.5B's plan as MIL text: every one
+/// passes `ane mil check --target ane`, and its conv sums at most 2048 input channels (K cut
+/// into host-summed tiles, prefill-bench's `DOWN_K_TILE`).
 #[test]
 fn every_emitted_plan_kernel_passes_the_rulebook() {
-    let dir = tempfile::tempdir().unwrap();
-    let emit = dir.path().join("kernels");
-    let out = ane(&[
-        "plan",
-        "--no-cache",
-        "--prompt-lengths",
-        "17,64,100,128,333,512,1000,2048",
-        "--emit",
-        emit.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&emit)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("model.mil"))
-        .collect();
-    kernels.sort();
-    assert_eq!(kernels.len(), 30, "{kernels:?}");
-    assert_pass_the_rulebook(&kernels);
+    for (model, count) in [
+        (["--model", "llama-7b"], 36),
+        // qwen2-0.5B-shaped: dim 896, ffn 4864 (its down projection in three K tiles)
+        (["--dims", "896,4864,24,151936"], 36),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let emit = dir.path().join("kernels");
+        let mut args = vec![
+            "plan",
+            "--no-cache",
+            "--prompt-lengths",
+            "17,64,100,128,333,512,1000,2048",
+            "--emit",
+            emit.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&model);
+        let out = ane(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut kernels: Vec<PathBuf> = std::fs::read_dir(&emit)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("model.mil"))
+            .collect();
+        kernels.sort();
+        assert_eq!(kernels.len(), count, "{model:?}: {kernels:?}");
+        for (k, sums) in kernels.iter().zip(assert_pass_the_rulebook(&kernels)) {
+            assert!(
+                sums.len() == 1 && sums[0] <= 2048,
+                "{}: {sums:?}",
+                k.display()
+            );
+        }
+    }
 }
 
-/// `ane mil check --target ane` passes every program, refusing nothing.
-fn assert_pass_the_rulebook(programs: &[PathBuf]) {
-    for k in programs {
-        let out = ane(&["mil", "check", "--target", "ane", k.to_str().unwrap()]);
-        let err = text(&out.stderr);
-        assert!(out.status.success(), "{}: {err}", k.display());
-        assert!(
-            err.contains("ane rules: 0 refused"),
-            "{}: {err}",
-            k.display()
-        );
-    }
+/// `ane mil check --target ane` passes every program, refusing nothing; returns what each
+/// program's products sum (its K per conv or matmul, as `ane mil check` prints them).
+fn assert_pass_the_rulebook(programs: &[PathBuf]) -> Vec<Vec<usize>> {
+    programs
+        .iter()
+        .map(|k| {
+            let out = ane(&["mil", "check", "--target", "ane", k.to_str().unwrap()]);
+            let err = text(&out.stderr);
+            assert!(out.status.success(), "{}: {err}", k.display());
+            assert!(
+                err.contains("ane rules: 0 refused"),
+                "{}: {err}",
+                k.display()
+            );
+            text(&out.stdout)
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("products sum (K): "))
+                .unwrap_or_else(|| panic!("{}: no sums", k.display()))
+                .split(", ")
+                .map(|p| p.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 /// `ane doctor` on Linux: every probe the reference engine can answer passes, the rest are
@@ -825,7 +854,7 @@ fn doctor_limits_find_the_edges_the_engine_has() {
 
 /// `ane plan --fused` for a 7B prefill at eight prompt lengths: every Q/K/V and FFN block
 /// streams its weights (too large to bake), the whole plan fits the apple engine's budget,
-/// a layer is 5 dispatches instead of 7, a warm cache compiles none of the fused programs,
+/// a layer is 9 dispatches instead of 18, a warm cache compiles none of the fused programs,
 /// and every emitted fused program passes the rulebook.
 #[test]
 fn plan_fused_fits_a_7b_in_the_budget_and_a_warm_cache_compiles_nothing() {
@@ -861,7 +890,7 @@ fn plan_fused_fits_a_7b_in_the_budget_and_a_warm_cache_compiles_nothing() {
     assert_eq!(field(fused, "streamed_blocks"), 2 * 32 * 8, "{fused}");
     assert_eq!(field(fused, "streamed_fused_kernels"), 12, "{fused}");
     assert!(
-        fused.contains("\"dispatches_per_layer\": [[17, 5]"),
+        fused.contains("\"dispatches_per_layer\": [[17, 9]"),
         "{fused}"
     );
     assert_eq!(field(fused, "streamed_compiled"), 12, "{fused}");
@@ -881,7 +910,17 @@ fn plan_fused_fits_a_7b_in_the_budget_and_a_warm_cache_compiles_nothing() {
         .map(|p| p.join("model.mil"))
         .collect();
     assert_eq!(programs.len(), 12);
-    assert_pass_the_rulebook(&programs);
+    // the FFN's gate and up take the model's 4096 whole (within prefill-bench's 5120-wide
+    // gate/up), its down a hidden tile within 2048; Q/K/V take 4096 each
+    for (p, sums) in programs.iter().zip(assert_pass_the_rulebook(&programs)) {
+        let ffn = p.to_string_lossy().contains("fused_ffn");
+        let ok = match sums.as_slice() {
+            [4096, 4096, down] if ffn => *down <= 2048,
+            [4096, 4096, 4096] => !ffn,
+            _ => false,
+        };
+        assert!(ok, "{}: {sums:?}", p.display());
+    }
 }
 
 /// `ane bench --block ffn`: the fused FFN and the same work as single MUL_MATs on one engine,

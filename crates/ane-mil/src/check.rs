@@ -198,6 +198,28 @@ impl CheckedFunction {
             list(&self.outputs)
         )
     }
+
+    /// How many products each output of every `conv` and `matmul` sums (its K), by result
+    /// name, in order: a conv's input channels per group times its kernel's size, a matmul's
+    /// contracted axis. The ANE's throughput follows this number (trisanths/ane-llm-prefill
+    /// `results/reduction_law.md`).
+    pub fn product_sums(&self) -> Vec<(&str, usize)> {
+        self.statements
+            .iter()
+            .filter_map(|s| {
+                let k = match &s.op {
+                    Op::Conv { weight, .. } => weight.ty().shape().iter().skip(1).product(),
+                    Op::Matmul { x, transpose_x, .. } => {
+                        let shape = x.ty().shape();
+                        let axis = shape.len().checked_sub(if *transpose_x { 2 } else { 1 })?;
+                        shape[axis]
+                    }
+                    _ => return None,
+                };
+                Some((s.name.as_str(), k))
+            })
+            .collect()
+    }
 }
 
 /// Checks every function. With `weights`, every BLOBFILE constant is resolved against them.

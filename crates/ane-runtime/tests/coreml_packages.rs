@@ -160,9 +160,9 @@ fn fused_programs_package_and_coremltools_agrees() {
     let ffn_w = fused_weights(
         &norm,
         &[
-            (1, fill(h * c, 2)),
-            (3, fill(h * c, 3)),
-            (2, fill(c * h, 4)),
+            (1, c, fill(h * c, 2)),
+            (3, c, fill(h * c, 3)),
+            (2, h, fill(c * h, 4)),
         ],
     );
     let rows = [512, 256, 256];
@@ -171,7 +171,7 @@ fn fused_programs_package_and_coremltools_agrees() {
         &rows
             .iter()
             .enumerate()
-            .map(|(i, &r)| (i, fill(r * c, 5 + i)))
+            .map(|(i, &r)| (i, c, fill(r * c, 5 + i)))
             .collect::<Vec<_>>(),
     );
     let mut ln_w = qkv_w.clone();

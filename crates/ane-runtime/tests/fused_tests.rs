@@ -260,7 +260,7 @@ fn streamed_blocks_match_f64_in_hidden_tiles_and_reuse_one_kernel_per_bucket(mak
     let e = make.make(512, None);
     let case = FfnCase::new(64, 301, 40);
     let (c, h, n) = (case.c, case.h, case.n);
-    assert_eq!(streamed::ffn_hidden_tile(h, 64, 512), Some(128));
+    assert_eq!(streamed::ffn_hidden_tile(c, h, 64, 512), Some(128));
     // a residual other than the block input
     let r = mat(n, c, 5, 1.0);
     let job = FusedJob {
@@ -479,8 +479,63 @@ fn the_self_probes_pass(make: &EngineMaker) {
     assert!(fused.iter().all(|r| r.passed()), "{fused:?}");
 }
 
+/// Baked blocks sum at most 2048 channels per conv: an FFN of 2112 hidden features cuts its
+/// down projection, projections of a 2112-channel input each conv, into two 1056-channel
+/// pieces inside the program (the baked matmul kernel's form), against f64.
+fn baked_blocks_cut_k_past_2048_inside_the_program(make: &EngineMaker) {
+    let e = make.engine();
+    let case = FfnCase::new(64, 2112, 40);
+    let (cache, stats) = (KernelCache::new(), Stats::default());
+    let out = engine_fused(e.as_ref(), &cache, &case.job(5), &stats).unwrap();
+    assert_eq!(out.form(), FusedForm::Baked);
+    let err = nmse(&case.want(), out.values(0));
+    assert!(err < 1e-5, "FFN: NMSE {err}");
+    let sums = |p: &ane_mil::Program| -> Vec<usize> {
+        let f = ane_mil::check_program(p, None).unwrap();
+        f[0].product_sums().iter().map(|&(_, k)| k).collect()
+    };
+    let ffn = ane_runtime::fused::program::ffn_program(64, 2112, 64, Some(1e-5));
+    assert_eq!(sums(&ffn), [64, 64, 1056, 1056]);
+
+    let (c, n) = (2112, 33);
+    let x = mat(n, c, 11, 1.0);
+    let mats: Vec<DenseRows> = [64, 32]
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.25))
+        .collect();
+    let norm = vec![1.0f32; c];
+    let job = FusedJob {
+        channels: c,
+        tokens: n,
+        eps: Some(1e-6),
+        x: &x,
+        norm_weight: &norm,
+        ln_bias: None,
+        block: Block::Projections(
+            mats.iter()
+                .map(|m| (m as &dyn MatrixSource, m.rows))
+                .collect(),
+        ),
+        weight_id: Some(WeightId {
+            key: 43,
+            fingerprint: 7,
+        }),
+    };
+    let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
+    assert_eq!(out.form(), FusedForm::Baked);
+    let xn = rms_norm(&f64s(&x.data), &vec![1.0; c], c, 1e-6);
+    for (i, m) in mats.iter().enumerate() {
+        let err = nmse(&matmul(&xn, &f64s(&m.data), n, c, m.rows), out.values(i));
+        assert!(err < 1e-5, "projection {i}: NMSE {err}");
+    }
+    let p = ane_runtime::fused::program::projections_program(c, &[64, 32], 64, Some(1e-6));
+    assert_eq!(sums(&p), [1056, 1056, 1056, 1056]);
+}
+
 engine_test!(
     made: the_self_probes_pass,
+    baked_blocks_cut_k_past_2048_inside_the_program,
     a_gelu_ffn_matches_f64_baked_and_says_why_otherwise,
     layer_norm_projections_match_f64,
     a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk,

@@ -673,8 +673,42 @@ fn a_form_failing_its_self_probe_is_not_used() {
 }
 
 // every engine: what tiling, compile reuse, small jobs and staged weights give on each
+/// A streamed weight wider than 2048 input features runs in K tiles of at most 2048, a call
+/// each, summed by the host in f32 (prefill-bench's `DOWN_K_TILE`): 4160 in three tiles of
+/// 1408/1408/1344, against f64, on the full-size engine.
+fn streamed_k_past_2048_runs_in_k_tiles_summed_by_the_host(make: &EngineMaker) {
+    let shape = single_matmul(64, 4160, 40);
+    let (w, a) = job(shape, 9);
+    let engine = make.engine();
+    let cache = KernelCache::new().with_policy(KernelPolicy::Streamed);
+    let (stats, out) = (Stats::default(), out_for(shape));
+    let job = MatmulJob {
+        shape,
+        weights: &w,
+        acts: &a,
+        dst: &out,
+        weight_id: None,
+    };
+    engine_matmul(
+        engine.as_ref(),
+        &cache,
+        &job,
+        &mut Scratch::default(),
+        &stats,
+    )
+    .unwrap();
+    check(shape, &w, &a, &out.data.lock().unwrap(), 3);
+    assert_eq!(
+        kernel_shapes(64, 4160, 40, 16384),
+        vec![(64, 1408, 64), (64, 1344, 64)]
+    );
+    let s = stats.snapshot();
+    assert_eq!((s.dispatches, s.compiles), (3, 2), "{s:?}");
+}
+
 engine_test!(
     made: tiled_broadcast_jobs_match_f64_on_engine_and_cpu,
+    streamed_k_past_2048_runs_in_k_tiles_summed_by_the_host,
     kernels_are_compiled_once_per_tile_shape,
     jobs_with_too_few_outputs_stay_on_the_cpu,
     streamed_weights_are_staged_once_per_weight_version,

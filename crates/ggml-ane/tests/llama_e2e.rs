@@ -573,8 +573,17 @@ fn check_model(kind: &str, max_nmse: f64) {
     // staging writes into surfaces the engine lent, so no evaluation copies (on the ANE:
     // IOSurfaces, apple-audit.md finding 20) in any form, fused or not
     for run in [&ane, &streamed, &two_input, &fused] {
-        assert!(run.log.contains("bytes copied at eval"), "{}", tail(&run.log));
-        assert_eq!(stat(&run.log, "bytes copied at eval"), 0, "{}", tail(&run.log));
+        assert!(
+            run.log.contains("bytes copied at eval"),
+            "{}",
+            tail(&run.log)
+        );
+        assert_eq!(
+            stat(&run.log, "bytes copied at eval"),
+            0,
+            "{}",
+            tail(&run.log)
+        );
     }
 
     // with fusion: per layer one Q/K/V program, the attention output, one FFN program

@@ -19,11 +19,32 @@ use super::matmul_kernels::ModelDims;
 /// The K the single-GEMM rooflines were measured at (ANEForge ROOFLINES: GEMM-4096).
 const ROOFLINE_K: f64 = 4096.0;
 
-/// Throughput falls with the summed dimension: fp16 7.64 TFLOPS at K = 2048, 1.73 at
-/// K = 16384 with K·N fixed, so TF ∝ K^-0.714 (ln(7.64 / 1.73) / ln 8).
-const K_LAW_EXPONENT: f64 = 0.714;
-const K_LAW_SOURCE: &str = "trisanths/ane-llm-prefill results/reduction_law.md @45f9692 (M2 Pro): \
-                            7.64 TFLOPS at K=2048, 1.73 at K=16384";
+/// Throughput by the summed dimension K with K·N fixed, fp16 TFLOPS (trisanths table 3a): it
+/// peaks at K = 2048 and falls both ways, so cutting K below 2048 gains nothing.
+const K_LAW: [(f64, f64); 5] = [
+    (1024.0, 5.09),
+    (2048.0, 7.64),
+    (4096.0, 5.72),
+    (8192.0, 3.26),
+    (16384.0, 1.73),
+];
+const K_LAW_SOURCE: &str = "trisanths/ane-llm-prefill results/reduction_law.md @45f9692 table 3a \
+                            (M2 Pro): 5.09, 7.64, 5.72, 3.26, 1.73 TFLOPS at K = 1024 … 16384";
+
+/// What the K law makes of a roofline measured at [`ROOFLINE_K`] for a tile summing `k`.
+fn k_factor(k: usize) -> f64 {
+    k_law_tflops(k as f64) / k_law_tflops(ROOFLINE_K)
+}
+
+/// [`K_LAW`] at `k`: log-log interpolation between the measured points, held at the ends.
+fn k_law_tflops(k: f64) -> f64 {
+    let (first, last) = (K_LAW[0], K_LAW[K_LAW.len() - 1]);
+    let k = k.clamp(first.0, last.0);
+    K_LAW.windows(2).find(|w| k <= w[1].0).map_or(last.1, |w| {
+        let t = (k.ln() - w[0].0.ln()) / (w[1].0.ln() - w[0].0.ln());
+        (w[0].1.ln() + t * (w[1].1.ln() - w[0].1.ln())).exp()
+    })
+}
 
 /// Host time per synchronous ANE call, seconds, and its source.
 fn call_seconds(chip: &Chip) -> (f64, &'static str) {
@@ -161,8 +182,7 @@ pub(crate) fn plan_chip(
                 .map(|&(_, _, b)| {
                     let f = 2.0 * (tm * tk * b) as f64;
                     let bytes = 2.0 * (tm * tk + tk * b + tm * b) as f64;
-                    let tf = roofline.unwrap_or(f64::NAN)
-                        * (tk as f64 / ROOFLINE_K).powf(-K_LAW_EXPONENT);
+                    let tf = roofline.unwrap_or(f64::NAN) * k_factor(tk);
                     (f / tf).max(bytes / bw) + call_s
                 })
                 .sum();
@@ -192,7 +212,7 @@ pub(crate) fn plan_chip(
         ),
         (
             "K law",
-            format!("TF x (K/4096)^-{K_LAW_EXPONENT}: {K_LAW_SOURCE}"),
+            format!("TF x TF(K) / TF(4096), K tiles of at most 2048: {K_LAW_SOURCE}"),
         ),
         ("call cost", format!("{:.2} ms: {call_src}", call_s * 1e3)),
         (
@@ -337,6 +357,21 @@ mod tests {
 
     const LENGTHS: [usize; 3] = [128, 512, 2048];
 
+    /// The K law passes through trisanths' measured points, is held past them, and peaks at
+    /// 2048: a K tile of 2048 gains 1.34× over 4096, a narrower one gains less.
+    #[test]
+    fn the_k_law_follows_the_measured_points() {
+        for (k, tf) in K_LAW {
+            assert!((k_factor(k as usize) - tf / 5.72).abs() < 1e-12, "{k}");
+        }
+        assert!((k_factor(2048) - 7.64 / 5.72).abs() < 1e-12);
+        assert_eq!(k_factor(512), k_factor(1024));
+        assert_eq!(k_factor(65536), k_factor(16384));
+        assert!(k_factor(1856) < k_factor(2048) && k_factor(1856) > k_factor(4096));
+        let down = k_factor(11008);
+        assert!(down < 3.26 / 5.72 && down > 1.73 / 5.72, "{down}");
+    }
+
     /// The cases the issue names: an M5 Max declines a 7B for speed and says so, an M4 takes
     /// it. An M2 Pro has GPU and power figures: one matmul per call at its single-GEMM
     /// roofline (3.4 TFLOPS) predicts the ANE path slower than the GPU (4.94) but cheaper in
@@ -354,7 +389,8 @@ mod tests {
         let m4 = plan_chip(&model, &LENGTHS, chip("M4"), Mode::Auto, 16384);
         assert!(m4.take, "{m4:?}");
         assert!(m4.lengths.iter().all(|r| r.ane_s.is_some_and(|s| s > 0.0)));
-        assert_eq!(m4.lengths[0].calls_per_layer, 7);
+        // Q, K, V, O, gate and up in two K tiles of 2048, down in six
+        assert_eq!(m4.lengths[0].calls_per_layer, 18);
         let m2 = plan_chip(&model, &LENGTHS, chip("M2 Pro"), Mode::Auto, 16384);
         for r in &m2.lengths {
             let (ane, gpu) = (r.ane_s.unwrap(), r.gpu_s.unwrap());
@@ -368,7 +404,7 @@ mod tests {
             .as_ref()
             .is_some_and(|d| d.contains("chained programs at 12.16")));
         assert!(m4.disagreement.is_none() && m5.disagreement.is_none());
-        // an MoE at 128 tokens: 388 calls a layer, whose fixed cost dominates its prediction
+        // an MoE at 128 tokens: 389 calls a layer, whose fixed cost dominates its prediction
         let moe = plan_chip(
             &ModelDims::qwen3_30b_a3b(),
             &LENGTHS,
@@ -376,15 +412,15 @@ mod tests {
             Mode::Auto,
             16384,
         );
-        assert_eq!(moe.lengths[0].calls_per_layer, 388);
-        // the prediction carries every call's 0.15 ms: 48 layers of 388 calls over 128 tokens
-        // are 21.8 ms a token before any arithmetic
-        let calls_alone = 48.0 * 388.0 * 0.15e-3 / 128.0;
+        assert_eq!(moe.lengths[0].calls_per_layer, 389);
+        // the prediction carries every call's 0.15 ms: 48 layers of 389 calls over 128 tokens
+        // are 21.9 ms a token before any arithmetic
+        let calls_alone = 48.0 * 389.0 * 0.15e-3 / 128.0;
         let moe_s = moe.lengths[0].ane_s.unwrap();
         assert!(
             moe_s > calls_alone && moe_s < 2.0 * calls_alone,
             "{moe_s} against {calls_alone}"
         );
-        assert!(moe.to_json().contains("\"calls_per_layer\": 388"));
+        assert!(moe.to_json().contains("\"calls_per_layer\": 389"));
     }
 }

@@ -175,13 +175,13 @@ impl Replay {
     ) -> Option<usize> {
         let chunks = self.chunks(dim, mats, n);
         let rows: Vec<usize> = mats.iter().map(|&(m, _)| m).collect();
-        if !ffn && !streamed::projections_fit(&rows, self.max_dim) {
+        if !ffn && !streamed::projections_fit(dim, &rows, self.max_dim) {
             return None;
         }
         let mut dispatches = 0;
         for &(_, _, b) in &chunks {
             let (shape, tiles) = if ffn {
-                let ht = streamed::ffn_hidden_tile(mats[0].0, b, self.max_dim)?;
+                let ht = streamed::ffn_hidden_tile(dim, mats[0].0, b, self.max_dim)?;
                 (ht, mats[0].0.div_ceil(ht))
             } else {
                 (rows.iter().sum(), 1)
@@ -339,15 +339,17 @@ mod tests {
         // six token buckets × (one Q/K/V and one FFN-tile shape)
         assert_eq!(p.streamed_fused_kernels, 12);
         assert!(p.compiles <= 100 && p.loaded <= 48, "{p:?}");
-        // Q/K/V 1 + output 1 + FFN in 3 hidden tiles, against 7 single matmuls
-        assert_eq!(p.dispatches_per_layer[0], (17, 5));
-        assert_eq!(p.unfused_dispatches_per_layer[0], (17, 7));
+        // Q/K/V 1 + output 2 (its K in two tiles of 2048) + FFN in 6 hidden tiles of 1856
+        // (the down projection's K within 2048), against 18 single matmul calls (Q, K, V, O and
+        // gate, up in two K tiles each, down in six)
+        assert_eq!(p.dispatches_per_layer[0], (17, 9));
+        assert_eq!(p.unfused_dispatches_per_layer[0], (17, 18));
     }
 
     /// Qwen3-30B-A3B fused: Q/K/V one program, the attention output one, and one expert FFN
     /// program per expert with a token group (128 under even routing from 128 tokens, none
-    /// below 8 tokens an expert): 130 dispatches a layer against 388 node by node, within the
-    /// budget and the cap.
+    /// below 8 tokens an expert): 131 dispatches a layer (the output's K = 4096 in two tiles)
+    /// against 389 node by node, within the budget and the cap.
     #[test]
     fn an_moe_fuses_one_program_per_expert_within_the_budget() {
         let model = ModelDims::qwen3_30b_a3b();
@@ -362,11 +364,11 @@ mod tests {
             .collect();
         assert_eq!(
             per_layer[0],
-            (2, 4),
+            (3, 5),
             "17 tokens: the experts stay on the CPU"
         );
         assert!(
-            per_layer[3..].iter().all(|&d| d == (130, 388)),
+            per_layer[3..].iter().all(|&d| d == (131, 389)),
             "{per_layer:?}"
         );
         // every expert FFN program is one hidden tile (3 x 768 + tokens fit one input)
@@ -385,9 +387,10 @@ mod tests {
         assert_eq!(p.too_large, 0);
         assert_eq!(p.fused_blocks + p.streamed_blocks, 2 * 24 * 8);
         assert!(p.compiles <= 100 && p.loaded <= 48, "{p:?}");
-        // every layer: Q/K/V, output, FFN (4864 hidden in one tile; two at 2048 tokens)
+        // every layer: Q/K/V, output, FFN streamed in 3 hidden tiles of 1632 (the down
+        // projection's K within 2048)
         let per_layer: Vec<usize> = p.dispatches_per_layer.iter().map(|&(_, d)| d).collect();
-        assert_eq!(per_layer, [3, 3, 3, 3, 3, 3, 3, 4], "{p:?}");
+        assert_eq!(per_layer, [5, 5, 5, 5, 5, 5, 5, 5], "{p:?}");
         // without budget or cap every block bakes
         let all = plan_fused(&model, &LENGTHS, None, None, 16384);
         assert_eq!(all.fused_blocks, 2 * 24 * 8);

@@ -579,7 +579,7 @@ mod tests {
         let uncapped = plan_auto(&model, &lengths, Some(100), None, 16384);
         assert!(uncapped.peak_loaded > 55, "{uncapped:?}");
         // the streamed kernels `ane plan` counts for these lengths: every matmul still has one
-        assert_eq!(auto.streamed_kernels, 30);
+        assert_eq!(auto.streamed_kernels, 36);
         assert_eq!(auto.baked_matmuls + auto.streamed_matmuls, 225 * 8);
         // baked tiles within the cited 47 MiB a program: per layer Q, K, V, O whole (32 MiB),
         // gate, up and down in two tiles each (43 MiB); the vocab head in six; 6 buckets
@@ -614,10 +614,11 @@ mod tests {
             .iter()
             .map(|r| (r.tokens, r.expert_batch.unwrap(), r.dispatches_per_layer))
             .collect();
-        assert_eq!(rows[0], (17, (2, 0), 4));
-        assert_eq!(rows[2], (100, (7, 0), 4));
-        assert_eq!(rows[3], (128, (8, 128), 4 + 3 * 128));
-        assert_eq!(rows[7], (2048, (128, 128), 4 + 3 * 128));
+        // q, k, v and o (o's K = 4096 in two tiles of 2048): 5 calls
+        assert_eq!(rows[0], (17, (2, 0), 5));
+        assert_eq!(rows[2], (100, (7, 0), 5));
+        assert_eq!(rows[3], (128, (8, 128), 5 + 3 * 128));
+        assert_eq!(rows[7], (2048, (128, 128), 5 + 3 * 128));
         assert_eq!(plan.lengths[3].matmuls, 48 * (4 + 3 * 128) + 1);
         // the seed takes 2-D MUL_MAT only: every expert's weights, and the 151936-row head
         assert!(plan
@@ -630,7 +631,8 @@ mod tests {
         // a dense model's rows carry no expert batch
         let dense = plan_prefill(&engine, None, &ModelDims::llama_7b(), &[512], None).unwrap();
         assert_eq!(dense.lengths[0].expert_batch, None);
-        assert_eq!(dense.lengths[0].dispatches_per_layer, 7);
+        // Q, K, V, O, gate and up in two K tiles of 2048, down in six of 1856/1728
+        assert_eq!(dense.lengths[0].dispatches_per_layer, 18);
     }
 
     /// A 7B prefill at 8 prompt lengths: a handful of compiles, where the seed's policy needs a
@@ -642,22 +644,23 @@ mod tests {
         );
         let lengths = [17, 64, 100, 128, 333, 512, 1000, 2048];
         let plan = plan_prefill(&engine, None, &ModelDims::llama_7b(), &lengths, None).unwrap();
-        // 5 kernel shapes (dim², ffn×dim, dim×ffn, and the head in 3 tiles of 10688/10624
-        // rows beside the 2048-token chunk, a streamed input's width being tokens + rows)
-        // × 6 buckets; every one passes the ANE rulebook (the engine enforces it)
-        assert_eq!(plan.compiles, 30);
+        // 6 kernel shapes, K within 2048 (dim × 2048, ffn × 2048, dim × 1856 and × 1728 for
+        // the down projection's K tiles, and the head in 3 tiles of 10688/10624 rows beside
+        // the 2048-token chunk, a streamed input's width being tokens + rows) × 6 buckets;
+        // every one passes the ANE rulebook (the engine enforces it)
+        assert_eq!(plan.compiles, 36);
         assert_eq!(
             engine.limits().compiles_used,
-            30,
+            36,
             "every planned kernel was really compiled"
         );
         assert_eq!(plan.seed_compiles, 8 * 224);
         assert!(plan
             .lengths
             .iter()
-            .all(|r| r.kernels == 5 && r.matmuls == 225 && r.seed_refused == 1));
+            .all(|r| r.kernels == 6 && r.matmuls == 225 && r.seed_refused == 1));
         let new: Vec<usize> = plan.lengths.iter().map(|r| r.new_compiles).collect();
-        assert_eq!(new, [5, 5, 5, 0, 5, 0, 5, 5]);
+        assert_eq!(new, [6, 6, 6, 0, 6, 0, 6, 6]);
         // prompts longer than 2048 tokens run in 2048-token chunks: 4096 needs one bucket,
         // 3000 adds only the 1024 bucket for its tail
         let long =
@@ -667,9 +670,9 @@ mod tests {
             .iter()
             .map(|r| (r.kernels, r.new_compiles))
             .collect();
-        assert_eq!(rows, [(5, 5), (10, 5)]);
+        assert_eq!(rows, [(6, 6), (12, 6)]);
         assert!(
-            plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 30")
+            plan.to_json().starts_with("{\"model\"") && plan.to_json().contains("\"compiles\": 36")
         );
     }
 }

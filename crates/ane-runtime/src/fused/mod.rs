@@ -231,9 +231,9 @@ impl FusedJob<'_> {
                 fused_weights(
                     &norm,
                     &[
-                        (1, matrix(*gate, *hidden, c)),
-                        (3, matrix(*up, *hidden, c)),
-                        (2, matrix(*down, c, *hidden)),
+                        (1, c, matrix(*gate, *hidden, c)),
+                        (3, c, matrix(*up, *hidden, c)),
+                        (2, *hidden, matrix(*down, c, *hidden)),
                     ],
                 ),
             ),
@@ -246,7 +246,10 @@ impl FusedJob<'_> {
             } => {
                 let mut files = fused_weights(
                     &norm,
-                    &[(1, matrix(*up, *hidden, c)), (2, matrix(*down, c, *hidden))],
+                    &[
+                        (1, c, matrix(*up, *hidden, c)),
+                        (2, *hidden, matrix(*down, c, *hidden)),
+                    ],
                 );
                 let to_f16 =
                     |v: &[f32]| -> Vec<f16> { v.iter().map(|&v| f16::from_f32(v)).collect() };
@@ -257,10 +260,10 @@ impl FusedJob<'_> {
             }
             Block::Projections(m) => {
                 let rows: Vec<usize> = m.iter().map(|(_, r)| *r).collect();
-                let mats: Vec<(usize, Vec<f16>)> = m
+                let mats: Vec<(usize, usize, Vec<f16>)> = m
                     .iter()
                     .enumerate()
-                    .map(|(i, (src, r))| (i, matrix(*src, *r, c)))
+                    .map(|(i, (src, r))| (i, c, matrix(*src, *r, c)))
                     .collect();
                 match (self.ln_bias, self.eps) {
                     (Some(bias), Some(eps)) => {
@@ -455,6 +458,14 @@ fn check_precision(
         (FusedForm::Baked, Some(_), None) => 5,
         (FusedForm::Baked, None, _) => 2,
     };
+    // a baked program sums a K past `BAKED_K_PIECE` in pieces: each piece's result and each
+    // partial sum is rounded, 2·(P − 1) more roundings (as the baked matmul's guard counts)
+    let pieces = |k: usize| -> u32 {
+        match form {
+            FusedForm::Baked => 2 * (crate::matmul::k_pieces(k).len() as u32 - 1),
+            FusedForm::Streamed => 0,
+        }
+    };
     // column sums of a matrix, remembered per block and slot for identified weights
     let column_sums = |slot: usize, m: &dyn MatrixSource, rows: usize, k: usize| {
         let sums = || Arc::new(ColumnSumSq::of(m, (0, 0), rows, k));
@@ -491,13 +502,15 @@ fn check_precision(
     };
     match &job.block {
         Block::Ffn { hidden, down, .. } => {
-            down_projection(*down, *hidden, 2 * (norm_ops + 2) + 3, "fused FFN")
+            let ops = 2 * (norm_ops + 2 + pieces(c)) + 3 + pieces(*hidden);
+            down_projection(*down, *hidden, ops, "fused FFN")
         }
         Block::GeluFfn { hidden, down, .. } => {
             gelu_in_range(evaluated.hidden)?;
             // the hidden values went through the norm, W1's conv and the bias add, then the
             // GELU chain's nine ops
-            down_projection(*down, *hidden, norm_ops + 2 + 9, "fused GELU FFN")
+            let ops = norm_ops + 2 + pieces(c) + 9 + pieces(*hidden);
+            down_projection(*down, *hidden, ops, "fused GELU FFN")
         }
         Block::Projections(mats) => {
             // Σ over the block's input of its normed values squared, as the matmuls read it (the
@@ -514,7 +527,12 @@ fn check_precision(
             for (j, ((m, rows), out)) in mats.iter().zip(values).enumerate() {
                 let weights = column_sums(j, *m, *rows, c);
                 precision::projection_too_imprecise(
-                    &weights, acts_total, job.tokens, norm_ops, out, acc,
+                    &weights,
+                    acts_total,
+                    job.tokens,
+                    norm_ops + pieces(c),
+                    out,
+                    acc,
                 )
                 .map_err(|why| refuse(format!("fused projection {j}"), why))?;
             }
@@ -727,13 +745,20 @@ fn run_streamed(
     let rows = job.output_rows();
     let max_dim = engine.limits().max_dim;
     let unsupported = |why: String| FallbackReason::Unsupported(why);
+    if c > crate::matmul::STREAMED_FUSED_WIDTH {
+        return Err(unsupported(format!(
+            "a {c}-channel input past the {} a streamed block takes whole (node by node, K-tiled)",
+            crate::matmul::STREAMED_FUSED_WIDTH
+        )));
+    }
     // an FFN runs in hidden tiles (their width by bucket); projections in one program
     let tile_of = |bucket: usize| -> Result<(usize, usize), FallbackReason> {
         match &job.block {
             Block::Ffn { hidden, .. } => {
-                let ht = streamed::ffn_hidden_tile(*hidden, bucket, max_dim).ok_or_else(|| {
-                    unsupported(format!("{c} channels leave no width for weights"))
-                })?;
+                let ht =
+                    streamed::ffn_hidden_tile(c, *hidden, bucket, max_dim).ok_or_else(|| {
+                        unsupported(format!("{c} channels leave no width for weights"))
+                    })?;
                 Ok((ht, hidden.div_ceil(ht)))
             }
             Block::Projections(_) => Ok((0, 1)),
@@ -743,7 +768,7 @@ fn run_streamed(
         }
     };
     if let Block::Projections(_) = job.block {
-        if !streamed::projections_fit(&rows, max_dim) {
+        if !streamed::projections_fit(c, &rows, max_dim) {
             return Err(unsupported(format!(
                 "projections of {rows:?} rows past the input width {max_dim}"
             )));

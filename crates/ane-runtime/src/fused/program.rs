@@ -28,12 +28,35 @@ use ane_mil::ir::{Arg, BlobRef, Literal, Program};
 use ane_mil::{BlobWriter, DType, ValueType, WeightFiles};
 use half::f16;
 
+use crate::matmul::{baked_conv, weight_pieces, ConvArgs};
+
 const NORM_PATH: &str = "@model_path/weights/norm.bin";
 const NORM_BIAS_PATH: &str = "@model_path/weights/norm_bias.bin";
 const UP_BIAS_PATH: &str = "@model_path/weights/b1.bin";
 
-fn weight_path(i: usize) -> String {
-    format!("@model_path/weights/w{i}.bin")
+/// Matrix `i`'s file, or — its K cut into pieces past `BAKED_K_PIECE` (the baked matmul
+/// kernel's form) — piece `p`'s.
+fn weight_path(i: usize, piece: Option<usize>) -> String {
+    match piece {
+        None => format!("@model_path/weights/w{i}.bin"),
+        Some(p) => format!("@model_path/weights/w{i}_{p}.bin"),
+    }
+}
+
+/// `out = conv(x, W<i>)` for the baked `[m, k]` matrix `i`, its K cut in pieces past
+/// `BAKED_K_PIECE` (`matmul::baked_conv`).
+fn matrix_conv(
+    f: &mut FunctionBuilder,
+    conv: &ConvArgs,
+    out: &str,
+    x: &str,
+    i: usize,
+    (m, k, s): (usize, usize, usize),
+) -> String {
+    let (prefix, whole) = (format!("w{i}_"), format!("W{i}"));
+    baked_conv(f, conv, (out, &prefix, &whole), x, (m, k), s, |p| {
+        weight_path(i, p)
+    })
 }
 
 fn blob(path: &str, shape: Vec<usize>) -> Literal {
@@ -134,44 +157,6 @@ fn gelu(f: &mut FunctionBuilder, x: &str, name: &str) -> String {
     op(f, name, "mul", &[("x", &hx), ("y", &onep)])
 }
 
-/// The conv argument set every source uses (strides, pad, dilations 1, one group, valid).
-struct ConvArgs {
-    dl: String,
-    gr: String,
-    pd: String,
-    pt: String,
-    st: String,
-}
-
-impl ConvArgs {
-    fn new(f: &mut FunctionBuilder) -> Self {
-        ConvArgs {
-            dl: f.constant("dl", Literal::int32s(&[1, 1])),
-            gr: f.constant("gr", Literal::int32(1)),
-            pd: f.constant("pd", Literal::int32s(&[0, 0, 0, 0])),
-            pt: f.constant("pt", Literal::string("valid")),
-            st: f.constant("st", Literal::int32s(&[1, 1])),
-        }
-    }
-
-    fn conv(&self, f: &mut FunctionBuilder, name: &str, x: &str, w: &str) -> String {
-        op(
-            f,
-            name,
-            "conv",
-            &[
-                ("dilations", &self.dl),
-                ("groups", &self.gr),
-                ("pad", &self.pd),
-                ("pad_type", &self.pt),
-                ("strides", &self.st),
-                ("weight", w),
-                ("x", x),
-            ],
-        )
-    }
-}
-
 fn finish(f: FunctionBuilder) -> Program {
     let mut p = Program::new();
     p.functions.push(f.finish());
@@ -187,18 +172,15 @@ pub fn ffn_program(c: usize, h: usize, s: usize, eps: Option<f32>) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = rms_norm(&mut f, &x, c, eps);
-    let conv = ConvArgs::new(&mut f);
-    let w1 = f.constant("W1", blob(&weight_path(1), vec![h, c, 1, 1]));
-    let w3 = f.constant("W3", blob(&weight_path(3), vec![h, c, 1, 1]));
-    let w2 = f.constant("W2", blob(&weight_path(2), vec![c, h, 1, 1]));
-    let g = conv.conv(&mut f, "g", &xn, &w1);
-    let u = conv.conv(&mut f, "u", &xn, &w3);
+    let conv = ConvArgs::new(&mut f, "valid");
+    let g = matrix_conv(&mut f, &conv, "g", &xn, 1, (h, c, s));
+    let u = matrix_conv(&mut f, &conv, "u", &xn, 3, (h, c, s));
     let sg = op(&mut f, "sg", "sigmoid", &[("x", &g)]);
     let sl = op(&mut f, "sl", "mul", &[("x", &g), ("y", &sg)]);
     // the hidden values are a second output, as in `gen_ffn_fwd_taps` (there part of a
     // concat, here an output of its own): the host's precision check reads them
     let hm = op(&mut f, "y1", "mul", &[("x", &sl), ("y", &u)]);
-    let y = conv.conv(&mut f, "y0", &hm, &w2);
+    let y = matrix_conv(&mut f, &conv, "y0", &hm, 2, (c, h, s));
     f.output(&y).expect("y0 is defined");
     f.output(&hm).expect("y1 is defined");
     finish(f)
@@ -214,14 +196,12 @@ pub fn layer_norm_gelu_ffn_program(c: usize, h: usize, s: usize, eps: f32) -> Pr
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = layer_norm(&mut f, &x, c, eps);
-    let conv = ConvArgs::new(&mut f);
-    let w1 = f.constant("W1", blob(&weight_path(1), vec![h, c, 1, 1]));
+    let conv = ConvArgs::new(&mut f, "valid");
     let b1 = f.constant("b1", blob(UP_BIAS_PATH, vec![1, h, 1, 1]));
-    let w2 = f.constant("W2", blob(&weight_path(2), vec![c, h, 1, 1]));
-    let u = conv.conv(&mut f, "u", &xn, &w1);
+    let u = matrix_conv(&mut f, &conv, "u", &xn, 1, (h, c, s));
     let ub = op(&mut f, "ub", "add", &[("x", &u), ("y", &b1)]);
     let hm = gelu(&mut f, &ub, "y1");
-    let y = conv.conv(&mut f, "y0", &hm, &w2);
+    let y = matrix_conv(&mut f, &conv, "y0", &hm, 2, (c, h, s));
     f.output(&y).expect("y0 is defined");
     f.output(&hm).expect("y1 is defined");
     finish(f)
@@ -233,7 +213,7 @@ pub fn projections_program(c: usize, rows: &[usize], s: usize, eps: Option<f32>)
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = rms_norm(&mut f, &x, c, eps);
-    projections_of(f, &xn, c, rows)
+    projections_of(f, &xn, c, rows, s)
 }
 
 /// The projections of a LayerNorm'd input (whisper's and GPT-2's attention): input
@@ -245,17 +225,17 @@ pub fn layer_norm_projections_program(c: usize, rows: &[usize], s: usize, eps: f
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, c, 1, s]));
     let xn = layer_norm(&mut f, &x, c, eps);
-    projections_of(f, &xn, c, rows)
+    projections_of(f, &xn, c, rows, s)
 }
 
 /// One conv per matrix of the normed input `xn`, each an output `y<i>`; the program.
-fn projections_of(mut f: FunctionBuilder, xn: &str, c: usize, rows: &[usize]) -> Program {
-    let conv = ConvArgs::new(&mut f);
+fn projections_of(mut f: FunctionBuilder, xn: &str, c: usize, rows: &[usize], s: usize) -> Program {
+    let conv = ConvArgs::new(&mut f, "valid");
     let mut outputs = Vec::new();
     for (i, &m) in rows.iter().enumerate() {
-        let w = f.constant(&format!("W{i}"), blob(&weight_path(i), vec![m, c, 1, 1]));
         // y0, y1, ...: fewer than ten outputs keep name order and return order equal
-        outputs.push(conv.conv(&mut f, &format!("y{i}"), xn, &w));
+        let y = format!("y{i}");
+        outputs.push(matrix_conv(&mut f, &conv, &y, xn, i, (m, c, s)));
     }
     for y in &outputs {
         f.output(y).expect("outputs are defined");
@@ -285,17 +265,20 @@ fn file_of(values: &[f16]) -> Vec<u8> {
 }
 
 /// The weight files of a fused program: the norm weight (`c` values) and each matrix
-/// row-major (`[rows, in]`), in the program's numbering (FFN: 1 = gate, 3 = up, 2 = down;
-/// projections: 0, 1, ...).
-pub fn fused_weights(norm: &[f16], matrices: &[(usize, Vec<f16>)]) -> WeightFiles {
+/// `(number, in, values)` row-major (`[rows, in]`), in the program's numbering (FFN: 1 =
+/// gate, 3 = up, 2 = down; projections: 0, 1, ...), a matrix whose `in` the program cuts
+/// into K pieces in a file per piece.
+pub fn fused_weights(norm: &[f16], matrices: &[(usize, usize, Vec<f16>)]) -> WeightFiles {
     let mut files = WeightFiles::new();
     files
         .insert(NORM_PATH, file_of(norm))
         .expect("a file we just wrote parses");
-    for (i, m) in matrices {
-        files
-            .insert(weight_path(*i), file_of(m))
-            .expect("a file we just wrote parses");
+    for (i, k, m) in matrices {
+        for (path, values) in weight_pieces(*k, m, |p| weight_path(*i, p)) {
+            files
+                .insert(&path, file_of(&values))
+                .expect("a file we just wrote parses");
+        }
     }
     files
 }
@@ -320,9 +303,9 @@ pub(super) mod tests {
         let w = fused_weights(
             &[f16::ONE; 64],
             &[
-                (1, vec![f16::ONE; 96 * 64]),
-                (3, vec![f16::ONE; 96 * 64]),
-                (2, vec![f16::ONE; 64 * 96]),
+                (1, 64, vec![f16::ONE; 96 * 64]),
+                (3, 64, vec![f16::ONE; 96 * 64]),
+                (2, 96, vec![f16::ONE; 64 * 96]),
             ],
         );
         let f = ane_mil::check_program(&ffn, Some(&w)).unwrap();
@@ -335,9 +318,9 @@ pub(super) mod tests {
         let w = fused_weights(
             &[f16::ONE; 64],
             &[
-                (0, vec![f16::ONE; 64 * 64]),
-                (1, vec![f16::ONE; 32 * 64]),
-                (2, vec![f16::ONE; 32 * 64]),
+                (0, 64, vec![f16::ONE; 64 * 64]),
+                (1, 64, vec![f16::ONE; 32 * 64]),
+                (2, 64, vec![f16::ONE; 32 * 64]),
             ],
         );
         let f = ane_mil::check_program(&p, Some(&w)).unwrap();
@@ -366,7 +349,10 @@ pub(super) mod tests {
         let p = layer_norm_gelu_ffn_program(64, 96, 32, 1e-5);
         let mut w = fused_weights(
             &[f16::ONE; 64],
-            &[(1, vec![f16::ONE; 96 * 64]), (2, vec![f16::ONE; 64 * 96])],
+            &[
+                (1, 64, vec![f16::ONE; 96 * 64]),
+                (2, 96, vec![f16::ONE; 64 * 96]),
+            ],
         );
         with_norm_bias(&mut w, &[f16::ZERO; 64]);
         with_up_bias(&mut w, &[f16::ZERO; 96]);

@@ -17,7 +17,9 @@ use ane_mil::builder::FunctionBuilder;
 use ane_mil::ir::{Literal, Program};
 use ane_mil::{DType, ValueType};
 
-use crate::matmul::{input_width, token_chunk, CHANNEL_ALIGN};
+use crate::matmul::{
+    input_width, token_chunk, CHANNEL_ALIGN, STREAMED_FUSED_WIDTH, STREAMED_K_TILE,
+};
 
 use super::program::op;
 
@@ -182,27 +184,31 @@ pub fn streamed_projections_program(c: usize, rows: &[usize], s: usize) -> Progr
     p
 }
 
-/// The hidden tile width for an FFN of `h` hidden features at `bucket` tokens: the fewest
-/// tiles of equal width whose input (`input_width(3·ht, bucket)`) stays within `max_dim`,
-/// the width a multiple of [`CHANNEL_ALIGN`] (so every weight slice starts aligned: the last
-/// tile's padding is zero weights) unless `h` fits whole. `None` when even one hidden feature
-/// does not fit.
-pub fn ffn_hidden_tile(h: usize, bucket: usize, max_dim: usize) -> Option<usize> {
-    if h == 0 || input_width(3, bucket) > max_dim {
+/// The hidden tile width for an FFN of `c` channels and `h` hidden features at `bucket`
+/// tokens: the fewest tiles of equal width whose input (`input_width(3·ht, bucket)`) stays
+/// within `max_dim` and whose down projection sums at most [`STREAMED_K_TILE`] hidden
+/// features (the tiles' shares are summed by the host, as K tiles are), the width a multiple
+/// of [`CHANNEL_ALIGN`] (so every weight slice starts aligned: the last tile's padding is
+/// zero weights) unless `h` fits whole. `None` when even one hidden feature does not fit, or
+/// when `c` is past [`STREAMED_FUSED_WIDTH`].
+pub fn ffn_hidden_tile(c: usize, h: usize, bucket: usize, max_dim: usize) -> Option<usize> {
+    let fits = |ht: usize| ht <= STREAMED_K_TILE && input_width(3 * ht, bucket) <= max_dim;
+    if h == 0 || c > STREAMED_FUSED_WIDTH || !fits(1) {
         return None;
     }
-    if input_width(3 * h, bucket) <= max_dim {
+    if fits(h) {
         return Some(h);
     }
     (2..=h)
         .map(|tiles| h.div_ceil(tiles).next_multiple_of(CHANNEL_ALIGN))
         .chain((1..=h).map(|tiles| h.div_ceil(tiles)))
-        .find(|&ht| input_width(3 * ht, bucket) <= max_dim)
+        .find(|&ht| fits(ht))
 }
 
-/// Whether streamed projections of `rows` fit one input at the largest token bucket.
-pub fn projections_fit(rows: &[usize], max_dim: usize) -> bool {
-    input_width(rows.iter().sum(), token_chunk(max_dim)) <= max_dim
+/// Whether streamed projections of `c` channels into `rows` fit one input at the largest
+/// token bucket, `c` within [`STREAMED_FUSED_WIDTH`].
+pub fn projections_fit(c: usize, rows: &[usize], max_dim: usize) -> bool {
+    c <= STREAMED_FUSED_WIDTH && input_width(rows.iter().sum(), token_chunk(max_dim)) <= max_dim
 }
 
 #[cfg(test)]
@@ -225,20 +231,23 @@ mod tests {
             "-> (y0: tensor<fp16, [1, 64, 1, 32]>, y1: tensor<fp16, [1, 32, 1, 32]>, y2: tensor<fp16, [1, 32, 1, 32]>)"
         ));
         assert_eq!(refusals(&p), Vec::<String>::new());
-        // Llama-2-7B: the FFN in three hidden tiles of 3680 (slices at bucket + 0, 3680,
-        // 7360: aligned), Q/K/V in one input
-        assert_eq!(ffn_hidden_tile(11008, 2048, 16384), Some(3680));
-        assert_eq!(ffn_hidden_tile(11008, 32, 16384), Some(3680));
-        // a 0.5B's FFN fits one tile up to 1024 tokens, two at 2048
-        assert_eq!(ffn_hidden_tile(4864, 1024, 16384), Some(4864));
-        assert_eq!(ffn_hidden_tile(4864, 2048, 16384), Some(2432));
-        let p = streamed_ffn_program(4096, 3680, 2048);
+        // Llama-2-7B: the FFN in six hidden tiles of 1856 (the down projection's K within
+        // 2048; slices at bucket + 0, 1856, 3712: aligned), Q/K/V in one input
+        assert_eq!(ffn_hidden_tile(4096, 11008, 2048, 16384), Some(1856));
+        assert_eq!(ffn_hidden_tile(4096, 11008, 32, 16384), Some(1856));
+        // a 0.5B's FFN in three tiles of 1632 at any bucket
+        assert_eq!(ffn_hidden_tile(896, 4864, 1024, 16384), Some(1632));
+        assert_eq!(ffn_hidden_tile(896, 4864, 2048, 16384), Some(1632));
+        let p = streamed_ffn_program(4096, 1856, 2048);
         assert_eq!(refusals(&p), Vec::<String>::new());
-        assert!(projections_fit(&[4096, 4096, 4096], 16384));
-        assert!(!projections_fit(&[8192, 8192], 16384));
+        assert!(projections_fit(4096, &[4096, 4096, 4096], 16384));
+        assert!(!projections_fit(4096, &[8192, 8192], 16384));
         let p = streamed_projections_program(4096, &[4096, 4096, 4096], 2048);
         assert_eq!(refusals(&p), Vec::<String>::new());
-        assert_eq!(ffn_hidden_tile(1376, 2048, 16384), Some(1376));
-        assert_eq!(ffn_hidden_tile(5, 16384, 16384), None);
+        assert_eq!(ffn_hidden_tile(512, 1376, 2048, 16384), Some(1376));
+        assert_eq!(ffn_hidden_tile(64, 5, 16384, 16384), None);
+        // past prefill-bench's 5120-wide input (a 70B's 8192): node by node, K-tiled
+        assert_eq!(ffn_hidden_tile(8192, 28672, 512, 16384), None);
+        assert!(!projections_fit(8192, &[8192, 1024, 1024], 16384));
     }
 }

@@ -22,12 +22,13 @@ pub use crate::kernels::{KernelCache, DEFAULT_MAX_LOADED, EVAL_FAILURES_BEFORE_G
 pub use crate::staging::{stage_columns, stage_rows, DEFAULT_STAGED_WEIGHTS_BYTES};
 pub use policy::{KernelKind, KernelPolicy, LoadedRoom, WeightId};
 pub use precision::MAX_PREDICTED_NMSE;
+pub(crate) use program::{baked_conv, weight_pieces, ConvArgs};
 pub use program::{baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program};
 pub use stats::{FallbackReason, Stats, StatsSnapshot};
 pub use tiling::{
     baked_tiles, input_width, k_pieces, kernel_shapes, min_bucket, streamed_tile_sizes, tile_sizes,
     token_bucket, token_chunk, token_chunks, BakedTile, BAKED_K_PIECE, CHANNEL_ALIGN,
-    MAX_BAKED_WEIGHT_BYTES, MAX_TOKENS_PER_KERNEL,
+    MAX_BAKED_WEIGHT_BYTES, MAX_TOKENS_PER_KERNEL, STREAMED_FUSED_WIDTH, STREAMED_K_TILE,
 };
 
 use std::time::Instant;

@@ -18,26 +18,7 @@ use super::tiling::{input_width, k_pieces};
 /// `y [1, m, 1, n] = conv(x, W)` with `x [1, k, 1, n]` and a `[m, k, 1, 1]` weight: the conv
 /// argument set the sources use (strides, pad, dilations 1, one group), as named constants.
 fn conv_output(mut f: FunctionBuilder, x: &str, weight: &str, pad_type: &str) -> Program {
-    let dl = f.constant("dl", Literal::int32s(&[1, 1]));
-    let gr = f.constant("gr", Literal::int32(1));
-    let pd = f.constant("pd", Literal::int32s(&[0, 0, 0, 0]));
-    let pt = f.constant("pt", Literal::string(pad_type));
-    let st = f.constant("st", Literal::int32s(&[1, 1]));
-    let y = f
-        .op(
-            "y",
-            "conv",
-            &[
-                ("dilations", Arg::Var(dl)),
-                ("groups", Arg::Var(gr)),
-                ("pad", Arg::Var(pd)),
-                ("pad_type", Arg::Var(pt)),
-                ("strides", Arg::Var(st)),
-                ("weight", Arg::Var(weight.to_string())),
-                ("x", Arg::Var(x.to_string())),
-            ],
-        )
-        .expect("the tile program is well-typed");
+    let y = ConvArgs::new(&mut f, pad_type).conv(&mut f, "y", x, weight);
     f.output(&y).expect("y is defined");
     let mut p = Program::new();
     p.functions.push(f.finish());
@@ -155,47 +136,104 @@ fn piece_path(i: usize) -> String {
 pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n]));
-    let pieces = k_pieces(k);
-    if pieces.len() > 1 {
-        return split_k_program(f, &x, m, n, &pieces);
-    }
-    let w = f.constant(
-        "W",
-        Literal::Blob(BlobRef {
-            dtype: DType::Fp16,
-            shape: vec![m, k, 1, 1],
-            path: BAKED_WEIGHT_PATH.to_string(),
-            // the first blob of a file: its metadata record follows the 64-byte header
-            offset: 64,
-        }),
-    );
-    conv_output(f, &x, &w, "valid")
+    let args = ConvArgs::new(&mut f, "valid");
+    let path = |i: Option<usize>| i.map_or_else(|| BAKED_WEIGHT_PATH.to_string(), piece_path);
+    let y = baked_conv(&mut f, &args, ("y", "", "W"), &x, (m, k), n, path);
+    f.output(&y).expect("y is defined");
+    let mut p = Program::new();
+    p.functions.push(f.finish());
+    p
 }
 
-/// [`baked_matmul_program`] past one K piece: a conv per piece of the input's channels, the
-/// partial results added in order into `y`.
-fn split_k_program(
-    mut f: FunctionBuilder,
+/// A conv's argument constants (strides, pad, dilations 1, one group), named once per
+/// program as the sources write them.
+pub(crate) struct ConvArgs {
+    dl: String,
+    gr: String,
+    pd: String,
+    pt: String,
+    st: String,
+}
+
+impl ConvArgs {
+    pub(crate) fn new(f: &mut FunctionBuilder, pad_type: &str) -> Self {
+        ConvArgs {
+            dl: f.constant("dl", Literal::int32s(&[1, 1])),
+            gr: f.constant("gr", Literal::int32(1)),
+            pd: f.constant("pd", Literal::int32s(&[0, 0, 0, 0])),
+            pt: f.constant("pt", Literal::string(pad_type)),
+            st: f.constant("st", Literal::int32s(&[1, 1])),
+        }
+    }
+
+    /// `name = conv(x, weight)`.
+    pub(crate) fn conv(
+        &self,
+        f: &mut FunctionBuilder,
+        name: &str,
+        x: &str,
+        weight: &str,
+    ) -> String {
+        let var = |v: &str| Arg::Var(v.to_string());
+        f.op(
+            name,
+            "conv",
+            &[
+                ("dilations", var(&self.dl)),
+                ("groups", var(&self.gr)),
+                ("pad", var(&self.pd)),
+                ("pad_type", var(&self.pt)),
+                ("strides", var(&self.st)),
+                ("weight", var(weight)),
+                ("x", var(x)),
+            ],
+        )
+        .expect("the program is well-typed")
+    }
+}
+
+/// `out = conv(x, W)` for a baked fp16 `[m, k]` weight and `s` tokens, in the file
+/// `path(None)`, or — past [`BAKED_K_PIECE`](super::tiling::BAKED_K_PIECE) input channels —
+/// cut along K ([`k_pieces`]): each piece `p` a `slice_by_size` of `x`'s channels, a conv
+/// against its own weights in `path(Some(p))`, the partial results added in order (maderix
+/// `test_fused_bwd.m` L55-175, `stories_mil.h` L149-171). `names` are the result, the prefix
+/// of the pieces' values, and the whole weight's constant.
+pub(crate) fn baked_conv(
+    f: &mut FunctionBuilder,
+    args: &ConvArgs,
+    (out, prefix, whole): (&str, &str, &str),
     x: &str,
-    m: usize,
-    n: usize,
-    pieces: &[(usize, usize)],
-) -> Program {
-    let dl = f.constant("dl", Literal::int32s(&[1, 1]));
-    let gr = f.constant("gr", Literal::int32(1));
-    let pd = f.constant("pd", Literal::int32s(&[0, 0, 0, 0]));
-    let pt = f.constant("pt", Literal::string("valid"));
-    let st = f.constant("st", Literal::int32s(&[1, 1]));
+    (m, k): (usize, usize),
+    s: usize,
+    path: impl Fn(Option<usize>) -> String,
+) -> String {
+    let blob = |shape: Vec<usize>, path: String| {
+        Literal::Blob(BlobRef {
+            dtype: DType::Fp16,
+            shape,
+            path,
+            // the first blob of a file: its metadata record follows the 64-byte header
+            offset: 64,
+        })
+    };
+    let pieces = k_pieces(k);
+    if pieces.len() == 1 {
+        let w = f.constant(whole, blob(vec![m, k, 1, 1], path(None)));
+        return args.conv(f, out, x, &w);
+    }
     let mut sum: Option<String> = None;
     for (i, &(k0, kt)) in pieces.iter().enumerate() {
-        let begin = f.constant(&format!("b{i}"), Literal::int32s(&[0, k0 as i32, 0, 0]));
+        let begin = f.constant(
+            &format!("{prefix}b{i}"),
+            Literal::int32s(&[0, k0 as i32, 0, 0]),
+        );
         let size = f.constant(
-            &format!("z{i}"),
-            Literal::int32s(&[1, kt as i32, 1, n as i32]),
+            &format!("{prefix}z{i}"),
+            Literal::int32s(&[1, kt as i32, 1, s as i32]),
         );
         let xi = f
             .op(
-                &format!("x{i}"),
+                &format!("{prefix}x{i}"),
                 "slice_by_size",
                 &[
                     ("begin", Arg::Var(begin)),
@@ -203,55 +241,57 @@ fn split_k_program(
                     ("x", Arg::Var(x.to_string())),
                 ],
             )
-            .expect("the tile program is well-typed");
+            .expect("the program is well-typed");
         let wi = f.constant(
-            &format!("W{i}"),
-            Literal::Blob(BlobRef {
-                dtype: DType::Fp16,
-                shape: vec![m, kt, 1, 1],
-                path: piece_path(i),
-                offset: 64,
-            }),
+            &format!("{prefix}W{i}"),
+            blob(vec![m, kt, 1, 1], path(Some(i))),
         );
         let last = i + 1 == pieces.len();
         let name = if last && sum.is_none() {
-            "y".to_string()
+            out.to_string()
         } else {
-            format!("c{i}")
+            format!("{prefix}c{i}")
         };
-        let ci = f
-            .op(
-                &name,
-                "conv",
-                &[
-                    ("dilations", Arg::Var(dl.clone())),
-                    ("groups", Arg::Var(gr.clone())),
-                    ("pad", Arg::Var(pd.clone())),
-                    ("pad_type", Arg::Var(pt.clone())),
-                    ("strides", Arg::Var(st.clone())),
-                    ("weight", Arg::Var(wi)),
-                    ("x", Arg::Var(xi)),
-                ],
-            )
-            .expect("the tile program is well-typed");
+        let ci = args.conv(f, &name, &xi, &wi);
         sum = Some(match sum {
             None => ci,
             Some(acc) => {
                 let name = if last {
-                    "y".to_string()
+                    out.to_string()
                 } else {
-                    format!("s{i}")
+                    format!("{prefix}s{i}")
                 };
                 f.op(&name, "add", &[("x", Arg::Var(acc)), ("y", Arg::Var(ci))])
-                    .expect("the tile program is well-typed")
+                    .expect("the program is well-typed")
             }
         });
     }
-    let y = sum.expect("at least two pieces");
-    f.output(&y).expect("y is defined");
-    let mut p = Program::new();
-    p.functions.push(f.finish());
-    p
+    sum.expect("at least two pieces")
+}
+
+/// The files of an fp16 `[m, k]` weight, row-major: one file at `path(None)`, or — K cut
+/// into pieces ([`k_pieces`]) — each piece's columns in a file at `path(Some(p))`.
+pub(crate) fn weight_pieces(
+    k: usize,
+    values: &[f16],
+    path: impl Fn(Option<usize>) -> String,
+) -> Vec<(String, Vec<f16>)> {
+    let pieces = k_pieces(k);
+    if pieces.len() == 1 {
+        return vec![(path(None), values.to_vec())];
+    }
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, &(k0, kt))| {
+            let columns = values
+                .chunks(k)
+                .flat_map(|row| &row[k0..k0 + kt])
+                .copied()
+                .collect();
+            (path(Some(i)), columns)
+        })
+        .collect()
 }
 
 /// The weight files of a baked kernel: the fp16 tile `[m, k]`, row-major (`[m, k, 1, 1]`), in
@@ -261,27 +301,15 @@ fn split_k_program(
 /// If `tile` does not hold `m · k` values.
 pub fn baked_weights(m: usize, k: usize, tile: &[f16]) -> WeightFiles {
     assert_eq!(tile.len(), m * k, "a baked tile of {m} x {k}");
-    let pieces = k_pieces(k);
     let mut files = WeightFiles::new();
-    let mut add = |path: &str, values: &[f16]| {
+    let path = |i: Option<usize>| i.map_or_else(|| BAKED_WEIGHT_PATH.to_string(), piece_path);
+    for (path, values) in weight_pieces(k, tile, path) {
         let mut w = BlobWriter::new();
-        let offset = w.add_fp16(values);
+        let offset = w.add_fp16(&values);
         debug_assert_eq!(offset, 64);
         files
-            .insert(path, w.finish())
+            .insert(&path, w.finish())
             .expect("a file we just wrote parses");
-    };
-    if pieces.len() == 1 {
-        add(BAKED_WEIGHT_PATH, tile);
-        return files;
-    }
-    for (i, &(k0, kt)) in pieces.iter().enumerate() {
-        let columns: Vec<f16> = tile
-            .chunks(k)
-            .flat_map(|row| &row[k0..k0 + kt])
-            .copied()
-            .collect();
-        add(&piece_path(i), &columns);
     }
     files
 }
@@ -290,6 +318,32 @@ pub fn baked_weights(m: usize, k: usize, tile: &[f16]) -> WeightFiles {
 mod tests {
     use super::*;
     use ane_mil::rules::{check_rules, RuleOptions, Severity};
+
+    /// What each product of the kernels sums, read back from the programs: a streamed or
+    /// two-input conv its tile's K, a baked one cut past 2048 each piece, the streamed FFN's
+    /// matmuls the model's width (gate, up) and the hidden tile (down).
+    #[test]
+    fn each_product_sums_its_tile() {
+        let sums = |p: &Program| -> Vec<usize> {
+            let f = ane_mil::check_program(p, None).unwrap();
+            f[0].product_sums().iter().map(|&(_, k)| k).collect()
+        };
+        assert_eq!(sums(&matmul_program(64, 1856, 32)), [1856]);
+        assert_eq!(sums(&two_input_matmul_program(64, 2048, 32)), [2048]);
+        let weights = |k: usize| baked_weights(8, k, &vec![f16::ZERO; 8 * k]);
+        let baked = |k: usize| {
+            let f = ane_mil::check_program(&baked_matmul_program(8, k, 32), Some(&weights(k)));
+            f.unwrap()[0]
+                .product_sums()
+                .iter()
+                .map(|&(_, k)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(baked(4096), [2048, 2048]);
+        assert_eq!(baked(4864), [1632, 1632, 1600]);
+        let ffn = crate::fused::streamed::streamed_ffn_program(4096, 1856, 64);
+        assert_eq!(sums(&ffn), [4096, 4096, 1856]);
+    }
 
     #[test]
     fn the_programs_check_and_pass_the_ane_rulebook() {

@@ -26,6 +26,24 @@ pub const MAX_BAKED_WEIGHT_BYTES: usize = 32000 * 768 * 2;
 /// the CPU) and `training/stories_mil.h` L149-171 (`gen_qkvb`: three 768-channel pieces).
 pub const BAKED_K_PIECE: usize = 2048;
 
+/// Input channels a streamed kernel's conv sums at most: a wider K is cut into K tiles of at
+/// most this many channels (multiples of [`CHANNEL_ALIGN`]), a kernel call each, their
+/// results summed by the host in f32 — the form maderix/ane-prefill-bench runs on an M4:
+/// `ane_prefill_27b.m` @bfa6bb4 L2253-2262 (`DOWN_K_TILE 2048`), L2694-2698 (one
+/// `compile_dyn_conv(DOWN_K_TILE, DIM, CHUNK)` kernel per K tile) and L2364-2384 (each tile
+/// evaluated, its output added into `ffn_down_accum`). No public program cuts a runtime
+/// weight's K inside one program (maderix's `gen_ffn_bwd_w13t_dynamic` adds two whole
+/// matrices' products), so the sum stays on the host. 2048 is where the K law peaks
+/// (trisanths `results/reduction_law.md`: 7.64 TFLOPS at K = 2048, 5.72 at 4096, 3.26 at 8192).
+pub const STREAMED_K_TILE: usize = 2048;
+
+/// The widest input a streamed fused block's first products take whole (their K is the
+/// model's width, and the block's nonlinearity needs their full sums): prefill-bench's
+/// gate/up kernel, `compile_dyn_conv(DIM, INTER, CHUNK)` with `DIM` 5120 (`ane_prefill_27b.m`
+/// @bfa6bb4 L36, L2690-2691), run whole beside its K-tiled down projection. Wider models run
+/// those blocks node by node, K-tiled.
+pub const STREAMED_FUSED_WIDTH: usize = 5120;
+
 /// The K pieces `(first channel, channels)` of a baked kernel over `k` input channels: `k`
 /// whole up to [`BAKED_K_PIECE`], else cut as tiles are (equal, aligned, the last shorter).
 pub fn k_pieces(k: usize) -> Vec<(usize, usize)> {
@@ -95,9 +113,13 @@ pub fn tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
 }
 
 /// Streamed tile sizes: M within what the input's width leaves beside the largest token
-/// chunk (tokens and weight rows share the width), K within `max_dim`.
+/// chunk (tokens and weight rows share the width), K within [`STREAMED_K_TILE`] (and
+/// `max_dim`).
 pub fn streamed_tile_sizes(m: usize, k: usize, max_dim: usize) -> (usize, usize) {
-    (cut(m, max_dim - token_chunk(max_dim)), cut(k, max_dim))
+    (
+        cut(m, max_dim - token_chunk(max_dim)),
+        cut(k, STREAMED_K_TILE.min(max_dim)),
+    )
 }
 
 /// `d` cut into the fewest parts of at most `limit`, each a multiple of [`CHANNEL_ALIGN`] but
@@ -206,13 +228,36 @@ mod tests {
         assert_eq!(tile_sizes(11008, 4096, 16384), (5504, 4096));
         assert_eq!(tile_sizes(4096, 11008, 16384), (2048, 11008));
         assert_eq!(tile_sizes(4096, 4096, 16384), (4096, 4096));
-        // streamed tiles leave the largest token chunk (2048) beside the weight rows, aligned
-        assert_eq!(streamed_tile_sizes(32000, 4096, 16384), (10688, 4096));
+        // streamed tiles leave the largest token chunk (2048) beside the weight rows, aligned;
+        // their K is cut at 2048 (prefill-bench's DOWN_K_TILE): 4096 in two, 11008 in six
+        // tiles of 1856 (the last 1728)
+        assert_eq!(streamed_tile_sizes(32000, 4096, 16384), (10688, 2048));
         assert_eq!(
             kernel_shapes(32000, 4096, 512, 16384),
-            vec![(10688, 4096, 512), (10624, 4096, 512)]
+            vec![(10688, 2048, 512), (10624, 2048, 512)]
         );
-        assert_eq!(streamed_tile_sizes(4096, 11008, 16384), (4096, 11008));
+        assert_eq!(streamed_tile_sizes(4096, 11008, 16384), (4096, 1856));
+        assert_eq!(
+            kernel_shapes(4096, 11008, 100, 16384),
+            vec![(4096, 1856, 128), (4096, 1728, 128)]
+        );
+        // a 0.5B's 896 whole, its down projection's 4864 in three
+        assert_eq!(streamed_tile_sizes(896, 896, 16384), (896, 896));
+        assert_eq!(streamed_tile_sizes(896, 4864, 16384), (896, 1632));
+        for (m, k) in [
+            (32000, 4096),
+            (4096, 11008),
+            (896, 4864),
+            (151936, 896),
+            (5, 7),
+        ] {
+            let (_, tk) = streamed_tile_sizes(m, k, 16384);
+            assert!(
+                tk <= STREAMED_K_TILE && tk * k.div_ceil(tk) >= k,
+                "{m}x{k}: {tk}"
+            );
+            assert!(tk.is_multiple_of(CHANNEL_ALIGN) || tk == k, "{m}x{k}: {tk}");
+        }
         assert_eq!(cut(32001, 16384), 16032);
         assert_eq!(tile_sizes(5, 20000, 16384), (5, 10016));
         for m in [32000, 11008, 4096, 151936, 4864] {
@@ -255,7 +300,7 @@ mod tests {
         );
         assert_eq!(
             kernel_shapes(4096, 4096, 5000, 16384),
-            vec![(4096, 4096, 1024), (4096, 4096, 2048)]
+            vec![(4096, 2048, 1024), (4096, 2048, 2048)]
         );
     }
 }
