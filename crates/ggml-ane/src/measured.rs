@@ -1,12 +1,11 @@
-//! Routing by measurement (#21): where the chip table says the ANE wins (`routing`), a GPU
-//! backend is in the process (Metal) and `GGML_ANE_MODE` asks for speed (`auto`, `speed`),
-//! each MUL_MAT shape class — the weight's M × K and the token bucket — is timed once on our
-//! engine and on that GPU, and goes to whichever was faster. The verdicts are kept on disk
-//! beside the kernel cache, per chip, OS version, engine build and GPU, so a later process
-//! routes without timing again. `GGML_ANE_MEASURE=0` routes by the table alone.
-//!
-//! Energy (`GGML_ANE_MODE=energy`) still routes by the table: timing joules needs the IOReport
-//! reader on a Mac, which is not wired in here yet.
+//! Routing by measurement (#21): where the chip table lets the ANE take work (`routing`) and
+//! a GPU backend is in the process (Metal), each MUL_MAT shape class — the weight's M × K and
+//! the token bucket — is measured once on our engine and on that GPU, and goes to whichever
+//! costs less: time under `GGML_ANE_MODE=auto|speed`, joules under `energy` (all rails above
+//! idle, from the OS's energy counters: `ane_runtime::power`, IOReport on macOS; without a
+//! meter, or with a reading it flags, the table decides). The verdicts are kept on disk beside
+//! the kernel cache, per chip, OS version, engine build, GPU and what was measured, so a later
+//! process routes without measuring again. `GGML_ANE_MEASURE=0` routes by the table alone.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -19,6 +18,7 @@ use ane_runtime::matmul::{
     engine_matmul, min_bucket, token_bucket, DenseRows, DenseSink, MatmulJob, MatmulShape, Scratch,
     Stats,
 };
+use ane_runtime::power::{self, EnergyMeter};
 
 use crate::abi::gpu::{gpu_device, GpuDevice};
 use crate::{abi, runtime, settings};
@@ -32,7 +32,33 @@ pub(crate) struct ShapeClass {
     pub(crate) bucket: usize,
 }
 
-/// Our engine's and the GPU's time for one shape class, microseconds.
+/// What a class is measured by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Measure {
+    /// Time per call, microseconds.
+    Speed,
+    /// Energy per call above idle, millijoules.
+    Energy,
+}
+
+impl Measure {
+    fn unit(self) -> &'static str {
+        match self {
+            Measure::Speed => "ms",
+            Measure::Energy => "mJ",
+        }
+    }
+
+    /// A cost as printed: milliseconds (from µs) or millijoules.
+    fn shown(self, cost: f64) -> f64 {
+        match self {
+            Measure::Speed => cost / 1e3,
+            Measure::Energy => cost,
+        }
+    }
+}
+
+/// Our engine's and the GPU's cost for one shape class: microseconds, or millijoules.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Timing {
     pub(crate) engine_us: f64,
@@ -51,6 +77,7 @@ struct Verdicts {
     key: String,
     gpu: GpuDevice,
     gpu_name: String,
+    measure: Measure,
     path: Option<PathBuf>,
     timings: Mutex<HashMap<ShapeClass, Option<Timing>>>,
 }
@@ -78,7 +105,7 @@ pub(crate) fn engine_takes(m: usize, k: usize, n: usize) -> Option<bool> {
         match t.get(&class) {
             Some(known) => (*known, false),
             None => {
-                let measured = measure(rt, v.gpu, class);
+                let measured = measure(rt, v, class);
                 t.insert(class, measured);
                 (measured, true)
             }
@@ -91,8 +118,9 @@ pub(crate) fn engine_takes(m: usize, k: usize, n: usize) -> Option<bool> {
     timing.map(Timing::engine_faster)
 }
 
-/// Times `class` on both sides; `None` when either cannot run it.
-fn measure(rt: &runtime::Runtime, gpu: GpuDevice, c: ShapeClass) -> Option<Timing> {
+/// Measures `class` on both sides; `None` when either cannot run it (or, for energy, when the
+/// reading cannot be trusted: said in a warning).
+fn measure(rt: &runtime::Runtime, v: &Verdicts, c: ShapeClass) -> Option<Timing> {
     let shape = MatmulShape::new(c.m, c.k, c.bucket);
     let (w, a) = (
         DenseRows::new(c.m, c.k, pattern(c.m * c.k, 64.0)),
@@ -107,21 +135,73 @@ fn measure(rt: &runtime::Runtime, gpu: GpuDevice, c: ShapeClass) -> Option<Timin
         weight_id: None,
     };
     let (mut scratch, stats) = (Scratch::default(), Stats::default());
+    let mut engine = || engine_matmul(rt.engine.as_ref(), &rt.cache, &job, &mut scratch, &stats);
+    if v.measure == Measure::Energy {
+        let windows = (power::MIN_WINDOW, power::MIN_WINDOW);
+        let gpu = |runs: usize| v.gpu.time_matmul((c.m, c.k, c.bucket), runs).is_ok();
+        let measured = power::open_meter().and_then(|mut meter| {
+            measure_energy(meter.as_mut(), windows, || engine().is_ok(), gpu)
+        });
+        return measured
+            .map_err(|why| {
+                let shape = format!("{}x{}x{}", c.m, c.k, c.bucket);
+                abi::log(
+                    abi::GGML_LOG_LEVEL_WARN,
+                    &format!("ggml-ane: energy of {shape} not measured: {why}"),
+                );
+            })
+            .ok();
+    }
     let mut times = Vec::with_capacity(REPS);
     for i in 0..=REPS {
         let t = Instant::now();
-        engine_matmul(rt.engine.as_ref(), &rt.cache, &job, &mut scratch, &stats).ok()?;
+        engine().ok()?;
         if i > 0 {
             times.push(t.elapsed());
         }
     }
     times.sort_unstable();
     let engine = times[times.len() / 2];
-    let gpu = gpu.time_matmul((c.m, c.k, c.bucket), REPS).ok()?;
+    let gpu = v.gpu.time_matmul((c.m, c.k, c.bucket), REPS).ok()?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Some(Timing {
         engine_us: us(engine),
         gpu_us: us(gpu),
+    })
+}
+
+/// GPU runs per measured call when timing its energy: its setup (tensors, graph) is spread over
+/// them as a prompt's many matmuls spread it.
+const GPU_RUNS_PER_CALL: usize = 8;
+
+/// Millijoules per call above idle (every rail: the ANE path's host work counts) of `engine`
+/// and of the GPU (`gpu(runs)` makes that many runs), each over `windows` (idle, then work) of
+/// `meter`; an error when a call fails or the reading is flagged (a short window, no ANE
+/// channel, an ANE channel reading zero while it worked, a rail below idle).
+fn measure_energy(
+    meter: &mut dyn EnergyMeter,
+    (idle, window): (Duration, Duration),
+    mut engine: impl FnMut() -> bool,
+    mut gpu: impl FnMut(usize) -> bool,
+) -> Result<Timing, String> {
+    let mut ok = true;
+    let on_engine = power::measure(meter, idle, window, true, || ok &= engine())?;
+    let mut gpu_ok = true;
+    let on_gpu = power::measure(meter, idle, window, false, || {
+        gpu_ok &= gpu(GPU_RUNS_PER_CALL)
+    })?;
+    if !ok || !gpu_ok {
+        return Err("a call failed while measuring".into());
+    }
+    // the windows are ours to choose (MIN_WINDOW here; shorter only in tests): every other
+    // flag makes the reading one not to route by
+    let beyond_window = |r: &power::PowerReading| r.flags.get(usize::from(r.short_window)).cloned();
+    if let Some(flag) = beyond_window(&on_engine).or_else(|| beyond_window(&on_gpu)) {
+        return Err(flag);
+    }
+    Ok(Timing {
+        engine_us: on_engine.total_joules_per_run() * 1e3,
+        gpu_us: on_gpu.total_joules_per_run() * 1e3 / GPU_RUNS_PER_CALL as f64,
     })
 }
 
@@ -143,13 +223,14 @@ fn say(v: &Verdicts, c: ShapeClass, t: Option<Timing>) {
         );
         return;
     };
+    let unit = v.measure.unit();
     abi::log(
         abi::GGML_LOG_LEVEL_INFO,
         &format!(
-            "ggml-ane: measured {shape}: engine {:.2} ms, {} {:.2} ms: {}",
-            t.engine_us / 1e3,
+            "ggml-ane: measured {shape}: engine {:.2} {unit}, {} {:.2} {unit}: {}",
+            v.measure.shown(t.engine_us),
             v.gpu_name,
-            t.gpu_us / 1e3,
+            v.measure.shown(t.gpu_us),
             if t.engine_faster() {
                 "the engine takes it".to_string()
             } else {
@@ -208,18 +289,47 @@ fn verdicts() -> Option<&'static Verdicts> {
 
 fn make() -> Option<Verdicts> {
     let config = settings::get().as_ref().ok()?;
-    if !config.measure || !matches!(config.mode, Mode::Auto | Mode::Speed) {
-        return None;
-    }
+    let measure = match config.mode {
+        _ if !config.measure => return None,
+        Mode::Auto | Mode::Speed => Measure::Speed,
+        Mode::Energy => Measure::Energy,
+        Mode::Always | Mode::Off => return None,
+    };
     let chip = chips::identify(config.chip.as_deref()).ok()??;
     let gpu = gpu_device()?;
     let rt = runtime::runtime_if_made()?;
     let gpu_name = gpu.name();
+    if measure == Measure::Energy {
+        if let Err(why) = power::open_meter() {
+            abi::log(
+                abi::GGML_LOG_LEVEL_INFO,
+                &format!(
+                    "ggml-ane: energy routing against {gpu_name} needs the energy counters \
+                     ({why}): the chip table decides"
+                ),
+            );
+            return None;
+        }
+        abi::log(
+            abi::GGML_LOG_LEVEL_INFO,
+            &format!(
+                "ggml-ane: measuring each new matmul shape's energy on the engine and \
+                 {gpu_name} (about {:.0} s a shape, once per machine)",
+                4.0 * power::MIN_WINDOW.as_secs_f64()
+            ),
+        );
+    }
+    // speed verdicts keep the key they always had; energy ones are marked
     let key = format!(
-        "{}|{}|{}|{gpu_name}",
+        "{}|{}|{}|{gpu_name}{}",
         chip.name,
         os_version(),
-        rt.engine.build_id()
+        rt.engine.build_id(),
+        if measure == Measure::Energy {
+            "|energy"
+        } else {
+            ""
+        }
     );
     let path = config.runtime.disk_cache().map(|d| d.dir().join(FILE));
     let timings = path
@@ -231,12 +341,14 @@ fn make() -> Option<Verdicts> {
         key,
         gpu,
         gpu_name,
+        measure,
         path,
         timings: Mutex::new(timings),
     })
 }
 
-/// The lines of `text` kept under `key`: `key, m, k, bucket, engine µs, GPU µs`, tab-separated
+/// The lines of `text` kept under `key`: `key, m, k, bucket, engine cost, GPU cost` (µs, or
+/// mJ under an energy key), tab-separated
 /// (a later line for the same class wins; malformed lines are skipped).
 fn read_verdicts(text: &str, key: &str) -> HashMap<ShapeClass, Option<Timing>> {
     let mut out = HashMap::new();
@@ -296,6 +408,76 @@ mod tests {
 
     /// Lines of another chip, OS or GPU are not ours; malformed lines are skipped; a later
     /// line for the same class wins.
+    use ane_runtime::power::ChannelEnergy;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A meter whose channels (ANE, CPU, GPU; millijoules) count what the work adds.
+    struct Counters {
+        added: Rc<RefCell<[i64; 3]>>,
+        seen: [i64; 3],
+        ane_channel: bool,
+    }
+
+    impl EnergyMeter for Counters {
+        fn since_last(&mut self) -> Result<Vec<ChannelEnergy>, String> {
+            let now = *self.added.borrow();
+            let d: Vec<i64> = (0..3).map(|i| now[i] - self.seen[i]).collect();
+            self.seen = now;
+            let channel = |name: &str, value| ChannelEnergy {
+                name: name.into(),
+                unit: "mJ".into(),
+                value,
+            };
+            let mut out = vec![channel("CPU Energy", d[1]), channel("GPU Energy", d[2])];
+            if self.ane_channel {
+                out.push(channel("ANE", d[0]));
+            }
+            Ok(out)
+        }
+    }
+
+    /// Energy per call above idle, every rail, from the counters: the side with fewer joules
+    /// takes the class; the GPU's runs share its setup; a machine without an ANE channel, or a
+    /// call that fails, gives no verdict.
+    #[test]
+    fn energy_is_measured_per_call_on_every_rail() {
+        let windows = (Duration::from_millis(2), Duration::from_millis(5));
+        let run = |engine_ane: i64, ane_channel: bool, engine_ok: bool| {
+            let added = Rc::new(RefCell::new([0i64; 3]));
+            let mut meter = Counters {
+                added: added.clone(),
+                seen: [0; 3],
+                ane_channel,
+            };
+            let engine = || {
+                let mut a = added.borrow_mut();
+                // the ANE's share and the host's staging and write-back
+                a[0] += engine_ane;
+                a[1] += 1;
+                engine_ok
+            };
+            let gpu = |runs: usize| {
+                let mut a = added.borrow_mut();
+                a[2] += 3 * runs as i64;
+                // one setup on the CPU for all runs
+                a[1] += 1;
+                true
+            };
+            measure_energy(&mut meter, windows, engine, gpu)
+        };
+        let cheap = run(2, true, true).unwrap();
+        assert!((cheap.engine_us - 3.0).abs() < 1e-9, "{cheap:?}");
+        assert!((cheap.gpu_us - 3.125).abs() < 1e-9, "{cheap:?}");
+        assert!(cheap.engine_faster());
+        let dear = run(4, true, true).unwrap();
+        assert!((dear.engine_us - 5.0).abs() < 1e-9 && !dear.engine_faster());
+        let none = run(2, false, true).unwrap_err();
+        assert!(none.contains("no ANE energy channel"), "{none}");
+        let failed = run(2, true, false).unwrap_err();
+        assert!(failed.contains("failed"), "{failed}");
+    }
+
     #[test]
     fn verdicts_are_read_back_under_their_key_only() {
         let text = "M4|15.1|b|MTL0\t512\t512\t128\t900.0\t1500.5\n\

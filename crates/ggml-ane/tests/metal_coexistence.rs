@@ -485,5 +485,26 @@ fn measured_routing_sends_each_shape_to_the_faster_side_and_keeps_the_verdicts()
     assert!(!kept.contains("(0 verdicts"), "{kept}");
     assert_eq!(on_engine(&log), 0, "{}", tail(&log));
     assert!(err <= 1e-5, "NMSE {err:e}");
+
+    // energy: joules need the OS's energy counters, which this machine has not; the table
+    // decides (an M4's row takes the work) and says why, measuring nothing
+    let (log, measured, err) = beside(
+        "energy.f32",
+        "cache-c",
+        &[
+            ("GGML_ANE_MODE", "energy"),
+            ("GGML_ANE_REFERENCE_FAULTS", "slow"),
+        ],
+    );
+    assert!(measured.is_empty(), "{measured:#?}");
+    assert!(
+        log.contains(
+            "needs the energy counters (power: not available on this OS): the chip table decides"
+        ),
+        "{}",
+        tail(&log)
+    );
+    assert!(on_engine(&log) > 0, "{}", tail(&log));
+    assert!(err <= 1e-5, "NMSE {err:e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

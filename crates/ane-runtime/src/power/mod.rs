@@ -7,10 +7,11 @@
 //! unit conversion from each channel's own label, exact rail names, the idle baseline, and the
 //! flags for windows too short or readings that cannot be trusted.
 //!
-//! Only the `ane` command reads power (`ane bench --power`, `ane doctor`); the module lives
-//! here, not in `ane-cli`, because the readout is FFI — a `sys` module of `unsafe` calls — and
-//! this crate is the one that keeps such bindings (under `#![deny(unsafe_code)]` with one
-//! exemption per `sys`), while `ane-cli` forbids `unsafe` outright.
+//! `ane bench --power`, `ane doctor` and ggml-ane's energy routing (`GGML_ANE_MODE=energy`)
+//! read power; the module lives here, not in `ane-cli`, because the readout is FFI — a `sys`
+//! module of `unsafe` calls — and this crate is the one that keeps such bindings (under
+//! `#![deny(unsafe_code)]` with one exemption per `sys`), while `ane-cli` forbids `unsafe`
+//! outright.
 
 #[cfg(target_os = "macos")]
 #[allow(
@@ -161,8 +162,12 @@ pub struct PowerReading {
     pub runs: u64,
     /// Joules per run above idle (ANE, CPU, GPU).
     pub joules_per_run: [f64; 3],
-    /// Why the reading should not be trusted (empty when nothing is wrong).
+    /// Why the reading should not be trusted (empty when nothing is wrong), the window's
+    /// length first when it was short.
     pub flags: Vec<String>,
+    /// Whether the window (idle or busy) was shorter than [`MIN_WINDOW`]: a caller that chose
+    /// such a window knows, and may read the other flags alone.
+    pub short_window: bool,
 }
 
 impl PowerReading {
@@ -214,7 +219,8 @@ pub fn measure(
     }
 
     let mut flags = Vec::new();
-    if seconds < MIN_WINDOW.as_secs_f64() || idle_s < MIN_WINDOW.as_secs_f64() {
+    let short_window = seconds < MIN_WINDOW.as_secs_f64() || idle_s < MIN_WINDOW.as_secs_f64();
+    if short_window {
         flags.push(format!(
             "window shorter than {:.1} s: counters publish in batches (~2.2 s on recent macOS)",
             MIN_WINDOW.as_secs_f64()
@@ -244,6 +250,7 @@ pub fn measure(
         runs,
         joules_per_run,
         flags,
+        short_window,
     })
 }
 
