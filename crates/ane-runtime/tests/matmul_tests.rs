@@ -706,8 +706,68 @@ fn streamed_k_past_2048_runs_in_k_tiles_summed_by_the_host(make: &EngineMaker) {
     assert_eq!((s.dispatches, s.compiles), (3, 2), "{s:?}");
 }
 
+/// Rows that can only be read (as a quantised tensor's are), counting the reads.
+struct ReadOnlyRows {
+    inner: DenseRows,
+    reads: AtomicU32,
+}
+
+impl ane_runtime::matmul::MatrixSource for ReadOnlyRows {
+    fn read_row(&self, b2: usize, b3: usize, row: usize, out: &mut [f32]) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_row(b2, b3, row, out);
+    }
+}
+
+/// A weight that is not in memory (quantised) and cut into several K tiles has each row
+/// converted once for all of its K tiles, not once per tile; kept staged, not again.
+fn a_quantised_weight_is_converted_once_for_all_its_k_tiles(make: &EngineMaker) {
+    let shape = single_matmul(64, 4160, 40);
+    let (w, a) = job(shape, 11);
+    let w = ReadOnlyRows {
+        inner: w,
+        reads: AtomicU32::new(0),
+    };
+    let engine = make.engine();
+    let cache = KernelCache::new().with_policy(KernelPolicy::Streamed);
+    let (stats, out) = (Stats::default(), out_for(shape));
+    let job = MatmulJob {
+        shape,
+        weights: &w,
+        acts: &a,
+        dst: &out,
+        weight_id: Some(ane_runtime::matmul::WeightId {
+            key: 3,
+            fingerprint: 0,
+        }),
+    };
+    engine_matmul(
+        engine.as_ref(),
+        &cache,
+        &job,
+        &mut Scratch::default(),
+        &stats,
+    )
+    .unwrap();
+    check(shape, &w.inner, &a, &out.data.lock().unwrap(), 3);
+    // the precision guard reads every row once for its column sums, staging once more
+    assert_eq!(w.reads.load(Ordering::Relaxed), 2 * 64);
+    assert_eq!(stats.snapshot().dispatches, 3);
+    // a second call: the tiles are kept staged, the column sums remembered
+    engine_matmul(
+        engine.as_ref(),
+        &cache,
+        &job,
+        &mut Scratch::default(),
+        &stats,
+    )
+    .unwrap();
+    assert_eq!(w.reads.load(Ordering::Relaxed), 2 * 64);
+}
+
 engine_test!(
     made: tiled_broadcast_jobs_match_f64_on_engine_and_cpu,
+    a_quantised_weight_is_converted_once_for_all_its_k_tiles,
     streamed_k_past_2048_runs_in_k_tiles_summed_by_the_host,
     kernels_are_compiled_once_per_tile_shape,
     jobs_with_too_few_outputs_stay_on_the_cpu,

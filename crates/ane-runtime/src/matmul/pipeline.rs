@@ -17,7 +17,8 @@ use super::{grow, store, MatmulJob, MatmulShape, MatrixSource, Scratch};
 use crate::engine::{Engine, Kernel, Port};
 use crate::kernels::KernelCache;
 use crate::staging::convert::{
-    accumulate_columns, row_to_f16, stage_columns, zero_columns, WrittenSums,
+    accumulate_columns, convert_weight_rows, recycle, row_to_f16, rows_in_memory, stage_columns,
+    zero_columns, WrittenSums,
 };
 use crate::staging::kept_weights::KeptWeightKey;
 use crate::surface::Surface;
@@ -217,6 +218,7 @@ pub(super) fn run_plan(
             acts_sum_sq: 0.0,
             result_sum_sq: 0.0,
             staged_acts: None,
+            converted: None,
             scratch,
             stats,
         };
@@ -238,6 +240,9 @@ pub(super) fn run_plan(
         };
         if let Some((_, s)) = run.staged_acts.take() {
             cache.surfaces.give_back(s);
+        }
+        if let Some((_, rows)) = run.converted.take() {
+            recycle(rows);
         }
         let checked = ran.and_then(|()| {
             guard.check(
@@ -288,6 +293,9 @@ struct BatchRun<'a, 'j> {
     /// The last activations staged alone in an input, with what they hold (K tile, token
     /// chunk, layout): the next M tile's identical input reuses them.
     staged_acts: Option<ActsSurface>,
+    /// A weight not in memory (quantised) cut into several K tiles: the current M tile's rows
+    /// (its first row) converted to fp16 once over all of K, staged from for every K tile.
+    converted: Option<(usize, crate::matmul::HalfRows)>,
     scratch: &'a mut Scratch,
     stats: &'a Stats,
 }
@@ -364,16 +372,29 @@ impl BatchRun<'_, '_> {
         }
         let mut s = self.cache.surfaces.take(kernel, port);
         let (rows, cols, k) = ((t.m0, t.bm), (t.k0, t.bk), self.job.shape.k);
-        stage_columns(
-            &mut s,
-            self.job.weights,
-            self.weight_batch,
-            rows,
-            cols,
-            k,
-            col0,
-            None,
-        );
+        let once = t.bk < k && rows_in_memory(self.job.weights, self.weight_batch, rows).is_none();
+        if once && self.converted.as_ref().map(|c| c.0) != Some(t.m0) {
+            if let Some((_, old)) = self.converted.take() {
+                recycle(old);
+            }
+            let rows = convert_weight_rows(self.job.weights, self.weight_batch, rows, k);
+            self.converted = Some((t.m0, rows));
+        }
+        match &self.converted {
+            Some((_, converted)) if once => {
+                stage_columns(&mut s, converted, (0, 0), (0, t.bm), cols, k, col0, None);
+            }
+            _ => stage_columns(
+                &mut s,
+                self.job.weights,
+                self.weight_batch,
+                rows,
+                cols,
+                k,
+                col0,
+                None,
+            ),
+        }
         self.stats.add_weight_bytes(2 * t.bm * t.bk);
         (s, key)
     }

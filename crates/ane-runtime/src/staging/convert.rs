@@ -97,6 +97,14 @@ const COLUMN_BLOCK: usize = 32;
 /// Features per block when staging as columns: a 32 × 64 fp16 block (4 KiB).
 const STAGE_FEATURES: usize = 64;
 
+/// From this many bytes staged, whole lines go past the caches (non-temporal stores): a
+/// surface that large is read next by the engine, not from the CPU's caches, and the stores
+/// then skip reading each line first. 4096² F16 weights staged the first time: 5.6–7.1 ms →
+/// 3.3–3.5 ms (memcpy of the bytes: 2.4 ms); 11008 × 4096: 28 → 11 ms (memcpy 13 ms), on this
+/// project's x86-64 machine (`cargo bench -p ane-runtime -- stage_weights`). Apple silicon's
+/// scalar path does not stream yet (a NEON `stnp` form is for a Mac to measure).
+const STREAM_MIN_BYTES: usize = 1 << 20;
+
 /// Writes rows `r0..r0+rows` (columns `k0..k0+cols` of `k`) of a source batch as surface
 /// *columns* `col0..col0+rows` of rows `0..cols`: the channel-first layout of every kernel
 /// input (one surface row per input feature, tokens or weight rows along the width). With
@@ -129,10 +137,11 @@ pub fn stage_columns(
     }
     // rows in memory are transposed straight from there, eight by eight; any other source
     // (quantised, strided, or rows of both kinds) is converted once first
-    let in_memory = |has: &dyn Fn(usize) -> bool| (r0..r0 + rows).all(has);
-    let half = in_memory(&|r| src.row_f16(batch.0, batch.1, r).is_some());
-    if !half && !in_memory(&|r| src.row_f32(batch.0, batch.1, r).is_some()) {
-        let (converted, total) = converted_rows(src, batch, (r0, rows), (k0, cols), k);
+    let kind = rows_in_memory(src, batch, (r0, rows));
+    let half = kind == Some(RowKind::F16);
+    if kind.is_none() {
+        let summed = sum_sq.is_some();
+        let (converted, total) = converted_rows(src, batch, (r0, rows), (k0, cols), (k, summed));
         stage_columns(
             s,
             &converted,
@@ -146,9 +155,11 @@ pub fn stage_columns(
         if let Some(e) = sum_sq {
             *e += total;
         }
+        recycle(converted);
         return;
     }
     let summed = sum_sq.is_some();
+    let stream = 2 * rows * cols >= STREAM_MIN_BYTES;
     let bytes = &mut s.as_bytes_mut()[..cols * stride];
     // surface rows d0.. (as many as `part` holds); returns their values' sum of squares
     let stage = |d0: usize, part: &mut [u8]| -> f64 {
@@ -172,7 +183,7 @@ pub fn stage_columns(
                         src.row_f16(batch.0, batch.1, row(i))
                             .map(|h| &h[from..from + fb])
                     }));
-                    transpose::f16_columns(&r16, fb, dst, stride, col);
+                    transpose::f16_columns(&r16, fb, dst, (stride, col), stream);
                     if summed {
                         for h in &r16 {
                             f16_to_f32(&mut tmp[..fb], h);
@@ -185,12 +196,16 @@ pub fn stage_columns(
                         src.row_f32(batch.0, batch.1, row(i))
                             .map(|v| &v[from..from + fb])
                     }));
-                    let e = transpose::f32_columns(&r32, fb, dst, stride, col);
+                    let e = transpose::f32_columns(&r32, fb, dst, (stride, col), stream);
                     if summed {
                         total += e;
                     }
                 }
             }
+        }
+        // this thread's streamed stores are ordered before the pool hands its part over
+        if stream {
+            transpose::fence();
         }
         total
     };
@@ -209,20 +224,64 @@ pub fn stage_columns(
     }
 }
 
+thread_local! {
+    /// The fp16 rows a quantised or strided source was converted into, kept per thread: a
+    /// model's first call stages weight after weight, and a fresh buffer each time would
+    /// fault in every page again (4096² Q8_0 weights: most of 24 ms).
+    static CONVERTED: std::cell::RefCell<Vec<half::f16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A conversion buffer larger than this is not kept: the rows of a 7B's widest weight tile
+/// converted over all of K (11008 × 4096, or the head's 10688 × 4096) are 84–86 MiB.
+const CONVERTED_MAX_BYTES: usize = 96 << 20;
+
+/// How a source's rows lie in memory, where every one of them does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    F16,
+    F32,
+}
+
+/// Whether rows `r0..r0 + rows` of a source batch are all fp16 or all f32 in memory (staged
+/// straight from there); `None` for any other source (quantised, strided, mixed), which is
+/// converted first.
+pub(crate) fn rows_in_memory(
+    src: &dyn MatrixSource,
+    (b2, b3): (usize, usize),
+    (r0, rows): (usize, usize),
+) -> Option<RowKind> {
+    let all = |has: &dyn Fn(usize) -> bool| (r0..r0 + rows).all(has);
+    if all(&|r| src.row_f16(b2, b3, r).is_some()) {
+        Some(RowKind::F16)
+    } else if all(&|r| src.row_f32(b2, b3, r).is_some()) {
+        Some(RowKind::F32)
+    } else {
+        None
+    }
+}
+
 /// Rows `r0..r0 + rows` (columns `k0..k0 + cols` of `k`) of a source read through
-/// `read_row`, converted to fp16 once (in parallel past [`PARALLEL_MIN_VALUES`]), with the sum
-/// of the values' squares before rounding.
-fn converted_rows(
+/// `read_row`, converted to fp16 once (in parallel past [`PARALLEL_MIN_VALUES`]) into this
+/// thread's kept buffer (give it back with [`recycle`]); with `summed`, the sum of the
+/// values' squares before rounding.
+pub(crate) fn converted_rows(
     src: &dyn MatrixSource,
     (b2, b3): (usize, usize),
     (r0, rows): (usize, usize),
     (k0, cols): (usize, usize),
-    k: usize,
+    (k, summed): (usize, bool),
 ) -> (crate::matmul::HalfRows, f64) {
-    let mut data = vec![half::f16::ZERO; rows * cols];
+    let mut data = CONVERTED.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    data.resize(rows * cols, half::f16::ZERO);
     let convert = |tmp: &mut Vec<f32>, (r, dst): (usize, &mut [half::f16])| -> f64 {
         src.read_row(b2, b3, r0 + r, tmp);
-        f32_to_f16_sum_sq(dst, &tmp[k0..k0 + cols])
+        let values = &tmp[k0..k0 + cols];
+        if summed {
+            f32_to_f16_sum_sq(dst, values)
+        } else {
+            f32_to_f16(dst, values);
+            0.0
+        }
     };
     let total = if rows * k < PARALLEL_MIN_VALUES {
         let mut tmp = vec![0f32; k];
@@ -243,6 +302,26 @@ fn converted_rows(
         data,
     };
     (rows, total)
+}
+
+/// Rows `r0..r0 + rows` of a source batch converted to fp16 once over all `k` columns, as
+/// the pipeline converts a quantised weight cut into several K tiles before staging each
+/// tile from them; give them back with [`recycle`] when done.
+pub fn convert_weight_rows(
+    src: &dyn MatrixSource,
+    batch: (usize, usize),
+    rows: (usize, usize),
+    k: usize,
+) -> crate::matmul::HalfRows {
+    converted_rows(src, batch, rows, (0, k), (k, false)).0
+}
+
+/// Keeps the buffer of rows [`converted_rows`] made for the next conversion on this thread,
+/// within [`CONVERTED_MAX_BYTES`].
+pub fn recycle(rows: crate::matmul::HalfRows) {
+    if rows.data.len() * 2 <= CONVERTED_MAX_BYTES {
+        CONVERTED.with(|b| *b.borrow_mut() = rows.data);
+    }
 }
 
 /// Zeroes columns `c0..c1` of the first `rows` rows (the token columns a bucket pads).

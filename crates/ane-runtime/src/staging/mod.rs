@@ -11,5 +11,7 @@ pub(crate) mod convert;
 pub(crate) mod kept_weights;
 pub(crate) mod surface_pool;
 
-pub use convert::{accumulate_columns, stage_columns, stage_rows, WrittenSums};
+pub use convert::{
+    accumulate_columns, convert_weight_rows, recycle, stage_columns, stage_rows, WrittenSums,
+};
 pub use kept_weights::DEFAULT_STAGED_WEIGHTS_BYTES;

@@ -10,19 +10,29 @@
 use half::f16;
 
 /// Writes `srcs[i][d]` into surface row `d` (bytes `d · stride ..`) at column `col + i`, for
-/// every token `i < srcs.len()` and feature `d < cols`: fp16 rows into fp16 columns.
+/// every token `i < srcs.len()` and feature `d < cols`: fp16 rows into fp16 columns. With
+/// `stream`, whole lines go past the caches (non-temporal stores: for surfaces larger than the
+/// caches, which the engine, not the CPU, reads next); the caller fences ([`fence`]) before
+/// anyone reads them.
 ///
 /// # Panics
 /// If a source row is shorter than `cols` or a write would fall outside `dst`.
-pub(crate) fn f16_columns(srcs: &[&[f16]], cols: usize, dst: &mut [u8], stride: usize, col: usize) {
+pub(crate) fn f16_columns(
+    srcs: &[&[f16]],
+    cols: usize,
+    dst: &mut [u8],
+    (stride, col): (usize, usize),
+    stream: bool,
+) {
     check_columns(srcs, cols, dst.len(), stride, col);
     #[cfg(target_arch = "x86_64")]
     if super::fp16::x86_available() {
         // SAFETY: F16C and AVX were detected; every row holds `cols` values and every write
         // lies inside `dst` (checked above).
-        unsafe { x86::f16_columns(srcs, cols, dst, stride, col) };
+        unsafe { x86::f16_columns(srcs, cols, dst, (stride, col), stream) };
         return;
     }
+    let _ = stream;
     scalar_edges(srcs.len(), (0, 0), cols, dst, stride, col, |i, d| {
         srcs[i][d]
     });
@@ -37,15 +47,16 @@ pub(crate) fn f32_columns(
     srcs: &[&[f32]],
     cols: usize,
     dst: &mut [u8],
-    stride: usize,
-    col: usize,
+    (stride, col): (usize, usize),
+    stream: bool,
 ) -> f64 {
     check_columns(srcs, cols, dst.len(), stride, col);
     #[cfg(target_arch = "x86_64")]
     if super::fp16::x86_available() {
         // SAFETY: as above.
-        return unsafe { x86::f32_columns(srcs, cols, dst, stride, col) };
+        return unsafe { x86::f32_columns(srcs, cols, dst, (stride, col), stream) };
     }
+    let _ = stream;
     let mut sum = 0f64;
     scalar_edges(srcs.len(), (0, 0), cols, dst, stride, col, |i, d| {
         let v = srcs[i][d];
@@ -53,6 +64,15 @@ pub(crate) fn f32_columns(
         f16::from_f32(v)
     });
     sum
+}
+
+/// Orders streamed stores before what follows (a no-op where nothing streams).
+pub(crate) fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    if super::fp16::x86_available() {
+        // SAFETY: SSE is part of x86-64; a store fence has no operands.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 fn check_columns<T>(srcs: &[&[T]], cols: usize, dst_len: usize, stride: usize, col: usize) {
@@ -153,8 +173,9 @@ mod x86 {
     use std::arch::x86_64::{
         __m128i, __m256, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps,
         _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_setzero_si128,
-        _mm_storeu_si128, _mm_unpackhi_epi16, _mm_unpackhi_epi32, _mm_unpackhi_epi64,
-        _mm_unpacklo_epi16, _mm_unpacklo_epi32, _mm_unpacklo_epi64, _MM_FROUND_TO_NEAREST_INT,
+        _mm_storeu_si128, _mm_stream_si128, _mm_unpackhi_epi16, _mm_unpackhi_epi32,
+        _mm_unpackhi_epi64, _mm_unpacklo_epi16, _mm_unpacklo_epi32, _mm_unpacklo_epi64,
+        _MM_FROUND_TO_NEAREST_INT,
     };
 
     use half::f16;
@@ -201,16 +222,33 @@ mod x86 {
         ]
     }
 
-    /// Stores the 8 columns of a transposed block into surface rows `d0..d0 + 8` at token
-    /// column `c` (bytes).
+    /// Stores `g` transposed 8 × 8 blocks of consecutive tokens (`t[b][q]`: feature `d0 + q` of
+    /// tokens `8b..8b + 8`) into surface rows `d0..d0 + 8` from byte `c`: each row's `16 g`
+    /// bytes in one run (a whole 64-byte line for 32 tokens), streamed past the caches when
+    /// `stream` and aligned.
     ///
     /// # Safety
-    /// `(d0 + 7) · stride + c + 16 <= dst.len()`.
+    /// `(d0 + 7) · stride + c + 16 g <= dst.len()`.
     #[target_feature(enable = "avx,f16c")]
-    unsafe fn store_columns(o: [__m128i; 8], dst: &mut [u8], stride: usize, d0: usize, c: usize) {
-        for (q, v) in o.into_iter().enumerate() {
-            // SAFETY: inside `dst`, by the caller; an unaligned store.
-            unsafe { _mm_storeu_si128(dst.as_mut_ptr().add((d0 + q) * stride + c).cast(), v) };
+    unsafe fn store_lines(
+        t: &[[__m128i; 8]; 4],
+        g: usize,
+        dst: &mut [u8],
+        (stride, d0, c): (usize, usize, usize),
+        stream: bool,
+    ) {
+        for q in 0..8 {
+            for (b, o) in t.iter().enumerate().take(g) {
+                // SAFETY: inside `dst`, by the caller.
+                let p = unsafe { dst.as_mut_ptr().add((d0 + q) * stride + c + 16 * b) };
+                if stream && (p as usize).is_multiple_of(16) {
+                    // SAFETY: 16 bytes at a 16-byte-aligned address inside `dst`.
+                    unsafe { _mm_stream_si128(p.cast(), o[q]) };
+                } else {
+                    // SAFETY: inside `dst`; an unaligned store.
+                    unsafe { _mm_storeu_si128(p.cast(), o[q]) };
+                }
+            }
         }
     }
 
@@ -221,20 +259,26 @@ mod x86 {
         srcs: &[&[f16]],
         cols: usize,
         dst: &mut [u8],
-        stride: usize,
-        col: usize,
+        (stride, col): (usize, usize),
+        stream: bool,
     ) {
         let (n8, c8) = (srcs.len() / 8 * 8, cols / 8 * 8);
-        for i0 in (0..n8).step_by(8) {
-            let rows = &srcs[i0..i0 + 8];
+        // 32 tokens at a time: each surface row gets a whole line
+        for g0 in (0..n8).step_by(32) {
+            let g = 32.min(n8 - g0) / 8;
             for d0 in (0..c8).step_by(8) {
-                let mut r = [_mm_setzero_si128(); 8];
-                for (q, v) in r.iter_mut().enumerate() {
-                    // SAFETY: d0 + 8 <= cols <= every row's length; an unaligned load.
-                    *v = unsafe { _mm_loadu_si128(rows[q].as_ptr().add(d0).cast()) };
+                let mut t = [[_mm_setzero_si128(); 8]; 4];
+                for (b, o) in t.iter_mut().enumerate().take(g) {
+                    let mut r = [_mm_setzero_si128(); 8];
+                    for (q, v) in r.iter_mut().enumerate() {
+                        let row = srcs[g0 + 8 * b + q];
+                        // SAFETY: d0 + 8 <= cols <= every row's length; an unaligned load.
+                        *v = unsafe { _mm_loadu_si128(row.as_ptr().add(d0).cast()) };
+                    }
+                    *o = transpose8(r);
                 }
-                // SAFETY: rows d0..d0+8 < cols, columns col+i0..+8 <= col+n: inside `dst`.
-                unsafe { store_columns(transpose8(r), dst, stride, d0, 2 * (col + i0)) };
+                // SAFETY: rows d0..d0+8 < cols, columns col+g0.. +8g <= col+n: inside `dst`.
+                unsafe { store_lines(&t, g, dst, (stride, d0, 2 * (col + g0)), stream) };
             }
         }
         // the edges: features past the last 8 of every token, tokens past the last 8
@@ -250,23 +294,28 @@ mod x86 {
         srcs: &[&[f32]],
         cols: usize,
         dst: &mut [u8],
-        stride: usize,
-        col: usize,
+        (stride, col): (usize, usize),
+        stream: bool,
     ) -> f64 {
         let (n8, c8) = (srcs.len() / 8 * 8, cols / 8 * 8);
         let mut acc: __m256 = _mm256_setzero_ps();
-        for i0 in (0..n8).step_by(8) {
-            let rows = &srcs[i0..i0 + 8];
+        for g0 in (0..n8).step_by(32) {
+            let g = 32.min(n8 - g0) / 8;
             for d0 in (0..c8).step_by(8) {
-                let mut r = [_mm_setzero_si128(); 8];
-                for (q, h) in r.iter_mut().enumerate() {
-                    // SAFETY: d0 + 8 <= cols <= the row's length; an unaligned load.
-                    let v = unsafe { _mm256_loadu_ps(rows[q].as_ptr().add(d0)) };
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
-                    *h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                let mut t = [[_mm_setzero_si128(); 8]; 4];
+                for (b, o) in t.iter_mut().enumerate().take(g) {
+                    let mut r = [_mm_setzero_si128(); 8];
+                    for (q, h) in r.iter_mut().enumerate() {
+                        let row = srcs[g0 + 8 * b + q];
+                        // SAFETY: d0 + 8 <= cols <= the row's length; an unaligned load.
+                        let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(d0)) };
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
+                        *h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                    }
+                    *o = transpose8(r);
                 }
                 // SAFETY: as in `f16_columns`.
-                unsafe { store_columns(transpose8(r), dst, stride, d0, 2 * (col + i0)) };
+                unsafe { store_lines(&t, g, dst, (stride, d0, 2 * (col + g0)), stream) };
             }
         }
         let mut sum = lanes_sum(acc);
@@ -381,9 +430,15 @@ mod tests {
             let mut b = a.clone();
             let refs16: Vec<&[f16]> = f16_rows.iter().map(|r| &r[..cols]).collect();
             let refs32: Vec<&[f32]> = f32_rows.iter().map(|r| &r[..cols]).collect();
-            f16_columns(&refs16, cols, &mut a, stride, col);
-            let sum = f32_columns(&refs32, cols, &mut b, stride, col);
+            f16_columns(&refs16, cols, &mut a, (stride, col), false);
+            let sum = f32_columns(&refs32, cols, &mut b, (stride, col), false);
             assert_eq!(a, b, "{n}x{cols}");
+            // streamed past the caches: the same bytes
+            let (mut sa, mut sb) = (vec![0xAAu8; cols * stride], vec![0xAAu8; cols * stride]);
+            f16_columns(&refs16, cols, &mut sa, (stride, col), true);
+            f32_columns(&refs32, cols, &mut sb, (stride, col), true);
+            fence();
+            assert_eq!((&sa, &sb), (&a, &a), "{n}x{cols} streamed");
             // the scalar path (Apple silicon's) agrees
             let mut c = vec![0xAAu8; cols * stride];
             scalar_edges(n, (0, 0), cols, &mut c, stride, col, |i, d| f16_rows[i][d]);
