@@ -24,6 +24,32 @@ fn mat(rows: usize, k: usize, seed: u64, scale: f32) -> DenseRows {
     DenseRows::new(rows, k, v)
 }
 
+/// RMS-normed projections of `x` into each of `mats`, identified by `key`.
+fn projections_job<'a>(
+    x: &'a DenseRows,
+    mats: &'a [DenseRows],
+    norm: &'a [f32],
+    key: u64,
+) -> FusedJob<'a> {
+    FusedJob {
+        channels: x.k,
+        tokens: x.rows,
+        eps: Some(1e-6),
+        x,
+        norm_weight: norm,
+        ln_bias: None,
+        block: Block::Projections(
+            mats.iter()
+                .map(|m| (m as &dyn MatrixSource, m.rows))
+                .collect(),
+        ),
+        weight_id: Some(WeightId {
+            key,
+            fingerprint: 7,
+        }),
+    }
+}
+
 fn a_fused_ffn_matches_f64_and_is_one_dispatch_per_chunk(make: &EngineMaker) {
     let case = FfnCase::new(64, 96, 40);
     let job = case.job(42);
@@ -55,23 +81,7 @@ fn fused_projections_match_f64_each_output(make: &EngineMaker) {
         .iter()
         .map(|&r| DenseSink::for_shape(MatmulShape::new(r, c, n)))
         .collect();
-    let job = FusedJob {
-        channels: c,
-        tokens: n,
-        eps: Some(1e-6),
-        x: &x,
-        norm_weight: &norm,
-        ln_bias: None,
-        block: Block::Projections(
-            mats.iter()
-                .map(|m| (m as &dyn MatrixSource, m.rows))
-                .collect(),
-        ),
-        weight_id: Some(WeightId {
-            key: 42,
-            fingerprint: 7,
-        }),
-    };
+    let job = projections_job(&x, &mats, &norm, 42);
     let (e, cache, stats) = (make.engine(), KernelCache::new(), Stats::default());
     let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
     for (i, sink) in sinks.iter().enumerate() {
@@ -505,23 +515,7 @@ fn baked_blocks_cut_k_past_2048_inside_the_program(make: &EngineMaker) {
         .map(|(i, &r)| mat(r, c, 20 + i as u64, 0.25))
         .collect();
     let norm = vec![1.0f32; c];
-    let job = FusedJob {
-        channels: c,
-        tokens: n,
-        eps: Some(1e-6),
-        x: &x,
-        norm_weight: &norm,
-        ln_bias: None,
-        block: Block::Projections(
-            mats.iter()
-                .map(|m| (m as &dyn MatrixSource, m.rows))
-                .collect(),
-        ),
-        weight_id: Some(WeightId {
-            key: 43,
-            fingerprint: 7,
-        }),
-    };
+    let job = projections_job(&x, &mats, &norm, 43);
     let out = engine_fused(e.as_ref(), &cache, &job, &stats).unwrap();
     assert_eq!(out.form(), FusedForm::Baked);
     let xn = rms_norm(&f64s(&x.data), &vec![1.0; c], c, 1e-6);
