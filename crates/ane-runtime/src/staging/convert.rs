@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use crate::matmul::MatrixSource;
 use crate::surface::Surface;
-use crate::sys::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_sum_sq, sum_of_squares};
+use crate::sys::fp16::{
+    f16_to_f32, f32_to_f16, f32_to_f16_streamed, f32_to_f16_sum_sq, sum_of_squares,
+};
 use crate::sys::transpose;
 
 /// Columns `k0..k0 + dst.len()` of one source row as fp16: copied from fp16 rows, converted
@@ -231,6 +233,11 @@ thread_local! {
     static CONVERTED: std::cell::RefCell<Vec<half::f16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// From this many bytes converted, the fp16 rows go past the caches: they are read back once,
+/// right away, so only a buffer well past the caches gains (4096² Q8_0: 10.1 → 8.1–8.5 ms);
+/// smaller ones lost (4864 × 896: 1.7 → 2.9 ms).
+const CONVERTED_STREAM_MIN_BYTES: usize = 16 << 20;
+
 /// A conversion buffer larger than this is not kept: the rows of a 7B's widest weight tile
 /// converted over all of K (11008 × 4096, or the head's 10688 × 4096) are 84–86 MiB.
 const CONVERTED_MAX_BYTES: usize = 96 << 20;
@@ -273,14 +280,20 @@ pub(crate) fn converted_rows(
 ) -> (crate::matmul::HalfRows, f64) {
     let mut data = CONVERTED.with(|b| std::mem::take(&mut *b.borrow_mut()));
     data.resize(rows * cols, half::f16::ZERO);
+    let stream = 2 * rows * cols >= CONVERTED_STREAM_MIN_BYTES;
     let convert = |tmp: &mut Vec<f32>, (r, dst): (usize, &mut [half::f16])| -> f64 {
         src.read_row(b2, b3, r0 + r, tmp);
         let values = &tmp[k0..k0 + cols];
-        if summed {
-            f32_to_f16_sum_sq(dst, values)
-        } else {
-            f32_to_f16(dst, values);
-            0.0
+        match (summed, stream) {
+            (true, _) => f32_to_f16_sum_sq(dst, values),
+            (false, true) => {
+                f32_to_f16_streamed(dst, values);
+                0.0
+            }
+            (false, false) => {
+                f32_to_f16(dst, values);
+                0.0
+            }
         }
     };
     let total = if rows * k < PARALLEL_MIN_VALUES {
@@ -316,8 +329,8 @@ pub fn convert_weight_rows(
     converted_rows(src, batch, rows, (0, k), (k, false)).0
 }
 
-/// Keeps the buffer of rows [`converted_rows`] made for the next conversion on this thread,
-/// within [`CONVERTED_MAX_BYTES`].
+/// Keeps the buffer of rows [`convert_weight_rows`] made for the next conversion on this
+/// thread (buffers up to 96 MiB are kept).
 pub fn recycle(rows: crate::matmul::HalfRows) {
     if rows.data.len() * 2 <= CONVERTED_MAX_BYTES {
         CONVERTED.with(|b| *b.borrow_mut() = rows.data);

@@ -54,6 +54,23 @@ pub(crate) fn sum_of_squares(values: &[f32]) -> f64 {
     f64::from(lanes.iter().sum::<f32>() + tail)
 }
 
+/// [`f32_to_f16`] with the stores past the caches (non-temporal where aligned), for buffers
+/// larger than the caches that are read back once; fenced before returning, so whatever
+/// this thread hands them to sees them.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn f32_to_f16_streamed(dst: &mut [f16], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "f32_to_f16_streamed: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: F16C and AVX were detected on this CPU, and the lengths are equal.
+        unsafe { x86::f32_to_f16_streamed(dst, src) };
+        return;
+    }
+    dst.convert_from_f32_slice(src);
+}
+
 /// `dst[i] = f32(src[i])` (exact).
 ///
 /// # Panics
@@ -79,8 +96,8 @@ pub(crate) fn x86_available() -> bool {
 mod x86 {
     use std::arch::x86_64::{
         __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_mul_ps,
-        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_storeu_si128,
-        _MM_FROUND_TO_NEAREST_INT,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_sfence, _mm_storeu_si128,
+        _mm_stream_si128, _MM_FROUND_TO_NEAREST_INT,
     };
     use std::sync::OnceLock;
 
@@ -115,6 +132,26 @@ mod x86 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         dst[whole..].convert_from_f32_slice(&src[whole..]);
         f64::from(lanes.iter().sum::<f32>()) + super::sum_of_squares(&src[whole..])
+    }
+
+    /// # Safety
+    /// The CPU has F16C and AVX, and `dst.len() == src.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn f32_to_f16_streamed(dst: &mut [f16], src: &[f32]) {
+        // up to the first 16-byte boundary, then streamed 8 values at a time
+        let head = (dst.as_ptr().align_offset(16)).min(dst.len());
+        dst[..head].convert_from_f32_slice(&src[..head]);
+        let whole = head + (src.len() - head) / 8 * 8;
+        for i in (head..whole).step_by(8) {
+            // SAFETY: i + 8 <= len of both slices; the store is to a 16-byte-aligned address.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_stream_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), h);
+            }
+        }
+        dst[whole..].convert_from_f32_slice(&src[whole..]);
+        _mm_sfence();
     }
 
     /// # Safety
