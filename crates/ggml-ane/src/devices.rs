@@ -179,8 +179,9 @@ pub(crate) fn supports_op(
     }
 }
 
-/// Whether a weight × activations MUL_MAT runs faster on the engine than on the host's GPU,
-/// where that was measured (`crate::measured`); true where it was not (the chip table decides).
+/// Whether a weight × activations MUL_MAT costs less on the engine than on the host's GPU —
+/// time, or joules under `GGML_ANE_MODE=energy` — where that was measured
+/// (`crate::measured`); true where it was not (the chip table decides).
 fn faster_here(n: &NodeDesc) -> bool {
     let Some(w) = n.src[0] else {
         return true;

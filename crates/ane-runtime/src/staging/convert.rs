@@ -167,6 +167,12 @@ pub fn stage_columns(
     let stage = |d0: usize, part: &mut [u8]| -> f64 {
         let nd = part.len() / stride;
         let mut tmp = vec![0f32; STAGE_FEATURES];
+        // the block's source rows, looked up once per block (a call through the source each),
+        // then sliced per feature block
+        let (mut rows16, mut rows32): (Vec<&[half::f16]>, Vec<&[f32]>) = (
+            Vec::with_capacity(COLUMN_BLOCK),
+            Vec::with_capacity(COLUMN_BLOCK),
+        );
         let (mut r16, mut r32) = (
             Vec::with_capacity(COLUMN_BLOCK),
             Vec::with_capacity(COLUMN_BLOCK),
@@ -174,17 +180,21 @@ pub fn stage_columns(
         let mut total = 0.0;
         for b0 in (0..rows).step_by(COLUMN_BLOCK) {
             let n = COLUMN_BLOCK.min(rows - b0);
+            let row = |i: usize| r0 + b0 + i;
+            if half {
+                rows16.clear();
+                rows16.extend((0..n).filter_map(|i| src.row_f16(batch.0, batch.1, row(i))));
+            } else {
+                rows32.clear();
+                rows32.extend((0..n).filter_map(|i| src.row_f32(batch.0, batch.1, row(i))));
+            }
             for f0 in (0..nd).step_by(STAGE_FEATURES) {
                 let fb = STAGE_FEATURES.min(nd - f0);
                 let from = k0 + d0 + f0;
                 let (dst, col) = (&mut part[f0 * stride..], col0 + b0);
-                let row = |i: usize| r0 + b0 + i;
                 if half {
                     r16.clear();
-                    r16.extend((0..n).filter_map(|i| {
-                        src.row_f16(batch.0, batch.1, row(i))
-                            .map(|h| &h[from..from + fb])
-                    }));
+                    r16.extend(rows16.iter().map(|h| &h[from..from + fb]));
                     transpose::f16_columns(&r16, fb, dst, (stride, col), stream);
                     if summed {
                         for h in &r16 {
@@ -194,10 +204,7 @@ pub fn stage_columns(
                     }
                 } else {
                     r32.clear();
-                    r32.extend((0..n).filter_map(|i| {
-                        src.row_f32(batch.0, batch.1, row(i))
-                            .map(|v| &v[from..from + fb])
-                    }));
+                    r32.extend(rows32.iter().map(|v| &v[from..from + fb]));
                     let e = transpose::f32_columns(&r32, fb, dst, (stride, col), stream);
                     if summed {
                         total += e;
@@ -214,7 +221,10 @@ pub fn stage_columns(
     let total = if rows * cols < PARALLEL_MIN_VALUES {
         stage(0, bytes)
     } else {
-        let per = cols.div_ceil(4 * rayon::current_num_threads()).max(16);
+        // whole feature blocks per part, so only the last part has a ragged block
+        let per = cols
+            .div_ceil(4 * rayon::current_num_threads())
+            .next_multiple_of(STAGE_FEATURES);
         bytes
             .par_chunks_mut(per * stride)
             .enumerate()

@@ -96,8 +96,8 @@ pub(crate) fn x86_available() -> bool {
 mod x86 {
     use std::arch::x86_64::{
         __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_mul_ps,
-        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_sfence, _mm_storeu_si128,
-        _mm_stream_si128, _MM_FROUND_TO_NEAREST_INT,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_storeu_si128, _mm_stream_si128,
+        _MM_FROUND_TO_NEAREST_INT,
     };
     use std::sync::OnceLock;
 
@@ -151,7 +151,7 @@ mod x86 {
             }
         }
         dst[whole..].convert_from_f32_slice(&src[whole..]);
-        _mm_sfence();
+        crate::sys::transpose::fence();
     }
 
     /// # Safety
