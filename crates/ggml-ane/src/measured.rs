@@ -176,7 +176,8 @@ const GPU_RUNS_PER_CALL: usize = 8;
 
 /// Millijoules per call above idle (every rail: the ANE path's host work counts) of `engine`
 /// and of the GPU (`gpu(runs)` makes that many runs), each over `windows` (idle, then work) of
-/// `meter`; an error when a call fails or the reading is flagged (a short window, no ANE
+/// `meter`, each side warmed up by one call first (a kernel's compile, the GPU's pipeline
+/// setup); an error when a call fails or the reading is flagged (no ANE
 /// channel, an ANE channel reading zero while it worked, a rail below idle).
 fn measure_energy(
     meter: &mut dyn EnergyMeter,
@@ -184,6 +185,9 @@ fn measure_energy(
     mut engine: impl FnMut() -> bool,
     mut gpu: impl FnMut(usize) -> bool,
 ) -> Result<Timing, String> {
+    if !engine() || !gpu(1) {
+        return Err("a call failed while warming up".into());
+    }
     let mut ok = true;
     let on_engine = power::measure(meter, idle, window, true, || ok &= engine())?;
     let mut gpu_ok = true;
@@ -240,7 +244,7 @@ fn say(v: &Verdicts, c: ShapeClass, t: Option<Timing>) {
     );
     if let Some(path) = &v.path {
         let line = format!(
-            "{}\t{}\t{}\t{}\t{:.1}\t{:.1}\n",
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
             v.key, c.m, c.k, c.bucket, t.engine_us, t.gpu_us
         );
         let written = std::fs::create_dir_all(path.parent().unwrap_or(path))
@@ -406,8 +410,6 @@ fn os_version() -> String {
 mod tests {
     use super::*;
 
-    /// Lines of another chip, OS or GPU are not ours; malformed lines are skipped; a later
-    /// line for the same class wins.
     use ane_runtime::power::ChannelEnergy;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -478,6 +480,8 @@ mod tests {
         assert!(failed.contains("failed"), "{failed}");
     }
 
+    /// Lines of another chip, OS or GPU are not ours; malformed lines are skipped; a later
+    /// line for the same class wins.
     #[test]
     fn verdicts_are_read_back_under_their_key_only() {
         let text = "M4|15.1|b|MTL0\t512\t512\t128\t900.0\t1500.5\n\

@@ -289,6 +289,8 @@ pub(crate) fn converted_rows(
     (k, summed): (usize, bool),
 ) -> (crate::matmul::HalfRows, f64) {
     let mut data = CONVERTED.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    // grown to fit exactly, so the kept buffer is the largest tile's size, not twice it
+    data.reserve_exact((rows * cols).saturating_sub(data.len()));
     data.resize(rows * cols, half::f16::ZERO);
     let stream = 2 * rows * cols >= CONVERTED_STREAM_MIN_BYTES;
     let convert = |tmp: &mut Vec<f32>, (r, dst): (usize, &mut [half::f16])| -> f64 {
@@ -342,7 +344,8 @@ pub fn convert_weight_rows(
 /// Keeps the buffer of rows [`convert_weight_rows`] made for the next conversion on this
 /// thread (buffers up to 96 MiB are kept).
 pub fn recycle(rows: crate::matmul::HalfRows) {
-    if rows.data.len() * 2 <= CONVERTED_MAX_BYTES {
+    // what the buffer holds on to, not what it used: growth may have doubled it
+    if rows.data.capacity() * 2 <= CONVERTED_MAX_BYTES {
         CONVERTED.with(|b| *b.borrow_mut() = rows.data);
     }
 }

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::surface::{Lender, LentMemory, Surface};
 
 /// Requests kept per procedure for surface sets the caller lent (least recently used
-/// dropped first). A kept request keeps its surfaces alive until it is dropped.
+/// dropped first). A kept request holds its IOSurfaces; it is dropped as soon as one of its
+/// lent surfaces is (their tokens), so it pins nothing the caches above have let go.
 const KEPT_REQUESTS: usize = 64;
 
 /// One retry after 100 ms, as the seed, prefill-bench and tmc do: more only delays the CPU
@@ -162,7 +163,15 @@ struct ProcedureState {
     outs: Vec<IoSurface>,
     request: Request,
     indices: (Vec<usize>, Vec<usize>),
-    lent_requests: Vec<(Vec<usize>, Request)>,
+    lent_requests: Vec<KeptRequest>,
+}
+
+/// A request for a surface set: the surfaces' addresses (each port's, in order), the tokens
+/// of those the caller lent (alive while they are), and the request.
+struct KeptRequest {
+    key: Vec<usize>,
+    alive: Vec<std::sync::Weak<()>>,
+    request: Request,
 }
 
 /// A loaded program. Evaluations are serialised.
@@ -210,10 +219,12 @@ fn lent_for<'s>(p: &ProcedureInfo, port: Port, surface: &'s Surface) -> Option<&
     if !in_place(EngineKind::Apple, p, port, surface) {
         return None;
     }
-    surface
+    let lent = surface
         .lent_memory()?
         .as_any()
-        .downcast_ref::<LentIoSurface>()
+        .downcast_ref::<LentIoSurface>()?;
+    // not after a relock failed: such a surface is copied like host memory
+    lent.usable().then_some(lent)
 }
 
 impl Kernel for AppleKernel {
@@ -268,36 +279,62 @@ impl Kernel for AppleKernel {
                 .map(|s| std::ptr::from_ref(s.raw()) as usize)
                 .collect();
             let all_own = lent_in.iter().chain(&lent_out).all(Option::is_none);
-            if !all_own && !p.lent_requests.iter().any(|(k, _)| *k == key) {
+            // requests whose lent surfaces are gone go first: their addresses may be reused
+            p.lent_requests
+                .retain(|r| r.alive.iter().all(|a| a.strong_count() > 0));
+            if !all_own && !p.lent_requests.iter().any(|r| r.key == key) {
                 let (ins, outs) = (bound(&lent_in, &p.ins), bound(&lent_out, &p.outs));
                 let request = Request::new(fw, &ins, &p.indices.0, &outs, &p.indices.1, index)
                     .map_err(Error::Eval)?;
                 if p.lent_requests.len() >= KEPT_REQUESTS {
                     p.lent_requests.remove(0);
                 }
-                p.lent_requests.push((key.clone(), request));
+                let alive = lent_in
+                    .iter()
+                    .chain(&lent_out)
+                    .flatten()
+                    .map(|l| l.alive())
+                    .collect();
+                p.lent_requests.push(KeptRequest {
+                    key: key.clone(),
+                    alive,
+                    request,
+                });
             }
             let request = if all_own {
                 &p.request
             } else {
                 // most recently used last
-                let i = p.lent_requests.iter().position(|(k, _)| *k == key);
+                let i = p.lent_requests.iter().position(|r| r.key == key);
                 let i = i.ok_or_else(|| Error::Internal("a request just kept is gone".into()))?;
                 let kept = p.lent_requests.remove(i);
                 p.lent_requests.push(kept);
-                &p.lent_requests[p.lent_requests.len() - 1].1
+                &p.lent_requests[p.lent_requests.len() - 1].request
             };
-            // the hardware reads and writes the lent surfaces unlocked; the host's locks come
-            // back afterwards, whatever the outcome
+            // the hardware reads and writes the lent surfaces unlocked; every one unlocked is
+            // relocked afterwards, whatever the outcome, and the first failure is reported
             let lent: Vec<&LentIoSurface> =
                 lent_in.iter().chain(&lent_out).flatten().copied().collect();
-            lent.iter().for_each(|l| l.begin_eval());
-            let evaluated = self.model.evaluate(request).map_err(Error::Eval);
-            let relocked = lent
-                .iter()
-                .try_for_each(|l| l.end_eval())
-                .map_err(Error::Eval);
-            evaluated.and(relocked)
+            let mut begun = Vec::with_capacity(lent.len());
+            let mut evaluated = Ok(());
+            for l in &lent {
+                match l.begin_eval() {
+                    Ok(()) => begun.push(*l),
+                    Err(e) => {
+                        evaluated = Err(Error::Eval(e));
+                        break;
+                    }
+                }
+            }
+            if evaluated.is_ok() {
+                evaluated = self.model.evaluate(request).map_err(Error::Eval);
+            }
+            for l in begun {
+                if let Err(e) = l.end_eval() {
+                    evaluated = evaluated.and(Err(Error::Eval(e)));
+                }
+            }
+            evaluated
         };
         evaluated?;
         for (i, (own, s)) in p.outs.iter().zip(outputs.iter_mut()).enumerate() {

@@ -120,17 +120,28 @@ impl IoSurface {
 
 /// An IOSurface lent to the host as a surface's memory: locked for the CPU while the host
 /// stages into it or reads from it, unlocked while the ANE evaluates with it. Evaluations are
-/// counted, so two in flight on one input unlock it once and the last relocks it.
+/// counted, so two in flight on one input unlock it once and the last relocks it; whether it
+/// is locked is kept apart from the count, so a failed lock or unlock never unbalances them.
 pub(crate) struct LentIoSurface {
     surface: IoSurface,
     base: std::ptr::NonNull<u8>,
-    evals: std::sync::Mutex<usize>,
+    state: std::sync::Mutex<LockState>,
+    /// Alive while this surface is: requests kept for it (which hold the IOSurface) are
+    /// dropped once it is gone (`alive`).
+    token: std::sync::Arc<()>,
+}
+
+/// Evaluations in flight, and whether the CPU holds the lock.
+struct LockState {
+    evals: usize,
+    locked: bool,
 }
 
 // SAFETY: the base pointer is the surface's own memory, which lives as long as `surface`;
-// shared access is read-only (`bytes`), writes need `&mut self` (`bytes_mut`).
+// shared access is read-only (`bytes`), writes need `&mut self` (`bytes_mut`); the lock state
+// is behind a Mutex.
 unsafe impl Send for LentIoSurface {}
-// SAFETY: as above; the lock count is behind a Mutex.
+// SAFETY: as above.
 unsafe impl Sync for LentIoSurface {}
 
 impl LentIoSurface {
@@ -151,13 +162,29 @@ impl LentIoSurface {
         Ok(LentIoSurface {
             surface,
             base,
-            evals: std::sync::Mutex::new(0),
+            state: std::sync::Mutex::new(LockState {
+                evals: 0,
+                locked: true,
+            }),
+            token: std::sync::Arc::new(()),
         })
     }
 
     /// The surface, for a request.
     pub(crate) fn io_surface(&self) -> &IoSurface {
         &self.surface
+    }
+
+    /// A token that dies with this surface.
+    pub(crate) fn alive(&self) -> std::sync::Weak<()> {
+        std::sync::Arc::downgrade(&self.token)
+    }
+
+    /// Whether the surface can be taken in place: locked for the CPU, or in an evaluation
+    /// now; not after a relock failed (it is then copied like host memory).
+    pub(crate) fn usable(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.locked || st.evals > 0
     }
 
     /// Every byte.
@@ -173,30 +200,35 @@ impl LentIoSurface {
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.surface.len) }
     }
 
-    /// Before an evaluation reads or writes it: unlocked for the hardware (by the first of
-    /// the evaluations in flight).
-    pub(crate) fn begin_eval(&self) {
-        let mut n = self.evals.lock().unwrap_or_else(|e| e.into_inner());
-        if *n == 0 {
-            // SAFETY: we locked it with these options (at creation or in `end_eval`).
-            unsafe {
+    /// Before an evaluation reads or writes it: unlocked for the hardware by the first of the
+    /// evaluations in flight. Every `Ok` must be matched by one [`end_eval`](Self::end_eval).
+    pub(crate) fn begin_eval(&self) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.evals == 0 && st.locked {
+            // SAFETY: we hold the lock (taken at creation or in `end_eval`), same options.
+            let rc = unsafe {
                 self.surface
                     .surface
                     .unlock(IOSurfaceLockOptions::empty(), std::ptr::null_mut())
             };
+            if rc != 0 {
+                return Err(format!("IOSurfaceUnlock before evaluation failed ({rc})"));
+            }
+            st.locked = false;
         }
-        *n += 1;
+        st.evals += 1;
+        Ok(())
     }
 
-    /// After the evaluation: locked for the CPU again (by the last one in flight), so the
-    /// host sees what the hardware wrote.
+    /// After the evaluation: locked for the CPU again by the last one in flight, so the host
+    /// sees what the hardware wrote.
     pub(crate) fn end_eval(&self) -> Result<(), String> {
-        let mut n = self.evals.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        if *n > 0 {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.evals = st.evals.saturating_sub(1);
+        if st.evals > 0 || st.locked {
             return Ok(());
         }
-        // SAFETY: a live surface, unlocked by `begin_eval`.
+        // SAFETY: a live surface, not locked by us (checked above).
         let rc = unsafe {
             self.surface
                 .surface
@@ -205,15 +237,16 @@ impl LentIoSurface {
         if rc != 0 {
             return Err(format!("IOSurfaceLock after evaluation failed ({rc})"));
         }
+        st.locked = true;
         Ok(())
     }
 }
 
 impl Drop for LentIoSurface {
     fn drop(&mut self) {
-        let n = *self.evals.lock().unwrap_or_else(|e| e.into_inner());
-        if n == 0 {
-            // SAFETY: locked by us (no evaluation in flight); released right after.
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.locked {
+            // SAFETY: locked by us; released right after.
             unsafe {
                 self.surface
                     .surface
