@@ -17,39 +17,30 @@ use ane_runtime::matmul::{
     baked_matmul_program, baked_weights, engine_matmul, two_input_matmul_program, DenseRows,
     DenseSink, KernelCache, KernelPolicy, MatmulJob, MatmulShape, Scratch, Stats, WeightId,
 };
-use ane_runtime::{CompileCounter, Engine, EngineInfo, Kernel, Limits, Surface};
+use ane_runtime::{CompileCounter, Engine, Kernel, Surface};
 
-/// The reference engine, counting the surfaces its kernels lend.
-struct Lending {
-    inner: ReferenceEngine,
-    lent: Arc<AtomicUsize>,
+mod support;
+use support::WrappedEngine;
+
+/// `inner`, counting the surfaces its kernels lend (the count beside it).
+fn lending(inner: ReferenceEngine) -> (WrappedEngine, Arc<AtomicUsize>) {
+    let lent = Arc::new(AtomicUsize::new(0));
+    let count = lent.clone();
+    let engine = WrappedEngine {
+        inner,
+        wrap: Box::new(move |inner| {
+            Box::new(LendingKernel {
+                inner,
+                lent: count.clone(),
+            })
+        }),
+    };
+    (engine, lent)
 }
 
 struct LendingKernel {
     inner: Box<dyn Kernel>,
     lent: Arc<AtomicUsize>,
-}
-
-impl Engine for Lending {
-    fn info(&self) -> EngineInfo {
-        self.inner.info()
-    }
-    fn limits(&self) -> Limits {
-        self.inner.limits()
-    }
-    fn compile(
-        &self,
-        program: &ane_mil::Program,
-        weights: &ane_mil::WeightFiles,
-    ) -> ane_runtime::Result<Box<dyn Kernel>> {
-        Ok(Box::new(LendingKernel {
-            inner: self.inner.compile(program, weights)?,
-            lent: self.lent.clone(),
-        }))
-    }
-    fn build_id(&self) -> String {
-        self.inner.build_id()
-    }
 }
 
 impl Kernel for LendingKernel {
@@ -73,17 +64,16 @@ impl Kernel for LendingKernel {
     }
 }
 
-fn lending() -> Lending {
+/// The reference engine with the two-input opt-in and a budget of its own.
+fn reference(max_dim: usize) -> ReferenceEngine {
     let mut rules = RuleOptions::default();
     rules.allow_two_inputs = true;
-    Lending {
-        inner: ReferenceEngine::with_config(
-            ReferenceConfig::default()
-                .with_counter(CompileCounter::new(None))
-                .with_rules(Some(rules)),
-        ),
-        lent: Arc::default(),
-    }
+    ReferenceEngine::with_config(
+        ReferenceConfig::default()
+            .with_max_dim(max_dim)
+            .with_counter(CompileCounter::new(None))
+            .with_rules(Some(rules)),
+    )
 }
 
 fn mat(rows: usize, k: usize, seed: u64) -> DenseRows {
@@ -110,7 +100,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
         (KernelPolicy::Baked, id),
         (KernelPolicy::TwoInput, id),
     ] {
-        let engine = lending();
+        let (engine, lent) = lending(reference(16384));
         let (cache, stats) = (KernelCache::new().with_policy(policy), Stats::default());
         let mut lent_by_call = Vec::new();
         for _ in 0..3 {
@@ -125,7 +115,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
             engine_matmul(&engine, &cache, &job, &mut Scratch::default(), &stats).unwrap();
             let err = nmse(&want, &sink.values());
             assert!(err < 1e-5, "{policy:?} {weight_id:?}: NMSE {err}");
-            lent_by_call.push(engine.lent.swap(0, Ordering::Relaxed));
+            lent_by_call.push(lent.swap(0, Ordering::Relaxed));
         }
         let s = stats.snapshot();
         assert_eq!(s.dispatches, 3, "{policy:?}: one evaluation a call");
@@ -154,14 +144,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
         (KernelPolicy::Streamed, None),
         (KernelPolicy::Streamed, Some(4)),
     ] {
-        let engine = Lending {
-            inner: ReferenceEngine::with_config(
-                ReferenceConfig::default()
-                    .with_max_dim(512)
-                    .with_counter(CompileCounter::new(None)),
-            ),
-            lent: Arc::default(),
-        };
+        let (engine, lent) = lending(reference(512));
         let (cache, stats) = (KernelCache::new().with_policy(policy), Stats::default());
         let job = FusedJob {
             weight_id: weight_id.map(|key| WeightId {
@@ -178,7 +161,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
                 "{policy:?} {weight_id:?} call {call}: NMSE {err}"
             );
             if call == 0 {
-                engine.lent.store(0, Ordering::Relaxed);
+                lent.store(0, Ordering::Relaxed);
             }
         }
         let s = stats.snapshot();
@@ -187,7 +170,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
             "{policy:?} {weight_id:?}: nothing copied"
         );
         assert_eq!(
-            engine.lent.load(Ordering::Relaxed),
+            lent.load(Ordering::Relaxed),
             0,
             "{policy:?} {weight_id:?}: the second call lends no new surface"
         );
@@ -199,7 +182,7 @@ fn staging_writes_into_the_engines_memory_and_no_evaluation_copies() {
 /// same either way.
 #[test]
 fn a_surface_the_engine_did_not_lend_is_copied_and_counted() {
-    let engine = lending();
+    let (engine, _) = lending(reference(16384));
     // a baked kernel's input [1, 64, 1, 32] is a two-input kernel's first input too, but
     // beside 512 weight columns (64 KiB) the two-input kernel lends both its inputs that size
     // (the ANE wants one size for all inputs; the acts alone get the 48 KiB minimum)

@@ -356,11 +356,23 @@ fn the_disk_cache_serves_a_second_process() {
 /// An engine whose kernels count their evaluations and fail while `fail` is set — all of
 /// them, or (`two_input_only`) those with two inputs, like hardware that rejects multi-input
 /// requests.
-struct Flaky {
+fn flaky(
     inner: ReferenceEngine,
     evals: Arc<AtomicU32>,
     fail: Arc<AtomicBool>,
     two_input_only: bool,
+) -> WrappedEngine {
+    WrappedEngine {
+        inner,
+        wrap: Box::new(move |inner| {
+            Box::new(FlakyKernel {
+                inner,
+                evals: evals.clone(),
+                fail: fail.clone(),
+                two_input_only,
+            })
+        }),
+    }
 }
 
 struct FlakyKernel {
@@ -368,30 +380,6 @@ struct FlakyKernel {
     evals: Arc<AtomicU32>,
     fail: Arc<AtomicBool>,
     two_input_only: bool,
-}
-
-impl Engine for Flaky {
-    fn info(&self) -> ane_runtime::EngineInfo {
-        self.inner.info()
-    }
-    fn limits(&self) -> ane_runtime::Limits {
-        self.inner.limits()
-    }
-    fn compile(
-        &self,
-        program: &ane_mil::Program,
-        weights: &ane_mil::WeightFiles,
-    ) -> ane_runtime::Result<Box<dyn Kernel>> {
-        Ok(Box::new(FlakyKernel {
-            inner: self.inner.compile(program, weights)?,
-            evals: self.evals.clone(),
-            fail: self.fail.clone(),
-            two_input_only: self.two_input_only,
-        }))
-    }
-    fn build_id(&self) -> String {
-        self.inner.build_id()
-    }
 }
 
 impl Kernel for FlakyKernel {
@@ -422,12 +410,7 @@ fn kernels_that_keep_failing_are_not_retried() {
     let (w, a) = job(shape, 12);
     let (evals, fail) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(true)));
     let (inner, cache) = two_input_engine(16384);
-    let engine = Flaky {
-        inner,
-        evals: evals.clone(),
-        fail: fail.clone(),
-        two_input_only: false,
-    };
+    let engine = flaky(inner, evals.clone(), fail.clone(), false);
     let (stats, mut scratch) = (Stats::default(), Scratch::default());
     let out = out_for(shape);
     let job = MatmulJob {
@@ -490,12 +473,12 @@ fn single_input_kernels_replace_two_input_ones_that_fail() {
     for (i, (max_dim, shape, k_tiles)) in cases.into_iter().enumerate() {
         let (w, a) = job(shape, 21 + i as u64);
         let (inner, cache) = two_input_engine(max_dim);
-        let engine = Flaky {
+        let engine = flaky(
             inner,
-            evals: Arc::new(AtomicU32::new(0)),
-            fail: Arc::new(AtomicBool::new(true)),
-            two_input_only: true,
-        };
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicBool::new(true)),
+            true,
+        );
         let (stats, mut scratch) = (Stats::default(), Scratch::default());
         let out = out_for(shape);
         let job = MatmulJob {

@@ -165,7 +165,7 @@ pub(crate) fn supports_op(
                     supports_mul_mat(n)
                         && n.node.ne[1] >= min_tokens as i64
                         && (!blocks_only || block_input())
-                        && faster_here(n)
+                        && cheaper_here(n)
                 }
                 // tokens are ne[2] (as Metal counts them): decode steps stay elsewhere
                 OpKind::MulMatId => {
@@ -182,7 +182,7 @@ pub(crate) fn supports_op(
 /// Whether a weight × activations MUL_MAT costs less on the engine than on the host's GPU —
 /// time, or joules under `GGML_ANE_MODE=energy` — where that was measured
 /// (`crate::measured`); true where it was not (the chip table decides).
-fn faster_here(n: &NodeDesc) -> bool {
+fn cheaper_here(n: &NodeDesc) -> bool {
     let Some(w) = n.src[0] else {
         return true;
     };
@@ -203,7 +203,7 @@ pub(crate) fn offload_op(spec: &DeviceSpec, kind: OpKind, n: &NodeDesc) -> bool 
         && crate::routing::route().take
         && match kind {
             OpKind::MulMat => {
-                supports_mul_mat(n) && n.node.ne[1] >= min_batch as i64 && faster_here(n)
+                supports_mul_mat(n) && n.node.ne[1] >= min_batch as i64 && cheaper_here(n)
             }
             OpKind::MulMatId => {
                 crate::compute::experts::supports_mul_mat_id(n)

@@ -58,16 +58,17 @@ impl Measure {
     }
 }
 
-/// Our engine's and the GPU's cost for one shape class: microseconds, or millijoules.
+/// Our engine's and the GPU's cost for one shape class, in the unit of its [`Measure`]:
+/// microseconds, or millijoules.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Timing {
-    pub(crate) engine_us: f64,
-    pub(crate) gpu_us: f64,
+pub(crate) struct Cost {
+    pub(crate) engine: f64,
+    pub(crate) gpu: f64,
 }
 
-impl Timing {
-    fn engine_faster(self) -> bool {
-        self.engine_us < self.gpu_us
+impl Cost {
+    fn engine_cheaper(self) -> bool {
+        self.engine < self.gpu
     }
 }
 
@@ -79,7 +80,7 @@ struct Verdicts {
     gpu_name: String,
     measure: Measure,
     path: Option<PathBuf>,
-    timings: Mutex<HashMap<ShapeClass, Option<Timing>>>,
+    timings: Mutex<HashMap<ShapeClass, Option<Cost>>>,
 }
 
 /// File name of the verdicts in the kernel cache's folder.
@@ -115,12 +116,12 @@ pub(crate) fn engine_takes(m: usize, k: usize, n: usize) -> Option<bool> {
     if fresh {
         say(v, class, timing);
     }
-    timing.map(Timing::engine_faster)
+    timing.map(Cost::engine_cheaper)
 }
 
 /// Measures `class` on both sides; `None` when either cannot run it (or, for energy, when the
 /// reading cannot be trusted: said in a warning).
-fn measure(rt: &runtime::Runtime, v: &Verdicts, c: ShapeClass) -> Option<Timing> {
+fn measure(rt: &runtime::Runtime, v: &Verdicts, c: ShapeClass) -> Option<Cost> {
     let shape = MatmulShape::new(c.m, c.k, c.bucket);
     let (w, a) = (
         DenseRows::new(c.m, c.k, pattern(c.m * c.k, 64.0)),
@@ -164,9 +165,9 @@ fn measure(rt: &runtime::Runtime, v: &Verdicts, c: ShapeClass) -> Option<Timing>
     let engine = times[times.len() / 2];
     let gpu = v.gpu.time_matmul((c.m, c.k, c.bucket), REPS).ok()?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    Some(Timing {
-        engine_us: us(engine),
-        gpu_us: us(gpu),
+    Some(Cost {
+        engine: us(engine),
+        gpu: us(gpu),
     })
 }
 
@@ -184,7 +185,7 @@ fn measure_energy(
     (idle, window): (Duration, Duration),
     mut engine: impl FnMut() -> bool,
     mut gpu: impl FnMut(usize) -> bool,
-) -> Result<Timing, String> {
+) -> Result<Cost, String> {
     if !engine() || !gpu(1) {
         return Err("a call failed while warming up".into());
     }
@@ -203,9 +204,9 @@ fn measure_energy(
     if let Some(flag) = beyond_window(&on_engine).or_else(|| beyond_window(&on_gpu)) {
         return Err(flag);
     }
-    Ok(Timing {
-        engine_us: on_engine.total_joules_per_run() * 1e3,
-        gpu_us: on_gpu.total_joules_per_run() * 1e3 / GPU_RUNS_PER_CALL as f64,
+    Ok(Cost {
+        engine: on_engine.total_joules_per_run() * 1e3,
+        gpu: on_gpu.total_joules_per_run() * 1e3 / GPU_RUNS_PER_CALL as f64,
     })
 }
 
@@ -215,7 +216,7 @@ fn pattern(n: usize, scale: f32) -> Vec<f32> {
 }
 
 /// One log line for a fresh measurement, and its line on disk.
-fn say(v: &Verdicts, c: ShapeClass, t: Option<Timing>) {
+fn say(v: &Verdicts, c: ShapeClass, t: Option<Cost>) {
     let shape = format!("{}x{}x{}", c.m, c.k, c.bucket);
     let Some(t) = t else {
         abi::log(
@@ -232,10 +233,10 @@ fn say(v: &Verdicts, c: ShapeClass, t: Option<Timing>) {
         abi::GGML_LOG_LEVEL_INFO,
         &format!(
             "ggml-ane: measured {shape}: engine {:.2} {unit}, {} {:.2} {unit}: {}",
-            v.measure.shown(t.engine_us),
+            v.measure.shown(t.engine),
             v.gpu_name,
-            v.measure.shown(t.gpu_us),
-            if t.engine_faster() {
+            v.measure.shown(t.gpu),
+            if t.engine_cheaper() {
                 "the engine takes it".to_string()
             } else {
                 format!("left to {}", v.gpu_name)
@@ -245,7 +246,7 @@ fn say(v: &Verdicts, c: ShapeClass, t: Option<Timing>) {
     if let Some(path) = &v.path {
         let line = format!(
             "{}\t{}\t{}\t{}\t{}\t{}\n",
-            v.key, c.m, c.k, c.bucket, t.engine_us, t.gpu_us
+            v.key, c.m, c.k, c.bucket, t.engine, t.gpu
         );
         let written = std::fs::create_dir_all(path.parent().unwrap_or(path))
             .and_then(|()| {
@@ -354,7 +355,7 @@ fn make() -> Option<Verdicts> {
 /// The lines of `text` kept under `key`: `key, m, k, bucket, engine cost, GPU cost` (µs, or
 /// mJ under an energy key), tab-separated
 /// (a later line for the same class wins; malformed lines are skipped).
-fn read_verdicts(text: &str, key: &str) -> HashMap<ShapeClass, Option<Timing>> {
+fn read_verdicts(text: &str, key: &str) -> HashMap<ShapeClass, Option<Cost>> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -379,13 +380,7 @@ fn read_verdicts(text: &str, key: &str) -> HashMap<ShapeClass, Option<Timing>> {
                 k: kk,
                 bucket: b,
             };
-            out.insert(
-                class,
-                Some(Timing {
-                    engine_us: e,
-                    gpu_us: g,
-                }),
-            );
+            out.insert(class, Some(Cost { engine: e, gpu: g }));
         }
     }
     out
@@ -469,11 +464,11 @@ mod tests {
             measure_energy(&mut meter, windows, engine, gpu)
         };
         let cheap = run(2, true, true).unwrap();
-        assert!((cheap.engine_us - 3.0).abs() < 1e-9, "{cheap:?}");
-        assert!((cheap.gpu_us - 3.125).abs() < 1e-9, "{cheap:?}");
-        assert!(cheap.engine_faster());
+        assert!((cheap.engine - 3.0).abs() < 1e-9, "{cheap:?}");
+        assert!((cheap.gpu - 3.125).abs() < 1e-9, "{cheap:?}");
+        assert!(cheap.engine_cheaper());
         let dear = run(4, true, true).unwrap();
-        assert!((dear.engine_us - 5.0).abs() < 1e-9 && !dear.engine_faster());
+        assert!((dear.engine - 5.0).abs() < 1e-9 && !dear.engine_cheaper());
         let none = run(2, false, true).unwrap_err();
         assert!(none.contains("no ANE energy channel"), "{none}");
         let failed = run(2, true, false).unwrap_err();
@@ -497,7 +492,7 @@ mod tests {
             bucket: 128,
         }]
             .unwrap();
-        assert_eq!((t.engine_us, t.gpu_us), (2000.0, 1500.0));
-        assert!(!t.engine_faster());
+        assert_eq!((t.engine, t.gpu), (2000.0, 1500.0));
+        assert!(!t.engine_cheaper());
     }
 }

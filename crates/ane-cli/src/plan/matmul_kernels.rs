@@ -489,9 +489,9 @@ pub(crate) fn dispatches_per_layer(model: &ModelDims, n: usize, max_dim: usize) 
     model
         .layer_weights()
         .iter()
-        .map(|w| match model.runs(w, n) {
-            (0, _) => 0,
-            (count, tokens) => count * calls(w.m, w.k, tokens),
+        .map(|w| {
+            let (count, tokens) = model.runs(w, n);
+            count * calls(w.m, w.k, tokens)
         })
         .sum()
 }

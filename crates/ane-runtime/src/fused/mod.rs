@@ -816,10 +816,10 @@ fn run_streamed(
             let clock = Instant::now();
             let key = id.map(|id| KeptWeightKey::new(id, (0, 0), (tile, 0), bucket, &layout));
             // the tile's persistent input surface, in memory the kernel takes in place
-            let kept = key.as_ref().and_then(|k| cache.kept_weights.take(k));
+            let kept = cache.take_kept(key.as_ref(), kernel.as_ref(), Port::Input(0));
             let mut input = match kept {
-                Some(s) if kernel.takes_in_place(0, Port::Input(0), &s) => s,
-                _ => {
+                Some(s) => s,
+                None => {
                     let mut s = cache.surfaces.take(kernel.as_ref(), Port::Input(0));
                     stage_streamed_weights(&mut s, job, bucket, (tile * ht, ht), stats);
                     s
@@ -843,13 +843,7 @@ fn run_streamed(
                 taps,
                 stats,
             );
-            let spare = match key {
-                Some(k) => cache.kept_weights.keep(k, input),
-                None => Some(input),
-            };
-            if let Some(s) = spare {
-                cache.surfaces.give_back(s);
-            }
+            cache.put_back(input, key);
             done?;
         }
     }

@@ -23,14 +23,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::disk_cache::DiskCache;
-use crate::engine::{Engine, Kernel};
+use crate::engine::{Engine, Kernel, Port};
 use crate::matmul::precision::ColumnSumSq;
 use crate::matmul::{
     baked_matmul_program, baked_weights, matmul_program, two_input_matmul_program, BakedTile,
     FallbackReason, Stats,
 };
-use crate::staging::kept_weights::KeptWeights;
+use crate::staging::kept_weights::{KeptWeightKey, KeptWeights};
 use crate::staging::surface_pool::SurfacePool;
+use crate::surface::Surface;
 use compile::{compile, KernelOrWhy};
 use key::KernelKey;
 use policy::{KernelPolicy, WeightId};
@@ -99,6 +100,35 @@ impl KernelCache {
     pub fn with_staged_weights_cap(mut self, bytes: usize) -> Self {
         self.kept_weights = KeptWeights::new(bytes);
         self
+    }
+
+    /// The weight surface kept staged under `key`, if `kernel` takes it in place for `port`
+    /// (a persistent per-weight input surface); one lent for another size (a kernel of another
+    /// bucket) goes back to the pool, and the caller stages anew.
+    pub(crate) fn take_kept(
+        &self,
+        key: Option<&KeptWeightKey>,
+        kernel: &dyn Kernel,
+        port: Port,
+    ) -> Option<Surface> {
+        let s = self.kept_weights.take(key?)?;
+        if kernel.takes_in_place(0, port, &s) {
+            return Some(s);
+        }
+        self.surfaces.give_back(s);
+        None
+    }
+
+    /// Keeps a weight-holding surface for the next call under `key`, or (no key, or past the
+    /// cap) returns it to the pool.
+    pub(crate) fn put_back(&self, s: Surface, key: Option<KeptWeightKey>) {
+        let spare = match key {
+            Some(k) => self.kept_weights.keep(k, s),
+            None => Some(s),
+        };
+        if let Some(s) = spare {
+            self.surfaces.give_back(s);
+        }
     }
 
     /// The same cache keeping at most `max` kernels loaded at once (default

@@ -340,7 +340,7 @@ impl BatchRun<'_, '_> {
             }
         }
         if let Some((s, key)) = staged {
-            self.put_back(s, key);
+            self.cache.put_back(s, key);
         }
         result
     }
@@ -363,12 +363,8 @@ impl BatchRun<'_, '_> {
         let key = self
             .weight_id
             .map(|id| KeptWeightKey::new(id, self.weight_batch, (t.m0, t.k0), col0, layout));
-        let kept = key.as_ref().and_then(|k| self.cache.kept_weights.take(k));
-        match kept {
-            Some(s) if kernel.takes_in_place(0, port, &s) => return (s, key),
-            // lent for another size (a two-input kernel of another bucket): staged again
-            Some(s) => self.cache.surfaces.give_back(s),
-            None => {}
+        if let Some(s) = self.cache.take_kept(key.as_ref(), kernel, port) {
+            return (s, key);
         }
         let mut s = self.cache.surfaces.take(kernel, port);
         let (rows, cols, k) = ((t.m0, t.bm), (t.k0, t.bk), self.job.shape.k);
@@ -380,34 +376,13 @@ impl BatchRun<'_, '_> {
             let rows = convert_weight_rows(self.job.weights, self.weight_batch, rows, k);
             self.converted = Some((t.m0, rows));
         }
-        match &self.converted {
-            Some((_, converted)) if once => {
-                stage_columns(&mut s, converted, (0, 0), (0, t.bm), cols, k, col0, None);
-            }
-            _ => stage_columns(
-                &mut s,
-                self.job.weights,
-                self.weight_batch,
-                rows,
-                cols,
-                k,
-                col0,
-                None,
-            ),
-        }
+        let (src, batch, rows): (&dyn MatrixSource, _, _) = match &self.converted {
+            Some((_, converted)) if once => (converted, (0, 0), (0, t.bm)),
+            _ => (self.job.weights, self.weight_batch, rows),
+        };
+        stage_columns(&mut s, src, batch, rows, cols, k, col0, None);
         self.stats.add_weight_bytes(2 * t.bm * t.bk);
         (s, key)
-    }
-
-    /// Keeps a weight-holding surface for the next call, or recycles it.
-    fn put_back(&mut self, s: Surface, key: Option<KeptWeightKey>) {
-        let spare = match key {
-            Some(k) => self.cache.kept_weights.keep(k, s),
-            None => Some(s),
-        };
-        if let Some(s) = spare {
-            self.cache.surfaces.give_back(s);
-        }
     }
 
     /// One evaluation: stages the activations as columns (the padded tokens zeroed; beside
@@ -482,7 +457,7 @@ impl BatchRun<'_, '_> {
         };
         self.stats.add_writeback(clock.elapsed());
         match acts_key {
-            None => self.put_back(acts, key),
+            None => self.cache.put_back(acts, key),
             Some(k) => {
                 if let Some((_, old)) = self.staged_acts.replace((k, acts)) {
                     self.cache.surfaces.give_back(old);

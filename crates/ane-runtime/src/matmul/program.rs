@@ -119,8 +119,12 @@ pub fn two_input_matmul_program(m: usize, k: usize, n: usize) -> Program {
 /// `weight_<i>.bin`, as maderix's `test_fused_bwd.m` keeps `w1t.bin` and `w3t.bin`).
 pub(crate) const BAKED_WEIGHT_PATH: &str = "@model_path/weights/weight.bin";
 
-fn piece_path(i: usize) -> String {
-    format!("@model_path/weights/weight_{i}.bin")
+/// A baked kernel's weight file: the whole tile's, or K piece `i`'s.
+fn baked_path(piece: Option<usize>) -> String {
+    match piece {
+        None => BAKED_WEIGHT_PATH.to_string(),
+        Some(i) => format!("@model_path/weights/weight_{i}.bin"),
+    }
 }
 
 /// The baked kernel: `x [1, k, 1, n]`, the weight tile compiled in as a `[m, k, 1, 1]` fp16
@@ -137,8 +141,7 @@ pub fn baked_matmul_program(m: usize, k: usize, n: usize) -> Program {
     let mut f = FunctionBuilder::new("main", "ios18");
     let x = f.input("x", ValueType::tensor(DType::Fp16, [1, k, 1, n]));
     let args = ConvArgs::new(&mut f, "valid");
-    let path = |i: Option<usize>| i.map_or_else(|| BAKED_WEIGHT_PATH.to_string(), piece_path);
-    let y = baked_conv(&mut f, &args, ("y", "", "W"), &x, (m, k), n, path);
+    let y = baked_conv(&mut f, &args, ("y", "", "W"), &x, (m, k), n, baked_path);
     f.output(&y).expect("y is defined");
     let mut p = Program::new();
     p.functions.push(f.finish());
@@ -246,17 +249,12 @@ pub(crate) fn baked_conv(
             &format!("{prefix}W{i}"),
             blob(vec![m, kt, 1, 1], path(Some(i))),
         );
-        let last = i + 1 == pieces.len();
-        let name = if last && sum.is_none() {
-            out.to_string()
-        } else {
-            format!("{prefix}c{i}")
-        };
-        let ci = args.conv(f, &name, &xi, &wi);
+        let ci = args.conv(f, &format!("{prefix}c{i}"), &xi, &wi);
+        // two pieces at least: the last one's sum is the result
         sum = Some(match sum {
             None => ci,
             Some(acc) => {
-                let name = if last {
+                let name = if i + 1 == pieces.len() {
                     out.to_string()
                 } else {
                     format!("{prefix}s{i}")
@@ -302,8 +300,7 @@ pub(crate) fn weight_pieces(
 pub fn baked_weights(m: usize, k: usize, tile: &[f16]) -> WeightFiles {
     assert_eq!(tile.len(), m * k, "a baked tile of {m} x {k}");
     let mut files = WeightFiles::new();
-    let path = |i: Option<usize>| i.map_or_else(|| BAKED_WEIGHT_PATH.to_string(), piece_path);
-    for (path, values) in weight_pieces(k, tile, path) {
+    for (path, values) in weight_pieces(k, tile, baked_path) {
         let mut w = BlobWriter::new();
         let offset = w.add_fp16(&values);
         debug_assert_eq!(offset, 64);

@@ -39,7 +39,7 @@ impl SurfacePool {
             None => {
                 drop(idle);
                 kernel
-                    .surface(0, port)
+                    .lend(0, port)
                     .unwrap_or_else(|_| Surface::new(layout.clone()))
             }
         }

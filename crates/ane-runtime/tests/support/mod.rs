@@ -376,3 +376,33 @@ pub fn run(engine: &dyn Engine, p: &Program, w: &WeightFiles, inputs: &[&[f32]])
     k.eval(0, &in_refs, &mut out_refs).unwrap();
     outs.iter().map(|s| s.read_f32()).collect()
 }
+
+/// What a [`WrappedEngine`] does to each kernel its engine compiles.
+pub type KernelWrap =
+    Box<dyn Fn(Box<dyn ane_runtime::Kernel>) -> Box<dyn ane_runtime::Kernel> + Send + Sync>;
+
+/// A reference engine whose kernels `wrap` wraps as they are compiled: a test watches or
+/// disturbs what the kernels do, the engine itself unchanged.
+pub struct WrappedEngine {
+    pub inner: ReferenceEngine,
+    pub wrap: KernelWrap,
+}
+
+impl Engine for WrappedEngine {
+    fn info(&self) -> ane_runtime::EngineInfo {
+        self.inner.info()
+    }
+    fn limits(&self) -> ane_runtime::Limits {
+        self.inner.limits()
+    }
+    fn compile(
+        &self,
+        program: &Program,
+        weights: &WeightFiles,
+    ) -> ane_runtime::Result<Box<dyn ane_runtime::Kernel>> {
+        Ok((self.wrap)(self.inner.compile(program, weights)?))
+    }
+    fn build_id(&self) -> String {
+        self.inner.build_id()
+    }
+}

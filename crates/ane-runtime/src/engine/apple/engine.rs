@@ -174,6 +174,82 @@ struct KeptRequest {
     request: Request,
 }
 
+impl ProcedureState {
+    /// The request binding these surfaces: the procedure's own when none was lent, else the
+    /// one kept for the set (built on first use; most recently used last).
+    fn request_for(
+        &mut self,
+        fw: &Framework,
+        index: usize,
+        lent_in: &[Option<&LentIoSurface>],
+        lent_out: &[Option<&LentIoSurface>],
+    ) -> Result<&Request> {
+        if lent_in.iter().chain(lent_out).all(Option::is_none) {
+            return Ok(&self.request);
+        }
+        // requests whose lent surfaces are gone go first: their addresses may be reused
+        self.lent_requests
+            .retain(|r| r.alive.iter().all(|a| a.strong_count() > 0));
+        let (ins, outs) = (bound(lent_in, &self.ins), bound(lent_out, &self.outs));
+        let key: Vec<usize> = ins
+            .iter()
+            .chain(&outs)
+            .map(|s| std::ptr::from_ref(s.raw()) as usize)
+            .collect();
+        let kept = match self.lent_requests.iter().position(|r| r.key == key) {
+            Some(i) => self.lent_requests.remove(i),
+            None => {
+                let (in_idx, out_idx) = &self.indices;
+                let request =
+                    Request::new(fw, &ins, in_idx, &outs, out_idx, index).map_err(Error::Eval)?;
+                if self.lent_requests.len() >= KEPT_REQUESTS {
+                    self.lent_requests.remove(0);
+                }
+                let alive = lent_in
+                    .iter()
+                    .chain(lent_out)
+                    .flatten()
+                    .map(|l| l.alive())
+                    .collect();
+                KeptRequest {
+                    key,
+                    alive,
+                    request,
+                }
+            }
+        };
+        self.lent_requests.push(kept);
+        Ok(&self.lent_requests[self.lent_requests.len() - 1].request)
+    }
+}
+
+/// Evaluates `request` with the `lent` surfaces unlocked for the hardware: every one unlocked
+/// is relocked afterwards, whatever the outcome, and the first failure is reported.
+fn evaluate_unlocked(
+    model: &InMemoryModel,
+    request: &Request,
+    lent: &[&LentIoSurface],
+) -> Result<()> {
+    let mut begun = Vec::with_capacity(lent.len());
+    let mut result = lent
+        .iter()
+        .try_for_each(|l| {
+            l.begin_eval()?;
+            begun.push(*l);
+            Ok(())
+        })
+        .map_err(Error::Eval);
+    if result.is_ok() {
+        result = model.evaluate(request).map_err(Error::Eval);
+    }
+    for l in begun {
+        if let Err(e) = l.end_eval() {
+            result = result.and(Err(Error::Eval(e)));
+        }
+    }
+    result
+}
+
 /// A loaded program. Evaluations are serialised.
 struct AppleKernel {
     model: InMemoryModel,
@@ -273,68 +349,10 @@ impl Kernel for AppleKernel {
                     copied += s.as_bytes().len();
                 }
             }
-            let key: Vec<usize> = bound(&lent_in, &p.ins)
-                .into_iter()
-                .chain(bound(&lent_out, &p.outs))
-                .map(|s| std::ptr::from_ref(s.raw()) as usize)
-                .collect();
-            let all_own = lent_in.iter().chain(&lent_out).all(Option::is_none);
-            // requests whose lent surfaces are gone go first: their addresses may be reused
-            p.lent_requests
-                .retain(|r| r.alive.iter().all(|a| a.strong_count() > 0));
-            if !all_own && !p.lent_requests.iter().any(|r| r.key == key) {
-                let (ins, outs) = (bound(&lent_in, &p.ins), bound(&lent_out, &p.outs));
-                let request = Request::new(fw, &ins, &p.indices.0, &outs, &p.indices.1, index)
-                    .map_err(Error::Eval)?;
-                if p.lent_requests.len() >= KEPT_REQUESTS {
-                    p.lent_requests.remove(0);
-                }
-                let alive = lent_in
-                    .iter()
-                    .chain(&lent_out)
-                    .flatten()
-                    .map(|l| l.alive())
-                    .collect();
-                p.lent_requests.push(KeptRequest {
-                    key: key.clone(),
-                    alive,
-                    request,
-                });
-            }
-            let request = if all_own {
-                &p.request
-            } else {
-                // most recently used last
-                let i = p.lent_requests.iter().position(|r| r.key == key);
-                let i = i.ok_or_else(|| Error::Internal("a request just kept is gone".into()))?;
-                let kept = p.lent_requests.remove(i);
-                p.lent_requests.push(kept);
-                &p.lent_requests[p.lent_requests.len() - 1].request
-            };
-            // the hardware reads and writes the lent surfaces unlocked; every one unlocked is
-            // relocked afterwards, whatever the outcome, and the first failure is reported
+            let request = p.request_for(fw, index, &lent_in, &lent_out)?;
             let lent: Vec<&LentIoSurface> =
                 lent_in.iter().chain(&lent_out).flatten().copied().collect();
-            let mut begun = Vec::with_capacity(lent.len());
-            let mut evaluated = Ok(());
-            for l in &lent {
-                match l.begin_eval() {
-                    Ok(()) => begun.push(*l),
-                    Err(e) => {
-                        evaluated = Err(Error::Eval(e));
-                        break;
-                    }
-                }
-            }
-            if evaluated.is_ok() {
-                evaluated = self.model.evaluate(request).map_err(Error::Eval);
-            }
-            for l in begun {
-                if let Err(e) = l.end_eval() {
-                    evaluated = evaluated.and(Err(Error::Eval(e)));
-                }
-            }
-            evaluated
+            evaluate_unlocked(&self.model, request, &lent)
         };
         evaluated?;
         for (i, (own, s)) in p.outs.iter().zip(outputs.iter_mut()).enumerate() {
